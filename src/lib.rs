@@ -1,0 +1,1 @@
+//! ai-gateway: one binary that serves OpenAI- and Anthropic-compatible endpoints in front of any backend.
