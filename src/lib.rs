@@ -1,1 +1,3 @@
 //! ai-gateway: one binary that serves OpenAI- and Anthropic-compatible endpoints in front of any backend.
+
+pub mod protocol;

@@ -1,0 +1,324 @@
+//! Canonical request/response types and the wire formats that convert to and from them.
+//!
+//! This module is pure: no I/O, no axum, no config. Wire types for OpenAI and Anthropic live in the
+//! submodules; everything outside `protocol/` sees only the canonical types defined here
+//! (hub-and-spoke: each wire format converts to and from the canonical model, never pairwise).
+
+pub mod json_patch;
+pub mod openai;
+pub mod sse;
+
+use std::fmt;
+
+/// The two wire protocols a client or a backend can speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+impl Protocol {
+    /// Short stable name, used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::OpenAi => "openai",
+            Protocol::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// Which API a request was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Messages,
+}
+
+impl Endpoint {
+    /// The route template, also the `path` metrics label.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Messages => "/v1/messages",
+        }
+    }
+
+    /// The wire protocol spoken on this endpoint.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Endpoint::Messages => Protocol::Anthropic,
+            _ => Protocol::OpenAi,
+        }
+    }
+}
+
+/// A decoded inbound request, in canonical form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiRequest {
+    Chat(ChatRequest),
+    Completion(CompletionRequest),
+    Embeddings(EmbeddingsRequest),
+}
+
+impl ApiRequest {
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            ApiRequest::Chat(r) => r.model.as_deref(),
+            ApiRequest::Completion(r) => r.model.as_deref(),
+            ApiRequest::Embeddings(r) => r.model.as_deref(),
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        match self {
+            ApiRequest::Chat(r) => r.stream,
+            ApiRequest::Completion(r) => r.stream,
+            ApiRequest::Embeddings(_) => false,
+        }
+    }
+
+    /// The text the echo backend answers to and the word counts are taken from.
+    pub fn prompt_text(&self) -> String {
+        match self {
+            ApiRequest::Chat(r) => r.last_user_text().unwrap_or_default(),
+            ApiRequest::Completion(r) => r.prompt.join("\n"),
+            ApiRequest::Embeddings(r) => r.input.join("\n"),
+        }
+    }
+
+    /// All input text, for token estimates and prompt policies.
+    pub fn all_input_text(&self) -> String {
+        match self {
+            ApiRequest::Chat(r) => r.all_text(),
+            ApiRequest::Completion(r) => r.prompt.join("\n"),
+            ApiRequest::Embeddings(r) => r.input.join("\n"),
+        }
+    }
+}
+
+/// A chat request (OpenAI chat completions or Anthropic messages).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    /// System prompt parts, in order. OpenAI `system`/`developer` messages land here only when they lead
+    /// the conversation; later ones stay in `messages` with `Role::System`.
+    pub system: Vec<String>,
+    pub messages: Vec<Message>,
+    pub stream: bool,
+    /// OpenAI `stream_options.include_usage`.
+    pub include_usage: bool,
+    pub params: SamplingParams,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    /// OpenAI `user` / Anthropic `metadata.user_id`.
+    pub user: Option<String>,
+}
+
+impl ChatRequest {
+    /// Text of the last user message, its text parts joined by a newline.
+    pub fn last_user_text(&self) -> Option<String> {
+        self.messages
+            .iter()
+            .rev()
+            .find(|message| message.role == Role::User)
+            .map(Message::text)
+    }
+
+    /// Every piece of text in the request (system, messages, tool arguments and results).
+    pub fn all_text(&self) -> String {
+        let mut out = self.system.join("\n");
+        for message in &self.messages {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&message.text());
+            for part in &message.parts {
+                if let Part::ToolCall(call) = part {
+                    out.push_str(&call.arguments);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sampling parameters shared by both protocols.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SamplingParams {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u64>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub n: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// The message's text parts joined by a newline (tool results included as text).
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            let text = match part {
+                Part::Text(text) => text.as_str(),
+                Part::ToolResult(result) => result.content.as_str(),
+                _ => continue,
+            };
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(text);
+        }
+        out
+    }
+}
+
+/// One piece of message content.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Image(Image),
+    ToolCall(ToolCall),
+    ToolResult(ToolResult),
+    Thinking {
+        text: String,
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        data: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    Url(String),
+    Base64 { media_type: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text of the arguments, exactly as the model produced it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub tool_call_id: String,
+    pub content: String,
+    pub is_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the parameters.
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Named(String),
+}
+
+/// A legacy completions request (`/v1/completions`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Vec<String>,
+    pub stream: bool,
+    pub params: SamplingParams,
+}
+
+/// An embeddings request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EmbeddingsRequest {
+    pub model: Option<String>,
+    pub input: Vec<String>,
+}
+
+/// Token usage of one exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_creation_tokens: u64,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    StopSequence,
+    Length,
+    ToolCalls,
+    ContentFilter,
+}
+
+/// A request body that could not be decoded; the message names what was wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub message: String,
+    /// The offending field path, e.g. `messages[0].content`, when known.
+    pub param: Option<String>,
+}
+
+impl DecodeError {
+    pub fn new(message: impl Into<String>, param: Option<String>) -> Self {
+        DecodeError {
+            message: message.into(),
+            param,
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Count whitespace-separated words: the echo backend's token measure (seed 003: "Hello world" → 2).
+pub fn word_count(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}

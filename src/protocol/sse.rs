@@ -1,0 +1,271 @@
+//! Incremental Server-Sent Events decoder and encoder over raw bytes.
+//!
+//! Upstream bytes arrive in arbitrary pieces (inside lines, inside UTF-8 characters); the decoder buffers
+//! only the current unfinished event, bounded by `max_event_bytes`, and hands out complete events as
+//! `Bytes` slices without copying their payload twice.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Default bound on one event's size: larger events are an upstream fault, not something to buffer.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// One complete SSE event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field, when present.
+    pub event: Option<String>,
+    /// The `data:` lines joined by `\n`; empty for comment-only frames.
+    pub data: Bytes,
+    /// The whole frame as received, terminator included, for verbatim forwarding.
+    pub raw: Bytes,
+}
+
+impl SseEvent {
+    /// True for the OpenAI stream terminator `data: [DONE]`.
+    pub fn is_done(&self) -> bool {
+        self.data.as_ref() == b"[DONE]"
+    }
+
+    /// True when the frame carried neither data nor an event name (a comment or keep-alive).
+    pub fn is_comment(&self) -> bool {
+        self.data.is_empty() && self.event.is_none()
+    }
+}
+
+/// The stream broke the SSE framing rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SseError {
+    #[error("upstream sent an SSE event larger than {0} bytes")]
+    EventTooLarge(usize),
+}
+
+/// Incremental decoder: `feed` bytes, then drain `next_event` until it returns `None`.
+#[derive(Debug)]
+pub struct SseDecoder {
+    buffer: BytesMut,
+    max_event_bytes: usize,
+    /// How far `buffer` was already scanned for a frame end, so re-scans are linear overall.
+    scanned: usize,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        SseDecoder::new(DEFAULT_MAX_EVENT_BYTES)
+    }
+}
+
+impl SseDecoder {
+    pub fn new(max_event_bytes: usize) -> Self {
+        SseDecoder {
+            buffer: BytesMut::new(),
+            max_event_bytes,
+            scanned: 0,
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.buffer.extend_from_slice(chunk);
+    }
+
+    /// Bytes held for an unfinished event.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The next complete event, `Ok(None)` when more bytes are needed.
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        loop {
+            let Some((end, terminator)) = find_frame_end(&self.buffer, self.scanned) else {
+                self.scanned = self.buffer.len().saturating_sub(3);
+                if self.buffer.len() > self.max_event_bytes {
+                    return Err(SseError::EventTooLarge(self.max_event_bytes));
+                }
+                return Ok(None);
+            };
+            self.scanned = 0;
+            let raw = self.buffer.split_to(end + terminator).freeze();
+            let frame = raw.slice(..end);
+            // A leading blank line (e.g. after a BOM-less stream start) yields an empty frame: skip it.
+            if frame.iter().all(|b| *b == b'\n' || *b == b'\r') {
+                continue;
+            }
+            return Ok(Some(parse_frame(frame, raw)));
+        }
+    }
+
+    /// Called at end of stream: a final event without its blank line is dropped (as the spec says),
+    /// except that a lone complete `data:` line is accepted, since some servers omit the last blank line.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        let rest = std::mem::take(&mut self.buffer).freeze();
+        let trimmed_len = rest
+            .iter()
+            .rposition(|b| *b != b'\n' && *b != b'\r')
+            .map_or(0, |i| i + 1);
+        if trimmed_len == 0 || trimmed_len == rest.len() {
+            return None;
+        }
+        let event = parse_frame(rest.slice(..trimmed_len), rest.clone());
+        (!event.data.is_empty()).then_some(event)
+    }
+}
+
+/// Position of the first blank line at or after `from`: `(frame_len, terminator_len)`.
+fn find_frame_end(buffer: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buffer[i..]) {
+        let at = i + offset;
+        let rest = &buffer[at..];
+        if rest.starts_with(b"\n\n") {
+            return Some((at, 2));
+        }
+        if rest.starts_with(b"\r\n\r\n") {
+            return Some((at, 4));
+        }
+        if rest.starts_with(b"\n\r\n") {
+            return Some((at, 3));
+        }
+        if rest.starts_with(b"\r\n\n") {
+            return Some((at, 3));
+        }
+        if rest.starts_with(b"\r\r") {
+            return Some((at, 2));
+        }
+        i = at + 1;
+    }
+    None
+}
+
+fn parse_frame(frame: Bytes, raw: Bytes) -> SseEvent {
+    let mut event = None;
+    let mut data: Option<BytesMut> = None;
+    let mut single: Option<Bytes> = None;
+    let mut start = 0;
+    let len = frame.len();
+    while start <= len {
+        let end = memchr::memchr2(b'\n', b'\r', &frame[start..]).map_or(len, |i| start + i);
+        let line = frame.slice(start..end);
+        let (field, value) = match memchr::memchr(b':', &line) {
+            Some(0) => (Bytes::new(), Bytes::new()),
+            Some(colon) => {
+                let mut value = line.slice(colon + 1..);
+                if value.first() == Some(&b' ') {
+                    value.advance(1);
+                }
+                (line.slice(..colon), value)
+            }
+            None => (line.clone(), Bytes::new()),
+        };
+        match field.as_ref() {
+            b"data" => match (&mut data, &single) {
+                (Some(joined), _) => {
+                    joined.put_u8(b'\n');
+                    joined.extend_from_slice(&value);
+                }
+                (None, Some(first)) => {
+                    let mut joined = BytesMut::from(first.as_ref());
+                    joined.put_u8(b'\n');
+                    joined.extend_from_slice(&value);
+                    data = Some(joined);
+                    single = None;
+                }
+                (None, None) => single = Some(value),
+            },
+            b"event" => event = Some(String::from_utf8_lossy(&value).into_owned()),
+            _ => {}
+        }
+        // Skip the line terminator (\r\n counts as one).
+        start = end + 1;
+        if end < len && frame[end] == b'\r' && frame.get(end + 1) == Some(&b'\n') {
+            start += 1;
+        }
+        if end == len {
+            break;
+        }
+    }
+    let data = match (data, single) {
+        (Some(joined), _) => joined.freeze(),
+        (None, Some(single)) => single,
+        (None, None) => Bytes::new(),
+    };
+    SseEvent { event, data, raw }
+}
+
+/// Append one event in SSE framing.
+pub fn encode(event: Option<&str>, data: &[u8], out: &mut BytesMut) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.put_u8(b'\n');
+    }
+    for line in data.split(|b| *b == b'\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(pieces: &[&[u8]]) -> Vec<(Option<String>, String)> {
+        let mut decoder = SseDecoder::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            decoder.feed(piece);
+            while let Some(event) = decoder.next_event().unwrap() {
+                out.push((event.event, String::from_utf8(event.data.to_vec()).unwrap()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_across_arbitrary_splits() {
+        let stream = "event: message_start\ndata: {\"a\":\"é\"}\n\n: ping\n\ndata: x\r\ndata: y\r\n\r\ndata: [DONE]\n\n";
+        let whole = decode_all(&[stream.as_bytes()]);
+        assert_eq!(
+            whole,
+            vec![
+                (Some("message_start".into()), "{\"a\":\"é\"}".into()),
+                (None, String::new()),
+                (None, "x\ny".into()),
+                (None, "[DONE]".into()),
+            ]
+        );
+        let bytes = stream.as_bytes();
+        for split in 1..bytes.len() {
+            assert_eq!(
+                decode_all(&[&bytes[..split], &bytes[split..]]),
+                whole,
+                "split at {split}"
+            );
+        }
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode_all(&singles), whole);
+    }
+
+    #[test]
+    fn bounds_the_buffer() {
+        let mut decoder = SseDecoder::new(8);
+        decoder.feed(b"data: 0123456789");
+        assert_eq!(decoder.next_event(), Err(SseError::EventTooLarge(8)));
+    }
+
+    #[test]
+    fn raw_keeps_the_frame_verbatim() {
+        let mut decoder = SseDecoder::default();
+        decoder.feed(b"data: {\"id\":1}\n\ndata: [DONE]\n\n");
+        let first = decoder.next_event().unwrap().unwrap();
+        assert_eq!(first.raw.as_ref(), b"data: {\"id\":1}\n\n");
+        assert!(decoder.next_event().unwrap().unwrap().is_done());
+    }
+
+    #[test]
+    fn encodes_multiline_data() {
+        let mut out = BytesMut::new();
+        encode(Some("ping"), b"a\nb", &mut out);
+        assert_eq!(out.as_ref(), b"event: ping\ndata: a\ndata: b\n\n");
+    }
+}
