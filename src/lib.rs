@@ -1,3 +1,5 @@
 //! ai-gateway: one binary that serves OpenAI- and Anthropic-compatible endpoints in front of any backend.
 
+pub mod config;
 pub mod protocol;
+pub mod secret;

@@ -1,0 +1,474 @@
+//! Configuration: where it comes from, how it is parsed, interpolated, translated and validated.
+//!
+//! Pipeline: pick the source (`--config`, `CONFIG_FILE`, `config/${GATEWAY_ENV:-default}.{yaml,toml}`,
+//! `config.yaml`, `config.json5`, the embedded default) → parse by extension into a JSON value →
+//! expand `${VAR}` / `${VAR:-default}` in strings → translate seed dialects (`dialect`) → apply env
+//! overrides → decode `RawConfig` (errors carry the path) → validate into `Config`.
+
+pub mod dialect;
+pub mod env;
+pub mod model;
+pub mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+pub use env::Env;
+pub use model::{BackendConfig, BackendKind, Config, InstanceConfig};
+
+/// The config served when no file is found: one echo backend named `local` on port 8080.
+pub const EMBEDDED_DEFAULT: &str = "\
+# Embedded default: every request is answered by the echo backend.
+server: { host: 0.0.0.0, port: 8080 }
+default_backend: local
+backends:
+  local: { type: echo }
+";
+
+/// Where the config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Embedded => f.write_str("<embedded default config>"),
+        }
+    }
+}
+
+/// A config that could not be loaded: which file, where inside it, and what was expected.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub source: String,
+    pub path: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) if !path.is_empty() => {
+                write!(f, "{}: {}: {}", self.source, path, self.message)
+            }
+            _ => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Pick the config source: an explicit path wins, then the environment, then well-known files.
+pub fn locate(explicit: Option<&Path>, env: &Env) -> Source {
+    if let Some(path) = explicit {
+        return Source::File(path.to_owned());
+    }
+    if let Some(path) = env.get("CONFIG_FILE") {
+        return Source::File(PathBuf::from(path));
+    }
+    let profile = env.get("GATEWAY_ENV").unwrap_or("default");
+    for ext in ["yaml", "yml", "toml"] {
+        let candidate = PathBuf::from(format!("config/{profile}.{ext}"));
+        if candidate.is_file() {
+            return Source::File(candidate);
+        }
+    }
+    for name in ["config.yaml", "config.yml", "config.json5"] {
+        let candidate = PathBuf::from(name);
+        if candidate.is_file() {
+            return Source::File(candidate);
+        }
+    }
+    Source::Embedded
+}
+
+/// Load and validate the config from `source`.
+pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
+    let (text, format) = match source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+                source: source.to_string(),
+                path: None,
+                message: format!("cannot read the config file: {error}"),
+            })?;
+            (text, Format::from_path(path))
+        }
+        Source::Embedded => (EMBEDDED_DEFAULT.to_owned(), Format::Yaml),
+    };
+    parse_str(&text, format, env).map_err(|(path, message)| ConfigError {
+        source: source.to_string(),
+        path,
+        message,
+    })
+}
+
+/// The file syntaxes we read, chosen by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Toml,
+    Json5,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Format::Toml,
+            Some("json" | "json5") => Format::Json5,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+/// Parse config text; errors are `(path inside the document, message)`.
+pub fn parse_str(
+    text: &str,
+    format: Format,
+    env: &Env,
+) -> Result<Config, (Option<String>, String)> {
+    let mut document: Value = match format {
+        Format::Yaml => {
+            yaml_serde::from_str(text).map_err(|e| (None, format!("invalid YAML: {e}")))?
+        }
+        Format::Toml => toml::from_str(text).map_err(|e| (None, format!("invalid TOML: {e}")))?,
+        Format::Json5 => {
+            json5::from_str(text).map_err(|e| (None, format!("invalid JSON5: {e}")))?
+        }
+    };
+    if document.is_null() {
+        document = Value::Object(serde_json::Map::new());
+    }
+    interpolate(&mut document, env, &mut String::new()).map_err(|(p, m)| (Some(p), m))?;
+    dialect::to_native(&mut document).map_err(|e| (Some(e.path), e.message))?;
+    apply_env_overrides(&mut document, env).map_err(|(p, m)| (Some(p), m))?;
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(&document).map_err(|error| {
+        let path = error.path().to_string();
+        (Some(path), error.into_inner().to_string())
+    })?;
+    Config::try_from_raw(raw).map_err(|e| (Some(e.path), e.message))
+}
+
+/// Expand `${VAR}` and `${VAR:-default}` in every string value. A missing variable without a default is
+/// an error naming the variable and where it is used.
+fn interpolate(value: &mut Value, env: &Env, path: &mut String) -> Result<(), (String, String)> {
+    match value {
+        Value::String(text) if text.contains("${") => {
+            *text = expand(text, env).map_err(|var| {
+                (
+                    path.clone(),
+                    format!("environment variable '{var}' is not set (use ${{{var}:-default}} for an optional value)"),
+                )
+            })?;
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate(item, env, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                interpolate(item, env, path)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(text: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (expr, None),
+        };
+        match (env.get(name), default) {
+            (Some(value), _) => out.push_str(value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => return Err(name.to_owned()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `PORT`/`HOST` (seed 003), `GATEWAY_SERVER_*`, `GATEWAY_LOGGING_*` and
+/// `GATEWAY_UPSTREAMS_<NAME>_API_KEY` (seed 002). The more specific `GATEWAY_*` names win.
+fn apply_env_overrides(document: &mut Value, env: &Env) -> Result<(), (String, String)> {
+    let Some(root) = document.as_object_mut() else {
+        return Ok(());
+    };
+    let mut set =
+        |section: &str, key: &str, var: &str, number: bool| -> Result<(), (String, String)> {
+            let Some(value) = env.get(var) else {
+                return Ok(());
+            };
+            let value = if number {
+                let port: u16 = value.parse().map_err(|_| {
+                    (
+                        format!("{section}.{key}"),
+                        format!("environment variable {var}='{value}' is not a port number"),
+                    )
+                })?;
+                Value::from(port)
+            } else {
+                Value::from(value)
+            };
+            let entry = root
+                .entry(section)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(object) = entry.as_object_mut() {
+                object.insert(key.to_owned(), value);
+            }
+            Ok(())
+        };
+    set("server", "port", "PORT", true)?;
+    set("server", "host", "HOST", false)?;
+    set("server", "port", "GATEWAY_SERVER_PORT", true)?;
+    set("server", "host", "GATEWAY_SERVER_HOST", false)?;
+    set("logging", "level", "GATEWAY_LOGGING_LEVEL", false)?;
+    set("logging", "format", "GATEWAY_LOGGING_FORMAT", false)?;
+    if let Some(Value::Object(backends)) = root.get_mut("backends") {
+        for (var, value) in env.with_prefix("GATEWAY_UPSTREAMS_") {
+            let Some(name) = var
+                .strip_prefix("GATEWAY_UPSTREAMS_")
+                .and_then(|rest| rest.strip_suffix("_API_KEY"))
+            else {
+                continue;
+            };
+            let wanted = name.to_ascii_lowercase();
+            for (backend_name, backend) in backends.iter_mut() {
+                if backend_name.to_ascii_lowercase().replace('-', "_") == wanted
+                    && let Some(object) = backend.as_object_mut()
+                    && !value.is_empty()
+                {
+                    object.insert("api_key".into(), Value::from(value));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
+    }
+
+    fn err(text: &str, format: Format) -> String {
+        let (path, message) = parse_str(text, format, &env(&[])).unwrap_err();
+        format!("{}: {message}", path.unwrap_or_default())
+    }
+
+    #[test]
+    fn embedded_default_is_one_echo_backend_on_8080() {
+        let config = parse_str(EMBEDDED_DEFAULT, Format::Yaml, &env(&[])).unwrap();
+        assert_eq!(config.server.port, 8080);
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(config.backends[0].name, "local");
+        assert_eq!(config.backends[0].kind, BackendKind::Echo);
+    }
+
+    #[test]
+    fn seed_000_config_loads_unchanged() {
+        let text = "default_backend: local\nbackends:\n  local:\n    type: local\n    url: http://127.0.0.1:8081\n  modal:\n    type: modal\n    url: https:/YOUR_MODAL_URL\n  modal_vllm:\n    type: vllm\n    url: https://YOUR_MODAL_VLLM_URL\n";
+        let config = parse_str(text, Format::Yaml, &env(&[])).unwrap();
+        let kinds: Vec<_> = config
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("local", BackendKind::Echo),
+                ("modal", BackendKind::OpenAi),
+                ("modal_vllm", BackendKind::OpenAi)
+            ]
+        );
+        assert_eq!(
+            config.backends[2].instances[0].base_url,
+            "https://your_modal_vllm_url/v1"
+        );
+    }
+
+    #[test]
+    fn seed_003_list_form_and_timeout_alias() {
+        let text = "default_backend: local\nbackends:\n- name: local\n  type: echo\n- name: remote\n  type: http\n  url: http://localhost:8081\n  timeout: 60.0\n";
+        let config = parse_str(text, Format::Yaml, &env(&[])).unwrap();
+        assert_eq!(config.backends[1].name, "remote");
+        assert_eq!(config.backends[1].timeout.as_secs(), 60);
+    }
+
+    #[test]
+    fn errors_name_the_path_and_the_expectation() {
+        assert_eq!(
+            err(
+                "backends:\n  v:\n    type: openai\n    instances:\n      - url: http://a\n      - url: 5\n",
+                Format::Yaml
+            ),
+            "backends.v.instances[1].url: invalid type: integer `5`, expected a string"
+        );
+        assert!(
+            err("backends:\n  v: { type: gpu }\n", Format::Yaml)
+                .starts_with("backends.v.type: unknown backend type 'gpu'")
+        );
+        assert!(
+            err(
+                "default_backend: nope\nbackends:\n  a: { type: echo }\n",
+                Format::Yaml
+            )
+            .starts_with("default_backend: unknown backend 'nope'")
+        );
+        assert!(
+            err(
+                "backends:\n  a: { type: echo, colour: red }\n",
+                Format::Yaml
+            )
+            .contains("unknown field `colour`")
+        );
+        assert!(
+            err(
+                "backends:\n  a: { type: openai, url: \"${NOPE}\" }\n",
+                Format::Yaml
+            )
+            .starts_with("backends.a.url: environment variable 'NOPE' is not set")
+        );
+    }
+
+    #[test]
+    fn interpolation_and_env_overrides() {
+        let text = "server: { port: 1 }\nbackends:\n  openai: { type: openai, url: \"${BASE:-http://x}\", api_key: \"${KEY}\" }\n";
+        let config = parse_str(
+            text,
+            Format::Yaml,
+            &env(&[
+                ("KEY", "k1"),
+                ("PORT", "9000"),
+                ("GATEWAY_SERVER_PORT", "9100"),
+                ("HOST", "127.0.0.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.port, 9100);
+        assert_eq!(config.server.host, "127.0.0.1");
+        assert_eq!(config.backends[0].instances[0].base_url, "http://x/v1");
+        assert_eq!(
+            config.backends[0].instances[0]
+                .api_key
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "k1"
+        );
+        let config = parse_str(
+            text,
+            Format::Yaml,
+            &env(&[("KEY", "k1"), ("GATEWAY_UPSTREAMS_OPENAI_API_KEY", "k2")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.backends[0].instances[0]
+                .api_key
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "k2"
+        );
+    }
+
+    #[test]
+    fn seed_002_toml_routes_by_path() {
+        let text = r#"
+[server]
+host = "0.0.0.0"
+port = 8080
+[logging]
+level = "info"
+format = "json"
+[[upstreams]]
+name = "openai"
+url = "https://api.openai.com"
+format = "openai-chat"
+[[upstreams]]
+name = "anthropic"
+url = "https://api.anthropic.com"
+format = "anthropic"
+[[routes]]
+path = "/v1/chat/completions"
+input_format = "openai-chat"
+upstream = "openai"
+[[routes]]
+path = "/v1/messages"
+input_format = "anthropic"
+upstream = "anthropic"
+"#;
+        let config = parse_str(
+            text,
+            Format::Toml,
+            &env(&[("GATEWAY_UPSTREAMS_ANTHROPIC_API_KEY", "sk-ant")]),
+        )
+        .unwrap();
+        assert_eq!(config.backends[config.default_backend].name, "openai");
+        let messages = config.endpoint_defaults[&crate::protocol::Endpoint::Messages];
+        assert_eq!(config.backends[messages].kind, BackendKind::Anthropic);
+        assert_eq!(
+            config.backends[messages].instances[0].base_url,
+            "https://api.anthropic.com/v1"
+        );
+        assert!(config.backends[messages].instances[0].api_key.is_some());
+        assert!(config.logging.json);
+    }
+
+    #[test]
+    fn seed_001_json5_means_what_it_meant() {
+        let text = r#"{
+            "instances": [ // private instances for inference
+              {"url": "http://10.82.1.1:8080/v1", "api_key": "empty", "model_name": "deepseek-r1", "weight": 1},
+              {"url": "http://10.82.1.2:8080/v1", "api_key": "empty", "model_name": "deepseek-r1", "weight": 1},
+            ],
+            "fallback_instances":[ {"url": "https://cloud.infini-ai.com/maas/v1", "api_key":"your_api_key", "model_name": "deepseek-r1", "weight": 1} ],
+            "data_dir": "./data",
+            "load_balancing_strategy": "round_robin",
+            "error_threshold": 10, "error_window": 300, "alert_cooldown": 300
+        }"#;
+        let config = parse_str(text, Format::Json5, &env(&[])).unwrap();
+        assert_eq!(config.server.port, 9999);
+        let primary = &config.backends[config.default_backend];
+        assert_eq!(primary.instances.len(), 2);
+        assert_eq!(primary.fallback.len(), 1);
+        assert_eq!(
+            config.backends[primary.fallback[0]].instances[0].base_url,
+            "https://cloud.infini-ai.com/maas/v1"
+        );
+        assert_eq!(config.models["deepseek-r1"].backend, config.default_backend);
+        assert!(config.sections.request_log.is_some());
+    }
+}

@@ -1,0 +1,469 @@
+//! The validated configuration: what the rest of the gateway reads. Built from `RawConfig` by
+//! `Config::try_from_raw`; code after loading never re-checks what is guaranteed here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::raw::{RawBackend, RawConfig};
+use crate::protocol::Endpoint;
+use crate::secret::Secret;
+
+/// The whole validated config. Immutable; a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub backends: Vec<BackendConfig>,
+    /// Index into `backends`.
+    pub default_backend: usize,
+    /// Public model name → target.
+    pub models: HashMap<String, ModelTarget>,
+    /// Alias names in file order, for `/v1/models`.
+    pub model_names: Vec<String>,
+    /// Per-endpoint default backends (seed 002 routes), before `default_backend`.
+    pub endpoint_defaults: HashMap<Endpoint, usize>,
+    pub logging: LoggingConfig,
+    /// Sections decoded by their owning modules.
+    pub sections: Sections,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Sections {
+    pub rate_limit: Option<Value>,
+    pub keys: Option<Value>,
+    pub cache: Option<Value>,
+    pub request_log: Option<Value>,
+    pub alerts: Option<Value>,
+    pub policies: Option<Value>,
+    pub state: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub cors_allow_origin: String,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub json: bool,
+    pub access_log: bool,
+}
+
+/// Where a public model name goes.
+#[derive(Debug, Clone)]
+pub struct ModelTarget {
+    pub backend: usize,
+    /// Model name sent upstream instead of the client's.
+    pub model: Option<String>,
+}
+
+/// The closed set of backend kinds (seed aliases are mapped at load time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Echo,
+    OpenAi,
+    Anthropic,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Echo => "echo",
+            BackendKind::OpenAi => "openai",
+            BackendKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+    /// Never empty for OpenAi/Anthropic; empty for Echo.
+    pub instances: Vec<InstanceConfig>,
+    /// Model name sent upstream for every request to this backend, unless an alias sets one.
+    pub model: Option<String>,
+    pub load_balancing: String,
+    /// Bound on the wait for the upstream's response headers.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Bound on the gap between two stream events.
+    pub stream_idle_timeout: Duration,
+    /// Extra attempts on other instances of this backend after the first one failed.
+    pub retries: u32,
+    /// Backends tried in order once every instance of this one failed (indexes into `Config::backends`).
+    pub fallback: Vec<usize>,
+    pub health: Option<Value>,
+    pub max_tokens: u64,
+    pub anthropic_version: String,
+    pub chunk_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceConfig {
+    /// Base URL ending in the API version path (`http://h:8000/v1`), no trailing slash.
+    pub base_url: String,
+    /// The base URL without credentials, safe to show in `/health`, logs and errors.
+    pub display: String,
+    pub weight: u32,
+    pub api_key: Option<Secret>,
+    pub model: Option<String>,
+}
+
+/// A validation failure: the path inside the file and what was expected.
+#[derive(Debug)]
+pub struct Invalid {
+    pub path: String,
+    pub message: String,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    pub fn try_from_raw(raw: RawConfig) -> Result<Config, Invalid> {
+        let names: Vec<String> = raw.backends.keys().cloned().collect();
+        let index_of = |name: &str| names.iter().position(|n| n == name);
+        if names.is_empty() {
+            return Err(invalid(
+                "backends",
+                "at least one backend is required, e.g. `backends: { local: { type: echo } }`",
+            ));
+        }
+        let mut backends = Vec::with_capacity(names.len());
+        for (name, backend) in &raw.backends {
+            backends.push(backend_from_raw(name, backend, &names)?);
+        }
+        let default_backend = match &raw.default_backend {
+            Some(name) => index_of(name).ok_or_else(|| {
+                invalid(
+                    "default_backend",
+                    format!(
+                        "unknown backend '{name}'; configured backends: {}",
+                        names.join(", ")
+                    ),
+                )
+            })?,
+            None => 0,
+        };
+        let mut models = HashMap::new();
+        let mut model_names = Vec::new();
+        for (alias, target) in &raw.models {
+            let backend = index_of(&target.backend).ok_or_else(|| {
+                invalid(
+                    format!("models.{alias}"),
+                    format!(
+                        "unknown backend '{}'; configured backends: {}",
+                        target.backend,
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            models.insert(
+                alias.clone(),
+                ModelTarget {
+                    backend,
+                    model: target.model.clone(),
+                },
+            );
+            model_names.push(alias.clone());
+        }
+        let mut endpoint_defaults = HashMap::new();
+        for (i, route) in raw.routes.iter().enumerate() {
+            let endpoint = match route.path.trim_end_matches('/') {
+                "/v1/chat/completions" => Endpoint::ChatCompletions,
+                "/v1/completions" => Endpoint::Completions,
+                "/v1/embeddings" => Endpoint::Embeddings,
+                "/v1/messages" => Endpoint::Messages,
+                other => {
+                    return Err(invalid(
+                        format!("routes[{i}].path"),
+                        format!(
+                            "unknown path '{other}'; expected /v1/chat/completions, /v1/completions, /v1/embeddings or /v1/messages"
+                        ),
+                    ));
+                }
+            };
+            let backend = index_of(&route.backend).ok_or_else(|| {
+                invalid(
+                    format!("routes[{i}].backend"),
+                    format!(
+                        "unknown backend '{}'; configured backends: {}",
+                        route.backend,
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            endpoint_defaults.insert(endpoint, backend);
+        }
+        let server = &raw.server;
+        if server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, proxy) in server.trusted_proxies.iter().enumerate() {
+            trusted_proxies.push(proxy.parse::<IpAddr>().map_err(|_| {
+                invalid(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("'{proxy}' is not an IP address"),
+                )
+            })?);
+        }
+        let logging = &raw.logging;
+        let json = match logging.format.as_str() {
+            "json" => true,
+            "pretty" | "text" | "compact" => false,
+            other => {
+                return Err(invalid(
+                    "logging.format",
+                    format!("unknown format '{other}'; expected json or pretty"),
+                ));
+            }
+        };
+        Ok(Config {
+            server: ServerConfig {
+                host: server.host.clone(),
+                port: server.port,
+                max_body_bytes: server.max_body_bytes,
+                shutdown_grace: seconds("server.shutdown_grace_s", server.shutdown_grace_s)?,
+                cors_allow_origin: server.cors_allow_origin.clone(),
+                trusted_proxies,
+            },
+            backends,
+            default_backend,
+            models,
+            model_names,
+            endpoint_defaults,
+            logging: LoggingConfig {
+                level: logging.level.clone(),
+                json,
+                access_log: logging.access_log,
+            },
+            sections: Sections {
+                rate_limit: raw.rate_limit,
+                keys: raw.keys,
+                cache: raw.cache,
+                request_log: raw.request_log,
+                alerts: raw.alerts,
+                policies: raw.policies,
+                state: raw.state,
+            },
+        })
+    }
+
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+}
+
+fn seconds(path: &str, value: f64) -> Result<Duration, Invalid> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(
+                path,
+                format!("expected a positive number of seconds, got {value}"),
+            )
+        })
+}
+
+fn backend_from_raw(
+    name: &str,
+    raw: &RawBackend,
+    names: &[String],
+) -> Result<BackendConfig, Invalid> {
+    let path = format!("backends.{name}");
+    let kind = match raw.kind.as_str() {
+        "echo" | "local" => BackendKind::Echo,
+        "openai" | "http" | "vllm" | "remote" | "modal" | "llamacpp" | "llama.cpp" | "ollama"
+        | "openai-chat" | "openai_compatible" => BackendKind::OpenAi,
+        "anthropic" => BackendKind::Anthropic,
+        other => {
+            return Err(invalid(
+                format!("{path}.type"),
+                format!(
+                    "unknown backend type '{other}'; expected echo, openai or anthropic (aliases: local, http, vllm, remote, modal)"
+                ),
+            ));
+        }
+    };
+    let mut instances = Vec::new();
+    if kind != BackendKind::Echo {
+        match (&raw.instances, &raw.url) {
+            (Some(list), _) if !list.is_empty() => {
+                for (i, instance) in list.iter().enumerate() {
+                    let ipath = format!("{path}.instances[{i}]");
+                    let weight = instance.weight.unwrap_or(1);
+                    if weight == 0 {
+                        return Err(invalid(format!("{ipath}.weight"), "must be at least 1"));
+                    }
+                    let (base_url, display) =
+                        normalize_url(&format!("{ipath}.url"), &instance.url)?;
+                    instances.push(InstanceConfig {
+                        base_url,
+                        display,
+                        weight,
+                        api_key: instance
+                            .api_key
+                            .clone()
+                            .or_else(|| raw.api_key.clone())
+                            .filter(|k| !k.is_empty())
+                            .map(Secret::new),
+                        model: instance.model.clone(),
+                    });
+                }
+            }
+            (_, Some(url)) => {
+                let (base_url, display) = normalize_url(&format!("{path}.url"), url)?;
+                instances.push(InstanceConfig {
+                    base_url,
+                    display,
+                    weight: 1,
+                    api_key: raw
+                        .api_key
+                        .clone()
+                        .filter(|k| !k.is_empty())
+                        .map(Secret::new),
+                    model: None,
+                });
+            }
+            _ => {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "a backend of type {} needs `url` or a non-empty `instances` list",
+                        kind.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    let load_balancing = raw
+        .load_balancing
+        .clone()
+        .unwrap_or_else(|| "round_robin".into());
+    if !matches!(
+        load_balancing.as_str(),
+        "round_robin" | "weighted" | "least_connections" | "latency"
+    ) {
+        return Err(invalid(
+            format!("{path}.load_balancing"),
+            format!(
+                "unknown strategy '{load_balancing}'; expected round_robin, weighted, least_connections or latency"
+            ),
+        ));
+    }
+    let mut fallback = Vec::new();
+    for (i, other) in raw.fallback.iter().enumerate() {
+        let index = names.iter().position(|n| n == other).ok_or_else(|| {
+            invalid(
+                format!("{path}.fallback[{i}]"),
+                format!(
+                    "unknown backend '{other}'; configured backends: {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        if other == name {
+            return Err(invalid(
+                format!("{path}.fallback[{i}]"),
+                "a backend cannot fall back to itself",
+            ));
+        }
+        fallback.push(index);
+    }
+    Ok(BackendConfig {
+        name: name.to_owned(),
+        kind,
+        instances,
+        model: raw.model.clone(),
+        load_balancing,
+        timeout: seconds(&format!("{path}.timeout_s"), raw.timeout_s.unwrap_or(60.0))?,
+        connect_timeout: seconds(
+            &format!("{path}.connect_timeout_s"),
+            raw.connect_timeout_s.unwrap_or(5.0),
+        )?,
+        stream_idle_timeout: seconds(
+            &format!("{path}.stream_idle_timeout_s"),
+            raw.stream_idle_timeout_s.unwrap_or(300.0),
+        )?,
+        retries: raw.retries.unwrap_or(1),
+        fallback,
+        health: raw.health.clone(),
+        max_tokens: raw.max_tokens.unwrap_or(4096),
+        anthropic_version: raw
+            .anthropic_version
+            .clone()
+            .unwrap_or_else(|| "2023-06-01".into()),
+        chunk_delay: Duration::from_millis(raw.chunk_delay_ms.unwrap_or(0)),
+    })
+}
+
+/// `http://h:8000` and `http://h:8000/v1` both mean `http://h:8000/v1`; other paths are kept.
+/// Returns the base URL and a display form without credentials.
+fn normalize_url(path: &str, url: &str) -> Result<(String, String), Invalid> {
+    let mut parsed = reqwest::Url::parse(url.trim()).map_err(|error| {
+        invalid(
+            path,
+            format!("'{url}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid(
+            path,
+            format!("'{url}' must start with http:// or https://"),
+        ));
+    }
+    if parsed.host_str().is_none() {
+        return Err(invalid(path, format!("'{url}' has no host")));
+    }
+    if parsed.path() == "/" || parsed.path().is_empty() {
+        parsed.set_path("/v1");
+    }
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    let base = parsed.as_str().trim_end_matches('/').to_owned();
+    let mut shown = parsed.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    Ok((base, shown.as_str().trim_end_matches('/').to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_url;
+
+    #[test]
+    fn base_urls_get_v1_when_they_have_no_path() {
+        assert_eq!(
+            normalize_url("u", "http://h:8000").unwrap().0,
+            "http://h:8000/v1"
+        );
+        assert_eq!(
+            normalize_url("u", "http://h:8000/v1/").unwrap().0,
+            "http://h:8000/v1"
+        );
+        assert_eq!(
+            normalize_url("u", "https://x.io/maas/v1").unwrap().0,
+            "https://x.io/maas/v1"
+        );
+        let (base, shown) = normalize_url("u", "http://user:pw@h:1/v1").unwrap();
+        assert_eq!(base, "http://user:pw@h:1/v1");
+        assert_eq!(shown, "http://h:1/v1");
+        assert!(normalize_url("u", "ftp://h").is_err());
+        assert!(normalize_url("u", "not a url").is_err());
+    }
+}
