@@ -1,5 +1,24 @@
 //! ai-gateway: one binary that serves OpenAI- and Anthropic-compatible endpoints in front of any backend.
+//!
+//! Modules in reading order, following a request:
+//! - `server`, `app`: listener, graceful shutdown, routes and layers;
+//! - `http`: front-door handlers, request ids, error bodies per protocol;
+//! - `pipeline`: the request path (decode → route → attempts → reply → record);
+//! - `routing`: model → backend, candidate order;
+//! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
+//! - `protocol`: pure wire formats and canonical types;
+//! - `config`, `state`: validated config and the atomically swapped snapshot;
+//! - `error`, `secret`, `logging`: cross-cutting pieces.
 
+pub mod app;
 pub mod config;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod pipeline;
 pub mod protocol;
+pub mod routing;
 pub mod secret;
+pub mod server;
+pub mod state;
+pub mod upstream;

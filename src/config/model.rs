@@ -94,7 +94,6 @@ pub struct BackendConfig {
     pub load_balancing: String,
     /// Bound on the wait for the upstream's response headers.
     pub timeout: Duration,
-    pub connect_timeout: Duration,
     /// Bound on the gap between two stream events.
     pub stream_idle_timeout: Duration,
     /// Extra attempts on other instances of this backend after the first one failed.
@@ -392,10 +391,6 @@ fn backend_from_raw(
         model: raw.model.clone(),
         load_balancing,
         timeout: seconds(&format!("{path}.timeout_s"), raw.timeout_s.unwrap_or(60.0))?,
-        connect_timeout: seconds(
-            &format!("{path}.connect_timeout_s"),
-            raw.connect_timeout_s.unwrap_or(5.0),
-        )?,
         stream_idle_timeout: seconds(
             &format!("{path}.stream_idle_timeout_s"),
             raw.stream_idle_timeout_s.unwrap_or(300.0),

@@ -70,7 +70,6 @@ pub struct RawBackend {
     pub load_balancing: Option<String>,
     #[serde(alias = "timeout")]
     pub timeout_s: Option<f64>,
-    pub connect_timeout_s: Option<f64>,
     pub stream_idle_timeout_s: Option<f64>,
     pub retries: Option<u32>,
     #[serde(default)]

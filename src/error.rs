@@ -1,0 +1,129 @@
+//! `GatewayError`: every failure the gateway itself reports, with its consequences (status, source,
+//! retryability, metrics kind). Rendering per front door lives in `http::error_body`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// What went wrong, as a closed set. HTTP status and retryability come from one `match` each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed or invalid request body or parameters.
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+    /// No or unknown API key.
+    Unauthorized,
+    /// The key may not use this model or route.
+    Forbidden,
+    RateLimited,
+    QuotaExceeded,
+    /// A prompt policy refused the request.
+    PolicyViolation,
+    /// The upstream did not answer within `timeout_s` (or went idle mid-stream).
+    UpstreamTimeout,
+    /// Connect refused/reset, 5xx, or a broken response from the upstream.
+    UpstreamUnavailable,
+    /// Every candidate answered 429.
+    UpstreamRateLimited,
+    /// Shared state (Redis) unreachable while `fail_closed`.
+    ServiceUnavailable,
+    Internal,
+}
+
+/// Who caused an error: decides what is logged at which level and what is counted as an upstream fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The offending request field, when one is to blame.
+    pub param: Option<String>,
+    /// Sent as `Retry-After` (seconds, rounded up).
+    pub retry_after: Option<Duration>,
+    /// Extra response headers (e.g. `x-ratelimit-*`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GatewayError {
+            kind,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>, param: Option<String>) -> Self {
+        GatewayError {
+            param,
+            ..GatewayError::new(ErrorKind::InvalidRequest, message)
+        }
+    }
+
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::InvalidRequest | ErrorKind::PolicyViolation => StatusCode::BAD_REQUEST,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited | ErrorKind::QuotaExceeded | ErrorKind::UpstreamRateLimited => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn source(&self) -> ErrorSource {
+        match self.kind {
+            ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamUnavailable
+            | ErrorKind::UpstreamRateLimited => ErrorSource::Upstream,
+            ErrorKind::ServiceUnavailable | ErrorKind::Internal => ErrorSource::Internal,
+            _ => ErrorSource::Client,
+        }
+    }
+
+    /// Stable short name, used as a metrics label and an error `code`.
+    pub fn kind_str(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UnsupportedMediaType => "unsupported_media_type",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
+            ErrorKind::PolicyViolation => "policy_violation",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamUnavailable => "upstream_unavailable",
+            ErrorKind::UpstreamRateLimited => "upstream_rate_limited",
+            ErrorKind::ServiceUnavailable => "service_unavailable",
+            ErrorKind::Internal => "internal_error",
+        }
+    }
+}

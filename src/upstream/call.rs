@@ -1,0 +1,237 @@
+//! One HTTP call to one upstream instance, and the classification of what went wrong.
+//!
+//! Faults that move on to the next candidate (DESIGN "what fails over"): connect refused/reset, timeout,
+//! 5xx and 429. Other 4xx answers are relayed to the client as they came.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::config::BackendKind;
+use crate::secret::Secret;
+
+/// Everything needed to send one attempt.
+pub struct CallSpec<'a> {
+    pub kind: BackendKind,
+    pub url: String,
+    pub body: Bytes,
+    pub api_key: Option<&'a Secret>,
+    /// Client credentials forwarded only when the backend has no key of its own and the gateway is open.
+    pub passthrough_auth: Option<&'a HeaderValue>,
+    pub anthropic_version: &'a str,
+    pub anthropic_beta: Option<&'a HeaderValue>,
+    pub request_id: &'a str,
+    pub stream: bool,
+    /// Bound on the wait for response headers.
+    pub timeout: Duration,
+}
+
+/// Why one attempt failed in a way that counts against the instance.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    Timeout(Duration),
+    Connect(String),
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// The upstream answered 200 but the body or stream was broken.
+    Broken(String),
+}
+
+impl Fault {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Fault::Timeout(_))
+    }
+
+    pub fn rate_limited(&self) -> Option<Option<Duration>> {
+        match self {
+            Fault::Status {
+                status: 429,
+                retry_after,
+                ..
+            } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Metrics label.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Fault::Timeout(_) => "timeout",
+            Fault::Connect(_) => "connect",
+            Fault::Status { status: 429, .. } => "rate_limited",
+            Fault::Status { .. } => "status_5xx",
+            Fault::Broken(_) => "broken_response",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Timeout(after) => write!(f, "timed out after {:.1}s", after.as_secs_f64()),
+            Fault::Connect(detail) => write!(f, "connection failed: {detail}"),
+            Fault::Status { status, detail, .. } if detail.is_empty() => write!(f, "HTTP {status}"),
+            Fault::Status { status, detail, .. } => write!(f, "HTTP {status}: {detail}"),
+            Fault::Broken(detail) => write!(f, "broken response: {detail}"),
+        }
+    }
+}
+
+/// A non-fault outcome of one attempt.
+pub enum Reply {
+    /// 2xx: the body is still to be read (or streamed).
+    Success(reqwest::Response),
+    /// A 4xx other than 429: relayed to the client, not retried.
+    ClientError {
+        status: u16,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply, Fault> {
+    let mut headers = HeaderMap::with_capacity(6);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static(if spec.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    if let Ok(id) = HeaderValue::from_str(spec.request_id) {
+        headers.insert("x-request-id", id);
+    }
+    match spec.kind {
+        BackendKind::Anthropic => {
+            if let Some(key) = spec
+                .api_key
+                .and_then(|k| HeaderValue::from_str(k.expose()).ok())
+            {
+                headers.insert("x-api-key", sensitive(key));
+            } else if let Some(auth) = spec.passthrough_auth {
+                headers.insert(header::AUTHORIZATION, auth.clone());
+            }
+            if let Ok(version) = HeaderValue::from_str(spec.anthropic_version) {
+                headers.insert("anthropic-version", version);
+            }
+            if let Some(beta) = spec.anthropic_beta {
+                headers.insert("anthropic-beta", beta.clone());
+            }
+        }
+        BackendKind::OpenAi | BackendKind::Echo => {
+            if let Some(key) = spec
+                .api_key
+                .and_then(|k| HeaderValue::from_str(&format!("Bearer {}", k.expose())).ok())
+            {
+                headers.insert(header::AUTHORIZATION, sensitive(key));
+            } else if let Some(auth) = spec.passthrough_auth {
+                headers.insert(header::AUTHORIZATION, auth.clone());
+            }
+        }
+    }
+    let request = client.post(&spec.url).headers(headers).body(spec.body);
+    let response = match tokio::time::timeout(spec.timeout, request.send()).await {
+        Err(_) => return Err(Fault::Timeout(spec.timeout)),
+        Ok(Err(error)) if error.is_timeout() => return Err(Fault::Timeout(spec.timeout)),
+        Ok(Err(error)) => return Err(Fault::Connect(describe(error))),
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        return Ok(Reply::Success(response));
+    }
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match tokio::time::timeout(spec.timeout, response.bytes()).await {
+        Ok(Ok(body)) => body,
+        _ => Bytes::new(),
+    };
+    if status == 429 || status >= 500 || status < 400 {
+        return Err(Fault::Status {
+            status,
+            retry_after,
+            detail: error_detail(&body),
+        });
+    }
+    Ok(Reply::ClientError {
+        status,
+        content_type,
+        body,
+    })
+}
+
+fn sensitive(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
+/// reqwest errors without the URL (which may carry credentials), with their root cause.
+pub fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `Retry-After` in seconds (HTTP dates are rare from LLM APIs and are treated as absent).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+/// A short description of an upstream error body: its `error.message` when it has one.
+fn error_detail(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let message = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.pointer("/message"))
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+    });
+    let text = message.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let mut text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    if text.len() >= 200 {
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_and_details() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            error_detail(br#"{"error":{"message":"overloaded"}}"#),
+            "overloaded"
+        );
+        assert_eq!(error_detail(b"plain\ntext"), "plaintext");
+    }
+}

@@ -1,0 +1,6 @@
+//! Upstream side: the echo backend, HTTP calls to OpenAI/Anthropic backends with fault classification,
+//! and the stream relay that forwards (or converts) SSE chunk by chunk.
+
+pub mod call;
+pub mod echo;
+pub mod relay;
