@@ -160,7 +160,7 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
         Ok(Ok(body)) => body,
         _ => Bytes::new(),
     };
-    if status == 429 || status >= 500 || status < 400 {
+    if status == 429 || !(400..500).contains(&status) {
         return Err(Fault::Status {
             status,
             retry_after,

@@ -1,0 +1,224 @@
+//! The built binary: `check`, config errors, the embedded default, and SIGTERM with a stream in flight.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::support::client;
+use crate::support::mock::{Behavior, Mock};
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-gateway"));
+    command
+        .env_remove("CONFIG_FILE")
+        .env_remove("PORT")
+        .env_remove("HOST")
+        .env_remove("GATEWAY_ENV");
+    command
+}
+
+#[test]
+fn check_accepts_valid_configs_and_names_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "backends:\n  local: { type: echo }\n").unwrap();
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "backends:\n  v:\n    type: openai\n    instances:\n      - url: http://a\n      - url: 5\n").unwrap();
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    assert!(stderr.contains("backends.v.instances[1].url"), "{stderr}");
+    assert!(stderr.contains("expected a string"), "{stderr}");
+}
+
+#[test]
+fn examples_all_validate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in walk(&root) {
+        let name = entry.to_string_lossy().to_string();
+        if !(name.ends_with(".yaml") || name.ends_with(".toml") || name.ends_with(".json5")) {
+            continue;
+        }
+        let out = binary()
+            .args(["check", "--config"])
+            .arg(&entry)
+            .env("OPENAI_API_KEY", "x")
+            .env("ANTHROPIC_API_KEY", "x")
+            .env("VLLM_KEY", "x")
+            .env("TEAM_A_KEY", "x")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the example configs, found {checked}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Start the binary on a free port and wait until it serves.
+fn spawn(config: &std::path::Path) -> (Child, String) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut child = binary()
+        .args(["--config"])
+        .arg(config)
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .env("GATEWAY_LOGGING_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("gateway exited before listening"))
+            .unwrap();
+        if line.contains("ai-gateway listening") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_stream_in_flight_finish_then_exits_zero() {
+    let mock = Mock::start().await;
+    mock.script([Behavior::Gate]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ shutdown_grace_s: 20 }}\nbackends:\n  up: {{ type: openai, url: '{}' }}\n",
+            mock.base()
+        ),
+    )
+    .unwrap();
+    let (mut child, base) = spawn(&config);
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({"stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+
+    assert!(send_sigterm(child.id()));
+    // New connections are refused once shutdown started.
+    let mut refused = false;
+    for _ in 0..100 {
+        if client().get(format!("{base}/health")).send().await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the gateway kept accepting connections after SIGTERM"
+    );
+    mock.release();
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"),
+        "stream was cut by shutdown"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+fn send_sigterm(pid: u32) -> bool {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn embedded_default_serves_echo_without_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut child = binary()
+        .current_dir(dir.path())
+        .env("PORT", port.to_string())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let line = loop {
+        let line = lines.next().expect("gateway exited").unwrap();
+        if line.contains("ai-gateway listening") {
+            break line;
+        }
+    };
+    assert!(line.contains("embedded default"), "{line}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let body: serde_json::Value = runtime.block_on(async {
+        client()
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .json(&serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body["choices"][0]["message"]["content"], "Echo: hi");
+    let _ = child.kill();
+    let _ = child.wait();
+}

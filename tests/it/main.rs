@@ -1,0 +1,14 @@
+//! Integration tests: the real gateway on 127.0.0.1:0 against real mock upstreams on 127.0.0.1:0.
+//! One test binary (faster to link); modules by feature.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on the first unexpected error"
+)]
+
+mod support;
+
+mod bad_input;
+mod binary;
+mod echo;
+mod passthrough;

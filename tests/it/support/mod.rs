@@ -1,0 +1,94 @@
+//! Test support: start a gateway in process with a config string, and an HTTP client.
+
+pub mod mock;
+
+use std::net::SocketAddr;
+
+use ai_gateway::config::{Env, Format, parse_str};
+use ai_gateway::state::AppState;
+use tokio::sync::oneshot;
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Gateway {
+    /// Start a gateway serving `yaml` on 127.0.0.1:0.
+    pub async fn start(yaml: &str) -> Gateway {
+        Gateway::start_with_env(yaml, &[]).await
+    }
+
+    pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = parse_str(yaml, Format::Yaml, &Env::from_pairs(env.iter().copied()))
+            .unwrap_or_else(|(path, message)| panic!("test config invalid at {path:?}: {message}"));
+        let state = AppState::new(config, ai_gateway::config::Source::Embedded).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(ai_gateway::server::run(
+            listener,
+            state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Gateway {
+            addr,
+            state,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// POST a JSON body.
+    pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self.post("/v1/chat/completions", &body.to_string()).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Parse an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            let data: Vec<&str> = frame
+                .lines()
+                .filter_map(|line| {
+                    line.strip_prefix("data: ")
+                        .or_else(|| line.strip_prefix("data:"))
+                })
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
