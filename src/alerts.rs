@@ -73,15 +73,17 @@ impl fmt::Debug for AlertsConfig {
 
 impl AlertsConfig {
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [
-            ("cooldown_s", self.cooldown_s),
-            ("timeout_s", self.timeout_s),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(format!(
-                    "alerts.{name} is {v}; it must be a number of seconds, 0 or more"
-                ));
-            }
+        if !(self.cooldown_s.is_finite() && self.cooldown_s >= 0.0) {
+            return Err(format!(
+                "alerts.cooldown_s is {}; it must be a number of seconds, 0 or more",
+                self.cooldown_s
+            ));
+        }
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(format!(
+                "alerts.timeout_s is {}; it must be a number of seconds above 0",
+                self.timeout_s
+            ));
         }
         if let Some(url) = &self.webhook_url
             && reqwest::Url::parse(url).is_err()
@@ -517,6 +519,11 @@ mod tests {
             ..AlertsConfig::default()
         };
         assert!(bad.validate().unwrap_err().contains("cooldown_s is NaN"));
+        let bad = AlertsConfig {
+            timeout_s: 0.0,
+            ..AlertsConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("timeout_s is 0"));
     }
 
     #[test]

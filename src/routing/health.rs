@@ -91,6 +91,26 @@ fn later(now: Instant, by: Duration) -> Instant {
     now.checked_add(by).unwrap_or(now)
 }
 
+/// Parses an HTTP `Retry-After` value, delta-seconds (`"7"`, also `"1.5"`) or an HTTP-date, into the wait
+/// from `now`. `None` when unparseable; a date in the past gives zero. Capped at `max` so an upstream
+/// cannot eject an instance for days by accident.
+pub fn parse_retry_after(value: &str, now: jiff::Timestamp, max: Duration) -> Option<Duration> {
+    static HTTP_DATE: jiff::fmt::rfc2822::DateTimeParser =
+        jiff::fmt::rfc2822::DateTimeParser::new();
+    let value = value.trim();
+    let wait = if let Ok(seconds) = value.parse::<f64>() {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return None;
+        }
+        secs(seconds)
+    } else {
+        let at = HTTP_DATE.parse_timestamp(value).ok()?;
+        let ms = at.as_millisecond().saturating_sub(now.as_millisecond());
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    };
+    Some(wait.min(max))
+}
+
 /// Observable breaker state (for `/health`, metrics and alerts).
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -582,6 +602,28 @@ mod tests {
             }
         ));
         assert_eq!(b.try_acquire(t0 + s(15)), Acquire::Probe);
+    }
+
+    #[test]
+    fn retry_after_values() {
+        let now: jiff::Timestamp = "2026-11-22T20:00:00Z".parse().unwrap();
+        let max = s(3600);
+        assert_eq!(parse_retry_after("7", now, max), Some(s(7)));
+        assert_eq!(
+            parse_retry_after(" 1.5 ", now, max),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_retry_after("999999", now, max), Some(max));
+        assert_eq!(
+            parse_retry_after("Sun, 22 Nov 2026 20:00:30 GMT", now, max),
+            Some(s(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 22 Nov 2026 19:00:00 GMT", now, max),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("-3", now, max), None);
+        assert_eq!(parse_retry_after("soon", now, max), None);
     }
 
     #[test]

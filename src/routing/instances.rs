@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::routing::balance::InstanceView;
-use crate::routing::health::{Breaker, HealthConfig};
+use crate::routing::health::{Breaker, BreakerState, HealthConfig};
 
 /// Decay time constant of the peak-EWMA: an old sample weighs 1/e after this long.
 const EWMA_TAU: Duration = Duration::from_secs(10);
@@ -125,6 +127,20 @@ impl InstanceState {
             .get(now)
     }
 
+    pub fn status(&self, now: Instant) -> InstanceStatus {
+        let retry_at = self.breaker.retry_at(now);
+        InstanceStatus {
+            backend: self.backend.clone(),
+            url: redacted_url(&self.url),
+            state: self.breaker.state(now),
+            healthy: retry_at.is_none(),
+            in_flight: self.in_flight(),
+            recent_errors: self.breaker.recent_errors(now),
+            ewma_ttfb_ms: self.ewma_ttfb_us(now) / 1000.0,
+            retry_in_s: retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+        }
+    }
+
     /// The balancer's view of this instance at `now`.
     pub fn view(&self, now: Instant) -> InstanceView {
         let retry_at = self.breaker.retry_at(now);
@@ -135,6 +151,20 @@ impl InstanceState {
             retry_at,
         }
     }
+}
+
+/// Serializable snapshot of one instance for `/health` and `/stats` (URL redacted).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct InstanceStatus {
+    pub backend: String,
+    pub url: String,
+    pub state: BreakerState,
+    pub healthy: bool,
+    pub in_flight: u64,
+    pub recent_errors: u32,
+    pub ewma_ttfb_ms: f64,
+    /// Seconds until the instance is usable again (open breaker or Retry-After); absent when usable.
+    pub retry_in_s: Option<f64>,
 }
 
 /// Decrements the instance's in-flight count on drop.
@@ -248,7 +278,7 @@ pub fn redacted_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::health::{Acquire, BreakerState};
+    use crate::routing::health::Acquire;
 
     fn ms(x: u64) -> Duration {
         Duration::from_millis(x)
@@ -353,6 +383,14 @@ mod tests {
         let v = s.view(t0);
         assert!(!v.usable);
         assert_eq!(v.retry_at, Some(t0 + Duration::from_secs(5)));
+        let st = s.status(t0 + Duration::from_secs(1));
+        assert_eq!(st.state, BreakerState::Open);
+        assert!(!st.healthy);
+        assert_eq!(st.recent_errors, 1);
+        assert_eq!(st.retry_in_s, Some(4.0));
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["state"], "open");
+        assert_eq!(json["url"], "http://h/");
     }
 
     #[test]
