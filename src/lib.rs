@@ -4,14 +4,17 @@
 //! - `server`, `app`: listener, graceful shutdown, routes and layers;
 //! - `http`: front-door handlers, request ids, error bodies per protocol;
 //! - `pipeline`: the request path (decode → route → attempts → reply → record);
-//! - `routing`: model → backend, candidate order;
+//! - `routing`: model → backend, candidate order, balancing, circuit breakers, live instance state;
 //! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
 //! - `protocol`: pure wire formats and canonical types;
-//! - `config`, `state`: validated config and the atomically swapped snapshot;
+//! - `config`, `config_watch`, `state`: validated config, reload triggers, the atomically swapped snapshot;
+//! - `telemetry`, `docs`, `alerts`: metrics, request logs, stats, OpenAPI, state-change alerts;
 //! - `error`, `secret`, `logging`: cross-cutting pieces.
 
+pub mod alerts;
 pub mod app;
 pub mod config;
+pub mod config_watch;
 pub mod error;
 pub mod http;
 pub mod logging;
