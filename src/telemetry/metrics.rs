@@ -682,6 +682,9 @@ mod tests {
         Ok((types, samples))
     }
 
+    /// A series name, its exact label set and its expected value.
+    type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
     fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
         samples.iter().find(|s| {
             s.name == name
@@ -753,7 +756,7 @@ mod tests {
         }
         assert_eq!(types.len(), expected_types.len());
 
-        let checks: &[(&str, &[(&str, &str)], f64)] = &[
+        let checks: &[Expected] = &[
             (
                 "http_requests_total",
                 &[
