@@ -22,6 +22,8 @@ use utoipa::openapi::{
 };
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::telemetry::metrics::Metrics;
+
 /// Documentation-only schemas of the request and response bodies.
 pub mod schemas {
     use std::collections::BTreeMap;
@@ -671,9 +673,12 @@ fn operations() -> Vec<Op> {
             path: "/metrics",
             id: "metrics",
             tag: "operations",
-            summary: "Prometheus metrics (OpenMetrics text)",
+            summary: "Prometheus metrics (classic text format, or OpenMetrics when asked for)",
             request: None,
-            ok: vec![(crate::telemetry::metrics::Metrics::content_type(), None)],
+            ok: vec![
+                (Metrics::content_type(), None),
+                (Metrics::openmetrics_content_type(), None),
+            ],
             errors: &[],
             error_schema: Errors::OpenAi,
             secured: false,

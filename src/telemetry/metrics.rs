@@ -5,7 +5,9 @@
 //! (configured backend/key/model names, `&'static str` kinds, HTTP status codes), never from user strings.
 //! There is no global registry, so several gateways can run in one test process.
 //!
-//! prometheus-client appends `_total` to counters itself, so counters are registered without the suffix.
+//! prometheus-client appends `_total` to counters itself, so counters are registered without the suffix;
+//! `render` converts its OpenMetrics output to the classic text format that every scraper and
+//! `promtool check metrics` read.
 //! Family lookups take a read lock on the family's map (cheap, uncontended); the label-less series are
 //! stored as plain handles and cost one atomic operation.
 
@@ -198,6 +200,41 @@ fn method_label(method: &str) -> &'static str {
     }
 }
 
+/// Converts prometheus-client's OpenMetrics text into the classic Prometheus text format.
+///
+/// The two differ only where this touches: OpenMetrics names a counter family without `_total` in its
+/// `# HELP`/`# TYPE` lines (classic parsers then see samples without help or type), and ends with
+/// `# EOF`. Label and value syntax are the same. Runs per scrape, not per request.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = descriptor
+            && let Some((name, tail)) = rest.split_once(' ')
+            && counters.contains(name)
+        {
+            out.push_str(prefix);
+            out.push_str(name);
+            out.push_str("_total ");
+            out.push_str(tail);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 impl Metrics {
     /// Creates every metric family and registers it in a fresh registry owned by this value.
     pub fn new() -> Metrics {
@@ -351,8 +388,20 @@ impl Metrics {
         }
     }
 
-    /// Renders the OpenMetrics text exposition (ends with `# EOF`); serve it with [`Metrics::content_type`].
+    /// Renders the classic Prometheus text exposition (format 0.0.4), which `promtool check metrics`
+    /// accepts without lint findings; serve it with [`Metrics::content_type`].
     pub fn render(&self) -> String {
+        to_prometheus_text(&self.render_openmetrics())
+    }
+
+    /// The content type matching [`Metrics::render`].
+    pub fn content_type() -> &'static str {
+        "text/plain; version=0.0.4; charset=utf-8"
+    }
+
+    /// Renders the OpenMetrics text exposition (ends with `# EOF`), for scrapers that ask for it with
+    /// `Accept: application/openmetrics-text`; serve it with [`Metrics::openmetrics_content_type`].
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         if let Err(err) = encode(&mut out, &self.registry) {
             // Writing into a String cannot fail; an encoder error would be a bug in a label encoder.
@@ -361,8 +410,8 @@ impl Metrics {
         out
     }
 
-    /// The content type matching [`Metrics::render`].
-    pub fn content_type() -> &'static str {
+    /// The content type matching [`Metrics::render_openmetrics`].
+    pub fn openmetrics_content_type() -> &'static str {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     }
 
@@ -554,24 +603,19 @@ mod tests {
         is_name(s) && !s.contains(':')
     }
 
-    /// A strict OpenMetrics text parser: every line must be a descriptor or a sample of a declared family,
-    /// sample suffixes must fit the family type, label syntax and values must be valid, and the exposition
-    /// must end with exactly one `# EOF`.
-    fn parse_openmetrics(text: &str) -> Result<(BTreeMap<String, String>, Vec<Sample>), String> {
+    /// A strict parser of the classic Prometheus text format, with promtool's lint rules: every sample
+    /// belongs to a declared family of a fitting type, every family has help text, counters end in
+    /// `_total`, label syntax and values are valid.
+    fn parse_prometheus_text(
+        text: &str,
+    ) -> Result<(BTreeMap<String, String>, Vec<Sample>), String> {
         let mut types: BTreeMap<String, String> = BTreeMap::new();
+        let mut helps: BTreeSet<String> = BTreeSet::new();
         let mut samples = Vec::new();
-        let mut seen_eof = false;
-        if !text.ends_with("# EOF\n") {
-            return Err("exposition does not end with `# EOF`".into());
+        if !text.ends_with('\n') {
+            return Err("exposition does not end with a newline".into());
         }
         for (n, line) in text.lines().enumerate() {
-            if seen_eof {
-                return Err(format!("line {n}: content after `# EOF`"));
-            }
-            if line == "# EOF" {
-                seen_eof = true;
-                continue;
-            }
             if let Some(rest) = line.strip_prefix("# ") {
                 let mut parts = rest.splitn(3, ' ');
                 let kind = parts.next().unwrap_or_default();
@@ -585,20 +629,17 @@ mod tests {
                     return Err(format!("line {n}: bad metric name {name:?}"));
                 }
                 match kind {
-                    "HELP" | "UNIT" => {}
+                    "HELP" => {
+                        if !helps.insert(name.to_owned()) {
+                            return Err(format!("line {n}: duplicate HELP for {name}"));
+                        }
+                    }
                     "TYPE" => {
-                        if ![
-                            "counter",
-                            "gauge",
-                            "histogram",
-                            "summary",
-                            "info",
-                            "stateset",
-                            "unknown",
-                        ]
-                        .contains(&arg)
-                        {
+                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&arg) {
                             return Err(format!("line {n}: bad type {arg:?}"));
+                        }
+                        if arg == "counter" && !name.ends_with("_total") {
+                            return Err(format!("line {n}: counter {name} lacks _total"));
                         }
                         if types.insert(name.to_owned(), arg.to_owned()).is_some() {
                             return Err(format!("line {n}: duplicate TYPE for {name}"));
@@ -644,7 +685,11 @@ mod tests {
                             return Err(format!("line {n}: duplicate label {key}"));
                         }
                         rest = &after[end + 1..];
-                        rest = rest.strip_prefix(',').unwrap_or(rest);
+                        if !rest.is_empty() {
+                            rest = rest
+                                .strip_prefix(',')
+                                .ok_or(format!("line {n}: labels not comma-separated"))?;
+                        }
                     }
                     (name, labels)
                 }
@@ -654,12 +699,9 @@ mod tests {
             }
             let family_ok = types.iter().any(|(family, ty)| {
                 let suffixes: &[&str] = match ty.as_str() {
-                    "counter" => &["_total", "_created"],
-                    "histogram" => &["_bucket", "_count", "_sum", "_created"],
-                    "gauge" => &[""],
-                    _ => &[
-                        "", "_total", "_bucket", "_count", "_sum", "_created", "_info",
-                    ],
+                    "histogram" => &["_bucket", "_count", "_sum"],
+                    "summary" => &["", "_count", "_sum"],
+                    _ => &[""],
                 };
                 suffixes
                     .iter()
@@ -678,6 +720,9 @@ mod tests {
                 labels,
                 value,
             });
+        }
+        if let Some(missing) = types.keys().find(|t| !helps.contains(*t)) {
+            return Err(format!("{missing} has no help text"));
         }
         Ok((types, samples))
     }
@@ -727,29 +772,30 @@ mod tests {
         let m = Metrics::new();
         let guard = exercise(&m);
         let text = m.render();
-        let (types, samples) = parse_openmetrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let (types, samples) =
+            parse_prometheus_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
         let expected_types = [
-            ("http_requests", "counter"),
+            ("http_requests_total", "counter"),
             ("http_request_duration_seconds", "histogram"),
             ("http_requests_in_flight", "gauge"),
             ("upstream_request_duration_seconds", "histogram"),
-            ("upstream_requests", "counter"),
-            ("upstream_errors", "counter"),
-            ("streaming_events", "counter"),
-            ("streaming_bytes", "counter"),
+            ("upstream_requests_total", "counter"),
+            ("upstream_errors_total", "counter"),
+            ("streaming_events_total", "counter"),
+            ("streaming_bytes_total", "counter"),
             ("streaming_duration_seconds", "histogram"),
-            ("auth_requests", "counter"),
-            ("rate_limit_exceeded", "counter"),
-            ("quota_exceeded", "counter"),
+            ("auth_requests_total", "counter"),
+            ("rate_limit_exceeded_total", "counter"),
+            ("quota_exceeded_total", "counter"),
             ("gateway_overhead_seconds", "histogram"),
             ("time_to_first_token_seconds", "histogram"),
-            ("tokens", "counter"),
-            ("cache_requests", "counter"),
+            ("tokens_total", "counter"),
+            ("cache_requests_total", "counter"),
             ("upstream_instance_state", "gauge"),
-            ("fallbacks", "counter"),
-            ("config_reloads", "counter"),
-            ("request_log_dropped", "counter"),
+            ("fallbacks_total", "counter"),
+            ("config_reloads_total", "counter"),
+            ("request_log_dropped_total", "counter"),
         ];
         for (name, ty) in expected_types {
             assert_eq!(types.get(name).map(String::as_str), Some(ty), "{name}");
@@ -881,7 +927,7 @@ mod tests {
         }
 
         drop(guard);
-        let (_, samples) = parse_openmetrics(&m.render()).unwrap_or_else(|e| panic!("{e}"));
+        let (_, samples) = parse_prometheus_text(&m.render()).unwrap_or_else(|e| panic!("{e}"));
         let gauge = find(
             &samples,
             "http_requests_in_flight",
@@ -891,9 +937,22 @@ mod tests {
     }
 
     #[test]
-    fn content_type_is_openmetrics() {
-        assert!(Metrics::content_type().starts_with("application/openmetrics-text; version=1.0.0"));
-        assert!(Metrics::new().render().ends_with("# EOF\n"));
+    fn content_types_match_formats() {
+        let m = Metrics::new();
+        m.fallback();
+        assert!(Metrics::content_type().starts_with("text/plain; version=0.0.4"));
+        assert!(!m.render().contains("# EOF"));
+        assert!(
+            m.render()
+                .contains("# TYPE fallbacks_total counter\nfallbacks_total 1\n")
+        );
+        assert!(
+            Metrics::openmetrics_content_type()
+                .starts_with("application/openmetrics-text; version=1.0.0")
+        );
+        let om = m.render_openmetrics();
+        assert!(om.ends_with("# EOF\n"));
+        assert!(om.contains("# TYPE fallbacks counter\nfallbacks_total 1\n"));
     }
 
     #[test]
@@ -901,8 +960,8 @@ mod tests {
         let a = Metrics::new();
         let b = Metrics::new();
         a.fallback();
-        let (_, sa) = parse_openmetrics(&a.render()).unwrap_or_else(|e| panic!("{e}"));
-        let (_, sb) = parse_openmetrics(&b.render()).unwrap_or_else(|e| panic!("{e}"));
+        let (_, sa) = parse_prometheus_text(&a.render()).unwrap_or_else(|e| panic!("{e}"));
+        let (_, sb) = parse_prometheus_text(&b.render()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             find(&sa, "fallbacks_total", &[]).map(|s| s.value),
             Some(1.0)
@@ -916,13 +975,16 @@ mod tests {
     #[test]
     fn parser_rejects_malformed_expositions() {
         for bad in [
-            "x_total 1\n# EOF\n",
-            "# TYPE x counter\nx_total{a=\"1\" 1\n# EOF\n",
-            "# TYPE x counter\nx_total 1\n",
-            "# TYPE x counter\nx_total one\n# EOF\n",
-            "# TYPE x gauge\nx_total 1\n# EOF\n",
+            "x_total 1\n",
+            "# HELP x_total h\n# TYPE x_total counter\nx_total{a=\"1\" 1\n",
+            "# HELP x_total h\n# TYPE x_total counter\nx_total 1",
+            "# HELP x_total h\n# TYPE x_total counter\nx_total one\n",
+            "# HELP x h\n# TYPE x gauge\nx_total 1\n",
+            "# TYPE x_total counter\nx_total 1\n",
+            "# HELP x h\n# TYPE x counter\nx 1\n",
+            "# HELP x h\n# TYPE x histogram\nx_bucket 1\n",
         ] {
-            assert!(parse_openmetrics(bad).is_err(), "{bad:?}");
+            assert!(parse_prometheus_text(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -1072,7 +1134,7 @@ mod tests {
     fn dashboards_and_alerts_use_exported_metrics() {
         let m = Metrics::new();
         let _guard = exercise(&m);
-        let (_, samples) = parse_openmetrics(&m.render()).unwrap_or_else(|e| panic!("{e}"));
+        let (_, samples) = parse_prometheus_text(&m.render()).unwrap_or_else(|e| panic!("{e}"));
         let exported: BTreeSet<String> = samples.into_iter().map(|s| s.name).collect();
 
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
