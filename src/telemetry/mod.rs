@@ -6,3 +6,16 @@
 pub mod metrics;
 pub mod request_log;
 pub mod stats;
+
+#[cfg(test)]
+mod tests {
+    /// The lead shares these across request tasks behind `Arc`s.
+    #[test]
+    fn collectors_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::metrics::Metrics>();
+        assert_send_sync::<super::metrics::InFlightGuard>();
+        assert_send_sync::<super::request_log::RequestLogger>();
+        assert_send_sync::<super::stats::Stats>();
+    }
+}
