@@ -196,9 +196,11 @@ fn decode_block(block: &Value, path: &str) -> Result<Option<Part>, DecodeError> 
         }),
         "thinking" => Part::Thinking {
             text: str_field(block, "thinking", path)?,
+            // An empty signature (thinking that came from an OpenAI-format backend) is as good as none.
             signature: block
                 .get("signature")
                 .and_then(Value::as_str)
+                .filter(|signature| !signature.is_empty())
                 .map(str::to_owned),
         },
         "redacted_thinking" => Part::RedactedThinking {

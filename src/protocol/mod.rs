@@ -6,6 +6,8 @@
 
 pub mod anthropic;
 pub mod convert;
+#[cfg(test)]
+mod golden;
 pub mod json_patch;
 pub mod openai;
 pub mod sse;
