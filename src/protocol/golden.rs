@@ -268,6 +268,35 @@ fn stream_summary_of_tool_use() {
 }
 
 #[test]
+fn knows_whether_the_upstream_ended_its_stream() {
+    for (name, ended) in [
+        ("stream_openai_truncated.sse", false),
+        ("stream_openai_tool_calls.sse", true),
+        ("stream_anthropic_error.sse", true),
+        ("stream_anthropic_tool_use.sse", true),
+    ] {
+        let input = std::fs::read(fixtures_dir().join(name)).unwrap();
+        let (_, converter) = convert_stream(classify(name).1, &input, &[]);
+        assert_eq!(converter.upstream_finished(), ended, "{name}");
+    }
+}
+
+#[test]
+fn tap_reads_legacy_completion_chunks() {
+    let mut tap = StreamTap::new(Protocol::OpenAi);
+    let mut decoder = SseDecoder::default();
+    decoder.feed(b"data: {\"choices\":[{\"index\":0,\"text\":\"Hi\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"text\":\" there\",\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n");
+    while let Some(event) = decoder.next_event().unwrap() {
+        tap.observe(&event);
+    }
+    assert_eq!(tap.summary().text, "Hi there");
+    assert_eq!(
+        tap.summary().finish_reason,
+        Some(super::FinishReason::Length)
+    );
+}
+
+#[test]
 fn abort_ends_each_protocol_correctly() {
     for (from, to) in [
         (Protocol::OpenAi, Protocol::Anthropic),

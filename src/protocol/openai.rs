@@ -900,6 +900,13 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
         _ => {
             if let Some(refusal) = field("refusal").and_then(Value::as_str) {
                 parts.push(Part::Text(refusal.to_owned()));
+            } else if let Some(text) = choice
+                .and_then(|choice| choice.get("text"))
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+            {
+                // A legacy `text_completion` answer.
+                parts.push(Part::Text(text.to_owned()));
             }
         }
     }

@@ -112,6 +112,14 @@ impl OpenAiDecoder {
             if let Some(delta) = choice.get("delta") {
                 self.decode_delta(delta, out);
             }
+            // Legacy `/v1/completions` chunks carry `text` instead of a delta (seen by `StreamTap`).
+            if let Some(text) = choice
+                .get("text")
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+            {
+                out.push(StreamEvent::Text(text.to_owned()));
+            }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 out.push(StreamEvent::Finish {
                     reason: openai::finish_reason_from(reason),
@@ -833,6 +841,8 @@ pub struct StreamConverter {
     encoder: Encoder,
     events: Vec<StreamEvent>,
     summary: SummaryBuilder,
+    /// The upstream sent its own end (`[DONE]`, `message_stop`) or an error event.
+    upstream_ended: bool,
 }
 
 impl StreamConverter {
@@ -847,6 +857,7 @@ impl StreamConverter {
             },
             events: Vec::new(),
             summary: SummaryBuilder::default(),
+            upstream_ended: false,
         }
     }
 
@@ -871,11 +882,19 @@ impl StreamConverter {
         let mut events = std::mem::take(&mut self.events);
         let result = self.decoder.decode(event, &mut events);
         for event in events.drain(..) {
+            self.upstream_ended |= matches!(event, StreamEvent::Done | StreamEvent::Error { .. });
             self.summary.apply(&event);
             self.encoder.emit(&event, &self.opts, out);
         }
         self.events = events;
         result
+    }
+
+    /// True once the upstream ended its stream itself (`[DONE]`, `message_stop` or an error event). At
+    /// EOF without it the upstream was cut off: call [`StreamConverter::abort`] instead of `finish` to
+    /// tell the client, or `finish` to end it as if complete.
+    pub fn upstream_finished(&self) -> bool {
+        self.upstream_ended
     }
 
     /// Upstream EOF: handle a last unterminated event, close open blocks and end the stream.
