@@ -7,7 +7,8 @@
 //! usage chunk, `data: [DONE]`). A summary of the answer is kept on the side for logs and accounting.
 
 use bytes::BytesMut;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 pub use super::ResponseSummary;
 use super::anthropic::{self, WireUsage};
@@ -446,13 +447,101 @@ enum Encoder {
     Anthropic(AnthropicEncoder),
 }
 
-fn write_event(out: &mut BytesMut, name: Option<&str>, data: &Value) {
+fn write_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: Option<&str>, data: &T) {
     let bytes = serde_json::to_vec(data).unwrap_or_default();
     sse::encode(name, &bytes, out);
 }
 
-fn anthropic_event(out: &mut BytesMut, name: &'static str, data: &Value) {
+fn anthropic_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: &'static str, data: &T) {
     write_event(out, Some(name), data);
+}
+
+// Typed wire shapes for the per-token events: they keep the documented field order (`type` first) and
+// skip building a `Value` tree for every delta.
+
+#[derive(Serialize)]
+struct BlockEventWire<'a, B: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_block: Option<&'a B>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaWire<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DeltaWire<'a> {
+    TextDelta { text: &'a str },
+    ThinkingDelta { thinking: &'a str },
+    SignatureDelta { signature: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct ChunkWire<'a, D: Serialize> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [ChoiceWire<D>; 1],
+    /// `Some(())` renders `"usage": null`, which OpenAI sends on every chunk when usage was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ChoiceWire<D: Serialize> {
+    index: u32,
+    delta: D,
+    logprobs: (),
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ContentDeltaWire<'a> {
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReasoningDeltaWire<'a> {
+    reasoning_content: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoleDeltaWire {
+    role: &'static str,
+    content: &'static str,
+}
+
+#[derive(Serialize)]
+struct EmptyDeltaWire {}
+
+fn block_start(out: &mut BytesMut, index: u64, content_block: &Value) {
+    anthropic_event(
+        out,
+        "content_block_start",
+        &BlockEventWire {
+            kind: "content_block_start",
+            index,
+            content_block: Some(content_block),
+            delta: None,
+        },
+    );
+}
+
+fn block_stop(out: &mut BytesMut, index: u64) {
+    anthropic_event(
+        out,
+        "content_block_stop",
+        &BlockEventWire::<()> {
+            kind: "content_block_stop",
+            index,
+            content_block: None,
+            delta: None,
+        },
+    );
 }
 
 impl AnthropicEncoder {
@@ -495,11 +584,7 @@ impl AnthropicEncoder {
 
     fn close_block(&mut self, out: &mut BytesMut) {
         if let Some((_, index)) = self.open.take() {
-            anthropic_event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": index}),
-            );
+            block_stop(out, index);
         }
     }
 
@@ -514,19 +599,20 @@ impl AnthropicEncoder {
         let index = self.next_index;
         self.next_index += 1;
         self.open = Some((kind, index));
-        anthropic_event(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": index, "content_block": content_block}),
-        );
+        block_start(out, index, &content_block);
         index
     }
 
-    fn delta(out: &mut BytesMut, index: u64, delta: Value) {
+    fn delta(out: &mut BytesMut, index: u64, delta: DeltaWire<'_>) {
         anthropic_event(
             out,
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            &BlockEventWire::<()> {
+                kind: "content_block_delta",
+                index,
+                content_block: None,
+                delta: Some(delta),
+            },
         );
     }
 
@@ -557,7 +643,7 @@ impl AnthropicEncoder {
             StreamEvent::Text(text) => {
                 let index =
                     self.ensure_block(Block::Text, json!({"type": "text", "text": ""}), out);
-                Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+                Self::delta(out, index, DeltaWire::TextDelta { text });
             }
             StreamEvent::Thinking(text) => {
                 let index = self.ensure_block(
@@ -565,11 +651,7 @@ impl AnthropicEncoder {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(
-                    out,
-                    index,
-                    json!({"type": "thinking_delta", "thinking": text}),
-                );
+                Self::delta(out, index, DeltaWire::ThinkingDelta { thinking: text });
             }
             StreamEvent::Signature(signature) => {
                 let index = self.ensure_block(
@@ -577,27 +659,18 @@ impl AnthropicEncoder {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(
-                    out,
-                    index,
-                    json!({"type": "signature_delta", "signature": signature}),
-                );
+                Self::delta(out, index, DeltaWire::SignatureDelta { signature });
             }
             StreamEvent::RedactedThinking(data) => {
                 self.close_block(out);
                 let index = self.next_index;
                 self.next_index += 1;
-                anthropic_event(
+                block_start(
                     out,
-                    "content_block_start",
-                    &json!({"type": "content_block_start", "index": index,
-                        "content_block": {"type": "redacted_thinking", "data": data}}),
+                    index,
+                    &json!({"type": "redacted_thinking", "data": data}),
                 );
-                anthropic_event(
-                    out,
-                    "content_block_stop",
-                    &json!({"type": "content_block_stop", "index": index}),
-                );
+                block_stop(out, index);
             }
             StreamEvent::ToolCallStart { index, id, name } => {
                 if !self.tools_started.contains(index) {
@@ -616,7 +689,9 @@ impl AnthropicEncoder {
                     Self::delta(
                         out,
                         block,
-                        json!({"type": "input_json_delta", "partial_json": arguments}),
+                        DeltaWire::InputJsonDelta {
+                            partial_json: arguments,
+                        },
                     );
                 }
             }
@@ -677,26 +752,41 @@ impl OpenAiEncoder {
         }
     }
 
-    fn chunk(&self, opts: &StreamOptions, delta: Value, finish: Option<&str>, out: &mut BytesMut) {
-        let mut chunk = Map::new();
-        chunk.insert("id".into(), json!(opts.id));
-        chunk.insert("object".into(), json!("chat.completion.chunk"));
-        chunk.insert("created".into(), json!(self.created));
-        chunk.insert("model".into(), json!(opts.model));
-        chunk.insert(
-            "choices".into(),
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-        );
-        if opts.include_usage {
-            chunk.insert("usage".into(), Value::Null);
-        }
-        write_event(out, None, &Value::Object(chunk));
+    fn chunk<D: Serialize>(
+        &self,
+        opts: &StreamOptions,
+        delta: D,
+        finish: Option<&'static str>,
+        out: &mut BytesMut,
+    ) {
+        let chunk = ChunkWire {
+            id: &opts.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &opts.model,
+            choices: [ChoiceWire {
+                index: 0,
+                delta,
+                logprobs: (),
+                finish_reason: finish,
+            }],
+            usage: opts.include_usage.then_some(()),
+        };
+        write_event(out, None, &chunk);
     }
 
     fn ensure_role(&mut self, opts: &StreamOptions, out: &mut BytesMut) {
         if !self.role_sent {
             self.role_sent = true;
-            self.chunk(opts, json!({"role": "assistant", "content": ""}), None, out);
+            self.chunk(
+                opts,
+                RoleDeltaWire {
+                    role: "assistant",
+                    content: "",
+                },
+                None,
+                out,
+            );
         }
     }
 
@@ -727,9 +817,18 @@ impl OpenAiEncoder {
         }
         match event {
             StreamEvent::Start { .. } => {}
-            StreamEvent::Text(text) => self.chunk(opts, json!({"content": text}), None, out),
+            StreamEvent::Text(text) => {
+                self.chunk(opts, ContentDeltaWire { content: text }, None, out);
+            }
             StreamEvent::Thinking(text) => {
-                self.chunk(opts, json!({"reasoning_content": text}), None, out);
+                self.chunk(
+                    opts,
+                    ReasoningDeltaWire {
+                        reasoning_content: text,
+                    },
+                    None,
+                    out,
+                );
             }
             StreamEvent::Signature(signature) => self.chunk(
                 opts,
@@ -775,7 +874,7 @@ impl OpenAiEncoder {
             self.finish_sent = true;
             self.chunk(
                 opts,
-                json!({}),
+                EmptyDeltaWire {},
                 Some(openai::finish_reason_str(reason)),
                 out,
             );
