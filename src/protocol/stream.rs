@@ -471,12 +471,16 @@ struct BlockEventWire<'a, B: Serialize> {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum DeltaWire<'a> {
-    TextDelta { text: &'a str },
-    ThinkingDelta { thinking: &'a str },
-    SignatureDelta { signature: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 #[derive(Serialize)]
@@ -643,7 +647,7 @@ impl AnthropicEncoder {
             StreamEvent::Text(text) => {
                 let index =
                     self.ensure_block(Block::Text, json!({"type": "text", "text": ""}), out);
-                Self::delta(out, index, DeltaWire::TextDelta { text });
+                Self::delta(out, index, DeltaWire::Text { text });
             }
             StreamEvent::Thinking(text) => {
                 let index = self.ensure_block(
@@ -651,7 +655,7 @@ impl AnthropicEncoder {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(out, index, DeltaWire::ThinkingDelta { thinking: text });
+                Self::delta(out, index, DeltaWire::Thinking { thinking: text });
             }
             StreamEvent::Signature(signature) => {
                 let index = self.ensure_block(
@@ -659,7 +663,7 @@ impl AnthropicEncoder {
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                     out,
                 );
-                Self::delta(out, index, DeltaWire::SignatureDelta { signature });
+                Self::delta(out, index, DeltaWire::Signature { signature });
             }
             StreamEvent::RedactedThinking(data) => {
                 self.close_block(out);
@@ -689,7 +693,7 @@ impl AnthropicEncoder {
                     Self::delta(
                         out,
                         block,
-                        DeltaWire::InputJsonDelta {
+                        DeltaWire::InputJson {
                             partial_json: arguments,
                         },
                     );
