@@ -615,7 +615,16 @@ pub fn encode_response(response: &ChatResponse) -> Value {
             Part::Image(_) | Part::ToolResult(_) => continue,
         });
     }
-    let reason = response.finish_reason.unwrap_or(FinishReason::Stop);
+    let has_tool_calls = response
+        .parts
+        .iter()
+        .any(|part| matches!(part, Part::ToolCall(_)));
+    // Some OpenAI-compatible servers say `stop` after tool calls; Anthropic clients run tools only on
+    // `tool_use`.
+    let reason = match response.finish_reason.unwrap_or(FinishReason::Stop) {
+        FinishReason::Stop if has_tool_calls => FinishReason::ToolCalls,
+        reason => reason,
+    };
     json!({
         "id": response.id,
         "type": "message",
@@ -812,6 +821,12 @@ mod tests {
         assert_eq!(
             body["tool_choice"],
             json!({"type":"auto","disable_parallel_tool_use":true})
+        );
+        let counted = count_tokens_input(&request);
+        assert!(counted.starts_with("s\nq"), "{counted}");
+        assert!(
+            counted.contains("{\"x\":1}") && counted.contains("\nf\n"),
+            "{counted}"
         );
         let no_model = ChatRequest::default();
         assert_eq!(

@@ -238,6 +238,39 @@ fn tap_summary_matches_converter_summary_and_round_trips() {
 }
 
 #[test]
+fn same_protocol_conversion_keeps_the_answer() {
+    for (from, input) in stream_fixtures() {
+        let (_, crossed) = convert_stream(from, &input, &[]);
+        let mut same = StreamConverter::new(from, from, stream_options()).with_created(CREATED);
+        let mut out = BytesMut::new();
+        same.push(&input, &mut out).unwrap();
+        same.finish(&mut out).unwrap();
+        assert_eq!(same.summary(), crossed.summary());
+        let (_, again) = convert_stream(from, &out, &[]);
+        assert_eq!(again.summary().text, crossed.summary().text);
+        assert_eq!(again.summary().tool_calls, crossed.summary().tool_calls);
+    }
+}
+
+#[test]
+fn stop_after_tool_calls_becomes_tool_use_for_anthropic() {
+    let stream = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let (out, _) = convert_stream(Protocol::OpenAi, stream, &[]);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+    let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}"#;
+    let opts = ResponseOptions {
+        id: "x",
+        model: None,
+    };
+    let out: Value = serde_json::from_slice(
+        &convert::convert_response(Protocol::OpenAi, Protocol::Anthropic, body, &opts).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["stop_reason"], "tool_use");
+}
+
+#[test]
 fn stream_summary_of_tool_use() {
     let input = std::fs::read(fixtures_dir().join("stream_anthropic_tool_use.sse")).unwrap();
     let (_, converter) = convert_stream(Protocol::Anthropic, &input, &[]);
@@ -505,6 +538,9 @@ fn fuzz_everything(bytes: &[u8]) {
         let _ = convert::encode_openai_request(&request, &opts);
         let _ = anthropic::count_tokens_input(&request);
     }
+    let _ = openai::decode_completion(bytes);
+    let _ = openai::decode_embeddings(bytes);
+    let _ = super::json_patch::set_fields(bytes, &[("model", "\"m\""), ("extra", "1")]);
     for from in [Protocol::OpenAi, Protocol::Anthropic] {
         for to in [Protocol::OpenAi, Protocol::Anthropic] {
             let response_opts = ResponseOptions {

@@ -718,14 +718,14 @@ impl AnthropicEncoder {
         }
         self.ensure_started(opts, None, out);
         self.close_block(out);
-        let (reason, stop_sequence) = self.finish.take().unwrap_or_else(|| {
-            let reason = if self.tools_started.is_empty() {
-                FinishReason::Stop
-            } else {
-                FinishReason::ToolCalls
-            };
-            (reason, None)
-        });
+        let (reason, stop_sequence) = self.finish.take().unwrap_or((FinishReason::Stop, None));
+        // Some OpenAI-compatible servers say `stop` after tool calls; Anthropic clients run tools only
+        // on `tool_use`.
+        let reason = if reason == FinishReason::Stop && !self.tools_started.is_empty() {
+            FinishReason::ToolCalls
+        } else {
+            reason
+        };
         let usage = self.usage.unwrap_or(Usage {
             input_tokens: opts.input_tokens,
             ..Usage::default()
