@@ -197,12 +197,29 @@ pub fn error_info(_from: Protocol, status: u16, body: &[u8]) -> ErrorInfo {
             param: None,
             code: None,
         },
-        _ => ErrorInfo {
-            kind: error_type_for_status(status),
-            message: generic_message(status, body),
-            param: None,
-            code: None,
-        },
+        _ => {
+            // vLLM/FastAPI shapes: `{"object":"error","message":…,"type":…}` and `{"detail":…}`.
+            let top = |key: &str| {
+                parsed
+                    .as_ref()
+                    .and_then(|value| value.get(key))
+                    .and_then(Value::as_str)
+            };
+            match top("message").or_else(|| top("detail")) {
+                Some(message) => ErrorInfo {
+                    kind: normalize_error_type(top("type"), status),
+                    message: message.to_owned(),
+                    param: None,
+                    code: None,
+                },
+                None => ErrorInfo {
+                    kind: error_type_for_status(status),
+                    message: generic_message(status, body),
+                    param: None,
+                    code: None,
+                },
+            }
+        }
     }
 }
 
@@ -294,6 +311,18 @@ mod tests {
         .unwrap();
         assert_eq!(out["error"]["message"], "upstream returned status 401");
         assert_eq!(out["error"]["type"], "authentication_error");
+        let vllm = br#"{"object":"error","message":"max_tokens is too large","type":"BadRequestError","param":null,"code":400}"#;
+        let info = error_info(Protocol::OpenAi, 400, vllm);
+        assert_eq!(
+            (info.kind, info.message.as_str()),
+            ("invalid_request_error", "max_tokens is too large")
+        );
+        let fastapi = br#"{"detail":"Not Found"}"#;
+        let info = error_info(Protocol::OpenAi, 404, fastapi);
+        assert_eq!(
+            (info.kind, info.message.as_str()),
+            ("not_found_error", "Not Found")
+        );
     }
 
     #[test]

@@ -271,6 +271,31 @@ fn stop_after_tool_calls_becomes_tool_use_for_anthropic() {
 }
 
 #[test]
+fn thinking_after_a_signature_opens_a_new_block() {
+    let delta =
+        |delta: &str| format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{delta}}}]}}\n\n");
+    let stream = [
+        delta(r#"{"reasoning_content":"a"}"#),
+        delta(r#"{"thinking_blocks":[{"type":"thinking","thinking":"","signature":"S1"}]}"#),
+        delta(r#"{"reasoning_content":"b"}"#),
+        delta(r#"{"thinking_blocks":[{"type":"thinking","thinking":"","signature":"S2"}]}"#),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let (out, _) = convert_stream(Protocol::OpenAi, stream.as_bytes(), &[]);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.matches("event: content_block_start").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""index":1,"delta":{"type":"signature_delta","signature":"S2"}"#),
+        "{text}"
+    );
+}
+
+#[test]
 fn stream_summary_of_tool_use() {
     let input = std::fs::read(fixtures_dir().join("stream_anthropic_tool_use.sse")).unwrap();
     let (_, converter) = convert_stream(Protocol::Anthropic, &input, &[]);

@@ -416,6 +416,8 @@ impl SummaryBuilder {
 enum Block {
     Text,
     Thinking,
+    /// A thinking block that got its signature: later thinking starts a new block.
+    SignedThinking,
     Tool(usize),
 }
 
@@ -664,6 +666,7 @@ impl AnthropicEncoder {
                     out,
                 );
                 Self::delta(out, index, DeltaWire::Signature { signature });
+                self.open = Some((Block::SignedThinking, index));
             }
             StreamEvent::RedactedThinking(data) => {
                 self.close_block(out);
