@@ -180,6 +180,70 @@ fn stream_fixtures() -> Vec<(Protocol, Vec<u8>)> {
         .collect()
 }
 
+/// Tool calls, tool results, images and text survive a request's trip to the other protocol and back.
+#[test]
+fn requests_round_trip_their_content() {
+    use super::{Part, Role};
+    fn content(request: &super::ChatRequest) -> Vec<String> {
+        let mut out = request.system.clone();
+        for message in &request.messages {
+            for part in &message.parts {
+                match part {
+                    Part::Text(text) if message.role == Role::System => out.push(text.clone()),
+                    Part::Text(text) => out.push(format!("{}: {text}", message.role.as_str())),
+                    Part::Image(image) => out.push(format!("{image:?}")),
+                    Part::ToolCall(call) => {
+                        let args: Value = serde_json::from_str(&call.arguments).unwrap();
+                        out.push(format!("call {} {} {args}", call.id, call.name));
+                    }
+                    Part::ToolResult(result) => {
+                        out.push(format!("result {} {}", result.tool_call_id, result.content));
+                    }
+                    Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+    let opts = RequestOptions {
+        model: None,
+        default_max_tokens: 1024,
+    };
+    for path in inputs() {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let input = std::fs::read(&path).unwrap();
+        let (original, back) = match classify(name) {
+            ("req", Protocol::OpenAi) => {
+                let original = openai::decode_chat(&input).unwrap();
+                let wire = convert::encode_anthropic_request(&original, &opts).unwrap();
+                (original, anthropic::decode_request(&wire).unwrap())
+            }
+            ("req", Protocol::Anthropic) => {
+                let original = anthropic::decode_request(&input).unwrap();
+                let wire = convert::encode_openai_request(&original, &opts).unwrap();
+                (original, openai::decode_chat(&wire).unwrap())
+            }
+            _ => continue,
+        };
+        let normalize = |lines: Vec<String>| -> Vec<String> {
+            // Roles of tool results differ by design (OpenAI `tool` messages vs Anthropic user turns).
+            lines
+                .into_iter()
+                .map(|line| line.replace("tool: ", "user: "))
+                .collect()
+        };
+        assert_eq!(
+            normalize(content(&back)),
+            normalize(content(&original)),
+            "{name}"
+        );
+        assert_eq!(back.tools, original.tools, "{name}");
+        assert_eq!(back.params.stop, original.params.stop, "{name}");
+        assert_eq!(back.user, original.user, "{name}");
+    }
+}
+
 #[test]
 fn converted_streams_follow_the_event_grammar() {
     for (from, input) in stream_fixtures() {
