@@ -4,9 +4,14 @@
 //! submodules; everything outside `protocol/` sees only the canonical types defined here
 //! (hub-and-spoke: each wire format converts to and from the canonical model, never pairwise).
 
+pub mod anthropic;
+pub mod convert;
+#[cfg(test)]
+mod golden;
 pub mod json_patch;
 pub mod openai;
 pub mod sse;
+pub mod stream;
 
 use std::fmt;
 
@@ -116,6 +121,8 @@ pub struct ChatRequest {
     pub tool_choice: Option<ToolChoice>,
     /// OpenAI `user` / Anthropic `metadata.user_id`.
     pub user: Option<String>,
+    /// OpenAI `parallel_tool_calls` / the negation of Anthropic `tool_choice.disable_parallel_tool_use`.
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl ChatRequest {
@@ -275,12 +282,61 @@ pub struct EmbeddingsRequest {
 }
 
 /// Token usage of one exchange.
+///
+/// `input_tokens` is the whole prompt, cached parts included (OpenAI `prompt_tokens` meaning); Anthropic's
+/// `input_tokens` excludes cache reads and writes, so its wire value is `input_tokens - cache_read_tokens -
+/// cache_creation_tokens`. One meaning here keeps accounting identical whichever backend answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_creation_tokens: u64,
+}
+
+/// A complete (non-streamed) chat answer in canonical form; usage counts follow [`Usage`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatResponse {
+    pub id: String,
+    pub model: String,
+    /// Unix seconds, when the wire format carried it (OpenAI only).
+    pub created: Option<i64>,
+    /// Content in order: text, thinking, redacted thinking and tool calls.
+    pub parts: Vec<Part>,
+    pub finish_reason: Option<FinishReason>,
+    /// The stop sequence that ended generation, when the backend said which one (Anthropic only).
+    pub stop_sequence: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+/// What a finished exchange produced, for logs, usage accounting and the cache.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResponseSummary {
+    pub text: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl ResponseSummary {
+    /// Summary of a complete response.
+    pub fn from_response(response: &ChatResponse) -> Self {
+        let mut summary = ResponseSummary {
+            usage: response.usage,
+            finish_reason: response.finish_reason,
+            ..ResponseSummary::default()
+        };
+        for part in &response.parts {
+            match part {
+                Part::Text(text) => summary.text.push_str(text),
+                Part::Thinking { text, .. } => summary.reasoning.push_str(text),
+                Part::ToolCall(call) => summary.tool_calls.push(call.clone()),
+                _ => {}
+            }
+        }
+        summary
+    }
 }
 
 /// Why generation stopped.

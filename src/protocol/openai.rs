@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint,
-    FinishReason, Image, Message, Part, Role, SamplingParams, Tool, ToolCall, ToolChoice,
+    ApiRequest, ChatRequest, ChatResponse, CompletionRequest, DecodeError, EmbeddingsRequest,
+    Endpoint, FinishReason, Image, Message, Part, Role, SamplingParams, Tool, ToolCall, ToolChoice,
     ToolResult, Usage,
 };
 
@@ -54,6 +54,7 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, DecodeError> {
             n: wire.n,
         },
         user: wire.user,
+        parallel_tool_calls: wire.parallel_tool_calls,
         ..ChatRequest::default()
     };
     let mut leading_system = true;
@@ -74,11 +75,26 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, DecodeError> {
             None => return Err(missing(&format!("messages[{index}].role"))),
         };
         let mut parts = Vec::new();
-        if let Some(reasoning) = message.reasoning_content.filter(|text| !text.is_empty()) {
-            parts.push(Part::Thinking {
-                text: reasoning,
-                signature: None,
-            });
+        let thinking_blocks = message.thinking_blocks.unwrap_or_default();
+        if thinking_blocks.is_empty() {
+            if let Some(reasoning) = message
+                .reasoning_content
+                .or(message.reasoning)
+                .filter(|text| !text.is_empty())
+            {
+                parts.push(Part::Thinking {
+                    text: reasoning,
+                    signature: None,
+                });
+            }
+        } else {
+            // `thinking_blocks` (a LiteLLM-style extension we also emit) carries Anthropic signatures and
+            // redacted thinking, which plain `reasoning_content` cannot; it wins when both are present.
+            parts.extend(
+                thinking_blocks
+                    .into_iter()
+                    .filter_map(ThinkingBlockWire::into_part),
+            );
         }
         if role == Role::Tool {
             let text = message.content.map(Content::into_text).unwrap_or_default();
@@ -197,7 +213,7 @@ pub fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, DecodeError> 
     })
 }
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
+pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
     let trimmed = body.iter().position(|b| !b.is_ascii_whitespace());
     if trimmed.is_none() {
         return Err(DecodeError::new(
@@ -238,7 +254,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
-fn missing(field: &str) -> DecodeError {
+pub(crate) fn missing(field: &str) -> DecodeError {
     DecodeError::new(
         format!("missing required field '{field}'"),
         Some(field.to_owned()),
@@ -298,6 +314,7 @@ struct ChatWire {
     tools: Option<Vec<ToolWire>>,
     tool_choice: Option<Value>,
     user: Option<String>,
+    parallel_tool_calls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +330,30 @@ struct MessageWire {
     tool_calls: Option<Vec<ToolCallWire>>,
     tool_call_id: Option<String>,
     reasoning_content: Option<String>,
+    reasoning: Option<String>,
+    thinking_blocks: Option<Vec<ThinkingBlockWire>>,
+}
+
+/// One entry of the `thinking_blocks` extension on assistant messages and deltas.
+#[derive(Deserialize)]
+pub(crate) struct ThinkingBlockWire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    thinking: Option<String>,
+    signature: Option<String>,
+    data: Option<String>,
+}
+
+impl ThinkingBlockWire {
+    fn into_part(self) -> Option<Part> {
+        if self.kind.as_deref() == Some("redacted_thinking") {
+            return self.data.map(|data| Part::RedactedThinking { data });
+        }
+        Some(Part::Thinking {
+            text: self.thinking.unwrap_or_default(),
+            signature: self.signature.filter(|signature| !signature.is_empty()),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -597,6 +638,383 @@ pub fn embeddings(model: &str, vectors: &[Vec<f32>], prompt_tokens: u64) -> Valu
 pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Value {
     serde_json::json!({
         "error": {"message": message, "type": kind, "param": param, "code": code}
+    })
+}
+
+// === Conversion to and from the canonical model (requests to a backend, complete responses) ===
+
+/// Canonical reason for an OpenAI `finish_reason`; unknown values count as a normal stop.
+pub fn finish_reason_from(reason: &str) -> FinishReason {
+    match reason {
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+/// OpenAI `usage` object; `prompt_tokens_details.cached_tokens` only when some were read from cache
+/// (cache writes have no OpenAI field and are only part of `prompt_tokens`).
+pub fn usage_json(usage: &Usage) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("prompt_tokens".into(), usage.input_tokens.into());
+    object.insert("completion_tokens".into(), usage.output_tokens.into());
+    object.insert(
+        "total_tokens".into(),
+        usage
+            .input_tokens
+            .saturating_add(usage.output_tokens)
+            .into(),
+    );
+    if usage.cache_read_tokens > 0 {
+        object.insert(
+            "prompt_tokens_details".into(),
+            serde_json::json!({"cached_tokens": usage.cache_read_tokens}),
+        );
+    }
+    Value::Object(object)
+}
+
+/// Canonical usage from an OpenAI `usage` object.
+pub(crate) fn usage_from(value: &Value) -> Usage {
+    let field = |pointer: &str| value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        input_tokens: field("/prompt_tokens"),
+        output_tokens: field("/completion_tokens"),
+        cache_read_tokens: field("/prompt_tokens_details/cached_tokens"),
+        cache_creation_tokens: 0,
+    }
+}
+
+/// Render a canonical request as an OpenAI chat completions body.
+///
+/// Thinking is not sent (OpenAI-compatible servers reject or ignore reasoning in input messages), tool
+/// results inside a user turn become `tool` messages ahead of the turn's remaining content, and a
+/// streamed request always asks for usage so accounting works whatever the client asked.
+pub fn encode_request(req: &ChatRequest, model: Option<&str>) -> Value {
+    use serde_json::json;
+    let mut messages: Vec<Value> = Vec::with_capacity(req.system.len() + req.messages.len());
+    for system in &req.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for message in &req.messages {
+        let mut content: Vec<&Part> = Vec::with_capacity(message.parts.len());
+        let mut text = String::new();
+        let mut tool_calls = Vec::new();
+        for part in &message.parts {
+            match part {
+                Part::ToolResult(result) => messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": result.tool_call_id,
+                    "content": result.content,
+                })),
+                Part::ToolCall(call) => tool_calls.push(json!({
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                })),
+                Part::Text(piece) if message.role == Role::Assistant => {
+                    if !text.is_empty() && !piece.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(piece);
+                }
+                Part::Text(_) | Part::Image(_) => content.push(part),
+                Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
+            }
+        }
+        let mut object = serde_json::Map::new();
+        match message.role {
+            Role::Tool => continue,
+            Role::Assistant => {
+                if text.is_empty() && tool_calls.is_empty() {
+                    continue;
+                }
+                object.insert("role".into(), json!("assistant"));
+                object.insert(
+                    "content".into(),
+                    if text.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(text)
+                    },
+                );
+                if !tool_calls.is_empty() {
+                    object.insert("tool_calls".into(), Value::Array(tool_calls));
+                }
+            }
+            Role::System | Role::User => {
+                let rendered = match content.as_slice() {
+                    [] => continue,
+                    [Part::Text(only)] => json!(only),
+                    parts => Value::Array(
+                        parts
+                            .iter()
+                            .filter_map(|part| match part {
+                                Part::Text(text) => Some(json!({"type": "text", "text": text})),
+                                Part::Image(Image::Url(url)) => {
+                                    Some(json!({"type": "image_url", "image_url": {"url": url}}))
+                                }
+                                Part::Image(Image::Base64 { media_type, data }) => Some(json!({
+                                    "type": "image_url",
+                                    "image_url": {"url": format!("data:{media_type};base64,{data}")},
+                                })),
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                };
+                object.insert("role".into(), json!(message.role.as_str()));
+                object.insert("content".into(), rendered);
+            }
+        }
+        if let Some(name) = &message.name {
+            object.insert("name".into(), json!(name));
+        }
+        messages.push(Value::Object(object));
+    }
+    let mut body = serde_json::Map::new();
+    if let Some(model) = model.or(req.model.as_deref()) {
+        body.insert("model".into(), json!(model));
+    }
+    body.insert("messages".into(), Value::Array(messages));
+    let params = &req.params;
+    let mut put = |key: &str, value: Value| {
+        body.insert(key.into(), value);
+    };
+    if let Some(max_tokens) = params.max_tokens {
+        put("max_tokens", json!(max_tokens));
+    }
+    if let Some(temperature) = params.temperature {
+        put("temperature", json!(temperature));
+    }
+    if let Some(top_p) = params.top_p {
+        put("top_p", json!(top_p));
+    }
+    if let Some(top_k) = params.top_k {
+        put("top_k", json!(top_k));
+    }
+    if !params.stop.is_empty() {
+        put("stop", json!(params.stop));
+    }
+    if let Some(seed) = params.seed {
+        put("seed", json!(seed));
+    }
+    if let Some(penalty) = params.presence_penalty {
+        put("presence_penalty", json!(penalty));
+    }
+    if let Some(penalty) = params.frequency_penalty {
+        put("frequency_penalty", json!(penalty));
+    }
+    if let Some(n) = params.n {
+        put("n", json!(n));
+    }
+    if req.stream {
+        put("stream", json!(true));
+        put("stream_options", json!({"include_usage": true}));
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut function = serde_json::Map::new();
+                function.insert("name".into(), json!(tool.name));
+                if let Some(description) = &tool.description {
+                    function.insert("description".into(), json!(description));
+                }
+                function.insert("parameters".into(), tool.parameters.clone());
+                json!({"type": "function", "function": function})
+            })
+            .collect();
+        put("tools", Value::Array(tools));
+        if let Some(choice) = &req.tool_choice {
+            put(
+                "tool_choice",
+                match choice {
+                    ToolChoice::Auto => json!("auto"),
+                    ToolChoice::None => json!("none"),
+                    ToolChoice::Required => json!("required"),
+                    ToolChoice::Named(name) => {
+                        json!({"type": "function", "function": {"name": name}})
+                    }
+                },
+            );
+        }
+        if let Some(parallel) = req.parallel_tool_calls {
+            put("parallel_tool_calls", json!(parallel));
+        }
+    }
+    if let Some(user) = &req.user {
+        put("user", json!(user));
+    }
+    Value::Object(body)
+}
+
+/// Decode a complete `chat.completion` response (the first choice; others are dropped).
+pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| DecodeError::new(format!("invalid JSON response: {error}"), None))?;
+    if !value.is_object() {
+        return Err(DecodeError::new(
+            "upstream response must be a JSON object",
+            None,
+        ));
+    }
+    let choice = value.pointer("/choices/0");
+    let message = choice.and_then(|choice| choice.get("message"));
+    let field = |key: &str| message.and_then(|message| message.get(key));
+    let mut parts = Vec::new();
+    match field("thinking_blocks").and_then(Value::as_array) {
+        Some(blocks) if !blocks.is_empty() => {
+            for block in blocks {
+                if let Ok(block) = ThinkingBlockWire::deserialize(block)
+                    && let Some(part) = block.into_part()
+                {
+                    parts.push(part);
+                }
+            }
+        }
+        _ => {
+            if let Some(reasoning) = field("reasoning_content")
+                .or_else(|| field("reasoning"))
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+            {
+                parts.push(Part::Thinking {
+                    text: reasoning.to_owned(),
+                    signature: None,
+                });
+            }
+        }
+    }
+    match field("content") {
+        Some(Value::String(text)) if !text.is_empty() => parts.push(Part::Text(text.clone())),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if let Some(text) = item.get("text").and_then(Value::as_str) {
+                    parts.push(Part::Text(text.to_owned()));
+                }
+            }
+        }
+        _ => {
+            if let Some(refusal) = field("refusal").and_then(Value::as_str) {
+                parts.push(Part::Text(refusal.to_owned()));
+            } else if let Some(text) = choice
+                .and_then(|choice| choice.get("text"))
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+            {
+                // A legacy `text_completion` answer.
+                parts.push(Part::Text(text.to_owned()));
+            }
+        }
+    }
+    for call in field("tool_calls")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let text = |pointer: &str| {
+            call.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        parts.push(Part::ToolCall(ToolCall {
+            id: text("/id"),
+            name: text("/function/name"),
+            arguments: text("/function/arguments"),
+        }));
+    }
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(ChatResponse {
+        id: text("id"),
+        model: text("model"),
+        created: value.get("created").and_then(Value::as_i64),
+        parts,
+        finish_reason: choice
+            .and_then(|choice| choice.get("finish_reason"))
+            .and_then(Value::as_str)
+            .map(finish_reason_from),
+        stop_sequence: None,
+        usage: value
+            .get("usage")
+            .filter(|usage| usage.is_object())
+            .map(usage_from),
+    })
+}
+
+/// Render a canonical response as a `chat.completion`; `created` is used when the response has none.
+pub fn encode_response(response: &ChatResponse, created: i64) -> Value {
+    use serde_json::json;
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
+    let mut keep_blocks = false;
+    let mut tool_calls = Vec::new();
+    for part in &response.parts {
+        match part {
+            Part::Text(piece) => text.push_str(piece),
+            Part::Thinking { text, signature } => {
+                reasoning.push_str(text);
+                keep_blocks |= signature.is_some();
+                thinking_blocks.push(json!({
+                    "type": "thinking",
+                    "thinking": text,
+                    "signature": signature.as_deref().unwrap_or_default(),
+                }));
+            }
+            Part::RedactedThinking { data } => {
+                keep_blocks = true;
+                thinking_blocks.push(json!({"type": "redacted_thinking", "data": data}));
+            }
+            Part::ToolCall(call) => tool_calls.push(json!({
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            })),
+            Part::Image(_) | Part::ToolResult(_) => {}
+        }
+    }
+    let mut message = serde_json::Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert(
+        "content".into(),
+        if text.is_empty() && !tool_calls.is_empty() {
+            Value::Null
+        } else {
+            json!(text)
+        },
+    );
+    if !reasoning.is_empty() {
+        message.insert("reasoning_content".into(), json!(reasoning));
+    }
+    if keep_blocks {
+        message.insert("thinking_blocks".into(), Value::Array(thinking_blocks));
+    }
+    if !tool_calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    let finish = response.finish_reason.unwrap_or(FinishReason::Stop);
+    json!({
+        "id": response.id,
+        "object": "chat.completion",
+        "created": response.created.unwrap_or(created),
+        "model": response.model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": finish_reason_str(finish),
+        }],
+        "usage": usage_json(&response.usage.unwrap_or_default()),
     })
 }
 

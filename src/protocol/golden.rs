@@ -1,0 +1,655 @@
+//! Golden fixture suite and property tests for every conversion (test-only).
+//!
+//! Each input in `fixtures/` is converted according to its name and compared with the file next to it
+//! named `<stem>.expected.<ext>`; `UPDATE_EXPECT=1` rewrites the expected files (review the diff).
+//! Names: `req_<from>_*.json` (request → other protocol), `resp_<from>_*.json` (response → other),
+//! `stream_<from>_*.sse` (stream → other), `err_<from>_<status>_*` (error body → other).
+
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::convert::{self, RequestOptions, ResponseOptions};
+use super::sse::SseDecoder;
+use super::stream::{StreamConverter, StreamOptions, StreamTap};
+use super::{Protocol, anthropic, openai};
+
+const CREATED: i64 = 1_700_000_000;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/fixtures")
+}
+
+fn other(protocol: Protocol) -> Protocol {
+    match protocol {
+        Protocol::OpenAi => Protocol::Anthropic,
+        Protocol::Anthropic => Protocol::OpenAi,
+    }
+}
+
+/// `(kind, from)` parsed from a fixture name like `stream_openai_x.sse`.
+fn classify(name: &str) -> (&str, Protocol) {
+    let mut parts = name.split('_');
+    let kind = parts.next().unwrap();
+    let from = match parts.next().unwrap() {
+        "openai" => Protocol::OpenAi,
+        "anthropic" => Protocol::Anthropic,
+        other => panic!("fixture {name}: unknown protocol {other}"),
+    };
+    (kind, from)
+}
+
+fn stream_options() -> StreamOptions {
+    StreamOptions {
+        id: "gw-req-1".into(),
+        model: "client-model".into(),
+        include_usage: true,
+        input_tokens: 11,
+    }
+}
+
+fn convert_stream(from: Protocol, input: &[u8], pieces: &[usize]) -> (Vec<u8>, StreamConverter) {
+    let mut converter =
+        StreamConverter::new(from, other(from), stream_options()).with_created(CREATED);
+    let mut out = BytesMut::new();
+    let mut rest = input;
+    for &size in pieces {
+        let size = size.min(rest.len());
+        let (head, tail) = rest.split_at(size);
+        converter.push(head, &mut out).unwrap();
+        rest = tail;
+    }
+    converter.push(rest, &mut out).unwrap();
+    converter.finish(&mut out).unwrap();
+    (out.to_vec(), converter)
+}
+
+fn pretty(bytes: &[u8]) -> Vec<u8> {
+    let value: Value = serde_json::from_slice(bytes).unwrap();
+    let mut text = serde_json::to_vec_pretty(&value).unwrap();
+    text.push(b'\n');
+    text
+}
+
+/// Convert one fixture input as its name says.
+fn convert_fixture(name: &str, input: &[u8]) -> Vec<u8> {
+    let (kind, from) = classify(name);
+    let to = other(from);
+    match kind {
+        "req" => {
+            let request = match from {
+                Protocol::OpenAi => openai::decode_chat(input).unwrap(),
+                Protocol::Anthropic => anthropic::decode_request(input).unwrap(),
+            };
+            let opts = RequestOptions {
+                model: None,
+                default_max_tokens: 1024,
+            };
+            let body = match to {
+                Protocol::OpenAi => convert::encode_openai_request(&request, &opts),
+                Protocol::Anthropic => convert::encode_anthropic_request(&request, &opts),
+            };
+            pretty(&body.unwrap())
+        }
+        "resp" => {
+            let opts = ResponseOptions {
+                id: "gw-req-1",
+                model: None,
+            };
+            pretty(&convert::convert_response_at(from, to, input, &opts, CREATED).unwrap())
+        }
+        "stream" => convert_stream(from, input, &[]).0,
+        "err" => {
+            let status: u16 = name.split('_').nth(2).unwrap().parse().unwrap();
+            pretty(&convert::convert_error(from, to, status, input))
+        }
+        other => panic!("fixture {name}: unknown kind {other}"),
+    }
+}
+
+/// Compare the conversion of `input_file` with `expected_file` (or rewrite it with `UPDATE_EXPECT=1`).
+fn check(input_file: &Path, expected_file: &Path) -> Result<(), String> {
+    let name = input_file.file_name().unwrap().to_str().unwrap();
+    let input = std::fs::read(input_file).unwrap();
+    let actual = convert_fixture(name, &input);
+    if std::env::var_os("UPDATE_EXPECT").is_some() {
+        std::fs::write(expected_file, &actual).unwrap();
+        return Ok(());
+    }
+    let expected = std::fs::read(expected_file)
+        .map_err(|error| format!("{}: {error}", expected_file.display()))?;
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} differs from {}:\n--- expected\n{}\n--- actual\n{}",
+            expected_file.display(),
+            String::from_utf8_lossy(&expected),
+            String::from_utf8_lossy(&actual)
+        ))
+    }
+}
+
+fn inputs() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            !path
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains(".expected.")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn expected_path(input: &Path) -> PathBuf {
+    let stem = input.file_stem().unwrap().to_str().unwrap();
+    let ext = match input.extension().unwrap().to_str().unwrap() {
+        "txt" => "json",
+        ext => ext,
+    };
+    input.with_file_name(format!("{stem}.expected.{ext}"))
+}
+
+#[test]
+fn golden_fixtures() {
+    let files = inputs();
+    assert!(files.len() >= 20, "fixtures missing: {files:?}");
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|input| check(input, &expected_path(input)).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn stream_fixtures() -> Vec<(Protocol, Vec<u8>)> {
+    inputs()
+        .into_iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?.to_owned();
+            name.starts_with("stream_")
+                .then(|| (classify(&name).1, std::fs::read(&path).unwrap()))
+        })
+        .collect()
+}
+
+/// Tool calls, tool results, images and text survive a request's trip to the other protocol and back.
+#[test]
+fn requests_round_trip_their_content() {
+    use super::{Part, Role};
+    fn content(request: &super::ChatRequest) -> Vec<String> {
+        let mut out = request.system.clone();
+        for message in &request.messages {
+            for part in &message.parts {
+                match part {
+                    Part::Text(text) if message.role == Role::System => out.push(text.clone()),
+                    Part::Text(text) => out.push(format!("{}: {text}", message.role.as_str())),
+                    Part::Image(image) => out.push(format!("{image:?}")),
+                    Part::ToolCall(call) => {
+                        let args: Value = serde_json::from_str(&call.arguments).unwrap();
+                        out.push(format!("call {} {} {args}", call.id, call.name));
+                    }
+                    Part::ToolResult(result) => {
+                        out.push(format!("result {} {}", result.tool_call_id, result.content));
+                    }
+                    Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+    let opts = RequestOptions {
+        model: None,
+        default_max_tokens: 1024,
+    };
+    for path in inputs() {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let input = std::fs::read(&path).unwrap();
+        let (original, back) = match classify(name) {
+            ("req", Protocol::OpenAi) => {
+                let original = openai::decode_chat(&input).unwrap();
+                let wire = convert::encode_anthropic_request(&original, &opts).unwrap();
+                (original, anthropic::decode_request(&wire).unwrap())
+            }
+            ("req", Protocol::Anthropic) => {
+                let original = anthropic::decode_request(&input).unwrap();
+                let wire = convert::encode_openai_request(&original, &opts).unwrap();
+                (original, openai::decode_chat(&wire).unwrap())
+            }
+            _ => continue,
+        };
+        let normalize = |lines: Vec<String>| -> Vec<String> {
+            // Roles of tool results differ by design (OpenAI `tool` messages vs Anthropic user turns).
+            lines
+                .into_iter()
+                .map(|line| line.replace("tool: ", "user: "))
+                .collect()
+        };
+        assert_eq!(
+            normalize(content(&back)),
+            normalize(content(&original)),
+            "{name}"
+        );
+        assert_eq!(back.tools, original.tools, "{name}");
+        assert_eq!(back.params.stop, original.params.stop, "{name}");
+        assert_eq!(back.user, original.user, "{name}");
+    }
+}
+
+#[test]
+fn converted_streams_follow_the_event_grammar() {
+    for (from, input) in stream_fixtures() {
+        let (out, _) = convert_stream(from, &input, &[]);
+        let mut decoder = SseDecoder::default();
+        decoder.feed(&out);
+        let mut names = Vec::new();
+        while let Some(event) = decoder.next_event().unwrap() {
+            match other(from) {
+                Protocol::Anthropic => names.push(event.event.unwrap()),
+                Protocol::OpenAi => names.push(String::from_utf8(event.data.to_vec()).unwrap()),
+            }
+        }
+        match other(from) {
+            Protocol::Anthropic => {
+                assert_eq!(names.iter().filter(|n| *n == "message_start").count(), 1);
+                assert_eq!(names[0], "message_start");
+                let last = names.last().unwrap();
+                assert!(last == "message_stop" || last == "error", "{names:?}");
+                let starts = names.iter().filter(|n| *n == "content_block_start").count();
+                let stops = names.iter().filter(|n| *n == "content_block_stop").count();
+                if last == "message_stop" {
+                    assert_eq!(starts, stops, "{names:?}");
+                }
+            }
+            Protocol::OpenAi => {
+                assert_eq!(names.last().unwrap(), "[DONE]");
+                let first: Value = serde_json::from_str(&names[0]).unwrap();
+                assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+                assert_eq!(names.iter().filter(|n| *n == "[DONE]").count(), 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn tap_summary_matches_converter_summary_and_round_trips() {
+    for (from, input) in stream_fixtures() {
+        let (out, converter) = convert_stream(from, &input, &[]);
+        let mut tap = StreamTap::new(from);
+        let mut decoder = SseDecoder::default();
+        decoder.feed(&input);
+        while let Some(event) = decoder.next_event().unwrap() {
+            tap.observe(&event);
+        }
+        if let Some(event) = decoder.finish() {
+            tap.observe(&event);
+        }
+        assert_eq!(tap.summary(), converter.summary());
+        // Converting back keeps text, reasoning and tool calls.
+        let (_, back) = convert_stream(other(from), &out, &[]);
+        assert_eq!(back.summary().text, converter.summary().text);
+        assert_eq!(back.summary().reasoning, converter.summary().reasoning);
+        assert_eq!(back.summary().tool_calls, converter.summary().tool_calls);
+    }
+}
+
+#[test]
+fn same_protocol_conversion_keeps_the_answer() {
+    for (from, input) in stream_fixtures() {
+        let (_, crossed) = convert_stream(from, &input, &[]);
+        let mut same = StreamConverter::new(from, from, stream_options()).with_created(CREATED);
+        let mut out = BytesMut::new();
+        same.push(&input, &mut out).unwrap();
+        same.finish(&mut out).unwrap();
+        assert_eq!(same.summary(), crossed.summary());
+        let (_, again) = convert_stream(from, &out, &[]);
+        assert_eq!(again.summary().text, crossed.summary().text);
+        assert_eq!(again.summary().tool_calls, crossed.summary().tool_calls);
+    }
+}
+
+#[test]
+fn stop_after_tool_calls_becomes_tool_use_for_anthropic() {
+    let stream = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    let (out, _) = convert_stream(Protocol::OpenAi, stream, &[]);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\"stop_reason\":\"tool_use\""), "{text}");
+    let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}"#;
+    let opts = ResponseOptions {
+        id: "x",
+        model: None,
+    };
+    let out: Value = serde_json::from_slice(
+        &convert::convert_response(Protocol::OpenAi, Protocol::Anthropic, body, &opts).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["stop_reason"], "tool_use");
+}
+
+#[test]
+fn thinking_after_a_signature_opens_a_new_block() {
+    let delta =
+        |delta: &str| format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{delta}}}]}}\n\n");
+    let stream = [
+        delta(r#"{"reasoning_content":"a"}"#),
+        delta(r#"{"thinking_blocks":[{"type":"thinking","thinking":"","signature":"S1"}]}"#),
+        delta(r#"{"reasoning_content":"b"}"#),
+        delta(r#"{"thinking_blocks":[{"type":"thinking","thinking":"","signature":"S2"}]}"#),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let (out, _) = convert_stream(Protocol::OpenAi, stream.as_bytes(), &[]);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.matches("event: content_block_start").count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""index":1,"delta":{"type":"signature_delta","signature":"S2"}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn stream_summary_of_tool_use() {
+    let input = std::fs::read(fixtures_dir().join("stream_anthropic_tool_use.sse")).unwrap();
+    let (_, converter) = convert_stream(Protocol::Anthropic, &input, &[]);
+    let summary = converter.summary();
+    assert_eq!(
+        summary.text,
+        "Okay, let's check the weather for San Francisco, CA:"
+    );
+    assert_eq!(
+        summary.reasoning,
+        "I need the weather in two cities — 東京 too."
+    );
+    assert_eq!(summary.tool_calls.len(), 2);
+    assert_eq!(
+        summary.tool_calls[0].arguments,
+        r#"{"location": "San Francisco, CA"}"#
+    );
+    let usage = summary.usage.unwrap();
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens
+        ),
+        (2482, 89, 2000)
+    );
+    assert_eq!(summary.finish_reason, Some(super::FinishReason::ToolCalls));
+}
+
+#[test]
+fn knows_whether_the_upstream_ended_its_stream() {
+    for (name, ended) in [
+        ("stream_openai_truncated.sse", false),
+        ("stream_openai_tool_calls.sse", true),
+        ("stream_anthropic_error.sse", true),
+        ("stream_anthropic_tool_use.sse", true),
+    ] {
+        let input = std::fs::read(fixtures_dir().join(name)).unwrap();
+        let (_, converter) = convert_stream(classify(name).1, &input, &[]);
+        assert_eq!(converter.upstream_finished(), ended, "{name}");
+    }
+}
+
+#[test]
+fn tap_reads_legacy_completion_chunks() {
+    let mut tap = StreamTap::new(Protocol::OpenAi);
+    let mut decoder = SseDecoder::default();
+    decoder.feed(b"data: {\"choices\":[{\"index\":0,\"text\":\"Hi\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"text\":\" there\",\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n");
+    while let Some(event) = decoder.next_event().unwrap() {
+        tap.observe(&event);
+    }
+    assert_eq!(tap.summary().text, "Hi there");
+    assert_eq!(
+        tap.summary().finish_reason,
+        Some(super::FinishReason::Length)
+    );
+}
+
+#[test]
+fn abort_ends_each_protocol_correctly() {
+    for (from, to) in [
+        (Protocol::OpenAi, Protocol::Anthropic),
+        (Protocol::Anthropic, Protocol::OpenAi),
+    ] {
+        let mut converter = StreamConverter::new(from, to, stream_options()).with_created(CREATED);
+        let mut out = BytesMut::new();
+        let first: &[u8] = match from {
+            Protocol::OpenAi => {
+                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"a\"}}]}\n\n"
+            }
+            Protocol::Anthropic => {
+                b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n"
+            }
+        };
+        converter.push(first, &mut out).unwrap();
+        converter.abort("upstream reset the connection", &mut out);
+        assert!(converter.is_finished());
+        converter.finish(&mut out).unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        match to {
+            Protocol::Anthropic => assert!(
+                text.ends_with("event: error\ndata: {\"error\":{\"message\":\"upstream reset the connection\",\"type\":\"api_error\"},\"type\":\"error\"}\n\n")
+                    || text.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream reset the connection\"}}\n\n"),
+                "{text}"
+            ),
+            Protocol::OpenAi => {
+                assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+                assert!(text.contains("\"message\":\"upstream reset the connection\""));
+                assert_eq!(text.matches("[DONE]").count(), 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn omitted_include_usage_sends_no_usage_chunk() {
+    let input = std::fs::read(fixtures_dir().join("stream_anthropic_tool_use.sse")).unwrap();
+    let opts = StreamOptions {
+        include_usage: false,
+        ..stream_options()
+    };
+    let mut converter =
+        StreamConverter::new(Protocol::Anthropic, Protocol::OpenAi, opts).with_created(CREATED);
+    let mut out = BytesMut::new();
+    converter.push(&input, &mut out).unwrap();
+    converter.finish(&mut out).unwrap();
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(!text.contains("usage"), "{text}");
+    assert!(text.contains("\"finish_reason\":\"tool_calls\""));
+}
+
+#[test]
+fn echo_stream_events_are_in_order() {
+    let answer = openai::TextAnswer {
+        id: "id",
+        model: "echo",
+        created: 0,
+        text: "Echo: hi",
+        finish_reason: super::FinishReason::Stop,
+        usage: super::Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+            ..super::Usage::default()
+        },
+    };
+    let names: Vec<&str> = anthropic::message_stream(&answer, &["Echo:", " hi"], 1)
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let body = anthropic::message_response(&answer);
+    assert_eq!(body["content"][0]["text"], "Echo: hi");
+    assert_eq!(body["stop_reason"], "end_turn");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any chunking of the upstream bytes (inside UTF-8 characters, inside JSON) gives the same output.
+    #[test]
+    fn rechunking_does_not_change_output(
+        fixture in 0usize..64,
+        pieces in proptest::collection::vec(0usize..40, 0..200),
+    ) {
+        let fixtures = stream_fixtures();
+        let (from, input) = &fixtures[fixture % fixtures.len()];
+        let (whole, _) = convert_stream(*from, input, &[]);
+        let (chunked, _) = convert_stream(*from, input, &pieces);
+        prop_assert_eq!(whole, chunked);
+    }
+
+    /// Arbitrary bytes into every decoder and converter: errors are fine, panics are not.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fuzz_everything(&bytes);
+    }
+
+    /// Fixture inputs with random bytes spliced in (near-valid JSON and SSE) never panic either.
+    #[test]
+    fn mutated_fixtures_never_panic(
+        fixture in 0usize..64,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+    ) {
+        let files = inputs();
+        let mut bytes = std::fs::read(&files[fixture % files.len()]).unwrap();
+        for (at, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            if at < bytes.len() && byte % 2 == 0 {
+                bytes[at] = byte;
+            } else {
+                bytes.insert(at, byte);
+            }
+        }
+        fuzz_everything(&bytes);
+    }
+
+    /// Arbitrary JSON values in the places the decoders look.
+    #[test]
+    fn arbitrary_json_never_panics(value in arbitrary_json()) {
+        for wrapped in [
+            value.clone(),
+            serde_json::json!({"max_tokens": 5, "messages": [{"role": "user", "content": value.clone()}]}),
+            serde_json::json!({"messages": [{"role": "assistant", "content": value.clone(), "tool_calls": value.clone()}]}),
+            serde_json::json!({"choices": [{"index": 0, "delta": value.clone(), "message": value.clone()}], "usage": value.clone()}),
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": value.clone(), "content": value.clone()}),
+            serde_json::json!({"type": "message_start", "message": value.clone(), "error": value.clone()}),
+        ] {
+            let bytes = serde_json::to_vec(&wrapped).unwrap();
+            fuzz_everything(&bytes);
+            let mut sse = b"data: ".to_vec();
+            sse.extend_from_slice(&bytes);
+            sse.extend_from_slice(b"\n\n");
+            fuzz_everything(&sse);
+        }
+    }
+}
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        prop_oneof![
+            Just("text".to_owned()),
+            Just("tool_use".to_owned()),
+            Just("tool_result".to_owned()),
+            Just("thinking".to_owned()),
+            Just("user".to_owned()),
+            ".{0,8}"
+        ]
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("type".to_owned()),
+                    Just("text".to_owned()),
+                    Just("content".to_owned()),
+                    Just("index".to_owned()),
+                    Just("id".to_owned()),
+                    Just("name".to_owned()),
+                    Just("input".to_owned()),
+                    Just("source".to_owned()),
+                    Just("tool_calls".to_owned()),
+                    Just("function".to_owned()),
+                    Just("arguments".to_owned()),
+                    "[a-z_]{1,6}",
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+fn fuzz_everything(bytes: &[u8]) {
+    let opts = RequestOptions {
+        model: Some("m"),
+        default_max_tokens: 16,
+    };
+    for request in [
+        openai::decode_chat(bytes).ok(),
+        anthropic::decode_request(bytes).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = convert::encode_anthropic_request(&request, &opts);
+        let _ = convert::encode_openai_request(&request, &opts);
+        let _ = anthropic::count_tokens_input(&request);
+    }
+    let _ = openai::decode_completion(bytes);
+    let _ = openai::decode_embeddings(bytes);
+    let _ = super::json_patch::set_fields(bytes, &[("model", "\"m\""), ("extra", "1")]);
+    for from in [Protocol::OpenAi, Protocol::Anthropic] {
+        for to in [Protocol::OpenAi, Protocol::Anthropic] {
+            let response_opts = ResponseOptions {
+                id: "x",
+                model: None,
+            };
+            let _ = convert::convert_response(from, to, bytes, &response_opts);
+            let _ = convert::convert_error(from, to, 500, bytes);
+            let mut converter = StreamConverter::new(from, to, stream_options());
+            let mut out = BytesMut::new();
+            let _ = converter.push(bytes, &mut out);
+            let _ = converter.finish(&mut out);
+            converter.abort("x", &mut out);
+        }
+        let _ = convert::summarize_response(from, bytes);
+        let mut tap = StreamTap::new(from);
+        let mut decoder = SseDecoder::default();
+        decoder.feed(bytes);
+        while let Ok(Some(event)) = decoder.next_event() {
+            tap.observe(&event);
+        }
+    }
+}

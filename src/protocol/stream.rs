@@ -1,0 +1,1072 @@
+//! Incremental stream conversion between OpenAI chunks and Anthropic events, bytes in → bytes out.
+//!
+//! Upstream SSE bytes are cut into events by [`SseDecoder`] (only the current event is buffered), each
+//! event is decoded into canonical [`StreamEvent`]s, and an encoder state machine renders them in the
+//! client's protocol: the Anthropic event order (`message_start`, per-block start/delta/stop,
+//! `message_delta`, `message_stop`) or the OpenAI chunk rules (role first, `finish_reason` last, optional
+//! usage chunk, `data: [DONE]`). A summary of the answer is kept on the side for logs and accounting.
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub use super::ResponseSummary;
+use super::anthropic::{self, WireUsage};
+use super::convert::{self, unix_now};
+use super::sse::{self, SseDecoder, SseError, SseEvent};
+use super::{FinishReason, Protocol, ToolCall, Usage, openai};
+
+/// How to present the converted stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// The gateway's request id, used as the message/chunk id.
+    pub id: String,
+    /// Model name shown to the client.
+    pub model: String,
+    /// OpenAI clients' `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// Prompt token estimate, used while (or when) the backend has not reported the real count.
+    pub input_tokens: u64,
+}
+
+/// The upstream stream could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Sse(#[from] SseError),
+    #[error("upstream sent an invalid stream event: {0}")]
+    InvalidEvent(String),
+}
+
+/// One step of a streamed answer, in canonical form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The answer begins; Anthropic backends report the prompt usage here.
+    Start {
+        usage: Option<Usage>,
+    },
+    Text(String),
+    Thinking(String),
+    /// The signature of the current thinking block.
+    Signature(String),
+    RedactedThinking(String),
+    /// A tool call begins; `index` counts tool calls from 0 (OpenAI's `tool_calls[].index`).
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// A fragment of a tool call's JSON arguments.
+    ToolCallArgs {
+        index: usize,
+        arguments: String,
+    },
+    Finish {
+        reason: FinishReason,
+        stop_sequence: Option<String>,
+    },
+    /// Usage so far (a full snapshot, later ones replace earlier ones).
+    Usage(Usage),
+    Error {
+        kind: String,
+        message: String,
+    },
+    Done,
+}
+
+// === Upstream decoders ===
+
+#[derive(Debug, Default)]
+struct OpenAiDecoder {
+    started: bool,
+    tools: Vec<usize>,
+}
+
+impl OpenAiDecoder {
+    fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        if event.data.is_empty() {
+            return Ok(());
+        }
+        if event.is_done() {
+            out.push(StreamEvent::Done);
+            return Ok(());
+        }
+        let value = parse_event(event)?;
+        if let Some(error) = value.get("error").filter(|error| !error.is_null()) {
+            out.push(error_event(error));
+            return Ok(());
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start { usage: None });
+        }
+        let choices = value
+            .get("choices")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // Only the first choice is converted (Anthropic has no `n`).
+        let choice = choices
+            .iter()
+            .find(|choice| choice.get("index").and_then(Value::as_u64).unwrap_or(0) == 0);
+        if let Some(choice) = choice {
+            if let Some(delta) = choice.get("delta") {
+                self.decode_delta(delta, out);
+            }
+            // Legacy `/v1/completions` chunks carry `text` instead of a delta (seen by `StreamTap`).
+            if let Some(text) = choice
+                .get("text")
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+            {
+                out.push(StreamEvent::Text(text.to_owned()));
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                out.push(StreamEvent::Finish {
+                    reason: openai::finish_reason_from(reason),
+                    stop_sequence: None,
+                });
+            }
+        }
+        if let Some(usage) = value.get("usage").filter(|usage| usage.is_object()) {
+            out.push(StreamEvent::Usage(openai::usage_from(usage)));
+        }
+        Ok(())
+    }
+
+    fn decode_delta(&mut self, delta: &Value, out: &mut Vec<StreamEvent>) {
+        let text = |key: &str| {
+            delta
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|text| !text.is_empty())
+        };
+        if let Some(reasoning) = text("reasoning_content").or_else(|| text("reasoning")) {
+            out.push(StreamEvent::Thinking(reasoning.to_owned()));
+        }
+        for block in delta
+            .get("thinking_blocks")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let field = |key: &str| {
+                block
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            };
+            if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
+                if let Some(data) = field("data") {
+                    out.push(StreamEvent::RedactedThinking(data.to_owned()));
+                }
+            } else if let Some(signature) = field("signature") {
+                out.push(StreamEvent::Signature(signature.to_owned()));
+            }
+        }
+        if let Some(content) = text("content").or_else(|| text("refusal")) {
+            out.push(StreamEvent::Text(content.to_owned()));
+        }
+        for (position, call) in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .and_then(|index| usize::try_from(index).ok())
+                .unwrap_or(position);
+            if !self.tools.contains(&index) {
+                self.tools.push(index);
+                let field = |pointer: &str| call.pointer(pointer).and_then(Value::as_str);
+                out.push(StreamEvent::ToolCallStart {
+                    index,
+                    id: field("/id").map_or_else(|| format!("call_{index}"), str::to_owned),
+                    name: field("/function/name").unwrap_or_default().to_owned(),
+                });
+            }
+            if let Some(arguments) = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .filter(|arguments| !arguments.is_empty())
+            {
+                out.push(StreamEvent::ToolCallArgs {
+                    index,
+                    arguments: arguments.to_owned(),
+                });
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct AnthropicDecoder {
+    usage: WireUsage,
+    /// `(content block index, tool call ordinal)` for every tool_use block so far.
+    tool_blocks: Vec<(u64, usize)>,
+}
+
+impl AnthropicDecoder {
+    fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        if event.data.is_empty() {
+            return Ok(());
+        }
+        let value = parse_event(event)?;
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .or(event.event.as_deref())
+            .unwrap_or_default();
+        let text = |value: &Value, key: &str| {
+            value
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let block_index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match kind {
+            "message_start" => {
+                if let Some(usage) = value.pointer("/message/usage") {
+                    self.usage.merge(usage);
+                }
+                out.push(StreamEvent::Start {
+                    usage: Some(self.usage.canonical()),
+                });
+            }
+            "content_block_start" => {
+                let Some(block) = value.get("content_block") else {
+                    return Ok(());
+                };
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => push_text(out, StreamEvent::Text, text(block, "text")),
+                    Some("thinking") => {
+                        push_text(out, StreamEvent::Thinking, text(block, "thinking"));
+                        push_text(out, StreamEvent::Signature, text(block, "signature"));
+                    }
+                    Some("redacted_thinking") => {
+                        out.push(StreamEvent::RedactedThinking(text(block, "data")));
+                    }
+                    Some("tool_use") => {
+                        let index = self.tool_blocks.len();
+                        self.tool_blocks.push((block_index, index));
+                        out.push(StreamEvent::ToolCallStart {
+                            index,
+                            id: text(block, "id"),
+                            name: text(block, "name"),
+                        });
+                        if let Some(input) = block
+                            .get("input")
+                            .filter(|input| input.as_object().is_some_and(|o| !o.is_empty()))
+                        {
+                            out.push(StreamEvent::ToolCallArgs {
+                                index,
+                                arguments: input.to_string(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let Some(delta) = value.get("delta") else {
+                    return Ok(());
+                };
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => push_text(out, StreamEvent::Text, text(delta, "text")),
+                    Some("thinking_delta") => {
+                        push_text(out, StreamEvent::Thinking, text(delta, "thinking"));
+                    }
+                    Some("signature_delta") => {
+                        push_text(out, StreamEvent::Signature, text(delta, "signature"));
+                    }
+                    Some("input_json_delta") => {
+                        let arguments = text(delta, "partial_json");
+                        if let Some((_, index)) = self
+                            .tool_blocks
+                            .iter()
+                            .find(|(block, _)| *block == block_index)
+                            && !arguments.is_empty()
+                        {
+                            out.push(StreamEvent::ToolCallArgs {
+                                index: *index,
+                                arguments,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = value.pointer("/delta/stop_reason").and_then(Value::as_str) {
+                    out.push(StreamEvent::Finish {
+                        reason: anthropic::finish_reason_from(reason),
+                        stop_sequence: value
+                            .pointer("/delta/stop_sequence")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    });
+                }
+                if let Some(usage) = value.get("usage").filter(|usage| usage.is_object()) {
+                    self.usage.merge(usage);
+                    out.push(StreamEvent::Usage(self.usage.canonical()));
+                }
+            }
+            "message_stop" => out.push(StreamEvent::Done),
+            "error" => out.push(error_event(value.get("error").unwrap_or(&Value::Null))),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn push_text(out: &mut Vec<StreamEvent>, make: fn(String) -> StreamEvent, text: String) {
+    if !text.is_empty() {
+        out.push(make(text));
+    }
+}
+
+fn parse_event(event: &SseEvent) -> Result<Value, StreamError> {
+    serde_json::from_slice(&event.data).map_err(|error| {
+        let data = String::from_utf8_lossy(&event.data);
+        let mut cut = data.len().min(200);
+        while !data.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        StreamError::InvalidEvent(format!("{error} in '{}'", &data[..cut]))
+    })
+}
+
+fn error_event(error: &Value) -> StreamEvent {
+    let body = json!({ "error": error });
+    let info = convert::error_info(Protocol::OpenAi, 500, body.to_string().as_bytes());
+    StreamEvent::Error {
+        kind: info.kind.to_owned(),
+        message: info.message,
+    }
+}
+
+#[derive(Debug)]
+enum Decoder {
+    OpenAi(OpenAiDecoder),
+    Anthropic(AnthropicDecoder),
+}
+
+impl Decoder {
+    fn new(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::OpenAi => Decoder::OpenAi(OpenAiDecoder::default()),
+            Protocol::Anthropic => Decoder::Anthropic(AnthropicDecoder::default()),
+        }
+    }
+
+    fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
+        match self {
+            Decoder::OpenAi(decoder) => decoder.decode(event, out),
+            Decoder::Anthropic(decoder) => decoder.decode(event, out),
+        }
+    }
+}
+
+// === Summary ===
+
+#[derive(Debug, Default)]
+struct SummaryBuilder {
+    summary: ResponseSummary,
+    /// `(tool call index, position in summary.tool_calls)`.
+    tools: Vec<(usize, usize)>,
+}
+
+impl SummaryBuilder {
+    fn apply(&mut self, event: &StreamEvent) {
+        let summary = &mut self.summary;
+        match event {
+            StreamEvent::Start { usage: Some(usage) } => summary.usage = Some(*usage),
+            StreamEvent::Text(text) => summary.text.push_str(text),
+            StreamEvent::Thinking(text) => summary.reasoning.push_str(text),
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.tools.push((*index, summary.tool_calls.len()));
+                summary.tool_calls.push(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                });
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => {
+                if let Some((_, position)) = self.tools.iter().find(|(i, _)| i == index)
+                    && let Some(call) = summary.tool_calls.get_mut(*position)
+                {
+                    call.arguments.push_str(arguments);
+                }
+            }
+            StreamEvent::Finish { reason, .. } => summary.finish_reason = Some(*reason),
+            StreamEvent::Usage(usage) => summary.usage = Some(*usage),
+            _ => {}
+        }
+    }
+}
+
+// === Client encoders ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+    /// A thinking block that got its signature: later thinking starts a new block.
+    SignedThinking,
+    Tool(usize),
+}
+
+#[derive(Debug)]
+struct AnthropicEncoder {
+    started: bool,
+    ended: bool,
+    /// The open content block and its index.
+    open: Option<(Block, u64)>,
+    next_index: u64,
+    tools_started: Vec<usize>,
+    finish: Option<(FinishReason, Option<String>)>,
+    usage: Option<Usage>,
+}
+
+#[derive(Debug)]
+struct OpenAiEncoder {
+    created: i64,
+    role_sent: bool,
+    finish_sent: bool,
+    ended: bool,
+    tools_started: Vec<usize>,
+    usage: Option<Usage>,
+}
+
+#[derive(Debug)]
+enum Encoder {
+    OpenAi(OpenAiEncoder),
+    Anthropic(AnthropicEncoder),
+}
+
+fn write_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: Option<&str>, data: &T) {
+    let bytes = serde_json::to_vec(data).unwrap_or_default();
+    sse::encode(name, &bytes, out);
+}
+
+fn anthropic_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: &'static str, data: &T) {
+    write_event(out, Some(name), data);
+}
+
+// Typed wire shapes for the per-token events: they keep the documented field order (`type` first) and
+// skip building a `Value` tree for every delta.
+
+#[derive(Serialize)]
+struct BlockEventWire<'a, B: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_block: Option<&'a B>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaWire<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum DeltaWire<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct ChunkWire<'a, D: Serialize> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [ChoiceWire<D>; 1],
+    /// `Some(())` renders `"usage": null`, which OpenAI sends on every chunk when usage was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ChoiceWire<D: Serialize> {
+    index: u32,
+    delta: D,
+    logprobs: (),
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ContentDeltaWire<'a> {
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReasoningDeltaWire<'a> {
+    reasoning_content: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoleDeltaWire {
+    role: &'static str,
+    content: &'static str,
+}
+
+#[derive(Serialize)]
+struct EmptyDeltaWire {}
+
+fn block_start(out: &mut BytesMut, index: u64, content_block: &Value) {
+    anthropic_event(
+        out,
+        "content_block_start",
+        &BlockEventWire {
+            kind: "content_block_start",
+            index,
+            content_block: Some(content_block),
+            delta: None,
+        },
+    );
+}
+
+fn block_stop(out: &mut BytesMut, index: u64) {
+    anthropic_event(
+        out,
+        "content_block_stop",
+        &BlockEventWire::<()> {
+            kind: "content_block_stop",
+            index,
+            content_block: None,
+            delta: None,
+        },
+    );
+}
+
+impl AnthropicEncoder {
+    fn new() -> Self {
+        AnthropicEncoder {
+            started: false,
+            ended: false,
+            open: None,
+            next_index: 0,
+            tools_started: Vec::new(),
+            finish: None,
+            usage: None,
+        }
+    }
+
+    fn ensure_started(&mut self, opts: &StreamOptions, usage: Option<Usage>, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let usage = usage.unwrap_or(Usage {
+            input_tokens: opts.input_tokens,
+            ..Usage::default()
+        });
+        anthropic_event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": opts.id,
+                "type": "message",
+                "role": "assistant",
+                "model": opts.model,
+                "content": [],
+                "stop_reason": null,
+                "stop_sequence": null,
+                "usage": anthropic::usage_json(&usage),
+            }}),
+        );
+    }
+
+    fn close_block(&mut self, out: &mut BytesMut) {
+        if let Some((_, index)) = self.open.take() {
+            block_stop(out, index);
+        }
+    }
+
+    /// Open a block of `kind` unless it is the open one; returns its index.
+    fn ensure_block(&mut self, kind: Block, content_block: Value, out: &mut BytesMut) -> u64 {
+        if let Some((open, index)) = self.open
+            && open == kind
+        {
+            return index;
+        }
+        self.close_block(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some((kind, index));
+        block_start(out, index, &content_block);
+        index
+    }
+
+    fn delta(out: &mut BytesMut, index: u64, delta: DeltaWire<'_>) {
+        anthropic_event(
+            out,
+            "content_block_delta",
+            &BlockEventWire::<()> {
+                kind: "content_block_delta",
+                index,
+                content_block: None,
+                delta: Some(delta),
+            },
+        );
+    }
+
+    fn start_tool(&mut self, index: usize, id: &str, name: &str, out: &mut BytesMut) {
+        self.tools_started.push(index);
+        self.close_block(out);
+        self.ensure_block(
+            Block::Tool(index),
+            json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+            out,
+        );
+    }
+
+    fn emit(&mut self, event: &StreamEvent, opts: &StreamOptions, out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        if let StreamEvent::Start { usage } = event {
+            // Anthropic backends report the real prompt count; otherwise the estimate stands in.
+            self.ensure_started(opts, *usage, out);
+            return;
+        }
+        if !matches!(event, StreamEvent::Error { .. }) {
+            self.ensure_started(opts, None, out);
+        }
+        match event {
+            StreamEvent::Start { .. } => {}
+            StreamEvent::Text(text) => {
+                let index =
+                    self.ensure_block(Block::Text, json!({"type": "text", "text": ""}), out);
+                Self::delta(out, index, DeltaWire::Text { text });
+            }
+            StreamEvent::Thinking(text) => {
+                let index = self.ensure_block(
+                    Block::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+                Self::delta(out, index, DeltaWire::Thinking { thinking: text });
+            }
+            StreamEvent::Signature(signature) => {
+                let index = self.ensure_block(
+                    Block::Thinking,
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+                Self::delta(out, index, DeltaWire::Signature { signature });
+                self.open = Some((Block::SignedThinking, index));
+            }
+            StreamEvent::RedactedThinking(data) => {
+                self.close_block(out);
+                let index = self.next_index;
+                self.next_index += 1;
+                block_start(
+                    out,
+                    index,
+                    &json!({"type": "redacted_thinking", "data": data}),
+                );
+                block_stop(out, index);
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                if !self.tools_started.contains(index) {
+                    self.start_tool(*index, id, name, out);
+                }
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => {
+                if !self.tools_started.contains(index) {
+                    self.start_tool(*index, &format!("call_{index}"), "", out);
+                }
+                // Fragments for a tool call whose block already closed cannot be sent (Anthropic
+                // blocks do not interleave); OpenAI backends send calls one after another.
+                if let Some((Block::Tool(open), block)) = self.open
+                    && open == *index
+                {
+                    Self::delta(
+                        out,
+                        block,
+                        DeltaWire::InputJson {
+                            partial_json: arguments,
+                        },
+                    );
+                }
+            }
+            StreamEvent::Finish {
+                reason,
+                stop_sequence,
+            } => self.finish = Some((*reason, stop_sequence.clone())),
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Error { kind, message } => {
+                anthropic_event(out, "error", &anthropic::error_body(kind, message));
+                self.ended = true;
+            }
+            StreamEvent::Done => self.end(opts, out),
+        }
+    }
+
+    fn end(&mut self, opts: &StreamOptions, out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        self.ensure_started(opts, None, out);
+        self.close_block(out);
+        let (reason, stop_sequence) = self.finish.take().unwrap_or((FinishReason::Stop, None));
+        // Some OpenAI-compatible servers say `stop` after tool calls; Anthropic clients run tools only
+        // on `tool_use`.
+        let reason = if reason == FinishReason::Stop && !self.tools_started.is_empty() {
+            FinishReason::ToolCalls
+        } else {
+            reason
+        };
+        let usage = self.usage.unwrap_or(Usage {
+            input_tokens: opts.input_tokens,
+            ..Usage::default()
+        });
+        anthropic_event(
+            out,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": anthropic::stop_reason_str(reason), "stop_sequence": stop_sequence},
+                "usage": anthropic::usage_json(&usage),
+            }),
+        );
+        anthropic_event(out, "message_stop", &json!({"type": "message_stop"}));
+        self.ended = true;
+    }
+}
+
+impl OpenAiEncoder {
+    fn new(created: i64) -> Self {
+        OpenAiEncoder {
+            created,
+            role_sent: false,
+            finish_sent: false,
+            ended: false,
+            tools_started: Vec::new(),
+            usage: None,
+        }
+    }
+
+    fn chunk<D: Serialize>(
+        &self,
+        opts: &StreamOptions,
+        delta: D,
+        finish: Option<&'static str>,
+        out: &mut BytesMut,
+    ) {
+        let chunk = ChunkWire {
+            id: &opts.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &opts.model,
+            choices: [ChoiceWire {
+                index: 0,
+                delta,
+                logprobs: (),
+                finish_reason: finish,
+            }],
+            usage: opts.include_usage.then_some(()),
+        };
+        write_event(out, None, &chunk);
+    }
+
+    fn ensure_role(&mut self, opts: &StreamOptions, out: &mut BytesMut) {
+        if !self.role_sent {
+            self.role_sent = true;
+            self.chunk(
+                opts,
+                RoleDeltaWire {
+                    role: "assistant",
+                    content: "",
+                },
+                None,
+                out,
+            );
+        }
+    }
+
+    fn start_tool(
+        &mut self,
+        index: usize,
+        id: &str,
+        name: &str,
+        opts: &StreamOptions,
+        out: &mut BytesMut,
+    ) {
+        self.tools_started.push(index);
+        self.chunk(
+            opts,
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""}}]}),
+            None,
+            out,
+        );
+    }
+
+    fn emit(&mut self, event: &StreamEvent, opts: &StreamOptions, out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        if !matches!(event, StreamEvent::Error { .. } | StreamEvent::Usage(_)) {
+            self.ensure_role(opts, out);
+        }
+        match event {
+            StreamEvent::Start { .. } => {}
+            StreamEvent::Text(text) => {
+                self.chunk(opts, ContentDeltaWire { content: text }, None, out);
+            }
+            StreamEvent::Thinking(text) => {
+                self.chunk(
+                    opts,
+                    ReasoningDeltaWire {
+                        reasoning_content: text,
+                    },
+                    None,
+                    out,
+                );
+            }
+            StreamEvent::Signature(signature) => self.chunk(
+                opts,
+                json!({"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": signature}]}),
+                None,
+                out,
+            ),
+            StreamEvent::RedactedThinking(data) => self.chunk(
+                opts,
+                json!({"thinking_blocks": [{"type": "redacted_thinking", "data": data}]}),
+                None,
+                out,
+            ),
+            StreamEvent::ToolCallStart { index, id, name } => {
+                if !self.tools_started.contains(index) {
+                    self.start_tool(*index, id, name, opts, out);
+                }
+            }
+            StreamEvent::ToolCallArgs { index, arguments } => {
+                if !self.tools_started.contains(index) {
+                    self.start_tool(*index, &format!("call_{index}"), "", opts, out);
+                }
+                self.chunk(
+                    opts,
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
+                    None,
+                    out,
+                );
+            }
+            StreamEvent::Finish { reason, .. } => self.send_finish(*reason, opts, out),
+            StreamEvent::Usage(usage) => self.usage = Some(*usage),
+            StreamEvent::Error { kind, message } => {
+                write_event(out, None, &openai::error_body(message, kind, None, None));
+                sse::encode(None, b"[DONE]", out);
+                self.ended = true;
+            }
+            StreamEvent::Done => self.end(opts, out),
+        }
+    }
+
+    fn send_finish(&mut self, reason: FinishReason, opts: &StreamOptions, out: &mut BytesMut) {
+        if !self.finish_sent {
+            self.finish_sent = true;
+            self.chunk(
+                opts,
+                EmptyDeltaWire {},
+                Some(openai::finish_reason_str(reason)),
+                out,
+            );
+        }
+    }
+
+    fn end(&mut self, opts: &StreamOptions, out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        self.ensure_role(opts, out);
+        let reason = if self.tools_started.is_empty() {
+            FinishReason::Stop
+        } else {
+            FinishReason::ToolCalls
+        };
+        self.send_finish(reason, opts, out);
+        if opts.include_usage {
+            let usage = self.usage.unwrap_or(Usage {
+                input_tokens: opts.input_tokens,
+                ..Usage::default()
+            });
+            write_event(
+                out,
+                None,
+                &json!({
+                    "id": opts.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": opts.model,
+                    "choices": [],
+                    "usage": openai::usage_json(&usage),
+                }),
+            );
+        }
+        sse::encode(None, b"[DONE]", out);
+        self.ended = true;
+    }
+}
+
+impl Encoder {
+    fn emit(&mut self, event: &StreamEvent, opts: &StreamOptions, out: &mut BytesMut) {
+        match self {
+            Encoder::OpenAi(encoder) => encoder.emit(event, opts, out),
+            Encoder::Anthropic(encoder) => encoder.emit(event, opts, out),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        match self {
+            Encoder::OpenAi(encoder) => encoder.ended,
+            Encoder::Anthropic(encoder) => encoder.ended,
+        }
+    }
+}
+
+/// Converts one upstream stream to the client's protocol, event by event.
+#[derive(Debug)]
+pub struct StreamConverter {
+    opts: StreamOptions,
+    sse: SseDecoder,
+    decoder: Decoder,
+    encoder: Encoder,
+    events: Vec<StreamEvent>,
+    summary: SummaryBuilder,
+    /// The upstream sent its own end (`[DONE]`, `message_stop`) or an error event.
+    upstream_ended: bool,
+}
+
+impl StreamConverter {
+    pub fn new(from: Protocol, to: Protocol, opts: StreamOptions) -> Self {
+        StreamConverter {
+            opts,
+            sse: SseDecoder::default(),
+            decoder: Decoder::new(from),
+            encoder: match to {
+                Protocol::OpenAi => Encoder::OpenAi(OpenAiEncoder::new(unix_now())),
+                Protocol::Anthropic => Encoder::Anthropic(AnthropicEncoder::new()),
+            },
+            events: Vec::new(),
+            summary: SummaryBuilder::default(),
+            upstream_ended: false,
+        }
+    }
+
+    /// Pin OpenAI chunks' `created` (deterministic tests, cache replays).
+    pub fn with_created(mut self, created: i64) -> Self {
+        if let Encoder::OpenAi(encoder) = &mut self.encoder {
+            encoder.created = created;
+        }
+        self
+    }
+
+    /// Feed upstream bytes (any split); converted bytes for every completed event go to `out`.
+    pub fn push(&mut self, upstream_bytes: &[u8], out: &mut BytesMut) -> Result<(), StreamError> {
+        self.sse.feed(upstream_bytes);
+        while let Some(event) = self.sse.next_event()? {
+            self.process(&event, out)?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, event: &SseEvent, out: &mut BytesMut) -> Result<(), StreamError> {
+        let mut events = std::mem::take(&mut self.events);
+        let result = self.decoder.decode(event, &mut events);
+        for event in events.drain(..) {
+            self.upstream_ended |= matches!(event, StreamEvent::Done | StreamEvent::Error { .. });
+            self.summary.apply(&event);
+            self.encoder.emit(&event, &self.opts, out);
+        }
+        self.events = events;
+        result
+    }
+
+    /// True once the upstream ended its stream itself (`[DONE]`, `message_stop` or an error event). At
+    /// EOF without it the upstream was cut off: call [`StreamConverter::abort`] instead of `finish` to
+    /// tell the client, or `finish` to end it as if complete.
+    pub fn upstream_finished(&self) -> bool {
+        self.upstream_ended
+    }
+
+    /// Upstream EOF: handle a last unterminated event, close open blocks and end the stream.
+    pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), StreamError> {
+        let last = self.sse.finish();
+        let result = match last {
+            Some(event) => self.process(&event, out),
+            None => Ok(()),
+        };
+        if !self.encoder.ended() {
+            self.encoder.emit(&StreamEvent::Done, &self.opts, out);
+        }
+        result
+    }
+
+    /// Upstream fault mid-stream: a protocol-correct error event, then the end of the stream.
+    pub fn abort(&mut self, message: &str, out: &mut BytesMut) {
+        self.encoder.emit(
+            &StreamEvent::Error {
+                kind: "api_error".into(),
+                message: message.to_owned(),
+            },
+            &self.opts,
+            out,
+        );
+    }
+
+    /// True once the client stream has ended (normally, by error or abort).
+    pub fn is_finished(&self) -> bool {
+        self.encoder.ended()
+    }
+
+    pub fn summary(&self) -> &ResponseSummary {
+        &self.summary.summary
+    }
+}
+
+/// Same-protocol pass-through observer: sees every upstream event and keeps the summary (text, reasoning,
+/// tool calls, usage, finish) without changing bytes.
+#[derive(Debug)]
+pub struct StreamTap {
+    decoder: Decoder,
+    events: Vec<StreamEvent>,
+    summary: SummaryBuilder,
+}
+
+impl StreamTap {
+    pub fn new(protocol: Protocol) -> Self {
+        StreamTap {
+            decoder: Decoder::new(protocol),
+            events: Vec::new(),
+            summary: SummaryBuilder::default(),
+        }
+    }
+
+    /// Record one upstream event; events that do not parse are ignored (the bytes pass through anyway).
+    pub fn observe(&mut self, event: &SseEvent) {
+        self.events.clear();
+        if self.decoder.decode(event, &mut self.events).is_ok() {
+            for event in &self.events {
+                self.summary.apply(event);
+            }
+        }
+    }
+
+    pub fn summary(&self) -> &ResponseSummary {
+        &self.summary.summary
+    }
+}
