@@ -21,6 +21,7 @@ pub mod http;
 pub mod logging;
 pub mod pipeline;
 pub mod protocol;
+pub mod reload;
 pub mod routing;
 pub mod secret;
 pub mod server;

@@ -89,7 +89,15 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
         backends = config.backends.len(), "ai-gateway listening"
     );
     let state = AppState::new(config, source)?;
-    ai_gateway::server::run(listener, state, shutdown_signal()).await?;
+    let _reloader = match ai_gateway::reload::spawn(state.clone()) {
+        Ok(reloader) => Some(reloader),
+        Err(error) => {
+            tracing::warn!(error = %error, "config reload on file edit/SIGHUP is unavailable");
+            None
+        }
+    };
+    ai_gateway::server::run(listener, state.clone(), shutdown_signal()).await?;
+    state.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

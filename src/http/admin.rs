@@ -12,35 +12,44 @@ use crate::http::error_body;
 use crate::protocol::Protocol;
 use crate::state::AppState;
 
-/// `GET /health`: always 200 while the process serves; per-backend instance summary.
+/// `GET /health`: always 200 while the process serves; every backend's instances with their breaker
+/// state, in-flight count, recent errors and latency estimate.
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.snapshot();
+    let now = std::time::Instant::now();
     let mut backends = serde_json::Map::new();
     for (backend, runtime) in snapshot.config.backends.iter().zip(&snapshot.backends) {
+        let mut healthy = 0;
         let instances: Vec<Value> = backend
             .instances
             .iter()
             .zip(&runtime.instances)
             .map(|(instance, live)| {
+                let status = live.status(now);
+                healthy += usize::from(status.healthy);
                 json!({
                     "url": instance.display,
                     "weight": instance.weight,
-                    "state": "closed",
-                    "in_flight": live.in_flight(),
+                    "state": status.state,
+                    "healthy": status.healthy,
+                    "in_flight": status.in_flight,
+                    "recent_errors": status.recent_errors,
+                    "ewma_ttfb_ms": status.ewma_ttfb_ms,
+                    "retry_in_s": status.retry_in_s,
                 })
             })
             .collect();
-        let total = if backend.kind == BackendKind::Echo {
-            1
+        let (healthy, total) = if backend.kind == BackendKind::Echo {
+            (1, 1)
         } else {
-            instances.len()
+            (healthy, instances.len())
         };
         backends.insert(
             backend.name.clone(),
             json!({
                 "type": backend.kind.as_str(),
-                "load_balancing": backend.load_balancing,
-                "healthy_instances": total,
+                "load_balancing": backend.load_balancing.as_str(),
+                "healthy_instances": healthy,
                 "total_instances": total,
                 "instances": instances,
             }),
@@ -54,15 +63,20 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// `GET /health/ready`: 503 when some backend has no usable instance.
+/// `GET /health/ready`: 503 when some backend has no usable instance (every breaker open).
 pub async fn ready(State(state): State<AppState>) -> Response {
     let snapshot = state.snapshot();
+    let now = std::time::Instant::now();
     let unusable: Vec<&str> = snapshot
         .config
         .backends
         .iter()
-        .filter(|b| b.kind != BackendKind::Echo && b.instances.is_empty())
-        .map(|b| b.name.as_str())
+        .zip(&snapshot.backends)
+        .filter(|(backend, runtime)| {
+            backend.kind != BackendKind::Echo
+                && !runtime.instances.iter().any(|i| i.view(now).usable)
+        })
+        .map(|(backend, _)| backend.name.as_str())
         .collect();
     if unusable.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
@@ -142,4 +156,37 @@ pub async fn method_not_allowed(request: Request) -> Response {
         format!("method {} is not allowed on {}", request.method(), path),
     );
     error_body::response(protocol_for(&path), &error)
+}
+
+/// `GET /metrics`: Prometheus text exposition; never needs a key.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(state.metrics().render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::telemetry::metrics::Metrics::content_type()),
+    );
+    response
+}
+
+/// `GET /stats`: a JSON summary for people.
+pub async fn stats(State(state): State<AppState>) -> Json<Value> {
+    Json(state.stats().snapshot())
+}
+
+/// `POST /admin/reload`: reload the config now; 200 when it took, 400 naming the error otherwise.
+pub async fn reload(State(state): State<AppState>) -> Response {
+    match crate::reload::reload(&state, crate::config_watch::ReloadTrigger::Admin) {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "reloaded", "config": state.source().to_string()})),
+        )
+            .into_response(),
+        Err(error) => {
+            let error = GatewayError::invalid(
+                format!("config rejected, previous config still serving: {error}"),
+                None,
+            );
+            error_body::response(Protocol::OpenAi, &error)
+        }
+    }
 }

@@ -37,3 +37,7 @@ async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Respons
     )
     .await
 }
+
+pub async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    serve(state, Endpoint::Messages, request).await
+}
