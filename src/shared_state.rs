@@ -7,9 +7,9 @@
 //! again on its own.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -104,12 +104,10 @@ struct RedisInner {
     url_for_logs: String,
     prefix: String,
     fail_mode: FailMode,
-    /// Set while Redis is considered down; cleared by the first successful command.
+    /// Set while Redis is considered down. Requests then skip Redis entirely (an atomic load is
+    /// all an outage costs them) and a background probe clears the flag once PING answers.
     down: AtomicBool,
-    /// While down, commands are not even attempted before this instant (µs since `epoch`), so a
-    /// dead Redis costs requests nothing but an atomic load.
-    retry_at_us: AtomicU64,
-    epoch: Instant,
+    /// Pause between probes while down.
     retry_interval: Duration,
 }
 
@@ -135,12 +133,18 @@ impl StateStore {
     pub async fn connect(cfg: &StateConfig) -> StateStore {
         match &cfg.redis_url {
             None => StateStore::memory(),
-            Some(url) => StateStore::Redis(RedisStore::new(
-                url,
-                &cfg.key_prefix,
-                cfg.on_unavailable,
-                Duration::from_secs(1),
-            )),
+            Some(url) => {
+                let store = RedisStore::new(
+                    url,
+                    &cfg.key_prefix,
+                    cfg.on_unavailable,
+                    Duration::from_secs(1),
+                );
+                // Find out now whether Redis answers, so an outage at startup is logged at once
+                // and the background probe starts; the result itself is not needed.
+                let _ = store.query::<String>(&redis::cmd("PING")).await;
+                StateStore::Redis(store)
+            }
         }
     }
 
@@ -156,7 +160,7 @@ impl StateStore {
 }
 
 impl RedisStore {
-    /// `retry_interval` is how long to skip Redis after a failure before trying again.
+    /// `retry_interval` is the pause between reconnection probes while Redis is down.
     pub fn new(
         url: &str,
         prefix: &str,
@@ -192,8 +196,6 @@ impl RedisStore {
                 prefix: prefix.to_owned(),
                 fail_mode,
                 down: AtomicBool::new(false),
-                retry_at_us: AtomicU64::new(0),
-                epoch: Instant::now(),
                 retry_interval,
             }),
         }
@@ -235,39 +237,22 @@ impl RedisStore {
         self.record(result)
     }
 
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
     fn conn_for_attempt(&self) -> Result<ConnectionManager, StoreUnavailable> {
-        let conn = self.inner.conn.as_ref().ok_or(StoreUnavailable)?;
-        if self.inner.down.load(Ordering::Relaxed)
-            && self.now_us() < self.inner.retry_at_us.load(Ordering::Relaxed)
-        {
+        if self.inner.down.load(Ordering::Relaxed) {
             return Err(StoreUnavailable);
         }
-        Ok(conn.clone())
+        self.inner.conn.clone().ok_or(StoreUnavailable)
     }
 
     fn record<T>(&self, result: redis::RedisResult<T>) -> Result<T, StoreUnavailable> {
         match result {
-            Ok(value) => {
-                if self.inner.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!(url = %self.inner.url_for_logs, "redis reachable again; shared state restored");
-                }
-                Ok(value)
-            }
+            Ok(value) => Ok(value),
             Err(e) if !is_outage(&e) => {
-                // A script or type error is a bug, not an outage: report it, but do not back off.
+                // A script or type error is a bug, not an outage: report it, but keep using Redis.
                 tracing::warn!(url = %self.inner.url_for_logs, error = %e, "redis command failed");
                 Err(StoreUnavailable)
             }
             Err(e) => {
-                let retry_us =
-                    u64::try_from(self.inner.retry_interval.as_micros()).unwrap_or(u64::MAX);
-                self.inner
-                    .retry_at_us
-                    .store(self.now_us().saturating_add(retry_us), Ordering::Relaxed);
                 if !self.inner.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         url = %self.inner.url_for_logs,
@@ -275,11 +260,38 @@ impl RedisStore {
                         on_unavailable = ?self.inner.fail_mode,
                         "redis unavailable; limits follow on_unavailable until it recovers"
                     );
+                    spawn_probe(Arc::downgrade(&self.inner));
                 }
                 Err(StoreUnavailable)
             }
         }
     }
+}
+
+/// Pings Redis every `retry_interval` until it answers, then lets requests use it again. Holds
+/// only a weak reference, so it ends when the store is dropped (config change or shutdown).
+fn spawn_probe(inner: Weak<RedisInner>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Outside a runtime nobody can probe; try again on the next request instead.
+        if let Some(inner) = inner.upgrade() {
+            inner.down.store(false, Ordering::Relaxed);
+        }
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            let Some(interval) = inner.upgrade().map(|i| i.retry_interval) else { return };
+            tokio::time::sleep(interval).await;
+            let Some(strong) = inner.upgrade() else { return };
+            let Some(mut conn) = strong.conn.clone() else { return };
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            if pong.is_ok() {
+                strong.down.store(false, Ordering::Relaxed);
+                tracing::info!(url = %strong.url_for_logs, "redis reachable again; shared state restored");
+                return;
+            }
+        }
+    });
 }
 
 fn is_outage(e: &redis::RedisError) -> bool {
@@ -442,14 +454,59 @@ mod tests {
         assert_eq!(store.query::<String>(&ping).await, Err(StoreUnavailable));
         assert!(store.is_down());
         server.restart();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if store.query::<String>(&ping).await.is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "store did not recover");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "store did not recover"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!store.is_down());
+    }
+
+    #[tokio::test]
+    async fn connect_never_fails_and_recovers_in_background() {
+        let Some(mut server) = test_redis::TestRedis::start() else {
+            return;
+        };
+        server.kill();
+        let cfg = StateConfig {
+            redis_url: Some(server.url()),
+            ..StateConfig::default()
+        };
+        let StateStore::Redis(store) = StateStore::connect(&cfg).await else {
+            panic!("redis store expected")
+        };
+        assert!(
+            store.is_down(),
+            "an unreachable redis is noticed at startup"
+        );
+        // While down, requests do not wait on redis at all.
+        let started = std::time::Instant::now();
+        for _ in 0..100 {
+            assert_eq!(
+                store.query::<String>(&redis::cmd("PING")).await,
+                Err(StoreUnavailable)
+            );
+        }
+        assert!(started.elapsed() < Duration::from_millis(500));
+        server.restart();
+        // The background probe (every second by default) brings it back without any request.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.is_down() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "store did not recover by itself"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            store.query::<String>(&redis::cmd("PING")).await,
+            Ok("PONG".to_owned())
+        );
     }
 }

@@ -343,6 +343,7 @@ struct QuotaBucket {
     unit: Unit,
     limit: u64,
     mode: QuotaMode,
+    per: String,
 }
 
 #[derive(Debug, Clone)]
@@ -351,19 +352,29 @@ enum QuotaMode {
     Rolling { kind: BucketKind, window_us: u64 },
 }
 
-/// One bucket of one request, ready for the store.
+/// One bucket of one request, ready for the store. Message text is built only on rejection.
 #[derive(Debug)]
-struct Spec {
+struct Spec<'a> {
     key: String,
     kind: BucketKind,
     cost: u64,
     unit: Unit,
     limit: u64,
     scope: &'static str,
-    /// Who is limited, for messages: "ip 1.2.3.4", "key 'team-a'", "global".
-    who: String,
-    per: String,
+    /// "per 60s", "per month": from the compiled rule.
+    per: &'a str,
     quota: bool,
+}
+
+/// Who a scope limits, for messages: "ip 10.0.0.1", "key 'team-a'", "the gateway (global)".
+fn who(scope: &str, req: &LimitRequest<'_>) -> String {
+    let name = req.key.map_or("", |p| &*p.name);
+    match scope {
+        "ip" => format!("ip {}", req.ip),
+        "key_model" => format!("key '{name}' on model '{}'", req.model),
+        "global" => "the gateway (global)".to_owned(),
+        _ => format!("key '{name}'"),
+    }
 }
 
 fn seconds_text(s: f64) -> String {
@@ -426,20 +437,27 @@ fn compile_quota(q: &QuotaConfig) -> Vec<QuotaBucket> {
         .into_iter()
         .filter_map(|(unit, limit)| {
             let limit = limit?;
-            let mode = match (q.period, q.window_s) {
-                (Some(p), _) => QuotaMode::Calendar(p),
+            let (mode, per) = match (q.period, q.window_s) {
+                (Some(p), _) => (QuotaMode::Calendar(p), format!("per {}", period_name(p))),
                 (None, w) => {
-                    let window_us = w.unwrap_or(86_400.0) * 1e6;
-                    QuotaMode::Rolling {
+                    let window_s = w.unwrap_or(86_400.0);
+                    let window_us = window_s * 1e6;
+                    let mode = QuotaMode::Rolling {
                         kind: BucketKind::Window {
                             window_us,
                             limit: limit as f64,
                         },
                         window_us: window_us as u64,
-                    }
+                    };
+                    (mode, format!("per rolling {}", seconds_text(window_s)))
                 }
             };
-            Some(QuotaBucket { unit, limit, mode })
+            Some(QuotaBucket {
+                unit,
+                limit,
+                mode,
+                per,
+            })
         })
         .collect()
 }
@@ -530,7 +548,7 @@ impl Limiter {
         }
         let key_name = req.key.map(|p| Arc::clone(&p.name));
         if let Some(spec) = specs.iter().find(|s| s.cost as f64 > s.kind.capacity()) {
-            return Err(too_large(spec, key_name));
+            return Err(too_large(spec, req, key_name));
         }
         let buckets: Vec<(&str, BucketKind, u64)> = specs
             .iter()
@@ -558,7 +576,7 @@ impl Limiter {
                 estimated_tokens: req.estimated_tokens,
             });
         }
-        Err(rejection(&specs, &outcomes, headers, key_name))
+        Err(rejection(&specs, req, &outcomes, headers, key_name))
     }
 
     /// Charges the difference between actual and estimated tokens (negative refunds) to every
@@ -664,32 +682,24 @@ impl Limiter {
         }
     }
 
-    fn specs(&self, req: &LimitRequest<'_>, now_us: u64) -> Vec<Spec> {
+    fn specs<'a>(&'a self, req: &LimitRequest<'_>, now_us: u64) -> Vec<Spec<'a>> {
         let mut specs = Vec::new();
-        let mut add =
-            |rules: &[RuleBucket], scope: &'static str, id: &str, who: &dyn Fn() -> String| {
-                for r in rules {
-                    let cost = match r.unit {
-                        Unit::Requests => 1,
-                        Unit::Tokens => req.estimated_tokens,
-                    };
-                    specs.push(Spec {
-                        key: format!("{scope}:{id}:{}", r.tag),
-                        kind: r.kind,
-                        cost,
-                        unit: r.unit,
-                        limit: r.limit,
-                        scope,
-                        who: who(),
-                        per: r.per.clone(),
-                        quota: false,
-                    });
-                }
-            };
-        add(&self.global, "global", "all", &|| "global".to_owned());
-        add(&self.per_ip, "ip", &req.ip.to_string(), &|| {
-            format!("ip {}", req.ip)
-        });
+        let mut add = |rules: &'a [RuleBucket], scope: &'static str, id: &dyn fmt::Display| {
+            for r in rules {
+                specs.push(Spec {
+                    key: format!("{scope}:{id}:{}", r.tag),
+                    kind: r.kind,
+                    cost: cost(r.unit, req),
+                    unit: r.unit,
+                    limit: r.limit,
+                    scope,
+                    per: &r.per,
+                    quota: false,
+                });
+            }
+        };
+        add(&self.global, "global", &"all");
+        add(&self.per_ip, "ip", &req.ip);
         let Some(principal) = req.key else {
             return specs;
         };
@@ -698,47 +708,45 @@ impl Limiter {
         let per_key = limits
             .and_then(|l| l.rate.as_deref())
             .unwrap_or(&self.per_key);
-        add(per_key, "key", name, &|| format!("key '{name}'"));
+        add(per_key, "key", &name);
         add(
             &self.per_key_model,
             "key_model",
-            &format!("{name}:{}", req.model),
-            &|| format!("key '{name}' on model '{}'", req.model),
+            &format_args!("{name}:{}", req.model),
         );
         if let Some(limits) = limits {
             for q in &limits.quota {
-                let cost = match q.unit {
-                    Unit::Requests => 1,
-                    Unit::Tokens => req.estimated_tokens,
-                };
-                specs.push(quota_spec(name, q, cost, now_us));
+                specs.push(quota_spec(name, q, cost(q.unit, req), now_us));
             }
         }
         specs
     }
 }
 
-fn quota_spec(name: &str, q: &QuotaBucket, cost: u64, now_us: u64) -> Spec {
+fn cost(unit: Unit, req: &LimitRequest<'_>) -> u64 {
+    match unit {
+        Unit::Requests => 1,
+        Unit::Tokens => req.estimated_tokens,
+    }
+}
+
+fn quota_spec<'a>(name: &str, q: &'a QuotaBucket, cost: u64, now_us: u64) -> Spec<'a> {
     let unit_tag = match q.unit {
         Unit::Requests => "r",
         Unit::Tokens => "t",
     };
-    let (key, kind, per) = match &q.mode {
+    let (key, kind) = match &q.mode {
         QuotaMode::Calendar(period) => {
             let (id, end) = quota::period_bounds(*period, now_us);
-            (
-                format!("quota:{name}:{unit_tag}:{id}"),
-                BucketKind::Fixed {
-                    limit: q.limit as f64,
-                    period_end_us: end as f64,
-                },
-                format!("per {}", period_name(*period)),
-            )
+            let kind = BucketKind::Fixed {
+                limit: q.limit as f64,
+                period_end_us: end as f64,
+            };
+            (format!("quota:{name}:{unit_tag}:{id}"), kind)
         }
         QuotaMode::Rolling { kind, window_us } => (
             format!("quota:{name}:{unit_tag}:roll{window_us}:{}", q.limit),
             *kind,
-            format!("per rolling {}", seconds_text(*window_us as f64 / 1e6)),
         ),
     };
     Spec {
@@ -748,8 +756,7 @@ fn quota_spec(name: &str, q: &QuotaBucket, cost: u64, now_us: u64) -> Spec {
         unit: q.unit,
         limit: q.limit,
         scope: "quota",
-        who: format!("key '{name}'"),
-        per,
+        per: &q.per,
         quota: true,
     }
 }
@@ -760,7 +767,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn too_large(spec: &Spec, key_name: Option<Arc<str>>) -> Rejection {
+fn too_large(spec: &Spec<'_>, req: &LimitRequest<'_>, key_name: Option<Arc<str>>) -> Rejection {
     let (kind, what) = if spec.quota {
         (RejectKind::QuotaExceeded, "quota")
     } else {
@@ -780,7 +787,7 @@ fn too_large(spec: &Spec, key_name: Option<Arc<str>>) -> Rejection {
             "request needs {} {}, more than the {what} of {} allows ({} {} {}); it can never be admitted",
             spec.cost,
             spec.unit.name(),
-            spec.who,
+            who(spec.scope, req),
             spec.limit,
             spec.unit.name(),
             spec.per
@@ -789,7 +796,8 @@ fn too_large(spec: &Spec, key_name: Option<Arc<str>>) -> Rejection {
 }
 
 fn rejection(
-    specs: &[Spec],
+    specs: &[Spec<'_>],
+    req: &LimitRequest<'_>,
     outcomes: &[Outcome],
     mut headers: Vec<(HeaderName, HeaderValue)>,
     key_name: Option<Arc<str>>,
@@ -821,7 +829,7 @@ fn rejection(
             RejectKind::QuotaExceeded,
             format!(
                 "quota exceeded for {}: {} {} {}; resets in {}",
-                spec.who,
+                who(spec.scope, req),
                 spec.limit,
                 spec.unit.name(),
                 spec.per,
@@ -829,11 +837,7 @@ fn rejection(
             ),
         )
     } else {
-        let who = if spec.scope == "global" {
-            "the gateway (global)".to_owned()
-        } else {
-            spec.who.clone()
-        };
+        let who = who(spec.scope, req);
         (
             RejectKind::RateLimited,
             format!(
@@ -855,7 +859,7 @@ fn rejection(
 }
 
 /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the tightest rate bucket of each unit.
-fn rate_headers(specs: &[Spec], outcomes: &[Outcome]) -> Vec<(HeaderName, HeaderValue)> {
+fn rate_headers(specs: &[Spec<'_>], outcomes: &[Outcome]) -> Vec<(HeaderName, HeaderValue)> {
     const NAMES: [[&str; 3]; 2] = [
         [
             "x-ratelimit-limit-requests",
