@@ -4,6 +4,11 @@
 //! are checked and charged together, all or none, so a rejected request consumes nothing. Token
 //! buckets are charged the estimate before the upstream call and corrected by `reconcile` after it.
 //! Bucket math lives in `engine`; `memory` and `redis_buckets` only store state.
+//!
+//! Scopes: `global` and `per_ip` apply to every request; `per_key` (or the key's own
+//! `rate_limit`), `per_key_model` and the key's `quota` only to requests with a key. While Redis
+//! is down, `fail_open` admits without limiting (no headers) and `fail_closed` rejects with
+//! `RejectKind::Unavailable` (503); both recover by themselves once Redis answers again.
 
 pub(crate) mod engine;
 pub(crate) mod memory;
@@ -90,6 +95,23 @@ pub enum Period {
     Day,
     Week,
     Month,
+}
+
+impl RateLimitConfig {
+    /// Checks every rule, for config validation without building a limiter.
+    pub fn validate(&self) -> Result<(), String> {
+        for (rule, path) in [
+            (&self.per_ip, "rate_limit.per_ip"),
+            (&self.per_key, "rate_limit.per_key"),
+            (&self.per_key_model, "rate_limit.per_key_model"),
+            (&self.global, "rate_limit.global"),
+        ] {
+            if let Some(rule) = rule {
+                rule.validate(path)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl LimitRule {
@@ -709,10 +731,12 @@ impl Limiter {
             .and_then(|l| l.rate.as_deref())
             .unwrap_or(&self.per_key);
         add(per_key, "key", &name);
+        // The model string comes from the client: cap what of it lands in (bounded) state keys.
+        let model = truncate(req.model, MAX_MODEL_KEY_BYTES);
         add(
             &self.per_key_model,
             "key_model",
-            &format_args!("{name}:{}", req.model),
+            &format_args!("{name}:{model}"),
         );
         if let Some(limits) = limits {
             for q in &limits.quota {
@@ -721,6 +745,19 @@ impl Limiter {
         }
         specs
     }
+}
+
+const MAX_MODEL_KEY_BYTES: usize = 128;
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn cost(unit: Unit, req: &LimitRequest<'_>) -> u64 {

@@ -326,6 +326,12 @@ async fn state_survives_a_new_limiter_on_the_same_store() {
 
 #[test]
 fn invalid_rules_name_their_path() {
+    let err = rate(r#"{"global": {"window_s": 1}}"#)
+        .validate()
+        .unwrap_err();
+    assert!(err.contains("rate_limit.global"), "{err}");
+    assert!(rate(r#"{"per_ip": {"requests": 5}}"#).validate().is_ok());
+    assert_eq!(truncate("héllo", 2), "h");
     let cases = [
         (
             r#"{"per_ip": {"window_s": 60}}"#,
