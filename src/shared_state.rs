@@ -339,20 +339,27 @@ pub(crate) mod test_redis {
                 .status()
                 .is_ok_and(|s| s.success());
             if !installed {
+                let required =
+                    std::env::var("REQUIRE_REDIS").is_ok_and(|v| !v.is_empty() && v != "0");
                 assert!(
-                    std::env::var_os("REQUIRE_REDIS").is_none(),
+                    !required,
                     "REQUIRE_REDIS is set but redis-server is not installed"
                 );
                 eprintln!("note: redis-server not installed; skipping redis test");
                 return None;
             }
-            let port = {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                listener.local_addr().unwrap().port()
-            };
-            let mut server = TestRedis { child: None, port };
-            server.spawn();
-            Some(server)
+            // A port found free may be taken again before redis binds it: try a few.
+            for _ in 0..5 {
+                let port = {
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    listener.local_addr().unwrap().port()
+                };
+                let mut server = TestRedis { child: None, port };
+                if server.spawn() {
+                    return Some(server);
+                }
+            }
+            panic!("could not start redis-server on a free port");
         }
 
         pub(crate) fn url(&self) -> String {
@@ -369,32 +376,43 @@ pub(crate) mod test_redis {
 
         pub(crate) fn restart(&mut self) {
             self.kill();
-            self.spawn();
+            assert!(
+                self.spawn(),
+                "redis-server could not restart on port {}",
+                self.port
+            );
         }
 
-        fn spawn(&mut self) {
-            let child = Command::new("redis-server")
+        /// Starts the child and waits until it answers. Returns false when it exited (port taken);
+        /// the answering server's pid is checked, so another test's server is never mistaken for ours.
+        fn spawn(&mut self) -> bool {
+            let mut child = Command::new("redis-server")
                 .args(["--port", &self.port.to_string()])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            self.child = Some(child);
+            let pid_line = format!("process_id:{}", child.id());
             let deadline = Instant::now() + Duration::from_secs(10);
             let client = redis::Client::open(self.url()).unwrap();
             loop {
+                if child.try_wait().unwrap().is_some() {
+                    return false;
+                }
                 if let Ok(mut conn) = client.get_connection() {
-                    let pong: redis::RedisResult<String> = redis::cmd("PING").query(&mut conn);
-                    if pong.is_ok() {
-                        return;
+                    let info: redis::RedisResult<String> =
+                        redis::cmd("INFO").arg("server").query(&mut conn);
+                    if info.is_ok_and(|text| text.lines().any(|l| l.trim() == pid_line)) {
+                        self.child = Some(child);
+                        return true;
                     }
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "redis-server on port {} did not answer PING",
-                    self.port
-                );
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("redis-server on port {} did not answer", self.port);
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
