@@ -505,6 +505,14 @@ async fn redis_all_or_nothing_reconcile_quota_and_usage() {
         .await
         .unwrap_err();
     assert_eq!(rej.scope, "key");
+    // 900 of 1000 used in the current window: room for 200 comes 1/9 into the next window.
+    let wait = rej.retry_after.as_secs_f64();
+    assert!((6.6..=66.7).contains(&wait), "{wait}");
+    let header_s: f64 = header(&rej.headers, "retry-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(header_s, wait.ceil());
     // The rejected request charged neither the global bucket nor the quota.
     assert_eq!(limiter.usage("a").await.requests.map(|r| r.used), Some(1));
     limiter.reconcile(&adm, 100).await;
