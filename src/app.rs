@@ -33,6 +33,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(api::completions))
         .route("/v1/embeddings", post(api::embeddings))
         .route("/v1/messages", post(api::messages))
+        .route("/v1/messages/count_tokens", post(admin::count_tokens))
+        .route("/v1/usage", get(admin::usage))
+        .route("/admin/keys", get(admin::keys))
         .route("/v1/models", get(admin::models))
         .route("/health", get(admin::health))
         .route("/health/ready", get(admin::ready))
@@ -89,6 +92,9 @@ fn route_label(matched: Option<&str>) -> &'static str {
         Some("/metrics") => "/metrics",
         Some("/stats") => "/stats",
         Some("/admin/reload") => "/admin/reload",
+        Some("/admin/keys") => "/admin/keys",
+        Some("/v1/usage") => "/v1/usage",
+        Some("/v1/messages/count_tokens") => "/v1/messages/count_tokens",
         Some("/v1/chat/completions") => "/v1/chat/completions",
         Some("/v1/completions") => "/v1/completions",
         Some("/v1/embeddings") => "/v1/embeddings",

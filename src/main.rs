@@ -88,6 +88,8 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
         address = %listener.local_addr()?, config = %source,
         backends = config.backends.len(), "ai-gateway listening"
     );
+    // The tokenizer table takes ~150 ms to load: pay it before the first request, off the request path.
+    tokio::task::spawn_blocking(ai_gateway::tokens::warm);
     let state = AppState::new(config, source)?;
     let _reloader = match ai_gateway::reload::spawn(state.clone()) {
         Ok(reloader) => Some(reloader),

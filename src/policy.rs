@@ -87,6 +87,11 @@ impl Policy {
     }
 
     /// Checks the prompt text (all message contents joined) and its estimated token count.
+    /// True when `check` needs a token count (a `max_input_tokens` limit is set).
+    pub fn needs_token_count(&self) -> bool {
+        self.max_input_tokens.is_some()
+    }
+
     pub fn check(&self, prompt_text: &str, input_tokens: u64) -> Result<(), PolicyViolation> {
         if let Some(max) = self.max_input_tokens
             && input_tokens > max

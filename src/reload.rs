@@ -20,7 +20,15 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
             {
                 tracing::warn!("server.host/server.port changes take effect on restart");
             }
-            state.replace_config(config);
+            if let Err(message) = state.replace_config(config) {
+                state.metrics().config_reload(false);
+                tracing::error!(error = %message, "config reload rejected; the previous config keeps serving");
+                return Err(ConfigError {
+                    source: source.to_string(),
+                    path: None,
+                    message,
+                });
+            }
             state.metrics().config_reload(true);
             tracing::info!(config = %source, trigger = ?trigger, "config reloaded");
             Ok(())

@@ -8,10 +8,15 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::alerts::{Alert, Alerter};
+use crate::auth::KeyStore;
+use crate::cache::ResponseCache;
 use crate::config::{Config, Source};
+use crate::limits::Limiter;
+use crate::policy::Policy;
 use crate::routing::balance::Balancer;
 use crate::routing::health::{BreakerState, Transition};
 use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
+use crate::shared_state::{RedisStore, StateConfig, StateStore};
 use crate::telemetry::metrics::{Metrics, instance_state};
 use crate::telemetry::request_log::RequestLogger;
 use crate::telemetry::stats::Stats;
@@ -34,6 +39,10 @@ struct Inner {
     /// Configured from the config the process started with (changes need a restart).
     request_log: RequestLogger,
     alerter: Alerter,
+    /// Where limit counters live (memory or Redis); shared by every snapshot so counters survive reloads.
+    store: StateStore,
+    /// Response cache; long-lived so entries survive reloads (its settings apply from startup).
+    cache: ResponseCache,
 }
 
 /// Everything derived from one config, swapped as a unit.
@@ -41,6 +50,9 @@ pub struct Snapshot {
     pub config: Config,
     /// Parallel to `config.backends`.
     pub backends: Vec<BackendRuntime>,
+    pub keys: KeyStore,
+    pub limiter: Arc<Limiter>,
+    pub policy: Policy,
 }
 
 /// Per-backend live state for one snapshot.
@@ -51,7 +63,16 @@ pub struct BackendRuntime {
 }
 
 impl Snapshot {
-    fn new(config: Config, registry: &InstanceRegistry) -> Snapshot {
+    /// Build the runtime parts of a config. Keys, limits and policies were validated when the config was
+    /// loaded; an error here names what was refused all the same.
+    fn new(
+        config: Config,
+        registry: &InstanceRegistry,
+        store: &StateStore,
+    ) -> Result<Snapshot, String> {
+        let keys = KeyStore::new(&config.keys)?;
+        let limiter = Limiter::new(&config.rate_limit, &config.keys, store.clone())?;
+        let policy = Policy::new(&config.policies)?;
         let backends: Vec<BackendRuntime> = config
             .backends
             .iter()
@@ -83,7 +104,27 @@ impl Snapshot {
             })
             .collect();
         registry.retain(&live);
-        Snapshot { config, backends }
+        Ok(Snapshot {
+            config,
+            backends,
+            keys,
+            limiter: Arc::new(limiter),
+            policy,
+        })
+    }
+}
+
+/// The state store for `state:`: Redis when `redis_url` is set (connects and reconnects in the
+/// background, following `on_unavailable` meanwhile), else memory.
+fn store_for(config: &StateConfig) -> StateStore {
+    match &config.redis_url {
+        Some(url) => StateStore::Redis(RedisStore::new(
+            url,
+            &config.key_prefix,
+            config.on_unavailable,
+            std::time::Duration::from_secs(1),
+        )),
+        None => StateStore::memory(),
     }
 }
 
@@ -109,7 +150,9 @@ impl AppState {
         );
         let alerter = Alerter::start(&config.alerts, client.clone());
         let instances = InstanceRegistry::new();
-        let snapshot = Snapshot::new(config, &instances);
+        let store = store_for(&config.state);
+        let cache = ResponseCache::new(&config.cache, store.clone());
+        let snapshot = Snapshot::new(config, &instances, &store).map_err(anyhow::Error::msg)?;
         Ok(AppState {
             inner: Arc::new(Inner {
                 live: ArcSwap::from_pointee(snapshot),
@@ -121,6 +164,8 @@ impl AppState {
                 stats: Stats::new(),
                 request_log,
                 alerter,
+                store,
+                cache,
             }),
         })
     }
@@ -132,9 +177,10 @@ impl AppState {
 
     /// Swap in a new config atomically; requests in flight keep the snapshot they loaded. Instances that
     /// stay (same backend name and URL) keep their breaker, in-flight count and latency estimate.
-    pub fn replace_config(&self, config: Config) {
-        let snapshot = Snapshot::new(config, &self.inner.instances);
+    pub fn replace_config(&self, config: Config) -> Result<(), String> {
+        let snapshot = Snapshot::new(config, &self.inner.instances, &self.inner.store)?;
         self.inner.live.store(Arc::new(snapshot));
+        Ok(())
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -151,6 +197,10 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    pub fn cache(&self) -> &ResponseCache {
+        &self.inner.cache
     }
 
     pub fn stats(&self) -> &Stats {

@@ -9,10 +9,15 @@ use serde_json::Value;
 
 use super::raw::{RawBackend, RawConfig};
 use crate::alerts::AlertsConfig;
+use crate::auth::KeyConfig;
+use crate::cache::CacheConfig;
+use crate::limits::RateLimitConfig;
+use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
 use crate::routing::balance::Strategy;
 use crate::routing::health::HealthConfig;
 use crate::secret::Secret;
+use crate::shared_state::StateConfig;
 use crate::telemetry::request_log::RequestLogConfig;
 
 /// The whole validated config. Immutable; a reload builds a new one.
@@ -31,17 +36,11 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub alerts: AlertsConfig,
     pub request_log: RequestLogConfig,
-    /// Sections decoded by their owning modules.
-    pub sections: Sections,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Sections {
-    pub rate_limit: Option<Value>,
-    pub keys: Option<Value>,
-    pub cache: Option<Value>,
-    pub policies: Option<Value>,
-    pub state: Option<Value>,
+    pub keys: Vec<KeyConfig>,
+    pub rate_limit: RateLimitConfig,
+    pub cache: CacheConfig,
+    pub policies: PolicyConfig,
+    pub state: StateConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +239,28 @@ impl Config {
         request_log
             .validate()
             .map_err(|error| invalid("request_log", error.to_string()))?;
+        let keys: Vec<KeyConfig> = section("keys", raw.keys.clone())?;
+        crate::auth::KeyStore::new(&keys).map_err(|message| invalid("keys", message))?;
+        let rate_limit: RateLimitConfig = section("rate_limit", raw.rate_limit.clone())?;
+        rate_limit
+            .validate()
+            .map_err(|message| invalid("rate_limit", message))?;
+        crate::limits::Limiter::new(
+            &rate_limit,
+            &keys,
+            crate::shared_state::StateStore::memory(),
+        )
+        .map_err(|message| invalid("keys", message))?;
+        let cache: CacheConfig = section("cache", raw.cache.clone())?;
+        cache
+            .validate()
+            .map_err(|message| invalid("cache", message))?;
+        let policies: PolicyConfig = section("policies", raw.policies.clone())?;
+        crate::policy::Policy::new(&policies).map_err(|message| invalid("policies", message))?;
+        let state: StateConfig = section("state", raw.state.clone())?;
+        state
+            .validate()
+            .map_err(|message| invalid("state", message))?;
         let logging = &raw.logging;
         let json = match logging.format.as_str() {
             "json" => true,
@@ -272,13 +293,11 @@ impl Config {
             },
             alerts,
             request_log,
-            sections: Sections {
-                rate_limit: raw.rate_limit,
-                keys: raw.keys,
-                cache: raw.cache,
-                policies: raw.policies,
-                state: raw.state,
-            },
+            keys,
+            rate_limit,
+            cache,
+            policies,
+            state,
         })
     }
 

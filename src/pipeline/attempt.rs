@@ -36,6 +36,9 @@ pub struct Exchange<'a> {
     pub headers: &'a HeaderMap,
     /// Model name the routing alias sends upstream (applies to the routed backend only).
     pub alias_model: Option<&'a str>,
+    /// Forward the client's credentials when a backend has no key of its own: only for an open gateway,
+    /// where they are not gateway keys.
+    pub forward_client_auth: bool,
 }
 
 /// Why one attempt did not produce a response.
@@ -230,6 +233,7 @@ impl Exchange<'_> {
         };
         let stream = self.request.stream();
         let passthrough_auth = match target {
+            _ if !self.forward_client_auth => None,
             Protocol::Anthropic => self
                 .headers
                 .get("x-api-key")

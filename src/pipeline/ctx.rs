@@ -36,6 +36,10 @@ pub struct RequestCtx {
     pub reply: Option<ResponseSummary>,
     /// Stream counters for `streaming_*` metrics: (provider, events, bytes).
     pub streamed: Option<(&'static str, u64, u64)>,
+    /// What the limiter charged up front, reconciled with the real usage at the end.
+    pub admission: Option<crate::limits::Admission>,
+    /// Set on a cache miss: where a finished stream is stored.
+    pub cache_key: Option<crate::cache::CacheKey>,
     finished: bool,
 }
 
@@ -66,6 +70,8 @@ impl RequestCtx {
             request_body: None,
             reply: None,
             streamed: None,
+            admission: None,
+            cache_key: None,
             finished: false,
         }
     }
@@ -92,6 +98,8 @@ impl RequestCtx {
             request_body: self.request_body.take(),
             reply: self.reply.take(),
             streamed: self.streamed.take(),
+            admission: self.admission.take(),
+            cache_key: self.cache_key.take(),
             finished: false,
         };
         self.finished = true;
@@ -139,6 +147,13 @@ impl RequestCtx {
             metrics.stream_finished(provider, events, bytes, latency);
         }
         self.state.stats().record(backend, self.status, latency);
+        if let Some(admission) = self.admission.take()
+            && admission.estimated_tokens() > 0
+        {
+            let actual = usage.input_tokens + usage.output_tokens;
+            let limiter = std::sync::Arc::clone(&self.snapshot.limiter);
+            tokio::spawn(async move { limiter.reconcile(&admission, actual).await });
+        }
         if self.request.is_some() {
             self.log_record(latency, usage);
         }

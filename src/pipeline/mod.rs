@@ -4,9 +4,12 @@
 //! Handlers in `http/` only extract and call `handle`; this is the one place that orders the stages.
 
 pub mod attempt;
+pub mod cached;
 pub mod ctx;
+pub mod gate;
 pub mod reply;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -29,6 +32,7 @@ pub struct Inbound {
     pub request_id: String,
     pub headers: HeaderMap,
     pub body: Body,
+    pub peer: SocketAddr,
 }
 
 /// Run one API request to completion (or to the start of its stream).
@@ -81,6 +85,41 @@ async fn run(
     }
 
     let route = route::resolve(config, inbound.endpoint, request.model());
+    let routed_name = config.backends[route.backend].name.as_str();
+    let public_model = request.model().unwrap_or(routed_name);
+    let ip = gate::client_ip(snapshot, inbound.peer, &inbound.headers);
+    let admitted = gate::admit(
+        state,
+        snapshot,
+        &inbound.headers,
+        ip,
+        &request,
+        public_model,
+    )
+    .await?;
+    ctx.admission = admitted.admission.clone();
+
+    let mut body = body;
+    let cache_on = state.cache().is_enabled();
+    if cache_on {
+        let plan = cached::plan(inbound.endpoint, routed_name, &inbound.headers, &body);
+        if let Some(forward) = plan.forward {
+            body = forward;
+        }
+        if let Some(key) = plan.key {
+            if let Some(hit) = state.cache().get(&key).await {
+                let include_usage =
+                    matches!(request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
+                if let Some(response) = cached::answer(&hit, request.stream(), include_usage, ctx) {
+                    state.metrics().cache(true);
+                    return Ok(with_headers(response, admitted.headers()));
+                }
+            }
+            state.metrics().cache(false);
+            ctx.cache_key = Some(key);
+        }
+    }
+
     let exchange = attempt::Exchange {
         state,
         snapshot,
@@ -89,8 +128,53 @@ async fn run(
         body: &body,
         headers: &inbound.headers,
         alias_model: route.alias_model,
+        forward_client_auth: snapshot.keys.is_open(),
     };
-    exchange.run(route.backend, ctx).await
+    let mut response = exchange.run(route.backend, ctx).await?;
+    if cache_on {
+        response = cached::with_cache_header(response, false);
+        if let Some(key) = ctx.cache_key.take()
+            && !request.stream()
+            && response.status() == http::StatusCode::OK
+        {
+            response = store_and_mark(state, key, response, inbound.endpoint.protocol()).await;
+        }
+    }
+    Ok(with_headers(response, admitted.headers()))
+}
+
+/// Store a complete JSON answer in the cache and mark the body `"cached": false` (seed 004).
+async fn store_and_mark(
+    state: &AppState,
+    key: crate::cache::CacheKey,
+    response: Response,
+    protocol: Protocol,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let backend = parts
+        .headers
+        .get("x-gateway-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    cached::store_json(state, key, bytes.clone(), &backend, protocol);
+    let marked = crate::protocol::json_patch::set_fields(&bytes, &[("cached", "false")])
+        .map_or(bytes, Bytes::from);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(marked))
+}
+
+fn with_headers(
+    mut response: Response,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+) -> Response {
+    for (name, value) in headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 /// Decode the body in the endpoint's protocol into the canonical request.

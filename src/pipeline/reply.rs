@@ -65,6 +65,11 @@ fn sse_response(body: Body, backend: &str) -> Response {
     with_backend(response, backend)
 }
 
+/// A complete SSE body already in hand (cache replays).
+pub fn sse_bytes(body: Bytes, backend: &str) -> Response {
+    sse_response(Body::from(body), backend)
+}
+
 /// Relay an upstream stream: `first` is already in hand; the rest follows as the upstream sends it.
 /// A fault after the first byte ends the stream with a protocol-correct error event and counts against
 /// the instance. The in-flight guard lives as long as the stream.
@@ -87,15 +92,32 @@ pub fn stream(
         done: bool,
     }
     impl Streaming {
-        fn close(&mut self) {
+        fn close(&mut self, complete: bool) {
             self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
+            if self.ctx.usage.is_none()
+                && let Some(admission) = &self.ctx.admission
+            {
+                // Streams without usage are counted from their text.
+                self.ctx.usage = Some(crate::protocol::Usage {
+                    input_tokens: admission.estimated_tokens(),
+                    output_tokens: crate::tokens::count(&self.relay.facts.text),
+                    ..Default::default()
+                });
+            }
             self.ctx.streamed = Some((
                 self.provider,
                 self.relay.facts.events,
                 self.relay.facts.bytes,
             ));
-            if self.ctx.request.is_some() {
-                self.ctx.reply = Some(self.relay.summary());
+            let cache_key = self.ctx.cache_key.take();
+            if self.ctx.request.is_some() || cache_key.is_some() {
+                let summary = self.relay.summary();
+                if complete && let Some(key) = cache_key {
+                    super::cached::store_stream(&self.state, key, &summary, &self.ctx);
+                }
+                if self.ctx.request.is_some() {
+                    self.ctx.reply = Some(summary);
+                }
             }
             self.ctx.finish();
         }
@@ -120,7 +142,7 @@ pub fn stream(
             Ok(Some(bytes)) => Some((Ok(bytes), streaming)),
             Ok(None) => {
                 streaming.done = true;
-                streaming.close();
+                streaming.close(true);
                 None
             }
             Err(fault) => {
@@ -134,7 +156,7 @@ pub fn stream(
                 let event = streaming
                     .relay
                     .error_event(&format!("upstream stream failed: {fault}"));
-                streaming.close();
+                streaming.close(false);
                 Some((Ok(event), streaming))
             }
         }
