@@ -20,6 +20,9 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
             {
                 tracing::warn!("server.host/server.port changes take effect on restart");
             }
+            if old.config.request_log != config.request_log || old.config.alerts != config.alerts {
+                tracing::warn!("request_log and alerts changes take effect on restart");
+            }
             if let Err(message) = state.replace_config(config) {
                 state.metrics().config_reload(false);
                 tracing::error!(error = %message, "config reload rejected; the previous config keeps serving");
