@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# bench/run.sh: the benchmark in one command. Installs wrk and nginx if missing, builds the gateway and the
+# mock upstream in release mode, then loads the mock directly, through nginx (plain reverse proxy) and
+# through the gateway, for every scenario in bench/scenarios.txt × {json, stream} × {c32, c256}.
+# The server under test (nginx or the gateway) runs alone on core GW_CORE; the mock and wrk share LOAD_CORE.
+# Prints a markdown table and writes it to bench/out/results.md (raw numbers: bench/out/results.tsv).
+#
+#   bash bench/run.sh                         # everything, 2 s warm-up + 8 s per cell
+#   DURATION=3 ONLY='^(direct|nginx|gateway)$' bash bench/run.sh
+#
+# Environment: DURATION (s, default 8), WARMUP (s, 2), CONNS ("32 256"), MODES ("json stream"),
+# ONLY (regex on scenario names), SCENARIOS (file), GW_CORE (0), LOAD_CORE (1), WRK_THREADS (1),
+# PORT_BASE (18100: mock, +1 nginx, +2 gateway), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out).
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH")
+OUT=${OUT:-$BENCH/out}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-"32 256"}
+MODES=${MODES:-"json stream"}
+ONLY=${ONLY:-}
+SCENARIOS=${SCENARIOS:-$BENCH/scenarios.txt}
+GW_CORE=${GW_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+WRK_THREADS=${WRK_THREADS:-1}
+PORT_BASE=${PORT_BASE:-18100}
+MOCK_PORT=$PORT_BASE
+NGINX_PORT=$((PORT_BASE + 1))
+GW_PORT=$((PORT_BASE + 2))
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+GATEWAY_BIN=$TARGET_DIR/release/ai-gateway
+MOCK_BIN=$TARGET_DIR/release/examples/mock_upstream
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { echo "bench: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# ---------------------------------------------------------------- tools and builds
+install_tools() {
+	local missing=()
+	command -v wrk >/dev/null || missing+=(wrk)
+	command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+	command -v curl >/dev/null || missing+=(curl)
+	command -v taskset >/dev/null || missing+=(util-linux)
+	((${#missing[@]} == 0)) && return
+	[[ ${SKIP_INSTALL:-0} == 1 ]] && die "missing tools: ${missing[*]} (SKIP_INSTALL=1 set)"
+	local sudo=()
+	((EUID == 0)) || sudo=(sudo)
+	log "installing ${missing[*]}"
+	"${sudo[@]}" apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build() {
+	[[ ${SKIP_BUILD:-0} == 1 ]] && return
+	log "building release binaries (target dir $TARGET_DIR)"
+	(cd "$ROOT" && cargo build --release --bin ai-gateway && cargo build --release --example mock_upstream)
+}
+
+# ---------------------------------------------------------------- processes
+MOCK_PID=
+TARGET_PIDS=()
+TARGET_MAIN=
+
+stop_pid() {
+	local pid=$1
+	[[ -n $pid ]] || return 0
+	kill "$pid" 2>/dev/null || true
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+stop_target() {
+	if [[ -n $TARGET_MAIN && $TARGET_MAIN != "$MOCK_PID" ]]; then
+		stop_pid "$TARGET_MAIN"
+	fi
+	TARGET_MAIN=
+	TARGET_PIDS=()
+}
+
+cleanup() {
+	stop_target
+	stop_pid "$MOCK_PID"
+	MOCK_PID=
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Waits until GET url answers 2xx, or the process dies, or 10 s pass.
+wait_ready() {
+	local url=$1 pid=$2
+	for _ in $(seq 100); do
+		curl -sf -o /dev/null "$url" && return 0
+		kill -0 "$pid" 2>/dev/null || return 1
+		sleep 0.1
+	done
+	return 1
+}
+
+start_mock() {
+	local log_file=$OUT/mock.log
+	taskset -c "$LOAD_CORE" "$MOCK_BIN" --port "$MOCK_PORT" 2>>"$log_file" &
+	MOCK_PID=$!
+	wait_ready "http://127.0.0.1:$MOCK_PORT/health" "$MOCK_PID" || die "mock upstream did not start (see $log_file)"
+}
+
+write_nginx_conf() {
+	local prefix=$OUT/nginx
+	mkdir -p "$prefix/tmp"
+	local user_line=""
+	((EUID == 0)) && user_line="user root;"
+	cat >"$prefix/nginx.conf" <<EOF
+# Written by bench/run.sh: nginx as a plain reverse proxy, one worker, upstream keep-alive, no buffering.
+$user_line
+worker_processes 1;
+daemon off;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $prefix/tmp/body;
+    proxy_temp_path $prefix/tmp/proxy;
+    fastcgi_temp_path $prefix/tmp/fastcgi;
+    uwsgi_temp_path $prefix/tmp/uwsgi;
+    scgi_temp_path $prefix/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 512;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT reuseport;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+}
+
+start_nginx() {
+	local prefix=$OUT/nginx
+	taskset -c "$GW_CORE" nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" 2>>"$prefix/error.log" &
+	TARGET_MAIN=$!
+	if ! wait_ready "http://127.0.0.1:$NGINX_PORT/health" "$TARGET_MAIN"; then
+		START_ERROR="nginx did not start: $(tail -n 1 "$prefix/error.log" 2>/dev/null)"
+		return 1
+	fi
+	# The master plus its worker(s): CPU and RSS are summed over all of them.
+	mapfile -t TARGET_PIDS < <(echo "$TARGET_MAIN"; pgrep -P "$TARGET_MAIN")
+}
+
+start_gateway() {
+	local template=$BENCH/configs/$1 config=$OUT/gateway-${1%.*}.yaml log_file=$OUT/gateway-${1%.*}.log
+	[[ -f $template ]] || die "no gateway config template $template"
+	rm -rf "$OUT/request-log"
+	sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
+		"$template" >"$config"
+	if ! "$GATEWAY_BIN" check --config "$config" >"$log_file" 2>&1; then
+		START_ERROR="config rejected: $(tail -n 1 "$log_file")"
+		return 1
+	fi
+	(cd "$OUT" && exec taskset -c "$GW_CORE" "$GATEWAY_BIN" --config "$config") >>"$log_file" 2>&1 &
+	TARGET_MAIN=$!
+	if ! wait_ready "http://127.0.0.1:$GW_PORT/health" "$TARGET_MAIN"; then
+		START_ERROR="gateway did not start: $(tail -n 1 "$log_file")"
+		return 1
+	fi
+	TARGET_PIDS=("$TARGET_MAIN")
+}
+
+# Starts the server under test for a scenario; sets TARGET_PORT, TARGET_PIDS. Returns 1 with START_ERROR set.
+start_target() {
+	local target=$1 config=$2
+	START_ERROR=
+	case $target in
+	direct)
+		TARGET_PORT=$MOCK_PORT
+		TARGET_MAIN=$MOCK_PID
+		TARGET_PIDS=("$MOCK_PID")
+		;;
+	nginx)
+		TARGET_PORT=$NGINX_PORT
+		start_nginx
+		;;
+	gateway)
+		TARGET_PORT=$GW_PORT
+		start_gateway "$config"
+		;;
+	*) die "unknown target '$target' (expected direct, nginx or gateway)" ;;
+	esac
+}
+
+# ---------------------------------------------------------------- /proc readings
+# utime + stime in clock ticks, summed over the given processes (all their threads).
+cpu_ticks() {
+	local total=0 pid stat fields
+	for pid in "$@"; do
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		fields=${stat##*) }
+		read -r -a fields <<<"$fields"
+		total=$((total + fields[11] + fields[12]))
+	done
+	echo "$total"
+}
+
+# Peak resident set (VmHWM) in kB, summed over the given processes.
+peak_rss_kb() {
+	local total=0 pid kb
+	for pid in "$@"; do
+		kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+		total=$((total + ${kb:-0}))
+	done
+	echo "$total"
+}
+
+# ---------------------------------------------------------------- one scenario
+trim() {
+	local s=$1
+	s=${s#"${s%%[![:space:]]*}"}
+	echo "${s%"${s##*[![:space:]]}"}"
+}
+
+# One request with curl; prints "ok" or a short reason it failed.
+preflight() {
+	local url=$1 body_file=$2 mode=$3 headers=$4 status body
+	local args=(-s -o "$OUT/preflight.body" -w '%{http_code}' -X POST -H 'Content-Type: application/json'
+		--max-time 10 --data-binary "@-")
+	while IFS= read -r line; do
+		[[ -n $line ]] && args+=(-H "$line")
+	done <<<"$headers"
+	status=$(sed 's/__N__/preflight/g' "$body_file" | curl "${args[@]}" "$url") || status=000
+	body=$(head -c 160 "$OUT/preflight.body" 2>/dev/null | tr '\n|' '  ')
+	if [[ $status != 2* ]]; then
+		echo "HTTP $status: $body"
+	elif [[ $mode == stream ]] && ! grep -q -e '^data: \[DONE\]' -e '^event: message_stop' "$OUT/preflight.body"; then
+		echo "stream did not end with [DONE] or message_stop"
+	else
+		echo ok
+	fi
+}
+
+RESULTS=$OUT/results.tsv
+
+# Runs wrk for one cell and appends a row to results.tsv.
+run_cell() {
+	local name=$1 target=$2 mode=$3 conns=$4 url=$5 body_file=$6 unique=$7 headers=$8 baseline=$9
+	local wrk_args=(-t "$WRK_THREADS" -c "$conns" --timeout 5s -s "$BENCH/post.lua" "$url")
+	local cell=$OUT/$name-$mode-c$conns
+	export BENCH_BODY=$body_file BENCH_UNIQUE=$unique BENCH_HEADERS=$headers
+	BENCH_RUN=warm-$RANDOM$RANDOM taskset -c "$LOAD_CORE" wrk "${wrk_args[@]}" -d "${WARMUP}s" >"$cell.warmup" 2>&1 || true
+	local cpu0 mock0 cpu1 mock1
+	cpu0=$(cpu_ticks "${TARGET_PIDS[@]}")
+	mock0=$(cpu_ticks "$MOCK_PID")
+	BENCH_RUN=run-$RANDOM$RANDOM taskset -c "$LOAD_CORE" wrk "${wrk_args[@]}" -d "${DURATION}s" --latency >"$cell.wrk" 2>&1 || true
+	cpu1=$(cpu_ticks "${TARGET_PIDS[@]}")
+	mock1=$(cpu_ticks "$MOCK_PID")
+	local rss
+	rss=$(peak_rss_kb "${TARGET_PIDS[@]}")
+	local line
+	line=$(grep '^BENCH ' "$cell.wrk" | tail -n 1 || true)
+	if [[ -z $line ]]; then
+		printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+			"wrk failed: $(tail -n 1 "$cell.wrk" | tr '\t' ' ')" "$baseline" >>"$RESULTS"
+		return
+	fi
+	local requests=0 duration_us=0 connect=0 read=0 write=0 status=0 timeout=0 p50_us=0 p99_us=0 kv
+	for kv in ${line#BENCH }; do
+		case ${kv%%=*} in
+		requests | duration_us | connect | read | write | status | timeout | p50_us | p99_us)
+			printf -v "${kv%%=*}" '%d' "${kv#*=}"
+			;;
+		esac
+	done
+	local errors=$((connect + read + write + timeout))
+	awk -v name="$name" -v target="$target" -v mode="$mode" -v conns="$conns" -v req="$requests" \
+		-v dur="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v status="$status" -v errors="$errors" \
+		-v cpu="$((cpu1 - cpu0))" -v mock="$((mock1 - mock0))" -v tck="$CLK_TCK" -v rss="$rss" \
+		-v baseline="$baseline" 'BEGIN {
+			rps = dur > 0 ? req / (dur / 1e6) : 0
+			cpu_us = req > 0 ? cpu / tck * 1e6 / req : 0
+			mock_us = req > 0 ? mock / tck * 1e6 / req : 0
+			printf "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t\t%s\n", name, target, mode, conns, rps, p50,
+				p99, status, errors, cpu_us, mock_us, rss, baseline
+		}' >>"$RESULTS"
+}
+
+run_scenario() {
+	local name=$1 target=$2 config=$3 path=$4 body=$5 options=$6
+	local unique=0 modes=$MODES headers="" baseline=direct opt
+	IFS=';' read -r -a opts <<<"$options"
+	for opt in "${opts[@]}"; do
+		opt=$(trim "$opt")
+		case $opt in
+		"") ;;
+		unique) unique=1 ;;
+		modes=*) modes=${opt#modes=} modes=${modes//,/ } ;;
+		header=*) headers+="${opt#header=}"$'\n' ;;
+		baseline=*) baseline=${opt#baseline=} ;;
+		*) die "scenario $name: unknown option '$opt'" ;;
+		esac
+	done
+	local mode conns
+	for mode in $modes; do
+		[[ " $MODES " == *" $mode "* ]] || continue
+		local body_file=$BENCH/bodies/$body.json
+		[[ $mode == stream ]] && body_file=$BENCH/bodies/$body.stream.json
+		[[ -f $body_file ]] || die "scenario $name: no body file $body_file"
+		for conns in $CONNS; do
+			log "$name $mode c$conns"
+			# Fresh processes per cell: peak RSS and connection state belong to this cell alone.
+			stop_pid "$MOCK_PID"
+			start_mock
+			if ! start_target "$target" "$config"; then
+				log "$name: $START_ERROR"
+				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+					"skipped: $START_ERROR" "$baseline" >>"$RESULTS"
+				stop_target
+				continue
+			fi
+			local url=http://127.0.0.1:$TARGET_PORT$path check
+			check=$(preflight "$url" "$body_file" "$mode" "$headers")
+			if [[ $check != ok ]]; then
+				log "$name $mode: preflight failed: $check"
+				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+					"skipped: preflight $check" "$baseline" >>"$RESULTS"
+			else
+				run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline"
+			fi
+			stop_target
+		done
+	done
+}
+
+# ---------------------------------------------------------------- report
+# results.tsv columns: name target mode conns rps p50_us p99_us non2xx errors cpu_us mock_cpu_us rss_kb note baseline
+write_report() {
+	local report=$OUT/results.md
+	{
+		echo "# Benchmark results"
+		echo
+		echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+		echo "- machine: $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); $(uname -sr)"
+		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"${ONLY:+ ONLY='$ONLY'} bash bench/run.sh\`"
+		echo "- server under test pinned to core $GW_CORE; mock upstream and wrk ($WRK_THREADS thread) on core $LOAD_CORE"
+		echo "- $WARMUP s warm-up then $DURATION s measured per cell; every cell starts fresh server processes"
+		echo "- latency: wrk, whole response (a stream's last byte); added p50 = p50 − p50 of the baseline (direct) cell"
+		echo "- CPU/req: utime+stime of the server (nginx: master + worker; direct: the mock) over the measured run ÷ requests"
+		echo "- peak RSS: VmHWM of the server process(es) at the end of the cell"
+		echo
+		echo "| scenario | mode | conns | req/s | p50 ms | p99 ms | added p50 µs | CPU µs/req | peak RSS MB | errors | note |"
+		echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+		awk -F'\t' '
+			{ rows[NR] = $0; if ($5 != "") base[$1 SUBSEP $3 SUBSEP $4] = $6 }
+			END {
+				for (i = 1; i <= NR; i++) {
+					split(rows[i], f, "\t")
+					if (f[5] == "") {
+						printf "| %s | %s | %s | | | | | | | | %s |\n", f[1], f[3], f[4], f[13]
+						continue
+					}
+					key = f[14] SUBSEP f[3] SUBSEP f[4]
+					added = (f[1] != f[14] && (key in base)) ? sprintf("%+d", f[6] - base[key]) : "–"
+					errs = f[8] + f[9]
+					note = f[13]
+					if (f[8] > 0) note = note (note == "" ? "" : "; ") f[8] " non-2xx"
+					if (f[9] > 0) note = note (note == "" ? "" : "; ") f[9] " socket errors"
+					printf "| %s | %s | %s | %s | %.2f | %.2f | %s | %.1f | %.1f | %d | %s |\n", f[1], f[3], f[4], f[5],
+						f[6] / 1000, f[7] / 1000, added, f[10], f[12] / 1024, errs, note
+				}
+			}' "$RESULTS"
+	} >"$report"
+	cat "$report"
+}
+
+# ---------------------------------------------------------------- main
+main() {
+	mkdir -p "$OUT"
+	install_tools
+	build
+	[[ -x $GATEWAY_BIN ]] || die "no gateway binary at $GATEWAY_BIN"
+	[[ -x $MOCK_BIN ]] || die "no mock upstream binary at $MOCK_BIN"
+	for port in "$MOCK_PORT" "$NGINX_PORT" "$GW_PORT"; do
+		port_busy "$port" && die "port $port is in use (set PORT_BASE)"
+	done
+	ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+	write_nginx_conf
+	: >"$RESULTS"
+	: >"$OUT/mock.log"
+	local line name target config path body options
+	while IFS= read -r line; do
+		line=$(trim "${line%%#*}")
+		[[ -z $line ]] && continue
+		IFS='|' read -r name target config path body options <<<"$line"
+		name=$(trim "$name")
+		[[ -n $ONLY && ! $name =~ $ONLY ]] && continue
+		run_scenario "$name" "$(trim "$target")" "$(trim "$config")" "$(trim "$path")" "$(trim "$body")" \
+			"$(trim "${options:-}")"
+	done <"$SCENARIOS"
+	write_report
+}
+
+main "$@"
