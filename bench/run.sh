@@ -239,30 +239,49 @@ trim() {
 	echo "${s%"${s##*[![:space:]]}"}"
 }
 
-# One request with curl; prints "ok" or a short reason it failed.
+# Sends the scenario's request twice with curl (two different bodies when unique) and prints "ok" or a short
+# reason it failed, followed by the notes the options ask for: "show=Header" reports that response header of the
+# second request (e.g. X-Cache on the hit path), "deny" checks that a request without the extra headers is
+# refused with 401/403 (keys enforced).
 preflight() {
-	local url=$1 body_file=$2 mode=$3 headers=$4 status body
-	local args=(-s -o "$OUT/preflight.body" -w '%{http_code}' -X POST -H 'Content-Type: application/json'
-		--max-time 10 --data-binary "@-")
+	local url=$1 body_file=$2 mode=$3 headers=$4 unique=$5 show=$6 deny=$7 status body attempt line
+	local args=(-s -D "$OUT/preflight.headers" -o "$OUT/preflight.body" -w '%{http_code}' -X POST
+		-H 'Content-Type: application/json' --max-time 10 --data-binary "@-")
+	local plain=("${args[@]}")
 	while IFS= read -r line; do
 		[[ -n $line ]] && args+=(-H "$line")
 	done <<<"$headers"
-	status=$(sed 's/__N__/preflight/g' "$body_file" | curl "${args[@]}" "$url") || status=000
-	body=$(head -c 160 "$OUT/preflight.body" 2>/dev/null | tr '\n|' '  ')
-	if [[ $status != 2* ]]; then
-		echo "HTTP $status: $body"
-	elif [[ $mode == stream ]] && ! grep -q -e '^data: \[DONE\]' -e '^event: message_stop' "$OUT/preflight.body"; then
-		echo "stream did not end with [DONE] or message_stop"
-	else
-		echo ok
+	for attempt in 1 2; do
+		local tag=preflight
+		((unique)) && tag=preflight-$attempt-$RANDOM
+		status=$(sed "s/__N__/$tag/g" "$body_file" | curl "${args[@]}" "$url") || status=000
+		body=$(head -c 160 "$OUT/preflight.body" 2>/dev/null | tr '\n|' '  ')
+		if [[ $status != 2* ]]; then
+			echo "HTTP $status: $body"
+			return
+		elif [[ $mode == stream ]] && ! grep -q -e '^data: \[DONE\]' -e '^event: message_stop' "$OUT/preflight.body"; then
+			echo "stream did not end with [DONE] or message_stop"
+			return
+		fi
+	done
+	local result=ok
+	if [[ -n $show ]]; then
+		local value
+		value=$(grep -i "^$show:" "$OUT/preflight.headers" | head -n 1 | tr -d '\r' || true)
+		result+="; ${value:-$show absent}"
 	fi
+	if ((deny)); then
+		status=$(sed "s/__N__/denied/g" "$body_file" | curl "${plain[@]}" "$url") || status=000
+		[[ $status == 401 || $status == 403 ]] || result+="; not refused without key (HTTP $status)"
+	fi
+	echo "$result"
 }
 
 RESULTS=$OUT/results.tsv
 
 # Runs wrk for one cell and appends a row to results.tsv.
 run_cell() {
-	local name=$1 target=$2 mode=$3 conns=$4 url=$5 body_file=$6 unique=$7 headers=$8 baseline=$9
+	local name=$1 target=$2 mode=$3 conns=$4 url=$5 body_file=$6 unique=$7 headers=$8 baseline=$9 note=${10}
 	local wrk_args=(-t "$WRK_THREADS" -c "$conns" --timeout 5s -s "$BENCH/post.lua" "$url")
 	local cell=$OUT/$name-$mode-c$conns
 	export BENCH_BODY=$body_file BENCH_UNIQUE=$unique BENCH_HEADERS=$headers
@@ -294,18 +313,18 @@ run_cell() {
 	awk -v name="$name" -v target="$target" -v mode="$mode" -v conns="$conns" -v req="$requests" \
 		-v dur="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v status="$status" -v errors="$errors" \
 		-v cpu="$((cpu1 - cpu0))" -v mock="$((mock1 - mock0))" -v tck="$CLK_TCK" -v rss="$rss" \
-		-v baseline="$baseline" 'BEGIN {
+		-v baseline="$baseline" -v note="$note" 'BEGIN {
 			rps = dur > 0 ? req / (dur / 1e6) : 0
 			cpu_us = req > 0 ? cpu / tck * 1e6 / req : 0
 			mock_us = req > 0 ? mock / tck * 1e6 / req : 0
-			printf "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t\t%s\n", name, target, mode, conns, rps, p50,
-				p99, status, errors, cpu_us, mock_us, rss, baseline
+			printf "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\n", name, target, mode, conns, rps, p50,
+				p99, status, errors, cpu_us, mock_us, rss, note, baseline
 		}' >>"$RESULTS"
 }
 
 run_scenario() {
 	local name=$1 target=$2 config=$3 path=$4 body=$5 options=$6
-	local unique=0 modes=$MODES headers="" baseline=direct opt
+	local unique=0 modes=$MODES headers="" baseline=direct show="" deny=0 opt
 	IFS=';' read -r -a opts <<<"$options"
 	for opt in "${opts[@]}"; do
 		opt=$(trim "$opt")
@@ -315,6 +334,8 @@ run_scenario() {
 		modes=*) modes=${opt#modes=} modes=${modes//,/ } ;;
 		header=*) headers+="${opt#header=}"$'\n' ;;
 		baseline=*) baseline=${opt#baseline=} ;;
+		show=*) show=${opt#show=} ;;
+		deny) deny=1 ;;
 		*) die "scenario $name: unknown option '$opt'" ;;
 		esac
 	done
@@ -337,13 +358,14 @@ run_scenario() {
 				continue
 			fi
 			local url=http://127.0.0.1:$TARGET_PORT$path check
-			check=$(preflight "$url" "$body_file" "$mode" "$headers")
-			if [[ $check != ok ]]; then
+			check=$(preflight "$url" "$body_file" "$mode" "$headers" "$unique" "$show" "$deny")
+			if [[ $check != ok* ]]; then
 				log "$name $mode: preflight failed: $check"
 				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
 					"skipped: preflight $check" "$baseline" >>"$RESULTS"
 			else
-				run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline"
+				local note=${check#ok}
+				run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline" "${note#; }"
 			fi
 			stop_target
 		done
@@ -374,11 +396,13 @@ write_report() {
 				for (i = 1; i <= NR; i++) {
 					split(rows[i], f, "\t")
 					if (f[5] == "") {
-						printf "| %s | %s | %s | | | | | | | | %s |\n", f[1], f[3], f[4], f[13]
+						note = f[13]
+						if (length(note) > 140) note = substr(note, 1, 140) "…"
+						printf "| %s | %s | %s | | | | | | | | %s |\n", f[1], f[3], f[4], note
 						continue
 					}
 					key = f[14] SUBSEP f[3] SUBSEP f[4]
-					added = (f[1] != f[14] && (key in base)) ? sprintf("%+d", f[6] - base[key]) : "–"
+					added = (f[2] != "direct" && f[1] != f[14] && (key in base)) ? sprintf("%+d", f[6] - base[key]) : "–"
 					errs = f[8] + f[9]
 					note = f[13]
 					if (f[8] > 0) note = note (note == "" ? "" : "; ") f[8] " non-2xx"
