@@ -20,8 +20,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
@@ -51,6 +52,10 @@ struct Cli {
     /// Sent back as the `x-mock-instance` response header, to tell instances apart.
     #[arg(long)]
     instance_id: Option<String>,
+    /// Print `first request at unix_ms=<ms>` on stderr when the first POST arrives, so the fail-over run can
+    /// tell when a restarted instance takes traffic again.
+    #[arg(long)]
+    log_first_request: bool,
 }
 
 /// Pre-built replies, shared by every connection.
@@ -62,10 +67,12 @@ struct Replies {
     health: Bytes,
     not_found: Bytes,
     instance: Option<HeaderValue>,
+    log_first_request: bool,
+    served: AtomicBool,
 }
 
 impl Replies {
-    fn new(instance: Option<HeaderValue>) -> Self {
+    fn new(instance: Option<HeaderValue>, log_first_request: bool) -> Self {
         Self {
             openai_json: Bytes::from(openai_json()),
             openai_stream: openai_stream().into_iter().map(Bytes::from).collect(),
@@ -76,6 +83,21 @@ impl Replies {
                 br#"{"error":{"message":"mock: unknown route","type":"invalid_request_error","param":null,"code":"not_found"}}"#,
             ),
             instance,
+            log_first_request,
+            served: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that a POST was served; the first one is logged when asked for.
+    fn mark_served(&self) {
+        if self.log_first_request
+            && !self.served.load(Ordering::Relaxed)
+            && !self.served.swap(true, Ordering::Relaxed)
+        {
+            let unix_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis());
+            eprintln!("first request at unix_ms={unix_ms}");
         }
     }
 }
@@ -299,6 +321,7 @@ async fn handle(
             MockBody::Full(Some(replies.not_found.clone())),
         ));
     };
+    replies.mark_served();
     let response = match (anthropic, wants_stream(&body)) {
         (false, false) => reply(
             &replies,
@@ -342,7 +365,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let replies = Arc::new(Replies::new(instance));
+    let replies = Arc::new(Replies::new(instance, cli.log_first_request));
     let address = format!("{}:{}", cli.host, cli.port);
     let listener = TcpListener::bind(&address)
         .await

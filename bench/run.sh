@@ -87,7 +87,14 @@ stop_target() {
 	TARGET_PIDS=()
 }
 
+EXTRA_PIDS=()
+
 cleanup() {
+	local pid
+	for pid in "${EXTRA_PIDS[@]}"; do
+		stop_pid "$pid"
+	done
+	EXTRA_PIDS=()
 	stop_target
 	stop_pid "$MOCK_PID"
 	MOCK_PID=
@@ -110,6 +117,7 @@ wait_ready() {
 
 start_mock() {
 	local log_file=$OUT/mock.log
+	stop_pid "$MOCK_PID"
 	taskset -c "$LOAD_CORE" "$MOCK_BIN" --port "$MOCK_PORT" 2>>"$log_file" &
 	MOCK_PID=$!
 	wait_ready "http://127.0.0.1:$MOCK_PORT/health" "$MOCK_PID" || die "mock upstream did not start (see $log_file)"
@@ -168,12 +176,20 @@ start_nginx() {
 	mapfile -t TARGET_PIDS < <(echo "$TARGET_MAIN"; pgrep -P "$TARGET_MAIN")
 }
 
+# Fills a gateway config template: @PORT@, @MOCK_URL@, @MOCK_URL_1..3@ (fail-over instances), @OUT@, @EDIT@.
+render_config() {
+	sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
+		-e "s|@MOCK_URL_1@|http://127.0.0.1:$((PORT_BASE + 10))|g" \
+		-e "s|@MOCK_URL_2@|http://127.0.0.1:$((PORT_BASE + 11))|g" \
+		-e "s|@MOCK_URL_3@|http://127.0.0.1:$((PORT_BASE + 12))|g" \
+		-e "s|@EDIT@|$2|g" "$1"
+}
+
 start_gateway() {
 	local template=$BENCH/configs/$1 config=$OUT/gateway-${1%.*}.yaml log_file=$OUT/gateway-${1%.*}.log
 	[[ -f $template ]] || die "no gateway config template $template"
 	rm -rf "$OUT/request-log"
-	sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
-		"$template" >"$config"
+	render_config "$template" 0 >"$config"
 	if ! "$GATEWAY_BIN" check --config "$config" >"$log_file" 2>&1; then
 		START_ERROR="config rejected: $(tail -n 1 "$log_file")"
 		return 1
@@ -279,6 +295,20 @@ preflight() {
 
 RESULTS=$OUT/results.tsv
 
+# Prints "requests duration_us p50_us p99_us non2xx socket_errors" from wrk output with post.lua's BENCH line.
+parse_wrk() {
+	local line requests=0 duration_us=0 connect=0 read=0 write=0 status=0 timeout=0 p50_us=0 p99_us=0 kv
+	line=$(grep '^BENCH ' "$1" | tail -n 1) || return 1
+	for kv in ${line#BENCH }; do
+		case ${kv%%=*} in
+		requests | duration_us | connect | read | write | status | timeout | p50_us | p99_us)
+			printf -v "${kv%%=*}" '%d' "${kv#*=}"
+			;;
+		esac
+	done
+	echo "$requests $duration_us $p50_us $p99_us $status $((connect + read + write + timeout))"
+}
+
 # Runs wrk for one cell and appends a row to results.tsv.
 run_cell() {
 	local name=$1 target=$2 mode=$3 conns=$4 url=$5 body_file=$6 unique=$7 headers=$8 baseline=$9 note=${10}
@@ -294,22 +324,12 @@ run_cell() {
 	mock1=$(cpu_ticks "$MOCK_PID")
 	local rss
 	rss=$(peak_rss_kb "${TARGET_PIDS[@]}")
-	local line
-	line=$(grep '^BENCH ' "$cell.wrk" | tail -n 1 || true)
-	if [[ -z $line ]]; then
+	local requests duration_us p50_us p99_us status errors
+	if ! read -r requests duration_us p50_us p99_us status errors < <(parse_wrk "$cell.wrk"); then
 		printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
 			"wrk failed: $(tail -n 1 "$cell.wrk" | tr '\t' ' ')" "$baseline" >>"$RESULTS"
 		return
 	fi
-	local requests=0 duration_us=0 connect=0 read=0 write=0 status=0 timeout=0 p50_us=0 p99_us=0 kv
-	for kv in ${line#BENCH }; do
-		case ${kv%%=*} in
-		requests | duration_us | connect | read | write | status | timeout | p50_us | p99_us)
-			printf -v "${kv%%=*}" '%d' "${kv#*=}"
-			;;
-		esac
-	done
-	local errors=$((connect + read + write + timeout))
 	awk -v name="$name" -v target="$target" -v mode="$mode" -v conns="$conns" -v req="$requests" \
 		-v dur="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v status="$status" -v errors="$errors" \
 		-v cpu="$((cpu1 - cpu0))" -v mock="$((mock1 - mock0))" -v tck="$CLK_TCK" -v rss="$rss" \
@@ -348,7 +368,6 @@ run_scenario() {
 		for conns in $CONNS; do
 			log "$name $mode c$conns"
 			# Fresh processes per cell: peak RSS and connection state belong to this cell alone.
-			stop_pid "$MOCK_PID"
 			start_mock
 			if ! start_target "$target" "$config"; then
 				log "$name: $START_ERROR"
@@ -370,6 +389,115 @@ run_scenario() {
 			stop_target
 		done
 	done
+}
+
+# ---------------------------------------------------------------- fault runs (issue 3)
+FAULTS=$OUT/faults.tsv
+
+# faults.tsv columns: run phase rps p50_us p99_us failed note
+fault_row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$FAULTS"; }
+
+# Runs wrk for one phase of a fault run; prints "rps p50_us p99_us failed" (failed = non-2xx + socket errors).
+wrk_phase() {
+	local url=$1 conns=$2 seconds=$3 file=$4 requests duration_us p50_us p99_us status errors
+	BENCH_RUN=$RANDOM$RANDOM taskset -c "$LOAD_CORE" wrk -t "$WRK_THREADS" -c "$conns" --timeout 5s \
+		-s "$BENCH/post.lua" "$url" -d "${seconds}s" --latency >"$file" 2>&1 || true
+	read -r requests duration_us p50_us p99_us status errors < <(parse_wrk "$file") || return 1
+	echo "$(awk -v r="$requests" -v d="$duration_us" 'BEGIN { printf "%.0f", (d > 0 ? r / (d / 1e6) : 0) }') $p50_us $p99_us $((status + errors))"
+}
+
+start_instance() {
+	local index=$1
+	taskset -c "$LOAD_CORE" "$MOCK_BIN" --port "$((PORT_BASE + 10 + index))" --instance-id "mock-$((index + 1))" \
+		--log-first-request 2>"$OUT/failover-mock-$((index + 1)).log" &
+	EXTRA_PIDS[index]=$!
+	wait_ready "http://127.0.0.1:$((PORT_BASE + 10 + index))/health" "${EXTRA_PIDS[index]}" ||
+		die "fail-over mock instance $((index + 1)) did not start"
+}
+
+# Steady load on a backend of three instances; phase 2 kills instance 2, phase 3 restarts it. Reports failed
+# requests per phase, the p99 added during the fault, and how long the restarted instance waits for traffic.
+run_failover() {
+	local name=$1 config=$2 path=$3 body=$4 conns=${CONNS%% *} index
+	cleanup
+	export BENCH_BODY=$BENCH/bodies/$body.json BENCH_UNIQUE=0 BENCH_HEADERS=
+	for index in 0 1 2; do
+		port_busy "$((PORT_BASE + 10 + index))" && die "port $((PORT_BASE + 10 + index)) is in use (set PORT_BASE)"
+		start_instance "$index"
+	done
+	log "$name: steady / kill instance 2 / restart it, ${DURATION} s each, c$conns"
+	if ! start_target gateway "$config"; then
+		fault_row "$name" - "" "" "" "" "skipped: $START_ERROR"
+		cleanup
+		return
+	fi
+	local url=http://127.0.0.1:$GW_PORT$path check
+	check=$(preflight "$url" "$BENCH_BODY" json "" 0 "" 0)
+	if [[ $check != ok* ]]; then
+		fault_row "$name" - "" "" "" "" "skipped: preflight $check"
+		cleanup
+		return
+	fi
+	taskset -c "$LOAD_CORE" wrk -t "$WRK_THREADS" -c "$conns" -s "$BENCH/post.lua" "$url" -d "${WARMUP}s" \
+		>"$OUT/$name-warmup.wrk" 2>&1 || true
+	local steady fault restarted
+	steady=$(wrk_phase "$url" "$conns" "$DURATION" "$OUT/$name-steady.wrk") || steady="0 0 0 0"
+	fault_row "$name" "steady (3 instances)" $steady ""
+	kill -9 "${EXTRA_PIDS[1]}" 2>/dev/null || true
+	stop_pid "${EXTRA_PIDS[1]}"
+	fault=$(wrk_phase "$url" "$conns" "$DURATION" "$OUT/$name-fault.wrk") || fault="0 0 0 0"
+	local added
+	added=$(($(echo "$fault" | cut -d' ' -f3) - $(echo "$steady" | cut -d' ' -f3)))
+	fault_row "$name" "instance 2 killed" $fault "added p99 vs steady: ${added} µs"
+	local restart_ms first_ms note
+	restart_ms=$(date +%s%3N)
+	start_instance 1
+	restarted=$(wrk_phase "$url" "$conns" "$DURATION" "$OUT/$name-restarted.wrk") || restarted="0 0 0 0"
+	first_ms=$(sed -n 's/^first request at unix_ms=\([0-9]*\)$/\1/p' "$OUT/failover-mock-2.log" | head -n 1)
+	if [[ -n $first_ms ]]; then
+		note="restarted instance took traffic $((first_ms - restart_ms)) ms after its restart"
+	else
+		note="restarted instance took no traffic within ${DURATION} s"
+	fi
+	fault_row "$name" "instance 2 restarted" $restarted "$note"
+	cleanup
+}
+
+# Steady load while the config file is rewritten in place every second (only a model alias changes).
+run_reload() {
+	local name=$1 config=$2 path=$3 body=$4 conns=${CONNS%% *}
+	export BENCH_BODY=$BENCH/bodies/$body.json BENCH_UNIQUE=0 BENCH_HEADERS=
+	log "$name: config rewritten every second for ${DURATION} s, c$conns"
+	start_mock
+	if ! start_target gateway "$config"; then
+		fault_row "$name" - "" "" "" "" "skipped: $START_ERROR"
+		cleanup
+		return
+	fi
+	local url=http://127.0.0.1:$GW_PORT$path check
+	check=$(preflight "$url" "$BENCH_BODY" json "" 0 "" 0)
+	if [[ $check != ok* ]]; then
+		fault_row "$name" - "" "" "" "" "skipped: preflight $check"
+		cleanup
+		return
+	fi
+	local rendered=$OUT/gateway-${config%.*}.yaml log_file=$OUT/gateway-${config%.*}.log
+	local before edits=0 result_file=$OUT/$name.result
+	before=$(grep -ci reload "$log_file" || true)
+	wrk_phase "$url" "$conns" "$DURATION" "$OUT/$name.wrk" >"$result_file" &
+	local wrk_pid=$!
+	while kill -0 "$wrk_pid" 2>/dev/null; do
+		sleep 1
+		edits=$((edits + 1))
+		render_config "$BENCH/configs/$config" "$edits" >"$rendered"
+	done
+	wait "$wrk_pid" || true
+	local result after
+	result=$(cat "$result_file")
+	after=$(grep -ci reload "$log_file" || true)
+	fault_row "$name" "config rewritten every 1 s" ${result:-0 0 0 0} \
+		"$edits edits; $((after - before)) gateway log lines mention reload"
+	cleanup
 }
 
 # ---------------------------------------------------------------- report
@@ -411,6 +539,17 @@ write_report() {
 						f[6] / 1000, f[7] / 1000, added, f[10], f[12] / 1024, errs, note
 				}
 			}' "$RESULTS"
+		if [[ -s $FAULTS ]]; then
+			echo
+			echo "Fault runs (json, c${CONNS%% *}; failed = non-2xx + socket errors):"
+			echo
+			echo "| run | phase | req/s | p50 ms | p99 ms | failed | note |"
+			echo "|---|---|---:|---:|---:|---:|---|"
+			awk -F'\t' '{
+				if ($3 == "") { printf "| %s | %s | | | | | %s |\n", $1, $2, $7; next }
+				printf "| %s | %s | %s | %.2f | %.2f | %d | %s |\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, $7
+			}' "$FAULTS"
+		fi
 	} >"$report"
 	cat "$report"
 }
@@ -428,6 +567,7 @@ main() {
 	ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 	write_nginx_conf
 	: >"$RESULTS"
+	: >"$FAULTS"
 	: >"$OUT/mock.log"
 	local line name target config path body options
 	while IFS= read -r line; do
@@ -436,8 +576,12 @@ main() {
 		IFS='|' read -r name target config path body options <<<"$line"
 		name=$(trim "$name")
 		[[ -n $ONLY && ! $name =~ $ONLY ]] && continue
-		run_scenario "$name" "$(trim "$target")" "$(trim "$config")" "$(trim "$path")" "$(trim "$body")" \
-			"$(trim "${options:-}")"
+		target=$(trim "$target") config=$(trim "$config") path=$(trim "$path") body=$(trim "$body")
+		case $target in
+		failover) run_failover "$name" "$config" "$path" "$body" ;;
+		reload) run_reload "$name" "$config" "$path" "$body" ;;
+		*) run_scenario "$name" "$target" "$config" "$path" "$body" "$(trim "${options:-}")" ;;
+		esac
 	done <"$SCENARIOS"
 	write_report
 }
