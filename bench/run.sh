@@ -166,7 +166,7 @@ EOF
 
 start_nginx() {
 	local prefix=$OUT/nginx
-	taskset -c "$GW_CORE" nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" 2>>"$prefix/error.log" &
+	taskset -c "$GW_CORE" nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" 2>>"$prefix/stderr.log" &
 	TARGET_MAIN=$!
 	if ! wait_ready "http://127.0.0.1:$NGINX_PORT/health" "$TARGET_MAIN"; then
 		START_ERROR="nginx did not start: $(tail -n 1 "$prefix/error.log" 2>/dev/null)"
@@ -395,7 +395,13 @@ run_scenario() {
 FAULTS=$OUT/faults.tsv
 
 # faults.tsv columns: run phase rps p50_us p99_us failed note
-fault_row() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$FAULTS"; }
+# fault_row RUN PHASE "RPS P50 P99 FAILED" NOTE
+fault_row() {
+	local numbers
+	read -r -a numbers <<<"$3"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "${numbers[0]:-}" "${numbers[1]:-}" "${numbers[2]:-}" \
+		"${numbers[3]:-}" "$4" >>"$FAULTS"
+}
 
 # Runs wrk for one phase of a fault run; prints "rps p50_us p99_us failed" (failed = non-2xx + socket errors).
 wrk_phase() {
@@ -427,14 +433,14 @@ run_failover() {
 	done
 	log "$name: steady / kill instance 2 / restart it, ${DURATION} s each, c$conns"
 	if ! start_target gateway "$config"; then
-		fault_row "$name" - "" "" "" "" "skipped: $START_ERROR"
+		fault_row "$name" - "" "skipped: $START_ERROR"
 		cleanup
 		return
 	fi
 	local url=http://127.0.0.1:$GW_PORT$path check
 	check=$(preflight "$url" "$BENCH_BODY" json "" 0 "" 0)
 	if [[ $check != ok* ]]; then
-		fault_row "$name" - "" "" "" "" "skipped: preflight $check"
+		fault_row "$name" - "" "skipped: preflight $check"
 		cleanup
 		return
 	fi
@@ -442,13 +448,13 @@ run_failover() {
 		>"$OUT/$name-warmup.wrk" 2>&1 || true
 	local steady fault restarted
 	steady=$(wrk_phase "$url" "$conns" "$DURATION" "$OUT/$name-steady.wrk") || steady="0 0 0 0"
-	fault_row "$name" "steady (3 instances)" $steady ""
+	fault_row "$name" "steady (3 instances)" "$steady" ""
 	kill -9 "${EXTRA_PIDS[1]}" 2>/dev/null || true
 	stop_pid "${EXTRA_PIDS[1]}"
 	fault=$(wrk_phase "$url" "$conns" "$DURATION" "$OUT/$name-fault.wrk") || fault="0 0 0 0"
 	local added
 	added=$(($(echo "$fault" | cut -d' ' -f3) - $(echo "$steady" | cut -d' ' -f3)))
-	fault_row "$name" "instance 2 killed" $fault "added p99 vs steady: ${added} µs"
+	fault_row "$name" "instance 2 killed" "$fault" "added p99 vs steady: ${added} µs"
 	local restart_ms first_ms note
 	restart_ms=$(date +%s%3N)
 	start_instance 1
@@ -459,7 +465,7 @@ run_failover() {
 	else
 		note="restarted instance took no traffic within ${DURATION} s"
 	fi
-	fault_row "$name" "instance 2 restarted" $restarted "$note"
+	fault_row "$name" "instance 2 restarted" "$restarted" "$note"
 	cleanup
 }
 
@@ -470,14 +476,14 @@ run_reload() {
 	log "$name: config rewritten every second for ${DURATION} s, c$conns"
 	start_mock
 	if ! start_target gateway "$config"; then
-		fault_row "$name" - "" "" "" "" "skipped: $START_ERROR"
+		fault_row "$name" - "" "skipped: $START_ERROR"
 		cleanup
 		return
 	fi
 	local url=http://127.0.0.1:$GW_PORT$path check
 	check=$(preflight "$url" "$BENCH_BODY" json "" 0 "" 0)
 	if [[ $check != ok* ]]; then
-		fault_row "$name" - "" "" "" "" "skipped: preflight $check"
+		fault_row "$name" - "" "skipped: preflight $check"
 		cleanup
 		return
 	fi
@@ -495,7 +501,7 @@ run_reload() {
 	local result after
 	result=$(cat "$result_file")
 	after=$(grep -ci reload "$log_file" || true)
-	fault_row "$name" "config rewritten every 1 s" ${result:-0 0 0 0} \
+	fault_row "$name" "config rewritten every 1 s" "${result:-0 0 0 0}" \
 		"$edits edits; $((after - before)) gateway log lines mention reload"
 	cleanup
 }
@@ -509,7 +515,9 @@ write_report() {
 		echo
 		echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 		echo "- machine: $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)); $(uname -sr)"
-		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"${ONLY:+ ONLY='$ONLY'} bash bench/run.sh\`"
+		local only=""
+		[[ -n $ONLY ]] && only=" ONLY='$ONLY'"
+		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"$only bash bench/run.sh\`"
 		echo "- server under test pinned to core $GW_CORE; mock upstream and wrk ($WRK_THREADS thread) on core $LOAD_CORE"
 		echo "- $WARMUP s warm-up then $DURATION s measured per cell; every cell starts fresh server processes"
 		echo "- latency: wrk, whole response (a stream's last byte); added p50 = p50 − p50 of the baseline (direct) cell"
