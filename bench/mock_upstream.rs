@@ -1,0 +1,468 @@
+//! Zero-delay mock LLM upstream for the benchmark: OpenAI and Anthropic endpoints, JSON and finite SSE streams.
+//!
+//! Every response body is built once at start-up, so a request costs only HTTP parsing and one body
+//! scan for `"stream": true`. The mock runs on a current-thread runtime because `bench/run.sh` pins it to
+//! one core next to the load generator; a single thread avoids cross-thread wake-ups there.
+//!
+//! Endpoints:
+//! - `POST /v1/chat/completions`: OpenAI chat completion JSON; with `"stream": true` an exact OpenAI SSE
+//!   stream of 20 content chunks (role in the first), a finish chunk and `data: [DONE]`;
+//! - `POST /v1/messages`: Anthropic message JSON; with `"stream": true` the exact Anthropic event sequence
+//!   (`message_start`, `content_block_start`, `ping`, 20 `text_delta`s, `content_block_stop`,
+//!   `message_delta`, `message_stop`);
+//! - `GET /health`: `{"status":"ok"}`.
+//!
+//! Streams are sent one SSE event per body frame with chunked transfer encoding, so they are finite and a
+//! load generator counts each one as a complete response. `--instance-id` adds an `x-mock-instance`
+//! header so a fail-over run can tell instances apart.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Content chunks in every streamed reply; the benchmark's "20-chunk stream".
+const STREAM_CHUNKS: usize = 20;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mock_upstream",
+    about = "Zero-delay OpenAI/Anthropic mock upstream for benchmarks"
+)]
+struct Cli {
+    /// Port to listen on (0 picks a free one; the bound address is printed on stderr).
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Sent back as the `x-mock-instance` response header, to tell instances apart.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Print `first request at unix_ms=<ms>` on stderr when the first POST arrives, so the fail-over run can
+    /// tell when a restarted instance takes traffic again.
+    #[arg(long)]
+    log_first_request: bool,
+}
+
+/// Pre-built replies, shared by every connection.
+struct Replies {
+    openai_json: Bytes,
+    openai_stream: Arc<[Bytes]>,
+    anthropic_json: Bytes,
+    anthropic_stream: Arc<[Bytes]>,
+    health: Bytes,
+    not_found: Bytes,
+    instance: Option<HeaderValue>,
+    log_first_request: bool,
+    served: AtomicBool,
+}
+
+impl Replies {
+    fn new(instance: Option<HeaderValue>, log_first_request: bool) -> Self {
+        Self {
+            openai_json: Bytes::from(openai_json()),
+            openai_stream: openai_stream().into_iter().map(Bytes::from).collect(),
+            anthropic_json: Bytes::from(anthropic_json()),
+            anthropic_stream: anthropic_stream().into_iter().map(Bytes::from).collect(),
+            health: Bytes::from_static(br#"{"status":"ok"}"#),
+            not_found: Bytes::from_static(
+                br#"{"error":{"message":"mock: unknown route","type":"invalid_request_error","param":null,"code":"not_found"}}"#,
+            ),
+            instance,
+            log_first_request,
+            served: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that a POST was served; the first one is logged when asked for.
+    fn mark_served(&self) {
+        if self.log_first_request
+            && !self.served.load(Ordering::Relaxed)
+            && !self.served.swap(true, Ordering::Relaxed)
+        {
+            let unix_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis());
+            eprintln!("first request at unix_ms={unix_ms}");
+        }
+    }
+}
+
+/// The text of content chunk `index`; the non-stream replies carry the concatenation of all of them.
+fn token(index: usize) -> String {
+    format!("tok{index} ")
+}
+
+fn full_text() -> String {
+    (0..STREAM_CHUNKS).map(token).collect()
+}
+
+fn openai_json() -> String {
+    serde_json::json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "mock-model",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": full_text(), "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 9, "completion_tokens": STREAM_CHUNKS, "total_tokens": 9 + STREAM_CHUNKS},
+        "system_fingerprint": "fp_mock"
+    })
+    .to_string()
+}
+
+fn openai_chunk(delta: &serde_json::Value, finish_reason: Option<&str>) -> String {
+    let chunk = serde_json::json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": "mock-model",
+        "system_fingerprint": "fp_mock",
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]
+    });
+    format!("data: {chunk}\n\n")
+}
+
+fn openai_stream() -> Vec<String> {
+    let mut events: Vec<String> = (0..STREAM_CHUNKS)
+        .map(|index| {
+            let delta = if index == 0 {
+                serde_json::json!({"role": "assistant", "content": token(index), "refusal": null})
+            } else {
+                serde_json::json!({"content": token(index)})
+            };
+            openai_chunk(&delta, None)
+        })
+        .collect();
+    events.push(openai_chunk(&serde_json::json!({}), Some("stop")));
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+fn anthropic_json() -> String {
+    serde_json::json!({
+        "id": "msg_mock",
+        "type": "message",
+        "role": "assistant",
+        "model": "mock-model",
+        "content": [{"type": "text", "text": full_text()}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": 9, "output_tokens": STREAM_CHUNKS}
+    })
+    .to_string()
+}
+
+fn anthropic_event(name: &str, data: &serde_json::Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+fn anthropic_stream() -> Vec<String> {
+    let mut events = vec![
+        anthropic_event(
+            "message_start",
+            &serde_json::json!({"type": "message_start", "message": {
+                "id": "msg_mock", "type": "message", "role": "assistant", "model": "mock-model",
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 9, "output_tokens": 1}
+            }}),
+        ),
+        anthropic_event(
+            "content_block_start",
+            &serde_json::json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+        ),
+        anthropic_event("ping", &serde_json::json!({"type": "ping"})),
+    ];
+    events.extend((0..STREAM_CHUNKS).map(|index| {
+        anthropic_event(
+            "content_block_delta",
+            &serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": token(index)}}),
+        )
+    }));
+    events.push(anthropic_event(
+        "content_block_stop",
+        &serde_json::json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(anthropic_event(
+        "message_delta",
+        &serde_json::json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": STREAM_CHUNKS}}),
+    ));
+    events.push(anthropic_event(
+        "message_stop",
+        &serde_json::json!({"type": "message_stop"}),
+    ));
+    events
+}
+
+/// A response body that is either one pre-built buffer (sent with `content-length`) or a list of
+/// pre-built SSE events, one frame each (sent chunked, ending with the terminating chunk).
+enum MockBody {
+    Full(Option<Bytes>),
+    Events { events: Arc<[Bytes]>, next: usize },
+}
+
+impl Body for MockBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.get_mut() {
+            MockBody::Full(bytes) => bytes.take(),
+            MockBody::Events { events, next } => {
+                let event = events.get(*next).cloned();
+                *next += 1;
+                event
+            }
+        };
+        Poll::Ready(frame.map(|bytes| Ok(Frame::data(bytes))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            MockBody::Full(bytes) => bytes.is_none(),
+            MockBody::Events { events, next } => *next >= events.len(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            MockBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            MockBody::Full(None) => SizeHint::with_exact(0),
+            MockBody::Events { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// Whether a JSON request body asks for a stream: a `"stream"` key followed by `: true`.
+///
+/// A byte scan instead of a parse keeps the mock's CPU per request small; an escaped `\"stream\"` inside
+/// a string value never matches because the closing quote there is preceded by a backslash.
+fn wants_stream(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, b"\"stream\"").any(|at| {
+        let rest = &body[at + b"\"stream\"".len()..];
+        let rest = rest.trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|value| value.trim_ascii_start().starts_with(b"true"))
+    })
+}
+
+fn reply(
+    replies: &Replies,
+    status: StatusCode,
+    content_type: &'static str,
+    body: MockBody,
+) -> Response<MockBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if content_type == "text/event-stream" {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if let Some(instance) = &replies.instance {
+        headers.insert("x-mock-instance", instance.clone());
+    }
+    response
+}
+
+async fn handle(
+    replies: Arc<Replies>,
+    request: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let route = match (&parts.method, parts.uri.path()) {
+        (&Method::POST, "/v1/chat/completions") => Some(false),
+        (&Method::POST, "/v1/messages") => Some(true),
+        (&Method::GET, "/health") => {
+            return Ok(reply(
+                &replies,
+                StatusCode::OK,
+                "application/json",
+                MockBody::Full(Some(replies.health.clone())),
+            ));
+        }
+        _ => None,
+    };
+    // Read the whole body even for an unknown route, so the connection stays usable.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let Some(anthropic) = route else {
+        return Ok(reply(
+            &replies,
+            StatusCode::NOT_FOUND,
+            "application/json",
+            MockBody::Full(Some(replies.not_found.clone())),
+        ));
+    };
+    replies.mark_served();
+    let response = match (anthropic, wants_stream(&body)) {
+        (false, false) => reply(
+            &replies,
+            StatusCode::OK,
+            "application/json",
+            MockBody::Full(Some(replies.openai_json.clone())),
+        ),
+        (false, true) => reply(
+            &replies,
+            StatusCode::OK,
+            "text/event-stream",
+            MockBody::Events {
+                events: replies.openai_stream.clone(),
+                next: 0,
+            },
+        ),
+        (true, false) => reply(
+            &replies,
+            StatusCode::OK,
+            "application/json",
+            MockBody::Full(Some(replies.anthropic_json.clone())),
+        ),
+        (true, true) => reply(
+            &replies,
+            StatusCode::OK,
+            "text/event-stream",
+            MockBody::Events {
+                events: replies.anthropic_stream.clone(),
+                next: 0,
+            },
+        ),
+    };
+    Ok(response)
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let instance = match &cli.instance_id {
+        Some(id) => Some(
+            HeaderValue::from_str(id)
+                .map_err(|error| anyhow::anyhow!("invalid --instance-id '{id}': {error}"))?,
+        ),
+        None => None,
+    };
+    let replies = Arc::new(Replies::new(instance, cli.log_first_request));
+    let address = format!("{}:{}", cli.host, cli.port);
+    let listener = TcpListener::bind(&address)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
+    let local: SocketAddr = listener.local_addr()?;
+    eprintln!("mock_upstream listening on {local}");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors or similar: back off briefly instead of spinning.
+                eprintln!("mock_upstream: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Best effort: without it small SSE frames may wait for delayed ACKs.
+        let _ = stream.set_nodelay(true);
+        let replies = replies.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(replies.clone(), request));
+            // Connection errors (client resets mid-stream) are normal under load; nothing to report.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mock_upstream: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mock_upstream: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_flag_is_found_with_any_spacing() {
+        assert!(wants_stream(br#"{"stream":true}"#));
+        assert!(wants_stream(br#"{"model":"m", "stream" :  true}"#));
+        assert!(!wants_stream(br#"{"stream":false}"#));
+        assert!(!wants_stream(br#"{"stream_options":true}"#));
+        assert!(!wants_stream(br#"{"content":"say \"stream\": true"}"#));
+        assert!(!wants_stream(b""));
+    }
+
+    #[test]
+    fn streams_have_the_expected_event_counts() {
+        let openai = openai_stream();
+        assert_eq!(openai.len(), STREAM_CHUNKS + 2);
+        assert_eq!(openai.last().map(String::as_str), Some("data: [DONE]\n\n"));
+        assert!(openai[0].contains(r#""role":"assistant""#));
+        assert!(openai[STREAM_CHUNKS].contains(r#""finish_reason":"stop""#));
+        let anthropic = anthropic_stream();
+        let deltas = anthropic
+            .iter()
+            .filter(|event| event.starts_with("event: content_block_delta\n"))
+            .count();
+        assert_eq!(deltas, STREAM_CHUNKS);
+        assert!(anthropic[0].starts_with("event: message_start\n"));
+        assert!(
+            anthropic
+                .last()
+                .is_some_and(|event| event.starts_with("event: message_stop\n"))
+        );
+    }
+
+    #[test]
+    fn every_event_is_valid_json() {
+        for event in openai_stream().iter().chain(anthropic_stream().iter()) {
+            let data = event
+                .lines()
+                .find_map(|line| line.strip_prefix("data: "))
+                .unwrap();
+            if data != "[DONE]" {
+                serde_json::from_str::<serde_json::Value>(data).unwrap();
+            }
+        }
+        serde_json::from_str::<serde_json::Value>(&openai_json()).unwrap();
+        serde_json::from_str::<serde_json::Value>(&anthropic_json()).unwrap();
+    }
+}
