@@ -137,6 +137,10 @@ impl AppState {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .connect_timeout(std::time::Duration::from_secs(10))
+            // Fail-over is ours (DESIGN "what fails over"); reqwest's own retries and redirects would
+            // double attempts and hide faults.
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
             .build()?;
         let metrics = Arc::new(Metrics::new());
         let dropped = {

@@ -118,6 +118,36 @@ pub struct InstanceConfig {
     pub weight: u32,
     pub api_key: Option<Secret>,
     pub model: Option<String>,
+    /// Endpoint URLs parsed once at load, so no request pays for URL parsing.
+    pub urls: EndpointUrls,
+}
+
+/// The upstream URL of each API path under an instance's base URL.
+#[derive(Debug, Clone)]
+pub struct EndpointUrls {
+    pub chat_completions: reqwest::Url,
+    pub completions: reqwest::Url,
+    pub embeddings: reqwest::Url,
+    pub messages: reqwest::Url,
+}
+
+impl EndpointUrls {
+    fn new(path: &str, base: &str) -> Result<EndpointUrls, Invalid> {
+        let parse = |suffix: &str| {
+            reqwest::Url::parse(&format!("{base}{suffix}")).map_err(|error| {
+                invalid(
+                    path,
+                    format!("'{base}{suffix}' is not a valid URL ({error})"),
+                )
+            })
+        };
+        Ok(EndpointUrls {
+            chat_completions: parse("/chat/completions")?,
+            completions: parse("/completions")?,
+            embeddings: parse("/embeddings")?,
+            messages: parse("/messages")?,
+        })
+    }
 }
 
 /// A validation failure: the path inside the file and what was expected.
@@ -369,7 +399,9 @@ fn backend_from_raw(
                     }
                     let (base_url, display) =
                         normalize_url(&format!("{ipath}.url"), &instance.url)?;
+                    let urls = EndpointUrls::new(&format!("{ipath}.url"), &base_url)?;
                     instances.push(InstanceConfig {
+                        urls,
                         base_url,
                         display,
                         weight,
@@ -385,7 +417,9 @@ fn backend_from_raw(
             }
             (_, Some(url)) => {
                 let (base_url, display) = normalize_url(&format!("{path}.url"), url)?;
+                let urls = EndpointUrls::new(&format!("{path}.url"), &base_url)?;
                 instances.push(InstanceConfig {
+                    urls,
                     base_url,
                     display,
                     weight: 1,

@@ -148,6 +148,10 @@ impl Exchange<'_> {
                 });
             }
         }
+        if let Some(last) = tried.last() {
+            ctx.backend = Some(last.backend.clone());
+            ctx.instance = Some(last.instance.clone());
+        }
         Err(exhausted(&tried))
     }
 
@@ -225,11 +229,11 @@ impl Exchange<'_> {
         let client_protocol = self.endpoint.protocol();
         let target = backend_protocol(backend.kind);
         let body = self.upstream_body(backend, upstream_model)?;
-        let suffix = match (target, self.endpoint) {
-            (Protocol::Anthropic, _) => "/messages",
-            (Protocol::OpenAi, Endpoint::Completions) => "/completions",
-            (Protocol::OpenAi, Endpoint::Embeddings) => "/embeddings",
-            (Protocol::OpenAi, _) => "/chat/completions",
+        let url = match (target, self.endpoint) {
+            (Protocol::Anthropic, _) => &instance.urls.messages,
+            (Protocol::OpenAi, Endpoint::Completions) => &instance.urls.completions,
+            (Protocol::OpenAi, Endpoint::Embeddings) => &instance.urls.embeddings,
+            (Protocol::OpenAi, _) => &instance.urls.chat_completions,
         };
         let stream = self.request.stream();
         let passthrough_auth = match target {
@@ -241,11 +245,11 @@ impl Exchange<'_> {
             Protocol::OpenAi => self.headers.get(header::AUTHORIZATION),
         };
         let sent = Instant::now();
-        let reply = call::send(
+        let sent_result = call::send(
             self.state.client(),
             CallSpec {
                 kind: backend.kind,
-                url: format!("{}{}", instance.base_url, suffix),
+                url: url.clone(),
                 body,
                 api_key: instance.api_key.as_ref(),
                 passthrough_auth,
@@ -260,7 +264,21 @@ impl Exchange<'_> {
                 timeout: backend.timeout,
             },
         )
-        .await?;
+        .await;
+        let reply = match sent_result {
+            Ok(reply) => reply,
+            Err(fault) => {
+                if let Fault::Status { status, .. } = &fault {
+                    self.state.metrics().upstream_response(
+                        &backend.name,
+                        backend.kind.as_str(),
+                        *status,
+                        sent.elapsed(),
+                    );
+                }
+                return Err(fault.into());
+            }
+        };
         let ttfb = sent.elapsed();
         let provider = backend.kind.as_str();
         let response = match reply {
@@ -338,7 +356,14 @@ impl Exchange<'_> {
             };
             let tap = (ctx.request.is_some() && client_protocol == target)
                 .then(|| StreamTap::new(target));
-            let mut relay = Relay::new(response, transform, backend.stream_idle_timeout, tap);
+            let collect_text = ctx.admission.is_some() || ctx.cache_key.is_some();
+            let mut relay = Relay::new(
+                response,
+                transform,
+                backend.stream_idle_timeout,
+                tap,
+                collect_text,
+            );
             // Fail-over stays possible until the first event is in hand.
             let first = relay
                 .next_output()
@@ -441,23 +466,8 @@ fn exhausted(tried: &[Tried]) -> GatewayError {
     GatewayError::new(kind, format!("all upstream attempts failed: {detail}"))
 }
 
-/// Usage from a complete OpenAI or Anthropic response body, without a full typed decode.
+/// Usage from a complete OpenAI or Anthropic response body without a full decode: `usage` is the last
+/// top-level field in practice, so only the object after its last occurrence is parsed.
 fn usage_of(body: &[u8]) -> Option<crate::protocol::Usage> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        usage: Option<UsageWire>,
-    }
-    #[derive(serde::Deserialize)]
-    struct UsageWire {
-        #[serde(alias = "input_tokens")]
-        prompt_tokens: Option<u64>,
-        #[serde(alias = "output_tokens")]
-        completion_tokens: Option<u64>,
-    }
-    let usage = serde_json::from_slice::<Envelope>(body).ok()?.usage?;
-    Some(crate::protocol::Usage {
-        input_tokens: usage.prompt_tokens.unwrap_or(0),
-        output_tokens: usage.completion_tokens.unwrap_or(0),
-        ..Default::default()
-    })
+    crate::upstream::relay::usage_after_key(body)
 }

@@ -268,6 +268,8 @@ fn frame(event: Option<&str>, data: &serde_json::Value) -> Bytes {
 
 /// Stream prepared frames, optionally paced by `delay`; the record is finished after the last one.
 fn paced(frames: Vec<Bytes>, delay: Duration, mut ctx: RequestCtx, backend: &str) -> Response {
+    let bytes = frames.iter().map(|frame| frame.len() as u64).sum();
+    ctx.streamed = Some(("echo", frames.len() as u64, bytes));
     if delay.is_zero() {
         let mut out = BytesMut::new();
         for frame in &frames {

@@ -15,6 +15,9 @@ use super::DecodeError;
 /// Replace (or add, when absent) top-level fields of the JSON object in `body`.
 /// Each `(name, json)` pair gives the field name and its new value as JSON text.
 pub fn set_fields(body: &[u8], fields: &[(&str, &str)]) -> Result<Vec<u8>, DecodeError> {
+    if let Some(out) = fast_set_fields(body, fields) {
+        return Ok(out);
+    }
     let spans = top_level_spans(body)?;
     let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(fields.len());
     let mut missing = String::new();
@@ -54,6 +57,80 @@ pub fn set_fields(body: &[u8], fields: &[(&str, &str)]) -> Result<Vec<u8>, Decod
     }
     out.extend_from_slice(&body[cursor..]);
     Ok(out)
+}
+
+/// The common case without parsing: the object starts with `{"<first>":"<plain string>"` and every other
+/// field is absent from the body. Returns `None` whenever that is not certain (the caller then parses).
+fn fast_set_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    // First key and, when it is a string without escapes, its value span.
+    let mut i = open + 1;
+    while body.get(i)?.is_ascii_whitespace() {
+        i += 1;
+    }
+    let first_key: Option<(&[u8], usize, usize)> = if body[i] == b'"' {
+        let key_end = i + 1 + memchr::memchr(b'"', &body[i + 1..])?;
+        let key = &body[i + 1..key_end];
+        let mut j = key_end + 1;
+        while body.get(j)?.is_ascii_whitespace() {
+            j += 1;
+        }
+        if body[j] != b':' {
+            return None;
+        }
+        j += 1;
+        while body.get(j)?.is_ascii_whitespace() {
+            j += 1;
+        }
+        if body[j] == b'"' {
+            let value_end = j + 1 + memchr::memchr(b'"', &body[j + 1..])?;
+            if memchr::memchr(b'\\', &body[j + 1..value_end]).is_some() {
+                return None;
+            }
+            Some((key, j, value_end + 1))
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let mut replace: Option<(usize, usize, &str)> = None;
+    let mut insert = String::new();
+    for (name, json) in fields {
+        match first_key {
+            Some((key, start, end)) if key == name.as_bytes() => replace = Some((start, end, json)),
+            _ => {
+                let quoted = format!("\"{name}\"");
+                if memchr::memmem::find(body, quoted.as_bytes()).is_some() {
+                    return None;
+                }
+                insert.push_str(&quoted);
+                insert.push(':');
+                insert.push_str(json);
+                insert.push(',');
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + insert.len() + 64);
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(insert.as_bytes());
+    match replace {
+        Some((start, end, json)) => {
+            out.extend_from_slice(&body[open + 1..start]);
+            out.extend_from_slice(json.as_bytes());
+            out.extend_from_slice(&body[end..]);
+        }
+        None => {
+            if first_key.is_none() && body[i] == b'}' && !insert.is_empty() {
+                out.pop();
+            }
+            out.extend_from_slice(&body[open + 1..]);
+        }
+    }
+    Some(out)
 }
 
 /// `(key, start, end)` byte spans of every top-level value.
@@ -131,6 +208,35 @@ mod tests {
             &[("id", "\"r-1\""), ("backend", "\"local\"")],
             "{\"backend\":\"local\", \"id\" : \"r-1\" ,\n \"n\": 1 }",
         );
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_parsed_path() {
+        let bodies = [
+            r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[]}"#,
+            r#"{ "id" : "x", "backend": "old" }"#,
+            r#"{"object":"x","id":"y"}"#,
+            r#"{"id":"a\"b","n":1}"#,
+            r#"{"id":5}"#,
+            r#"{}"#,
+        ];
+        for body in bodies {
+            let fields = [("id", "\"r-1\""), ("backend", "\"b\"")];
+            let fast = fast_set_fields(body.as_bytes(), &fields);
+            let slow_value: serde_json::Value = {
+                let mut value: serde_json::Value = serde_json::from_str(body).unwrap();
+                value["id"] = serde_json::json!("r-1");
+                value["backend"] = serde_json::json!("b");
+                value
+            };
+            if let Some(fast) = fast {
+                let fast_value: serde_json::Value = serde_json::from_slice(&fast).unwrap();
+                assert_eq!(fast_value, slow_value, "{body}");
+            }
+            let full: serde_json::Value =
+                serde_json::from_slice(&set_fields(body.as_bytes(), &fields).unwrap()).unwrap();
+            assert_eq!(full, slow_value, "{body}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::secret::Secret;
 /// Everything needed to send one attempt.
 pub struct CallSpec<'a> {
     pub kind: BackendKind,
-    pub url: String,
+    pub url: reqwest::Url,
     pub body: Bytes,
     pub api_key: Option<&'a Secret>,
     /// Client credentials forwarded only when the backend has no key of its own and the gateway is open.
@@ -139,7 +139,7 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
             }
         }
     }
-    let request = client.post(&spec.url).headers(headers).body(spec.body);
+    let request = client.post(spec.url).headers(headers).body(spec.body);
     let response = match tokio::time::timeout(spec.timeout, request.send()).await {
         Err(_) => return Err(Fault::Timeout(spec.timeout)),
         Ok(Err(error)) if error.is_timeout() => return Err(Fault::Timeout(spec.timeout)),

@@ -48,6 +48,8 @@ pub struct Relay {
     pending_fault: bool,
     /// Full decode of pass-through events, only when the request log needs the assembled reply.
     tap: Option<StreamTap>,
+    /// Assemble the reply text of pass-through streams (token accounting, cache storage).
+    collect_text: bool,
     pub facts: StreamFacts,
 }
 
@@ -57,6 +59,7 @@ impl Relay {
         transform: Transform,
         idle: Duration,
         tap: Option<StreamTap>,
+        collect_text: bool,
     ) -> Relay {
         Relay {
             upstream: Box::pin(response.bytes_stream()),
@@ -67,12 +70,25 @@ impl Relay {
             saw_terminator: false,
             pending_fault: false,
             tap,
+            collect_text,
             facts: StreamFacts::default(),
         }
     }
 
     /// The next client-ready bytes; `Ok(None)` at a clean end. After a fault the relay is ended.
+    /// `facts` count what the client receives (events and bytes), not what the upstream sent.
     pub async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
+        let output = self.produce().await?;
+        if let Some(bytes) = &output {
+            self.facts.bytes += bytes.len() as u64;
+            if let Transform::Convert(_) = self.transform {
+                self.facts.events += memchr::memmem::find_iter(bytes, b"\n\n").count() as u64;
+            }
+        }
+        Ok(output)
+    }
+
+    async fn produce(&mut self) -> Result<Option<Bytes>, Fault> {
         if std::mem::take(&mut self.pending_fault) {
             return Err(cut());
         }
@@ -95,7 +111,6 @@ impl Relay {
                 }
                 Ok(Some(Ok(chunk))) => {
                     if let Transform::Convert(converter) = &mut self.transform {
-                        self.facts.bytes += chunk.len() as u64;
                         if let Err(error) = converter.push(&chunk, &mut out) {
                             self.ended = true;
                             return Err(Fault::Broken(error.to_string()));
@@ -174,7 +189,7 @@ impl Relay {
                     self.saw_terminator = true;
                     out.extend_from_slice(&event.raw);
                 } else if event.data.first() == Some(&b'{') {
-                    observe_openai_chunk(&event.data, &mut self.facts);
+                    observe_openai_chunk(&event.data, self.collect_text, &mut self.facts);
                     match json_patch::set_fields(&event.data, &[("id", id_json)]) {
                         Ok(patched) => {
                             crate::protocol::sse::encode(event.event.as_deref(), &patched, out)
@@ -194,7 +209,6 @@ impl Relay {
                 out.extend_from_slice(&event.raw);
             }
         }
-        self.facts.bytes += event.raw.len() as u64;
     }
 
     /// The assembled reply (text, reasoning, tool calls, usage) as far as the stream went.
@@ -254,13 +268,58 @@ fn cut() -> Fault {
     Fault::Broken("upstream closed the stream before it finished".into())
 }
 
-/// Pick text, finish reason and usage out of an OpenAI chunk without a full typed parse.
-fn observe_openai_chunk(data: &[u8], facts: &mut StreamFacts) {
+/// Parse the `usage` object that follows the last `"usage":` key in `body` (OpenAI or Anthropic names).
+pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct UsageWire {
+        #[serde(alias = "input_tokens")]
+        prompt_tokens: Option<u64>,
+        #[serde(alias = "output_tokens")]
+        completion_tokens: Option<u64>,
+    }
+    let at = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let rest = &body[at + 7..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(&rest[colon + 1..]);
+    let usage: Option<UsageWire> = serde::Deserialize::deserialize(&mut deserializer).ok()?;
+    let usage = usage?;
+    Some(Usage {
+        input_tokens: usage.prompt_tokens.unwrap_or(0),
+        output_tokens: usage.completion_tokens.unwrap_or(0),
+        ..Usage::default()
+    })
+}
+
+/// What a pass-through OpenAI chunk says that the gateway needs: the finish reason and usage are found
+/// by a byte search and a parse of just that part; the text only when `collect_text` (token accounting,
+/// cache storage) asks for it.
+fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts) {
+    if let Some(at) = memchr::memmem::find(data, b"\"finish_reason\":\"") {
+        let rest = &data[at + 17..];
+        if let Some(end) = memchr::memchr(b'"', rest) {
+            facts.finish_reason = Some(match &rest[..end] {
+                b"length" => FinishReason::Length,
+                b"tool_calls" | b"function_call" => FinishReason::ToolCalls,
+                b"content_filter" => FinishReason::ContentFilter,
+                _ => FinishReason::Stop,
+            });
+        }
+    }
+    if memchr::memmem::find(data, b"\"usage\":{").is_some()
+        && let Some(usage) = usage_after_key(data)
+    {
+        facts.usage = Some(usage);
+    }
+    if !collect_text {
+        return;
+    }
     #[derive(serde::Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow, default)]
         choices: Vec<Choice<'a>>,
-        usage: Option<UsageWire>,
     }
     #[derive(serde::Deserialize)]
     struct Choice<'a> {
@@ -268,39 +327,17 @@ fn observe_openai_chunk(data: &[u8], facts: &mut StreamFacts) {
         delta: Option<Delta<'a>>,
         #[serde(borrow)]
         text: Option<std::borrow::Cow<'a, str>>,
-        finish_reason: Option<&'a str>,
     }
     #[derive(serde::Deserialize)]
     struct Delta<'a> {
         #[serde(borrow)]
         content: Option<std::borrow::Cow<'a, str>>,
     }
-    #[derive(serde::Deserialize)]
-    struct UsageWire {
-        prompt_tokens: Option<u64>,
-        completion_tokens: Option<u64>,
-    }
-    let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
-        return;
-    };
-    for choice in chunk.choices {
-        if let Some(text) = choice.delta.and_then(|d| d.content).or(choice.text) {
-            facts.text.push_str(&text);
+    if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) {
+        for choice in chunk.choices {
+            if let Some(text) = choice.delta.and_then(|d| d.content).or(choice.text) {
+                facts.text.push_str(&text);
+            }
         }
-        if let Some(reason) = choice.finish_reason {
-            facts.finish_reason = Some(match reason {
-                "length" => FinishReason::Length,
-                "tool_calls" | "function_call" => FinishReason::ToolCalls,
-                "content_filter" => FinishReason::ContentFilter,
-                _ => FinishReason::Stop,
-            });
-        }
-    }
-    if let Some(usage) = chunk.usage {
-        facts.usage = Some(Usage {
-            input_tokens: usage.prompt_tokens.unwrap_or(0),
-            output_tokens: usage.completion_tokens.unwrap_or(0),
-            ..Usage::default()
-        });
     }
 }
