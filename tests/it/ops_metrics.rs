@@ -365,3 +365,40 @@ async fn metrics_need_no_client_key() {
         m.text
     );
 }
+
+#[tokio::test]
+async fn echo_streams_count_as_streams() {
+    let gateway = Gateway::start(
+        "backends:\n  local: { type: echo }\n  paced: { type: echo, chunk_delay_ms: 1 }\n",
+    )
+    .await;
+    let mut received = Vec::new();
+    for model in ["local", "paced"] {
+        let response = client()
+            .post(gateway.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "stream": true,
+                          "messages": [{"role": "user", "content": "one two three"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+        received.push(body);
+    }
+    let events: usize = received.iter().map(|b| sse_data(b).len()).sum();
+    let bytes: usize = received.iter().map(String::len).sum();
+    let m = scrape(&gateway).await;
+    let echo = ("provider", "echo");
+    assert_eq!(m.value("streaming_events_total", &[echo]), events as f64);
+    assert_eq!(m.value("streaming_bytes_total", &[echo]), bytes as f64);
+    assert_eq!(m.value("streaming_duration_seconds_count", &[echo]), 2.0);
+    assert_eq!(
+        m.value("time_to_first_token_seconds_count", &[("backend", "local")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("time_to_first_token_seconds_count", &[("backend", "paced")]),
+        1.0
+    );
+}
