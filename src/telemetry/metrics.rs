@@ -274,7 +274,7 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Upstream calls that failed without a response (connect, timeout, protocol)",
+            "Failed upstream attempts, by backend and error type (connect, timeout, status_5xx, rate_limited, broken_response)",
             upstream_errors.clone(),
         );
         let streaming_events = Family::<ProviderLabels, Counter>::default();
@@ -462,8 +462,9 @@ impl Metrics {
             .observe(ttfb.as_secs_f64());
     }
 
-    /// Counts an upstream call that produced no response; `error_type` is a closed kind such as
-    /// `connect`, `timeout` or `protocol`.
+    /// Counts a failed upstream attempt; `error_type` is a closed kind: `connect`, `timeout`,
+    /// `status_5xx`, `rate_limited` (429) or `broken_response`. An attempt that got a 5xx/429 response
+    /// is also an upstream response and is counted by [`Metrics::upstream_response`] with its status.
     pub fn upstream_error(&self, upstream: &str, error_type: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {

@@ -11,4 +11,8 @@ mod support;
 mod bad_input;
 mod binary;
 mod echo;
+mod ops_docs;
+mod ops_logs;
+mod ops_metrics;
+mod ops_shutdown;
 mod passthrough;

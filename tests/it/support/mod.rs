@@ -1,6 +1,8 @@
 //! Test support: start a gateway in process with a config string, and an HTTP client.
 
+pub mod canned;
 pub mod mock;
+pub mod prom;
 
 use std::net::SocketAddr;
 
