@@ -46,6 +46,8 @@ pub struct Relay {
     saw_terminator: bool,
     /// The upstream closed without finishing after some output was delivered.
     pending_fault: bool,
+    /// A pass-through stream carried the upstream's own error event: the upstream ended it.
+    saw_upstream_error: bool,
     /// Full decode of pass-through events, only when the request log needs the assembled reply.
     tap: Option<StreamTap>,
     pub facts: StreamFacts,
@@ -66,6 +68,7 @@ impl Relay {
             ended: false,
             saw_terminator: false,
             pending_fault: false,
+            saw_upstream_error: false,
             tap,
             facts: StreamFacts::default(),
         }
@@ -120,22 +123,34 @@ impl Relay {
                 Ok(None) => {
                     self.ended = true;
                     if let Transform::Convert(converter) = &mut self.transform {
+                        // A last event without its blank line may still be the upstream's own end.
+                        let flushed = converter.flush(&mut out);
                         // EOF without the upstream's own end: a cut, unless nothing more was due.
-                        if converter.upstream_finished() {
+                        if flushed.is_ok() && converter.upstream_finished() {
                             let _ = converter.finish(&mut out);
                             self.take_summary();
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
                         self.take_summary();
-                        return Err(cut());
+                        if out.is_empty() {
+                            return Err(cut());
+                        }
+                        // Deliver what the last event gave; the fault surfaces on the next call.
+                        self.pending_fault = true;
+                        return Ok(Some(out.freeze()));
                     }
                     if let Some(event) = self.decoder.finish() {
                         self.forward(&event, &mut out);
                     }
                     if !self.saw_terminator {
-                        if matches!(self.transform, Transform::OpenAiPassThrough { .. })
-                            && self.facts.finish_reason.is_some()
-                        {
+                        let openai = matches!(self.transform, Transform::OpenAiPassThrough { .. });
+                        if self.saw_upstream_error {
+                            // The upstream reported its own error and closed: that error is the end
+                            // (OpenAI clients still get their `[DONE]`), not a cut to report again.
+                            if openai {
+                                out.extend_from_slice(b"data: [DONE]\n\n");
+                            }
+                        } else if openai && self.facts.finish_reason.is_some() {
                             out.extend_from_slice(b"data: [DONE]\n\n");
                         } else if out.is_empty() {
                             return Err(cut());
@@ -174,7 +189,9 @@ impl Relay {
                     self.saw_terminator = true;
                     out.extend_from_slice(&event.raw);
                 } else if event.data.first() == Some(&b'{') {
-                    observe_openai_chunk(&event.data, &mut self.facts);
+                    if observe_openai_chunk(&event.data, &mut self.facts) {
+                        self.saw_upstream_error = true;
+                    }
                     match json_patch::set_fields(&event.data, &[("id", id_json)]) {
                         Ok(patched) => {
                             crate::protocol::sse::encode(event.event.as_deref(), &patched, out)
@@ -187,9 +204,13 @@ impl Relay {
             }
             Transform::Convert(_) => {}
             Transform::AnthropicPassThrough => {
-                if event.event.as_deref() == Some("message_stop") {
-                    self.saw_terminator = true;
-                    self.facts.finish_reason.get_or_insert(FinishReason::Stop);
+                match event.event.as_deref() {
+                    Some("message_stop") => {
+                        self.saw_terminator = true;
+                        self.facts.finish_reason.get_or_insert(FinishReason::Stop);
+                    }
+                    Some("error") => self.saw_upstream_error = true,
+                    _ => {}
                 }
                 out.extend_from_slice(&event.raw);
             }
@@ -254,13 +275,16 @@ fn cut() -> Fault {
     Fault::Broken("upstream closed the stream before it finished".into())
 }
 
-/// Pick text, finish reason and usage out of an OpenAI chunk without a full typed parse.
-fn observe_openai_chunk(data: &[u8], facts: &mut StreamFacts) {
+/// Pick text, finish reason and usage out of an OpenAI chunk without a full typed parse; true when
+/// the chunk is an error (`{"error": …}`).
+fn observe_openai_chunk(data: &[u8], facts: &mut StreamFacts) -> bool {
     #[derive(serde::Deserialize)]
     struct Chunk<'a> {
         #[serde(borrow, default)]
         choices: Vec<Choice<'a>>,
         usage: Option<UsageWire>,
+        #[serde(default)]
+        error: Option<serde::de::IgnoredAny>,
     }
     #[derive(serde::Deserialize)]
     struct Choice<'a> {
@@ -281,8 +305,9 @@ fn observe_openai_chunk(data: &[u8], facts: &mut StreamFacts) {
         completion_tokens: Option<u64>,
     }
     let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
-        return;
+        return false;
     };
+    let is_error = chunk.error.is_some();
     for choice in chunk.choices {
         if let Some(text) = choice.delta.and_then(|d| d.content).or(choice.text) {
             facts.text.push_str(&text);
@@ -303,4 +328,5 @@ fn observe_openai_chunk(data: &[u8], facts: &mut StreamFacts) {
             ..Usage::default()
         });
     }
+    is_error
 }

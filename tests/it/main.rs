@@ -10,5 +10,6 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod conversion;
 mod echo;
 mod passthrough;
