@@ -1231,3 +1231,158 @@ async fn a_final_event_without_its_blank_line_still_ends_the_stream_normally() {
     assert_eq!(names.last().unwrap(), "message_stop", "{body}");
     assert!(!names.contains(&"error".to_owned()), "{body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Converted streams are incremental, bounded by the idle timeout, and cancelled with the client.
+
+async fn gated_anthropic_stream(gateway: &Gateway) -> reqwest::Response {
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .json(&json!({"model": "local", "max_tokens": 10, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test]
+async fn converted_events_reach_the_client_before_the_upstream_finishes() {
+    use futures_util::StreamExt;
+    let anthropic = MockAnthropic::start().await;
+    let openai = Mock::start().await;
+    let gateway = gateway(&anthropic, &openai).await;
+    openai.script([Behavior::Gate]);
+    let mut body = gated_anthropic_stream(&gateway).await.bytes_stream();
+    // The upstream holds every chunk after the role chunk until released.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), body.next())
+        .await
+        .expect("the converted first event was buffered by the gateway")
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.starts_with("event: message_start\n"), "{first}");
+    openai.release();
+    let mut text = first;
+    while let Some(chunk) = body.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let events = events(&text);
+    let blocks = assert_anthropic_grammar(&events);
+    let streamed: String = blocks[0]
+        .1
+        .iter()
+        .map(|d| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, "hello from mock");
+}
+
+#[tokio::test]
+async fn a_converted_stream_that_goes_idle_ends_with_an_anthropic_error_event() {
+    let anthropic = MockAnthropic::start().await;
+    let openai = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "backends:\n  gpt: {{ type: openai, url: '{}', stream_idle_timeout_s: 0.3 }}\n",
+        openai.base()
+    ))
+    .await;
+    drop(anthropic);
+    openai.script([Behavior::Gate]);
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .json(&json!({"model": "gpt", "max_tokens": 10, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), response.text())
+        .await
+        .expect("the idle timeout did not end the stream")
+        .unwrap();
+    let events = events(&body);
+    let names = names(&events);
+    assert_eq!(names.first().unwrap(), "message_start", "{body}");
+    assert_eq!(names.last().unwrap(), "error", "{body}");
+    assert!(!names.contains(&"message_stop".to_owned()));
+    let message = events.last().unwrap().1["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("timed out"), "{message}");
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_converted_stream_cancels_the_upstream() {
+    use futures_util::StreamExt;
+    let anthropic = MockAnthropic::start().await;
+    let openai = Mock::start().await;
+    let gateway = gateway(&anthropic, &openai).await;
+    openai.script([Behavior::Gate]);
+    let mut body = gated_anthropic_stream(&gateway).await.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    let cancelled = openai.state.cancel_seen.notified();
+    drop(body);
+    tokio::time::timeout(std::time::Duration::from_secs(10), cancelled)
+        .await
+        .expect("upstream stream was not cancelled after the client left");
+    assert_eq!(
+        openai
+            .state
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn images_and_parallel_tool_use_settings_are_converted() {
+    let anthropic = MockAnthropic::start().await;
+    let openai = Mock::start().await;
+    let gateway = gateway(&anthropic, &openai).await;
+    let png = "iVBORw0KGgo=";
+    let (status, _, text) = post(
+        &gateway,
+        "/v1/chat/completions",
+        &json!({"model": "sonnet", "parallel_tool_calls": false,
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+                ]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let body = &anthropic.requests()[0].body;
+    assert_eq!(
+        body["messages"][0]["content"],
+        json!([
+            {"type": "text", "text": "What is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}
+        ])
+    );
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
+
+    let (status, _, text) = post(
+        &gateway,
+        "/v1/messages",
+        &json!({"model": "local", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "text", "text": "What is this?"}
+        ]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let content = &openai.requests()[0].body["messages"][0]["content"];
+    assert_eq!(
+        content[0],
+        json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}})
+    );
+    assert_eq!(content[1], json!({"type": "text", "text": "What is this?"}));
+}
