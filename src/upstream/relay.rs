@@ -76,6 +76,24 @@ impl Relay {
 
     /// The next client-ready bytes; `Ok(None)` at a clean end. After a fault the relay is ended.
     pub async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
+        let output = self.next_client_bytes().await;
+        if let Ok(Some(bytes)) = &output {
+            self.count_delivered(bytes);
+        }
+        output
+    }
+
+    /// Events and bytes that reach the client (the metrics count what the client got, also for
+    /// converted streams and gateway-written `[DONE]`/error events).
+    fn count_delivered(&mut self, bytes: &[u8]) {
+        self.facts.bytes += bytes.len() as u64;
+        // Every SSE event ends with a blank line (`\n\n`, or `\r\n\r\n` from a CRLF upstream).
+        let events = memchr::memmem::find_iter(bytes, b"\n\n").count()
+            + memchr::memmem::find_iter(bytes, b"\r\n\r\n").count();
+        self.facts.events += events as u64;
+    }
+
+    async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
         if std::mem::take(&mut self.pending_fault) {
             return Err(cut());
         }
@@ -98,7 +116,6 @@ impl Relay {
                 }
                 Ok(Some(Ok(chunk))) => {
                     if let Transform::Convert(converter) = &mut self.transform {
-                        self.facts.bytes += chunk.len() as u64;
                         if let Err(error) = converter.push(&chunk, &mut out) {
                             self.ended = true;
                             return Err(Fault::Broken(error.to_string()));
@@ -179,7 +196,6 @@ impl Relay {
     }
 
     fn forward(&mut self, event: &SseEvent, out: &mut BytesMut) {
-        self.facts.events += 1;
         if let Some(tap) = &mut self.tap {
             tap.observe(event);
         }
@@ -215,7 +231,6 @@ impl Relay {
                 out.extend_from_slice(&event.raw);
             }
         }
-        self.facts.bytes += event.raw.len() as u64;
     }
 
     /// The assembled reply (text, reasoning, tool calls, usage) as far as the stream went.
@@ -248,10 +263,7 @@ impl Relay {
     pub fn error_event(&mut self, message: &str) -> Bytes {
         let mut out = BytesMut::new();
         match &mut self.transform {
-            Transform::Convert(converter) => {
-                self.facts.events += 1;
-                converter.abort(message, &mut out);
-            }
+            Transform::Convert(converter) => converter.abort(message, &mut out),
             Transform::OpenAiPassThrough { .. } => {
                 let body = crate::protocol::openai::error_body(
                     message,
@@ -267,6 +279,7 @@ impl Relay {
                 crate::protocol::sse::encode(Some("error"), body.to_string().as_bytes(), &mut out);
             }
         }
+        self.count_delivered(&out);
         out.freeze()
     }
 }

@@ -1386,3 +1386,42 @@ async fn images_and_parallel_tool_use_settings_are_converted() {
     );
     assert_eq!(content[1], json!({"type": "text", "text": "What is this?"}));
 }
+
+#[tokio::test]
+async fn stream_metrics_count_the_events_and_bytes_the_client_got() {
+    let anthropic = MockAnthropic::start().await;
+    let openai = Mock::start().await;
+    let gateway = gateway(&anthropic, &openai).await;
+    let (status, _, body) = post(
+        &gateway,
+        "/v1/messages",
+        &json!({"model": "local", "max_tokens": 10, "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent_events = events(&body).len() as u64;
+    let metrics = client()
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|line| {
+                !line.starts_with('#')
+                    && line.contains(name)
+                    && line.contains("provider=\"openai\"")
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("no {name} for provider openai in:\n{metrics}"))
+    };
+    assert_eq!(value("streaming_events"), sent_events);
+    assert_eq!(value("streaming_bytes"), body.len() as u64);
+}
