@@ -1425,3 +1425,52 @@ async fn stream_metrics_count_the_events_and_bytes_the_client_got() {
     assert_eq!(value("streaming_events"), sent_events);
     assert_eq!(value("streaming_bytes"), body.len() as u64);
 }
+
+#[tokio::test]
+async fn front_door_errors_on_v1_messages_are_in_anthropic_shape() {
+    let gateway =
+        Gateway::start("server: { max_body_bytes: 200 }\nbackends:\n  local: { type: echo }\n")
+            .await;
+    let small =
+        json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+    let big = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x".repeat(500)}]});
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            client()
+                .post(gateway.url("/v1/messages"))
+                .header("content-type", "text/plain")
+                .body(small.to_string()),
+            415,
+            "invalid_request_error",
+        ),
+        (
+            client().post(gateway.url("/v1/messages")).json(&big),
+            413,
+            "request_too_large",
+        ),
+        (
+            client().get(gateway.url("/v1/messages")),
+            405,
+            "invalid_request_error",
+        ),
+        (
+            client()
+                .post(gateway.url("/v1/messages/batches"))
+                .json(&small),
+            404,
+            "not_found_error",
+        ),
+    ];
+    for (request, status, kind) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["type"], "error", "{status}: {body}");
+        assert_eq!(body["error"]["type"], kind, "{status}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+}
