@@ -951,6 +951,10 @@ pub struct StreamConverter {
     upstream_ended: bool,
     /// The upstream reported usage; otherwise the end of the stream carries an estimate.
     usage_seen: bool,
+    /// Canonical events decoded so far.
+    decoded: u64,
+    /// The upstream's very first event was an error: its message.
+    first_error: Option<String>,
 }
 
 impl StreamConverter {
@@ -967,6 +971,8 @@ impl StreamConverter {
             summary: SummaryBuilder::default(),
             upstream_ended: false,
             usage_seen: false,
+            decoded: 0,
+            first_error: None,
         }
     }
 
@@ -991,6 +997,10 @@ impl StreamConverter {
         let mut events = std::mem::take(&mut self.events);
         let result = self.decoder.decode(event, &mut events);
         for event in events.drain(..) {
+            if let (0, StreamEvent::Error { message, .. }) = (self.decoded, &event) {
+                self.first_error = Some(message.clone());
+            }
+            self.decoded += 1;
             self.upstream_ended |= matches!(event, StreamEvent::Done | StreamEvent::Error { .. });
             self.usage_seen |= matches!(event, StreamEvent::Usage(_));
             if matches!(event, StreamEvent::Done) {
@@ -1008,6 +1018,12 @@ impl StreamConverter {
     /// tell the client, or `finish` to end it as if complete.
     pub fn upstream_finished(&self) -> bool {
         self.upstream_ended
+    }
+
+    /// The message of an error event that was the upstream's very first event (nothing was answered):
+    /// the caller may still fail over if nothing reached the client.
+    pub fn first_event_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
     }
 
     /// Upstream EOF, before deciding between [`StreamConverter::finish`] and

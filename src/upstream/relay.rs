@@ -48,6 +48,12 @@ pub struct Relay {
     pending_fault: bool,
     /// A pass-through stream carried the upstream's own error event: the upstream ended it.
     saw_upstream_error: bool,
+    /// Upstream events forwarded by a pass-through transform.
+    forwarded: u64,
+    /// A pass-through upstream's very first event was an error: its message.
+    first_error: Option<String>,
+    /// Some output was handed out (so it may have reached the client).
+    delivered: bool,
     /// Full decode of pass-through events, only when the request log needs the assembled reply.
     tap: Option<StreamTap>,
     pub facts: StreamFacts,
@@ -69,15 +75,34 @@ impl Relay {
             saw_terminator: false,
             pending_fault: false,
             saw_upstream_error: false,
+            forwarded: 0,
+            first_error: None,
+            delivered: false,
             tap,
             facts: StreamFacts::default(),
         }
     }
 
     /// The next client-ready bytes; `Ok(None)` at a clean end. After a fault the relay is ended.
+    ///
+    /// An upstream whose very first event is an error event (it answered 200, then refused) is a
+    /// fault while nothing has been handed out, so the attempt loop can still fail over.
     pub async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
         let output = self.next_client_bytes().await;
+        if !self.delivered {
+            let first_error = match &self.transform {
+                Transform::Convert(converter) => converter.first_event_error(),
+                _ => self.first_error.as_deref(),
+            };
+            if let Some(message) = first_error {
+                let fault =
+                    Fault::Broken(format!("upstream stream began with an error: {message}"));
+                self.ended = true;
+                return Err(fault);
+            }
+        }
         if let Ok(Some(bytes)) = &output {
+            self.delivered = true;
             self.count_delivered(bytes);
         }
         output
@@ -196,6 +221,10 @@ impl Relay {
     }
 
     fn forward(&mut self, event: &SseEvent, out: &mut BytesMut) {
+        if self.forwarded == 0 {
+            self.first_error = error_message(event);
+        }
+        self.forwarded += 1;
         if let Some(tap) = &mut self.tap {
             tap.observe(event);
         }
@@ -282,6 +311,32 @@ impl Relay {
         self.count_delivered(&out);
         out.freeze()
     }
+}
+
+/// The message of an upstream error event (Anthropic `event: error`, OpenAI `data: {"error": …}`).
+fn error_message(event: &SseEvent) -> Option<String> {
+    if event.event.as_deref() != Some("error") && !event.data.starts_with(b"{\"error\"") {
+        // Cheap pre-check; an OpenAI error chunk may also have spaces or other keys first.
+        if event.data.first() != Some(&b'{')
+            || memchr::memmem::find(&event.data, b"\"error\"").is_none()
+        {
+            return None;
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
+    let error = value.get("error")?;
+    let message = error
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .or_else(|| error.as_str())
+        .unwrap_or("upstream stream error");
+    Some(
+        message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect(),
+    )
 }
 
 fn cut() -> Fault {

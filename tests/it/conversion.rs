@@ -1474,3 +1474,74 @@ async fn front_door_errors_on_v1_messages_are_in_anthropic_shape() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stream_that_begins_with_an_error_event_fails_over_or_is_an_http_error() {
+    let anthropic = MockAnthropic::start().await;
+    let openai = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "backends:
+  claude: {{ type: anthropic, url: '{0}', api_key: k, retries: 0, fallback: [gpt] }}
+  solo: {{ type: anthropic, url: '{0}', api_key: k, retries: 0 }}
+  gpt: {{ type: openai, url: '{1}', retries: 0 }}
+",
+        anthropic.base(),
+        openai.base()
+    ))
+    .await;
+    // 200, then `event: error` before anything else: nothing reached the client, so fail over.
+    anthropic.script([ABehavior::StreamError(Answer::Text, 0)]);
+    let (status, headers, body) = post(
+        &gateway,
+        "/v1/chat/completions",
+        &json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-gateway-backend"], "gpt");
+    let text: String = chunks(&body)
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "hello from mock");
+
+    // No fallback: an HTTP error in the client's protocol naming the upstream's message.
+    anthropic.script([ABehavior::StreamError(Answer::Text, 0)]);
+    let (status, headers, body) = post(
+        &gateway,
+        "/v1/messages",
+        &json!({"model": "solo", "max_tokens": 5, "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "api_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Overloaded"),
+        "{body}"
+    );
+
+    // Same for an OpenAI upstream whose first chunk is an error.
+    openai.script([Behavior::StreamErrorChunk(0)]);
+    let (status, _, body) = post(
+        &gateway,
+        "/v1/chat/completions",
+        &json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock overloaded"),
+        "{body}"
+    );
+}
