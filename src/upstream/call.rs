@@ -142,7 +142,17 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
             {
                 headers.insert(header::AUTHORIZATION, sensitive(key));
             } else if let Some(auth) = spec.passthrough_auth {
-                headers.insert(header::AUTHORIZATION, auth.clone());
+                // A bare key (an Anthropic client's `x-api-key`) becomes a bearer token.
+                let value = if is_bearer(auth) {
+                    Some(auth.clone())
+                } else {
+                    auth.to_str()
+                        .ok()
+                        .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok())
+                };
+                if let Some(value) = value {
+                    headers.insert(header::AUTHORIZATION, sensitive(value));
+                }
             }
         }
     }

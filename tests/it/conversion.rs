@@ -1545,3 +1545,32 @@ async fn a_stream_that_begins_with_an_error_event_fails_over_or_is_an_http_error
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_anthropic_client_key_reaches_a_keyless_openai_backend_as_a_bearer_token() {
+    let openai = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "backends:\n  gpt: {{ type: openai, url: '{}' }}\n",
+        openai.base()
+    ))
+    .await;
+    // The Anthropic SDK sends its key as `x-api-key`.
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .header("x-api-key", "sk-vllm-client")
+        .json(&json!({"model": "gpt", "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let received = &openai.requests()[0];
+    assert_eq!(
+        received
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap()),
+        Some("Bearer sk-vllm-client")
+    );
+    assert!(received.headers.get("x-api-key").is_none());
+}
