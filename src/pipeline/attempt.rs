@@ -242,7 +242,10 @@ impl Exchange<'_> {
                 .headers
                 .get("x-api-key")
                 .or_else(|| self.headers.get(header::AUTHORIZATION)),
-            Protocol::OpenAi => self.headers.get(header::AUTHORIZATION),
+            Protocol::OpenAi => self
+                .headers
+                .get(header::AUTHORIZATION)
+                .or_else(|| self.headers.get("x-api-key")),
         };
         let sent = Instant::now();
         let sent_result = call::send(
@@ -350,7 +353,16 @@ impl Exchange<'_> {
                             .unwrap_or(&backend.name)
                             .to_owned(),
                         include_usage,
-                        input_tokens: 0,
+                        // `message_start` carries the real input count when known: an estimate here,
+                        // replaced by the backend's own count when it reports one.
+                        input_tokens: match self.request.as_ref() {
+                            ApiRequest::Chat(chat) if client_protocol == Protocol::Anthropic => {
+                                crate::tokens::count(
+                                    &crate::protocol::anthropic::count_tokens_input(chat),
+                                )
+                            }
+                            _ => 0,
+                        },
                     },
                 )))
             };

@@ -135,8 +135,18 @@ pub fn error_type_for_status(status: u16) -> &'static str {
     }
 }
 
-/// Normalize an error type from either protocol to the shared list.
+/// Normalize an error type from either protocol to the shared list. A generic
+/// `invalid_request_error` is refined by the status when it says more: OpenAI answers a bad key with
+/// 401 `{"type":"invalid_request_error","code":"invalid_api_key"}`, which is an `authentication_error`.
 fn normalize_error_type(kind: Option<&str>, status: u16) -> &'static str {
+    let normalized = normalize_error_name(kind, status);
+    match (normalized, status) {
+        ("invalid_request_error", 401 | 403 | 404 | 413 | 429) => error_type_for_status(status),
+        _ => normalized,
+    }
+}
+
+fn normalize_error_name(kind: Option<&str>, status: u16) -> &'static str {
     match kind {
         Some(kind) => {
             if let Some(known) = ERROR_TYPES.iter().find(|known| **known == kind) {
@@ -183,8 +193,15 @@ pub fn error_info(_from: Protocol, status: u16, body: &[u8]) -> ErrorInfo {
         Some(Value::Object(_)) => {
             let kind = text("type");
             let code = text("code");
+            // A specific `code` (`invalid_api_key`, `rate_limit_exceeded`, …) says more than a generic type.
+            let by_code = code
+                .as_deref()
+                .map(|code| normalize_error_name(Some(code), 0))
+                .filter(|kind| *kind != "api_error");
             ErrorInfo {
-                kind: normalize_error_type(kind.as_deref().or(code.as_deref()), status),
+                kind: by_code.unwrap_or_else(|| {
+                    normalize_error_type(kind.as_deref().or(code.as_deref()), status)
+                }),
                 message: text("message")
                     .unwrap_or_else(|| format!("upstream returned status {status}")),
                 param: text("param"),
@@ -316,6 +333,14 @@ mod tests {
         assert_eq!(
             (info.kind, info.message.as_str()),
             ("invalid_request_error", "max_tokens is too large")
+        );
+        let openai_401 = br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+        let info = error_info(Protocol::OpenAi, 401, openai_401);
+        assert_eq!(info.kind, "authentication_error");
+        let generic_403 = br#"{"error":{"message":"no","type":"invalid_request_error"}}"#;
+        assert_eq!(
+            error_info(Protocol::OpenAi, 403, generic_403).kind,
+            "permission_error"
         );
         let fastapi = br#"{"detail":"Not Found"}"#;
         let info = error_info(Protocol::OpenAi, 404, fastapi);

@@ -653,3 +653,41 @@ fn fuzz_everything(bytes: &[u8]) {
         }
     }
 }
+
+#[test]
+fn flush_sees_a_final_done_without_its_blank_line() {
+    let mut converter =
+        StreamConverter::new(Protocol::OpenAi, Protocol::Anthropic, stream_options());
+    let mut out = BytesMut::new();
+    converter
+        .push(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n",
+            &mut out,
+        )
+        .unwrap();
+    assert!(!converter.upstream_finished());
+    converter.flush(&mut out).unwrap();
+    assert!(converter.upstream_finished());
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(
+        text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{text}"
+    );
+    // Without usage from the upstream, message_delta carries the estimate: input from the options,
+    // output counted from the streamed text; the summary keeps only real usage.
+    assert!(text.contains(r#""usage":{"input_tokens":11,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}"#), "{text}");
+    assert_eq!(converter.summary().usage, None);
+}
+
+#[test]
+fn an_error_as_the_first_upstream_event_is_reported() {
+    let anthropic_error = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let (_, converter) = convert_stream(Protocol::Anthropic, anthropic_error, &[]);
+    assert_eq!(converter.first_event_error(), Some("Overloaded"));
+    let input = std::fs::read(fixtures_dir().join("stream_anthropic_tool_use.sse")).unwrap();
+    let (_, converter) = convert_stream(Protocol::Anthropic, &input, &[]);
+    assert_eq!(converter.first_event_error(), None);
+    let openai_error = b"data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n";
+    let (_, converter) = convert_stream(Protocol::OpenAi, openai_error, &[]);
+    assert_eq!(converter.first_event_error(), Some("boom"));
+}

@@ -949,6 +949,12 @@ pub struct StreamConverter {
     summary: SummaryBuilder,
     /// The upstream sent its own end (`[DONE]`, `message_stop`) or an error event.
     upstream_ended: bool,
+    /// The upstream reported usage; otherwise the end of the stream carries an estimate.
+    usage_seen: bool,
+    /// Canonical events decoded so far.
+    decoded: u64,
+    /// The upstream's very first event was an error: its message.
+    first_error: Option<String>,
 }
 
 impl StreamConverter {
@@ -964,6 +970,9 @@ impl StreamConverter {
             events: Vec::new(),
             summary: SummaryBuilder::default(),
             upstream_ended: false,
+            usage_seen: false,
+            decoded: 0,
+            first_error: None,
         }
     }
 
@@ -988,7 +997,15 @@ impl StreamConverter {
         let mut events = std::mem::take(&mut self.events);
         let result = self.decoder.decode(event, &mut events);
         for event in events.drain(..) {
+            if let (0, StreamEvent::Error { message, .. }) = (self.decoded, &event) {
+                self.first_error = Some(message.clone());
+            }
+            self.decoded += 1;
             self.upstream_ended |= matches!(event, StreamEvent::Done | StreamEvent::Error { .. });
+            self.usage_seen |= matches!(event, StreamEvent::Usage(_));
+            if matches!(event, StreamEvent::Done) {
+                self.estimate_usage(out);
+            }
             self.summary.apply(&event);
             self.encoder.emit(&event, &self.opts, out);
         }
@@ -1003,6 +1020,23 @@ impl StreamConverter {
         self.upstream_ended
     }
 
+    /// The message of an error event that was the upstream's very first event (nothing was answered):
+    /// the caller may still fail over if nothing reached the client.
+    pub fn first_event_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
+    }
+
+    /// Upstream EOF, before deciding between [`StreamConverter::finish`] and
+    /// [`StreamConverter::abort`]: decode a last event that lacks its blank line (accepted only when
+    /// its `data:` line is complete), so an upstream that ends with `data: [DONE]` and no blank line is
+    /// still seen as finished.
+    pub fn flush(&mut self, out: &mut BytesMut) -> Result<(), StreamError> {
+        match self.sse.finish() {
+            Some(event) => self.process(&event, out),
+            None => Ok(()),
+        }
+    }
+
     /// Upstream EOF: handle a last unterminated event, close open blocks and end the stream.
     pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), StreamError> {
         let last = self.sse.finish();
@@ -1011,9 +1045,36 @@ impl StreamConverter {
             None => Ok(()),
         };
         if !self.encoder.ended() {
+            self.estimate_usage(out);
             self.encoder.emit(&StreamEvent::Done, &self.opts, out);
         }
         result
+    }
+
+    /// Before the end of a stream whose upstream reported no usage (an OpenAI-compatible server that
+    /// ignores `stream_options`), give the client encoder an estimate: `StreamOptions::input_tokens`
+    /// and the o200k token count of the streamed text, reasoning and tool calls. The summary keeps
+    /// `usage: None` (accounting sees only real counts).
+    fn estimate_usage(&mut self, out: &mut BytesMut) {
+        if self.usage_seen {
+            return;
+        }
+        self.usage_seen = true;
+        let summary = &self.summary.summary;
+        let tools: u64 = summary
+            .tool_calls
+            .iter()
+            .map(|call| crate::tokens::count(&call.name) + crate::tokens::count(&call.arguments))
+            .sum();
+        let usage = Usage {
+            input_tokens: self.opts.input_tokens,
+            output_tokens: crate::tokens::count(&summary.text)
+                + crate::tokens::count(&summary.reasoning)
+                + tools,
+            ..Usage::default()
+        };
+        self.encoder
+            .emit(&StreamEvent::Usage(usage), &self.opts, out);
     }
 
     /// Upstream fault mid-stream: a protocol-correct error event, then the end of the stream.

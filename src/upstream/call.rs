@@ -119,7 +119,14 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
             {
                 headers.insert("x-api-key", sensitive(key));
             } else if let Some(auth) = spec.passthrough_auth {
-                headers.insert(header::AUTHORIZATION, auth.clone());
+                // The client's own credential: a bearer token stays `Authorization` (OAuth), a bare
+                // key (from the client's `x-api-key`) is sent as `x-api-key`, as Anthropic expects.
+                let name = if is_bearer(auth) {
+                    header::AUTHORIZATION
+                } else {
+                    http::HeaderName::from_static("x-api-key")
+                };
+                headers.insert(name, sensitive(auth.clone()));
             }
             if let Ok(version) = HeaderValue::from_str(spec.anthropic_version) {
                 headers.insert("anthropic-version", version);
@@ -135,7 +142,17 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
             {
                 headers.insert(header::AUTHORIZATION, sensitive(key));
             } else if let Some(auth) = spec.passthrough_auth {
-                headers.insert(header::AUTHORIZATION, auth.clone());
+                // A bare key (an Anthropic client's `x-api-key`) becomes a bearer token.
+                let value = if is_bearer(auth) {
+                    Some(auth.clone())
+                } else {
+                    auth.to_str()
+                        .ok()
+                        .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok())
+                };
+                if let Some(value) = value {
+                    headers.insert(header::AUTHORIZATION, sensitive(value));
+                }
             }
         }
     }
@@ -172,6 +189,13 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
         content_type,
         body,
     })
+}
+
+fn is_bearer(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
 }
 
 fn sensitive(mut value: HeaderValue) -> HeaderValue {
@@ -233,5 +257,13 @@ mod tests {
             "overloaded"
         );
         assert_eq!(error_detail(b"plain\ntext"), "plaintext");
+    }
+
+    #[test]
+    fn bearer_scheme_is_recognised() {
+        assert!(is_bearer(&HeaderValue::from_static("Bearer sk-x")));
+        assert!(is_bearer(&HeaderValue::from_static("bearer sk-x")));
+        assert!(!is_bearer(&HeaderValue::from_static("sk-ant-x")));
+        assert!(!is_bearer(&HeaderValue::from_static("Bear")));
     }
 }

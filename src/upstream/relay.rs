@@ -46,6 +46,14 @@ pub struct Relay {
     saw_terminator: bool,
     /// The upstream closed without finishing after some output was delivered.
     pending_fault: bool,
+    /// A pass-through stream carried the upstream's own error event: the upstream ended it.
+    saw_upstream_error: bool,
+    /// Upstream events forwarded by a pass-through transform.
+    forwarded: u64,
+    /// A pass-through upstream's very first event was an error: its message.
+    first_error: Option<String>,
+    /// Some output was handed out (so it may have reached the client).
+    delivered: bool,
     /// Full decode of pass-through events, only when the request log needs the assembled reply.
     tap: Option<StreamTap>,
     /// Assemble the reply text of pass-through streams (token accounting, cache storage).
@@ -69,6 +77,10 @@ impl Relay {
             ended: false,
             saw_terminator: false,
             pending_fault: false,
+            saw_upstream_error: false,
+            forwarded: 0,
+            first_error: None,
+            delivered: false,
             tap,
             collect_text,
             facts: StreamFacts::default(),
@@ -76,19 +88,41 @@ impl Relay {
     }
 
     /// The next client-ready bytes; `Ok(None)` at a clean end. After a fault the relay is ended.
-    /// `facts` count what the client receives (events and bytes), not what the upstream sent.
+    ///
+    /// An upstream whose very first event is an error event (it answered 200, then refused) is a
+    /// fault while nothing has been handed out, so the attempt loop can still fail over.
     pub async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
-        let output = self.produce().await?;
-        if let Some(bytes) = &output {
-            self.facts.bytes += bytes.len() as u64;
-            if let Transform::Convert(_) = self.transform {
-                self.facts.events += memchr::memmem::find_iter(bytes, b"\n\n").count() as u64;
+        let output = self.next_client_bytes().await;
+        if !self.delivered {
+            let first_error = match &self.transform {
+                Transform::Convert(converter) => converter.first_event_error(),
+                _ => self.first_error.as_deref(),
+            };
+            if let Some(message) = first_error {
+                let fault =
+                    Fault::Broken(format!("upstream stream began with an error: {message}"));
+                self.ended = true;
+                return Err(fault);
             }
         }
-        Ok(output)
+        if let Ok(Some(bytes)) = &output {
+            self.delivered = true;
+            self.count_delivered(bytes);
+        }
+        output
     }
 
-    async fn produce(&mut self) -> Result<Option<Bytes>, Fault> {
+    /// Events and bytes that reach the client (the metrics count what the client got, also for
+    /// converted streams and gateway-written `[DONE]`/error events).
+    fn count_delivered(&mut self, bytes: &[u8]) {
+        self.facts.bytes += bytes.len() as u64;
+        // Every SSE event ends with a blank line (`\n\n`, or `\r\n\r\n` from a CRLF upstream).
+        let events = memchr::memmem::find_iter(bytes, b"\n\n").count()
+            + memchr::memmem::find_iter(bytes, b"\r\n\r\n").count();
+        self.facts.events += events as u64;
+    }
+
+    async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
         if std::mem::take(&mut self.pending_fault) {
             return Err(cut());
         }
@@ -135,22 +169,34 @@ impl Relay {
                 Ok(None) => {
                     self.ended = true;
                     if let Transform::Convert(converter) = &mut self.transform {
+                        // A last event without its blank line may still be the upstream's own end.
+                        let flushed = converter.flush(&mut out);
                         // EOF without the upstream's own end: a cut, unless nothing more was due.
-                        if converter.upstream_finished() {
+                        if flushed.is_ok() && converter.upstream_finished() {
                             let _ = converter.finish(&mut out);
                             self.take_summary();
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
                         self.take_summary();
-                        return Err(cut());
+                        if out.is_empty() {
+                            return Err(cut());
+                        }
+                        // Deliver what the last event gave; the fault surfaces on the next call.
+                        self.pending_fault = true;
+                        return Ok(Some(out.freeze()));
                     }
                     if let Some(event) = self.decoder.finish() {
                         self.forward(&event, &mut out);
                     }
                     if !self.saw_terminator {
-                        if matches!(self.transform, Transform::OpenAiPassThrough { .. })
-                            && self.facts.finish_reason.is_some()
-                        {
+                        let openai = matches!(self.transform, Transform::OpenAiPassThrough { .. });
+                        if self.saw_upstream_error {
+                            // The upstream reported its own error and closed: that error is the end
+                            // (OpenAI clients still get their `[DONE]`), not a cut to report again.
+                            if openai {
+                                out.extend_from_slice(b"data: [DONE]\n\n");
+                            }
+                        } else if openai && self.facts.finish_reason.is_some() {
                             out.extend_from_slice(b"data: [DONE]\n\n");
                         } else if out.is_empty() {
                             return Err(cut());
@@ -179,7 +225,10 @@ impl Relay {
     }
 
     fn forward(&mut self, event: &SseEvent, out: &mut BytesMut) {
-        self.facts.events += 1;
+        if self.forwarded == 0 {
+            self.first_error = error_message(event);
+        }
+        self.forwarded += 1;
         if let Some(tap) = &mut self.tap {
             tap.observe(event);
         }
@@ -189,7 +238,9 @@ impl Relay {
                     self.saw_terminator = true;
                     out.extend_from_slice(&event.raw);
                 } else if event.data.first() == Some(&b'{') {
-                    observe_openai_chunk(&event.data, self.collect_text, &mut self.facts);
+                    if observe_openai_chunk(&event.data, self.collect_text, &mut self.facts) {
+                        self.saw_upstream_error = true;
+                    }
                     match json_patch::set_fields(&event.data, &[("id", id_json)]) {
                         Ok(patched) => {
                             crate::protocol::sse::encode(event.event.as_deref(), &patched, out)
@@ -202,9 +253,13 @@ impl Relay {
             }
             Transform::Convert(_) => {}
             Transform::AnthropicPassThrough => {
-                if event.event.as_deref() == Some("message_stop") {
-                    self.saw_terminator = true;
-                    self.facts.finish_reason.get_or_insert(FinishReason::Stop);
+                match event.event.as_deref() {
+                    Some("message_stop") => {
+                        self.saw_terminator = true;
+                        self.facts.finish_reason.get_or_insert(FinishReason::Stop);
+                    }
+                    Some("error") => self.saw_upstream_error = true,
+                    _ => {}
                 }
                 out.extend_from_slice(&event.raw);
             }
@@ -241,10 +296,7 @@ impl Relay {
     pub fn error_event(&mut self, message: &str) -> Bytes {
         let mut out = BytesMut::new();
         match &mut self.transform {
-            Transform::Convert(converter) => {
-                self.facts.events += 1;
-                converter.abort(message, &mut out);
-            }
+            Transform::Convert(converter) => converter.abort(message, &mut out),
             Transform::OpenAiPassThrough { .. } => {
                 let body = crate::protocol::openai::error_body(
                     message,
@@ -260,8 +312,35 @@ impl Relay {
                 crate::protocol::sse::encode(Some("error"), body.to_string().as_bytes(), &mut out);
             }
         }
+        self.count_delivered(&out);
         out.freeze()
     }
+}
+
+/// The message of an upstream error event (Anthropic `event: error`, OpenAI `data: {"error": …}`).
+fn error_message(event: &SseEvent) -> Option<String> {
+    if event.event.as_deref() != Some("error") && !event.data.starts_with(b"{\"error\"") {
+        // Cheap pre-check; an OpenAI error chunk may also have spaces or other keys first.
+        if event.data.first() != Some(&b'{')
+            || memchr::memmem::find(&event.data, b"\"error\"").is_none()
+        {
+            return None;
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(&event.data).ok()?;
+    let error = value.get("error")?;
+    let message = error
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .or_else(|| error.as_str())
+        .unwrap_or("upstream stream error");
+    Some(
+        message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect(),
+    )
 }
 
 fn cut() -> Fault {
@@ -296,7 +375,17 @@ pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
 /// What a pass-through OpenAI chunk says that the gateway needs: the finish reason and usage are found
 /// by a byte search and a parse of just that part; the text only when `collect_text` (token accounting,
 /// cache storage) asks for it.
-fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts) {
+/// Returns true when the chunk is an error (`{"error": …}`).
+fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts) -> bool {
+    #[derive(serde::Deserialize)]
+    struct ErrorProbe {
+        error: Option<serde::de::IgnoredAny>,
+    }
+    if memchr::memmem::find(data, b"\"error\"").is_some()
+        && serde_json::from_slice::<ErrorProbe>(data).is_ok_and(|probe| probe.error.is_some())
+    {
+        return true;
+    }
     if let Some(at) = memchr::memmem::find(data, b"\"finish_reason\":\"") {
         let rest = &data[at + 17..];
         if let Some(end) = memchr::memchr(b'"', rest) {
@@ -314,7 +403,7 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
         facts.usage = Some(usage);
     }
     if !collect_text {
-        return;
+        return false;
     }
     #[derive(serde::Deserialize)]
     struct Chunk<'a> {
@@ -340,4 +429,5 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
             }
         }
     }
+    false
 }

@@ -10,6 +10,7 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod conversion;
 mod echo;
 mod ops_docs;
 mod ops_logs;

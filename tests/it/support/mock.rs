@@ -31,6 +31,11 @@ pub enum Behavior {
     Slow(Duration),
     /// Stream the first chunk, then wait for `Mock::release` before the rest.
     Gate,
+    /// Stream this many chunks, then an OpenAI error chunk `data: {"error": …}` and close (no `[DONE]`).
+    StreamErrorChunk(usize),
+    /// Answer with two parallel tool calls (`get_weather`, `get_time`); streamed, their arguments
+    /// come in fragments, and a usage chunk follows when `stream_options.include_usage` asked.
+    ToolCalls,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +137,13 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(Body::empty())
         }
+        Behavior::ToolCalls if !stream => tool_calls_reply(&model),
+        Behavior::ToolCalls => {
+            let include_usage = body["stream_options"]["include_usage"]
+                .as_bool()
+                .unwrap_or(false);
+            tool_calls_sse(&model, include_usage)
+        }
         _ if !stream => json_reply(&path, &model),
         behavior => sse_reply(state, &path, &model, behavior),
     }
@@ -207,7 +219,15 @@ fn sse_reply(state: Arc<MockState>, path: &str, model: &str, behavior: Behavior)
         .into_iter()
         .map(|data| Bytes::from(format!("data: {data}\n\n")))
         .collect();
-    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    if let Behavior::StreamErrorChunk(after) = behavior {
+        frames.truncate(after);
+        frames.push(Bytes::from(format!(
+            "data: {}\n\n",
+            json!({"error": {"message": "mock overloaded", "type": "server_error", "param": null, "code": null}})
+        )));
+    } else {
+        frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
     let guard = CancelGuard {
         state: state.clone(),
         finished: false,
@@ -245,6 +265,81 @@ fn sse_reply(state: Arc<MockState>, path: &str, model: &str, behavior: Behavior)
         },
     );
     let mut response = Response::new(Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    response
+}
+
+/// The complete answer of `Behavior::ToolCalls`.
+fn tool_calls_reply(model: &str) -> Response {
+    let body = json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{\"tz\": \"CET\"}"}}
+        ]}, "logprobs": null, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}
+    });
+    let mut response = Response::new(Body::from(body.to_string()));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    response
+}
+
+/// The streamed chunks of `Behavior::ToolCalls`, OpenAI chunk rules (arguments split across chunks).
+pub fn tool_call_chunks(model: &str, include_usage: bool) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        let mut chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk.to_string()
+    };
+    let call = |index: u64, id: Option<&str>, name: Option<&str>, arguments: &str| {
+        let mut function = json!({"arguments": arguments});
+        if let Some(name) = name {
+            function["name"] = json!(name);
+        }
+        let mut call = json!({"index": index, "function": function});
+        if let Some(id) = id {
+            call["id"] = json!(id);
+            call["type"] = json!("function");
+        }
+        json!({"tool_calls": [call]})
+    };
+    let mut chunks = vec![
+        chunk(json!({"role": "assistant", "content": null}), Value::Null),
+        chunk(
+            call(0, Some("call_1"), Some("get_weather"), ""),
+            Value::Null,
+        ),
+        chunk(call(0, None, None, "{\"city\": "), Value::Null),
+        chunk(call(0, None, None, "\"Paris\"}"), Value::Null),
+        chunk(call(1, Some("call_2"), Some("get_time"), ""), Value::Null),
+        chunk(call(1, None, None, "{\"tz\""), Value::Null),
+        chunk(call(1, None, None, ": \"CET\"}"), Value::Null),
+        chunk(json!({}), json!("tool_calls")),
+    ];
+    if include_usage {
+        chunks.push(
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+                   "choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 20, "total_tokens": 50}})
+            .to_string(),
+        );
+    }
+    chunks
+}
+
+fn tool_calls_sse(model: &str, include_usage: bool) -> Response {
+    let mut body: String = tool_call_chunks(model, include_usage)
+        .into_iter()
+        .map(|data| format!("data: {data}\n\n"))
+        .collect();
+    body.push_str("data: [DONE]\n\n");
+    let mut response = Response::new(Body::from(body));
     response
         .headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());

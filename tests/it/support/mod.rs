@@ -2,6 +2,7 @@
 
 pub mod canned;
 pub mod mock;
+pub mod mock_anthropic;
 pub mod prom;
 
 use std::net::SocketAddr;
