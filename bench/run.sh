@@ -370,22 +370,24 @@ run_scenario() {
 			# Fresh processes per cell: peak RSS and connection state belong to this cell alone.
 			start_mock
 			if ! start_target "$target" "$config"; then
+				# A rejected config or a server that does not start fails every cell alike: one row for all.
 				log "$name: $START_ERROR"
-				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" all all \
 					"skipped: $START_ERROR" "$baseline" >>"$RESULTS"
 				stop_target
-				continue
+				return
 			fi
 			local url=http://127.0.0.1:$TARGET_PORT$path check
 			check=$(preflight "$url" "$body_file" "$mode" "$headers" "$unique" "$show" "$deny")
 			if [[ $check != ok* ]]; then
 				log "$name $mode: preflight failed: $check"
-				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" all \
 					"skipped: preflight $check" "$baseline" >>"$RESULTS"
-			else
-				local note=${check#ok}
-				run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline" "${note#; }"
+				stop_target
+				break
 			fi
+			local note=${check#ok}
+			run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline" "${note#; }"
 			stop_target
 		done
 	done
