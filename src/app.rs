@@ -4,7 +4,7 @@
 //! (read or minted, stored in extensions, echoed as `X-Request-ID`) → handler.
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -32,26 +32,77 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
         .route("/v1/embeddings", post(api::embeddings))
+        .route("/v1/messages", post(api::messages))
+        .route("/v1/messages/count_tokens", post(admin::count_tokens))
+        .route("/v1/usage", get(admin::usage))
+        .route("/admin/keys", get(admin::keys))
         .route("/v1/models", get(admin::models))
         .route("/health", get(admin::health))
         .route("/health/ready", get(admin::ready))
+        .route("/metrics", get(admin::metrics))
+        .route("/stats", get(admin::stats))
+        .route("/admin/reload", post(admin::reload))
+        .merge(crate::docs::docs_router())
         .fallback(admin::not_found)
         .method_not_allowed_fallback(admin::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), request_id)) // <- inner
         .with_state(state)
-        .layer(middleware::from_fn(request_id)) // <- inner
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors) // <- outer
 }
 
-async fn request_id(mut request: Request, next: Next) -> Response {
+/// Request id in and out; HTTP metrics for the routes the pipeline does not record itself.
+async fn request_id(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let id = RequestId::from_headers(request.headers());
     let header = HeaderValue::from_str(&id.0).ok();
+    let method = request.method().clone();
+    let path = route_label(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
     request.extensions_mut().insert(id);
     let mut response = next.run(request).await;
+    if response
+        .extensions()
+        .get::<crate::pipeline::Recorded>()
+        .is_none()
+    {
+        state.metrics().http_request(
+            method.as_str(),
+            path,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
     if let Some(header) = header {
         response.headers_mut().insert("x-request-id", header);
     }
     response
+}
+
+/// Route templates as bounded metric labels.
+fn route_label(matched: Option<&str>) -> &'static str {
+    match matched {
+        Some("/v1/models") => "/v1/models",
+        Some("/health") => "/health",
+        Some("/health/ready") => "/health/ready",
+        Some("/metrics") => "/metrics",
+        Some("/stats") => "/stats",
+        Some("/admin/reload") => "/admin/reload",
+        Some("/admin/keys") => "/admin/keys",
+        Some("/v1/usage") => "/v1/usage",
+        Some("/v1/messages/count_tokens") => "/v1/messages/count_tokens",
+        Some("/v1/chat/completions") => "/v1/chat/completions",
+        Some("/v1/completions") => "/v1/completions",
+        Some("/v1/embeddings") => "/v1/embeddings",
+        Some("/v1/messages") => "/v1/messages",
+        Some(path) if path.starts_with("/docs") || path == "/openapi.json" => "/docs",
+        Some(_) => "other",
+        None => "unmatched",
+    }
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -4,6 +4,8 @@
 //! - `server`, `app`: listener, graceful shutdown, routes and layers;
 //! - `http`: front-door handlers, request ids, error bodies per protocol;
 //! - `pipeline`: the request path (decode → route → attempts → reply → record);
+//! - `auth`, `limits`, `policy`, `cache`, `tokens`, `shared_state`: keys, rate limits and quotas, prompt
+//!   policies, response cache, token counting, Redis-backed shared state;
 //! - `routing`: model → backend, candidate order, balancing, circuit breakers, live instance state;
 //! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
 //! - `protocol`: pure wire formats and canonical types;
@@ -13,17 +15,24 @@
 
 pub mod alerts;
 pub mod app;
+pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod config_watch;
 pub mod docs;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod logging;
 pub mod pipeline;
+pub mod policy;
 pub mod protocol;
+pub mod reload;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod shared_state;
 pub mod state;
 pub mod telemetry;
+pub mod tokens;
 pub mod upstream;

@@ -88,8 +88,18 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
         address = %listener.local_addr()?, config = %source,
         backends = config.backends.len(), "ai-gateway listening"
     );
+    // The tokenizer table takes ~150 ms to load: pay it before the first request, off the request path.
+    tokio::task::spawn_blocking(ai_gateway::tokens::warm);
     let state = AppState::new(config, source)?;
-    ai_gateway::server::run(listener, state, shutdown_signal()).await?;
+    let _reloader = match ai_gateway::reload::spawn(state.clone()) {
+        Ok(reloader) => Some(reloader),
+        Err(error) => {
+            tracing::warn!(error = %error, "config reload on file edit/SIGHUP is unavailable");
+            None
+        }
+    };
+    ai_gateway::server::run(listener, state.clone(), shutdown_signal()).await?;
+    state.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

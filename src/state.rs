@@ -1,14 +1,25 @@
 //! Shared state: the live config `Snapshot` behind one `ArcSwap`, and the long-lived parts beside it
-//! (HTTP client, start time). A request loads the snapshot once and uses it to the end; a reload swaps
-//! in a whole new snapshot, so no request ever sees half of one.
+//! (HTTP client, instance registry, metrics, stats, request logger, alerter). A request loads the snapshot
+//! once and uses it to the end; a reload swaps in a whole new snapshot, so no request sees half of one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+use crate::alerts::{Alert, Alerter};
+use crate::auth::KeyStore;
+use crate::cache::ResponseCache;
 use crate::config::{Config, Source};
+use crate::limits::Limiter;
+use crate::policy::Policy;
+use crate::routing::balance::Balancer;
+use crate::routing::health::{BreakerState, Transition};
+use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
+use crate::shared_state::{RedisStore, StateConfig, StateStore};
+use crate::telemetry::metrics::{Metrics, instance_state};
+use crate::telemetry::request_log::RequestLogger;
+use crate::telemetry::stats::Stats;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -21,6 +32,17 @@ struct Inner {
     client: reqwest::Client,
     started: Instant,
     source: Source,
+    /// Per-instance breaker, in-flight and latency state; outlives snapshots so reloads keep it.
+    instances: InstanceRegistry,
+    metrics: Arc<Metrics>,
+    stats: Stats,
+    /// Configured from the config the process started with (changes need a restart).
+    request_log: RequestLogger,
+    alerter: Alerter,
+    /// Where limit counters live (memory or Redis); shared by every snapshot so counters survive reloads.
+    store: StateStore,
+    /// Response cache; long-lived so entries survive reloads (its settings apply from startup).
+    cache: ResponseCache,
 }
 
 /// Everything derived from one config, swapped as a unit.
@@ -28,72 +50,86 @@ pub struct Snapshot {
     pub config: Config,
     /// Parallel to `config.backends`.
     pub backends: Vec<BackendRuntime>,
+    pub keys: KeyStore,
+    pub limiter: Arc<Limiter>,
+    pub policy: Policy,
 }
 
 /// Per-backend live state for one snapshot.
 pub struct BackendRuntime {
-    /// Round-robin cursor.
-    cursor: AtomicUsize,
-    /// Parallel to the backend's `instances`.
-    pub instances: Vec<Arc<InstanceRuntime>>,
-}
-
-/// Per-instance live counters.
-#[derive(Default)]
-pub struct InstanceRuntime {
-    in_flight: AtomicU64,
-}
-
-impl InstanceRuntime {
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Count one request in flight until the guard drops.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
-    }
-}
-
-pub struct InFlight(Arc<InstanceRuntime>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl BackendRuntime {
-    /// Instance indexes in the order to try them for one request.
-    pub fn order(&self, count: usize) -> Vec<usize> {
-        if count == 0 {
-            return Vec::new();
-        }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % count;
-        (0..count).map(|i| (start + i) % count).collect()
-    }
+    pub balancer: Balancer,
+    /// Parallel to the backend's `instances`; shared with the registry, so they survive reloads.
+    pub instances: Vec<Arc<InstanceState>>,
 }
 
 impl Snapshot {
-    pub fn new(config: Config) -> Snapshot {
-        let backends = config
+    /// Build the runtime parts of a config. Keys, limits and policies were validated when the config was
+    /// loaded; an error here names what was refused all the same.
+    fn new(
+        config: Config,
+        registry: &InstanceRegistry,
+        store: &StateStore,
+    ) -> Result<Snapshot, String> {
+        let keys = KeyStore::new(&config.keys)?;
+        let limiter = Limiter::new(&config.rate_limit, &config.keys, store.clone())?;
+        let policy = Policy::new(&config.policies)?;
+        let backends: Vec<BackendRuntime> = config
             .backends
             .iter()
-            .map(|backend| BackendRuntime {
-                cursor: AtomicUsize::new(0),
-                instances: backend
-                    .instances
-                    .iter()
-                    .map(|_| Arc::new(InstanceRuntime::default()))
-                    .collect(),
+            .map(|backend| {
+                let weights: Vec<u32> = backend.instances.iter().map(|i| i.weight).collect();
+                BackendRuntime {
+                    balancer: Balancer::new(backend.load_balancing, &weights),
+                    instances: backend
+                        .instances
+                        .iter()
+                        .map(|instance| {
+                            registry.get_or_create(
+                                &backend.name,
+                                &instance.base_url,
+                                &backend.health,
+                            )
+                        })
+                        .collect(),
+                }
             })
             .collect();
-        Snapshot { config, backends }
+        let live: Vec<(String, String)> = config
+            .backends
+            .iter()
+            .flat_map(|b| {
+                b.instances
+                    .iter()
+                    .map(|i| (b.name.clone(), i.base_url.clone()))
+            })
+            .collect();
+        registry.retain(&live);
+        Ok(Snapshot {
+            config,
+            backends,
+            keys,
+            limiter: Arc::new(limiter),
+            policy,
+        })
+    }
+}
+
+/// The state store for `state:`: Redis when `redis_url` is set (connects and reconnects in the
+/// background, following `on_unavailable` meanwhile), else memory.
+fn store_for(config: &StateConfig) -> StateStore {
+    match &config.redis_url {
+        Some(url) => StateStore::Redis(RedisStore::new(
+            url,
+            &config.key_prefix,
+            config.on_unavailable,
+            std::time::Duration::from_secs(1),
+        )),
+        None => StateStore::memory(),
     }
 }
 
 impl AppState {
+    /// Build the state; starts the request-log writer and the alerter, so call it inside a runtime.
     pub fn new(config: Config, source: Source) -> anyhow::Result<AppState> {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -102,12 +138,34 @@ impl AppState {
             .pool_max_idle_per_host(1024)
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;
+        let metrics = Arc::new(Metrics::new());
+        let dropped = {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
+        };
+        let request_log = RequestLogger::start(
+            &config.request_log,
+            crate::telemetry::request_log::no_redaction(),
+            dropped,
+        );
+        let alerter = Alerter::start(&config.alerts, client.clone());
+        let instances = InstanceRegistry::new();
+        let store = store_for(&config.state);
+        let cache = ResponseCache::new(&config.cache, store.clone());
+        let snapshot = Snapshot::new(config, &instances, &store).map_err(anyhow::Error::msg)?;
         Ok(AppState {
             inner: Arc::new(Inner {
-                live: ArcSwap::from_pointee(Snapshot::new(config)),
+                live: ArcSwap::from_pointee(snapshot),
                 client,
                 started: Instant::now(),
                 source,
+                instances,
+                metrics,
+                stats: Stats::new(),
+                request_log,
+                alerter,
+                store,
+                cache,
             }),
         })
     }
@@ -117,9 +175,12 @@ impl AppState {
         self.inner.live.load_full()
     }
 
-    /// Swap in a new config atomically; requests in flight keep the snapshot they loaded.
-    pub fn replace_config(&self, config: Config) {
-        self.inner.live.store(Arc::new(Snapshot::new(config)));
+    /// Swap in a new config atomically; requests in flight keep the snapshot they loaded. Instances that
+    /// stay (same backend name and URL) keep their breaker, in-flight count and latency estimate.
+    pub fn replace_config(&self, config: Config) -> Result<(), String> {
+        let snapshot = Snapshot::new(config, &self.inner.instances, &self.inner.store)?;
+        self.inner.live.store(Arc::new(snapshot));
+        Ok(())
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -132,5 +193,60 @@ impl AppState {
 
     pub fn source(&self) -> &Source {
         &self.inner.source
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn cache(&self) -> &ResponseCache {
+        &self.inner.cache
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn request_log(&self) -> &RequestLogger {
+        &self.inner.request_log
+    }
+
+    /// Report a breaker transition: metrics gauge and, for down/up, an alert.
+    pub fn instance_transition(&self, instance: &InstanceState, transition: Transition) {
+        let url = redacted_url(instance.url());
+        let value = match transition.to {
+            BreakerState::Closed => instance_state::CLOSED,
+            BreakerState::HalfOpen => instance_state::HALF_OPEN,
+            BreakerState::Open => instance_state::OPEN,
+        };
+        self.inner
+            .metrics
+            .instance_state(instance.backend(), &url, value);
+        tracing::warn!(
+            backend = instance.backend(), instance = %url,
+            from = transition.from.as_str(), to = transition.to.as_str(), "instance state changed"
+        );
+        if let Some(kind) = crate::alerts::AlertKind::from_transition(transition) {
+            self.inner.alerter.raise(Alert {
+                kind,
+                backend: instance.backend().to_owned(),
+                instance: Some(url),
+                detail: format!(
+                    "circuit {} → {}",
+                    transition.from.as_str(),
+                    transition.to.as_str()
+                ),
+            });
+        }
+    }
+
+    pub fn alert(&self, alert: Alert) {
+        self.inner.alerter.raise(alert);
+    }
+
+    /// Flush what is queued for the request log and the alert sinks (clean shutdown).
+    pub async fn flush(&self) {
+        self.inner.request_log.shutdown().await;
+        self.inner.alerter.shutdown().await;
     }
 }

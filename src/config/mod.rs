@@ -469,6 +469,13 @@ upstream = "anthropic"
             "https://cloud.infini-ai.com/maas/v1"
         );
         assert_eq!(config.models["deepseek-r1"].backend, config.default_backend);
-        assert!(config.sections.request_log.is_some());
+        assert!(config.request_log.enabled);
+        assert_eq!(config.alerts.cooldown_s, 300.0);
+        assert_eq!(
+            config.backends[config.default_backend]
+                .health
+                .error_threshold,
+            10
+        );
     }
 }

@@ -8,8 +8,17 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::raw::{RawBackend, RawConfig};
+use crate::alerts::AlertsConfig;
+use crate::auth::KeyConfig;
+use crate::cache::CacheConfig;
+use crate::limits::RateLimitConfig;
+use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
+use crate::routing::balance::Strategy;
+use crate::routing::health::HealthConfig;
 use crate::secret::Secret;
+use crate::shared_state::StateConfig;
+use crate::telemetry::request_log::RequestLogConfig;
 
 /// The whole validated config. Immutable; a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -25,19 +34,13 @@ pub struct Config {
     /// Per-endpoint default backends (seed 002 routes), before `default_backend`.
     pub endpoint_defaults: HashMap<Endpoint, usize>,
     pub logging: LoggingConfig,
-    /// Sections decoded by their owning modules.
-    pub sections: Sections,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Sections {
-    pub rate_limit: Option<Value>,
-    pub keys: Option<Value>,
-    pub cache: Option<Value>,
-    pub request_log: Option<Value>,
-    pub alerts: Option<Value>,
-    pub policies: Option<Value>,
-    pub state: Option<Value>,
+    pub alerts: AlertsConfig,
+    pub request_log: RequestLogConfig,
+    pub keys: Vec<KeyConfig>,
+    pub rate_limit: RateLimitConfig,
+    pub cache: CacheConfig,
+    pub policies: PolicyConfig,
+    pub state: StateConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +94,7 @@ pub struct BackendConfig {
     pub instances: Vec<InstanceConfig>,
     /// Model name sent upstream for every request to this backend, unless an alias sets one.
     pub model: Option<String>,
-    pub load_balancing: String,
+    pub load_balancing: Strategy,
     /// Bound on the wait for the upstream's response headers.
     pub timeout: Duration,
     /// Bound on the gap between two stream events.
@@ -100,7 +103,7 @@ pub struct BackendConfig {
     pub retries: u32,
     /// Backends tried in order once every instance of this one failed (indexes into `Config::backends`).
     pub fallback: Vec<usize>,
-    pub health: Option<Value>,
+    pub health: HealthConfig,
     pub max_tokens: u64,
     pub anthropic_version: String,
     pub chunk_delay: Duration,
@@ -220,6 +223,44 @@ impl Config {
                 )
             })?);
         }
+        let mut alerts: AlertsConfig = section("alerts", raw.alerts.clone())?;
+        // `webhook_url: "${ALERT_WEBHOOK:-}"` with the variable unset means no webhook.
+        if alerts
+            .webhook_url
+            .as_deref()
+            .is_some_and(|url| url.trim().is_empty())
+        {
+            alerts.webhook_url = None;
+        }
+        alerts
+            .validate()
+            .map_err(|message| invalid("alerts", message))?;
+        let request_log: RequestLogConfig = section("request_log", raw.request_log.clone())?;
+        request_log
+            .validate()
+            .map_err(|error| invalid("request_log", error.to_string()))?;
+        let keys: Vec<KeyConfig> = section("keys", raw.keys.clone())?;
+        crate::auth::KeyStore::new(&keys).map_err(|message| invalid("keys", message))?;
+        let rate_limit: RateLimitConfig = section("rate_limit", raw.rate_limit.clone())?;
+        rate_limit
+            .validate()
+            .map_err(|message| invalid("rate_limit", message))?;
+        crate::limits::Limiter::new(
+            &rate_limit,
+            &keys,
+            crate::shared_state::StateStore::memory(),
+        )
+        .map_err(|message| invalid("keys", message))?;
+        let cache: CacheConfig = section("cache", raw.cache.clone())?;
+        cache
+            .validate()
+            .map_err(|message| invalid("cache", message))?;
+        let policies: PolicyConfig = section("policies", raw.policies.clone())?;
+        crate::policy::Policy::new(&policies).map_err(|message| invalid("policies", message))?;
+        let state: StateConfig = section("state", raw.state.clone())?;
+        state
+            .validate()
+            .map_err(|message| invalid("state", message))?;
         let logging = &raw.logging;
         let json = match logging.format.as_str() {
             "json" => true,
@@ -250,20 +291,37 @@ impl Config {
                 json,
                 access_log: logging.access_log,
             },
-            sections: Sections {
-                rate_limit: raw.rate_limit,
-                keys: raw.keys,
-                cache: raw.cache,
-                request_log: raw.request_log,
-                alerts: raw.alerts,
-                policies: raw.policies,
-                state: raw.state,
-            },
+            alerts,
+            request_log,
+            keys,
+            rate_limit,
+            cache,
+            policies,
+            state,
         })
     }
 
     pub fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.name == name)
+    }
+}
+
+/// Decode a section owned by another module; errors carry the path inside the section.
+pub fn section<T: serde::de::DeserializeOwned + Default>(
+    name: &str,
+    value: Option<Value>,
+) -> Result<T, Invalid> {
+    match value {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(value) => serde_path_to_error::deserialize(value).map_err(|error| {
+            let inner = error.path().to_string();
+            let path = if inner.is_empty() || inner == "." {
+                name.to_owned()
+            } else {
+                format!("{name}.{inner}")
+            };
+            invalid(path, error.into_inner().to_string())
+        }),
     }
 }
 
@@ -350,21 +408,19 @@ fn backend_from_raw(
             }
         }
     }
-    let load_balancing = raw
-        .load_balancing
-        .clone()
-        .unwrap_or_else(|| "round_robin".into());
-    if !matches!(
-        load_balancing.as_str(),
-        "round_robin" | "weighted" | "least_connections" | "latency"
-    ) {
-        return Err(invalid(
-            format!("{path}.load_balancing"),
-            format!(
-                "unknown strategy '{load_balancing}'; expected round_robin, weighted, least_connections or latency"
-            ),
-        ));
-    }
+    let load_balancing = match &raw.load_balancing {
+        None => Strategy::default(),
+        Some(name) => serde_json::from_value::<Strategy>(Value::String(name.clone())).map_err(|_| {
+            invalid(
+                format!("{path}.load_balancing"),
+                format!("unknown strategy '{name}'; expected round_robin, weighted, least_connections or latency"),
+            )
+        })?,
+    };
+    let health: HealthConfig = section(&format!("{path}.health"), raw.health.clone())?;
+    health
+        .validate()
+        .map_err(|message| invalid(format!("{path}.health"), message))?;
     let mut fallback = Vec::new();
     for (i, other) in raw.fallback.iter().enumerate() {
         let index = names.iter().position(|n| n == other).ok_or_else(|| {
@@ -397,7 +453,7 @@ fn backend_from_raw(
         )?,
         retries: raw.retries.unwrap_or(1),
         fallback,
-        health: raw.health.clone(),
+        health,
         max_tokens: raw.max_tokens.unwrap_or(4096),
         anthropic_version: raw
             .anthropic_version

@@ -12,35 +12,44 @@ use crate::http::error_body;
 use crate::protocol::Protocol;
 use crate::state::AppState;
 
-/// `GET /health`: always 200 while the process serves; per-backend instance summary.
+/// `GET /health`: always 200 while the process serves; every backend's instances with their breaker
+/// state, in-flight count, recent errors and latency estimate.
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.snapshot();
+    let now = std::time::Instant::now();
     let mut backends = serde_json::Map::new();
     for (backend, runtime) in snapshot.config.backends.iter().zip(&snapshot.backends) {
+        let mut healthy = 0;
         let instances: Vec<Value> = backend
             .instances
             .iter()
             .zip(&runtime.instances)
             .map(|(instance, live)| {
+                let status = live.status(now);
+                healthy += usize::from(status.healthy);
                 json!({
                     "url": instance.display,
                     "weight": instance.weight,
-                    "state": "closed",
-                    "in_flight": live.in_flight(),
+                    "state": status.state,
+                    "healthy": status.healthy,
+                    "in_flight": status.in_flight,
+                    "recent_errors": status.recent_errors,
+                    "ewma_ttfb_ms": status.ewma_ttfb_ms,
+                    "retry_in_s": status.retry_in_s,
                 })
             })
             .collect();
-        let total = if backend.kind == BackendKind::Echo {
-            1
+        let (healthy, total) = if backend.kind == BackendKind::Echo {
+            (1, 1)
         } else {
-            instances.len()
+            (healthy, instances.len())
         };
         backends.insert(
             backend.name.clone(),
             json!({
                 "type": backend.kind.as_str(),
-                "load_balancing": backend.load_balancing,
-                "healthy_instances": total,
+                "load_balancing": backend.load_balancing.as_str(),
+                "healthy_instances": healthy,
                 "total_instances": total,
                 "instances": instances,
             }),
@@ -54,15 +63,20 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// `GET /health/ready`: 503 when some backend has no usable instance.
+/// `GET /health/ready`: 503 when some backend has no usable instance (every breaker open).
 pub async fn ready(State(state): State<AppState>) -> Response {
     let snapshot = state.snapshot();
+    let now = std::time::Instant::now();
     let unusable: Vec<&str> = snapshot
         .config
         .backends
         .iter()
-        .filter(|b| b.kind != BackendKind::Echo && b.instances.is_empty())
-        .map(|b| b.name.as_str())
+        .zip(&snapshot.backends)
+        .filter(|(backend, runtime)| {
+            backend.kind != BackendKind::Echo
+                && !runtime.instances.iter().any(|i| i.view(now).usable)
+        })
+        .map(|(backend, _)| backend.name.as_str())
         .collect();
     if unusable.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
@@ -76,8 +90,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /v1/models`: configured aliases and backend names, in OpenAI's list shape.
-pub async fn models(State(state): State<AppState>) -> Json<Value> {
+pub async fn models(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
     let snapshot = state.snapshot();
+    if let Err(error) = crate::pipeline::gate::authenticate(&state, &snapshot.keys, &headers) {
+        return error_body::response(Protocol::OpenAi, &error);
+    }
     let config = &snapshot.config;
     let created = state_created(&state);
     let mut data: Vec<Value> = config
@@ -105,7 +122,7 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
             }));
         }
     }
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 fn state_created(state: &AppState) -> i64 {
@@ -142,4 +159,157 @@ pub async fn method_not_allowed(request: Request) -> Response {
         format!("method {} is not allowed on {}", request.method(), path),
     );
     error_body::response(protocol_for(&path), &error)
+}
+
+/// `GET /metrics`: Prometheus text exposition; never needs a key.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(state.metrics().render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(crate::telemetry::metrics::Metrics::content_type()),
+    );
+    response
+}
+
+/// `GET /stats`: a JSON summary for people.
+pub async fn stats(State(state): State<AppState>) -> Json<Value> {
+    let mut stats = state.stats().snapshot();
+    let cache = state.cache().stats();
+    if let Some(object) = stats.as_object_mut() {
+        // Seed 004's field names, plus the whole cache block.
+        object.insert("cache_size".into(), json!(cache.size));
+        object.insert("cache_capacity".into(), json!(cache.capacity));
+        object.insert("hits".into(), json!(cache.hits));
+        object.insert("misses".into(), json!(cache.misses));
+        object.insert("cache".into(), json!(cache));
+    }
+    Json(stats)
+}
+
+/// `POST /admin/reload`: reload the config now; 200 when it took, 400 naming the error otherwise.
+pub async fn reload(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    if let Err(error) = require_admin(&state, &state.snapshot(), &headers) {
+        return error_body::response(Protocol::OpenAi, &error);
+    }
+    match crate::reload::reload(&state, crate::config_watch::ReloadTrigger::Admin) {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "reloaded", "config": state.source().to_string()})),
+        )
+            .into_response(),
+        Err(error) => {
+            let error = GatewayError::invalid(
+                format!("config rejected, previous config still serving: {error}"),
+                None,
+            );
+            error_body::response(Protocol::OpenAi, &error)
+        }
+    }
+}
+
+/// Require an admin key on `/admin/*` when keys are configured.
+fn require_admin(
+    state: &AppState,
+    snapshot: &crate::state::Snapshot,
+    headers: &http::HeaderMap,
+) -> Result<(), GatewayError> {
+    if snapshot.keys.is_open() {
+        return Ok(());
+    }
+    match crate::pipeline::gate::authenticate(state, &snapshot.keys, headers)? {
+        Some(principal) if principal.admin => Ok(()),
+        Some(principal) => Err(GatewayError::new(
+            ErrorKind::Forbidden,
+            format!(
+                "key '{}' is not an admin key; /admin routes need a key with `admin: true`",
+                principal.name
+            ),
+        )),
+        None => Err(GatewayError::new(
+            ErrorKind::Unauthorized,
+            "missing api key",
+        )),
+    }
+}
+
+/// `GET /admin/keys`: every key's name, admin flag, allowed models and quota usage (never the key).
+pub async fn keys(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    let snapshot = state.snapshot();
+    if let Err(error) = require_admin(&state, &snapshot, &headers) {
+        return error_body::response(Protocol::OpenAi, &error);
+    }
+    let mut keys = Vec::new();
+    for principal in snapshot.keys.principals() {
+        let usage = snapshot.limiter.usage(&principal.name).await;
+        keys.push(json!({
+            "name": principal.name.as_ref(),
+            "admin": principal.admin,
+            "models": principal.models.as_deref(),
+            "usage": usage,
+        }));
+    }
+    Json(json!({"object": "list", "data": keys})).into_response()
+}
+
+/// `GET /v1/usage`: the calling key's own quota usage.
+pub async fn usage(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    let snapshot = state.snapshot();
+    match crate::pipeline::gate::authenticate(&state, &snapshot.keys, &headers) {
+        Ok(Some(principal)) => {
+            Json(json!(snapshot.limiter.usage(&principal.name).await)).into_response()
+        }
+        Ok(None) => error_body::response(
+            Protocol::OpenAi,
+            &GatewayError::invalid(
+                "this gateway has no keys configured, so there is no per-key usage",
+                None,
+            ),
+        ),
+        Err(error) => error_body::response(Protocol::OpenAi, &error),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: an estimate of the prompt's tokens (o200k BPE; Anthropic has no
+/// public tokenizer, so this is an approximation).
+pub async fn count_tokens(
+    State(state): State<AppState>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let snapshot = state.snapshot();
+    if let Err(error) = crate::pipeline::gate::authenticate(&state, &snapshot.keys, &headers) {
+        return error_body::response(Protocol::Anthropic, &error);
+    }
+    if body.len() > snapshot.config.server.max_body_bytes {
+        let error = GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            "request body exceeds server.max_body_bytes",
+        );
+        return error_body::response(Protocol::Anthropic, &error);
+    }
+    let request = match crate::protocol::anthropic::decode_request(&body) {
+        Ok(request) => request,
+        Err(error) if error.message.contains("max_tokens") => {
+            // count_tokens does not need max_tokens: retry with a placeholder.
+            let patched = crate::protocol::json_patch::set_fields(&body, &[("max_tokens", "1")])
+                .unwrap_or_default();
+            match crate::protocol::anthropic::decode_request(&patched) {
+                Ok(request) => request,
+                Err(error) => {
+                    return error_body::response(
+                        Protocol::Anthropic,
+                        &GatewayError::invalid(error.message, error.param),
+                    );
+                }
+            }
+        }
+        Err(error) => {
+            return error_body::response(
+                Protocol::Anthropic,
+                &GatewayError::invalid(error.message, error.param),
+            );
+        }
+    };
+    let text = crate::protocol::anthropic::count_tokens_input(&request);
+    Json(json!({"input_tokens": crate::tokens::count(&text)})).into_response()
 }

@@ -1,6 +1,8 @@
 //! API handlers: each extracts the request and hands it to `pipeline::handle`.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 
 use crate::http::RequestId;
@@ -22,6 +24,10 @@ pub async fn embeddings(State(state): State<AppState>, request: Request) -> Resp
 
 async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |info| info.0);
     let request_id = match parts.extensions.get::<RequestId>() {
         Some(id) => id.0.clone(),
         None => RequestId::from_headers(&parts.headers).0,
@@ -33,7 +39,12 @@ async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Respons
             request_id,
             headers: parts.headers,
             body,
+            peer,
         },
     )
     .await
+}
+
+pub async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    serve(state, Endpoint::Messages, request).await
 }

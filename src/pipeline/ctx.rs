@@ -1,13 +1,19 @@
 //! `RequestCtx`: what one request did (route, attempts, timings, usage), finished exactly once —
-//! when the response (or its stream) ends, or when the client goes away (Drop).
+//! when the response (or its stream) ends, or when the client goes away (Drop). Finishing is the one
+//! place that updates metrics and stats, queues the request-log record and writes the access line.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Endpoint, Usage};
-use crate::state::AppState;
+use bytes::Bytes;
+
+use crate::protocol::{ApiRequest, Endpoint, Part, ResponseSummary, Role, Usage};
+use crate::state::{AppState, Snapshot};
+use crate::telemetry::request_log::{LogMessage, LogRecord, LogRole, LogToolCall};
 
 pub struct RequestCtx {
     pub state: AppState,
+    pub snapshot: Arc<Snapshot>,
     pub id: String,
     pub endpoint: Endpoint,
     pub started: Instant,
@@ -17,20 +23,36 @@ pub struct RequestCtx {
     pub instance: Option<String>,
     pub stream: bool,
     pub status: u16,
-    /// Time until the upstream's response headers (or the echo answer).
-    pub ttfb: Option<Duration>,
-    /// Time until the first byte of the body went to the client.
+    /// Time the upstream took until its response headers (or body, when not streaming).
+    pub upstream_wait: Duration,
+    /// Time until the first byte of the body was ready for the client.
     pub ttft: Option<Duration>,
     pub usage: Option<Usage>,
     pub error: Option<&'static str>,
     pub attempts: u32,
+    /// Kept only when the request log is on.
+    pub request: Option<Arc<ApiRequest>>,
+    pub request_body: Option<Bytes>,
+    pub reply: Option<ResponseSummary>,
+    /// Stream counters for `streaming_*` metrics: (provider, events, bytes).
+    pub streamed: Option<(&'static str, u64, u64)>,
+    /// What the limiter charged up front, reconciled with the real usage at the end.
+    pub admission: Option<crate::limits::Admission>,
+    /// Set on a cache miss: where a finished stream is stored.
+    pub cache_key: Option<crate::cache::CacheKey>,
     finished: bool,
 }
 
 impl RequestCtx {
-    pub fn new(state: &AppState, id: String, endpoint: Endpoint) -> RequestCtx {
+    pub fn new(
+        state: &AppState,
+        snapshot: Arc<Snapshot>,
+        id: String,
+        endpoint: Endpoint,
+    ) -> RequestCtx {
         RequestCtx {
             state: state.clone(),
+            snapshot,
             id,
             endpoint,
             started: Instant::now(),
@@ -39,11 +61,17 @@ impl RequestCtx {
             instance: None,
             stream: false,
             status: 0,
-            ttfb: None,
+            upstream_wait: Duration::ZERO,
             ttft: None,
             usage: None,
             error: None,
             attempts: 0,
+            request: None,
+            request_body: None,
+            reply: None,
+            streamed: None,
+            admission: None,
+            cache_key: None,
             finished: false,
         }
     }
@@ -52,6 +80,7 @@ impl RequestCtx {
     pub fn detach(&mut self) -> RequestCtx {
         let detached = RequestCtx {
             state: self.state.clone(),
+            snapshot: Arc::clone(&self.snapshot),
             id: std::mem::take(&mut self.id),
             endpoint: self.endpoint,
             started: self.started,
@@ -60,26 +89,75 @@ impl RequestCtx {
             instance: self.instance.take(),
             stream: self.stream,
             status: self.status,
-            ttfb: self.ttfb,
+            upstream_wait: self.upstream_wait,
             ttft: self.ttft,
             usage: self.usage,
             error: self.error,
             attempts: self.attempts,
+            request: self.request.take(),
+            request_body: self.request_body.take(),
+            reply: self.reply.take(),
+            streamed: self.streamed.take(),
+            admission: self.admission.take(),
+            cache_key: self.cache_key.take(),
             finished: false,
         };
         self.finished = true;
         detached
     }
 
-    /// Record the request: one access line (and, as telemetry lands, one metrics update and log record).
+    /// A model label from a bounded set: a configured alias or backend name, else `other`.
+    fn model_label(&self) -> &str {
+        match self.model.as_deref() {
+            Some(model)
+                if self.snapshot.config.models.contains_key(model)
+                    || self.snapshot.config.backend_index(model).is_some() =>
+            {
+                model
+            }
+            _ => "other",
+        }
+    }
+
+    /// Record the request once: metrics, stats, request log, access line.
     pub fn finish(&mut self) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         let latency = self.started.elapsed();
-        let snapshot = self.state.snapshot();
-        if snapshot.config.logging.access_log {
-            let usage = self.usage.unwrap_or_default();
+        let metrics = self.state.metrics();
+        metrics.http_request("POST", self.endpoint.path(), self.status, latency);
+        let backend = self.backend.as_deref().unwrap_or("");
+        if let Some(ttft) = self.ttft {
+            metrics.overhead(ttft.saturating_sub(self.upstream_wait));
+            if !backend.is_empty() {
+                metrics.ttft(backend, ttft);
+            }
+        }
+        let usage = self.usage.unwrap_or_default();
+        if !backend.is_empty() && (usage.input_tokens > 0 || usage.output_tokens > 0) {
+            metrics.tokens(
+                backend,
+                self.model_label(),
+                usage.input_tokens,
+                usage.output_tokens,
+            );
+        }
+        if let Some((provider, events, bytes)) = self.streamed {
+            metrics.stream_finished(provider, events, bytes, latency);
+        }
+        self.state.stats().record(backend, self.status, latency);
+        if let Some(admission) = self.admission.take()
+            && admission.estimated_tokens() > 0
+        {
+            let actual = usage.input_tokens + usage.output_tokens;
+            let limiter = std::sync::Arc::clone(&self.snapshot.limiter);
+            tokio::spawn(async move { limiter.reconcile(&admission, actual).await });
+        }
+        if self.request.is_some() {
+            self.log_record(latency, usage);
+        }
+        if self.snapshot.config.logging.access_log {
             tracing::info!(
                 target: "access",
                 id = %self.id,
@@ -92,10 +170,87 @@ impl RequestCtx {
                 ttft_ms = self.ttft.map(|d| d.as_secs_f64() * 1000.0),
                 input_tokens = usage.input_tokens,
                 output_tokens = usage.output_tokens,
+                attempts = self.attempts,
                 error = self.error,
                 "request"
             );
         }
+    }
+
+    fn log_record(&mut self, latency: Duration, usage: Usage) {
+        let Some(request) = self.request.take() else {
+            return;
+        };
+        let reply = self.reply.take().unwrap_or_default();
+        let mut system = None;
+        let mut messages = Vec::new();
+        match request.as_ref() {
+            ApiRequest::Chat(chat) => {
+                if !chat.system.is_empty() {
+                    system = Some(chat.system.join("\n"));
+                }
+                for message in &chat.messages {
+                    let role = match message.role {
+                        Role::System => LogRole::System,
+                        Role::User => LogRole::User,
+                        Role::Assistant => LogRole::Assistant,
+                        Role::Tool => LogRole::Tool,
+                    };
+                    let mut entry = LogMessage::text(role, message.text());
+                    for part in &message.parts {
+                        match part {
+                            Part::ToolCall(call) => entry.tool_calls.push(LogToolCall {
+                                id: call.id.clone(),
+                                name: call.name.clone(),
+                                arguments: call.arguments.clone(),
+                            }),
+                            Part::ToolResult(result) => {
+                                entry.tool_call_id = Some(result.tool_call_id.clone())
+                            }
+                            _ => {}
+                        }
+                    }
+                    messages.push(entry);
+                }
+            }
+            other => messages.push(LogMessage::text(LogRole::User, other.all_input_text())),
+        }
+        let mut request_params = self
+            .request_body
+            .take()
+            .and_then(|body| {
+                serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).ok()
+            })
+            .unwrap_or_default();
+        for key in ["messages", "system", "api_key", "key", "authorization"] {
+            request_params.shift_remove(key);
+        }
+        self.state.request_log().log(LogRecord {
+            id: self.id.clone(),
+            timestamp: jiff::Timestamp::now(),
+            model: self.model.clone().unwrap_or_default(),
+            backend: self.backend.clone().unwrap_or_default(),
+            instance: self.instance.clone(),
+            status: self.status,
+            prompt_tokens: usage.input_tokens,
+            completion_tokens: usage.output_tokens,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            ttft_ms: self.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            system,
+            messages,
+            reply: reply.text,
+            reasoning: (!reply.reasoning.is_empty()).then_some(reply.reasoning),
+            reply_tool_calls: reply
+                .tool_calls
+                .into_iter()
+                .map(|call| LogToolCall {
+                    id: call.id,
+                    name: call.name,
+                    arguments: call.arguments,
+                })
+                .collect(),
+            request_params,
+        });
     }
 }
 
@@ -103,10 +258,8 @@ impl Drop for RequestCtx {
     fn drop(&mut self) {
         if !self.finished {
             // The client went away before the response was complete (nginx's 499).
-            if self.status == 0 || self.status == 200 {
-                self.status = 499;
-                self.error.get_or_insert("client_disconnected");
-            }
+            self.status = 499;
+            self.error.get_or_insert("client_disconnected");
             self.finish();
         }
     }

@@ -10,7 +10,8 @@ use futures_util::{Stream, StreamExt};
 
 use crate::protocol::json_patch;
 use crate::protocol::sse::{SseDecoder, SseEvent};
-use crate::protocol::{FinishReason, Protocol, Usage};
+use crate::protocol::stream::{StreamConverter, StreamTap};
+use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
 use super::call::{Fault, describe};
 
@@ -22,15 +23,8 @@ pub enum Transform {
     OpenAiPassThrough { id_json: String },
     /// Anthropic in, Anthropic out: forward verbatim.
     AnthropicPassThrough,
-}
-
-impl Transform {
-    fn protocol(&self) -> Protocol {
-        match self {
-            Transform::OpenAiPassThrough { .. } => Protocol::OpenAi,
-            Transform::AnthropicPassThrough => Protocol::Anthropic,
-        }
-    }
+    /// Different protocols: an incremental converter, bytes in, bytes out.
+    Convert(Box<StreamConverter>),
 }
 
 /// What the relay learned about the stream, for logs and token accounting.
@@ -52,11 +46,18 @@ pub struct Relay {
     saw_terminator: bool,
     /// The upstream closed without finishing after some output was delivered.
     pending_fault: bool,
+    /// Full decode of pass-through events, only when the request log needs the assembled reply.
+    tap: Option<StreamTap>,
     pub facts: StreamFacts,
 }
 
 impl Relay {
-    pub fn new(response: reqwest::Response, transform: Transform, idle: Duration) -> Relay {
+    pub fn new(
+        response: reqwest::Response,
+        transform: Transform,
+        idle: Duration,
+        tap: Option<StreamTap>,
+    ) -> Relay {
         Relay {
             upstream: Box::pin(response.bytes_stream()),
             decoder: SseDecoder::default(),
@@ -65,12 +66,9 @@ impl Relay {
             ended: false,
             saw_terminator: false,
             pending_fault: false,
+            tap,
             facts: StreamFacts::default(),
         }
-    }
-
-    pub fn protocol(&self) -> Protocol {
-        self.transform.protocol()
     }
 
     /// The next client-ready bytes; `Ok(None)` at a clean end. After a fault the relay is ended.
@@ -96,6 +94,23 @@ impl Relay {
                     )));
                 }
                 Ok(Some(Ok(chunk))) => {
+                    if let Transform::Convert(converter) = &mut self.transform {
+                        self.facts.bytes += chunk.len() as u64;
+                        if let Err(error) = converter.push(&chunk, &mut out) {
+                            self.ended = true;
+                            return Err(Fault::Broken(error.to_string()));
+                        }
+                        if converter.upstream_finished() {
+                            self.ended = true;
+                            let _ = converter.finish(&mut out);
+                            self.take_summary();
+                            return Ok((!out.is_empty()).then(|| out.freeze()));
+                        }
+                        if !out.is_empty() {
+                            return Ok(Some(out.freeze()));
+                        }
+                        continue;
+                    }
                     self.decoder.feed(&chunk);
                     self.drain(&mut out)?;
                     if !out.is_empty() {
@@ -104,6 +119,16 @@ impl Relay {
                 }
                 Ok(None) => {
                     self.ended = true;
+                    if let Transform::Convert(converter) = &mut self.transform {
+                        // EOF without the upstream's own end: a cut, unless nothing more was due.
+                        if converter.upstream_finished() {
+                            let _ = converter.finish(&mut out);
+                            self.take_summary();
+                            return Ok((!out.is_empty()).then(|| out.freeze()));
+                        }
+                        self.take_summary();
+                        return Err(cut());
+                    }
                     if let Some(event) = self.decoder.finish() {
                         self.forward(&event, &mut out);
                     }
@@ -140,6 +165,9 @@ impl Relay {
 
     fn forward(&mut self, event: &SseEvent, out: &mut BytesMut) {
         self.facts.events += 1;
+        if let Some(tap) = &mut self.tap {
+            tap.observe(event);
+        }
         match &self.transform {
             Transform::OpenAiPassThrough { id_json } => {
                 if event.is_done() {
@@ -157,6 +185,7 @@ impl Relay {
                     out.extend_from_slice(&event.raw);
                 }
             }
+            Transform::Convert(_) => {}
             Transform::AnthropicPassThrough => {
                 if event.event.as_deref() == Some("message_stop") {
                     self.saw_terminator = true;
@@ -168,10 +197,40 @@ impl Relay {
         self.facts.bytes += event.raw.len() as u64;
     }
 
+    /// The assembled reply (text, reasoning, tool calls, usage) as far as the stream went.
+    pub fn summary(&self) -> ResponseSummary {
+        if let Transform::Convert(converter) = &self.transform {
+            return converter.summary().clone();
+        }
+        if let Some(tap) = &self.tap {
+            return tap.summary().clone();
+        }
+        ResponseSummary {
+            text: self.facts.text.clone(),
+            usage: self.facts.usage,
+            finish_reason: self.facts.finish_reason,
+            ..ResponseSummary::default()
+        }
+    }
+
+    /// Copy what the converter learned into the stream facts.
+    fn take_summary(&mut self) {
+        if let Transform::Convert(converter) = &self.transform {
+            let summary = converter.summary();
+            self.facts.text.clone_from(&summary.text);
+            self.facts.usage = summary.usage.or(self.facts.usage);
+            self.facts.finish_reason = summary.finish_reason.or(self.facts.finish_reason);
+        }
+    }
+
     /// The protocol-correct event that ends a stream after an upstream fault.
-    pub fn error_event(&self, message: &str) -> Bytes {
+    pub fn error_event(&mut self, message: &str) -> Bytes {
         let mut out = BytesMut::new();
-        match self.transform {
+        match &mut self.transform {
+            Transform::Convert(converter) => {
+                self.facts.events += 1;
+                converter.abort(message, &mut out);
+            }
             Transform::OpenAiPassThrough { .. } => {
                 let body = crate::protocol::openai::error_body(
                     message,

@@ -1,0 +1,453 @@
+//! Exact-match response cache for complete non-stream responses: TTL plus entry and byte bounds,
+//! in memory (moka) or shared through Redis with Redis TTLs.
+//!
+//! The key is the SHA-256 of normalized request bytes built by the caller (model, messages,
+//! sampling params; no per-request ids). Only complete, successful JSON bodies are stored: `put`
+//! itself refuses error bodies and truncated JSON, so a caller mistake cannot poison the cache.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::shared_state::{RedisStore, StateStore};
+
+/// The `cache:` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Seconds an entry stays valid.
+    pub ttl_s: f64,
+    /// Most entries held in memory.
+    pub max_entries: u64,
+    /// Most body bytes held in memory; also the largest single entry stored (memory and Redis).
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: false,
+            ttl_s: 300.0,
+            max_entries: 1000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl CacheConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.ttl_s.is_finite() && self.ttl_s > 0.0) {
+            return Err(format!(
+                "cache.ttl_s must be a positive number of seconds, got {}",
+                self.ttl_s
+            ));
+        }
+        if self.max_entries == 0 || self.max_bytes == 0 {
+            return Err(format!(
+                "cache.max_entries ({}) and cache.max_bytes ({}) must be at least 1",
+                self.max_entries, self.max_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which wire format a cached body is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireProtocol {
+    OpenAi,
+    Anthropic,
+}
+
+/// A complete non-stream JSON response body and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedResponse {
+    pub body: Bytes,
+    /// Backend that produced the body (for `X-Gateway-Backend` on hits).
+    pub backend: String,
+    pub protocol: WireProtocol,
+}
+
+/// SHA-256 of the normalized request.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", hex::encode(&self.0[..8]))
+    }
+}
+
+/// Cache counters for `/stats`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Entries held in memory (0 with Redis, where entries are shared).
+    pub size: u64,
+    pub capacity: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// True when entries live in Redis.
+    pub shared: bool,
+}
+
+/// The response cache of one config snapshot.
+pub struct ResponseCache {
+    enabled: bool,
+    backend: Backend,
+    max_entries: u64,
+    max_entry_bytes: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+enum Backend {
+    Memory(moka::future::Cache<CacheKey, CachedResponse>),
+    Redis { store: RedisStore, ttl_ms: u64 },
+}
+
+impl fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("enabled", &self.enabled)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Rough per-entry overhead (key, struct, backend name) added to the body size when weighing.
+const ENTRY_OVERHEAD: u64 = 128;
+
+impl ResponseCache {
+    pub fn new(cfg: &CacheConfig, store: StateStore) -> ResponseCache {
+        let ttl = Duration::from_secs_f64(if cfg.ttl_s.is_finite() && cfg.ttl_s > 0.0 {
+            cfg.ttl_s
+        } else {
+            300.0
+        });
+        let max_entries = cfg.max_entries.max(1);
+        let max_bytes = cfg.max_bytes.max(1);
+        let backend = match store {
+            StateStore::Redis(store) => Backend::Redis {
+                store,
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            },
+            StateStore::Memory(_) => {
+                // One weight bound enforces both limits: every entry weighs at least its share of
+                // the byte budget (max_bytes / max_entries), so the weight cap (max_bytes) also caps
+                // the entry count at max_entries, while large bodies weigh their real size.
+                let min_weight = (max_bytes / max_entries).max(1);
+                let cache = moka::future::Cache::builder()
+                    .max_capacity(max_bytes)
+                    .time_to_live(ttl)
+                    .weigher(move |_key: &CacheKey, value: &CachedResponse| {
+                        let weight = (value.body.len() as u64 + ENTRY_OVERHEAD).max(min_weight);
+                        u32::try_from(weight).unwrap_or(u32::MAX)
+                    })
+                    .build();
+                Backend::Memory(cache)
+            }
+        };
+        ResponseCache {
+            enabled: cfg.enabled,
+            backend,
+            max_entries,
+            max_entry_bytes: max_bytes.min(u64::from(u32::MAX)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The key for normalized request bytes.
+    pub fn key(material: &[u8]) -> CacheKey {
+        CacheKey(Sha256::digest(material).into())
+    }
+
+    /// A cached response, if present and fresh. Redis trouble counts as a miss.
+    pub async fn get(&self, key: &CacheKey) -> Option<CachedResponse> {
+        if !self.enabled {
+            return None;
+        }
+        let found = match &self.backend {
+            Backend::Memory(cache) => cache.get(key).await,
+            Backend::Redis { store, .. } => {
+                let cmd = redis::Cmd::get(redis_key(store, key));
+                match store.query::<Option<Vec<u8>>>(&cmd).await {
+                    Ok(Some(raw)) => decode(Bytes::from(raw)),
+                    _ => None,
+                }
+            }
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Stores a complete successful response. Bodies that are not complete JSON, that are error
+    /// bodies (`{"error": …}` or `{"type": "error", …}`) or larger than `max_bytes` are ignored.
+    pub async fn put(&self, key: &CacheKey, value: CachedResponse) {
+        if !self.enabled
+            || value.body.len() as u64 + ENTRY_OVERHEAD > self.max_entry_bytes
+            || !is_cacheable(&value.body)
+        {
+            return;
+        }
+        match &self.backend {
+            Backend::Memory(cache) => cache.insert(*key, value).await,
+            Backend::Redis { store, ttl_ms } => {
+                let cmd = redis::Cmd::pset_ex(redis_key(store, key), encode(&value), *ttl_ms);
+                // A failed put just means a later miss; outages are logged by the store.
+                let _ = store.query::<()>(&cmd).await;
+            }
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let (size, shared) = match &self.backend {
+            Backend::Memory(cache) => (cache.entry_count(), false),
+            Backend::Redis { .. } => (0, true),
+        };
+        CacheStats {
+            size,
+            capacity: self.max_entries,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            shared,
+        }
+    }
+}
+
+fn redis_key(store: &RedisStore, key: &CacheKey) -> String {
+    format!("{}:cache:{}", store.prefix(), hex::encode(key.0))
+}
+
+/// True for a complete JSON object that is not an error body.
+fn is_cacheable(body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        error: Option<serde::de::IgnoredAny>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    match serde_json::from_slice::<Probe>(body) {
+        Ok(probe) => probe.error.is_none() && probe.kind.as_deref() != Some("error"),
+        Err(_) => false,
+    }
+}
+
+/// Redis value layout: protocol byte, backend name length (u16 BE), backend name, body.
+fn encode(value: &CachedResponse) -> Vec<u8> {
+    let backend = value.backend.as_bytes();
+    let backend = &backend[..backend.len().min(usize::from(u16::MAX))];
+    let mut out = Vec::with_capacity(3 + backend.len() + value.body.len());
+    out.push(match value.protocol {
+        WireProtocol::OpenAi => 0,
+        WireProtocol::Anthropic => 1,
+    });
+    out.extend_from_slice(
+        &u16::try_from(backend.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(backend);
+    out.extend_from_slice(&value.body);
+    out
+}
+
+fn decode(raw: Bytes) -> Option<CachedResponse> {
+    let protocol = match *raw.first()? {
+        0 => WireProtocol::OpenAi,
+        1 => WireProtocol::Anthropic,
+        _ => return None,
+    };
+    let len = usize::from(u16::from_be_bytes([*raw.get(1)?, *raw.get(2)?]));
+    let backend = String::from_utf8(raw.get(3..3 + len)?.to_vec()).ok()?;
+    Some(CachedResponse {
+        body: raw.slice(3 + len..),
+        backend,
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared_state::{FailMode, test_redis::TestRedis};
+
+    fn response(body: &str) -> CachedResponse {
+        CachedResponse {
+            body: Bytes::from(body.to_owned()),
+            backend: "local".to_owned(),
+            protocol: WireProtocol::OpenAi,
+        }
+    }
+
+    fn enabled(max_entries: u64, max_bytes: u64) -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            max_entries,
+            max_bytes,
+            ..CacheConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn hit_after_put_and_stats() {
+        let cache = ResponseCache::new(&enabled(10, 1 << 20), StateStore::memory());
+        let key = ResponseCache::key(b"model=x;messages=hi");
+        assert_eq!(cache.get(&key).await, None);
+        cache
+            .put(&key, response(r#"{"id":"1","choices":[]}"#))
+            .await;
+        assert_eq!(
+            cache.get(&key).await,
+            Some(response(r#"{"id":"1","choices":[]}"#))
+        );
+        assert_ne!(key, ResponseCache::key(b"model=x;messages=ho"));
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.capacity, stats.shared),
+            (1, 1, 10, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn disabled_cache_stores_nothing() {
+        let cache = ResponseCache::new(&CacheConfig::default(), StateStore::memory());
+        let key = ResponseCache::key(b"k");
+        cache.put(&key, response("{}")).await;
+        assert_eq!(cache.get(&key).await, None);
+        assert_eq!(cache.stats().misses, 0);
+    }
+
+    #[tokio::test]
+    async fn errors_and_partials_are_never_stored() {
+        let cache = ResponseCache::new(&enabled(10, 1 << 20), StateStore::memory());
+        for (i, body) in [
+            r#"{"error":{"message":"boom"}}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error"}}"#,
+            r#"{"id":"1","choices":[{"message":"trunc"#,
+            "",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let key = ResponseCache::key(&[i as u8]);
+            cache.put(&key, response(body)).await;
+            assert_eq!(cache.get(&key).await, None, "{body}");
+        }
+        let key = ResponseCache::key(b"ok");
+        cache
+            .put(&key, response(r#"{"type":"message","content":[]}"#))
+            .await;
+        assert!(cache.get(&key).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn entry_and_byte_bounds_hold() {
+        let cache = ResponseCache::new(&enabled(5, 1 << 20), StateStore::memory());
+        for i in 0..50u8 {
+            cache
+                .put(&ResponseCache::key(&[i]), response(r#"{"a":1}"#))
+                .await;
+        }
+        let Backend::Memory(inner) = &cache.backend else {
+            panic!("memory backend expected")
+        };
+        inner.run_pending_tasks().await;
+        assert!(cache.stats().size <= 5, "{:?}", cache.stats());
+
+        let cache = ResponseCache::new(&enabled(1000, 4096), StateStore::memory());
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(1500));
+        for i in 0..20u8 {
+            cache.put(&ResponseCache::key(&[i]), response(&big)).await;
+        }
+        let too_big = format!(r#"{{"a":"{}"}}"#, "x".repeat(5000));
+        cache
+            .put(&ResponseCache::key(b"big"), response(&too_big))
+            .await;
+        let Backend::Memory(inner) = &cache.backend else {
+            panic!("memory backend expected")
+        };
+        inner.run_pending_tasks().await;
+        assert!(inner.weighted_size() <= 4096, "{}", inner.weighted_size());
+        assert!(cache.stats().size <= 2);
+        assert_eq!(cache.get(&ResponseCache::key(b"big")).await, None);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_ttl() {
+        // moka reads time through its own clock (quanta), which tokio::time::pause cannot stop,
+        // so this one test uses a tiny real TTL.
+        let cfg = CacheConfig {
+            ttl_s: 0.05,
+            ..enabled(10, 1 << 20)
+        };
+        let cache = ResponseCache::new(&cfg, StateStore::memory());
+        let key = ResponseCache::key(b"ttl");
+        cache.put(&key, response("{}")).await;
+        assert!(cache.get(&key).await.is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(cache.get(&key).await, None);
+    }
+
+    #[test]
+    fn redis_value_roundtrip_and_config() {
+        let value = CachedResponse {
+            body: Bytes::from_static(b"{\"x\":1}"),
+            backend: "cloud".to_owned(),
+            protocol: WireProtocol::Anthropic,
+        };
+        assert_eq!(decode(Bytes::from(encode(&value))), Some(value));
+        assert_eq!(decode(Bytes::from_static(b"\x07")), None);
+        let cfg: CacheConfig = serde_json::from_str(r#"{"enabled": true}"#).unwrap();
+        assert_eq!(
+            (cfg.ttl_s, cfg.max_entries, cfg.max_bytes),
+            (300.0, 1000, 64 * 1024 * 1024)
+        );
+        assert!(serde_json::from_str::<CacheConfig>(r#"{"ttl": 1}"#).is_err());
+        assert!(
+            CacheConfig { ttl_s: 0.0, ..cfg }
+                .validate()
+                .unwrap_err()
+                .contains("ttl_s")
+        );
+    }
+
+    #[tokio::test]
+    async fn shared_through_redis_between_replicas() {
+        let Some(mut server) = TestRedis::start() else {
+            return;
+        };
+        let store = |fail| {
+            StateStore::Redis(RedisStore::new(
+                &server.url(),
+                "t",
+                fail,
+                Duration::from_millis(50),
+            ))
+        };
+        let a = ResponseCache::new(&enabled(10, 1 << 20), store(FailMode::FailOpen));
+        let b = ResponseCache::new(&enabled(10, 1 << 20), store(FailMode::FailOpen));
+        let key = ResponseCache::key(b"shared");
+        a.put(&key, response(r#"{"id":"r"}"#)).await;
+        assert_eq!(b.get(&key).await, Some(response(r#"{"id":"r"}"#)));
+        assert!(b.stats().shared);
+        server.kill();
+        assert_eq!(b.get(&key).await, None, "an outage is a miss, not an error");
+        b.put(&key, response("{}")).await;
+    }
+}

@@ -1,0 +1,120 @@
+//! In-process bucket store: a map from bucket key to state, checked and charged all-or-nothing.
+
+use std::collections::HashMap;
+
+use super::engine::{self, BucketKind, BucketState, Outcome};
+
+/// Smallest map size at which stale entries are swept.
+const SWEEP_FLOOR: usize = 10_000;
+
+/// Bucket states keyed by bucket key, each with the time after which it equals an empty bucket.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryBuckets {
+    entries: HashMap<String, (BucketState, f64)>,
+    /// The map is swept when it grows past this; after a sweep it is set to twice the live size,
+    /// so sweeping costs O(1) amortized per insert while the map stays bounded by live buckets.
+    sweep_at: usize,
+}
+
+impl MemoryBuckets {
+    /// Checks every bucket; charges all of them only if all allow (`apply`), else none.
+    pub(crate) fn check(
+        &mut self,
+        buckets: &[(&str, BucketKind, u64)],
+        now: f64,
+        apply: bool,
+    ) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(buckets.len());
+        let mut updates = Vec::with_capacity(buckets.len());
+        for &(key, kind, cost) in buckets {
+            let state = self.live_state(key, now);
+            let (outcome, next) = engine::evaluate(kind, state, cost, now);
+            outcomes.push(outcome);
+            updates.push(next);
+        }
+        if apply && outcomes.iter().all(|o| o.allowed) {
+            for (&(key, _, _), next) in buckets.iter().zip(updates) {
+                if let Some(entry) = next {
+                    self.insert(key, entry, now);
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Applies a later correction (refund or extra charge) to a bucket charged before.
+    pub(crate) fn adjust(&mut self, key: &str, kind: BucketKind, mark: i64, delta: i64, now: f64) {
+        let state = self.live_state(key, now);
+        if let Some(entry) = engine::adjust(kind, state, mark, delta, now) {
+            self.insert(key, entry, now);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn live_state(&self, key: &str, now: f64) -> Option<BucketState> {
+        self.entries
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(state, _)| *state)
+    }
+
+    fn insert(&mut self, key: &str, entry: (BucketState, f64), now: f64) {
+        match self.entries.get_mut(key) {
+            Some(slot) => *slot = entry,
+            None => {
+                if self.entries.len() >= self.sweep_at.max(SWEEP_FLOOR) {
+                    self.entries.retain(|_, (_, expires)| *expires > now);
+                    self.sweep_at = self.entries.len() * 2;
+                }
+                self.entries.insert(key.to_owned(), entry);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_or_nothing_across_buckets() {
+        let mut map = MemoryBuckets::default();
+        let a = BucketKind::Fixed {
+            limit: 10.0,
+            period_end_us: 1e12,
+        };
+        let b = BucketKind::Fixed {
+            limit: 1.0,
+            period_end_us: 1e12,
+        };
+        assert!(
+            map.check(&[("a", a, 1), ("b", b, 1)], 0.0, true)
+                .iter()
+                .all(|o| o.allowed)
+        );
+        let out = map.check(&[("a", a, 1), ("b", b, 1)], 0.0, true);
+        assert!(out[0].allowed && !out[1].allowed);
+        // "a" was not charged by the rejected request.
+        assert_eq!(map.check(&[("a", a, 0)], 0.0, false)[0].remaining, 9);
+    }
+
+    #[test]
+    fn stale_entries_are_swept() {
+        let mut map = MemoryBuckets::default();
+        let kind = BucketKind::Gcra {
+            emission_us: 1.0,
+            burst: 5.0,
+        };
+        for i in 0..SWEEP_FLOOR {
+            map.check(&[(&format!("k{i}"), kind, 1)], 0.0, true);
+        }
+        assert_eq!(map.len(), SWEEP_FLOOR);
+        // Every earlier entry expired 1 µs after it was charged.
+        map.check(&[("fresh", kind, 1)], 100.0, true);
+        assert_eq!(map.len(), 1);
+    }
+}

@@ -1,0 +1,964 @@
+//! Rate limits (per IP, per key, per key+model, global) and per-key quotas, in memory or in Redis.
+//!
+//! Every request is turned into a list of buckets (one per scope and unit: requests, tokens) that
+//! are checked and charged together, all or none, so a rejected request consumes nothing. Token
+//! buckets are charged the estimate before the upstream call and corrected by `reconcile` after it.
+//! Bucket math lives in `engine`; `memory` and `redis_buckets` only store state.
+//!
+//! Scopes: `global` and `per_ip` apply to every request; `per_key` (or the key's own
+//! `rate_limit`), `per_key_model` and the key's `quota` only to requests with a key. While Redis
+//! is down, `fail_open` admits without limiting (no headers) and `fail_closed` rejects with
+//! `RejectKind::Unavailable` (503); both recover by themselves once Redis answers again.
+
+pub(crate) mod engine;
+pub(crate) mod memory;
+mod quota;
+mod redis_buckets;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{KeyConfig, Principal};
+use crate::shared_state::{FailMode, StateStore, StoreUnavailable};
+use engine::{BucketKind, Outcome};
+
+/// The `rate_limit:` config section. A scope that is absent is not limited.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub per_ip: Option<LimitRule>,
+    /// Default for every key; `keys[].rate_limit` overrides it per key.
+    pub per_key: Option<LimitRule>,
+    pub per_key_model: Option<LimitRule>,
+    pub global: Option<LimitRule>,
+}
+
+/// One limit: requests and/or tokens per `window_s`.
+///
+/// With `token_bucket` the rate is `requests / window_s` per second and `burst` (default
+/// `requests`) is how many may arrive at once; the tokens bucket holds `tokens` and refills over
+/// `window_s`. Seed 004's "5/s, burst 10" is `{requests: 5, window_s: 1, burst: 10, algorithm: token_bucket}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitRule {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub window_s: f64,
+    pub algorithm: Algorithm,
+    pub burst: Option<u64>,
+}
+
+impl Default for LimitRule {
+    fn default() -> Self {
+        LimitRule {
+            requests: None,
+            tokens: None,
+            window_s: 60.0,
+            algorithm: Algorithm::SlidingWindow,
+            burst: None,
+        }
+    }
+}
+
+/// Per-key override from `keys[].rate_limit`.
+pub type KeyRateLimitConfig = LimitRule;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    SlidingWindow,
+    TokenBucket,
+}
+
+/// `keys[].quota`: requests and/or tokens per calendar `period` (UTC) or per rolling `window_s`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub period: Option<Period>,
+    pub window_s: Option<f64>,
+}
+
+/// Calendar periods in UTC; weeks start on Monday (ISO 8601).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl RateLimitConfig {
+    /// Checks every rule, for config validation without building a limiter.
+    pub fn validate(&self) -> Result<(), String> {
+        for (rule, path) in [
+            (&self.per_ip, "rate_limit.per_ip"),
+            (&self.per_key, "rate_limit.per_key"),
+            (&self.per_key_model, "rate_limit.per_key_model"),
+            (&self.global, "rate_limit.global"),
+        ] {
+            if let Some(rule) = rule {
+                rule.validate(path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LimitRule {
+    /// Checks the rule; `path` (e.g. `rate_limit.per_ip`) is used in the error.
+    pub fn validate(&self, path: &str) -> Result<(), String> {
+        if self.requests.is_none() && self.tokens.is_none() {
+            return Err(format!("{path}: set requests and/or tokens"));
+        }
+        if self.requests == Some(0) || self.tokens == Some(0) {
+            return Err(format!("{path}: requests and tokens must be at least 1"));
+        }
+        if !(self.window_s.is_finite() && self.window_s > 0.0) {
+            return Err(format!(
+                "{path}.window_s must be a positive number of seconds, got {}",
+                self.window_s
+            ));
+        }
+        match (self.algorithm, self.burst) {
+            (Algorithm::SlidingWindow, Some(_)) => Err(format!(
+                "{path}.burst applies only to algorithm token_bucket"
+            )),
+            (_, Some(0)) => Err(format!("{path}.burst must be at least 1")),
+            (Algorithm::TokenBucket, Some(_)) if self.requests.is_none() => Err(format!(
+                "{path}.burst needs requests (it is the request burst)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl QuotaConfig {
+    /// Checks the quota; `path` (e.g. `keys[0].quota`) is used in the error.
+    pub fn validate(&self, path: &str) -> Result<(), String> {
+        if self.requests.is_none() && self.tokens.is_none() {
+            return Err(format!("{path}: set requests and/or tokens"));
+        }
+        if self.requests == Some(0) || self.tokens == Some(0) {
+            return Err(format!("{path}: requests and tokens must be at least 1"));
+        }
+        match (self.period, self.window_s) {
+            (Some(_), Some(_)) => Err(format!("{path}: set either period or window_s, not both")),
+            (None, None) => Err(format!(
+                "{path}: set period (day, week, month) or window_s (rolling)"
+            )),
+            (None, Some(w)) if !(w.is_finite() && w > 0.0) => Err(format!(
+                "{path}.window_s must be a positive number of seconds, got {w}"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Source of the current time, injected so tests can move time without sleeping.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Microseconds since the UNIX epoch.
+    fn now_us(&self) -> u64;
+}
+
+/// The real wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that only moves when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(now_us: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(now_us))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(
+            u64::try_from(by.as_micros()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    pub fn set(&self, now_us: u64) {
+        self.0.store(now_us, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What the limiter needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitRequest<'a> {
+    pub ip: IpAddr,
+    pub key: Option<&'a Principal>,
+    pub model: &'a str,
+    /// Input tokens estimated before the call (see `tokens::count`).
+    pub estimated_tokens: u64,
+}
+
+/// An admitted request: headers for the response and what was charged, for `reconcile`.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// `x-ratelimit-*` headers (OpenAI names) of the tightest request and token limits.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    token_charges: Vec<TokenCharge>,
+    estimated_tokens: u64,
+}
+
+#[derive(Debug, Clone)]
+struct TokenCharge {
+    key: String,
+    kind: BucketKind,
+    mark: i64,
+}
+
+impl Admission {
+    /// Tokens charged up front to each token bucket.
+    pub fn estimated_tokens(&self) -> u64 {
+        self.estimated_tokens
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// A rate limit: 429 `rate_limit_exceeded`.
+    RateLimited,
+    /// A key's quota is used up until its reset: 429 `quota_exceeded`.
+    QuotaExceeded,
+    /// Redis is down and `on_unavailable: fail_closed`: 503.
+    Unavailable,
+}
+
+impl RejectKind {
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            RejectKind::RateLimited | RejectKind::QuotaExceeded => {
+                http::StatusCode::TOO_MANY_REQUESTS
+            }
+            RejectKind::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Error code for response bodies and metrics labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectKind::RateLimited => "rate_limit_exceeded",
+            RejectKind::QuotaExceeded => "quota_exceeded",
+            RejectKind::Unavailable => "limits_unavailable",
+        }
+    }
+}
+
+/// A refused request with everything the response needs.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    /// `"ip" | "key" | "key_model" | "global" | "quota" | "state"`.
+    pub scope: &'static str,
+    pub key_name: Option<Arc<str>>,
+    pub retry_after: Duration,
+    /// `retry-after` plus the `x-ratelimit-*` headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub message: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Quota usage of one key, for `GET /admin/keys` and `/v1/usage`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyUsage {
+    pub key: String,
+    /// `"day" | "week" | "month" | "rolling"`; absent when the key has no quota.
+    pub period: Option<&'static str>,
+    pub requests: Option<UsageCounter>,
+    pub tokens: Option<UsageCounter>,
+    /// True when shared state could not be read (Redis down): counters are then absent.
+    pub unavailable: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct UsageCounter {
+    pub used: u64,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until the counter is back to zero (period end, or the rolling window draining).
+    pub resets_in_s: f64,
+}
+
+/// Rate limiter and quota keeper for one config snapshot.
+#[derive(Debug)]
+pub struct Limiter {
+    global: Vec<RuleBucket>,
+    per_ip: Vec<RuleBucket>,
+    per_key: Vec<RuleBucket>,
+    per_key_model: Vec<RuleBucket>,
+    keys: HashMap<Arc<str>, KeyLimits>,
+    store: StateStore,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Default)]
+struct KeyLimits {
+    /// `Some` when the key overrides `per_key` (an override with no buckets cannot happen).
+    rate: Option<Vec<RuleBucket>>,
+    quota: Vec<QuotaBucket>,
+    period: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Requests,
+    Tokens,
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+        }
+    }
+}
+
+/// One bucket of a rate rule, with the text used in messages.
+#[derive(Debug, Clone)]
+struct RuleBucket {
+    unit: Unit,
+    kind: BucketKind,
+    limit: u64,
+    /// Distinguishes buckets of different rules in keys, so a changed rule starts fresh.
+    tag: String,
+    /// "per 60s" etc.
+    per: String,
+}
+
+#[derive(Debug, Clone)]
+struct QuotaBucket {
+    unit: Unit,
+    limit: u64,
+    mode: QuotaMode,
+    per: String,
+}
+
+#[derive(Debug, Clone)]
+enum QuotaMode {
+    Calendar(Period),
+    Rolling { kind: BucketKind, window_us: u64 },
+}
+
+/// One bucket of one request, ready for the store. Message text is built only on rejection.
+#[derive(Debug)]
+struct Spec<'a> {
+    key: String,
+    kind: BucketKind,
+    cost: u64,
+    unit: Unit,
+    limit: u64,
+    scope: &'static str,
+    /// "per 60s", "per month": from the compiled rule.
+    per: &'a str,
+    quota: bool,
+}
+
+/// Who a scope limits, for messages: "ip 10.0.0.1", "key 'team-a'", "the gateway (global)".
+fn who(scope: &str, req: &LimitRequest<'_>) -> String {
+    let name = req.key.map_or("", |p| &*p.name);
+    match scope {
+        "ip" => format!("ip {}", req.ip),
+        "key_model" => format!("key '{name}' on model '{}'", req.model),
+        "global" => "the gateway (global)".to_owned(),
+        _ => format!("key '{name}'"),
+    }
+}
+
+fn seconds_text(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn compile_rule(rule: &LimitRule) -> Vec<RuleBucket> {
+    let window_us = rule.window_s * 1e6;
+    let per = format!("per {}", seconds_text(rule.window_s));
+    let mut out = Vec::new();
+    for (unit, limit) in [(Unit::Requests, rule.requests), (Unit::Tokens, rule.tokens)] {
+        let Some(limit) = limit else { continue };
+        let (kind, shown) = match rule.algorithm {
+            Algorithm::SlidingWindow => (
+                BucketKind::Window {
+                    window_us,
+                    limit: limit as f64,
+                },
+                limit,
+            ),
+            Algorithm::TokenBucket => {
+                let burst = match unit {
+                    Unit::Requests => rule.burst.unwrap_or(limit),
+                    Unit::Tokens => limit,
+                };
+                (
+                    BucketKind::Gcra {
+                        emission_us: window_us / limit as f64,
+                        burst: burst as f64,
+                    },
+                    burst,
+                )
+            }
+        };
+        let algo = match rule.algorithm {
+            Algorithm::SlidingWindow => "sw",
+            Algorithm::TokenBucket => "tb",
+        };
+        let unit_tag = match unit {
+            Unit::Requests => "r",
+            Unit::Tokens => "t",
+        };
+        out.push(RuleBucket {
+            unit,
+            kind,
+            limit: shown,
+            tag: format!("{unit_tag}:{algo}{window_us:.0}:{limit}:{shown}"),
+            per: per.clone(),
+        });
+    }
+    out
+}
+
+fn compile_quota(q: &QuotaConfig) -> Vec<QuotaBucket> {
+    [(Unit::Requests, q.requests), (Unit::Tokens, q.tokens)]
+        .into_iter()
+        .filter_map(|(unit, limit)| {
+            let limit = limit?;
+            let (mode, per) = match (q.period, q.window_s) {
+                (Some(p), _) => (QuotaMode::Calendar(p), format!("per {}", period_name(p))),
+                (None, w) => {
+                    let window_s = w.unwrap_or(86_400.0);
+                    let window_us = window_s * 1e6;
+                    let mode = QuotaMode::Rolling {
+                        kind: BucketKind::Window {
+                            window_us,
+                            limit: limit as f64,
+                        },
+                        window_us: window_us as u64,
+                    };
+                    (mode, format!("per rolling {}", seconds_text(window_s)))
+                }
+            };
+            Some(QuotaBucket {
+                unit,
+                limit,
+                mode,
+                per,
+            })
+        })
+        .collect()
+}
+
+fn period_name(p: Period) -> &'static str {
+    match p {
+        Period::Day => "day",
+        Period::Week => "week",
+        Period::Month => "month",
+    }
+}
+
+impl Limiter {
+    /// Builds the limiter for one config snapshot. Pass the same `StateStore` to every snapshot so
+    /// counters survive reloads. The error names the offending rule.
+    pub fn new(
+        cfg: &RateLimitConfig,
+        keys: &[KeyConfig],
+        store: StateStore,
+    ) -> Result<Limiter, String> {
+        Limiter::with_clock(cfg, keys, store, Arc::new(SystemClock))
+    }
+
+    /// Like `new`, with an injected clock (tests). In Redis mode rate windows use Redis' clock and
+    /// the injected clock only decides calendar quota periods.
+    pub fn with_clock(
+        cfg: &RateLimitConfig,
+        keys: &[KeyConfig],
+        store: StateStore,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Limiter, String> {
+        let compiled = |rule: &Option<LimitRule>, path: &str| -> Result<Vec<RuleBucket>, String> {
+            match rule {
+                Some(rule) => {
+                    rule.validate(path)?;
+                    Ok(compile_rule(rule))
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let global = compiled(&cfg.global, "rate_limit.global")?;
+        let per_ip = compiled(&cfg.per_ip, "rate_limit.per_ip")?;
+        let per_key = compiled(&cfg.per_key, "rate_limit.per_key")?;
+        let per_key_model = compiled(&cfg.per_key_model, "rate_limit.per_key_model")?;
+        let mut key_limits = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            let mut limits = KeyLimits::default();
+            if let Some(rule) = &k.rate_limit {
+                rule.validate(&format!("keys[{i}] '{}'.rate_limit", k.name))?;
+                limits.rate = Some(compile_rule(rule));
+            }
+            if let Some(q) = &k.quota {
+                q.validate(&format!("keys[{i}] '{}'.quota", k.name))?;
+                limits.quota = compile_quota(q);
+                limits.period = Some(q.period.map_or("rolling", period_name));
+            }
+            key_limits.insert(Arc::from(k.name.as_str()), limits);
+        }
+        Ok(Limiter {
+            global,
+            per_ip,
+            per_key,
+            per_key_model,
+            keys: key_limits,
+            store,
+            clock,
+        })
+    }
+
+    /// True when nothing is limited, so the caller can skip token estimation for limits.
+    pub fn is_noop(&self) -> bool {
+        self.global.is_empty()
+            && self.per_ip.is_empty()
+            && self.per_key.is_empty()
+            && self.per_key_model.is_empty()
+            && self
+                .keys
+                .values()
+                .all(|k| k.rate.is_none() && k.quota.is_empty())
+    }
+
+    /// Checks and charges every applicable bucket, all or none.
+    pub async fn admit(&self, req: &LimitRequest<'_>) -> Result<Admission, Rejection> {
+        let now_us = self.clock.now_us();
+        let specs = self.specs(req, now_us);
+        if specs.is_empty() {
+            return Ok(Admission::default());
+        }
+        let key_name = req.key.map(|p| Arc::clone(&p.name));
+        if let Some(spec) = specs.iter().find(|s| s.cost as f64 > s.kind.capacity()) {
+            return Err(too_large(spec, req, key_name));
+        }
+        let buckets: Vec<(&str, BucketKind, u64)> = specs
+            .iter()
+            .map(|s| (s.key.as_str(), s.kind, s.cost))
+            .collect();
+        let outcomes = match self.check(&buckets, now_us, true).await {
+            Ok(outcomes) => outcomes,
+            Err(StoreUnavailable) => return self.unavailable(key_name),
+        };
+        let headers = rate_headers(&specs, &outcomes);
+        if outcomes.iter().all(|o| o.allowed) {
+            let token_charges = specs
+                .iter()
+                .zip(&outcomes)
+                .filter(|(s, _)| s.unit == Unit::Tokens && s.cost > 0)
+                .map(|(s, o)| TokenCharge {
+                    key: s.key.clone(),
+                    kind: s.kind,
+                    mark: o.mark,
+                })
+                .collect();
+            return Ok(Admission {
+                headers,
+                token_charges,
+                estimated_tokens: req.estimated_tokens,
+            });
+        }
+        Err(rejection(&specs, req, &outcomes, headers, key_name))
+    }
+
+    /// Charges the difference between actual and estimated tokens (negative refunds) to every
+    /// token bucket the admission charged. Never rejects: the request already happened.
+    pub async fn reconcile(&self, admission: &Admission, actual_tokens: u64) {
+        let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
+            - i64::try_from(admission.estimated_tokens).unwrap_or(i64::MAX);
+        if delta == 0 || admission.token_charges.is_empty() {
+            return;
+        }
+        let now = self.clock.now_us() as f64;
+        match &self.store {
+            StateStore::Memory(m) => {
+                let mut buckets = lock(&m.buckets);
+                for c in &admission.token_charges {
+                    buckets.adjust(&c.key, c.kind, c.mark, delta, now);
+                }
+            }
+            StateStore::Redis(r) => {
+                let corrections: Vec<_> = admission
+                    .token_charges
+                    .iter()
+                    .map(|c| (c.key.as_str(), c.kind, c.mark, delta))
+                    .collect();
+                // An outage is already logged by the store; a lost correction only skews one window.
+                let _ = redis_buckets::adjust(r, &corrections).await;
+            }
+        }
+    }
+
+    /// Quota usage of `key_name` (zeros for unknown keys or keys without a quota).
+    pub async fn usage(&self, key_name: &str) -> KeyUsage {
+        let mut usage = KeyUsage {
+            key: key_name.to_owned(),
+            period: None,
+            requests: None,
+            tokens: None,
+            unavailable: false,
+        };
+        let Some(limits) = self.keys.get(key_name) else {
+            return usage;
+        };
+        usage.period = limits.period;
+        let now_us = self.clock.now_us();
+        let specs: Vec<Spec> = limits
+            .quota
+            .iter()
+            .map(|q| quota_spec(key_name, q, 0, now_us))
+            .collect();
+        if specs.is_empty() {
+            return usage;
+        }
+        let buckets: Vec<(&str, BucketKind, u64)> =
+            specs.iter().map(|s| (s.key.as_str(), s.kind, 0)).collect();
+        let Ok(outcomes) = self.check(&buckets, now_us, false).await else {
+            usage.unavailable = true;
+            return usage;
+        };
+        for (spec, outcome) in specs.iter().zip(outcomes) {
+            let counter = UsageCounter {
+                used: spec.limit.saturating_sub(outcome.remaining),
+                limit: spec.limit,
+                remaining: outcome.remaining,
+                resets_in_s: outcome.reset_us as f64 / 1e6,
+            };
+            match spec.unit {
+                Unit::Requests => usage.requests = Some(counter),
+                Unit::Tokens => usage.tokens = Some(counter),
+            }
+        }
+        usage
+    }
+
+    async fn check(
+        &self,
+        buckets: &[(&str, BucketKind, u64)],
+        now_us: u64,
+        apply: bool,
+    ) -> Result<Vec<Outcome>, StoreUnavailable> {
+        match &self.store {
+            StateStore::Memory(m) => Ok(lock(&m.buckets).check(buckets, now_us as f64, apply)),
+            StateStore::Redis(r) => redis_buckets::check(r, buckets, apply).await,
+        }
+    }
+
+    fn unavailable(&self, key_name: Option<Arc<str>>) -> Result<Admission, Rejection> {
+        let fail_mode = match &self.store {
+            StateStore::Redis(r) => r.fail_mode(),
+            StateStore::Memory(_) => FailMode::FailOpen,
+        };
+        match fail_mode {
+            FailMode::FailOpen => Ok(Admission::default()),
+            FailMode::FailClosed => Err(Rejection {
+                kind: RejectKind::Unavailable,
+                scope: "state",
+                key_name,
+                retry_after: Duration::from_secs(1),
+                headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                message: "rate limits cannot be checked: shared state (redis) is unavailable and \
+                          state.on_unavailable is fail_closed"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    fn specs<'a>(&'a self, req: &LimitRequest<'_>, now_us: u64) -> Vec<Spec<'a>> {
+        let mut specs = Vec::new();
+        let mut add = |rules: &'a [RuleBucket], scope: &'static str, id: &dyn fmt::Display| {
+            for r in rules {
+                specs.push(Spec {
+                    key: format!("{scope}:{id}:{}", r.tag),
+                    kind: r.kind,
+                    cost: cost(r.unit, req),
+                    unit: r.unit,
+                    limit: r.limit,
+                    scope,
+                    per: &r.per,
+                    quota: false,
+                });
+            }
+        };
+        add(&self.global, "global", &"all");
+        add(&self.per_ip, "ip", &req.ip);
+        let Some(principal) = req.key else {
+            return specs;
+        };
+        let name = &*principal.name;
+        let limits = self.keys.get(name);
+        let per_key = limits
+            .and_then(|l| l.rate.as_deref())
+            .unwrap_or(&self.per_key);
+        add(per_key, "key", &name);
+        // The model string comes from the client: cap what of it lands in (bounded) state keys.
+        let model = truncate(req.model, MAX_MODEL_KEY_BYTES);
+        add(
+            &self.per_key_model,
+            "key_model",
+            &format_args!("{name}:{model}"),
+        );
+        if let Some(limits) = limits {
+            for q in &limits.quota {
+                specs.push(quota_spec(name, q, cost(q.unit, req), now_us));
+            }
+        }
+        specs
+    }
+}
+
+const MAX_MODEL_KEY_BYTES: usize = 128;
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn cost(unit: Unit, req: &LimitRequest<'_>) -> u64 {
+    match unit {
+        Unit::Requests => 1,
+        Unit::Tokens => req.estimated_tokens,
+    }
+}
+
+fn quota_spec<'a>(name: &str, q: &'a QuotaBucket, cost: u64, now_us: u64) -> Spec<'a> {
+    let unit_tag = match q.unit {
+        Unit::Requests => "r",
+        Unit::Tokens => "t",
+    };
+    let (key, kind) = match &q.mode {
+        QuotaMode::Calendar(period) => {
+            let (id, end) = quota::period_bounds(*period, now_us);
+            let kind = BucketKind::Fixed {
+                limit: q.limit as f64,
+                period_end_us: end as f64,
+            };
+            (format!("quota:{name}:{unit_tag}:{id}"), kind)
+        }
+        QuotaMode::Rolling { kind, window_us } => (
+            format!("quota:{name}:{unit_tag}:roll{window_us}:{}", q.limit),
+            *kind,
+        ),
+    };
+    Spec {
+        key,
+        kind,
+        cost,
+        unit: q.unit,
+        limit: q.limit,
+        scope: "quota",
+        per: &q.per,
+        quota: true,
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Bucket updates cannot be left half-done by a panic (each is a plain assignment), so a
+    // poisoned lock still holds consistent state.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn too_large(spec: &Spec<'_>, req: &LimitRequest<'_>, key_name: Option<Arc<str>>) -> Rejection {
+    let (kind, what) = if spec.quota {
+        (RejectKind::QuotaExceeded, "quota")
+    } else {
+        (RejectKind::RateLimited, "rate limit")
+    };
+    let retry_after = Duration::from_secs(60);
+    Rejection {
+        kind,
+        scope: spec.scope,
+        key_name,
+        retry_after,
+        headers: vec![(
+            http::header::RETRY_AFTER,
+            header_value(&retry_after.as_secs().to_string()),
+        )],
+        message: format!(
+            "request needs {} {}, more than the {what} of {} allows ({} {} {}); it can never be admitted",
+            spec.cost,
+            spec.unit.name(),
+            who(spec.scope, req),
+            spec.limit,
+            spec.unit.name(),
+            spec.per
+        ),
+    }
+}
+
+fn rejection(
+    specs: &[Spec<'_>],
+    req: &LimitRequest<'_>,
+    outcomes: &[Outcome],
+    mut headers: Vec<(HeaderName, HeaderValue)>,
+    key_name: Option<Arc<str>>,
+) -> Rejection {
+    // Report the quota if one is exhausted (it outlasts rate limits), else the longest wait.
+    let denied = specs.iter().zip(outcomes).filter(|(_, o)| !o.allowed);
+    let Some((spec, outcome)) = denied.max_by_key(|(s, o)| (s.quota, o.retry_after_us)) else {
+        return Rejection {
+            kind: RejectKind::RateLimited,
+            scope: "global",
+            key_name,
+            retry_after: Duration::from_secs(1),
+            headers,
+            message: "rate limit exceeded".to_owned(),
+        };
+    };
+    let retry_after = Duration::from_micros(outcome.retry_after_us);
+    let retry_s = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let retry_s = retry_s.max(1);
+    headers.insert(
+        0,
+        (
+            http::header::RETRY_AFTER,
+            header_value(&retry_s.to_string()),
+        ),
+    );
+    let (kind, message) = if spec.quota {
+        (
+            RejectKind::QuotaExceeded,
+            format!(
+                "quota exceeded for {}: {} {} {}; resets in {}",
+                who(spec.scope, req),
+                spec.limit,
+                spec.unit.name(),
+                spec.per,
+                go_duration(outcome.reset_us)
+            ),
+        )
+    } else {
+        let who = who(spec.scope, req);
+        (
+            RejectKind::RateLimited,
+            format!(
+                "rate limit exceeded for {who}: {} {} {}; retry after {retry_s}s",
+                spec.limit,
+                spec.unit.name(),
+                spec.per
+            ),
+        )
+    };
+    Rejection {
+        kind,
+        scope: spec.scope,
+        key_name,
+        retry_after,
+        headers,
+        message,
+    }
+}
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the tightest rate bucket of each unit.
+fn rate_headers(specs: &[Spec<'_>], outcomes: &[Outcome]) -> Vec<(HeaderName, HeaderValue)> {
+    const NAMES: [[&str; 3]; 2] = [
+        [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    ];
+    let mut headers = Vec::new();
+    for (unit, names) in [(Unit::Requests, NAMES[0]), (Unit::Tokens, NAMES[1])] {
+        let tightest = specs
+            .iter()
+            .zip(outcomes)
+            .filter(|(s, _)| s.unit == unit && !s.quota)
+            .min_by_key(|(s, o)| (o.remaining, std::cmp::Reverse(s.limit)));
+        if let Some((spec, outcome)) = tightest {
+            headers.push((
+                HeaderName::from_static(names[0]),
+                header_value(&spec.limit.to_string()),
+            ));
+            headers.push((
+                HeaderName::from_static(names[1]),
+                header_value(&outcome.remaining.to_string()),
+            ));
+            headers.push((
+                HeaderName::from_static(names[2]),
+                header_value(&go_duration(outcome.reset_us)),
+            ));
+        }
+    }
+    headers
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Formats a duration like OpenAI's reset headers (Go style): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
+fn go_duration(us: u64) -> String {
+    let ms = us.div_ceil(1000);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let hours = ms / 3_600_000;
+    let minutes = ms % 3_600_000 / 60_000;
+    let secs_ms = ms % 60_000;
+    let secs = if secs_ms.is_multiple_of(1000) {
+        format!("{}s", secs_ms / 1000)
+    } else {
+        let text = format!("{:.3}", secs_ms as f64 / 1000.0);
+        format!("{}s", text.trim_end_matches('0'))
+    };
+    match (hours, minutes) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,463 @@
+//! The attempt loop: candidates in order (the routed backend's instances as its balancer orders them,
+//! skipping open breakers unless none is usable, bounded by `retries`; then each fallback backend), one
+//! upstream call each, until one answers. Nothing has reached the client while this loop runs, so every
+//! fault may move on; the first byte to the client ends the loop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, header};
+
+use crate::alerts::{Alert, AlertKind};
+use crate::config::{BackendConfig, BackendKind};
+use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::convert::{self, RequestOptions, ResponseOptions};
+use crate::protocol::json_patch::{json_string, set_fields};
+use crate::protocol::stream::{StreamConverter, StreamOptions, StreamTap};
+use crate::protocol::{ApiRequest, Endpoint, Protocol};
+use crate::routing::health::Acquire;
+use crate::routing::instances::{InFlightGuard, InstanceState};
+use crate::state::{AppState, Snapshot};
+use crate::upstream::call::{self, CallSpec, Fault, Reply};
+use crate::upstream::relay::{Relay, Transform};
+
+use super::RequestCtx;
+use super::reply;
+
+/// Everything an attempt needs, borrowed for the duration of the request.
+pub struct Exchange<'a> {
+    pub state: &'a AppState,
+    pub snapshot: &'a Arc<Snapshot>,
+    pub endpoint: Endpoint,
+    pub request: &'a Arc<ApiRequest>,
+    pub body: &'a Bytes,
+    pub headers: &'a HeaderMap,
+    /// Model name the routing alias sends upstream (applies to the routed backend only).
+    pub alias_model: Option<&'a str>,
+    /// Forward the client's credentials when a backend has no key of its own: only for an open gateway,
+    /// where they are not gateway keys.
+    pub forward_client_auth: bool,
+}
+
+/// Why one attempt did not produce a response.
+enum AttemptError {
+    /// Counts against the instance; the loop moves on.
+    Fault(Fault),
+    /// The request itself cannot be served this way (e.g. not convertible): answer the client now.
+    Fatal(GatewayError),
+}
+
+impl From<Fault> for AttemptError {
+    fn from(fault: Fault) -> Self {
+        AttemptError::Fault(fault)
+    }
+}
+
+/// One failed attempt, for the final error message.
+struct Tried {
+    backend: String,
+    instance: String,
+    fault: Fault,
+}
+
+pub fn backend_protocol(kind: BackendKind) -> Protocol {
+    match kind {
+        BackendKind::Anthropic => Protocol::Anthropic,
+        BackendKind::OpenAi | BackendKind::Echo => Protocol::OpenAi,
+    }
+}
+
+impl Exchange<'_> {
+    pub async fn run(
+        &self,
+        primary: usize,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response, GatewayError> {
+        let config = &self.snapshot.config;
+        let mut chain = vec![primary];
+        chain.extend(config.backends[primary].fallback.iter().copied());
+        let mut tried: Vec<Tried> = Vec::new();
+        for (position, &backend_index) in chain.iter().enumerate() {
+            let backend = &config.backends[backend_index];
+            if position > 0 {
+                self.state.metrics().fallback();
+            }
+            if backend.kind == BackendKind::Echo {
+                return reply::echo(self.request, self.endpoint, backend, ctx);
+            }
+            let runtime = &self.snapshot.backends[backend_index];
+            let now = Instant::now();
+            let views: Vec<_> = runtime.instances.iter().map(|i| i.view(now)).collect();
+            let any_usable = views.iter().any(|v| v.usable);
+            let order = runtime.balancer.order(&views, now);
+            let budget = (1 + backend.retries as usize).min(order.len());
+            let mut attempted = 0;
+            for index in order {
+                if attempted == budget {
+                    break;
+                }
+                let instance = &runtime.instances[index];
+                if let Acquire::Rejected { .. } = instance.breaker.try_acquire(Instant::now())
+                    && any_usable
+                {
+                    continue;
+                }
+                attempted += 1;
+                ctx.attempts += 1;
+                let alias_model = if position == 0 {
+                    self.alias_model
+                } else {
+                    None
+                };
+                let upstream_model = alias_model
+                    .or(backend.instances[index].model.as_deref())
+                    .or(backend.model.as_deref());
+                let guard = instance.start();
+                match self
+                    .attempt(backend, index, guard, upstream_model, ctx)
+                    .await
+                {
+                    Ok(response) => return Ok(response),
+                    Err(AttemptError::Fatal(error)) => return Err(error),
+                    Err(AttemptError::Fault(fault)) => {
+                        let shown = &backend.instances[index].display;
+                        tracing::warn!(
+                            id = %ctx.id, backend = %backend.name, instance = %shown,
+                            fault = %fault, "upstream attempt failed"
+                        );
+                        self.state
+                            .metrics()
+                            .upstream_error(&backend.name, fault.kind_str());
+                        self.record_failure(instance, &fault);
+                        tried.push(Tried {
+                            backend: backend.name.clone(),
+                            instance: shown.clone(),
+                            fault,
+                        });
+                    }
+                }
+            }
+            if attempted > 0 {
+                self.state.alert(Alert {
+                    kind: AlertKind::BackendExhausted,
+                    backend: backend.name.clone(),
+                    instance: None,
+                    detail: format!("every attempted instance of '{}' failed", backend.name),
+                });
+            }
+        }
+        Err(exhausted(&tried))
+    }
+
+    fn record_failure(&self, instance: &InstanceState, fault: &Fault) {
+        let now = Instant::now();
+        if let Some(retry_after) = fault.rate_limited() {
+            instance
+                .breaker
+                .rate_limited_until(now + retry_after.unwrap_or(Duration::from_secs(1)));
+        }
+        if let Some(transition) = instance.breaker.on_failure(now) {
+            self.state.instance_transition(instance, transition);
+        }
+    }
+
+    fn record_success(&self, instance: &InstanceState, ttfb: Duration) {
+        let now = Instant::now();
+        instance.observe_ttfb(ttfb, now);
+        if let Some(transition) = instance.breaker.on_success(now) {
+            self.state.instance_transition(instance, transition);
+        }
+    }
+
+    /// The body to send: as received when the protocols match (only `model` rewritten), else converted.
+    fn upstream_body(
+        &self,
+        backend: &BackendConfig,
+        upstream_model: Option<&str>,
+    ) -> Result<Bytes, AttemptError> {
+        let client_protocol = self.endpoint.protocol();
+        let target = backend_protocol(backend.kind);
+        if client_protocol == target {
+            return match upstream_model {
+                Some(model) if self.request.model() != Some(model) => {
+                    set_fields(self.body, &[("model", &json_string(model))])
+                        .map(Bytes::from)
+                        .map_err(|e| AttemptError::Fatal(GatewayError::invalid(e.message, e.param)))
+                }
+                _ => Ok(self.body.clone()),
+            };
+        }
+        let ApiRequest::Chat(chat) = self.request.as_ref() else {
+            return Err(AttemptError::Fatal(GatewayError::invalid(
+                format!(
+                    "backend '{}' speaks the Anthropic Messages API, which has no {} endpoint; route this model to an OpenAI-compatible backend",
+                    backend.name,
+                    self.endpoint.path()
+                ),
+                Some("model".into()),
+            )));
+        };
+        let options = RequestOptions {
+            model: upstream_model,
+            default_max_tokens: backend.max_tokens,
+        };
+        let encoded = match target {
+            Protocol::Anthropic => convert::encode_anthropic_request(chat, &options),
+            Protocol::OpenAi => convert::encode_openai_request(chat, &options),
+        };
+        encoded
+            .map(Bytes::from)
+            .map_err(|e| AttemptError::Fatal(GatewayError::invalid(e.message, e.param)))
+    }
+
+    /// One call to one instance. `Err(Fault)` means "try the next candidate".
+    async fn attempt(
+        &self,
+        backend: &BackendConfig,
+        index: usize,
+        guard: InFlightGuard,
+        upstream_model: Option<&str>,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response, AttemptError> {
+        let instance = &backend.instances[index];
+        let client_protocol = self.endpoint.protocol();
+        let target = backend_protocol(backend.kind);
+        let body = self.upstream_body(backend, upstream_model)?;
+        let suffix = match (target, self.endpoint) {
+            (Protocol::Anthropic, _) => "/messages",
+            (Protocol::OpenAi, Endpoint::Completions) => "/completions",
+            (Protocol::OpenAi, Endpoint::Embeddings) => "/embeddings",
+            (Protocol::OpenAi, _) => "/chat/completions",
+        };
+        let stream = self.request.stream();
+        let passthrough_auth = match target {
+            _ if !self.forward_client_auth => None,
+            Protocol::Anthropic => self
+                .headers
+                .get("x-api-key")
+                .or_else(|| self.headers.get(header::AUTHORIZATION)),
+            Protocol::OpenAi => self.headers.get(header::AUTHORIZATION),
+        };
+        let sent = Instant::now();
+        let reply = call::send(
+            self.state.client(),
+            CallSpec {
+                kind: backend.kind,
+                url: format!("{}{}", instance.base_url, suffix),
+                body,
+                api_key: instance.api_key.as_ref(),
+                passthrough_auth,
+                anthropic_version: self
+                    .headers
+                    .get("anthropic-version")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(&backend.anthropic_version),
+                anthropic_beta: self.headers.get("anthropic-beta"),
+                request_id: &ctx.id,
+                stream,
+                timeout: backend.timeout,
+            },
+        )
+        .await?;
+        let ttfb = sent.elapsed();
+        let provider = backend.kind.as_str();
+        let response = match reply {
+            Reply::ClientError {
+                status,
+                content_type,
+                body,
+            } => {
+                // The instance is alive; the request was refused. Relay it, do not retry.
+                self.state
+                    .metrics()
+                    .upstream_response(&backend.name, provider, status, ttfb);
+                self.record_success(guard.instance(), ttfb);
+                ctx.status = status;
+                ctx.error = Some("upstream_client_error");
+                ctx.upstream_wait = ttfb;
+                ctx.backend = Some(backend.name.clone());
+                ctx.instance = Some(instance.display.clone());
+                let body = if client_protocol == target {
+                    body
+                } else {
+                    Bytes::from(convert::convert_error(
+                        target,
+                        client_protocol,
+                        status,
+                        &body,
+                    ))
+                };
+                return Ok(reply::relayed_error(
+                    status,
+                    content_type,
+                    body,
+                    &backend.name,
+                ));
+            }
+            Reply::Success(response) => response,
+        };
+        self.state.metrics().upstream_response(
+            &backend.name,
+            provider,
+            response.status().as_u16(),
+            ttfb,
+        );
+        let is_sse = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if is_sse {
+            let transform = if client_protocol == target {
+                match target {
+                    Protocol::OpenAi => Transform::OpenAiPassThrough {
+                        id_json: json_string(&ctx.id),
+                    },
+                    Protocol::Anthropic => Transform::AnthropicPassThrough,
+                }
+            } else {
+                let include_usage =
+                    matches!(self.request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
+                Transform::Convert(Box::new(StreamConverter::new(
+                    target,
+                    client_protocol,
+                    StreamOptions {
+                        id: ctx.id.clone(),
+                        model: self
+                            .request
+                            .model()
+                            .or(upstream_model)
+                            .unwrap_or(&backend.name)
+                            .to_owned(),
+                        include_usage,
+                        input_tokens: 0,
+                    },
+                )))
+            };
+            let tap = (ctx.request.is_some() && client_protocol == target)
+                .then(|| StreamTap::new(target));
+            let mut relay = Relay::new(response, transform, backend.stream_idle_timeout, tap);
+            // Fail-over stays possible until the first event is in hand.
+            let first = relay
+                .next_output()
+                .await?
+                .ok_or_else(|| Fault::Broken("upstream sent an empty stream".into()))?;
+            self.record_success(guard.instance(), ttfb);
+            ctx.status = 200;
+            ctx.upstream_wait = ttfb;
+            ctx.backend = Some(backend.name.clone());
+            ctx.instance = Some(instance.display.clone());
+            ctx.ttft = Some(ctx.started.elapsed());
+            let detached = ctx.detach();
+            return Ok(reply::stream(
+                first,
+                relay,
+                detached,
+                guard,
+                self.state.clone(),
+                provider,
+                &backend.name,
+            ));
+        }
+        let upstream_body = match tokio::time::timeout(backend.timeout, response.bytes()).await {
+            Err(_) => return Err(Fault::Timeout(backend.timeout).into()),
+            Ok(Err(error)) => return Err(Fault::Broken(call::describe(error)).into()),
+            Ok(Ok(body)) => body,
+        };
+        let converted = if client_protocol == target {
+            upstream_body.to_vec()
+        } else {
+            convert::convert_response(
+                target,
+                client_protocol,
+                &upstream_body,
+                &ResponseOptions {
+                    id: &ctx.id,
+                    model: self.request.model(),
+                },
+            )
+            .map_err(|e| {
+                Fault::Broken(format!(
+                    "upstream response could not be converted: {}",
+                    e.message
+                ))
+            })?
+        };
+        let patched = set_fields(
+            &converted,
+            &[
+                ("id", &json_string(&ctx.id)),
+                ("backend", &json_string(&backend.name)),
+            ],
+        )
+        .map_err(|_| Fault::Broken("upstream returned a body that is not a JSON object".into()))?;
+        self.record_success(guard.instance(), ttfb);
+        drop(guard);
+        ctx.status = 200;
+        ctx.upstream_wait = sent.elapsed();
+        ctx.backend = Some(backend.name.clone());
+        ctx.instance = Some(instance.display.clone());
+        if ctx.request.is_some() {
+            let summary = convert::summarize_response(target, &upstream_body);
+            ctx.usage = summary.as_ref().and_then(|s| s.usage);
+            ctx.reply = summary;
+        } else {
+            ctx.usage = usage_of(&upstream_body);
+        }
+        ctx.ttft = Some(ctx.started.elapsed());
+        Ok(reply::json(Bytes::from(patched), &backend.name))
+    }
+}
+
+/// The error once every candidate failed: 504 when the last fault was a timeout, 429 (shortest
+/// Retry-After) when all were rate-limited, else 502; the message names each backend/instance tried.
+fn exhausted(tried: &[Tried]) -> GatewayError {
+    let detail = tried
+        .iter()
+        .map(|t| format!("{} ({}): {}", t.backend, t.instance, t.fault))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let rate_limits: Vec<Option<Duration>> = tried
+        .iter()
+        .filter_map(|t| t.fault.rate_limited())
+        .collect();
+    if !tried.is_empty() && rate_limits.len() == tried.len() {
+        let shortest = rate_limits.iter().flatten().min().copied();
+        return GatewayError::new(
+            ErrorKind::UpstreamRateLimited,
+            format!("every upstream is rate limited: {detail}"),
+        )
+        .with_retry_after(shortest);
+    }
+    let kind = match tried.last() {
+        Some(last) if last.fault.is_timeout() => ErrorKind::UpstreamTimeout,
+        _ => ErrorKind::UpstreamUnavailable,
+    };
+    if tried.is_empty() {
+        return GatewayError::new(kind, "no upstream instance is configured for this backend");
+    }
+    GatewayError::new(kind, format!("all upstream attempts failed: {detail}"))
+}
+
+/// Usage from a complete OpenAI or Anthropic response body, without a full typed decode.
+fn usage_of(body: &[u8]) -> Option<crate::protocol::Usage> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        usage: Option<UsageWire>,
+    }
+    #[derive(serde::Deserialize)]
+    struct UsageWire {
+        #[serde(alias = "input_tokens")]
+        prompt_tokens: Option<u64>,
+        #[serde(alias = "output_tokens")]
+        completion_tokens: Option<u64>,
+    }
+    let usage = serde_json::from_slice::<Envelope>(body).ok()?.usage?;
+    Some(crate::protocol::Usage {
+        input_tokens: usage.prompt_tokens.unwrap_or(0),
+        output_tokens: usage.completion_tokens.unwrap_or(0),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,150 @@
+//! The gate before routing: API key → principal (401/403), model allow-list, prompt policies (400),
+//! then rate limits and quotas (429, or 503 when shared state is down and `fail_closed`). Requests
+//! rejected as invalid never reach this stage, so they consume no budget.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::{AuthError, KeyStore, Principal};
+use crate::error::{ErrorKind, GatewayError};
+use crate::limits::{Admission, LimitRequest, RejectKind};
+use crate::protocol::ApiRequest;
+use crate::state::{AppState, Snapshot};
+
+/// What the gate let through.
+pub struct Admitted {
+    pub principal: Option<Arc<Principal>>,
+    pub admission: Option<Admission>,
+}
+
+impl Admitted {
+    /// `x-ratelimit-*` headers for the response.
+    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
+        self.admission
+            .as_ref()
+            .map_or(&[], |a| a.headers.as_slice())
+    }
+}
+
+/// Authenticate the request's key; `Ok(None)` when the gateway has no keys configured.
+pub fn authenticate(
+    state: &AppState,
+    keys: &KeyStore,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<Principal>>, GatewayError> {
+    match keys.authenticate(headers) {
+        Ok(None) => Ok(None),
+        Ok(Some(principal)) => {
+            state.metrics().auth(true);
+            Ok(Some(principal))
+        }
+        Err(error) => {
+            state.metrics().auth(false);
+            Err(auth_error(error))
+        }
+    }
+}
+
+pub fn auth_error(error: AuthError) -> GatewayError {
+    let kind = match error {
+        AuthError::Forbidden { .. } => ErrorKind::Forbidden,
+        AuthError::Missing | AuthError::Invalid => ErrorKind::Unauthorized,
+    };
+    GatewayError::new(kind, error.to_string())
+}
+
+/// The client address: the peer, or the first `X-Forwarded-For` hop when the peer is a trusted proxy.
+pub fn client_ip(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let peer_ip = peer.ip();
+    if snapshot.config.server.trusted_proxies.contains(&peer_ip)
+        && let Some(first) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    {
+        return first;
+    }
+    peer_ip
+}
+
+pub async fn admit(
+    state: &AppState,
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    request: &ApiRequest,
+    public_model: &str,
+) -> Result<Admitted, GatewayError> {
+    let principal = authenticate(state, &snapshot.keys, headers)?;
+    if let Some(principal) = &principal {
+        KeyStore::check_model(principal, public_model).map_err(|error| {
+            state.metrics().auth(false);
+            auth_error(error)
+        })?;
+    }
+    let limited = !snapshot.limiter.is_noop();
+    let policed = !snapshot.policy.is_empty();
+    if !limited && !policed {
+        return Ok(Admitted {
+            principal,
+            admission: None,
+        });
+    }
+    let text = request.all_input_text();
+    let estimated_tokens = if limited || snapshot.policy.needs_token_count() {
+        crate::tokens::count(&text)
+    } else {
+        0
+    };
+    if policed && let Err(violation) = snapshot.policy.check(&text, estimated_tokens) {
+        return Err(GatewayError::new(
+            ErrorKind::PolicyViolation,
+            violation.to_string(),
+        ));
+    }
+    if !limited {
+        return Ok(Admitted {
+            principal,
+            admission: None,
+        });
+    }
+    let admission = snapshot
+        .limiter
+        .admit(&LimitRequest {
+            ip,
+            key: principal.as_deref(),
+            model: public_model,
+            estimated_tokens,
+        })
+        .await
+        .map_err(|rejection| {
+            state.stats().rejected();
+            let key_name = rejection.key_name.as_deref().unwrap_or("anonymous");
+            let kind = match rejection.kind {
+                RejectKind::RateLimited => {
+                    state.metrics().rate_limited(key_name);
+                    ErrorKind::RateLimited
+                }
+                RejectKind::QuotaExceeded => {
+                    state.metrics().quota_exceeded(key_name);
+                    ErrorKind::QuotaExceeded
+                }
+                RejectKind::Unavailable => ErrorKind::ServiceUnavailable,
+            };
+            GatewayError {
+                kind,
+                message: rejection.message,
+                param: None,
+                retry_after: (kind != ErrorKind::ServiceUnavailable)
+                    .then_some(rejection.retry_after),
+                headers: rejection.headers,
+            }
+        })?;
+    Ok(Admitted {
+        principal,
+        admission: Some(admission),
+    })
+}

@@ -1,0 +1,291 @@
+//! Responses the pipeline sends: JSON bodies, relayed upstream errors, relayed streams, and the echo
+//! backend's answers in either front-door protocol.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::config::BackendConfig;
+use crate::error::GatewayError;
+use crate::protocol::openai::{self, TextAnswer};
+use crate::protocol::{
+    ApiRequest, Endpoint, FinishReason, Protocol, ResponseSummary, anthropic, sse,
+};
+use crate::routing::instances::InFlightGuard;
+use crate::state::AppState;
+use crate::upstream::echo;
+use crate::upstream::relay::Relay;
+
+use super::RequestCtx;
+
+pub fn with_backend(mut response: Response, backend: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(backend) {
+        response.headers_mut().insert("x-gateway-backend", value);
+    }
+    response
+}
+
+pub fn json(body: Bytes, backend: &str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    with_backend(response, backend)
+}
+
+pub fn relayed_error(
+    status: u16,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+    backend: &str,
+) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    with_backend(response, backend)
+}
+
+fn sse_response(body: Body, backend: &str) -> Response {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    with_backend(response, backend)
+}
+
+/// A complete SSE body already in hand (cache replays).
+pub fn sse_bytes(body: Bytes, backend: &str) -> Response {
+    sse_response(Body::from(body), backend)
+}
+
+/// Relay an upstream stream: `first` is already in hand; the rest follows as the upstream sends it.
+/// A fault after the first byte ends the stream with a protocol-correct error event and counts against
+/// the instance. The in-flight guard lives as long as the stream.
+pub fn stream(
+    first: Bytes,
+    relay: Relay,
+    ctx: RequestCtx,
+    guard: InFlightGuard,
+    state: AppState,
+    provider: &'static str,
+    backend: &str,
+) -> Response {
+    struct Streaming {
+        relay: Relay,
+        ctx: RequestCtx,
+        guard: InFlightGuard,
+        state: AppState,
+        provider: &'static str,
+        first: Option<Bytes>,
+        done: bool,
+    }
+    impl Streaming {
+        fn close(&mut self, complete: bool) {
+            self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
+            if self.ctx.usage.is_none()
+                && let Some(admission) = &self.ctx.admission
+            {
+                // Streams without usage are counted from their text.
+                self.ctx.usage = Some(crate::protocol::Usage {
+                    input_tokens: admission.estimated_tokens(),
+                    output_tokens: crate::tokens::count(&self.relay.facts.text),
+                    ..Default::default()
+                });
+            }
+            self.ctx.streamed = Some((
+                self.provider,
+                self.relay.facts.events,
+                self.relay.facts.bytes,
+            ));
+            let cache_key = self.ctx.cache_key.take();
+            if self.ctx.request.is_some() || cache_key.is_some() {
+                let summary = self.relay.summary();
+                if complete && let Some(key) = cache_key {
+                    super::cached::store_stream(&self.state, key, &summary, &self.ctx);
+                }
+                if self.ctx.request.is_some() {
+                    self.ctx.reply = Some(summary);
+                }
+            }
+            self.ctx.finish();
+        }
+    }
+    let state = Streaming {
+        relay,
+        ctx,
+        guard,
+        state,
+        provider,
+        first: Some(first),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut streaming| async move {
+        if let Some(first) = streaming.first.take() {
+            return Some((Ok::<Bytes, std::io::Error>(first), streaming));
+        }
+        if streaming.done {
+            return None;
+        }
+        match streaming.relay.next_output().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), streaming)),
+            Ok(None) => {
+                streaming.done = true;
+                streaming.close(true);
+                None
+            }
+            Err(fault) => {
+                streaming.done = true;
+                tracing::warn!(id = %streaming.ctx.id, fault = %fault, "stream ended by an upstream fault");
+                let instance = streaming.guard.instance();
+                if let Some(transition) = instance.breaker.on_failure(std::time::Instant::now()) {
+                    streaming.state.instance_transition(instance, transition);
+                }
+                streaming.ctx.error = Some("upstream_stream_error");
+                let event = streaming
+                    .relay
+                    .error_event(&format!("upstream stream failed: {fault}"));
+                streaming.close(false);
+                Some((Ok(event), streaming))
+            }
+        }
+    });
+    sse_response(Body::from_stream(body), backend)
+}
+
+/// The in-process echo backend, answering in the client's protocol.
+pub fn echo(
+    request: &ApiRequest,
+    endpoint: Endpoint,
+    backend: &BackendConfig,
+    ctx: &mut RequestCtx,
+) -> Result<Response, GatewayError> {
+    let answer = echo::answer(request)?;
+    let created = jiff::Timestamp::now().as_second();
+    let model = request.model().unwrap_or(&backend.name);
+    let text_answer = TextAnswer {
+        id: &ctx.id,
+        model,
+        created,
+        text: &answer.text,
+        finish_reason: FinishReason::Stop,
+        usage: answer.usage,
+    };
+    ctx.status = 200;
+    ctx.usage = Some(answer.usage);
+    ctx.backend = Some(backend.name.clone());
+    ctx.ttft = Some(ctx.started.elapsed());
+    if ctx.request.is_some() {
+        ctx.reply = Some(ResponseSummary {
+            text: answer.text.clone(),
+            usage: Some(answer.usage),
+            finish_reason: Some(FinishReason::Stop),
+            ..ResponseSummary::default()
+        });
+    }
+    let pieces = answer.pieces();
+    let stream = request.stream();
+    let value = match (endpoint.protocol(), request) {
+        (Protocol::Anthropic, _) if stream => {
+            let events =
+                anthropic::message_stream(&text_answer, &pieces, answer.usage.input_tokens);
+            let frames = events
+                .into_iter()
+                .map(|(name, data)| frame(Some(name), &data))
+                .collect();
+            return Ok(paced(
+                frames,
+                backend.chunk_delay,
+                ctx.detach(),
+                &backend.name,
+            ));
+        }
+        (Protocol::Anthropic, _) => anthropic::message_response(&text_answer),
+        (Protocol::OpenAi, ApiRequest::Chat(chat)) if stream => {
+            let mut frames: Vec<Bytes> =
+                openai::chat_chunks(&text_answer, &pieces, chat.include_usage)
+                    .iter()
+                    .map(|data| frame(None, data))
+                    .collect();
+            frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            return Ok(paced(
+                frames,
+                backend.chunk_delay,
+                ctx.detach(),
+                &backend.name,
+            ));
+        }
+        (Protocol::OpenAi, ApiRequest::Completion(_)) if stream => {
+            let mut frames: Vec<Bytes> = openai::text_completion_chunks(&text_answer, &pieces)
+                .iter()
+                .map(|data| frame(None, data))
+                .collect();
+            frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            return Ok(paced(
+                frames,
+                backend.chunk_delay,
+                ctx.detach(),
+                &backend.name,
+            ));
+        }
+        (Protocol::OpenAi, ApiRequest::Chat(_)) => openai::chat_completion(&text_answer),
+        (Protocol::OpenAi, ApiRequest::Completion(_)) => openai::text_completion(&text_answer),
+        (Protocol::OpenAi, ApiRequest::Embeddings(embeddings)) => {
+            let vectors: Vec<Vec<f32>> = embeddings
+                .input
+                .iter()
+                .map(|text| echo::embedding(text))
+                .collect();
+            openai::embeddings(model, &vectors, answer.usage.input_tokens)
+        }
+    };
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "backend".into(),
+            serde_json::Value::from(backend.name.as_str()),
+        );
+    }
+    Ok(json(Bytes::from(value.to_string()), &backend.name))
+}
+
+fn frame(event: Option<&str>, data: &serde_json::Value) -> Bytes {
+    let mut out = BytesMut::new();
+    sse::encode(event, data.to_string().as_bytes(), &mut out);
+    out.freeze()
+}
+
+/// Stream prepared frames, optionally paced by `delay`; the record is finished after the last one.
+fn paced(frames: Vec<Bytes>, delay: Duration, mut ctx: RequestCtx, backend: &str) -> Response {
+    if delay.is_zero() {
+        let mut out = BytesMut::new();
+        for frame in &frames {
+            out.extend_from_slice(frame);
+        }
+        ctx.finish();
+        return sse_response(Body::from(out.freeze()), backend);
+    }
+    let body = futures_util::stream::iter(frames.into_iter().enumerate())
+        .then(move |(i, frame)| async move {
+            if i > 0 {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<Bytes, std::io::Error>(frame)
+        })
+        .chain(futures_util::stream::once(async move {
+            ctx.finish();
+            Ok(Bytes::new())
+        }));
+    sse_response(Body::from_stream(body), backend)
+}
