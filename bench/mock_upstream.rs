@@ -6,7 +6,8 @@
 //!
 //! Endpoints:
 //! - `POST /v1/chat/completions`: OpenAI chat completion JSON; with `"stream": true` an exact OpenAI SSE
-//!   stream of 20 content chunks (role in the first), a finish chunk and `data: [DONE]`;
+//!   stream of 20 content chunks (role in the first), a finish chunk, a usage chunk when the request sets
+//!   `stream_options.include_usage`, and `data: [DONE]`;
 //! - `POST /v1/messages`: Anthropic message JSON; with `"stream": true` the exact Anthropic event sequence
 //!   (`message_start`, `content_block_start`, `ping`, 20 `text_delta`s, `content_block_stop`,
 //!   `message_delta`, `message_stop`);
@@ -62,6 +63,7 @@ struct Cli {
 struct Replies {
     openai_json: Bytes,
     openai_stream: Arc<[Bytes]>,
+    openai_stream_usage: Arc<[Bytes]>,
     anthropic_json: Bytes,
     anthropic_stream: Arc<[Bytes]>,
     health: Bytes,
@@ -75,7 +77,8 @@ impl Replies {
     fn new(instance: Option<HeaderValue>, log_first_request: bool) -> Self {
         Self {
             openai_json: Bytes::from(openai_json()),
-            openai_stream: openai_stream().into_iter().map(Bytes::from).collect(),
+            openai_stream: openai_stream(false).into_iter().map(Bytes::from).collect(),
+            openai_stream_usage: openai_stream(true).into_iter().map(Bytes::from).collect(),
             anthropic_json: Bytes::from(anthropic_json()),
             anthropic_stream: anthropic_stream().into_iter().map(Bytes::from).collect(),
             health: Bytes::from_static(br#"{"status":"ok"}"#),
@@ -123,10 +126,14 @@ fn openai_json() -> String {
             "logprobs": null,
             "finish_reason": "stop"
         }],
-        "usage": {"prompt_tokens": 9, "completion_tokens": STREAM_CHUNKS, "total_tokens": 9 + STREAM_CHUNKS},
+        "usage": openai_usage(),
         "system_fingerprint": "fp_mock"
     })
     .to_string()
+}
+
+fn openai_usage() -> serde_json::Value {
+    serde_json::json!({"prompt_tokens": 9, "completion_tokens": STREAM_CHUNKS, "total_tokens": 9 + STREAM_CHUNKS})
 }
 
 fn openai_chunk(delta: &serde_json::Value, finish_reason: Option<&str>) -> String {
@@ -141,7 +148,7 @@ fn openai_chunk(delta: &serde_json::Value, finish_reason: Option<&str>) -> Strin
     format!("data: {chunk}\n\n")
 }
 
-fn openai_stream() -> Vec<String> {
+fn openai_stream(include_usage: bool) -> Vec<String> {
     let mut events: Vec<String> = (0..STREAM_CHUNKS)
         .map(|index| {
             let delta = if index == 0 {
@@ -153,6 +160,18 @@ fn openai_stream() -> Vec<String> {
         })
         .collect();
     events.push(openai_chunk(&serde_json::json!({}), Some("stop")));
+    if include_usage {
+        let chunk = serde_json::json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": "mock-model",
+            "system_fingerprint": "fp_mock",
+            "choices": [],
+            "usage": openai_usage()
+        });
+        events.push(format!("data: {chunk}\n\n"));
+    }
     events.push("data: [DONE]\n\n".to_owned());
     events
 }
@@ -258,17 +277,21 @@ impl Body for MockBody {
     }
 }
 
-/// Whether a JSON request body asks for a stream: a `"stream"` key followed by `: true`.
+/// Whether a JSON request body sets `key` (given with its quotes) to `true` anywhere.
 ///
 /// A byte scan instead of a parse keeps the mock's CPU per request small; an escaped `\"stream\"` inside
 /// a string value never matches because the closing quote there is preceded by a backslash.
-fn wants_stream(body: &[u8]) -> bool {
-    memchr::memmem::find_iter(body, b"\"stream\"").any(|at| {
-        let rest = &body[at + b"\"stream\"".len()..];
+fn flag_is_true(body: &[u8], key: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, key).any(|at| {
+        let rest = &body[at + key.len()..];
         let rest = rest.trim_ascii_start();
         rest.strip_prefix(b":")
             .is_some_and(|value| value.trim_ascii_start().starts_with(b"true"))
     })
+}
+
+fn wants_stream(body: &[u8]) -> bool {
+    flag_is_true(body, b"\"stream\"")
 }
 
 fn reply(
@@ -329,15 +352,19 @@ async fn handle(
             "application/json",
             MockBody::Full(Some(replies.openai_json.clone())),
         ),
-        (false, true) => reply(
-            &replies,
-            StatusCode::OK,
-            "text/event-stream",
-            MockBody::Events {
-                events: replies.openai_stream.clone(),
-                next: 0,
-            },
-        ),
+        (false, true) => {
+            let events = if flag_is_true(&body, b"\"include_usage\"") {
+                replies.openai_stream_usage.clone()
+            } else {
+                replies.openai_stream.clone()
+            };
+            reply(
+                &replies,
+                StatusCode::OK,
+                "text/event-stream",
+                MockBody::Events { events, next: 0 },
+            )
+        }
         (true, false) => reply(
             &replies,
             StatusCode::OK,
@@ -428,12 +455,19 @@ mod tests {
         assert!(!wants_stream(br#"{"stream_options":true}"#));
         assert!(!wants_stream(br#"{"content":"say \"stream\": true"}"#));
         assert!(!wants_stream(b""));
+        assert!(flag_is_true(
+            br#"{"stream_options": {"include_usage": true}}"#,
+            b"\"include_usage\""
+        ));
     }
 
     #[test]
     fn streams_have_the_expected_event_counts() {
-        let openai = openai_stream();
+        let openai = openai_stream(false);
         assert_eq!(openai.len(), STREAM_CHUNKS + 2);
+        let with_usage = openai_stream(true);
+        assert_eq!(with_usage.len(), STREAM_CHUNKS + 3);
+        assert!(with_usage[STREAM_CHUNKS + 1].contains(r#""choices":[],"usage""#));
         assert_eq!(openai.last().map(String::as_str), Some("data: [DONE]\n\n"));
         assert!(openai[0].contains(r#""role":"assistant""#));
         assert!(openai[STREAM_CHUNKS].contains(r#""finish_reason":"stop""#));
@@ -453,7 +487,7 @@ mod tests {
 
     #[test]
     fn every_event_is_valid_json() {
-        for event in openai_stream().iter().chain(anthropic_stream().iter()) {
+        for event in openai_stream(true).iter().chain(anthropic_stream().iter()) {
             let data = event
                 .lines()
                 .find_map(|line| line.strip_prefix("data: "))

@@ -294,6 +294,21 @@ preflight() {
 }
 
 RESULTS=$OUT/results.tsv
+TTFB_SAMPLES=${TTFB_SAMPLES:-50}
+
+# Median time to first response byte over TTFB_SAMPLES sequential requests on one keep-alive connection, idle
+# server, in µs (for streams: how soon the client sees the stream start; DESIGN: overhead ≤ 1 ms).
+idle_ttfb_us() {
+	local url=$1 body_file=$2 headers=$3 line urls=()
+	local args=(-s -w '%{time_starttransfer}\n' -H 'Content-Type: application/json' --max-time 10)
+	while IFS= read -r line; do
+		[[ -n $line ]] && args+=(-H "$line")
+	done <<<"$headers"
+	for _ in $(seq "$TTFB_SAMPLES"); do urls+=(-o /dev/null "$url"); done
+	sed 's/__N__/ttfb/g' "$body_file" >"$OUT/ttfb.body"
+	curl "${args[@]}" --data-binary "@$OUT/ttfb.body" "${urls[@]}" 2>/dev/null |
+		sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%d", v[int((NR + 1) / 2)] * 1e6 }'
+}
 
 # Prints "requests duration_us p50_us p99_us non2xx socket_errors" from wrk output with post.lua's BENCH line.
 parse_wrk() {
@@ -333,12 +348,12 @@ run_cell() {
 	awk -v name="$name" -v target="$target" -v mode="$mode" -v conns="$conns" -v req="$requests" \
 		-v dur="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v status="$status" -v errors="$errors" \
 		-v cpu="$((cpu1 - cpu0))" -v mock="$((mock1 - mock0))" -v tck="$CLK_TCK" -v rss="$rss" \
-		-v baseline="$baseline" -v note="$note" 'BEGIN {
+		-v baseline="$baseline" -v note="$note" -v ttfb="${TTFB:-}" 'BEGIN {
 			rps = dur > 0 ? req / (dur / 1e6) : 0
 			cpu_us = req > 0 ? cpu / tck * 1e6 / req : 0
 			mock_us = req > 0 ? mock / tck * 1e6 / req : 0
-			printf "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\n", name, target, mode, conns, rps, p50,
-				p99, status, errors, cpu_us, mock_us, rss, note, baseline
+			printf "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\n", name, target, mode, conns, rps,
+				p50, p99, status, errors, cpu_us, mock_us, rss, note, baseline, ttfb
 		}' >>"$RESULTS"
 }
 
@@ -370,22 +385,27 @@ run_scenario() {
 			# Fresh processes per cell: peak RSS and connection state belong to this cell alone.
 			start_mock
 			if ! start_target "$target" "$config"; then
+				# A rejected config or a server that does not start fails every cell alike: one row for all.
 				log "$name: $START_ERROR"
-				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" all all \
 					"skipped: $START_ERROR" "$baseline" >>"$RESULTS"
 				stop_target
-				continue
+				return
 			fi
 			local url=http://127.0.0.1:$TARGET_PORT$path check
 			check=$(preflight "$url" "$body_file" "$mode" "$headers" "$unique" "$show" "$deny")
 			if [[ $check != ok* ]]; then
 				log "$name $mode: preflight failed: $check"
-				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" "$conns" \
+				printf '%s\t%s\t%s\t%s\t\t\t\t\t\t\t\t\t%s\t%s\n' "$name" "$target" "$mode" all \
 					"skipped: preflight $check" "$baseline" >>"$RESULTS"
-			else
-				local note=${check#ok}
-				run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline" "${note#; }"
+				stop_target
+				break
 			fi
+			local note=${check#ok} ttfb=""
+			# Skipped for unique bodies: repeating one body would measure cache hits.
+			[[ $mode == stream && $unique == 0 ]] && ttfb=$(idle_ttfb_us "$url" "$body_file" "$headers")
+			TTFB=$ttfb
+			run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline" "${note#; }"
 			stop_target
 		done
 	done
@@ -508,6 +528,7 @@ run_reload() {
 
 # ---------------------------------------------------------------- report
 # results.tsv columns: name target mode conns rps p50_us p99_us non2xx errors cpu_us mock_cpu_us rss_kb note baseline
+# idle_ttfb_us (streams)
 write_report() {
 	local report=$OUT/results.md
 	{
@@ -523,28 +544,31 @@ write_report() {
 		echo "- latency: wrk, whole response (a stream's last byte); added p50 = p50 − p50 of the baseline (direct) cell"
 		echo "- CPU/req: utime+stime of the server (nginx: master + worker; direct: the mock) over the measured run ÷ requests"
 		echo "- peak RSS: VmHWM of the server process(es) at the end of the cell"
+		echo "- idle TTFB (streams): median time to the first response byte over $TTFB_SAMPLES sequential requests before the load, ± vs the baseline"
 		echo
-		echo "| scenario | mode | conns | req/s | p50 ms | p99 ms | added p50 µs | CPU µs/req | peak RSS MB | errors | note |"
-		echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+		echo "| scenario | mode | conns | req/s | p50 ms | p99 ms | added p50 µs | CPU µs/req | peak RSS MB | errors | idle TTFB µs | note |"
+		echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 		awk -F'\t' '
-			{ rows[NR] = $0; if ($5 != "") base[$1 SUBSEP $3 SUBSEP $4] = $6 }
+			{ rows[NR] = $0; if ($5 != "") { base[$1 SUBSEP $3 SUBSEP $4] = $6; ttfb[$1 SUBSEP $3 SUBSEP $4] = $15 } }
 			END {
 				for (i = 1; i <= NR; i++) {
 					split(rows[i], f, "\t")
 					if (f[5] == "") {
 						note = f[13]
 						if (length(note) > 140) note = substr(note, 1, 140) "…"
-						printf "| %s | %s | %s | | | | | | | | %s |\n", f[1], f[3], f[4], note
+						printf "| %s | %s | %s | | | | | | | | | %s |\n", f[1], f[3], f[4], note
 						continue
 					}
 					key = f[14] SUBSEP f[3] SUBSEP f[4]
 					added = (f[2] != "direct" && f[1] != f[14] && (key in base)) ? sprintf("%+d", f[6] - base[key]) : "–"
 					errs = f[8] + f[9]
+					t = f[15]
+					if (t != "" && f[2] != "direct" && f[1] != f[14] && ttfb[key] != "") t = sprintf("%d (%+d)", t, t - ttfb[key])
 					note = f[13]
 					if (f[8] > 0) note = note (note == "" ? "" : "; ") f[8] " non-2xx"
 					if (f[9] > 0) note = note (note == "" ? "" : "; ") f[9] " socket errors"
-					printf "| %s | %s | %s | %s | %.2f | %.2f | %s | %.1f | %.1f | %d | %s |\n", f[1], f[3], f[4], f[5],
-						f[6] / 1000, f[7] / 1000, added, f[10], f[12] / 1024, errs, note
+					printf "| %s | %s | %s | %s | %.2f | %.2f | %s | %.1f | %.1f | %d | %s | %s |\n", f[1], f[3], f[4], f[5],
+						f[6] / 1000, f[7] / 1000, added, f[10], f[12] / 1024, errs, t, note
 				}
 			}' "$RESULTS"
 		if [[ -s $FAULTS ]]; then
