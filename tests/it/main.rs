@@ -12,3 +12,4 @@ mod bad_input;
 mod binary;
 mod echo;
 mod passthrough;
+mod resil;
