@@ -881,3 +881,110 @@ async fn a_client_leaving_mid_stream_releases_the_in_flight_slot() {
     let after = counts(&m);
     assert_eq!((after[0] - before[0], after[1] - before[1]), (1, 1));
 }
+
+#[tokio::test]
+async fn the_served_by_header_names_the_fallback_for_json_and_streams() {
+    let failing = Mock::start().await;
+    let backup = Mock::start().await;
+    failing.script([
+        Behavior::Status(500, "{}", None),
+        Behavior::Status(500, "{}", None),
+    ]);
+    let gateway = Gateway::start(&format!(
+        "backends:\n  primary: {{ type: openai, url: '{}', fallback: [backup], retries: 0 }}\n  backup: {{ type: openai, url: '{}' }}\n",
+        v1(&failing),
+        v1(&backup)
+    ))
+    .await;
+    for stream in [false, true] {
+        let response = client()
+            .post(gateway.url("/v1/chat/completions"))
+            .json(&json!({"model": "primary", "stream": stream, "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response
+                .headers()
+                .get("x-gateway-backend")
+                .map(|v| v.to_str().unwrap()),
+            Some("backup"),
+            "stream: {stream}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.contains("mock"), "{text}");
+    }
+    assert_eq!(backup.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_long_healthy_stream_outlives_timeout_s() {
+    let mock = Mock::start().await;
+    // Five chunks 150 ms apart: about 0.6 s in all, twice timeout_s.
+    mock.script([Behavior::Slow(Duration::from_millis(150))]);
+    let gateway = Gateway::start(&format!(
+        "backends:\n  slow: {{ type: openai, url: '{}', timeout_s: 0.3 }}\n",
+        v1(&mock)
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(started.elapsed() > Duration::from_millis(300));
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]", "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    assert_eq!(mock.requests().len(), 1, "a healthy stream was retried");
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_gives_504_after_timeout_s_naming_it() {
+    let mock = Mock::start().await;
+    mock.script([Behavior::Hang]);
+    let gateway = Gateway::start(&format!(
+        "backends:\n  stuck: {{ type: openai, url: '{}', timeout_s: 0.3, retries: 0 }}\n",
+        v1(&mock)
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = gateway.chat(hi("stuck")).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stuck") && message.contains(&mock.addr.to_string()),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn latency_strategy_avoids_an_instance_that_timed_out() {
+    let hanging = Mock::start().await;
+    hanging.script(std::iter::repeat_n(Behavior::Hang, 20));
+    let fast = Delayed::start(Duration::ZERO).await;
+    // A high threshold keeps the breaker out of it: only the latency estimate may steer traffic away.
+    let mut yaml = pool(
+        "latency",
+        &[(v1(&hanging), 1), (fast.base(), 1)],
+        "    timeout_s: 0.3\n    health: { error_threshold: 100 }\n",
+    );
+    yaml.push('\n');
+    let gateway = Gateway::start(&yaml).await;
+    for _ in 0..12 {
+        chat_ok(&gateway, "pool").await;
+    }
+    // The first timeout is unavoidable; after it the instance that took 0.3 s and answered nothing must
+    // not look as fast as the one answering in a millisecond.
+    assert!(
+        hanging.requests().len() <= 2,
+        "the timed-out instance was tried {} times in 12 requests",
+        hanging.requests().len()
+    );
+}
