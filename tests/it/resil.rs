@@ -988,3 +988,39 @@ async fn latency_strategy_avoids_an_instance_that_timed_out() {
         hanging.requests().len()
     );
 }
+
+#[tokio::test]
+async fn a_request_arriving_while_the_half_open_probe_is_in_flight_is_still_served() {
+    let mock = Mock::start().await;
+    mock.script([Behavior::Status(500, "{}", None), Behavior::Hang]);
+    let gateway = Gateway::start(&pool(
+        "round_robin",
+        &[(v1(&mock), 1)],
+        "    retries: 0\n    timeout_s: 2\n    health: { error_threshold: 1, cooldown_s: 0.3, max_cooldown_s: 0.3 }\n",
+    ))
+    .await;
+    let (status, _) = gateway.chat(hi("pool")).await;
+    assert_eq!(status, 502);
+    eventually("breaker half-open", Duration::from_secs(5), || async {
+        instance_state(&gateway.get_json("/health").await, 0) == "half_open"
+    })
+    .await;
+    // The probe: the instance hangs on it.
+    let gateway = Arc::new(gateway);
+    let probe = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move { gateway.chat(hi("pool")).await.0 })
+    };
+    eventually(
+        "the probe reached the instance",
+        Duration::from_secs(5),
+        || async { mock.requests().len() == 2 },
+    )
+    .await;
+    // Another request meanwhile: the pool's only instance is the one being probed. Ejection never empties
+    // a pool, and "no instance is configured" would be false either way.
+    let (status, body) = gateway.chat(hi("pool")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.requests().len(), 3);
+    let _ = probe.await;
+}
