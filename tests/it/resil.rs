@@ -578,12 +578,39 @@ async fn sighup_reloads_the_running_binary() {
     };
     // A served request means the reloader (started before serving) has its SIGHUP handler installed.
     assert_eq!(ask().await, "a");
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // An invalid file on SIGHUP: rejected, the old config keeps serving.
+    std::fs::write(&real, "backends: [ nope\n").unwrap();
+    hup();
+    eventually(
+        "the rejected reload is counted",
+        Duration::from_secs(10),
+        || async {
+            let text = client()
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines().any(|l| {
+                l.contains("config_reloads")
+                    && l.contains("result=\"failure\"")
+                    && !l.trim_end().ends_with(" 0")
+            })
+        },
+    )
+    .await;
+    assert_eq!(ask().await, "a");
     std::fs::write(&real, routed_to("b", &a, &b)).unwrap();
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    hup();
     eventually(
         "SIGHUP reload takes effect",
         Duration::from_secs(10),
@@ -1023,4 +1050,81 @@ async fn a_request_arriving_while_the_half_open_probe_is_in_flight_is_still_serv
     assert_eq!(status, 200, "{body}");
     assert_eq!(mock.requests().len(), 3);
     let _ = probe.await;
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_a_pool_moves_traffic_to_the_new_instance_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let m = mocks(3).await;
+    let config = |members: &[usize]| {
+        format!(
+            "models:\n  m: {{ backend: pool }}\n{}",
+            pool(
+                "round_robin",
+                &members.iter().map(|&i| (v1(&m[i]), 1)).collect::<Vec<_>>(),
+                "",
+            )
+        )
+    };
+    std::fs::write(&path, config(&[0, 1])).unwrap();
+    let (gateway, _none) = Gateway::start_from_file(&path, false).await;
+    for _ in 0..4 {
+        chat_ok(&gateway, "m").await;
+    }
+    assert_eq!(counts(&m), [2, 2, 0]);
+    std::fs::write(&path, config(&[1, 2])).unwrap();
+    let response = client()
+        .post(gateway.url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for _ in 0..6 {
+        chat_ok(&gateway, "m").await;
+    }
+    assert_eq!(counts(&m), [2, 5, 3]);
+    let health = gateway.get_json("/health").await;
+    let urls: Vec<&str> = health["backends"]["pool"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, [v1(&m[1]), v1(&m[2])]);
+}
+
+#[tokio::test]
+async fn a_stream_fails_over_past_500_and_a_hang_to_the_fallback() {
+    let failing = Mock::start().await;
+    let hanging = Mock::start().await;
+    let backup = Mock::start().await;
+    failing.script([Behavior::Status(500, "{}", None)]);
+    hanging.script([Behavior::Hang]);
+    let gateway = Gateway::start(&format!(
+        "backends:\n  primary:\n    type: openai\n    timeout_s: 0.3\n    fallback: [backup]\n    instances:\n      - url: '{}'\n      - url: '{}'\n  backup: {{ type: openai, url: '{}' }}\n",
+        v1(&failing),
+        v1(&hanging),
+        v1(&backup)
+    ))
+    .await;
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]", "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    assert_eq!(
+        (
+            failing.requests().len(),
+            hanging.requests().len(),
+            backup.requests().len()
+        ),
+        (1, 1, 1)
+    );
 }
