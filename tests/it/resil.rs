@@ -1000,14 +1000,13 @@ async fn latency_strategy_avoids_an_instance_that_timed_out() {
     let hanging = Mock::start().await;
     hanging.script(std::iter::repeat_n(Behavior::Hang, 20));
     let fast = Delayed::start(Duration::ZERO).await;
-    // A high threshold keeps the breaker out of it: only the latency estimate may steer traffic away.
-    let mut yaml = pool(
+    // A high threshold keeps the breaker out of it: only the latency strategy may steer traffic away.
+    let gateway = Gateway::start(&pool(
         "latency",
         &[(v1(&hanging), 1), (fast.base(), 1)],
         "    timeout_s: 0.3\n    health: { error_threshold: 100 }\n",
-    );
-    yaml.push('\n');
-    let gateway = Gateway::start(&yaml).await;
+    ))
+    .await;
     for _ in 0..12 {
         chat_ok(&gateway, "pool").await;
     }
