@@ -45,6 +45,26 @@ fn counts(mocks: &[Mock]) -> Vec<usize> {
     mocks.iter().map(|m| m.requests().len()).collect()
 }
 
+/// The value of an unlabelled metric whose name ends with `suffix` (the exporter adds a prefix).
+async fn metric(gateway: &Gateway, suffix: &str) -> f64 {
+    let text = client()
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            name.ends_with(suffix)
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no metric *{suffix} in {text}"))
+}
+
 async fn chat_ok(gateway: &Gateway, model: &str) -> Value {
     let (status, body) = gateway.chat(hi(model)).await;
     assert_eq!(status, 200, "{body}");
@@ -168,6 +188,7 @@ async fn fallback_backend_serves_when_primaries_fail_500_refused_and_hang() {
     assert_eq!(failing.requests().len(), 3);
     assert_eq!(hanging.requests().len(), 3);
     assert_eq!(backup.requests().len(), 3);
+    assert_eq!(metric(&gateway, "fallbacks_total").await, 3.0);
 }
 
 #[tokio::test]
@@ -198,6 +219,8 @@ async fn when_everything_fails_the_error_names_each_backend_and_instance() {
             "{needle:?} missing from {message}"
         );
     }
+    // "Requests served by a fallback backend": the fallback failed too, so none was.
+    assert_eq!(metric(&gateway, "fallbacks_total").await, 0.0);
 }
 
 #[tokio::test]
