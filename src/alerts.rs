@@ -110,7 +110,8 @@ impl AlertsConfig {
 pub enum AlertKind {
     InstanceDown,
     InstanceUp,
-    /// Every instance and fallback of a backend failed for a request.
+    /// Every attempted instance of one backend failed for a request. Raised per backend of the chain, so
+    /// the primary pool being down is reported even when a fallback backend then served the request.
     BackendExhausted,
 }
 

@@ -1,14 +1,16 @@
 //! Reload triggers: debounced config-file changes and SIGHUP, both sent as "reload now" on one channel.
 //!
 //! The parent directory is watched, not the file: editors and Kubernetes replace files by rename, which a
-//! watch on the file itself would lose. Only events that can change the content of our file name count:
+//! watch on the file itself would lose; a Kubernetes ConfigMap update renames only the `..data` symlink the
+//! file resolves through, so other entries' changes count too when the file's resolved target, size or
+//! modification time changed. Only events that can change the content of our file name count:
 //! notify's inotify backend also reports opens and read-closes, and acting on those would make every
 //! reload (which reads the file) trigger the next one.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
 use notify::{Event, RecommendedWatcher, RecursiveMode};
@@ -63,13 +65,25 @@ pub fn watch(path: &Path, tx: mpsc::Sender<ReloadTrigger>) -> Result<ConfigWatch
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    // Kubernetes mounts a ConfigMap file as `name -> ..data/name` and updates it by renaming a new
+    // `..data` symlink into place: no event names our file, only its resolved target changes. So any
+    // content-changing event in the directory also counts when the file's fingerprint changed.
+    let file = path.to_owned();
+    let mut last = Fingerprint::of(&file);
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
-            if events.iter().any(|e| is_relevant(e, &name)) {
+            let direct = events.iter().any(|e| is_relevant(e, &name));
+            let changes = direct || events.iter().any(|e| changes_content(&e.kind));
+            if !changes {
+                return;
+            }
+            let now = Fingerprint::of(&file);
+            if direct || now != last {
                 // Runs on notify's thread, outside tokio: `try_send` never blocks, and a full channel
                 // already holds a pending reload.
                 let _ = tx.try_send(ReloadTrigger::FileChanged);
             }
+            last = now;
         }
         Err(errors) => {
             for e in errors {
@@ -90,14 +104,38 @@ pub fn watch(path: &Path, tx: mpsc::Sender<ReloadTrigger>) -> Result<ConfigWatch
 
 /// True for events that may have changed the file named `name`; reads, opens and atime never count.
 fn is_relevant(event: &Event, name: &OsStr) -> bool {
-    let kind_counts = match event.kind {
+    changes_content(&event.kind) && event.paths.iter().any(|p| p.file_name() == Some(name))
+}
+
+/// True for event kinds that may change what some path in the directory holds or resolves to.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
         EventKind::Create(_) | EventKind::Remove(_) => true,
         EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
         EventKind::Modify(_) => true,
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
-    };
-    kind_counts && event.paths.iter().any(|p| p.file_name() == Some(name))
+    }
+}
+
+/// What the config path currently resolves to, without reading it (a read would itself raise events):
+/// the real file behind any symlinks, its size and modification time. `None`s while it does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    target: Option<PathBuf>,
+    len: Option<u64>,
+    modified: Option<SystemTime>,
+}
+
+impl Fingerprint {
+    fn of(path: &Path) -> Fingerprint {
+        let meta = std::fs::metadata(path).ok();
+        Fingerprint {
+            target: std::fs::canonicalize(path).ok(),
+            len: meta.as_ref().map(std::fs::Metadata::len),
+            modified: meta.and_then(|m| m.modified().ok()),
+        }
+    }
 }
 
 /// Sends `Signal` on every SIGHUP. Must be called inside a tokio runtime; the handler is installed before
@@ -216,6 +254,34 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         expect_trigger(&mut rx, "remove").await;
         drop(watcher);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn fires_on_a_kubernetes_configmap_symlink_swap() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("..2026_01_01_00_00_00.1");
+        std::fs::create_dir(&first).unwrap();
+        std::fs::write(first.join("config.yaml"), "a: 1\n").unwrap();
+        symlink("..2026_01_01_00_00_00.1", dir.path().join("..data")).unwrap();
+        let path = dir.path().join("config.yaml");
+        symlink("..data/config.yaml", &path).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let _watcher = watch(&path, tx).unwrap();
+
+        // Unrelated files in the directory still do not count.
+        std::fs::write(dir.path().join("other.yaml"), "b: 1\n").unwrap();
+        assert_eq!(next(&mut rx, Duration::from_millis(800)).await, None);
+
+        let second = dir.path().join("..2026_01_01_00_05_00.2");
+        std::fs::create_dir(&second).unwrap();
+        std::fs::write(second.join("config.yaml"), "a: 2\n").unwrap();
+        symlink("..2026_01_01_00_05_00.2", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        std::fs::remove_dir_all(&first).unwrap();
+        expect_trigger(&mut rx, "..data swap").await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a: 2\n");
     }
 
     #[test]

@@ -80,17 +80,27 @@ fn main() -> ExitCode {
 async fn serve(config: config::Config, source: config::Source) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _log_guard = ai_gateway::logging::init(&config.logging);
+    // The tokenizer table takes ~150 ms and ~30 MB: load it before the first request, but only when
+    // this config counts tokens (limits or policies).
+    let limits = &config.rate_limit;
+    let counts_tokens = !config.keys.is_empty()
+        || limits.per_ip.is_some()
+        || limits.per_key.is_some()
+        || limits.per_key_model.is_some()
+        || limits.global.is_some()
+        || config.policies.max_input_tokens.is_some();
+    if counts_tokens {
+        tokio::task::spawn_blocking(ai_gateway::tokens::warm);
+    }
     let address = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
-    tracing::info!(
-        address = %listener.local_addr()?, config = %source,
-        backends = config.backends.len(), "ai-gateway listening"
-    );
-    // The tokenizer table takes ~150 ms to load: pay it before the first request, off the request path.
-    tokio::task::spawn_blocking(ai_gateway::tokens::warm);
+    let backends = config.backends.len();
+    let shown = source.to_string();
     let state = AppState::new(config, source)?;
+    // Reload triggers (file watch, SIGHUP) are installed before the gateway says it is listening, so a
+    // SIGHUP right after startup reloads instead of killing the process.
     let _reloader = match ai_gateway::reload::spawn(state.clone()) {
         Ok(reloader) => Some(reloader),
         Err(error) => {
@@ -98,6 +108,7 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
             None
         }
     };
+    tracing::info!(address = %listener.local_addr()?, config = %shown, backends, "ai-gateway listening");
     ai_gateway::server::run(listener, state.clone(), shutdown_signal()).await?;
     state.flush().await;
     tracing::info!("stopped");

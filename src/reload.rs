@@ -2,23 +2,28 @@
 //! the whole config and swaps the snapshot atomically. An invalid edit is rejected with a log line and
 //! the old config keeps serving; requests in flight finish on the snapshot they started with.
 
+use std::sync::{Mutex, PoisonError};
+
 use tokio::sync::mpsc;
 
-use crate::config::{self, ConfigError, Env, Source};
+use crate::config::{self, Config, ConfigError, Env, Source};
 use crate::config_watch::{self, ReloadTrigger};
 use crate::state::AppState;
 
+/// Serializes reloads: a file-change reload and `POST /admin/reload` racing could otherwise each read a
+/// different version of the file and store them in the opposite order, leaving the older one serving.
+static RELOADING: Mutex<()> = Mutex::new(());
+
 /// Reload now from the source the gateway started with.
 pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigError> {
+    let _one_at_a_time = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
     let source = state.source().clone();
     let env = Env::from_process();
     match config::load(&source, &env) {
         Ok(config) => {
             let old = state.snapshot();
-            if old.config.server.port != config.server.port
-                || old.config.server.host != config.server.host
-            {
-                tracing::warn!("server.host/server.port changes take effect on restart");
+            for section in restart_only_changes(&old.config, &config) {
+                tracing::warn!("{section} changes take effect on restart");
             }
             if old.config.request_log != config.request_log || old.config.alerts != config.alerts {
                 tracing::warn!("request_log and alerts changes take effect on restart");
@@ -44,6 +49,21 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
     }
 }
 
+/// Sections read once at startup (listener, log writers, alert sinks) that a reload cannot apply.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.server.port != new.server.port || old.server.host != new.server.host {
+        changed.push("server.host/server.port");
+    }
+    if old.alerts != new.alerts {
+        changed.push("alerts");
+    }
+    if old.request_log != new.request_log {
+        changed.push("request_log");
+    }
+    changed
+}
+
 /// Keeps the file watcher alive; dropping it stops watching.
 pub struct Reloader {
     _watcher: Option<config_watch::ConfigWatcher>,
@@ -63,4 +83,36 @@ pub fn spawn(state: AppState) -> Result<Reloader, String> {
         }
     });
     Ok(Reloader { _watcher: watcher })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Format, parse_str};
+
+    fn config(yaml: &str) -> Config {
+        parse_str(
+            yaml,
+            Format::Yaml,
+            &Env::from_pairs(std::iter::empty::<(&str, &str)>()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_the_sections_a_reload_cannot_apply() {
+        let base = "backends:\n  local: { type: echo }\n";
+        let old = config(base);
+        assert!(restart_only_changes(&old, &config(base)).is_empty());
+        // Routing and backends apply live: not reported.
+        let routes = config("backends:\n  local: { type: echo }\n  other: { type: echo }\n");
+        assert!(restart_only_changes(&old, &routes).is_empty());
+        let new = config(&format!(
+            "{base}server: {{ port: 9 }}\nalerts: {{ cooldown_s: 5 }}\nrequest_log: {{ enabled: true }}\n"
+        ));
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["server.host/server.port", "alerts", "request_log"]
+        );
+    }
 }

@@ -81,10 +81,10 @@ impl Exchange<'_> {
         let mut tried: Vec<Tried> = Vec::new();
         for (position, &backend_index) in chain.iter().enumerate() {
             let backend = &config.backends[backend_index];
-            if position > 0 {
-                self.state.metrics().fallback();
-            }
             if backend.kind == BackendKind::Echo {
+                if position > 0 {
+                    self.state.metrics().fallback();
+                }
                 return reply::echo(self.request, self.endpoint, backend, ctx);
             }
             let runtime = &self.snapshot.backends[backend_index];
@@ -99,6 +99,9 @@ impl Exchange<'_> {
                     break;
                 }
                 let instance = &runtime.instances[index];
+                // Open breakers and pending Retry-Afters are skipped while another instance is usable;
+                // a pool with none usable is still tried (ejection never empties a pool, and with client
+                // credentials passed through one client's 429 must not block the others).
                 if let Acquire::Rejected { .. } = instance.breaker.try_acquire(Instant::now())
                     && any_usable
                 {
@@ -119,7 +122,12 @@ impl Exchange<'_> {
                     .attempt(backend, index, guard, upstream_model, ctx)
                     .await
                 {
-                    Ok(response) => return Ok(response),
+                    Ok(response) => {
+                        if position > 0 {
+                            self.state.metrics().fallback();
+                        }
+                        return Ok(response);
+                    }
                     Err(AttemptError::Fatal(error)) => return Err(error),
                     Err(AttemptError::Fault(fault)) => {
                         let shown = &backend.instances[index].display;
@@ -157,6 +165,10 @@ impl Exchange<'_> {
 
     fn record_failure(&self, instance: &InstanceState, fault: &Fault) {
         let now = Instant::now();
+        if let Fault::Timeout(waited) = fault {
+            // A timeout is a (lower-bound) latency sample too.
+            instance.observe_ttfb(*waited, now);
+        }
         if let Some(retry_after) = fault.rate_limited() {
             instance
                 .breaker

@@ -51,6 +51,10 @@ pub struct InstanceView {
     pub ewma_ttfb_us: f64,
     /// When an unusable instance becomes usable again; orders the last-resort tail.
     pub retry_at: Option<Instant>,
+    /// Faults counted by the breaker in its window. Failures leave no latency sample (a timeout never
+    /// answered), so `latency` prices each as one more request in flight: a failing instance does not look
+    /// as cheap as an unknown one.
+    pub recent_errors: u32,
 }
 
 impl InstanceView {
@@ -188,7 +192,7 @@ impl Balancer {
 
     /// Power of two choices: two distinct random candidates, the cheaper wins. Cost is latency × load, with
     /// unknown latencies (0) priced at the mean of the known ones so new instances are neither flooded nor
-    /// starved.
+    /// starved; recent faults count as load.
     fn pick_latency(&self, usable: &[usize], views: &[InstanceView]) -> usize {
         let len = usable.len();
         if len == 1 {
@@ -211,7 +215,7 @@ impl Balancer {
             } else {
                 default
             };
-            latency * (v.in_flight as f64 + 1.0)
+            latency * (v.in_flight as f64 + f64::from(v.recent_errors) + 1.0)
         };
         let a = self.random_below(len);
         let mut b = self.random_below(len - 1);
@@ -410,6 +414,19 @@ mod tests {
         assert!(is_permutation(&later, 4));
         assert!(later[..3].contains(&2), "{later:?}");
         assert_eq!(later[3], 0);
+    }
+
+    #[test]
+    fn latency_prices_recent_faults_as_load() {
+        // Instance 0 timed out (no latency sample, one fault); instance 1 answers in 1 ms.
+        let mut views = up(2);
+        views[0].recent_errors = 1;
+        views[1].ewma_ttfb_us = 1_000.0;
+        let b = Balancer::with_seed(Strategy::Latency, &[], 7);
+        assert!(firsts(&b, &views, 50).iter().all(|&i| i == 1));
+        // Without the fault the unknown instance is priced like the known one and gets explored.
+        views[0].recent_errors = 0;
+        assert!(firsts(&b, &views, 50).contains(&0));
     }
 
     #[test]

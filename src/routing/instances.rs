@@ -149,6 +149,7 @@ impl InstanceState {
             in_flight: self.in_flight(),
             ewma_ttfb_us: self.ewma_ttfb_us(now),
             retry_at,
+            recent_errors: self.breaker.recent_errors(now),
         }
     }
 }

@@ -17,3 +17,4 @@ mod ops_logs;
 mod ops_metrics;
 mod ops_shutdown;
 mod passthrough;
+mod resil;
