@@ -150,7 +150,12 @@ impl RequestCtx {
         if let Some(admission) = self.admission.take()
             && admission.estimated_tokens() > 0
         {
-            let actual = usage.input_tokens + usage.output_tokens;
+            let actual = match self.usage {
+                Some(usage) => usage.input_tokens + usage.output_tokens,
+                // A success without reported usage keeps its estimate; a failure is refunded.
+                None if self.status < 400 => admission.estimated_tokens(),
+                None => 0,
+            };
             let limiter = std::sync::Arc::clone(&self.snapshot.limiter);
             tokio::spawn(async move { limiter.reconcile(&admission, actual).await });
         }

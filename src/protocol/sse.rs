@@ -192,15 +192,22 @@ fn parse_frame(frame: Bytes, raw: Bytes) -> SseEvent {
 
 /// Append one event in SSE framing.
 pub fn encode(event: Option<&str>, data: &[u8], out: &mut BytesMut) {
+    out.reserve(data.len() + 16 + event.map_or(0, |name| name.len() + 8));
     if let Some(name) = event {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
         out.put_u8(b'\n');
     }
-    for line in data.split(|b| *b == b'\n') {
+    let mut rest = data;
+    loop {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
+        out.extend_from_slice(&rest[..end]);
         out.put_u8(b'\n');
+        if end == rest.len() {
+            break;
+        }
+        rest = &rest[end + 1..];
     }
     out.put_u8(b'\n');
 }

@@ -5,8 +5,11 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
 use crate::protocol::sse::{SseDecoder, SseEvent};
@@ -116,10 +119,13 @@ impl Relay {
     /// converted streams and gateway-written `[DONE]`/error events).
     fn count_delivered(&mut self, bytes: &[u8]) {
         self.facts.bytes += bytes.len() as u64;
-        // Every SSE event ends with a blank line (`\n\n`, or `\r\n\r\n` from a CRLF upstream).
-        let events = memchr::memmem::find_iter(bytes, b"\n\n").count()
-            + memchr::memmem::find_iter(bytes, b"\r\n\r\n").count();
-        self.facts.events += events as u64;
+        // Pass-through events are counted as they are forwarded; converted output is counted here:
+        // every SSE event ends with a blank line (`\n\n`, or `\r\n\r\n` from a CRLF upstream).
+        if let Transform::Convert(_) = self.transform {
+            let events =
+                BLANK_LINE.find_iter(bytes).count() + CRLF_BLANK_LINE.find_iter(bytes).count();
+            self.facts.events += events as u64;
+        }
     }
 
     async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
@@ -195,9 +201,11 @@ impl Relay {
                             // (OpenAI clients still get their `[DONE]`), not a cut to report again.
                             if openai {
                                 out.extend_from_slice(b"data: [DONE]\n\n");
+                                self.facts.events += 1;
                             }
                         } else if openai && self.facts.finish_reason.is_some() {
                             out.extend_from_slice(b"data: [DONE]\n\n");
+                            self.facts.events += 1;
                         } else if out.is_empty() {
                             return Err(cut());
                         } else {
@@ -229,6 +237,9 @@ impl Relay {
             self.first_error = error_message(event);
         }
         self.forwarded += 1;
+        if !matches!(self.transform, Transform::Convert(_)) && !event.is_comment() {
+            self.facts.events += 1;
+        }
         if let Some(tap) = &mut self.tap {
             tap.observe(event);
         }
@@ -321,9 +332,7 @@ impl Relay {
 fn error_message(event: &SseEvent) -> Option<String> {
     if event.event.as_deref() != Some("error") && !event.data.starts_with(b"{\"error\"") {
         // Cheap pre-check; an OpenAI error chunk may also have spaces or other keys first.
-        if event.data.first() != Some(&b'{')
-            || memchr::memmem::find(&event.data, b"\"error\"").is_none()
-        {
+        if event.data.first() != Some(&b'{') || ERROR_KEY.find(&event.data).is_none() {
             return None;
         }
     }
@@ -343,6 +352,15 @@ fn error_message(event: &SseEvent) -> Option<String> {
     )
 }
 
+// Searchers built once: building a `memmem` searcher costs more than running it on a chunk.
+static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+static CRLF_BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static FINISH_REASON: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"finish_reason\":\""));
+static USAGE_OBJECT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":{"));
+static USAGE_KEY_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
+
 fn cut() -> Fault {
     Fault::Broken("upstream closed the stream before it finished".into())
 }
@@ -356,7 +374,7 @@ pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
         #[serde(alias = "output_tokens")]
         completion_tokens: Option<u64>,
     }
-    let at = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let at = USAGE_KEY_REV.rfind(body)?;
     let rest = &body[at + 7..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     if rest[colon] != b':' {
@@ -381,12 +399,12 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
     struct ErrorProbe {
         error: Option<serde::de::IgnoredAny>,
     }
-    if memchr::memmem::find(data, b"\"error\"").is_some()
+    if ERROR_KEY.find(data).is_some()
         && serde_json::from_slice::<ErrorProbe>(data).is_ok_and(|probe| probe.error.is_some())
     {
         return true;
     }
-    if let Some(at) = memchr::memmem::find(data, b"\"finish_reason\":\"") {
+    if let Some(at) = FINISH_REASON.find(data) {
         let rest = &data[at + 17..];
         if let Some(end) = memchr::memchr(b'"', rest) {
             facts.finish_reason = Some(match &rest[..end] {
@@ -397,7 +415,7 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
             });
         }
     }
-    if memchr::memmem::find(data, b"\"usage\":{").is_some()
+    if USAGE_OBJECT.find(data).is_some()
         && let Some(usage) = usage_after_key(data)
     {
         facts.usage = Some(usage);
