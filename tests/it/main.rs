@@ -10,5 +10,8 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod cache;
 mod echo;
+mod limits;
 mod passthrough;
+mod redis;

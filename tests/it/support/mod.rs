@@ -1,6 +1,7 @@
 //! Test support: start a gateway in process with a config string, and an HTTP client.
 
 pub mod mock;
+pub mod redis;
 
 use std::net::SocketAddr;
 
