@@ -37,7 +37,14 @@ pub fn plan(endpoint: Endpoint, backend: &str, headers: &http::HeaderMap, body: 
     let mut bypass = headers
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("no-cache") || v.contains("no-store"));
+        .is_some_and(|v| {
+            // Directives are case-insensitive (RFC 9111 §5.2).
+            v.split(',').any(|directive| {
+                let directive = directive.trim();
+                directive.eq_ignore_ascii_case("no-cache")
+                    || directive.eq_ignore_ascii_case("no-store")
+            })
+        });
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
         return Plan {
             key: None,

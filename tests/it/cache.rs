@@ -135,6 +135,15 @@ async fn no_cache_header_and_cache_false_bypass_and_the_flag_is_stripped() {
         2,
         "Cache-Control: no-cache reaches the upstream"
     );
+    let (status, headers, _) = post(
+        &gateway,
+        &chat("bypass"),
+        &[("cache-control", "max-age=0, No-Store")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_ne!(x_cache(&headers), "HIT");
+    assert_eq!(mock.requests().len(), 3, "directives are case-insensitive");
 
     let mut flagged = chat("bypass");
     flagged["cache"] = json!(false);
@@ -142,8 +151,8 @@ async fn no_cache_header_and_cache_false_bypass_and_the_flag_is_stripped() {
     assert_eq!(status, 200, "{text}");
     assert_ne!(x_cache(&headers), "HIT");
     let requests = mock.requests();
-    assert_eq!(requests.len(), 3, "\"cache\": false reaches the upstream");
-    let forwarded = &requests[2].body;
+    assert_eq!(requests.len(), 4, "\"cache\": false reaches the upstream");
+    let forwarded = &requests[3].body;
     assert!(
         forwarded.get("cache").is_none(),
         "the cache flag is not forwarded: {forwarded}"
@@ -155,7 +164,7 @@ async fn no_cache_header_and_cache_false_bypass_and_the_flag_is_stripped() {
     on["cache"] = json!(true);
     let (_, headers, _) = post(&gateway, &on, &[]).await;
     assert_eq!(x_cache(&headers), "HIT");
-    assert_eq!(mock.requests().len(), 3);
+    assert_eq!(mock.requests().len(), 4);
 }
 
 #[tokio::test]
@@ -284,5 +293,50 @@ async fn anthropic_messages_are_cached_and_replayed_as_anthropic_sse() {
         .map(|e| e["delta"]["text"].as_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(text, "hello from mock");
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn entries_expire_after_the_ttl() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true, ttl_s: 0.3 }}\n",
+        mock.base()
+    ))
+    .await;
+    post(&gateway, &chat("short lived"), &[]).await;
+    wait_cache_size(&gateway, 1).await;
+    let stored = Instant::now();
+    let (_, headers, _) = post(&gateway, &chat("short lived"), &[]).await;
+    if stored.elapsed() < Duration::from_millis(250) {
+        assert_eq!(x_cache(&headers), "HIT");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, headers, _) = post(&gateway, &chat("short lived"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(x_cache(&headers), "MISS", "expired after ttl_s");
+}
+
+#[tokio::test]
+async fn cache_hits_still_pass_authentication_and_rate_limits() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true }}\nkeys:\n  - {{ name: c, key: sk-c, rate_limit: {{ requests: 2, window_s: 60 }} }}\n",
+        mock.base()
+    ))
+    .await;
+    let auth = [("x-api-key", "sk-c")];
+    let (status, _, _) = post(&gateway, &chat("gated"), &auth).await;
+    assert_eq!(status, 200);
+    wait_cache_size(&gateway, 1).await;
+    let (status, headers, text) = post(&gateway, &chat("gated"), &[]).await;
+    assert_eq!(status, 401, "a cached answer needs a key too: {text}");
+    assert_ne!(x_cache(&headers), "HIT");
+    let (status, headers, _) = post(&gateway, &chat("gated"), &auth).await;
+    assert_eq!(status, 200);
+    assert_eq!(x_cache(&headers), "HIT");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    let (status, _, text) = post(&gateway, &chat("gated"), &auth).await;
+    assert_eq!(status, 429, "hits count against the key's limit: {text}");
     assert_eq!(mock.requests().len(), 1);
 }

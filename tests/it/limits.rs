@@ -478,3 +478,21 @@ async fn policies_block_patterns_and_max_input_tokens() {
         "violations never reach the upstream"
     );
 }
+
+#[tokio::test]
+async fn concurrent_requests_on_one_key_admit_exactly_the_limit() {
+    let mock = Mock::start().await;
+    let keys =
+        "keys:\n  - { name: busy, key: sk-busy, rate_limit: { requests: 100, window_s: 60 } }\n";
+    let gateway = Gateway::start(&config(&mock, keys)).await;
+    let body = chat_body("m", "hi");
+    let auth = [("x-api-key", "sk-busy")];
+    let responses = futures_util::future::join_all(
+        (0..300).map(|_| send(&gateway, "/v1/chat/completions", &body, &auth)),
+    )
+    .await;
+    let admitted = responses.iter().filter(|(s, _, _)| *s == 200).count();
+    let limited = responses.iter().filter(|(s, _, _)| *s == 429).count();
+    assert_eq!((admitted, limited), (100, 200));
+    assert_eq!(mock.requests().len(), 100);
+}
