@@ -210,6 +210,25 @@ async fn keys_authenticate_authorize_and_stay_at_the_gateway() {
         "{message}"
     );
 
+    // Each request counts once: 3 missing/invalid + 1 forbidden denied, 3 allowed.
+    let metrics = client()
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |result: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.contains("auth_requests") && l.contains(&format!("result=\"{result}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!((count("allowed"), count("denied")), (3.0, 4.0), "{metrics}");
+
     // The client's gateway key is never forwarded upstream.
     let requests = mock.requests();
     assert_eq!(requests.len(), 3);
@@ -495,4 +514,63 @@ async fn concurrent_requests_on_one_key_admit_exactly_the_limit() {
     let limited = responses.iter().filter(|(s, _, _)| *s == 429).count();
     assert_eq!((admitted, limited), (100, 200));
     assert_eq!(mock.requests().len(), 100);
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_keeps_its_token_estimate() {
+    // Some upstreams (older vLLM, proxies) omit `usage`: the prompt estimate must stay charged,
+    // or such a key would never consume its token quota.
+    let mock = Mock::start().await;
+    mock.script([crate::support::mock::Behavior::Status(
+        200,
+        r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hello from mock"},"finish_reason":"stop"}]}"#,
+        None,
+    )]);
+    let keys = "keys:\n  - { name: nu, key: sk-nu, quota: { tokens: 1000, window_s: 3600 } }\n";
+    let gateway = Gateway::start(&config(&mock, keys)).await;
+    let text = "word ".repeat(40);
+    let estimate = ai_gateway::tokens::count(&text);
+    assert!(estimate >= 20, "{estimate}");
+    let auth = [("x-api-key", "sk-nu")];
+    let (status, _, answer) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("m", &text),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.get("usage").is_none_or(Value::is_null), "{answer}");
+    // A later request reads the usage after the first one's reconciliation has run.
+    let (status, _, _) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("m", "hi"),
+        &auth,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let usage: Value = client()
+            .get(gateway.url("/v1/usage"))
+            .header("x-api-key", "sk-nu")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let used = usage["tokens"]["used"].as_u64().unwrap();
+        // The second answer reports 7 tokens; the first must add at least its estimate.
+        if used >= 7 + estimate {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tokens.used {used}: the first request's {estimate}-token estimate was refunded because \
+             its answer had no usage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
