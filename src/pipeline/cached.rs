@@ -131,6 +131,13 @@ pub fn answer(
         let pieces: Vec<&str> = text.split_inclusive(' ').collect();
         let mut out = bytes::BytesMut::new();
         match protocol {
+            // A legacy completions client gets `text_completion` chunks, not chat chunks.
+            Protocol::OpenAi if ctx.endpoint == Endpoint::Completions => {
+                for chunk in openai::text_completion_chunks(&text_answer, &pieces) {
+                    crate::protocol::sse::encode(None, chunk.to_string().as_bytes(), &mut out);
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+            }
             Protocol::OpenAi => {
                 for chunk in openai::chat_chunks(&text_answer, &pieces, include_usage) {
                     crate::protocol::sse::encode(None, chunk.to_string().as_bytes(), &mut out);
@@ -203,10 +210,36 @@ pub fn store_json(state: &AppState, key: CacheKey, body: Bytes, backend: &str, p
 
 /// Store a finished stream as its complete JSON answer (text answers only).
 pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, ctx: &RequestCtx) {
-    if !summary.tool_calls.is_empty() || summary.finish_reason.is_none() {
+    if ctx.endpoint == Endpoint::Embeddings
+        || !summary.tool_calls.is_empty()
+        || summary.finish_reason.is_none()
+    {
         return;
     }
     let protocol = ctx.endpoint.protocol();
+    let created = jiff::Timestamp::now().as_second();
+    if ctx.endpoint == Endpoint::Completions {
+        // Stored in the endpoint's own shape: a `text_completion`, never a `chat.completion`.
+        let model = ctx.model.clone().unwrap_or_default();
+        let body = openai::text_completion(&TextAnswer {
+            id: &ctx.id,
+            model: &model,
+            created,
+            text: &summary.text,
+            finish_reason: summary.finish_reason.unwrap_or(FinishReason::Stop),
+            usage: summary.usage.unwrap_or_default(),
+        });
+        if let Ok(bytes) = serde_json::to_vec(&body) {
+            store_json(
+                state,
+                key,
+                Bytes::from(bytes),
+                ctx.backend.as_deref().unwrap_or(""),
+                protocol,
+            );
+        }
+        return;
+    }
     let response = ChatResponse {
         id: ctx.id.clone(),
         model: ctx.model.clone().unwrap_or_default(),
@@ -216,7 +249,7 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
         stop_sequence: None,
         usage: summary.usage,
     };
-    let body = convert::encode_response(protocol, &response, jiff::Timestamp::now().as_second());
+    let body = convert::encode_response(protocol, &response, created);
     let Ok(bytes) = serde_json::to_vec(&body) else {
         return;
     };

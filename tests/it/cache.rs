@@ -340,3 +340,61 @@ async fn cache_hits_still_pass_authentication_and_rate_limits() {
     assert_eq!(status, 429, "hits count against the key's limit: {text}");
     assert_eq!(mock.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn a_streamed_legacy_completion_is_stored_and_replayed_as_a_completion() {
+    let mock = Mock::start().await;
+    // A complete legacy completions stream, finish_reason and all (as OpenAI and vLLM send it).
+    mock.script([Behavior::Sse(concat!(
+        "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\"hi there\",\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n"
+    ))]);
+    let gateway = gateway(&mock).await;
+    let completion = |stream: bool| {
+        client()
+            .post(gateway.url("/v1/completions"))
+            .json(&json!({"model": "m", "prompt": "Say hi", "max_tokens": 5, "stream": stream}))
+            .send()
+    };
+    let response = completion(true).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let streamed = response.text().await.unwrap();
+    assert!(streamed.contains("hi there"), "{streamed}");
+    wait_cache_size(&gateway, 1).await;
+    let response = completion(false).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(x_cache(response.headers()), "HIT");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "text_completion", "{body}");
+    assert_eq!(body["choices"][0]["text"], "hi there", "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_after_a_cached_legacy_completion_streams_completion_chunks() {
+    let mock = Mock::start().await;
+    let gateway = gateway(&mock).await;
+    let completion = |stream: bool| {
+        client()
+            .post(gateway.url("/v1/completions"))
+            .json(&json!({"model": "m", "prompt": "Say hi", "max_tokens": 5, "stream": stream}))
+            .send()
+    };
+    let response = completion(false).await.unwrap();
+    assert_eq!(response.status(), 200);
+    wait_cache_size(&gateway, 1).await;
+    let response = completion(true).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    let data = sse_data(&body);
+    assert_eq!(data.last().unwrap(), "[DONE]", "{body}");
+    let mut text = String::new();
+    for payload in &data[..data.len() - 1] {
+        let chunk: Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(chunk["object"], "text_completion", "{body}");
+        text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+    }
+    assert_eq!(text, "hello from mock");
+}

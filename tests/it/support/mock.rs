@@ -31,6 +31,8 @@ pub enum Behavior {
     Slow(Duration),
     /// Stream the first chunk, then wait for `Mock::release` before the rest.
     Gate,
+    /// Answer 200 with this SSE body verbatim (`text/event-stream`).
+    Sse(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,13 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Behavior::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(Body::empty())
+        }
+        Behavior::Sse(body) => {
+            let mut response = Response::new(Body::from(body));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            response
         }
         _ if !stream => json_reply(&path, &model),
         behavior => sse_reply(state, &path, &model, behavior),
