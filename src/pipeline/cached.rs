@@ -218,6 +218,8 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
     }
     let protocol = ctx.endpoint.protocol();
     let created = jiff::Timestamp::now().as_second();
+    // A stream without a usage chunk was counted from its text when it closed (`ctx.usage`).
+    let usage = summary.usage.or(ctx.usage);
     if ctx.endpoint == Endpoint::Completions {
         // Stored in the endpoint's own shape: a `text_completion`, never a `chat.completion`.
         let model = ctx.model.clone().unwrap_or_default();
@@ -227,7 +229,7 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
             created,
             text: &summary.text,
             finish_reason: summary.finish_reason.unwrap_or(FinishReason::Stop),
-            usage: summary.usage.unwrap_or_default(),
+            usage: usage.unwrap_or_default(),
         });
         if let Ok(bytes) = serde_json::to_vec(&body) {
             store_json(
@@ -247,7 +249,7 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
         parts: vec![Part::Text(summary.text.clone())],
         finish_reason: summary.finish_reason,
         stop_sequence: None,
-        usage: summary.usage,
+        usage,
     };
     let body = convert::encode_response(protocol, &response, created);
     let Ok(bytes) = serde_json::to_vec(&body) else {

@@ -300,18 +300,23 @@ async fn anthropic_messages_are_cached_and_replayed_as_anthropic_sse() {
 async fn entries_expire_after_the_ttl() {
     let mock = Mock::start().await;
     let gateway = Gateway::start(&format!(
-        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true, ttl_s: 0.3 }}\n",
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true, ttl_s: 1 }}\n",
         mock.base()
     ))
     .await;
+    // The entry is inserted after `sent` and before `seen`: fresh until sent + 1 s, gone by seen + 1 s.
+    let sent = Instant::now();
     post(&gateway, &chat("short lived"), &[]).await;
     wait_cache_size(&gateway, 1).await;
-    let stored = Instant::now();
+    let seen = Instant::now();
     let (_, headers, _) = post(&gateway, &chat("short lived"), &[]).await;
-    if stored.elapsed() < Duration::from_millis(250) {
+    if sent.elapsed() < Duration::from_millis(900) {
         assert_eq!(x_cache(&headers), "HIT");
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(
+        (seen + Duration::from_millis(1100)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     let (status, headers, _) = post(&gateway, &chat("short lived"), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(x_cache(&headers), "MISS", "expired after ttl_s");
@@ -397,4 +402,47 @@ async fn a_stream_after_a_cached_legacy_completion_streams_completion_chunks() {
         text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
     }
     assert_eq!(text, "hello from mock");
+}
+
+#[tokio::test]
+async fn a_completed_anthropic_stream_is_stored_with_its_usage_and_replayed() {
+    let mock = Mock::start().await;
+    // With a token limit on, a stream without a usage chunk is counted by the gateway.
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true }}\nrate_limit:\n  per_ip: {{ tokens: 100000 }}\n",
+        mock.base()
+    ))
+    .await;
+    let message = json!({"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "tell me"}]});
+    let mut streamed = message.clone();
+    streamed["stream"] = json!(true);
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(x_cache(response.headers()), "MISS");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("message_stop"), "{body}");
+    wait_cache_size(&gateway, 1).await;
+
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(x_cache(response.headers()), "HIT");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert_eq!(answer["content"][0]["text"], "hello from mock", "{answer}");
+    // The mock's stream has no usage chunk: the entry carries the gateway's count, not zeros.
+    assert!(
+        answer["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+    assert_eq!(mock.requests().len(), 1);
 }

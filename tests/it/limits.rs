@@ -329,6 +329,26 @@ rate_limit:
     .await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "100");
+    // A streamed answer carries the headers too.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let response = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("x-api-key", "sk-big")
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(response.headers(), "x-ratelimit-limit-requests"),
+        "100"
+    );
+    assert_eq!(
+        header(response.headers(), "x-ratelimit-remaining-requests"),
+        "98"
+    );
+    assert!(response.text().await.unwrap().ends_with("data: [DONE]\n\n"));
 }
 
 #[tokio::test]
