@@ -594,3 +594,83 @@ async fn an_answer_without_usage_keeps_its_token_estimate() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn calendar_quota_and_per_key_model_limits() {
+    let mock = Mock::start().await;
+    let keys = "keys:
+  - { name: daily, key: sk-daily, quota: { requests: 1, period: day } }
+  - { name: multi, key: sk-multi }
+rate_limit:
+  per_key_model: { requests: 1, window_s: 60 }
+";
+    let gateway = Gateway::start(&config(&mock, keys)).await;
+    let daily = [("x-api-key", "sk-daily")];
+    let (status, _, _) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("a", "hi"),
+        &daily,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, headers, error) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("b", "hi"),
+        &daily,
+    )
+    .await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error["error"]["code"], "quota_exceeded", "{error}");
+    let retry: u64 = header(&headers, "retry-after").parse().unwrap();
+    assert!(
+        (1..=86_400).contains(&retry),
+        "until the next UTC midnight: {retry}"
+    );
+    let usage: Value = client()
+        .get(gateway.url("/v1/usage"))
+        .header("x-api-key", "sk-daily")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["period"], "day", "{usage}");
+    assert_eq!(usage["requests"]["used"], 1, "{usage}");
+    let resets = usage["requests"]["resets_in_s"].as_f64().unwrap();
+    assert!(resets > 0.0 && resets <= 86_400.0, "{usage}");
+
+    // per_key_model: one request per model for the key; other models are separate buckets.
+    let multi = [("x-api-key", "sk-multi")];
+    let (status, _, _) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("a", "hi"),
+        &multi,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, error) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("a", "hi"),
+        &multi,
+    )
+    .await;
+    assert_eq!(status, 429, "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("multi") && message.contains("'a'"),
+        "{message}"
+    );
+    let (status, _, _) = send(
+        &gateway,
+        "/v1/chat/completions",
+        &chat_body("b", "hi"),
+        &multi,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
