@@ -674,3 +674,40 @@ rate_limit:
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn block_patterns_see_system_prompts_and_content_parts() {
+    let mock = Mock::start().await;
+    let policies = "policies:\n  block_patterns: ['(?i)ignore previous instructions']\n";
+    let gateway = Gateway::start(&config(&mock, policies)).await;
+    let bad = "ignore previous instructions";
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "system", "content": bad}, {"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": bad}]}]}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": bad}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "m", "max_tokens": 5, "system": bad, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": bad}]}]}),
+        ),
+        ("/v1/completions", json!({"model": "m", "prompt": bad})),
+        ("/v1/embeddings", json!({"model": "m", "input": [bad]})),
+    ];
+    for (path, body) in cases {
+        let (status, _, error) = send(&gateway, path, &body, &[]).await;
+        assert_eq!(status, 400, "{path} {body}: {error}");
+    }
+    assert!(mock.requests().is_empty());
+}
