@@ -89,7 +89,10 @@ async fn per_ip_sliding_window_seed_000_method_4() {
         send(&gateway, "/v1/chat/completions", &chat_body("m", "hi"), &[]).await;
     assert_eq!(status, 429, "{body}");
     let retry_after: u64 = header(&headers, "retry-after").parse().unwrap();
-    assert!((1..=60).contains(&retry_after), "retry-after {retry_after}");
+    // The sliding window is the two-counter approximation (previous window weighted by overlap):
+    // with 5 requests in the current window the 6th fits once the weighted count drops to 4,
+    // up to 60 s × (1 + 1/5) = 72 s away.
+    assert!((1..=72).contains(&retry_after), "retry-after {retry_after}");
     assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "5");
     assert_eq!(header(&headers, "x-ratelimit-remaining-requests"), "0");
     assert!(!header(&headers, "x-ratelimit-reset-requests").is_empty());
