@@ -110,13 +110,15 @@ impl AuthError {
 #[derive(Default)]
 pub struct KeyStore {
     by_digest: HashMap<[u8; 32], Arc<Principal>>,
+    /// The same principals in config order (listings such as `GET /admin/keys` follow the config).
+    ordered: Vec<Arc<Principal>>,
 }
 
 /// Lists key names only: even digests of weak keys could be brute-forced offline.
 impl fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set()
-            .entries(self.by_digest.values().map(|p| &p.name))
+            .entries(self.ordered.iter().map(|p| &p.name))
             .finish()
     }
 }
@@ -125,6 +127,7 @@ impl KeyStore {
     /// Validates and indexes the keys; the error names the entry (by name or position) and the problem.
     pub fn new(keys: &[KeyConfig]) -> Result<KeyStore, String> {
         let mut by_digest = HashMap::with_capacity(keys.len());
+        let mut ordered = Vec::with_capacity(keys.len());
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, entry) in keys.iter().enumerate() {
             let label = format!("keys[{i}] '{}'", entry.name);
@@ -173,11 +176,13 @@ impl KeyStore {
                 rate_limit: entry.rate_limit.clone(),
                 quota: entry.quota.clone(),
             };
-            if let Some(other) = by_digest.insert(digest, Arc::new(principal)) {
+            let principal = Arc::new(principal);
+            if let Some(other) = by_digest.insert(digest, Arc::clone(&principal)) {
                 return Err(format!("{label}: same key as '{}'", other.name));
             }
+            ordered.push(principal);
         }
-        Ok(KeyStore { by_digest })
+        Ok(KeyStore { by_digest, ordered })
     }
 
     /// True when no keys are configured: the gateway is open and requests carry no principal.
@@ -222,12 +227,12 @@ impl KeyStore {
 
     /// Looks up a principal by key name (for admin endpoints and usage queries).
     pub fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
-        self.by_digest.values().find(|p| &*p.name == name).cloned()
+        self.ordered.iter().find(|p| &*p.name == name).cloned()
     }
 
-    /// All principals, in no particular order.
+    /// All principals, in config order.
     pub fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
-        self.by_digest.values()
+        self.ordered.iter()
     }
 }
 
@@ -281,6 +286,20 @@ mod tests {
             value.parse().unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn principals_follow_config_order() {
+        let mut cfg = keys();
+        cfg.extend(keys().into_iter().map(|mut k| {
+            k.name = format!("{}-2", k.name);
+            k.key = k.key.map(|_| Secret::new(format!("sk-other-{}", k.name)));
+            k.key_sha256 = k.key_sha256.map(|_| hex::encode(sha256(k.name.as_bytes())));
+            k
+        }));
+        let store = KeyStore::new(&cfg).unwrap();
+        let names: Vec<&str> = store.principals().map(|p| &*p.name).collect();
+        assert_eq!(names, ["team-a", "team-b", "team-a-2", "team-b-2"]);
     }
 
     #[test]

@@ -206,7 +206,12 @@ impl ResponseCache {
             return;
         }
         match &self.backend {
-            Backend::Memory(cache) => cache.insert(*key, value).await,
+            Backend::Memory(cache) => {
+                cache.insert(*key, value).await;
+                // moka counts entries lazily: settle now so `/stats` shows the entry (puts run in
+                // the background, off the request path).
+                cache.run_pending_tasks().await;
+            }
             Backend::Redis { store, ttl_ms } => {
                 let cmd = redis::Cmd::pset_ex(redis_key(store, key), encode(&value), *ttl_ms);
                 // A failed put just means a later miss; outages are logged by the store.
@@ -319,8 +324,15 @@ mod tests {
         assert_ne!(key, ResponseCache::key(b"model=x;messages=ho"));
         let stats = cache.stats();
         assert_eq!(
-            (stats.hits, stats.misses, stats.capacity, stats.shared),
-            (1, 1, 10, false)
+            (
+                stats.size,
+                stats.hits,
+                stats.misses,
+                stats.capacity,
+                stats.shared
+            ),
+            (1, 1, 1, 10, false),
+            "the entry is counted right after put"
         );
     }
 

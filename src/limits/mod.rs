@@ -570,7 +570,14 @@ impl Limiter {
         }
         let key_name = req.key.map(|p| Arc::clone(&p.name));
         if let Some(spec) = specs.iter().find(|s| s.cost as f64 > s.kind.capacity()) {
-            return Err(too_large(spec, req, key_name));
+            let mut rejection = too_large(spec, req, key_name);
+            // The x-ratelimit-* headers still describe the limits (read without charging).
+            let probe: Vec<(&str, BucketKind, u64)> =
+                specs.iter().map(|s| (s.key.as_str(), s.kind, 0)).collect();
+            if let Ok(outcomes) = self.check(&probe, now_us, false).await {
+                rejection.headers.extend(rate_headers(&specs, &outcomes));
+            }
+            return Err(rejection);
         }
         let buckets: Vec<(&str, BucketKind, u64)> = specs
             .iter()

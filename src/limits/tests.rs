@@ -254,6 +254,15 @@ async fn too_large_request_names_the_limit() {
         "{}",
         rej.message
     );
+    // The rejection still carries the limit's headers, and probing them charged nothing.
+    assert_eq!(
+        header(&rej.headers, "x-ratelimit-limit-tokens"),
+        Some("100")
+    );
+    assert_eq!(
+        header(&rej.headers, "x-ratelimit-remaining-tokens"),
+        Some("100")
+    );
     assert!(f.limiter.admit(&request(None, 100)).await.is_ok());
 }
 

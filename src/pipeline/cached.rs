@@ -37,7 +37,14 @@ pub fn plan(endpoint: Endpoint, backend: &str, headers: &http::HeaderMap, body: 
     let mut bypass = headers
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("no-cache") || v.contains("no-store"));
+        .is_some_and(|v| {
+            // Directives are case-insensitive (RFC 9111 §5.2).
+            v.split(',').any(|directive| {
+                let directive = directive.trim();
+                directive.eq_ignore_ascii_case("no-cache")
+                    || directive.eq_ignore_ascii_case("no-store")
+            })
+        });
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
         return Plan {
             key: None,
@@ -124,6 +131,13 @@ pub fn answer(
         let pieces: Vec<&str> = text.split_inclusive(' ').collect();
         let mut out = bytes::BytesMut::new();
         match protocol {
+            // A legacy completions client gets `text_completion` chunks, not chat chunks.
+            Protocol::OpenAi if ctx.endpoint == Endpoint::Completions => {
+                for chunk in openai::text_completion_chunks(&text_answer, &pieces) {
+                    crate::protocol::sse::encode(None, chunk.to_string().as_bytes(), &mut out);
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+            }
             Protocol::OpenAi => {
                 for chunk in openai::chat_chunks(&text_answer, &pieces, include_usage) {
                     crate::protocol::sse::encode(None, chunk.to_string().as_bytes(), &mut out);
@@ -196,10 +210,38 @@ pub fn store_json(state: &AppState, key: CacheKey, body: Bytes, backend: &str, p
 
 /// Store a finished stream as its complete JSON answer (text answers only).
 pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, ctx: &RequestCtx) {
-    if !summary.tool_calls.is_empty() || summary.finish_reason.is_none() {
+    if ctx.endpoint == Endpoint::Embeddings
+        || !summary.tool_calls.is_empty()
+        || summary.finish_reason.is_none()
+    {
         return;
     }
     let protocol = ctx.endpoint.protocol();
+    let created = jiff::Timestamp::now().as_second();
+    // A stream without a usage chunk was counted from its text when it closed (`ctx.usage`).
+    let usage = summary.usage.or(ctx.usage);
+    if ctx.endpoint == Endpoint::Completions {
+        // Stored in the endpoint's own shape: a `text_completion`, never a `chat.completion`.
+        let model = ctx.model.clone().unwrap_or_default();
+        let body = openai::text_completion(&TextAnswer {
+            id: &ctx.id,
+            model: &model,
+            created,
+            text: &summary.text,
+            finish_reason: summary.finish_reason.unwrap_or(FinishReason::Stop),
+            usage: usage.unwrap_or_default(),
+        });
+        if let Ok(bytes) = serde_json::to_vec(&body) {
+            store_json(
+                state,
+                key,
+                Bytes::from(bytes),
+                ctx.backend.as_deref().unwrap_or(""),
+                protocol,
+            );
+        }
+        return;
+    }
     let response = ChatResponse {
         id: ctx.id.clone(),
         model: ctx.model.clone().unwrap_or_default(),
@@ -207,9 +249,9 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
         parts: vec![Part::Text(summary.text.clone())],
         finish_reason: summary.finish_reason,
         stop_sequence: None,
-        usage: summary.usage,
+        usage,
     };
-    let body = convert::encode_response(protocol, &response, jiff::Timestamp::now().as_second());
+    let body = convert::encode_response(protocol, &response, created);
     let Ok(bytes) = serde_json::to_vec(&body) else {
         return;
     };

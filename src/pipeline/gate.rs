@@ -78,12 +78,15 @@ pub async fn admit(
     request: &ApiRequest,
     public_model: &str,
 ) -> Result<Admitted, GatewayError> {
-    let principal = authenticate(state, &snapshot.keys, headers)?;
+    // One auth count per request: a valid key refused for the model counts as denied only.
+    let principal = snapshot.keys.authenticate(headers).map_err(|error| {
+        state.metrics().auth(false);
+        auth_error(error)
+    })?;
     if let Some(principal) = &principal {
-        KeyStore::check_model(principal, public_model).map_err(|error| {
-            state.metrics().auth(false);
-            auth_error(error)
-        })?;
+        let checked = KeyStore::check_model(principal, public_model);
+        state.metrics().auth(checked.is_ok());
+        checked.map_err(auth_error)?;
     }
     let limited = !snapshot.limiter.is_noop();
     let policed = !snapshot.policy.is_empty();

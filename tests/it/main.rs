@@ -10,11 +10,14 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod cache;
 mod conversion;
 mod echo;
+mod limits;
 mod ops_docs;
 mod ops_logs;
 mod ops_metrics;
 mod ops_shutdown;
 mod passthrough;
+mod redis;
 mod resil;

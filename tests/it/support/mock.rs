@@ -36,6 +36,8 @@ pub enum Behavior {
     /// Answer with two parallel tool calls (`get_weather`, `get_time`); streamed, their arguments
     /// come in fragments, and a usage chunk follows when `stream_options.include_usage` asked.
     ToolCalls,
+    /// Answer 200 with this SSE body verbatim (`text/event-stream`).
+    Sse(&'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +145,13 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
                 .as_bool()
                 .unwrap_or(false);
             tool_calls_sse(&model, include_usage)
+        }
+        Behavior::Sse(body) => {
+            let mut response = Response::new(Body::from(body));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            response
         }
         _ if !stream => json_reply(&path, &model),
         behavior => sse_reply(state, &path, &model, behavior),

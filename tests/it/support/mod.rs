@@ -4,6 +4,7 @@ pub mod canned;
 pub mod mock;
 pub mod mock_anthropic;
 pub mod prom;
+pub mod redis;
 pub mod resil;
 
 use std::net::SocketAddr;

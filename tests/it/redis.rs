@@ -1,0 +1,189 @@
+//! Shared state through a real `redis-server`: three in-process gateways act as one for per-key
+//! request and token limits and for the response cache; an outage follows `state.on_unavailable`
+//! and the gateways recover by themselves. Skipped (with a note) when redis-server is missing and
+//! `REQUIRE_REDIS` is unset.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::mock::Mock;
+use crate::support::redis::TestRedis;
+use crate::support::{Gateway, client};
+
+fn config(mock: &Mock, redis: &TestRedis, prefix: &str, extra: &str) -> String {
+    format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\nstate: {{ redis_url: '{}', key_prefix: {prefix} }}\n{extra}",
+        mock.base(),
+        redis.url()
+    )
+}
+
+async fn replicas(yaml: &str) -> Vec<Gateway> {
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(Gateway::start(yaml).await);
+    }
+    gateways
+}
+
+async fn chat(gateway: &Gateway, text: &str, key: Option<&str>) -> (u16, http::HeaderMap, Value) {
+    let mut request = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// 300 concurrent requests spread over the replicas: status counts.
+async fn burst(gateways: &[Gateway], text: &str, key: &str) -> (usize, usize, Vec<u16>) {
+    let responses = futures_util::future::join_all(
+        (0..300).map(|i| chat(&gateways[i % gateways.len()], text, Some(key))),
+    )
+    .await;
+    let statuses: Vec<u16> = responses.iter().map(|(s, _, _)| *s).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    (ok, limited, statuses)
+}
+
+#[tokio::test]
+async fn three_replicas_share_a_per_key_request_limit() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let keys = "keys:\n  - { name: shared, key: sk-shared, rate_limit: { requests: 100, window_s: 60 } }\n";
+    let gateways = replicas(&config(&mock, &redis, "itreq", keys)).await;
+    let (ok, limited, statuses) = burst(&gateways, "hi", "sk-shared").await;
+    assert_eq!(ok, 100, "admitted across replicas; statuses {statuses:?}");
+    assert_eq!(limited, 200, "statuses {statuses:?}");
+    assert_eq!(mock.requests().len(), 100);
+    let (status, headers, body) = chat(&gateways[0], "hi", Some("sk-shared")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+}
+
+#[tokio::test]
+async fn three_replicas_share_a_per_key_token_limit() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    // A prompt estimated at exactly 7 tokens: the mock reports 3 + 4 = 7, so reconciliation
+    // changes nothing and the count is exact while requests are in flight.
+    let mut text = String::from("alpha");
+    for word in [
+        "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",
+    ] {
+        if ai_gateway::tokens::count(&text) >= 7 {
+            break;
+        }
+        text.push(' ');
+        text.push_str(word);
+    }
+    assert_eq!(ai_gateway::tokens::count(&text), 7, "{text}");
+    let mock = Mock::start().await;
+    let keys =
+        "keys:\n  - { name: shared, key: sk-shared, rate_limit: { tokens: 700, window_s: 60 } }\n";
+    let gateways = replicas(&config(&mock, &redis, "ittok", keys)).await;
+    let (ok, limited, statuses) = burst(&gateways, &text, "sk-shared").await;
+    assert_eq!(ok, 100, "statuses {statuses:?}");
+    assert_eq!(limited, 200, "statuses {statuses:?}");
+    assert_eq!(mock.requests().len(), 100);
+}
+
+#[tokio::test]
+async fn a_cache_entry_written_through_one_replica_is_a_hit_on_another() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let gateways = replicas(&config(
+        &mock,
+        &redis,
+        "itcache",
+        "cache: { enabled: true, ttl_s: 60 }\n",
+    ))
+    .await;
+    let (status, headers, first) = chat(&gateways[0], "shared answer", None).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(headers["x-cache"], "MISS");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("itcache").is_empty() {
+        assert!(Instant::now() < deadline, "no cache entry reached redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for gateway in &gateways[1..] {
+        let (status, headers, body) = chat(gateway, "shared answer", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-cache"], "HIT");
+        assert_eq!(body["cached"], true, "{body}");
+        assert_eq!(body["choices"], first["choices"]);
+    }
+    assert_eq!(mock.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn redis_outage_follows_the_fail_mode_and_recovers() {
+    let Some(mut redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let limit = "rate_limit:\n  per_ip: { requests: 1000, window_s: 60 }\n";
+    let open = Gateway::start(&config(&mock, &redis, "itopen", limit)).await;
+    let closed_yaml = config(&mock, &redis, "itclosed", limit).replace(
+        "key_prefix: itclosed }",
+        "key_prefix: itclosed, on_unavailable: fail_closed }",
+    );
+    let closed = Gateway::start(&closed_yaml).await;
+    for gateway in [&open, &closed] {
+        let (status, _, body) = chat(gateway, "hi", None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(!redis.keys("itclosed").is_empty(), "limits live in redis");
+
+    redis.kill();
+    let (status, _, body) = chat(&open, "hi", None).await;
+    assert_eq!(status, 200, "fail_open admits while redis is down: {body}");
+    let (status, _, body) = chat(&closed, "hi", None).await;
+    assert_eq!(
+        status, 503,
+        "fail_closed refuses while redis is down: {body}"
+    );
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, body) = chat(&closed, "hi", None).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(Instant::now() < deadline, "fail_closed never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, body) = chat(&open, "hi", None).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redis.keys("itopen").is_empty() {
+        let (status, _, body) = chat(&open, "hi", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "fail_open gateway never went back to redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!redis.keys("itclosed").is_empty());
+}
