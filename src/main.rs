@@ -58,10 +58,20 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One usable CPU (a small VM, or `taskset` pinning) gets a single-threaded runtime: no work-stealing
+    // or cross-thread wake-ups, which measured 2x cheaper per request pinned to one core (BENCHMARKS.md).
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let workers = config.server.workers.or((cores == 1).then_some(1));
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("ai-gateway: cannot start the runtime: {error}");

@@ -147,17 +147,17 @@ impl AppState {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
         };
-        let request_log = RequestLogger::start(
-            &config.request_log,
-            crate::telemetry::request_log::no_redaction(),
-            dropped,
-        );
+        // `policies.redact_patterns` apply to everything the request log writes.
+        let redactor = Policy::new(&config.policies).map_err(anyhow::Error::msg)?;
+        let redact = Arc::new(move |text: &str| redactor.redact(text).into_owned())
+            as crate::telemetry::request_log::Redactor;
+        let request_log = RequestLogger::start(&config.request_log, redact, dropped);
         let alerter = Alerter::start(&config.alerts, client.clone());
         let instances = InstanceRegistry::new();
         let store = store_for(&config.state);
         let cache = ResponseCache::new(&config.cache, store.clone());
         let snapshot = Snapshot::new(config, &instances, &store).map_err(anyhow::Error::msg)?;
-        Ok(AppState {
+        let state = AppState {
             inner: Arc::new(Inner {
                 live: ArcSwap::from_pointee(snapshot),
                 client,
@@ -171,7 +171,9 @@ impl AppState {
                 store,
                 cache,
             }),
-        })
+        };
+        tokio::spawn(active_health_checks(Arc::downgrade(&state.inner)));
+        Ok(state)
     }
 
     /// The current snapshot; hold it for the whole request.
@@ -252,5 +254,72 @@ impl AppState {
     pub async fn flush(&self) {
         self.inner.request_log.shutdown().await;
         self.inner.alerter.shutdown().await;
+    }
+}
+
+/// Optional active health checks (`backends.X.health.check_interval_s`): `GET <base url>/models` on each
+/// instance every interval, the outcome fed to its breaker like a request's. Ends when the state is
+/// dropped; reads the current snapshot each round, so reloads take effect.
+async fn active_health_checks(state: std::sync::Weak<Inner>) {
+    use std::collections::HashMap;
+    let mut last_checked: HashMap<(String, String), Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = state.upgrade() else {
+            return;
+        };
+        let app = AppState { inner };
+        let snapshot = app.snapshot();
+        for (backend, runtime) in snapshot.config.backends.iter().zip(&snapshot.backends) {
+            let Some(interval) = backend.health.check_interval_s else {
+                continue;
+            };
+            let interval = std::time::Duration::from_secs_f64(interval);
+            for (instance, live) in backend.instances.iter().zip(&runtime.instances) {
+                let key = (backend.name.clone(), instance.base_url.clone());
+                let now = Instant::now();
+                if last_checked
+                    .get(&key)
+                    .is_some_and(|at| now.duration_since(*at) < interval)
+                {
+                    continue;
+                }
+                last_checked.insert(key, now);
+                let client = app.client().clone();
+                let url = format!("{}/models", instance.base_url);
+                let anthropic = backend.kind == crate::config::BackendKind::Anthropic;
+                let version = backend.anthropic_version.clone();
+                let key = instance.api_key.as_ref().map(|key| key.expose().to_owned());
+                let live = Arc::clone(live);
+                let app = app.clone();
+                let timeout = interval.min(backend.timeout);
+                tokio::spawn(async move {
+                    let mut request = client.get(url).timeout(timeout);
+                    match (key, anthropic) {
+                        (Some(key), true) => request = request.header("x-api-key", key),
+                        (Some(key), false) => {
+                            request =
+                                request.header(http::header::AUTHORIZATION, format!("Bearer {key}"))
+                        }
+                        (None, _) => {}
+                    }
+                    if anthropic {
+                        request = request.header("anthropic-version", version);
+                    }
+                    let healthy = request.send().await.is_ok_and(|r| r.status().is_success());
+                    let now = Instant::now();
+                    let transition = if healthy {
+                        live.breaker.on_success(now)
+                    } else {
+                        live.breaker.on_failure(now)
+                    };
+                    if let Some(transition) = transition {
+                        app.instance_transition(&live, transition);
+                    }
+                });
+            }
+        }
     }
 }

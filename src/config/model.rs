@@ -51,6 +51,7 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub cors_allow_origin: String,
     pub trusted_proxies: Vec<IpAddr>,
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +311,10 @@ impl Config {
                 shutdown_grace: seconds("server.shutdown_grace_s", server.shutdown_grace_s)?,
                 cors_allow_origin: server.cors_allow_origin.clone(),
                 trusted_proxies,
+                workers: match server.workers {
+                    Some(0) => return Err(invalid("server.workers", "must be at least 1")),
+                    other => other,
+                },
             },
             backends,
             default_backend,

@@ -41,6 +41,9 @@ pub struct RawServer {
     pub cors_allow_origin: String,
     /// Peers whose `X-Forwarded-For` first hop is trusted as the client address.
     pub trusted_proxies: Vec<String>,
+    /// Runtime worker threads; absent means one per available core. `1` runs a single-threaded runtime
+    /// (the cheapest per request when the gateway is pinned to one core).
+    pub workers: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -52,6 +55,7 @@ impl Default for RawServer {
             shutdown_grace_s: 30.0,
             cors_allow_origin: "*".into(),
             trusted_proxies: Vec::new(),
+            workers: None,
         }
     }
 }

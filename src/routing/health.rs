@@ -30,7 +30,7 @@ pub struct HealthConfig {
     pub cooldown_s: f64,
     /// Cap for the doubled cooldown after failed probes.
     pub max_cooldown_s: f64,
-    /// Active health checks interval; not acted on here (the lead may wire active checks later).
+    /// Active health checks: every this many seconds, `GET <url>/models` feeds the breaker (off when absent).
     pub check_interval_s: Option<f64>,
 }
 

@@ -222,3 +222,71 @@ fn embedded_default_serves_echo_without_a_config_file() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `ai-gateway check` run in `dir`, returning the source it reports.
+fn checked_source(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = binary();
+    command.current_dir(dir).arg("check").args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn config_sources_follow_the_documented_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let echo = "backends:\n  local: { type: echo }\n";
+    let embedded = checked_source(path, &[], &[]);
+    assert!(embedded.contains("embedded default"), "{embedded}");
+
+    std::fs::write(
+        path.join("config.json5"),
+        "{ backends: { local: { type: 'echo' } } }",
+    )
+    .unwrap();
+    assert!(checked_source(path, &[], &[]).contains("ai-gateway: config.json5:"));
+
+    std::fs::write(path.join("config.yaml"), echo).unwrap();
+    assert!(checked_source(path, &[], &[]).contains("ai-gateway: config.yaml:"));
+
+    std::fs::create_dir(path.join("config")).unwrap();
+    std::fs::write(path.join("config/default.yaml"), echo).unwrap();
+    std::fs::write(
+        path.join("config/production.toml"),
+        "[[upstreams]]\nname = \"local\"\nurl = \"http://127.0.0.1:9\"\nformat = \"openai-chat\"\n",
+    )
+    .unwrap();
+    assert!(checked_source(path, &[], &[]).contains("ai-gateway: config/default.yaml:"));
+    assert!(
+        checked_source(path, &[], &[("GATEWAY_ENV", "production")])
+            .contains("ai-gateway: config/production.toml:")
+    );
+
+    std::fs::write(path.join("dotenv.yaml"), echo).unwrap();
+    std::fs::write(path.join(".env"), "CONFIG_FILE=dotenv.yaml\n").unwrap();
+    assert!(
+        checked_source(path, &[], &[]).contains("ai-gateway: dotenv.yaml:"),
+        ".env sets CONFIG_FILE"
+    );
+
+    std::fs::write(path.join("env.yaml"), echo).unwrap();
+    assert!(
+        checked_source(path, &[], &[("CONFIG_FILE", "env.yaml")]).contains("ai-gateway: env.yaml:"),
+        "the real environment wins over .env"
+    );
+
+    std::fs::write(path.join("flag.yaml"), echo).unwrap();
+    assert!(
+        checked_source(
+            path,
+            &["--config", "flag.yaml"],
+            &[("CONFIG_FILE", "env.yaml")]
+        )
+        .contains("ai-gateway: flag.yaml:")
+    );
+}

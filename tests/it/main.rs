@@ -13,6 +13,7 @@ mod binary;
 mod cache;
 mod conversion;
 mod echo;
+mod health_checks;
 mod limits;
 mod ops_docs;
 mod ops_logs;

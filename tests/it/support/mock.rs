@@ -69,6 +69,12 @@ impl Mock {
             .route("/v1/chat/completions", post(handle))
             .route("/v1/completions", post(handle))
             .route("/v1/embeddings", post(handle))
+            .route(
+                "/v1/models",
+                axum::routing::get(|| async {
+                    axum::Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model"}]}))
+                }),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
