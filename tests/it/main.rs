@@ -12,6 +12,7 @@ mod bad_input;
 mod binary;
 mod cache;
 mod conversion;
+mod count_tokens;
 mod echo;
 mod health_checks;
 mod limits;
