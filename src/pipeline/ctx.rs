@@ -220,9 +220,13 @@ impl RequestCtx {
             }
             other => messages.push(LogMessage::text(LogRole::User, other.all_input_text())),
         }
+        // Only the `openai` layout writes the request's other fields; sharegpt needs no re-parse.
+        let wants_params = self.snapshot.config.request_log.format
+            == crate::telemetry::request_log::LogFormat::OpenAi;
         let mut request_params = self
             .request_body
             .take()
+            .filter(|_| wants_params)
             .and_then(|body| {
                 serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body).ok()
             })

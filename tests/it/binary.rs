@@ -1,23 +1,14 @@
 //! The built binary: `check`, config errors, the embedded default, and SIGTERM with a stream in flight.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use crate::support::client;
 use crate::support::mock::{Behavior, Mock};
-
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-gateway"));
-    command
-        .env_remove("CONFIG_FILE")
-        .env_remove("PORT")
-        .env_remove("HOST")
-        .env_remove("GATEWAY_ENV");
-    command
-}
+use crate::support::process::{binary, signal, spawn};
 
 #[test]
 fn check_accepts_valid_configs_and_names_errors() {
@@ -93,36 +84,6 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Start the binary on a free port and wait until it serves.
-fn spawn(config: &std::path::Path) -> (Child, String) {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut child = binary()
-        .args(["--config"])
-        .arg(config)
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env("GATEWAY_LOGGING_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("gateway exited before listening"))
-            .unwrap();
-        if line.contains("ai-gateway listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://127.0.0.1:{port}"))
-}
-
 #[tokio::test]
 async fn sigterm_lets_a_stream_in_flight_finish_then_exits_zero() {
     let mock = Mock::start().await;
@@ -148,7 +109,7 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_zero() {
     let first = body.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
 
-    assert!(send_sigterm(child.id()));
+    assert!(signal(&child, "TERM"));
     // New connections are refused once shutdown started.
     let mut refused = false;
     for _ in 0..100 {
@@ -175,13 +136,6 @@ async fn sigterm_lets_a_stream_in_flight_finish_then_exits_zero() {
         .await
         .unwrap();
     assert_eq!(status.code(), Some(0));
-}
-
-fn send_sigterm(pid: u32) -> bool {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[test]

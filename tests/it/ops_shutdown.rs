@@ -1,46 +1,14 @@
 //! The built binary with the request log on: SIGTERM while records are queued and a stream is still in
 //! flight loses no record.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::support::client;
 use crate::support::mock::{Behavior, Mock};
-
-/// Start the built binary on a free port and wait until it serves.
-fn spawn(config: &std::path::Path) -> (Child, String) {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
-        .env_remove("CONFIG_FILE")
-        .env_remove("GATEWAY_ENV")
-        .args(["--config"])
-        .arg(config)
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env("GATEWAY_LOGGING_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("gateway exited before listening"))
-            .unwrap();
-        if line.contains("ai-gateway listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://127.0.0.1:{port}"))
-}
+use crate::support::process::spawn;
 
 #[tokio::test]
 async fn sigterm_writes_every_queued_request_log_record_before_exit() {

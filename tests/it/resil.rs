@@ -557,8 +557,7 @@ async fn admin_reload_applies_an_edited_file() {
 
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let (a, b) = (Mock::start().await, Mock::start().await);
     // The binary watches its config's directory; point it at a symlink in another directory so a change
     // of the real file is seen only through SIGHUP.
@@ -568,29 +567,7 @@ async fn sighup_reloads_the_running_binary() {
     let link = link_dir.path().join("gateway.yaml");
     std::fs::write(&real, routed_to("a", &a, &b)).unwrap();
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
-        .env_remove("CONFIG_FILE")
-        .env_remove("GATEWAY_ENV")
-        .args(["--config"])
-        .arg(&link)
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = lines.next().expect("gateway exited").unwrap();
-        if line.contains("ai-gateway listening") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = crate::support::process::spawn(&link);
     let ask = || async {
         let body: Value = client()
             .post(format!("{base}/v1/chat/completions"))
