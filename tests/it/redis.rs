@@ -187,3 +187,46 @@ async fn redis_outage_follows_the_fail_mode_and_recovers() {
     }
     assert!(!redis.keys("itclosed").is_empty());
 }
+
+#[tokio::test]
+async fn three_gateway_processes_share_a_per_key_request_limit() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let keys = "keys:\n  - { name: shared, key: sk-shared, rate_limit: { requests: 100, window_s: 60 } }\nlogging: { access_log: false }\n";
+    std::fs::write(&path, config(&mock, &redis, "itproc", keys)).unwrap();
+    // Three OS processes, each with its own memory and its own Redis connection.
+    let mut children = Vec::new();
+    let mut bases = Vec::new();
+    for _ in 0..3 {
+        let (child, base) = crate::support::process::spawn(&path);
+        children.push(child);
+        bases.push(base);
+    }
+    let responses = futures_util::future::join_all((0..300).map(|i| {
+        let url = format!("{}/v1/chat/completions", bases[i % bases.len()]);
+        async move {
+            client()
+                .post(url)
+                .header("x-api-key", "sk-shared")
+                .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let ok = responses.iter().filter(|s| **s == 200).count();
+    let limited = responses.iter().filter(|s| **s == 429).count();
+    assert_eq!((ok, limited), (100, 200), "statuses {responses:?}");
+    assert_eq!(mock.requests().len(), 100);
+}

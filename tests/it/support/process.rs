@@ -1,5 +1,5 @@
 //! The built `ai-gateway` binary as a child process: a clean environment, a free port, and a wait until
-//! it says it is listening (its log line is only printed once reload triggers and routes are ready).
+//! its port accepts connections.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,18 +31,23 @@ pub fn spawn(config: &Path) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Drain the log so the pipe never fills; readiness is the port accepting, whatever the log level.
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("gateway exited before listening"))
-            .unwrap();
-        if line.contains("ai-gateway listening") {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("gateway exited before listening: {status}");
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gateway did not listen within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    std::thread::spawn(move || for _ in lines {});
     (child, format!("http://127.0.0.1:{port}"))
 }
 
