@@ -507,8 +507,112 @@ fn echo_stream_events_are_in_order() {
     assert_eq!(body["stop_reason"], "end_turn");
 }
 
+fn sse_events(bytes: &[u8]) -> Vec<super::sse::SseEvent> {
+    let mut decoder = SseDecoder::default();
+    decoder.feed(bytes);
+    let mut events = Vec::new();
+    while let Ok(Some(event)) = decoder.next_event() {
+        events.push(event);
+    }
+    events
+}
+
+/// The borrowed fast path and the `Value` path decode every fixture event identically.
+#[test]
+fn fast_and_value_stream_decoders_agree_on_fixtures() {
+    let fixtures = stream_fixtures();
+    assert!(fixtures.len() >= 6);
+    for (from, input) in fixtures {
+        let events = sse_events(&input);
+        assert!(!events.is_empty());
+        let (fast, slow) = super::stream::decode_both_ways(from, &events);
+        assert_eq!(fast, slow, "{from:?} fixture decoded differently");
+    }
+}
+
+/// The borrowed fast path of `openai::decode_response` and its `Value` path agree on the fixtures.
+#[test]
+fn fast_and_value_response_decoders_agree_on_fixtures() {
+    let mut checked = 0;
+    for file in inputs() {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("resp_openai") {
+            continue;
+        }
+        let body = std::fs::read(&file).unwrap();
+        let fast = openai::decode_response(&body);
+        assert!(fast.is_ok(), "{name}");
+        assert_eq!(fast, openai::decode_response_value(&body), "{name}");
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Arbitrary JSON in every field `openai::decode_response` reads: both paths give the same result.
+    #[test]
+    fn fast_and_value_response_decoders_agree_on_arbitrary_json(value in arbitrary_json()) {
+        let v = value;
+        for body in [
+            v.clone(),
+            serde_json::json!({"id": v.clone(), "model": v.clone(), "created": v.clone(), "choices": v.clone(), "usage": v.clone()}),
+            serde_json::json!({"id": "x", "choices": [v.clone()], "created": 5}),
+            serde_json::json!({"choices": [{"message": v.clone(), "text": v.clone(), "finish_reason": v.clone()}]}),
+            serde_json::json!({"choices": [{"message": {"content": v.clone(), "refusal": v.clone(), "reasoning": v.clone()}, "text": "t"}]}),
+            serde_json::json!({"choices": [{"message": {"content": "c", "reasoning_content": v.clone(), "reasoning": "r", "tool_calls": v.clone()}}]}),
+            serde_json::json!({"choices": [{"message": {"tool_calls": [{"id": v.clone(), "function": v.clone()}, v.clone()]}}]}),
+            serde_json::json!({"choices": [{"message": {"content": null, "thinking_blocks": v.clone()}}], "usage": {"prompt_tokens": v.clone()}}),
+        ] {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            prop_assert_eq!(openai::decode_response(&bytes), openai::decode_response_value(&bytes));
+        }
+    }
+
+    /// Arbitrary JSON in every place the stream decoders read: both decoding paths agree, event for
+    /// event (including which events are errors), with state carried across a sequence.
+    #[test]
+    fn fast_and_value_stream_decoders_agree_on_arbitrary_events(value in arbitrary_json()) {
+        let v = value;
+        let openai = [
+            serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}),
+            serde_json::json!({"choices": [{"index": 0, "delta": v.clone()}]}),
+            serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": v.clone()}]}}]}),
+            serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": v.clone()}}], "usage": v.clone()}),
+            serde_json::json!({"choices": [{"index": v.clone(), "text": v.clone(), "finish_reason": v.clone()}]}),
+            serde_json::json!({"choices": v.clone(), "error": v.clone()}),
+            serde_json::json!({"choices": [{"delta": {"reasoning_content": v.clone(), "reasoning": "r", "thinking_blocks": v.clone(), "refusal": v.clone()}}]}),
+            v.clone(),
+        ];
+        let anthropic = [
+            serde_json::json!({"type": "message_start", "message": {"usage": {"input_tokens": 3}}}),
+            serde_json::json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}),
+            serde_json::json!({"type": "content_block_delta", "index": 1, "delta": v.clone()}),
+            serde_json::json!({"type": "content_block_delta", "index": v.clone(), "delta": {"type": "input_json_delta", "partial_json": v.clone()}}),
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": v.clone(), "text": v.clone(), "thinking": "t"}}),
+            serde_json::json!({"type": v.clone(), "delta": {"type": "text_delta", "text": "x"}}),
+            serde_json::json!({"type": "message_delta", "delta": v.clone(), "usage": v.clone()}),
+            v.clone(),
+        ];
+        for (protocol, values) in [(Protocol::OpenAi, &openai), (Protocol::Anthropic, &anthropic)] {
+            let mut sse = Vec::new();
+            for value in values.iter() {
+                sse.extend_from_slice(b"data: ");
+                sse.extend_from_slice(&serde_json::to_vec(value).unwrap());
+                sse.extend_from_slice(b"\n\n");
+            }
+            // The same events again under an `event:` name, as Anthropic sends them.
+            for value in values.iter() {
+                sse.extend_from_slice(b"event: content_block_delta\ndata: ");
+                sse.extend_from_slice(&serde_json::to_vec(value).unwrap());
+                sse.extend_from_slice(b"\n\n");
+            }
+            let events = sse_events(&sse);
+            let (fast, slow) = super::stream::decode_both_ways(protocol, &events);
+            prop_assert_eq!(fast, slow);
+        }
+    }
 
     /// Any chunking of the upstream bytes (inside UTF-8 characters, inside JSON) gives the same output.
     #[test]

@@ -15,6 +15,8 @@ pub mod stream;
 
 use std::fmt;
 
+use serde::Deserialize;
+
 /// The two wire protocols a client or a backend can speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -377,4 +379,42 @@ impl std::error::Error for DecodeError {}
 /// Count whitespace-separated words: the echo backend's token measure (seed 003: "Hello world" → 2).
 pub fn word_count(text: &str) -> u64 {
     text.split_whitespace().count() as u64
+}
+
+// === Borrowed fast-path decoding ===
+
+/// The borrowed view of a JSON object (an event or a body), or `None` to take the `Value` path.
+pub(crate) fn fast_decode<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
+    serde_json::from_slice::<Obj<T>>(data)
+        .ok()
+        .map(|Obj(value)| value)
+}
+
+/// A struct read from a JSON object only: serde's derived impls would also fill a struct from an array
+/// (by position), which the `Value` path reads differently, so an array here fails the fast path.
+pub(crate) struct Obj<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectOnly(std::marker::PhantomData))
+            .map(Obj)
+    }
+}
+
+impl<T> std::ops::Deref for Obj<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{
     ApiRequest, ChatRequest, ChatResponse, CompletionRequest, DecodeError, EmbeddingsRequest,
@@ -858,6 +859,15 @@ pub fn encode_request(req: &ChatRequest, model: Option<&str>) -> Value {
 
 /// Decode a complete `chat.completion` response (the first choice; others are dropped).
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
+    if let Some(response) = super::fast_decode::<ResponseIn<'_>>(body).and_then(ResponseIn::decode)
+    {
+        return Ok(response);
+    }
+    decode_response_value(body)
+}
+
+/// The general path of [`decode_response`], through a JSON tree; it defines the semantics.
+pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|error| DecodeError::new(format!("invalid JSON response: {error}"), None))?;
     if !value.is_object() {
@@ -954,6 +964,154 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
             .filter(|usage| usage.is_object())
             .map(usage_from),
     })
+}
+
+// --- Borrowed fast path for `decode_response` ---
+//
+// The common response shape read without a JSON tree: fields stay raw JSON and are read the way the
+// `Value` path reads them (`as_str`, `as_i64`, presence). Rare shapes (`thinking_blocks`, array content,
+// non-object entries) return `None` and take the `Value` path; a unit test compares both on fixtures and
+// arbitrary JSON.
+
+#[derive(Deserialize)]
+struct ResponseIn<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    created: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<super::Obj<ResponseChoiceIn<'a>>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponseChoiceIn<'a> {
+    #[serde(default, borrow)]
+    message: Option<super::Obj<ResponseMessageIn<'a>>>,
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponseMessageIn<'a> {
+    #[serde(default, borrow)]
+    thinking_blocks: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    reasoning: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    refusal: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<super::Obj<ResponseToolCallIn<'a>>>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseToolCallIn<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    function: Option<super::Obj<ResponseFunctionIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseFunctionIn<'a> {
+    #[serde(default, borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// Keeps a present `null` as `Some("null")` (plain `Option` makes it `None`), for fields whose mere
+/// presence matters.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// `Value::as_str` on a raw JSON value; `Err` when the string does not decode (the `Value` path then
+/// reports the body as invalid).
+fn raw_str(raw: Option<&RawValue>) -> Result<Option<std::borrow::Cow<'_, str>>, serde_json::Error> {
+    match raw {
+        Some(raw) if raw.get().starts_with('"') => serde_json::from_str(raw.get()).map(Some),
+        _ => Ok(None),
+    }
+}
+
+impl ResponseIn<'_> {
+    fn decode(self) -> Option<ChatResponse> {
+        let choice = self.choices.as_ref().and_then(|choices| choices.first());
+        let message = choice.and_then(|choice| choice.message.as_ref());
+        let mut parts = Vec::new();
+        if let Some(message) = message {
+            if message.thinking_blocks.is_some() {
+                return None;
+            }
+            if let Some(reasoning) = raw_str(message.reasoning_content.or(message.reasoning))
+                .ok()?
+                .filter(|text| !text.is_empty())
+            {
+                parts.push(Part::Thinking {
+                    text: reasoning.into_owned(),
+                    signature: None,
+                });
+            }
+        }
+        let content = message.and_then(|message| message.content);
+        if content.is_some_and(|content| content.get().starts_with('[')) {
+            return None;
+        }
+        let refusal = raw_str(message.and_then(|message| message.refusal)).ok()?;
+        let legacy_text = raw_str(choice.and_then(|choice| choice.text)).ok()?;
+        match raw_str(content).ok()?.filter(|text| !text.is_empty()) {
+            Some(text) => parts.push(Part::Text(text.into_owned())),
+            None => {
+                if let Some(refusal) = refusal {
+                    parts.push(Part::Text(refusal.into_owned()));
+                } else if let Some(text) = legacy_text.filter(|text| !text.is_empty()) {
+                    parts.push(Part::Text(text.into_owned()));
+                }
+            }
+        }
+        for call in message
+            .and_then(|message| message.tool_calls.as_deref())
+            .unwrap_or_default()
+        {
+            let function = call.function.as_ref();
+            let text = |raw: Option<&RawValue>| {
+                raw_str(raw).map(|text| text.unwrap_or_default().into_owned())
+            };
+            parts.push(Part::ToolCall(ToolCall {
+                id: text(call.id).ok()?,
+                name: text(function.and_then(|function| function.name)).ok()?,
+                arguments: text(function.and_then(|function| function.arguments)).ok()?,
+            }));
+        }
+        let usage = match self.usage {
+            Some(raw) if raw.get().starts_with('{') => {
+                Some(usage_from(&serde_json::from_str::<Value>(raw.get()).ok()?))
+            }
+            _ => None,
+        };
+        let finish_reason = raw_str(choice.and_then(|choice| choice.finish_reason)).ok()?;
+        Some(ChatResponse {
+            id: raw_str(self.id).ok()?.unwrap_or_default().into_owned(),
+            model: raw_str(self.model).ok()?.unwrap_or_default().into_owned(),
+            created: self
+                .created
+                .and_then(|raw| serde_json::from_str::<i64>(raw.get()).ok()),
+            parts,
+            finish_reason: finish_reason.as_deref().map(finish_reason_from),
+            stop_sequence: None,
+            usage,
+        })
+    }
 }
 
 /// Render a canonical response as a `chat.completion`; `created` is used when the response has none.

@@ -6,15 +6,18 @@
 //! `message_delta`, `message_stop`) or the OpenAI chunk rules (role first, `finish_reason` last, optional
 //! usage chunk, `data: [DONE]`). A summary of the answer is kept on the side for logs and accounting.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 pub use super::ResponseSummary;
 use super::anthropic::{self, WireUsage};
 use super::convert::{self, unix_now};
 use super::sse::{self, SseDecoder, SseError, SseEvent};
-use super::{FinishReason, Protocol, ToolCall, Usage, openai};
+use super::{FinishReason, Obj, Protocol, ToolCall, Usage, fast_decode, openai};
 
 /// How to present the converted stream.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +83,8 @@ pub enum StreamEvent {
 struct OpenAiDecoder {
     started: bool,
     tools: Vec<usize>,
+    /// Tests only: skip the borrowed fast path, to compare both paths.
+    value_only: bool,
 }
 
 impl OpenAiDecoder {
@@ -89,6 +94,12 @@ impl OpenAiDecoder {
         }
         if event.is_done() {
             out.push(StreamEvent::Done);
+            return Ok(());
+        }
+        if !self.value_only
+            && let Some(chunk) = fast_decode::<ChunkIn<'_>>(&event.data)
+        {
+            self.decode_fast(chunk, out);
             return Ok(());
         }
         let value = parse_event(event)?;
@@ -134,6 +145,102 @@ impl OpenAiDecoder {
         Ok(())
     }
 
+    /// The typed twin of the `Value` path below for a chunk that decoded as [`ChunkIn`]: same events,
+    /// same order, without building a JSON tree per chunk.
+    fn decode_fast(&mut self, chunk: ChunkIn<'_>, out: &mut Vec<StreamEvent>) {
+        if let Some(error) = chunk.error {
+            match serde_json::from_str::<Value>(error.get()) {
+                Ok(Value::Null) => {}
+                Ok(error) => {
+                    out.push(error_event(&error));
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start { usage: None });
+        }
+        let choice = chunk
+            .choices
+            .iter()
+            .flatten()
+            .find(|choice| choice.index.unwrap_or(0) == 0);
+        if let Some(choice) = choice {
+            if let Some(delta) = &choice.delta {
+                if let Some(reasoning) =
+                    non_empty(&delta.reasoning_content).or_else(|| non_empty(&delta.reasoning))
+                {
+                    out.push(StreamEvent::Thinking(reasoning.to_owned()));
+                }
+                if let Some(blocks) = delta.thinking_blocks
+                    && let Ok(blocks) = serde_json::from_str::<Value>(blocks.get())
+                {
+                    thinking_block_events(&blocks, out);
+                }
+                if let Some(content) =
+                    non_empty(&delta.content).or_else(|| non_empty(&delta.refusal))
+                {
+                    out.push(StreamEvent::Text(content.to_owned()));
+                }
+                for (position, call) in delta.tool_calls.iter().flatten().enumerate() {
+                    let index = call
+                        .index
+                        .and_then(|index| usize::try_from(index).ok())
+                        .unwrap_or(position);
+                    let function = call.function.as_ref();
+                    self.tool_call(
+                        index,
+                        call.id.as_deref(),
+                        function.and_then(|f| f.name.as_deref()),
+                        function.and_then(|f| f.arguments.as_deref()),
+                        out,
+                    );
+                }
+            }
+            if let Some(text) = non_empty(&choice.text) {
+                out.push(StreamEvent::Text(text.to_owned()));
+            }
+            if let Some(reason) = &choice.finish_reason {
+                out.push(StreamEvent::Finish {
+                    reason: openai::finish_reason_from(reason),
+                    stop_sequence: None,
+                });
+            }
+        }
+        if let Some(usage) = chunk.usage
+            && let Ok(usage) = serde_json::from_str::<Value>(usage.get())
+            && usage.is_object()
+        {
+            out.push(StreamEvent::Usage(openai::usage_from(&usage)));
+        }
+    }
+
+    fn tool_call(
+        &mut self,
+        index: usize,
+        id: Option<&str>,
+        name: Option<&str>,
+        arguments: Option<&str>,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        if !self.tools.contains(&index) {
+            self.tools.push(index);
+            out.push(StreamEvent::ToolCallStart {
+                index,
+                id: id.map_or_else(|| format!("call_{index}"), str::to_owned),
+                name: name.unwrap_or_default().to_owned(),
+            });
+        }
+        if let Some(arguments) = arguments.filter(|arguments| !arguments.is_empty()) {
+            out.push(StreamEvent::ToolCallArgs {
+                index,
+                arguments: arguments.to_owned(),
+            });
+        }
+    }
+
     fn decode_delta(&mut self, delta: &Value, out: &mut Vec<StreamEvent>) {
         let text = |key: &str| {
             delta
@@ -144,25 +251,8 @@ impl OpenAiDecoder {
         if let Some(reasoning) = text("reasoning_content").or_else(|| text("reasoning")) {
             out.push(StreamEvent::Thinking(reasoning.to_owned()));
         }
-        for block in delta
-            .get("thinking_blocks")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let field = |key: &str| {
-                block
-                    .get(key)
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-            };
-            if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
-                if let Some(data) = field("data") {
-                    out.push(StreamEvent::RedactedThinking(data.to_owned()));
-                }
-            } else if let Some(signature) = field("signature") {
-                out.push(StreamEvent::Signature(signature.to_owned()));
-            }
+        if let Some(blocks) = delta.get("thinking_blocks") {
+            thinking_block_events(blocks, out);
         }
         if let Some(content) = text("content").or_else(|| text("refusal")) {
             out.push(StreamEvent::Text(content.to_owned()));
@@ -180,27 +270,129 @@ impl OpenAiDecoder {
                 .and_then(Value::as_u64)
                 .and_then(|index| usize::try_from(index).ok())
                 .unwrap_or(position);
-            if !self.tools.contains(&index) {
-                self.tools.push(index);
-                let field = |pointer: &str| call.pointer(pointer).and_then(Value::as_str);
-                out.push(StreamEvent::ToolCallStart {
-                    index,
-                    id: field("/id").map_or_else(|| format!("call_{index}"), str::to_owned),
-                    name: field("/function/name").unwrap_or_default().to_owned(),
-                });
-            }
-            if let Some(arguments) = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .filter(|arguments| !arguments.is_empty())
-            {
-                out.push(StreamEvent::ToolCallArgs {
-                    index,
-                    arguments: arguments.to_owned(),
-                });
-            }
+            let field = |pointer: &str| call.pointer(pointer).and_then(Value::as_str);
+            self.tool_call(
+                index,
+                field("/id"),
+                field("/function/name"),
+                field("/function/arguments"),
+                out,
+            );
         }
     }
+}
+
+/// Events for an OpenAI delta's `thinking_blocks` extension (signatures and redacted blocks; the
+/// thinking text itself arrives as `reasoning_content`).
+fn thinking_block_events(blocks: &Value, out: &mut Vec<StreamEvent>) {
+    for block in blocks.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let field = |key: &str| {
+            block
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        if block.get("type").and_then(Value::as_str) == Some("redacted_thinking") {
+            if let Some(data) = field("data") {
+                out.push(StreamEvent::RedactedThinking(data.to_owned()));
+            }
+        } else if let Some(signature) = field("signature") {
+            out.push(StreamEvent::Signature(signature.to_owned()));
+        }
+    }
+}
+
+fn non_empty<'s>(text: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
+    text.as_deref().filter(|text| !text.is_empty())
+}
+
+// --- Borrowed views of the common event shapes (the fast path) ---
+//
+// Each stream event is first decoded into these borrowed structs: no JSON tree, strings borrowed from
+// the event unless they contain escapes. Anything unusual (a field of an unexpected type, a duplicate
+// key, invalid JSON) fails this decode and the event takes the general `Value` path, which defines the
+// semantics; both paths emit the same events, and the golden and re-chunking tests run through both.
+
+#[derive(Deserialize)]
+struct ChunkIn<'a> {
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Obj<ChoiceIn<'a>>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<Obj<DeltaIn<'a>>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaIn<'a> {
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking_blocks: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<Obj<ToolCallIn<'a>>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallIn<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<Obj<FunctionIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionIn<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// An Anthropic event, read only as far as the per-token events need (`content_block_delta`, `ping`,
+/// `message_stop`); other events take the `Value` path.
+#[derive(Deserialize)]
+struct AnthropicEventIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<Obj<AnthropicDeltaIn<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDeltaIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Default)]
@@ -208,11 +400,19 @@ struct AnthropicDecoder {
     usage: WireUsage,
     /// `(content block index, tool call ordinal)` for every tool_use block so far.
     tool_blocks: Vec<(u64, usize)>,
+    /// Tests only: skip the borrowed fast path, to compare both paths.
+    value_only: bool,
 }
 
 impl AnthropicDecoder {
     fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if event.data.is_empty() {
+            return Ok(());
+        }
+        if !self.value_only
+            && let Some(fast) = fast_decode::<AnthropicEventIn<'_>>(&event.data)
+            && self.decode_fast(&fast, event, out)
+        {
             return Ok(());
         }
         let value = parse_event(event)?;
@@ -322,6 +522,57 @@ impl AnthropicDecoder {
         }
         Ok(())
     }
+
+    /// The typed twin of the `Value` path for the per-token events; false when the event is of another
+    /// kind (the caller then takes the `Value` path).
+    fn decode_fast(
+        &mut self,
+        fast: &AnthropicEventIn<'_>,
+        event: &SseEvent,
+        out: &mut Vec<StreamEvent>,
+    ) -> bool {
+        let kind = fast.kind.as_deref().or(event.event.as_deref());
+        match kind {
+            Some("content_block_delta") => {
+                let Some(delta) = &fast.delta else {
+                    return true;
+                };
+                let text =
+                    |text: &Option<Cow<'_, str>>| text.as_deref().unwrap_or_default().to_owned();
+                match delta.kind.as_deref() {
+                    Some("text_delta") => push_text(out, StreamEvent::Text, text(&delta.text)),
+                    Some("thinking_delta") => {
+                        push_text(out, StreamEvent::Thinking, text(&delta.thinking));
+                    }
+                    Some("signature_delta") => {
+                        push_text(out, StreamEvent::Signature, text(&delta.signature));
+                    }
+                    Some("input_json_delta") => {
+                        let block_index = fast.index.unwrap_or(0);
+                        if let Some((_, index)) = self
+                            .tool_blocks
+                            .iter()
+                            .find(|(block, _)| *block == block_index)
+                            && let Some(arguments) = non_empty(&delta.partial_json)
+                        {
+                            out.push(StreamEvent::ToolCallArgs {
+                                index: *index,
+                                arguments: arguments.to_owned(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                true
+            }
+            Some("ping") => true,
+            Some("message_stop") => {
+                out.push(StreamEvent::Done);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn push_text(out: &mut Vec<StreamEvent>, make: fn(String) -> StreamEvent, text: String) {
@@ -370,6 +621,43 @@ impl Decoder {
             Decoder::Anthropic(decoder) => decoder.decode(event, out),
         }
     }
+}
+
+/// Per upstream event: the canonical events decoded, or the error.
+#[cfg(test)]
+pub(crate) type DecodedEvents = Vec<Result<Vec<StreamEvent>, String>>;
+
+/// Tests only: decodes `events` twice, with the borrowed fast path and with the `Value` path alone, so
+/// tests can check both give the same canonical events (and the same errors).
+#[cfg(test)]
+pub(crate) fn decode_both_ways(
+    protocol: Protocol,
+    events: &[SseEvent],
+) -> (DecodedEvents, DecodedEvents) {
+    let mut fast = Decoder::new(protocol);
+    let mut slow = match protocol {
+        Protocol::OpenAi => Decoder::OpenAi(OpenAiDecoder {
+            value_only: true,
+            ..OpenAiDecoder::default()
+        }),
+        Protocol::Anthropic => Decoder::Anthropic(AnthropicDecoder {
+            value_only: true,
+            ..AnthropicDecoder::default()
+        }),
+    };
+    let run = |decoder: &mut Decoder| {
+        events
+            .iter()
+            .map(|event| {
+                let mut out = Vec::new();
+                decoder
+                    .decode(event, &mut out)
+                    .map(|()| out)
+                    .map_err(|error| error.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    (run(&mut fast), run(&mut slow))
 }
 
 // === Summary ===

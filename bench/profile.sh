@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# bench/profile.sh: instructions per request for one gateway config, counted by valgrind's callgrind
+# (repeatable whatever else the machine is doing, unlike seconds). Starts the mock upstream and the
+# gateway under callgrind, warms up, counts only the measured requests, and prints the total and the
+# top functions (inclusive).
+#
+#   bash bench/profile.sh passthrough.yaml            # json, 2000 requests
+#   MODE=stream REQUESTS=500 bash bench/profile.sh to-anthropic.yaml
+#
+# Environment: MODE (json|stream), REQUESTS (2000), CONC (4), PATH_ (/v1/chat/completions),
+# BODY (openai), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1.
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH")
+CONFIG=${1:?usage: bench/profile.sh <config in bench/configs>}
+MODE=${MODE:-json}
+REQUESTS=${REQUESTS:-2000}
+CONC=${CONC:-4}
+API_PATH=${PATH_:-/v1/chat/completions}
+BODY=${BODY:-openai}
+PORT_BASE=${PORT_BASE:-18200}
+TOP=${TOP:-40}
+HEADER=${HEADER:-}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=$BENCH/out/profile
+MOCK_PORT=$PORT_BASE
+GW_PORT=$((PORT_BASE + 2))
+
+command -v valgrind >/dev/null || { echo "profile: valgrind is needed" >&2; exit 1; }
+command -v curl >/dev/null || { echo "profile: curl is needed" >&2; exit 1; }
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+	(cd "$ROOT" && cargo build --release --bin ai-gateway && cargo build --release --example mock_upstream)
+fi
+mkdir -p "$OUT"
+rm -f "$OUT"/callgrind.out.*
+
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_ready() {
+	for _ in $(seq 600); do
+		curl -sf -o /dev/null "$1" && return 0
+		sleep 0.1
+	done
+	echo "profile: $1 never answered" >&2
+	exit 1
+}
+
+"$TARGET_DIR/release/examples/mock_upstream" --port "$MOCK_PORT" 2>"$OUT/mock.log" &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$MOCK_PORT/health"
+
+sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
+	"$BENCH/configs/$CONFIG" >"$OUT/gateway.yaml"
+(cd "$OUT" && exec taskset -c "${GW_CORE:-0}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p" \
+	"$TARGET_DIR/release/ai-gateway" --config "$OUT/gateway.yaml") >"$OUT/gateway.log" 2>&1 &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$GW_PORT/health"
+
+body=$BENCH/bodies/$BODY.json
+[[ $MODE == stream ]] && body=$BENCH/bodies/$BODY.stream.json
+args=(-s -o /dev/null -X POST -H 'content-type: application/json' --data-binary "@$body")
+[[ -n $HEADER ]] && args+=(-H "$HEADER")
+url=http://127.0.0.1:$GW_PORT$API_PATH
+
+# A Python driver keeps CONC keep-alive connections busy: curl per request would cost more than the
+# gateway itself under callgrind's slowdown and could not keep connections open.
+drive() {
+	python3 - "$1" "$CONC" "$url" "$body" "$HEADER" <<'EOF'
+import http.client, sys, threading, urllib.parse
+n, conc, url, body_file, header = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+u = urllib.parse.urlparse(url)
+body = open(body_file, 'rb').read()
+headers = {'content-type': 'application/json'}
+if header:
+    k, v = header.split(':', 1)
+    headers[k.strip()] = v.strip()
+failed = 0
+def worker(count):
+    global failed
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    for _ in range(count):
+        c.request('POST', u.path, body, headers)
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            failed += 1
+threads = [threading.Thread(target=worker, args=(n // conc,)) for _ in range(conc)]
+for t in threads: t.start()
+for t in threads: t.join()
+if failed:
+    print(f"profile: {failed} requests failed", file=sys.stderr)
+    sys.exit(1)
+EOF
+}
+
+drive $((CONC * 50))
+callgrind_control -i on >/dev/null 2>&1
+drive "$REQUESTS"
+callgrind_control -i off >/dev/null 2>&1
+callgrind_control -d >/dev/null 2>&1
+# The explicit dump is part 1 (the dump at exit, after the trap's kill, is not wanted).
+file=
+for _ in $(seq 100); do
+	file=$(ls "$OUT"/callgrind.out.*.1 2>/dev/null | head -1)
+	[[ -n $file ]] && break
+	sleep 0.1
+done
+total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "profile: $CONFIG $MODE: $total instructions over $REQUESTS requests = $((total / REQUESTS)) per request"
+callgrind_annotate --inclusive=yes "$file" 2>/dev/null | head -n "$((TOP + 25))" | tail -n "$TOP" || true
