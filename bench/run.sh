@@ -3,6 +3,8 @@
 # mock upstream in release mode, then loads the mock directly, through nginx (plain reverse proxy) and
 # through the gateway, for every scenario in bench/scenarios.txt × {json, stream} × {c32, c256}.
 # The server under test (nginx or the gateway) runs alone on core GW_CORE; the mock and wrk share LOAD_CORE.
+# Scenarios whose config template contains @REDIS_URL@ get a fresh redis-server per cell (installed from Debian
+# when missing), also on LOAD_CORE.
 # Prints a markdown table and writes it to bench/out/results.md (raw numbers: bench/out/results.tsv).
 #
 #   bash bench/run.sh                         # everything, 2 s warm-up + 8 s per cell
@@ -10,7 +12,7 @@
 #
 # Environment: DURATION (s, default 8), WARMUP (s, 2), CONNS ("32 256"), MODES ("json stream"),
 # ONLY (regex on scenario names), SCENARIOS (file), GW_CORE (0), LOAD_CORE (1), WRK_THREADS (1),
-# PORT_BASE (18100: mock, +1 nginx, +2 gateway), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out).
+# PORT_BASE (18100: mock, +1 nginx, +2 gateway, +3 redis), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out).
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +31,7 @@ PORT_BASE=${PORT_BASE:-18100}
 MOCK_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
 GW_PORT=$((PORT_BASE + 2))
+REDIS_PORT=$((PORT_BASE + 3))
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GATEWAY_BIN=$TARGET_DIR/release/ai-gateway
 MOCK_BIN=$TARGET_DIR/release/examples/mock_upstream
@@ -47,6 +50,9 @@ install_tools() {
 	command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 	command -v curl >/dev/null || missing+=(curl)
 	command -v taskset >/dev/null || missing+=(util-linux)
+	if ((NEED_REDIS)); then
+		command -v redis-server >/dev/null || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
+	fi
 	((${#missing[@]} == 0)) && return
 	[[ ${SKIP_INSTALL:-0} == 1 ]] && die "missing tools: ${missing[*]} (SKIP_INSTALL=1 set)"
 	local sudo=()
@@ -66,6 +72,7 @@ build() {
 MOCK_PID=
 TARGET_PIDS=()
 TARGET_MAIN=
+REDIS_PID=
 
 stop_pid() {
 	local pid=$1
@@ -85,6 +92,8 @@ stop_target() {
 	fi
 	TARGET_MAIN=
 	TARGET_PIDS=()
+	stop_pid "$REDIS_PID"
+	REDIS_PID=
 }
 
 EXTRA_PIDS=()
@@ -95,7 +104,7 @@ cleanup() {
 		stop_pid "$pid"
 	done
 	EXTRA_PIDS=()
-	stop_target
+	stop_target # also stops redis-server
 	stop_pid "$MOCK_PID"
 	MOCK_PID=
 }
@@ -112,6 +121,33 @@ wait_ready() {
 		kill -0 "$pid" 2>/dev/null || return 1
 		sleep 0.1
 	done
+	return 1
+}
+
+# True once redis-server on REDIS_PORT answers PING (RESP over bash's /dev/tcp; redis-cli is not needed).
+redis_ping() {
+	(
+		exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
+		printf 'PING\r\n' >&3
+		local reply
+		read -r -t 1 reply <&3 || exit 1
+		[[ $reply == +PONG* ]]
+	) 2>/dev/null
+}
+
+# A fresh, empty redis-server for one cell: no persistence, pinned with the load generators. Sets REDIS_PID.
+start_redis() {
+	local log_file=$OUT/redis.log
+	stop_pid "$REDIS_PID"
+	taskset -c "$LOAD_CORE" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+		>>"$log_file" 2>&1 &
+	REDIS_PID=$!
+	for _ in $(seq 100); do
+		redis_ping && return 0
+		kill -0 "$REDIS_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	START_ERROR="redis-server did not start: $(tail -n 1 "$log_file" 2>/dev/null)"
 	return 1
 }
 
@@ -176,9 +212,11 @@ start_nginx() {
 	mapfile -t TARGET_PIDS < <(echo "$TARGET_MAIN"; pgrep -P "$TARGET_MAIN")
 }
 
-# Fills a gateway config template: @PORT@, @MOCK_URL@, @MOCK_URL_1..3@ (fail-over instances), @OUT@, @EDIT@.
+# Fills a gateway config template: @PORT@, @MOCK_URL@, @MOCK_URL_1..3@ (fail-over instances), @OUT@, @EDIT@,
+# @REDIS_URL@.
 render_config() {
 	sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
+		-e "s|@REDIS_URL@|redis://127.0.0.1:$REDIS_PORT|g" \
 		-e "s|@MOCK_URL_1@|http://127.0.0.1:$((PORT_BASE + 10))|g" \
 		-e "s|@MOCK_URL_2@|http://127.0.0.1:$((PORT_BASE + 11))|g" \
 		-e "s|@MOCK_URL_3@|http://127.0.0.1:$((PORT_BASE + 12))|g" \
@@ -193,6 +231,9 @@ start_gateway() {
 	if ! "$GATEWAY_BIN" check --config "$config" >"$log_file" 2>&1; then
 		START_ERROR="config rejected: $(tail -n 1 "$log_file")"
 		return 1
+	fi
+	if grep -q '@REDIS_URL@' "$template"; then
+		start_redis || return 1
 	fi
 	(cd "$OUT" && exec taskset -c "$GW_CORE" "$GATEWAY_BIN" --config "$config") >>"$log_file" 2>&1 &
 	TARGET_MAIN=$!
@@ -331,12 +372,14 @@ run_cell() {
 	local cell=$OUT/$name-$mode-c$conns
 	export BENCH_BODY=$body_file BENCH_UNIQUE=$unique BENCH_HEADERS=$headers
 	BENCH_RUN=warm-$RANDOM$RANDOM taskset -c "$LOAD_CORE" wrk "${wrk_args[@]}" -d "${WARMUP}s" >"$cell.warmup" 2>&1 || true
-	local cpu0 mock0 cpu1 mock1
+	local cpu0 mock0 cpu1 mock1 redis0=0 redis1=0
 	cpu0=$(cpu_ticks "${TARGET_PIDS[@]}")
 	mock0=$(cpu_ticks "$MOCK_PID")
+	[[ -n $REDIS_PID ]] && redis0=$(cpu_ticks "$REDIS_PID")
 	BENCH_RUN=run-$RANDOM$RANDOM taskset -c "$LOAD_CORE" wrk "${wrk_args[@]}" -d "${DURATION}s" --latency >"$cell.wrk" 2>&1 || true
 	cpu1=$(cpu_ticks "${TARGET_PIDS[@]}")
 	mock1=$(cpu_ticks "$MOCK_PID")
+	[[ -n $REDIS_PID ]] && redis1=$(cpu_ticks "$REDIS_PID")
 	local rss
 	rss=$(peak_rss_kb "${TARGET_PIDS[@]}")
 	local requests duration_us p50_us p99_us status errors
@@ -348,10 +391,12 @@ run_cell() {
 	awk -v name="$name" -v target="$target" -v mode="$mode" -v conns="$conns" -v req="$requests" \
 		-v dur="$duration_us" -v p50="$p50_us" -v p99="$p99_us" -v status="$status" -v errors="$errors" \
 		-v cpu="$((cpu1 - cpu0))" -v mock="$((mock1 - mock0))" -v tck="$CLK_TCK" -v rss="$rss" \
-		-v baseline="$baseline" -v note="$note" -v ttfb="${TTFB:-}" 'BEGIN {
+		-v baseline="$baseline" -v note="$note" -v ttfb="${TTFB:-}" -v redis="${REDIS_PID:+$((redis1 - redis0))}" 'BEGIN {
 			rps = dur > 0 ? req / (dur / 1e6) : 0
 			cpu_us = req > 0 ? cpu / tck * 1e6 / req : 0
 			mock_us = req > 0 ? mock / tck * 1e6 / req : 0
+			# redis-server is not the server under test: its CPU is a note, not part of CPU µs/req.
+			if (redis != "" && req > 0) note = note (note == "" ? "" : "; ") sprintf("redis-server CPU %.1f µs/req", redis / tck * 1e6 / req)
 			printf "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\n", name, target, mode, conns, rps,
 				p50, p99, status, errors, cpu_us, mock_us, rss, note, baseline, ttfb
 		}' >>"$RESULTS"
@@ -540,6 +585,7 @@ write_report() {
 		[[ -n $ONLY ]] && only=" ONLY='$ONLY'"
 		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"$only bash bench/run.sh\`"
 		echo "- server under test pinned to core $GW_CORE; mock upstream and wrk ($WRK_THREADS thread) on core $LOAD_CORE"
+		((NEED_REDIS)) && echo "- scenarios with Redis state: a fresh redis-server per cell (no persistence) on core $LOAD_CORE; its CPU per request is in the note, not in CPU µs/req"
 		echo "- $WARMUP s warm-up then $DURATION s measured per cell; every cell starts fresh server processes"
 		echo "- latency: wrk, whole response (a stream's last byte); added p50 = p50 − p50 of the baseline (direct) cell"
 		echo "- CPU/req: utime+stime of the server (nginx: master + worker; direct: the mock) over the measured run ÷ requests"
@@ -587,13 +633,33 @@ write_report() {
 }
 
 # ---------------------------------------------------------------- main
+# 1 when a scenario selected by ONLY uses a config template with @REDIS_URL@.
+needs_redis() {
+	local line name target config rest
+	while IFS= read -r line; do
+		line=$(trim "${line%%#*}")
+		[[ -z $line ]] && continue
+		IFS='|' read -r name target config rest <<<"$line"
+		name=$(trim "$name") config=$(trim "$config")
+		[[ -n $ONLY && ! $name =~ $ONLY ]] && continue
+		[[ $config != - && -f $BENCH/configs/$config ]] && grep -q '@REDIS_URL@' "$BENCH/configs/$config" && {
+			echo 1
+			return
+		}
+	done <"$SCENARIOS"
+	echo 0
+}
+
 main() {
 	mkdir -p "$OUT"
+	NEED_REDIS=$(needs_redis)
 	install_tools
 	build
 	[[ -x $GATEWAY_BIN ]] || die "no gateway binary at $GATEWAY_BIN"
 	[[ -x $MOCK_BIN ]] || die "no mock upstream binary at $MOCK_BIN"
-	for port in "$MOCK_PORT" "$NGINX_PORT" "$GW_PORT"; do
+	local ports=("$MOCK_PORT" "$NGINX_PORT" "$GW_PORT")
+	((NEED_REDIS)) && ports+=("$REDIS_PORT")
+	for port in "${ports[@]}"; do
 		port_busy "$port" && die "port $port is in use (set PORT_BASE)"
 	done
 	ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
@@ -601,6 +667,7 @@ main() {
 	: >"$RESULTS"
 	: >"$FAULTS"
 	: >"$OUT/mock.log"
+	: >"$OUT/redis.log"
 	local line name target config path body options
 	while IFS= read -r line; do
 		line=$(trim "${line%%#*}")

@@ -1,19 +1,26 @@
 //! Exact-match response cache for complete non-stream responses: TTL plus entry and byte bounds,
 //! in memory (moka) or shared through Redis with Redis TTLs.
 //!
+//! `/stats` asks [`ResponseCache::stats`] for the number of live entries: moka's count in memory; with
+//! Redis, the keys under `<key_prefix>:cache:` counted by a bounded, timed-out SCAN at that moment
+//! (entries expire through Redis TTLs, so only Redis knows how many are left).
+//!
 //! The key is the SHA-256 of normalized request bytes built by the caller (model, messages,
 //! sampling params; no per-request ids). Only complete, successful JSON bodies are stored: `put`
 //! itself refuses error bodies and truncated JSON, so a caller mistake cannot poison the cache.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::shared_state::{RedisStore, StateStore};
+use crate::shared_state::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `cache:` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,17 +91,47 @@ impl fmt::Debug for CacheKey {
     }
 }
 
-/// Cache counters for `/stats`.
+/// Cache counters for `/stats`. Body bytes are not reported: in Redis they would cost one `STRLEN`
+/// per entry on top of the SCAN.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct CacheStats {
-    /// Entries held in memory (0 with Redis, where entries are shared).
-    pub size: u64,
+    /// Live entries: held in memory, or stored in Redis under this gateway's key prefix (every
+    /// gateway sharing the prefix sees the same number). `None` when Redis has never answered a count.
+    pub size: Option<u64>,
+    /// How `size` was obtained.
+    pub size_source: SizeSource,
+    /// With `size_source: last_known`, seconds since that count was taken.
+    pub size_age_s: Option<u64>,
+    /// `max_entries`; it bounds the in-memory cache only (Redis entries are bounded by their TTL).
     pub capacity: u64,
     pub hits: u64,
     pub misses: u64,
     /// True when entries live in Redis.
     pub shared: bool,
 }
+
+/// Where [`CacheStats::size`] comes from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeSource {
+    /// The in-memory cache's own count.
+    Memory,
+    /// Counted in Redis for this request.
+    Redis,
+    /// Redis did not answer within [`COUNT_TIMEOUT`]: the last successful count, `size_age_s` old.
+    LastKnown,
+    /// Redis did not answer and has never answered a count: `size` is null.
+    Unknown,
+    /// The cache is disabled, so nothing is stored or counted: `size` is 0.
+    Disabled,
+}
+
+/// Longest `/stats` waits for a Redis count (including waiting for a count already running).
+pub const COUNT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Keys Redis examines per SCAN call: large enough for few round trips, small enough that one call
+/// never blocks Redis noticeably.
+const SCAN_COUNT: u64 = 1000;
 
 /// The response cache of one config snapshot.
 pub struct ResponseCache {
@@ -104,6 +141,8 @@ pub struct ResponseCache {
     max_entry_bytes: u64,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Redis entry counts: one at a time, and the last one kept for when Redis does not answer.
+    counts: Counts,
 }
 
 enum Backend {
@@ -111,11 +150,22 @@ enum Backend {
     Redis { store: RedisStore, ttl_ms: u64 },
 }
 
+#[derive(Default)]
+struct Counts {
+    /// Held while a SCAN runs, so concurrent `/stats` calls share one count instead of each
+    /// scanning Redis.
+    running: tokio::sync::Mutex<()>,
+    /// The last successful count and when it finished. A std mutex: never held across an `.await`.
+    last: Mutex<Option<(u64, Instant)>>,
+}
+
 impl fmt::Debug for ResponseCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseCache")
             .field("enabled", &self.enabled)
-            .field("stats", &self.stats())
+            .field("shared", &matches!(self.backend, Backend::Redis { .. }))
+            .field("hits", &self.hits.load(Ordering::Relaxed))
+            .field("misses", &self.misses.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -160,6 +210,7 @@ impl ResponseCache {
             max_entry_bytes: max_bytes.min(u64::from(u32::MAX)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            counts: Counts::default(),
         }
     }
 
@@ -220,19 +271,99 @@ impl ResponseCache {
         }
     }
 
-    pub fn stats(&self) -> CacheStats {
-        let (size, shared) = match &self.backend {
-            Backend::Memory(cache) => (cache.entry_count(), false),
-            Backend::Redis { .. } => (0, true),
+    /// Counters and the number of live entries. With Redis this runs a SCAN over this gateway's cache
+    /// keys, bounded by [`COUNT_TIMEOUT`]: `/stats` never waits longer, even while Redis hangs or is
+    /// down (then the last count is reported as `last_known`, or `null` if there was none).
+    pub async fn stats(&self) -> CacheStats {
+        let (size, size_source, size_age_s) = match &self.backend {
+            _ if !self.enabled => (Some(0), SizeSource::Disabled, None),
+            Backend::Memory(cache) => (Some(cache.entry_count()), SizeSource::Memory, None),
+            Backend::Redis { store, .. } => self.redis_size(store).await,
         };
         CacheStats {
             size,
+            size_source,
+            size_age_s,
             capacity: self.max_entries,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            shared,
+            shared: matches!(self.backend, Backend::Redis { .. }),
         }
     }
+
+    async fn redis_size(&self, store: &RedisStore) -> (Option<u64>, SizeSource, Option<u64>) {
+        let asked = Instant::now();
+        let counted = tokio::time::timeout(COUNT_TIMEOUT, async {
+            let _running = self.counts.running.lock().await;
+            // A count that finished while this call waited for the lock overlaps this call: reuse it
+            // rather than scanning again.
+            if let Some((n, at)) = self.last_count()
+                && at >= asked
+            {
+                return Ok(n);
+            }
+            let n = count_keys(store, &cache_key_pattern(store.prefix())).await?;
+            *self
+                .counts
+                .last
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some((n, Instant::now()));
+            Ok::<u64, StoreUnavailable>(n)
+        })
+        .await;
+        match (counted, self.last_count()) {
+            (Ok(Ok(n)), _) => (Some(n), SizeSource::Redis, None),
+            (_, Some((n, at))) => (Some(n), SizeSource::LastKnown, Some(at.elapsed().as_secs())),
+            (_, None) => (None, SizeSource::Unknown, None),
+        }
+    }
+
+    fn last_count(&self) -> Option<(u64, Instant)> {
+        *self
+            .counts
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Counts the distinct keys matching `pattern` with SCAN (cursor loop, `SCAN_COUNT` per call). SCAN
+/// may return a key twice while Redis resizes its table, so keys are deduplicated (by a 64-bit hash:
+/// 8 bytes per entry while counting).
+async fn count_keys(store: &RedisStore, pattern: &str) -> Result<u64, StoreUnavailable> {
+    let mut seen = HashSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let (next, keys): (u64, Vec<Vec<u8>>) = store.query(&cmd).await?;
+        for key in keys {
+            let mut hasher = std::hash::DefaultHasher::new();
+            key.hash(&mut hasher);
+            seen.insert(hasher.finish());
+        }
+        if next == 0 {
+            return Ok(seen.len() as u64);
+        }
+        cursor = next;
+    }
+}
+
+/// The SCAN pattern for every cache key under `prefix`, with glob characters in the prefix escaped.
+fn cache_key_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 8);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":cache:*");
+    pattern
 }
 
 fn redis_key(store: &RedisStore, key: &CacheKey) -> String {
@@ -322,7 +453,8 @@ mod tests {
             Some(response(r#"{"id":"1","choices":[]}"#))
         );
         assert_ne!(key, ResponseCache::key(b"model=x;messages=ho"));
-        let stats = cache.stats();
+        let stats = cache.stats().await;
+        assert_eq!(stats.size_source, SizeSource::Memory);
         assert_eq!(
             (
                 stats.size,
@@ -331,7 +463,7 @@ mod tests {
                 stats.capacity,
                 stats.shared
             ),
-            (1, 1, 1, 10, false),
+            (Some(1), 1, 1, 10, false),
             "the entry is counted right after put"
         );
     }
@@ -342,7 +474,12 @@ mod tests {
         let key = ResponseCache::key(b"k");
         cache.put(&key, response("{}")).await;
         assert_eq!(cache.get(&key).await, None);
-        assert_eq!(cache.stats().misses, 0);
+        let stats = cache.stats().await;
+        assert_eq!(stats.misses, 0);
+        assert_eq!(
+            (stats.size, stats.size_source),
+            (Some(0), SizeSource::Disabled)
+        );
     }
 
     #[tokio::test]
@@ -380,7 +517,8 @@ mod tests {
             panic!("memory backend expected")
         };
         inner.run_pending_tasks().await;
-        assert!(cache.stats().size <= 5, "{:?}", cache.stats());
+        let stats = cache.stats().await;
+        assert!(stats.size.is_some_and(|n| n <= 5), "{stats:?}");
 
         let cache = ResponseCache::new(&enabled(1000, 4096), StateStore::memory());
         let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(1500));
@@ -396,7 +534,7 @@ mod tests {
         };
         inner.run_pending_tasks().await;
         assert!(inner.weighted_size() <= 4096, "{}", inner.weighted_size());
-        assert!(cache.stats().size <= 2);
+        assert!(cache.stats().await.size.is_some_and(|n| n <= 2));
         assert_eq!(cache.get(&ResponseCache::key(b"big")).await, None);
     }
 
@@ -457,9 +595,78 @@ mod tests {
         let key = ResponseCache::key(b"shared");
         a.put(&key, response(r#"{"id":"r"}"#)).await;
         assert_eq!(b.get(&key).await, Some(response(r#"{"id":"r"}"#)));
-        assert!(b.stats().shared);
+        assert!(b.stats().await.shared);
         server.kill();
         assert_eq!(b.get(&key).await, None, "an outage is a miss, not an error");
         b.put(&key, response("{}")).await;
+    }
+
+    #[tokio::test]
+    async fn redis_size_counts_this_prefix_then_reports_the_last_count_while_down() {
+        let Some(mut server) = TestRedis::start() else {
+            return;
+        };
+        let cache = |prefix: &str| {
+            let store = RedisStore::new(
+                &server.url(),
+                prefix,
+                FailMode::FailOpen,
+                Duration::from_millis(50),
+            );
+            ResponseCache::new(&enabled(10, 1 << 20), StateStore::Redis(store))
+        };
+        // "t?" as a glob would also match "tx": the prefix must be matched literally.
+        let (ours, theirs) = (cache("t?"), cache("tx"));
+        assert_eq!(ours.stats().await.size, Some(0));
+        for i in 0..3u8 {
+            ours.put(&ResponseCache::key(&[i]), response("{}")).await;
+        }
+        for i in 0..2u8 {
+            theirs.put(&ResponseCache::key(&[i]), response("{}")).await;
+        }
+        // Another kind of state under the same prefix is not a cache entry.
+        let _: () = redis::cmd("SET")
+            .arg("t?:rl:bucket")
+            .arg(1)
+            .query(
+                &mut redis::Client::open(server.url())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap(),
+            )
+            .unwrap();
+        let stats = ours.stats().await;
+        assert_eq!(
+            (stats.size, stats.size_source, stats.size_age_s),
+            (Some(3), SizeSource::Redis, None)
+        );
+        assert_eq!(theirs.stats().await.size, Some(2));
+        let never_counted = cache("t?");
+
+        server.kill();
+        let stats = ours.stats().await;
+        assert_eq!(
+            (stats.size, stats.size_source, stats.size_age_s),
+            (Some(3), SizeSource::LastKnown, Some(0))
+        );
+        let stats = never_counted.stats().await;
+        assert_eq!((stats.size, stats.size_source), (None, SizeSource::Unknown));
+    }
+
+    #[tokio::test]
+    async fn redis_size_gives_up_after_the_timeout_when_redis_hangs() {
+        // Accepts TCP connections (the kernel's backlog) but never answers a command.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}", silent.local_addr().unwrap());
+        let store = RedisStore::new(&url, "t", FailMode::FailOpen, Duration::from_millis(50));
+        let cache = ResponseCache::new(&enabled(10, 1 << 20), StateStore::Redis(store));
+        let started = Instant::now();
+        let stats = cache.stats().await;
+        assert_eq!((stats.size, stats.size_source), (None, SizeSource::Unknown));
+        assert!(
+            started.elapsed() < COUNT_TIMEOUT + Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -422,7 +422,10 @@ pub mod schemas {
         pub requests_per_second: f64,
         pub latency_ms: LatencySummary,
         pub backends: BTreeMap<String, BackendStats>,
-        /// Present when the response cache is enabled.
+        /// Live cache entries: in memory, or in Redis under `state.key_prefix` (counted by SCAN for
+        /// this request, at most 1 s). When Redis does not answer: the last count, or null if there
+        /// was none; `cache.size_source` (`memory`, `redis`, `last_known`, `unknown`, `disabled`)
+        /// and `cache.size_age_s` say which.
         pub cache_size: Option<u64>,
         pub cache_capacity: Option<u64>,
         pub hits: Option<u64>,

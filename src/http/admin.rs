@@ -171,10 +171,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
-/// `GET /stats`: a JSON summary for people.
+/// `GET /stats`: a JSON summary for people. With Redis, `cache_size` is counted in Redis now (at most
+/// `cache::COUNT_TIMEOUT`); `cache.size_source` says when it is a last known value or unknown (null).
 pub async fn stats(State(state): State<AppState>) -> Json<Value> {
     let mut stats = state.stats().snapshot();
-    let cache = state.cache().stats();
+    let cache = state.cache().stats().await;
     if let Some(object) = stats.as_object_mut() {
         // Seed 004's field names, plus the whole cache block.
         object.insert("cache_size".into(), json!(cache.size));

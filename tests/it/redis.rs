@@ -133,6 +133,63 @@ async fn a_cache_entry_written_through_one_replica_is_a_hit_on_another() {
     assert_eq!(mock.requests().len(), 1);
 }
 
+async fn stats(gateway: &Gateway) -> Value {
+    client()
+        .get(gateway.url("/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stats_on_one_gateway_counts_the_cache_entries_another_stored_in_redis() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let cache = "cache: { enabled: true, ttl_s: 60 }\n";
+    let writer = Gateway::start(&config(&mock, &redis, "itsize", cache)).await;
+    let reader = Gateway::start(&config(&mock, &redis, "itsize", cache)).await;
+    // Same Redis, another prefix: its entry is not this gateway's.
+    let neighbour = Gateway::start(&config(&mock, &redis, "itsizeother", cache)).await;
+    let before = stats(&reader).await;
+    assert_eq!(before["cache_size"], 0, "{before}");
+
+    const N: usize = 7;
+    for i in 0..N {
+        let (status, headers, body) = chat(&writer, &format!("entry {i}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-cache"], "MISS");
+    }
+    let (status, _, body) = chat(&neighbour, "entry 0", None).await;
+    assert_eq!(status, 200, "{body}");
+    // Entries are written in the background: wait until all of them reached Redis.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.keys("itsize:cache:").len() < N || redis.keys("itsizeother:cache:").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "cache entries never reached redis: {:?}",
+            redis.keys("itsize")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let stats = stats(&reader).await;
+    assert_eq!(stats["cache_size"], N, "{stats:#}");
+    assert_eq!(stats["cache"]["size"], N, "{stats:#}");
+    assert_eq!(stats["cache"]["size_source"], "redis", "{stats:#}");
+    assert_eq!(stats["cache"]["shared"], true, "{stats:#}");
+    // The reader served nothing itself: the number can only have come from Redis.
+    assert_eq!(
+        (stats["hits"].clone(), stats["misses"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(mock.requests().len(), N + 1);
+}
+
 #[tokio::test]
 async fn redis_outage_follows_the_fail_mode_and_recovers() {
     let Some(mut redis) = TestRedis::start() else {
