@@ -52,8 +52,10 @@ wait_ready() {
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$MOCK_PORT/health"
 
+template=$BENCH/configs/$CONFIG
+[[ -f $CONFIG ]] && template=$CONFIG
 sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
-	"$BENCH/configs/$CONFIG" >"$OUT/gateway.yaml"
+	"$template" >"$OUT/gateway.yaml"
 (cd "$OUT" && exec taskset -c "${GW_CORE:-0}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.%p" \
 	"$TARGET_DIR/release/ai-gateway" --config "$OUT/gateway.yaml") >"$OUT/gateway.log" 2>&1 &
 PIDS+=($!)

@@ -302,6 +302,30 @@ fn thinking_block_events(blocks: &Value, out: &mut Vec<StreamEvent>) {
     }
 }
 
+/// The text of a `content_block_delta` event in exactly the layout Anthropic sends,
+/// `{"type":"content_block_delta","index":N,"delta":{"type":"text_delta","text":"…"}}`, read without a
+/// parser: most events of a stream are this one. Any other layout returns `None`.
+fn exact_text_delta(data: &[u8]) -> Option<String> {
+    let rest = data.strip_prefix(br#"{"type":"content_block_delta","index":"#)?;
+    let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
+    // JSON numbers have no leading zeros; leave odd ones to the parser.
+    if digits == 0 || digits > 15 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let text = rest[digits..]
+        .strip_prefix(br#","delta":{"type":"text_delta","text":"#)?
+        .strip_suffix(b"}}")?;
+    let inner = text.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if inner
+        .iter()
+        .any(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+    {
+        // Escapes (or a stray quote): exactly one JSON string, decoded by the parser.
+        return serde_json::from_slice::<String>(text).ok();
+    }
+    String::from_utf8(inner.to_vec()).ok()
+}
+
 fn non_empty<'s>(text: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
     text.as_deref().filter(|text| !text.is_empty())
 }
@@ -407,6 +431,12 @@ struct AnthropicDecoder {
 impl AnthropicDecoder {
     fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
         if event.data.is_empty() {
+            return Ok(());
+        }
+        if !self.value_only
+            && let Some(text) = exact_text_delta(&event.data)
+        {
+            push_text(out, StreamEvent::Text, text);
             return Ok(());
         }
         if !self.value_only
@@ -724,6 +754,9 @@ struct AnthropicEncoder {
 #[derive(Debug)]
 struct OpenAiEncoder {
     created: i64,
+    /// `data: {"id":…,"object":…,"created":…,"model":…,"choices":[{"index":0,"delta":`, the same for
+    /// every chunk of the stream, rendered once.
+    prefix: Vec<u8>,
     role_sent: bool,
     finish_sent: bool,
     ended: bool,
@@ -737,9 +770,22 @@ enum Encoder {
     Anthropic(AnthropicEncoder),
 }
 
+/// One SSE event whose data is `data` as compact JSON, serialized straight into `out` (compact JSON has
+/// no raw newline, so it is one `data:` line, exactly what [`sse::encode`] would write).
 fn write_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: Option<&str>, data: &T) {
-    let bytes = serde_json::to_vec(data).unwrap_or_default();
-    sse::encode(name, &bytes, out);
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"data: ");
+    let start = out.len();
+    if serde_json::to_writer(bytes::BufMut::writer(&mut *out), data).is_err() {
+        // Our wire types always serialize; keep the frame well-formed if one ever did not.
+        out.truncate(start);
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b"\n\n");
 }
 
 fn anthropic_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: &'static str, data: &T) {
@@ -773,6 +819,17 @@ enum DeltaWire<'a> {
     InputJson { partial_json: &'a str },
 }
 
+/// The fields every chunk of a stream shares, in [`ChunkWire`]'s order.
+#[derive(Serialize)]
+struct ChunkHeadWire<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+}
+
+/// A whole chunk; [`OpenAiEncoder::chunk`] writes the same bytes piecewise.
+#[cfg_attr(not(test), expect(dead_code))]
 #[derive(Serialize)]
 struct ChunkWire<'a, D: Serialize> {
     id: &'a str,
@@ -1039,6 +1096,7 @@ impl OpenAiEncoder {
     fn new(created: i64) -> Self {
         OpenAiEncoder {
             created,
+            prefix: Vec::new(),
             role_sent: false,
             finish_sent: false,
             ended: false,
@@ -1047,27 +1105,49 @@ impl OpenAiEncoder {
         }
     }
 
+    /// One `chat.completion.chunk`, byte for byte what serializing [`ChunkWire`] gives (a unit test
+    /// checks), with the part shared by every chunk rendered once per stream.
     fn chunk<D: Serialize>(
-        &self,
+        &mut self,
         opts: &StreamOptions,
         delta: D,
         finish: Option<&'static str>,
         out: &mut BytesMut,
     ) {
-        let chunk = ChunkWire {
-            id: &opts.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &opts.model,
-            choices: [ChoiceWire {
-                index: 0,
-                delta,
-                logprobs: (),
-                finish_reason: finish,
-            }],
-            usage: opts.include_usage.then_some(()),
-        };
-        write_event(out, None, &chunk);
+        if self.prefix.is_empty() {
+            let mut prefix = b"data: ".to_vec();
+            let head = ChunkHeadWire {
+                id: &opts.id,
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: &opts.model,
+            };
+            if serde_json::to_writer(&mut prefix, &head).is_err() {
+                return;
+            }
+            // Reopen the object: `…"model":"m"}` becomes `…"model":"m","choices":[{"index":0,"delta":`.
+            prefix.pop();
+            prefix.extend_from_slice(br#","choices":[{"index":0,"delta":"#);
+            self.prefix = prefix;
+        }
+        out.extend_from_slice(&self.prefix);
+        if serde_json::to_writer(bytes::BufMut::writer(&mut *out), &delta).is_err() {
+            out.extend_from_slice(b"{}");
+        }
+        out.extend_from_slice(br#","logprobs":null,"finish_reason":"#);
+        match finish {
+            None => out.extend_from_slice(b"null"),
+            Some(reason) => {
+                out.extend_from_slice(b"\"");
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\"");
+            }
+        }
+        out.extend_from_slice(b"}]");
+        if opts.include_usage {
+            out.extend_from_slice(br#","usage":null"#);
+        }
+        out.extend_from_slice(b"}\n\n");
     }
 
     fn ensure_role(&mut self, opts: &StreamOptions, out: &mut BytesMut) {
@@ -1417,5 +1497,87 @@ impl StreamTap {
 
     pub fn summary(&self) -> &ResponseSummary {
         &self.summary.summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The piecewise chunk writer gives exactly the bytes of serializing a whole `ChunkWire`.
+    #[test]
+    fn chunk_writer_matches_the_serialized_chunk() {
+        for include_usage in [false, true] {
+            let opts = StreamOptions {
+                id: "req-\"ü\"\n".into(),
+                model: "m\\odel".into(),
+                include_usage,
+                input_tokens: 0,
+            };
+            let mut encoder = OpenAiEncoder::new(1_700_000_000);
+            for (text, finish) in [("a", None), ("é \"q\" \n", None), ("", Some("stop"))] {
+                let mut out = BytesMut::new();
+                encoder.chunk(&opts, ContentDeltaWire { content: text }, finish, &mut out);
+                let whole = ChunkWire {
+                    id: &opts.id,
+                    object: "chat.completion.chunk",
+                    created: 1_700_000_000,
+                    model: &opts.model,
+                    choices: [ChoiceWire {
+                        index: 0,
+                        delta: ContentDeltaWire { content: text },
+                        logprobs: (),
+                        finish_reason: finish,
+                    }],
+                    usage: include_usage.then_some(()),
+                };
+                let mut expected = BytesMut::new();
+                sse::encode(None, &serde_json::to_vec(&whole).unwrap(), &mut expected);
+                assert_eq!(out, expected);
+            }
+        }
+    }
+
+    /// The layout-specific text reader agrees with the parser, and declines anything else.
+    #[test]
+    fn exact_text_delta_reads_only_the_exact_layout() {
+        let event = |text: &str| {
+            format!(
+                r#"{{"type":"content_block_delta","index":3,"delta":{{"type":"text_delta","text":{}}}}}"#,
+                serde_json::to_string(text).unwrap()
+            )
+        };
+        for text in ["hello ", "", "é ü 😀", "quote \" and \\ and \n", "\u{1}"] {
+            let data = event(text);
+            assert_eq!(
+                exact_text_delta(data.as_bytes()).as_deref(),
+                Some(text),
+                "{data}"
+            );
+        }
+        for data in [
+            r#"{"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a"}} "#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a" }}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a","b":"c"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"a"b"}}"#,
+            r#"{"type":"content_block_delta","index":-1,"delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"thinking_delta","thinking":"a"}}"#,
+        ] {
+            assert_eq!(exact_text_delta(data.as_bytes()), None, "{data}");
+        }
+    }
+
+    /// `write_event` frames exactly like `sse::encode` over the serialized value.
+    #[test]
+    fn write_event_matches_sse_encode() {
+        let value = json!({"type": "content_block_delta", "delta": {"text": "a\nb"}});
+        for name in [None, Some("content_block_delta")] {
+            let mut out = BytesMut::new();
+            write_event(&mut out, name, &value);
+            let mut expected = BytesMut::new();
+            sse::encode(name, &serde_json::to_vec(&value).unwrap(), &mut expected);
+            assert_eq!(out, expected);
+        }
     }
 }
