@@ -11,6 +11,7 @@
 //! The per-request families sit behind `HandleCache`s (`handles.rs`): a recording call costs one atomic
 //! load, one hash lookup with borrowed labels and the metric's own atomics — no lock, no allocation; only
 //! the first call with a new label set goes through the family. Label-less series are plain handles.
+//! With `metrics: { enabled: false }` every recording call returns at its first branch.
 
 use std::time::Duration;
 
@@ -22,8 +23,23 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
 
 use super::handles::{HandleCache, LabelKey};
+
+/// The `metrics` config section.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Off: nothing is recorded and `GET /metrics` answers 404. Read at startup only.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
 
 /// Request latency buckets (seconds): from sub-millisecond cache hits to multi-minute generations.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -258,6 +274,8 @@ pub mod instance_state {
 /// request path updates (see `handles.rs`). A cache entry may hold handles of several families that share
 /// its key, so one lookup serves them all.
 pub struct Metrics {
+    /// `metrics.enabled`: false turns every recording method into an immediate return.
+    enabled: bool,
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<HttpLabels>,
@@ -297,7 +315,9 @@ pub struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+        f.debug_struct("Metrics")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -312,12 +332,15 @@ impl Default for Metrics {
 #[must_use = "the in-flight gauge is decremented when the guard is dropped"]
 #[derive(Debug)]
 pub struct InFlightGuard {
-    gauge: Gauge,
+    /// `None` when metrics are disabled.
+    gauge: Option<Gauge>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.gauge.dec();
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 
@@ -371,8 +394,13 @@ fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 impl Metrics {
-    /// Creates every metric family and registers it in a fresh registry owned by this value.
+    /// Creates every metric family and registers it in a fresh registry owned by this value; recording on.
     pub fn new() -> Metrics {
+        Metrics::with_config(&MetricsConfig::default())
+    }
+
+    /// Like [`Metrics::new`], recording only when `config.enabled`.
+    pub fn with_config(config: &MetricsConfig) -> Metrics {
         let mut registry = Registry::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -499,6 +527,7 @@ impl Metrics {
             request_log_dropped.clone(),
         );
         Metrics {
+            enabled: config.enabled,
             registry,
             http_requests,
             http_duration,
@@ -534,6 +563,11 @@ impl Metrics {
         }
     }
 
+    /// False when `metrics.enabled` is off: nothing is recorded and `/metrics` is not served.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Renders the classic Prometheus text exposition (format 0.0.4), which `promtool check metrics`
     /// accepts without lint findings; serve it with [`Metrics::content_type`].
     pub fn render(&self) -> String {
@@ -564,6 +598,9 @@ impl Metrics {
     /// Counts one finished HTTP request and observes its total duration. `path` is the matched route
     /// template (e.g. `/v1/chat/completions`), never the raw URI.
     pub fn http_request(&self, method: &str, path: &'static str, status: u16, duration: Duration) {
+        if !self.enabled {
+            return;
+        }
         let labels = HttpLabels {
             method: method_label(method),
             path,
@@ -586,6 +623,9 @@ impl Metrics {
 
     /// Increments `http_requests_in_flight` until the returned guard is dropped.
     pub fn in_flight(&self, method: &str, path: &'static str) -> InFlightGuard {
+        if !self.enabled {
+            return InFlightGuard { gauge: None };
+        }
         let labels = InFlightLabels {
             method: method_label(method),
             path,
@@ -598,7 +638,7 @@ impl Metrics {
                 gauge.clone()
             },
         );
-        InFlightGuard { gauge }
+        InFlightGuard { gauge: Some(gauge) }
     }
 
     /// Records an upstream response (any status) and its time to first byte.
@@ -609,6 +649,9 @@ impl Metrics {
         status: u16,
         ttfb: Duration,
     ) {
+        if !self.enabled {
+            return;
+        }
         self.upstream_handles.with(
             &UpstreamStatusRef {
                 upstream,
@@ -635,6 +678,9 @@ impl Metrics {
     /// `status_5xx`, `rate_limited` (429) or `broken_response`. An attempt that got a 5xx/429 response
     /// is also an upstream response and is counted by [`Metrics::upstream_response`] with its status.
     pub fn upstream_error(&self, upstream: &str, error_type: &'static str) {
+        if !self.enabled {
+            return;
+        }
         self.upstream_error_handles.with(
             &UpstreamErrorRef {
                 upstream,
@@ -653,6 +699,9 @@ impl Metrics {
         bytes: u64,
         duration: Duration,
     ) {
+        if !self.enabled {
+            return;
+        }
         self.streaming_handles.with(
             &ProviderLabels { provider },
             |labels| {
@@ -672,6 +721,9 @@ impl Metrics {
 
     /// Counts one API key check.
     pub fn auth(&self, allowed: bool) {
+        if !self.enabled {
+            return;
+        }
         let result = if allowed { "allowed" } else { "denied" };
         self.auth_handles.with(
             &ResultLabels { result },
@@ -682,6 +734,9 @@ impl Metrics {
 
     /// Counts a rate-limit rejection for a configured key name (or a fixed name such as `anonymous`).
     pub fn rate_limited(&self, key_name: &str) {
+        if !self.enabled {
+            return;
+        }
         self.rate_limit_handles.with(
             &KeyRef { key_name },
             |labels| self.rate_limit_exceeded.get_or_create_owned(labels),
@@ -691,6 +746,9 @@ impl Metrics {
 
     /// Counts a quota rejection for a configured key name.
     pub fn quota_exceeded(&self, key_name: &str) {
+        if !self.enabled {
+            return;
+        }
         self.quota_handles.with(
             &KeyRef { key_name },
             |labels| self.quota_exceeded.get_or_create_owned(labels),
@@ -700,11 +758,17 @@ impl Metrics {
 
     /// Observes the time spent in the gateway itself (total minus upstream wait).
     pub fn overhead(&self, d: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.gateway_overhead.observe(d.as_secs_f64());
     }
 
     /// Observes the time to first token for a configured backend.
     pub fn ttft(&self, backend: &str, d: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.ttft_handles.with(
             &BackendRef { backend },
             |labels| self.ttft.get_or_create_owned(labels),
@@ -715,6 +779,9 @@ impl Metrics {
     /// Adds input and output tokens. `model` must be a configured model name (alias or backend name),
     /// never the client's free-form string, so the series stay bounded.
     pub fn tokens(&self, backend: &str, model: &str, input: u64, output: u64) {
+        if !self.enabled {
+            return;
+        }
         self.token_handles.with(
             &BackendModelRef { backend, model },
             |key| {
@@ -736,6 +803,9 @@ impl Metrics {
 
     /// Counts one response cache lookup.
     pub fn cache(&self, hit: bool) {
+        if !self.enabled {
+            return;
+        }
         let result = if hit { "hit" } else { "miss" };
         self.cache_handles.with(
             &ResultLabels { result },
@@ -747,6 +817,9 @@ impl Metrics {
     /// Sets the circuit state of an upstream instance (see [`instance_state`]). Breaker transitions are
     /// rare, so this goes to the family directly.
     pub fn instance_state(&self, backend: &str, instance: &str, state: i64) {
+        if !self.enabled {
+            return;
+        }
         self.instance_state
             .get_or_create(&InstanceLabels {
                 backend: backend.to_owned(),
@@ -757,11 +830,17 @@ impl Metrics {
 
     /// Counts a request that was served by a fallback backend.
     pub fn fallback(&self) {
+        if !self.enabled {
+            return;
+        }
         self.fallbacks.inc();
     }
 
     /// Counts one configuration reload attempt (rare: straight to the family).
     pub fn config_reload(&self, ok: bool) {
+        if !self.enabled {
+            return;
+        }
         let result = if ok { "success" } else { "failure" };
         self.config_reloads
             .get_or_create(&ResultLabels { result })
@@ -770,6 +849,9 @@ impl Metrics {
 
     /// Counts one request log record dropped because the writer queue was full.
     pub fn request_log_dropped(&self) {
+        if !self.enabled {
+            return;
+        }
         self.request_log_dropped.inc();
     }
 }
@@ -1254,6 +1336,19 @@ mod tests {
                 n
             );
         }
+    }
+
+    /// With `metrics: { enabled: false }` the recording methods leave every family empty.
+    #[test]
+    fn disabled_metrics_record_nothing() {
+        let off = MetricsConfig { enabled: false };
+        let m = Metrics::with_config(&off);
+        assert!(!m.enabled());
+        let guard = exercise(&m);
+        drop(guard);
+        assert_eq!(m.render(), Metrics::with_config(&off).render());
+        assert!(!m.render().contains("fallbacks_total 1"));
+        assert!(Metrics::new().enabled());
     }
 
     #[test]
