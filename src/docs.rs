@@ -682,7 +682,10 @@ fn operations() -> Vec<Op> {
                 (Metrics::content_type(), None),
                 (Metrics::openmetrics_content_type(), None),
             ],
-            errors: &[],
+            errors: &[(
+                "404",
+                "metrics are disabled in config (`metrics.enabled: false`)",
+            )],
             error_schema: Errors::OpenAi,
             secured: false,
         },

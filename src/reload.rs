@@ -61,6 +61,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.request_log != new.request_log {
         changed.push("request_log");
     }
+    if old.metrics != new.metrics {
+        changed.push("metrics");
+    }
     changed
 }
 
@@ -114,5 +117,13 @@ mod tests {
             restart_only_changes(&old, &new),
             ["server.host/server.port", "alerts", "request_log"]
         );
+    }
+
+    #[test]
+    fn the_metrics_switch_applies_on_restart_only() {
+        let base = "backends:\n  local: { type: echo }\n";
+        let off = config(&format!("{base}metrics: {{ enabled: false }}\n"));
+        assert_eq!(restart_only_changes(&config(base), &off), ["metrics"]);
+        assert!(restart_only_changes(&off, &off.clone()).is_empty());
     }
 }

@@ -142,7 +142,7 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             .build()?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_config(&config.metrics));
         let dropped = {
             let metrics = Arc::clone(&metrics);
             Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>

@@ -320,6 +320,35 @@ mod tests {
     }
 
     #[test]
+    fn metrics_section_defaults_on_and_rejects_unknown_keys() {
+        let base = "backends:\n  a: { type: echo }\n";
+        assert!(
+            parse_str(base, Format::Yaml, &env(&[]))
+                .unwrap()
+                .metrics
+                .enabled
+        );
+        let off = format!("{base}metrics: {{ enabled: false }}\n");
+        assert!(
+            !parse_str(&off, Format::Yaml, &env(&[]))
+                .unwrap()
+                .metrics
+                .enabled
+        );
+        assert_eq!(
+            err(
+                &format!("{base}metrics: {{ enable: false }}\n"),
+                Format::Yaml
+            ),
+            "metrics.enable: unknown field `enable`, expected `enabled`"
+        );
+        assert_eq!(
+            err(&format!("{base}metrics: {{ enabled: 0 }}\n"), Format::Yaml),
+            "metrics.enabled: invalid type: integer `0`, expected a boolean"
+        );
+    }
+
+    #[test]
     fn seed_003_list_form_and_timeout_alias() {
         let text = "default_backend: local\nbackends:\n- name: local\n  type: echo\n- name: remote\n  type: http\n  url: http://localhost:8081\n  timeout: 60.0\n";
         let config = parse_str(text, Format::Yaml, &env(&[])).unwrap();

@@ -18,6 +18,7 @@ use crate::routing::balance::Strategy;
 use crate::routing::health::HealthConfig;
 use crate::secret::Secret;
 use crate::shared_state::StateConfig;
+use crate::telemetry::metrics::MetricsConfig;
 use crate::telemetry::request_log::RequestLogConfig;
 
 /// The whole validated config. Immutable; a reload builds a new one.
@@ -36,6 +37,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub alerts: AlertsConfig,
     pub request_log: RequestLogConfig,
+    pub metrics: MetricsConfig,
     pub keys: Vec<KeyConfig>,
     pub rate_limit: RateLimitConfig,
     pub cache: CacheConfig,
@@ -270,6 +272,7 @@ impl Config {
         request_log
             .validate()
             .map_err(|error| invalid("request_log", error.to_string()))?;
+        let metrics: MetricsConfig = section("metrics", raw.metrics.clone())?;
         let keys: Vec<KeyConfig> = section("keys", raw.keys.clone())?;
         crate::auth::KeyStore::new(&keys).map_err(|message| invalid("keys", message))?;
         let rate_limit: RateLimitConfig = section("rate_limit", raw.rate_limit.clone())?;
@@ -328,6 +331,7 @@ impl Config {
             },
             alerts,
             request_log,
+            metrics,
             keys,
             rate_limit,
             cache,

@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub keys: Option<Value>,
     pub cache: Option<Value>,
     pub request_log: Option<Value>,
+    pub metrics: Option<Value>,
     pub alerts: Option<Value>,
     pub policies: Option<Value>,
     pub state: Option<Value>,

@@ -161,8 +161,15 @@ pub async fn method_not_allowed(request: Request) -> Response {
     error_body::response(protocol_for(&path), &error)
 }
 
-/// `GET /metrics`: Prometheus text exposition; never needs a key.
+/// `GET /metrics`: Prometheus text exposition; never needs a key. 404 when `metrics.enabled` is off.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    if !state.metrics().enabled() {
+        let error = GatewayError::new(
+            ErrorKind::NotFound,
+            "metrics are disabled in config (metrics.enabled: false); set it to true and restart to serve /metrics",
+        );
+        return error_body::response(Protocol::OpenAi, &error);
+    }
     let mut response = Response::new(axum::body::Body::from(state.metrics().render()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -8,11 +8,14 @@
 //! prometheus-client appends `_total` to counters itself, so counters are registered without the suffix;
 //! `render` converts its OpenMetrics output to the classic text format that every scraper and
 //! `promtool check metrics` read.
-//! Family lookups take a read lock on the family's map (cheap, uncontended); the label-less series are
-//! stored as plain handles and cost one atomic operation.
+//! The per-request families sit behind `HandleCache`s (`handles.rs`): a recording call costs one atomic
+//! load, one hash lookup with borrowed labels and the metric's own atomics — no lock, no allocation; only
+//! the first call with a new label set goes through the family. Label-less series are plain handles.
+//! With `metrics: { enabled: false }` every recording call returns at its first branch.
 
 use std::time::Duration;
 
+use hashbrown::Equivalent;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +23,23 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use super::handles::{HandleCache, LabelKey};
+
+/// The `metrics` config section.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Off: nothing is recorded and `GET /metrics` answers 404. Read at startup only.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
+}
 
 /// Request latency buckets (seconds): from sub-millisecond cache hits to multi-minute generations.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -122,6 +142,119 @@ struct InstanceLabels {
     instance: String,
 }
 
+/// Cache key of the token counters: both directions of one backend and model in one entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct BackendModel {
+    backend: String,
+    model: String,
+}
+
+// Borrowed forms of the label sets with owned strings, for cache lookups without allocating. Each derives
+// `Hash` over the same fields in the same order as its owned form, so both hash alike.
+
+#[derive(Hash)]
+struct UpstreamStatusRef<'a> {
+    upstream: &'a str,
+    provider: &'static str,
+    status: u16,
+}
+
+impl Equivalent<UpstreamStatusLabels> for UpstreamStatusRef<'_> {
+    fn equivalent(&self, key: &UpstreamStatusLabels) -> bool {
+        self.upstream == key.upstream && self.provider == key.provider && self.status == key.status
+    }
+}
+
+impl LabelKey<UpstreamStatusLabels> for UpstreamStatusRef<'_> {
+    fn to_key(&self) -> UpstreamStatusLabels {
+        UpstreamStatusLabels {
+            upstream: self.upstream.to_owned(),
+            provider: self.provider,
+            status: self.status,
+        }
+    }
+}
+
+#[derive(Hash)]
+struct UpstreamErrorRef<'a> {
+    upstream: &'a str,
+    error_type: &'static str,
+}
+
+impl Equivalent<UpstreamErrorLabels> for UpstreamErrorRef<'_> {
+    fn equivalent(&self, key: &UpstreamErrorLabels) -> bool {
+        self.upstream == key.upstream && self.error_type == key.error_type
+    }
+}
+
+impl LabelKey<UpstreamErrorLabels> for UpstreamErrorRef<'_> {
+    fn to_key(&self) -> UpstreamErrorLabels {
+        UpstreamErrorLabels {
+            upstream: self.upstream.to_owned(),
+            error_type: self.error_type,
+        }
+    }
+}
+
+#[derive(Hash)]
+struct KeyRef<'a> {
+    key_name: &'a str,
+}
+
+impl Equivalent<KeyLabels> for KeyRef<'_> {
+    fn equivalent(&self, key: &KeyLabels) -> bool {
+        self.key_name == key.key_name
+    }
+}
+
+impl LabelKey<KeyLabels> for KeyRef<'_> {
+    fn to_key(&self) -> KeyLabels {
+        KeyLabels {
+            key_name: self.key_name.to_owned(),
+        }
+    }
+}
+
+#[derive(Hash)]
+struct BackendRef<'a> {
+    backend: &'a str,
+}
+
+impl Equivalent<BackendLabels> for BackendRef<'_> {
+    fn equivalent(&self, key: &BackendLabels) -> bool {
+        self.backend == key.backend
+    }
+}
+
+impl LabelKey<BackendLabels> for BackendRef<'_> {
+    fn to_key(&self) -> BackendLabels {
+        BackendLabels {
+            backend: self.backend.to_owned(),
+        }
+    }
+}
+
+#[derive(Hash)]
+struct BackendModelRef<'a> {
+    backend: &'a str,
+    model: &'a str,
+}
+
+impl Equivalent<BackendModel> for BackendModelRef<'_> {
+    fn equivalent(&self, key: &BackendModel) -> bool {
+        self.backend == key.backend && self.model == key.model
+    }
+}
+
+impl LabelKey<BackendModel> for BackendModelRef<'_> {
+    fn to_key(&self) -> BackendModel {
+        BackendModel {
+            backend: self.backend.to_owned(),
+            model: self.model.to_owned(),
+        }
+    }
+}
+
 /// Circuit state of one upstream instance, as exported by `upstream_instance_state`.
 pub mod instance_state {
     /// The instance takes traffic.
@@ -136,7 +269,13 @@ pub mod instance_state {
 ///
 /// Not `Clone`: the lead keeps one in `AppState` behind an `Arc`; the metric handles inside are `Arc`s
 /// already, so nothing here needs a lock of its own.
+///
+/// The families are what the registry renders; the `*_handles` caches in front of them are what the
+/// request path updates (see `handles.rs`). A cache entry may hold handles of several families that share
+/// its key, so one lookup serves them all.
 pub struct Metrics {
+    /// `metrics.enabled`: false turns every recording method into an immediate return.
+    enabled: bool,
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<HttpLabels>,
@@ -158,11 +297,27 @@ pub struct Metrics {
     fallbacks: Counter,
     config_reloads: Family<ResultLabels, Counter>,
     request_log_dropped: Counter,
+    http_handles: HandleCache<HttpLabels, (Counter, Histogram)>,
+    in_flight_handles: HandleCache<InFlightLabels, Gauge>,
+    /// The counter per status and the time-to-first-byte histogram of its upstream and provider.
+    upstream_handles: HandleCache<UpstreamStatusLabels, (Counter, Histogram)>,
+    upstream_error_handles: HandleCache<UpstreamErrorLabels, Counter>,
+    /// Events, bytes, duration.
+    streaming_handles: HandleCache<ProviderLabels, (Counter, Counter, Histogram)>,
+    auth_handles: HandleCache<ResultLabels, Counter>,
+    rate_limit_handles: HandleCache<KeyLabels, Counter>,
+    quota_handles: HandleCache<KeyLabels, Counter>,
+    ttft_handles: HandleCache<BackendLabels, Histogram>,
+    /// Input, output.
+    token_handles: HandleCache<BackendModel, (Counter, Counter)>,
+    cache_handles: HandleCache<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+        f.debug_struct("Metrics")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -177,12 +332,15 @@ impl Default for Metrics {
 #[must_use = "the in-flight gauge is decremented when the guard is dropped"]
 #[derive(Debug)]
 pub struct InFlightGuard {
-    gauge: Gauge,
+    /// `None` when metrics are disabled.
+    gauge: Option<Gauge>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.gauge.dec();
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 
@@ -236,8 +394,13 @@ fn to_prometheus_text(openmetrics: &str) -> String {
 }
 
 impl Metrics {
-    /// Creates every metric family and registers it in a fresh registry owned by this value.
+    /// Creates every metric family and registers it in a fresh registry owned by this value; recording on.
     pub fn new() -> Metrics {
+        Metrics::with_config(&MetricsConfig::default())
+    }
+
+    /// Like [`Metrics::new`], recording only when `config.enabled`.
+    pub fn with_config(config: &MetricsConfig) -> Metrics {
         let mut registry = Registry::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -364,6 +527,7 @@ impl Metrics {
             request_log_dropped.clone(),
         );
         Metrics {
+            enabled: config.enabled,
             registry,
             http_requests,
             http_duration,
@@ -385,7 +549,23 @@ impl Metrics {
             fallbacks,
             config_reloads,
             request_log_dropped,
+            http_handles: HandleCache::default(),
+            in_flight_handles: HandleCache::default(),
+            upstream_handles: HandleCache::default(),
+            upstream_error_handles: HandleCache::default(),
+            streaming_handles: HandleCache::default(),
+            auth_handles: HandleCache::default(),
+            rate_limit_handles: HandleCache::default(),
+            quota_handles: HandleCache::default(),
+            ttft_handles: HandleCache::default(),
+            token_handles: HandleCache::default(),
+            cache_handles: HandleCache::default(),
         }
+    }
+
+    /// False when `metrics.enabled` is off: nothing is recorded and `/metrics` is not served.
+    pub fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Renders the classic Prometheus text exposition (format 0.0.4), which `promtool check metrics`
@@ -418,25 +598,47 @@ impl Metrics {
     /// Counts one finished HTTP request and observes its total duration. `path` is the matched route
     /// template (e.g. `/v1/chat/completions`), never the raw URI.
     pub fn http_request(&self, method: &str, path: &'static str, status: u16, duration: Duration) {
+        if !self.enabled {
+            return;
+        }
         let labels = HttpLabels {
             method: method_label(method),
             path,
             status,
         };
-        self.http_requests.get_or_create(&labels).inc();
-        self.http_duration
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64());
+        self.http_handles.with(
+            &labels,
+            |labels| {
+                (
+                    self.http_requests.get_or_create_owned(labels),
+                    self.http_duration.get_or_create_owned(labels),
+                )
+            },
+            |(requests, seconds)| {
+                requests.inc();
+                seconds.observe(duration.as_secs_f64());
+            },
+        );
     }
 
     /// Increments `http_requests_in_flight` until the returned guard is dropped.
     pub fn in_flight(&self, method: &str, path: &'static str) -> InFlightGuard {
-        let gauge = self.http_in_flight.get_or_create_owned(&InFlightLabels {
+        if !self.enabled {
+            return InFlightGuard { gauge: None };
+        }
+        let labels = InFlightLabels {
             method: method_label(method),
             path,
-        });
-        gauge.inc();
-        InFlightGuard { gauge }
+        };
+        let gauge = self.in_flight_handles.with(
+            &labels,
+            |labels| self.http_in_flight.get_or_create_owned(labels),
+            |gauge| {
+                gauge.inc();
+                gauge.clone()
+            },
+        );
+        InFlightGuard { gauge: Some(gauge) }
     }
 
     /// Records an upstream response (any status) and its time to first byte.
@@ -447,31 +649,46 @@ impl Metrics {
         status: u16,
         ttfb: Duration,
     ) {
-        self.upstream_requests
-            .get_or_create(&UpstreamStatusLabels {
-                upstream: upstream.to_owned(),
+        if !self.enabled {
+            return;
+        }
+        self.upstream_handles.with(
+            &UpstreamStatusRef {
+                upstream,
                 provider,
                 status,
-            })
-            .inc();
-        self.upstream_duration
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.to_owned(),
-                provider,
-            })
-            .observe(ttfb.as_secs_f64());
+            },
+            |labels| {
+                (
+                    self.upstream_requests.get_or_create_owned(labels),
+                    self.upstream_duration.get_or_create_owned(&UpstreamLabels {
+                        upstream: labels.upstream.clone(),
+                        provider,
+                    }),
+                )
+            },
+            |(responses, seconds)| {
+                responses.inc();
+                seconds.observe(ttfb.as_secs_f64());
+            },
+        );
     }
 
     /// Counts a failed upstream attempt; `error_type` is a closed kind: `connect`, `timeout`,
     /// `status_5xx`, `rate_limited` (429) or `broken_response`. An attempt that got a 5xx/429 response
     /// is also an upstream response and is counted by [`Metrics::upstream_response`] with its status.
     pub fn upstream_error(&self, upstream: &str, error_type: &'static str) {
-        self.upstream_errors
-            .get_or_create(&UpstreamErrorLabels {
-                upstream: upstream.to_owned(),
+        if !self.enabled {
+            return;
+        }
+        self.upstream_error_handles.with(
+            &UpstreamErrorRef {
+                upstream,
                 error_type,
-            })
-            .inc();
+            },
+            |labels| self.upstream_errors.get_or_create_owned(labels),
+            Counter::inc,
+        );
     }
 
     /// Records one finished stream: events and bytes forwarded, and its duration.
@@ -482,77 +699,127 @@ impl Metrics {
         bytes: u64,
         duration: Duration,
     ) {
-        let labels = ProviderLabels { provider };
-        self.streaming_events.get_or_create(&labels).inc_by(events);
-        self.streaming_bytes.get_or_create(&labels).inc_by(bytes);
-        self.streaming_duration
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64());
+        if !self.enabled {
+            return;
+        }
+        self.streaming_handles.with(
+            &ProviderLabels { provider },
+            |labels| {
+                (
+                    self.streaming_events.get_or_create_owned(labels),
+                    self.streaming_bytes.get_or_create_owned(labels),
+                    self.streaming_duration.get_or_create_owned(labels),
+                )
+            },
+            |(event_count, byte_count, seconds)| {
+                event_count.inc_by(events);
+                byte_count.inc_by(bytes);
+                seconds.observe(duration.as_secs_f64());
+            },
+        );
     }
 
     /// Counts one API key check.
     pub fn auth(&self, allowed: bool) {
+        if !self.enabled {
+            return;
+        }
         let result = if allowed { "allowed" } else { "denied" };
-        self.auth_requests
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        self.auth_handles.with(
+            &ResultLabels { result },
+            |labels| self.auth_requests.get_or_create_owned(labels),
+            Counter::inc,
+        );
     }
 
     /// Counts a rate-limit rejection for a configured key name (or a fixed name such as `anonymous`).
     pub fn rate_limited(&self, key_name: &str) {
-        self.rate_limit_exceeded
-            .get_or_create(&KeyLabels {
-                key_name: key_name.to_owned(),
-            })
-            .inc();
+        if !self.enabled {
+            return;
+        }
+        self.rate_limit_handles.with(
+            &KeyRef { key_name },
+            |labels| self.rate_limit_exceeded.get_or_create_owned(labels),
+            Counter::inc,
+        );
     }
 
     /// Counts a quota rejection for a configured key name.
     pub fn quota_exceeded(&self, key_name: &str) {
-        self.quota_exceeded
-            .get_or_create(&KeyLabels {
-                key_name: key_name.to_owned(),
-            })
-            .inc();
+        if !self.enabled {
+            return;
+        }
+        self.quota_handles.with(
+            &KeyRef { key_name },
+            |labels| self.quota_exceeded.get_or_create_owned(labels),
+            Counter::inc,
+        );
     }
 
     /// Observes the time spent in the gateway itself (total minus upstream wait).
     pub fn overhead(&self, d: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.gateway_overhead.observe(d.as_secs_f64());
     }
 
     /// Observes the time to first token for a configured backend.
     pub fn ttft(&self, backend: &str, d: Duration) {
-        self.ttft
-            .get_or_create(&BackendLabels {
-                backend: backend.to_owned(),
-            })
-            .observe(d.as_secs_f64());
+        if !self.enabled {
+            return;
+        }
+        self.ttft_handles.with(
+            &BackendRef { backend },
+            |labels| self.ttft.get_or_create_owned(labels),
+            |seconds| seconds.observe(d.as_secs_f64()),
+        );
     }
 
     /// Adds input and output tokens. `model` must be a configured model name (alias or backend name),
     /// never the client's free-form string, so the series stay bounded.
     pub fn tokens(&self, backend: &str, model: &str, input: u64, output: u64) {
-        let mut labels = TokenLabels {
-            backend: backend.to_owned(),
-            model: model.to_owned(),
-            direction: "input",
-        };
-        self.tokens.get_or_create(&labels).inc_by(input);
-        labels.direction = "output";
-        self.tokens.get_or_create(&labels).inc_by(output);
+        if !self.enabled {
+            return;
+        }
+        self.token_handles.with(
+            &BackendModelRef { backend, model },
+            |key| {
+                let mut labels = TokenLabels {
+                    backend: key.backend.clone(),
+                    model: key.model.clone(),
+                    direction: "input",
+                };
+                let input = self.tokens.get_or_create_owned(&labels);
+                labels.direction = "output";
+                (input, self.tokens.get_or_create_owned(&labels))
+            },
+            |(input_tokens, output_tokens)| {
+                input_tokens.inc_by(input);
+                output_tokens.inc_by(output);
+            },
+        );
     }
 
     /// Counts one response cache lookup.
     pub fn cache(&self, hit: bool) {
+        if !self.enabled {
+            return;
+        }
         let result = if hit { "hit" } else { "miss" };
-        self.cache_requests
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        self.cache_handles.with(
+            &ResultLabels { result },
+            |labels| self.cache_requests.get_or_create_owned(labels),
+            Counter::inc,
+        );
     }
 
-    /// Sets the circuit state of an upstream instance (see [`instance_state`]).
+    /// Sets the circuit state of an upstream instance (see [`instance_state`]). Breaker transitions are
+    /// rare, so this goes to the family directly.
     pub fn instance_state(&self, backend: &str, instance: &str, state: i64) {
+        if !self.enabled {
+            return;
+        }
         self.instance_state
             .get_or_create(&InstanceLabels {
                 backend: backend.to_owned(),
@@ -563,11 +830,17 @@ impl Metrics {
 
     /// Counts a request that was served by a fallback backend.
     pub fn fallback(&self) {
+        if !self.enabled {
+            return;
+        }
         self.fallbacks.inc();
     }
 
-    /// Counts one configuration reload attempt.
+    /// Counts one configuration reload attempt (rare: straight to the family).
     pub fn config_reload(&self, ok: bool) {
+        if !self.enabled {
+            return;
+        }
         let result = if ok { "success" } else { "failure" };
         self.config_reloads
             .get_or_create(&ResultLabels { result })
@@ -576,6 +849,9 @@ impl Metrics {
 
     /// Counts one request log record dropped because the writer queue was full.
     pub fn request_log_dropped(&self) {
+        if !self.enabled {
+            return;
+        }
         self.request_log_dropped.inc();
     }
 }
@@ -801,6 +1077,278 @@ mod tests {
             &[("method", "POST"), ("path", "/v1/messages")],
         );
         assert_eq!(gauge.map(|s| s.value), Some(0.0));
+    }
+
+    /// What `exercise` records, written straight to the families (a read lock and owned labels per call),
+    /// as the methods did before the handle caches. Returns the in-flight gauge it left at 1.
+    fn exercise_families(m: &Metrics) -> Gauge {
+        let secs = |d: Duration| d.as_secs_f64();
+        let ms = Duration::from_millis;
+        for (method, status, d) in [
+            ("POST", 200, ms(120)),
+            ("POST", 200, ms(80)),
+            ("OTHER", 405, ms(1)),
+        ] {
+            let labels = HttpLabels {
+                method,
+                path: "/v1/chat/completions",
+                status,
+            };
+            m.http_requests.get_or_create(&labels).inc();
+            m.http_duration.get_or_create(&labels).observe(secs(d));
+        }
+        let gauge = m.http_in_flight.get_or_create_owned(&InFlightLabels {
+            method: "POST",
+            path: "/v1/messages",
+        });
+        gauge.inc();
+        let upstream = "vllm".to_owned();
+        m.upstream_requests
+            .get_or_create(&UpstreamStatusLabels {
+                upstream: upstream.clone(),
+                provider: "openai",
+                status: 200,
+            })
+            .inc();
+        m.upstream_duration
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.clone(),
+                provider: "openai",
+            })
+            .observe(secs(ms(40)));
+        m.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                upstream,
+                error_type: "timeout",
+            })
+            .inc();
+        let anthropic = ProviderLabels {
+            provider: "anthropic",
+        };
+        m.streaming_events.get_or_create(&anthropic).inc_by(12);
+        m.streaming_bytes.get_or_create(&anthropic).inc_by(3456);
+        m.streaming_duration
+            .get_or_create(&anthropic)
+            .observe(secs(Duration::from_secs(2)));
+        for result in ["allowed", "denied"] {
+            m.auth_requests
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
+        let key = |name: &str| KeyLabels {
+            key_name: name.to_owned(),
+        };
+        m.rate_limit_exceeded.get_or_create(&key("team-a")).inc();
+        m.quota_exceeded.get_or_create(&key("team-b")).inc();
+        m.gateway_overhead.observe(secs(Duration::from_micros(30)));
+        m.ttft
+            .get_or_create(&BackendLabels {
+                backend: "vllm".to_owned(),
+            })
+            .observe(secs(ms(250)));
+        for (direction, n) in [("input", 100), ("output", 42)] {
+            m.tokens
+                .get_or_create(&TokenLabels {
+                    backend: "vllm".to_owned(),
+                    model: "deepseek-r1".to_owned(),
+                    direction,
+                })
+                .inc_by(n);
+        }
+        for result in ["hit", "miss"] {
+            m.cache_requests
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
+        m.instance_state
+            .get_or_create(&InstanceLabels {
+                backend: "vllm".to_owned(),
+                instance: "http://10.0.0.1:8000/v1".to_owned(),
+            })
+            .set(instance_state::OPEN);
+        m.fallbacks.inc();
+        for result in ["success", "failure"] {
+            m.config_reloads
+                .get_or_create(&ResultLabels { result })
+                .inc();
+        }
+        m.request_log_dropped.inc();
+        gauge
+    }
+
+    /// Updates through the handle caches render exactly like the same updates made on the families: same
+    /// series, same labels, same values, first call (miss) and later calls (hits) alike.
+    #[test]
+    fn cached_handles_and_families_render_the_same() {
+        let cached = Metrics::new();
+        let direct = Metrics::new();
+        let guards = [exercise(&cached), exercise(&cached), exercise(&cached)];
+        let gauges = [
+            exercise_families(&direct),
+            exercise_families(&direct),
+            exercise_families(&direct),
+        ];
+        // Series order inside a family follows the family's own hash map, so compare sorted lines.
+        let lines = |text: String| {
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(lines(cached.render()), lines(direct.render()));
+        assert_eq!(
+            lines(cached.render_openmetrics()),
+            lines(direct.render_openmetrics())
+        );
+        assert_eq!(cached.http_handles.len(), 2);
+        assert_eq!(cached.upstream_handles.len(), 1);
+        assert_eq!(cached.token_handles.len(), 1);
+        drop(guards);
+        gauges.iter().for_each(|g| {
+            g.dec();
+        });
+        assert_eq!(lines(cached.render()), lines(direct.render()));
+    }
+
+    /// A lookup with borrowed labels only hits when the borrowed form hashes like the owned key.
+    #[test]
+    fn borrowed_label_forms_hash_and_compare_like_their_owned_keys() {
+        use std::hash::BuildHasher;
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        fn same<Q: LabelKey<K>, K: Hash + Eq>(hasher: &hashbrown::DefaultHashBuilder, q: &Q) {
+            let key = q.to_key();
+            assert_eq!(hasher.hash_one(q), hasher.hash_one(&key));
+            assert!(q.equivalent(&key));
+        }
+        use std::hash::Hash;
+        same(
+            &hasher,
+            &UpstreamStatusRef {
+                upstream: "vllm",
+                provider: "openai",
+                status: 200,
+            },
+        );
+        same(
+            &hasher,
+            &UpstreamErrorRef {
+                upstream: "vllm",
+                error_type: "timeout",
+            },
+        );
+        same(&hasher, &KeyRef { key_name: "team-a" });
+        same(&hasher, &BackendRef { backend: "vllm" });
+        same(
+            &hasher,
+            &BackendModelRef {
+                backend: "vllm",
+                model: "deepseek-r1",
+            },
+        );
+        let other = KeyLabels {
+            key_name: "team-b".to_owned(),
+        };
+        assert!(!KeyRef { key_name: "team-a" }.equivalent(&other));
+    }
+
+    /// Several threads updating the same and new label sets at once (first-time misses racing each
+    /// other included): every update is counted.
+    #[test]
+    fn concurrent_updates_are_all_counted() {
+        const THREADS: usize = 4;
+        const ROUNDS: u64 = 5_000;
+        let m = Metrics::new();
+        let backends = ["a", "b", "c"];
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                scope.spawn(|| {
+                    for round in 0..ROUNDS {
+                        let backend = backends[(round % 3) as usize];
+                        m.http_request("POST", "/v1/chat/completions", 200, Duration::ZERO);
+                        m.upstream_response(backend, "openai", 200, Duration::ZERO);
+                        m.tokens(backend, "model", 1, 2);
+                        m.rate_limited(backend);
+                        drop(m.in_flight("POST", "/v1/chat/completions"));
+                    }
+                });
+            }
+        });
+        let total = THREADS as f64 * ROUNDS as f64;
+        let text = m.render();
+        let (_, samples) = parse_prometheus_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            find(&samples, name, labels)
+                .map(|s| s.value)
+                .unwrap_or_else(|| panic!("missing {name} {labels:?}"))
+        };
+        let http = [
+            ("method", "POST"),
+            ("path", "/v1/chat/completions"),
+            ("status", "200"),
+        ];
+        assert_eq!(value("http_requests_total", &http), total);
+        assert_eq!(value("http_request_duration_seconds_count", &http), total);
+        assert_eq!(
+            value(
+                "http_requests_in_flight",
+                &[("method", "POST"), ("path", "/v1/chat/completions")]
+            ),
+            0.0
+        );
+        let per_backend = |b: &str| {
+            let rounds = (0..ROUNDS)
+                .filter(|r| backends[(r % 3) as usize] == b)
+                .count();
+            (THREADS * rounds) as f64
+        };
+        for backend in backends {
+            let n = per_backend(backend);
+            assert_eq!(
+                value(
+                    "upstream_requests_total",
+                    &[
+                        ("upstream", backend),
+                        ("provider", "openai"),
+                        ("status", "200")
+                    ]
+                ),
+                n
+            );
+            assert_eq!(
+                value(
+                    "upstream_request_duration_seconds_count",
+                    &[("upstream", backend), ("provider", "openai")]
+                ),
+                n
+            );
+            let tokens = |direction| {
+                value(
+                    "tokens_total",
+                    &[
+                        ("backend", backend),
+                        ("model", "model"),
+                        ("direction", direction),
+                    ],
+                )
+            };
+            assert_eq!((tokens("input"), tokens("output")), (n, 2.0 * n));
+            assert_eq!(
+                value("rate_limit_exceeded_total", &[("key_name", backend)]),
+                n
+            );
+        }
+    }
+
+    /// With `metrics: { enabled: false }` the recording methods leave every family empty.
+    #[test]
+    fn disabled_metrics_record_nothing() {
+        let off = MetricsConfig { enabled: false };
+        let m = Metrics::with_config(&off);
+        assert!(!m.enabled());
+        let guard = exercise(&m);
+        drop(guard);
+        assert_eq!(m.render(), Metrics::with_config(&off).render());
+        assert!(!m.render().contains("fallbacks_total 1"));
+        assert!(Metrics::new().enabled());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Every request ends with exactly one call into each of these (after the last byte), made by the
 //! pipeline; nothing here knows about HTTP handlers or wire formats.
 
+mod handles;
 pub mod metrics;
 pub mod request_log;
 pub mod stats;

@@ -402,3 +402,28 @@ async fn echo_streams_count_as_streams() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn metrics_disabled_in_config_serve_chat_and_answer_metrics_404() {
+    let gateway =
+        Gateway::start("metrics: { enabled: false }\nbackends:\n  local: { type: echo }\n").await;
+    let (status, body) = gateway.chat(chat("local", "still served")).await;
+    assert_eq!((status, body["backend"].as_str()), (200, Some("local")));
+
+    let response = client().get(gateway.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "not_found_error", "{body}");
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("metrics are disabled in config"),
+        "{message}"
+    );
+}
