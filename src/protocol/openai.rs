@@ -6,6 +6,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 use super::{
     ApiRequest, ChatRequest, ChatResponse, CompletionRequest, DecodeError, EmbeddingsRequest,
@@ -976,15 +977,15 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
 #[derive(Deserialize)]
 struct ResponseIn<'a> {
     #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
+    id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    created: Option<&'a RawValue>,
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    created: Option<i64>,
     #[serde(default, borrow)]
     choices: Option<Vec<super::Obj<ResponseChoiceIn<'a>>>>,
-    #[serde(default, borrow)]
-    usage: Option<&'a RawValue>,
+    #[serde(default)]
+    usage: Option<super::Obj<UsageIn>>,
 }
 
 #[derive(Deserialize)]
@@ -992,9 +993,9 @@ struct ResponseChoiceIn<'a> {
     #[serde(default, borrow)]
     message: Option<super::Obj<ResponseMessageIn<'a>>>,
     #[serde(default, borrow)]
-    text: Option<&'a RawValue>,
+    text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    finish_reason: Option<&'a RawValue>,
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -1006,9 +1007,9 @@ struct ResponseMessageIn<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     reasoning: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    content: Option<&'a RawValue>,
+    content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    refusal: Option<&'a RawValue>,
+    refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<super::Obj<ResponseToolCallIn<'a>>>>,
 }
@@ -1016,7 +1017,7 @@ struct ResponseMessageIn<'a> {
 #[derive(Deserialize)]
 struct ResponseToolCallIn<'a> {
     #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
+    id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<super::Obj<ResponseFunctionIn<'a>>>,
 }
@@ -1024,9 +1025,26 @@ struct ResponseToolCallIn<'a> {
 #[derive(Deserialize)]
 struct ResponseFunctionIn<'a> {
     #[serde(default, borrow)]
-    name: Option<&'a RawValue>,
+    name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    arguments: Option<&'a RawValue>,
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// `usage` as [`usage_from`] reads it (absent counters are 0).
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<super::Obj<UsageDetailsIn>>,
+}
+
+#[derive(Deserialize)]
+struct UsageDetailsIn {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 /// Keeps a present `null` as `Some("null")` (plain `Option` makes it `None`), for fields whose mere
@@ -1063,19 +1081,18 @@ impl ResponseIn<'_> {
                 });
             }
         }
-        let content = message.and_then(|message| message.content);
-        if content.is_some_and(|content| content.get().starts_with('[')) {
-            return None;
-        }
-        let refusal = raw_str(message.and_then(|message| message.refusal)).ok()?;
-        let legacy_text = raw_str(choice.and_then(|choice| choice.text)).ok()?;
-        match raw_str(content).ok()?.filter(|text| !text.is_empty()) {
-            Some(text) => parts.push(Part::Text(text.into_owned())),
+        let non_empty = |text: &Option<Cow<'_, str>>| {
+            text.as_deref()
+                .filter(|text| !text.is_empty())
+                .map(str::to_owned)
+        };
+        match message.and_then(|message| non_empty(&message.content)) {
+            Some(text) => parts.push(Part::Text(text)),
             None => {
-                if let Some(refusal) = refusal {
-                    parts.push(Part::Text(refusal.into_owned()));
-                } else if let Some(text) = legacy_text.filter(|text| !text.is_empty()) {
-                    parts.push(Part::Text(text.into_owned()));
+                if let Some(refusal) = message.and_then(|message| message.refusal.as_deref()) {
+                    parts.push(Part::Text(refusal.to_owned()));
+                } else if let Some(text) = choice.and_then(|choice| non_empty(&choice.text)) {
+                    parts.push(Part::Text(text));
                 }
             }
         }
@@ -1084,30 +1101,32 @@ impl ResponseIn<'_> {
             .unwrap_or_default()
         {
             let function = call.function.as_ref();
-            let text = |raw: Option<&RawValue>| {
-                raw_str(raw).map(|text| text.unwrap_or_default().into_owned())
-            };
+            let text =
+                |text: Option<&Cow<'_, str>>| text.map(|t| t.to_string()).unwrap_or_default();
             parts.push(Part::ToolCall(ToolCall {
-                id: text(call.id).ok()?,
-                name: text(function.and_then(|function| function.name)).ok()?,
-                arguments: text(function.and_then(|function| function.arguments)).ok()?,
+                id: text(call.id.as_ref()),
+                name: text(function.and_then(|function| function.name.as_ref())),
+                arguments: text(function.and_then(|function| function.arguments.as_ref())),
             }));
         }
-        let usage = match self.usage {
-            Some(raw) if raw.get().starts_with('{') => {
-                Some(usage_from(&serde_json::from_str::<Value>(raw.get()).ok()?))
-            }
-            _ => None,
-        };
-        let finish_reason = raw_str(choice.and_then(|choice| choice.finish_reason)).ok()?;
+        let usage = self.usage.as_ref().map(|usage| Usage {
+            input_tokens: usage.prompt_tokens.unwrap_or(0),
+            output_tokens: usage.completion_tokens.unwrap_or(0),
+            cache_read_tokens: usage
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|details| details.cached_tokens)
+                .unwrap_or(0),
+            cache_creation_tokens: 0,
+        });
         Some(ChatResponse {
-            id: raw_str(self.id).ok()?.unwrap_or_default().into_owned(),
-            model: raw_str(self.model).ok()?.unwrap_or_default().into_owned(),
-            created: self
-                .created
-                .and_then(|raw| serde_json::from_str::<i64>(raw.get()).ok()),
+            id: self.id.map(Cow::into_owned).unwrap_or_default(),
+            model: self.model.map(Cow::into_owned).unwrap_or_default(),
+            created: self.created,
             parts,
-            finish_reason: finish_reason.as_deref().map(finish_reason_from),
+            finish_reason: choice
+                .and_then(|choice| choice.finish_reason.as_deref())
+                .map(finish_reason_from),
             stop_sequence: None,
             usage,
         })

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Applied by the writer thread to every piece of logged text (messages, reply, reasoning, tool call
 /// arguments, string request parameters), e.g. to mask keys or personal data.
@@ -178,10 +179,10 @@ impl std::fmt::Debug for LogRecord {
     }
 }
 
-enum Msg {
-    Record(Box<LogRecord>),
-    Shutdown(oneshot::Sender<()>),
-}
+/// While records keep arriving, the writer naps this long between batches instead of being woken for
+/// each record: a wake-up costs the request path a system call, a nap costs nothing there. Records reach
+/// the file within about this delay; an idle writer blocks and the first record wakes it.
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Keeps an exact fraction of records without randomness: record `n` is kept when `floor((n+1)·rate)`
 /// exceeds `floor(n·rate)`, so 0.25 keeps every 4th record and tests stay deterministic.
@@ -206,7 +207,9 @@ impl Sampler {
 /// Handle to the background request log writer; share it behind an `Arc`.
 pub struct RequestLogger {
     /// `None` when logging is disabled (or the writer thread could not start).
-    tx: Option<mpsc::Sender<Msg>>,
+    tx: Option<Sender<Box<LogRecord>>>,
+    /// Shutdown requests (unbounded: never waits behind a full record queue).
+    control: Option<Sender<oneshot::Sender<()>>>,
     sampler: Sampler,
     on_drop: DropHook,
     dropped: AtomicU64,
@@ -267,6 +270,7 @@ impl RequestLogger {
         };
         let mut logger = RequestLogger {
             tx: None,
+            control: None,
             sampler,
             on_drop,
             dropped: AtomicU64::new(0),
@@ -275,7 +279,8 @@ impl RequestLogger {
         if !cfg.enabled {
             return logger;
         }
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let (tx, rx) = crossbeam_channel::bounded(cfg.queue_capacity.max(1));
+        let (control, control_rx) = crossbeam_channel::unbounded();
         let writer = Writer {
             dir: cfg.dir.clone(),
             format: cfg.format,
@@ -291,9 +296,12 @@ impl RequestLogger {
         let gate: Option<Arc<std::sync::Mutex<()>>> = None;
         let spawned = std::thread::Builder::new()
             .name("request-log".into())
-            .spawn(move || writer.run(rx, gate));
+            .spawn(move || writer.run(&rx, &control_rx, gate));
         match spawned {
-            Ok(_) => logger.tx = Some(tx),
+            Ok(_) => {
+                logger.tx = Some(tx);
+                logger.control = Some(control);
+            }
             Err(err) => {
                 tracing::error!(error = %err, dir = %cfg.dir.display(), "request log writer did not start");
                 logger.closed.store(true, Ordering::Relaxed);
@@ -305,16 +313,17 @@ impl RequestLogger {
     /// Queues one record; never blocks. Applies `sample_rate`; a full queue drops the record and calls
     /// the drop hook.
     pub fn log(&self, record: LogRecord) {
+        if self.closed.load(Ordering::Relaxed) {
+            self.count_drop();
+            return;
+        }
         let Some(tx) = &self.tx else {
-            if self.closed.load(Ordering::Relaxed) {
-                self.count_drop();
-            }
             return;
         };
         if !self.sampler.keep() {
             return;
         }
-        if tx.try_send(Msg::Record(Box::new(record))).is_err() {
+        if tx.try_send(Box::new(record)).is_err() {
             self.count_drop();
         }
     }
@@ -332,12 +341,12 @@ impl RequestLogger {
     /// Writes every record accepted so far, flushes and closes the file, and stops the writer. Records
     /// logged afterwards are dropped. Calling it again returns at once.
     pub async fn shutdown(&self) {
-        let Some(tx) = &self.tx else {
+        let Some(control) = &self.control else {
             return;
         };
         self.closed.store(true, Ordering::Relaxed);
         let (reply, done) = oneshot::channel();
-        if tx.send(Msg::Shutdown(reply)).await.is_ok() {
+        if control.send(reply).is_ok() {
             // An error means the writer already exited: nothing is left to wait for.
             let _ = done.await;
         }
@@ -347,7 +356,31 @@ impl RequestLogger {
 /// The open hourly file.
 struct OpenFile {
     hour: String,
+    /// The instants `[from, until)` whose records belong to this file, so most records need no time
+    /// zone conversion.
+    from: Timestamp,
+    until: Timestamp,
     out: BufWriter<File>,
+}
+
+/// The hour `zoned` falls in, as absolute instants; an empty span (no caching) if it cannot be computed.
+fn hour_span(zoned: &jiff::Zoned) -> (Timestamp, Timestamp) {
+    let at = zoned.timestamp();
+    let start = zoned.round(
+        jiff::ZonedRound::new()
+            .smallest(jiff::Unit::Hour)
+            .mode(jiff::RoundMode::Trunc),
+    );
+    match start {
+        Ok(start) => {
+            let from = start.timestamp();
+            let until = from
+                .checked_add(jiff::SignedDuration::from_hours(1))
+                .unwrap_or(at);
+            (from, until)
+        }
+        Err(_) => (at, at),
+    }
 }
 
 /// Owned by the writer thread: all disk I/O and serialization happen here, off the request path.
@@ -364,45 +397,70 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>, gate: Option<Arc<std::sync::Mutex<()>>>) {
+    fn run(
+        mut self,
+        rx: &Receiver<Box<LogRecord>>,
+        control: &Receiver<oneshot::Sender<()>>,
+        gate: Option<Arc<std::sync::Mutex<()>>>,
+    ) {
         loop {
-            let msg = match rx.try_recv() {
-                Ok(msg) => msg,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Idle: make what was written visible before sleeping.
-                    self.flush();
-                    match rx.blocking_recv() {
-                        Some(msg) => msg,
-                        None => break,
+            let mut wrote = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(record) => {
+                        let _stalled = gate.as_ref().map(|g| g.lock());
+                        self.write(&record);
+                        wrote = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.close();
+                        return;
                     }
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            };
-            match msg {
-                Msg::Record(record) => {
-                    let _stalled = gate.as_ref().map(|g| g.lock());
-                    self.write(&record);
-                }
-                Msg::Shutdown(reply) => {
-                    // Refuse new records, then drain those already queued (including any that raced in
-                    // behind the shutdown message).
-                    rx.close();
-                    let mut replies = vec![reply];
-                    while let Some(msg) = rx.blocking_recv() {
-                        match msg {
-                            Msg::Record(record) => self.write(&record),
-                            Msg::Shutdown(reply) => replies.push(reply),
-                        }
+            }
+            if let Ok(reply) = control.try_recv() {
+                return self.shut_down(rx, control, reply);
+            }
+            // Make what was written visible before napping or sleeping.
+            self.flush();
+            if wrote {
+                std::thread::sleep(BATCH_INTERVAL);
+                continue;
+            }
+            crossbeam_channel::select! {
+                recv(rx) -> record => match record {
+                    Ok(record) => {
+                        let _stalled = gate.as_ref().map(|g| g.lock());
+                        self.write(&record);
                     }
-                    self.close();
-                    for reply in replies {
-                        let _ = reply.send(());
-                    }
-                    return;
-                }
+                    Err(_) => break,
+                },
+                recv(control) -> reply => match reply {
+                    Ok(reply) => return self.shut_down(rx, control, reply),
+                    Err(_) => break,
+                },
             }
         }
         self.close();
+    }
+
+    /// Writes every record already queued (the logger refuses new ones once shutdown began), closes the
+    /// file and answers every shutdown request.
+    fn shut_down(
+        mut self,
+        rx: &Receiver<Box<LogRecord>>,
+        control: &Receiver<oneshot::Sender<()>>,
+        reply: oneshot::Sender<()>,
+    ) {
+        while let Ok(record) = rx.try_recv() {
+            self.write(&record);
+        }
+        self.close();
+        let _ = reply.send(());
+        while let Ok(reply) = control.try_recv() {
+            let _ = reply.send(());
+        }
     }
 
     fn flush(&mut self) {
@@ -419,26 +477,51 @@ impl Writer {
     }
 
     fn write(&mut self, record: &LogRecord) {
-        let hour = record
-            .timestamp
-            .to_zoned(self.zone.clone())
-            .strftime("%Y%m%d_%H")
-            .to_string();
-        if self.current.as_ref().is_none_or(|f| f.hour != hour) {
-            self.close();
-            match open_hour_file(&self.dir, &hour) {
-                Ok(out) => {
-                    self.failed_hours.remove(&hour);
-                    self.current = Some(OpenFile { hour, out });
-                }
-                Err(err) => {
-                    if self.failed_hours.insert(hour.clone()) {
-                        tracing::warn!(error = %err, dir = %self.dir.display(), hour = %hour, "request log file cannot be opened");
-                    }
-                    return;
+        let at = record.timestamp;
+        let in_current = self
+            .current
+            .as_ref()
+            .is_some_and(|file| file.from <= at && at < file.until);
+        if !in_current {
+            self.switch_file(at);
+        }
+        self.serialize_and_append(record);
+    }
+
+    /// Makes `current` the file of the hour `at` falls in (or `None` when it cannot be opened).
+    fn switch_file(&mut self, at: Timestamp) {
+        let zoned = at.to_zoned(self.zone.clone());
+        let hour = zoned.strftime("%Y%m%d_%H").to_string();
+        let (from, until) = hour_span(&zoned);
+        if let Some(file) = &mut self.current
+            && file.hour == hour
+        {
+            (file.from, file.until) = (from, until);
+            return;
+        }
+        self.close();
+        match open_hour_file(&self.dir, &hour) {
+            Ok(out) => {
+                self.failed_hours.remove(&hour);
+                self.current = Some(OpenFile {
+                    hour,
+                    from,
+                    until,
+                    out,
+                });
+            }
+            Err(err) => {
+                if self.failed_hours.insert(hour.clone()) {
+                    tracing::warn!(error = %err, dir = %self.dir.display(), hour = %hour, "request log file cannot be opened");
                 }
             }
         }
+    }
+
+    fn serialize_and_append(&mut self, record: &LogRecord) {
+        let Some(file) = &mut self.current else {
+            return;
+        };
         self.line.clear();
         let result = match self.format {
             LogFormat::ShareGpt => {
@@ -453,9 +536,7 @@ impl Writer {
             return;
         }
         self.line.push(b'\n');
-        if let Some(file) = &mut self.current
-            && let Err(err) = file.out.write_all(&self.line)
-        {
+        if let Err(err) = file.out.write_all(&self.line) {
             tracing::warn!(error = %err, hour = %file.hour, "request log write failed");
         }
     }
