@@ -593,9 +593,16 @@ proptest! {
             serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": v.clone(), "text": v.clone(), "thinking": "t"}}),
             serde_json::json!({"type": v.clone(), "delta": {"type": "text_delta", "text": "x"}}),
             serde_json::json!({"type": "message_delta", "delta": v.clone(), "usage": v.clone()}),
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": v.clone(), "stop_sequence": v.clone()}, "usage": {"output_tokens": v.clone(), "input_tokens": 4}}),
+            serde_json::json!({"type": "message_start", "message": v.clone()}),
+            serde_json::json!({"type": "message_start", "message": {"usage": v.clone(), "content": v.clone()}}),
+            serde_json::json!({"type": "content_block_start", "index": 2, "content_block": v.clone()}),
+            serde_json::json!({"type": "content_block_start", "index": 3, "content_block": {"type": "thinking", "thinking": v.clone(), "signature": v.clone()}}),
+            serde_json::json!({"type": "content_block_start", "index": 4, "content_block": {"type": "redacted_thinking", "data": v.clone()}}),
+            serde_json::json!({"type": "content_block_stop", "index": v.clone()}),
             v.clone(),
         ];
-        for (protocol, values) in [(Protocol::OpenAi, &openai), (Protocol::Anthropic, &anthropic)] {
+        for (protocol, values) in [(Protocol::OpenAi, &openai[..]), (Protocol::Anthropic, &anthropic[..])] {
             let mut sse = Vec::new();
             for value in values.iter() {
                 sse.extend_from_slice(b"data: ");

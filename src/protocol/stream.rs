@@ -393,8 +393,8 @@ struct FunctionIn<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
-/// An Anthropic event, read only as far as the per-token events need (`content_block_delta`, `ping`,
-/// `message_stop`); other events take the `Value` path.
+/// An Anthropic event, read as far as the fast path goes: every event kind except a `tool_use` block
+/// start (and anything unusual) is decoded from this; the rest takes the `Value` path.
 #[derive(Deserialize)]
 struct AnthropicEventIn<'a> {
     #[serde(rename = "type", default, borrow)]
@@ -403,6 +403,12 @@ struct AnthropicEventIn<'a> {
     index: Option<u64>,
     #[serde(default, borrow)]
     delta: Option<Obj<AnthropicDeltaIn<'a>>>,
+    #[serde(default, borrow)]
+    content_block: Option<Obj<AnthropicBlockIn<'a>>>,
+    #[serde(default)]
+    message: Option<Obj<AnthropicMessageIn>>,
+    #[serde(default)]
+    usage: Option<Obj<AnthropicUsageIn>>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +423,60 @@ struct AnthropicDeltaIn<'a> {
     signature: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_sequence: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicBlockIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessageIn {
+    #[serde(default)]
+    usage: Option<Obj<AnthropicUsageIn>>,
+}
+
+/// The counters [`WireUsage::merge`] reads; a present counter replaces the running one.
+#[derive(Deserialize)]
+struct AnthropicUsageIn {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+impl AnthropicUsageIn {
+    fn merge_into(&self, usage: &mut WireUsage) {
+        if let Some(input) = self.input_tokens {
+            usage.input = input;
+        }
+        if let Some(read) = self.cache_read_input_tokens {
+            usage.cache_read = read;
+        }
+        if let Some(creation) = self.cache_creation_input_tokens {
+            usage.cache_creation = creation;
+        }
+        if let Some(output) = self.output_tokens {
+            usage.output = output;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -595,7 +655,54 @@ impl AnthropicDecoder {
                 }
                 true
             }
-            Some("ping") => true,
+            Some("message_start") => {
+                if let Some(usage) = fast.message.as_ref().and_then(|m| m.usage.as_ref()) {
+                    usage.merge_into(&mut self.usage);
+                }
+                out.push(StreamEvent::Start {
+                    usage: Some(self.usage.canonical()),
+                });
+                true
+            }
+            Some("content_block_start") => {
+                let Some(block) = &fast.content_block else {
+                    return true;
+                };
+                let text =
+                    |text: &Option<Cow<'_, str>>| text.as_deref().unwrap_or_default().to_owned();
+                match block.kind.as_deref() {
+                    Some("text") => push_text(out, StreamEvent::Text, text(&block.text)),
+                    Some("thinking") => {
+                        push_text(out, StreamEvent::Thinking, text(&block.thinking));
+                        push_text(out, StreamEvent::Signature, text(&block.signature));
+                    }
+                    Some("redacted_thinking") => {
+                        out.push(StreamEvent::RedactedThinking(text(&block.data)));
+                    }
+                    // A tool call's `input` is kept as raw JSON text: the `Value` path renders it.
+                    Some("tool_use") => return false,
+                    _ => {}
+                }
+                true
+            }
+            Some("message_delta") => {
+                if let Some(reason) = fast.delta.as_ref().and_then(|d| d.stop_reason.as_deref()) {
+                    out.push(StreamEvent::Finish {
+                        reason: anthropic::finish_reason_from(reason),
+                        stop_sequence: fast
+                            .delta
+                            .as_ref()
+                            .and_then(|d| d.stop_sequence.as_deref())
+                            .map(str::to_owned),
+                    });
+                }
+                if let Some(usage) = &fast.usage {
+                    usage.merge_into(&mut self.usage);
+                    out.push(StreamEvent::Usage(self.usage.canonical()));
+                }
+                true
+            }
+            Some("ping" | "content_block_stop") => true,
             Some("message_stop") => {
                 out.push(StreamEvent::Done);
                 true

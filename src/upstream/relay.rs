@@ -61,6 +61,8 @@ pub struct Relay {
     tap: Option<StreamTap>,
     /// Assemble the reply text of pass-through streams (token accounting, cache storage).
     collect_text: bool,
+    /// The idle timer, armed on the first wait and reused for the whole stream.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub facts: StreamFacts,
 }
 
@@ -86,6 +88,7 @@ impl Relay {
             delivered: false,
             tap,
             collect_text,
+            idle_timer: None,
             facts: StreamFacts::default(),
         }
     }
@@ -120,11 +123,31 @@ impl Relay {
     fn count_delivered(&mut self, bytes: &[u8]) {
         self.facts.bytes += bytes.len() as u64;
         // Pass-through events are counted as they are forwarded; converted output is counted here:
-        // every SSE event ends with a blank line (`\n\n`, or `\r\n\r\n` from a CRLF upstream).
+        // our encoders end every SSE event with a blank line (`\n\n`, never CRLF).
         if let Transform::Convert(_) = self.transform {
-            let events =
-                BLANK_LINE.find_iter(bytes).count() + CRLF_BLANK_LINE.find_iter(bytes).count();
-            self.facts.events += events as u64;
+            self.facts.events += BLANK_LINE.find_iter(bytes).count() as u64;
+        }
+    }
+
+    /// The next upstream chunk, or `Err(())` when none came within `idle`. One timer serves the whole
+    /// stream: it is re-armed only when it fires early (data came since it was set), not per chunk, so
+    /// a chunk costs a clock read instead of a timer registration.
+    async fn next_upstream_chunk(&mut self) -> Result<Option<reqwest::Result<Bytes>>, ()> {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            tokio::select! {
+                biased;
+                chunk = self.upstream.next() => return Ok(chunk),
+                () = timer.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(());
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
         }
     }
 
@@ -137,7 +160,7 @@ impl Relay {
             if self.ended {
                 return Ok(None);
             }
-            match tokio::time::timeout(self.idle, self.upstream.next()).await {
+            match self.next_upstream_chunk().await {
                 Err(_) => {
                     self.ended = true;
                     return Err(Fault::Timeout(self.idle));
@@ -354,7 +377,6 @@ fn error_message(event: &SseEvent) -> Option<String> {
 
 // Searchers built once: building a `memmem` searcher costs more than running it on a chunk.
 static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
-static CRLF_BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
 static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 static FINISH_REASON: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"finish_reason\":\""));

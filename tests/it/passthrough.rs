@@ -262,6 +262,32 @@ async fn slow_chunks_arrive_one_by_one_within_the_idle_timeout() {
     assert_eq!(data.len(), 6);
 }
 
+/// The idle timeout bounds each gap between chunks, not the whole stream: a stream whose chunks come
+/// every 100 ms runs well past a 250 ms idle timeout and still ends cleanly.
+#[tokio::test]
+async fn the_idle_timeout_applies_per_gap_not_to_the_whole_stream() {
+    let mock = Mock::start().await;
+    mock.script([Behavior::Slow(Duration::from_millis(100))]);
+    let gateway =
+        Gateway::start(&one_backend(&mock.base(), "    stream_idle_timeout_s: 0.25\n")).await;
+    let started = std::time::Instant::now();
+    let response = gateway
+        .post(
+            "/v1/chat/completions",
+            r#"{"stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        started.elapsed() > Duration::from_millis(250),
+        "the stream was shorter than the idle timeout, so it proves nothing"
+    );
+    assert!(!text.contains("error"), "{text}");
+    assert_eq!(sse_data(&text).len(), 6);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
+
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
     let mock = Mock::start().await;
