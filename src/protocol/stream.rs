@@ -1237,6 +1237,8 @@ impl OpenAiEncoder {
             prefix.extend_from_slice(br#","choices":[{"index":0,"delta":"#);
             self.prefix = prefix;
         }
+        // One reservation for the whole chunk (a delta is usually a few dozen bytes).
+        out.reserve(self.prefix.len() + 128);
         out.extend_from_slice(&self.prefix);
         if serde_json::to_writer(bytes::BufMut::writer(&mut *out), &delta).is_err() {
             out.extend_from_slice(b"{}");
