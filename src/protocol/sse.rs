@@ -4,7 +4,7 @@
 //! only the current unfinished event, bounded by `max_event_bytes`, and hands out complete events as
 //! `Bytes` slices without copying their payload twice.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Default bound on one event's size: larger events are an upstream fault, not something to buffer.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
@@ -84,12 +84,11 @@ impl SseDecoder {
             };
             self.scanned = 0;
             let raw = self.buffer.split_to(end + terminator).freeze();
-            let frame = raw.slice(..end);
             // A leading blank line (e.g. after a BOM-less stream start) yields an empty frame: skip it.
-            if frame.iter().all(|b| *b == b'\n' || *b == b'\r') {
+            if raw[..end].iter().all(|b| *b == b'\n' || *b == b'\r') {
                 continue;
             }
-            return Ok(Some(parse_frame(frame, raw)));
+            return Ok(Some(parse_frame(end, raw)));
         }
     }
 
@@ -104,7 +103,7 @@ impl SseDecoder {
         if trimmed_len == 0 || trimmed_len == rest.len() {
             return None;
         }
-        let event = parse_frame(rest.slice(..trimmed_len), rest.clone());
+        let event = parse_frame(trimmed_len, rest);
         (!event.data.is_empty()).then_some(event)
     }
 }
@@ -135,42 +134,47 @@ fn find_frame_end(buffer: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
-fn parse_frame(frame: Bytes, raw: Bytes) -> SseEvent {
+/// Parses the frame `raw[..len]` (lines of `field: value`); `raw` is the frame with its terminator. Works
+/// on byte ranges and makes one `Bytes` slice for the data, so a frame costs no reference-count traffic
+/// per line.
+fn parse_frame(len: usize, raw: Bytes) -> SseEvent {
+    let frame = &raw[..len];
     let mut event = None;
-    let mut data: Option<BytesMut> = None;
-    let mut single: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut single: Option<(usize, usize)> = None;
     let mut start = 0;
-    let len = frame.len();
     while start <= len {
         let end = memchr::memchr2(b'\n', b'\r', &frame[start..]).map_or(len, |i| start + i);
-        let line = frame.slice(start..end);
-        let (field, value) = match memchr::memchr(b':', &line) {
-            Some(0) => (Bytes::new(), Bytes::new()),
+        let line = &frame[start..end];
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(0) => (&b""[..], (end, end)),
             Some(colon) => {
-                let mut value = line.slice(colon + 1..);
-                if value.first() == Some(&b' ') {
-                    value.advance(1);
+                let mut value_start = start + colon + 1;
+                if value_start < end && frame[value_start] == b' ' {
+                    value_start += 1;
                 }
-                (line.slice(..colon), value)
+                (&line[..colon], (value_start, end))
             }
-            None => (line.clone(), Bytes::new()),
+            None => (line, (end, end)),
         };
-        match field.as_ref() {
-            b"data" => match (&mut data, &single) {
+        match field {
+            b"data" => match (&mut joined, single) {
                 (Some(joined), _) => {
                     joined.put_u8(b'\n');
-                    joined.extend_from_slice(&value);
+                    joined.extend_from_slice(&frame[value.0..value.1]);
                 }
                 (None, Some(first)) => {
-                    let mut joined = BytesMut::from(first.as_ref());
-                    joined.put_u8(b'\n');
-                    joined.extend_from_slice(&value);
-                    data = Some(joined);
+                    let mut both = BytesMut::from(&frame[first.0..first.1]);
+                    both.put_u8(b'\n');
+                    both.extend_from_slice(&frame[value.0..value.1]);
+                    joined = Some(both);
                     single = None;
                 }
                 (None, None) => single = Some(value),
             },
-            b"event" => event = Some(String::from_utf8_lossy(&value).into_owned()),
+            b"event" => {
+                event = Some(String::from_utf8_lossy(&frame[value.0..value.1]).into_owned())
+            }
             _ => {}
         }
         // Skip the line terminator (\r\n counts as one).
@@ -182,9 +186,9 @@ fn parse_frame(frame: Bytes, raw: Bytes) -> SseEvent {
             break;
         }
     }
-    let data = match (data, single) {
+    let data = match (joined, single) {
         (Some(joined), _) => joined.freeze(),
-        (None, Some(single)) => single,
+        (None, Some((from, to))) => raw.slice(from..to),
         (None, None) => Bytes::new(),
     };
     SseEvent { event, data, raw }

@@ -268,8 +268,11 @@ async fn slow_chunks_arrive_one_by_one_within_the_idle_timeout() {
 async fn the_idle_timeout_applies_per_gap_not_to_the_whole_stream() {
     let mock = Mock::start().await;
     mock.script([Behavior::Slow(Duration::from_millis(100))]);
-    let gateway =
-        Gateway::start(&one_backend(&mock.base(), "    stream_idle_timeout_s: 0.25\n")).await;
+    let gateway = Gateway::start(&one_backend(
+        &mock.base(),
+        "    stream_idle_timeout_s: 0.25\n",
+    ))
+    .await;
     let started = std::time::Instant::now();
     let response = gateway
         .post(
