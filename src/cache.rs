@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::shared_state::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `cache:` config section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub enabled: bool,

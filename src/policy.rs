@@ -10,7 +10,7 @@ use regex::{Regex, RegexSet};
 use serde::Deserialize;
 
 /// The `policies:` config section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// Requests whose estimated input exceeds this many tokens are refused.

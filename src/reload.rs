@@ -25,9 +25,6 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
             for section in restart_only_changes(&old.config, &config) {
                 tracing::warn!("{section} changes take effect on restart");
             }
-            if old.config.request_log != config.request_log || old.config.alerts != config.alerts {
-                tracing::warn!("request_log and alerts changes take effect on restart");
-            }
             if let Err(message) = state.replace_config(config) {
                 state.metrics().config_reload(false);
                 tracing::error!(error = %message, "config reload rejected; the previous config keeps serving");
@@ -49,20 +46,19 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
     }
 }
 
-/// Sections read once at startup (listener, log writers, alert sinks) that a reload cannot apply.
+/// Sections read once at startup that a reload cannot apply: the listener, and the cache and state
+/// store (their entries and counters outlive snapshots). Everything else applies live, the request log,
+/// alerts and the metrics switch included.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if old.server.port != new.server.port || old.server.host != new.server.host {
         changed.push("server.host/server.port");
     }
-    if old.alerts != new.alerts {
-        changed.push("alerts");
+    if old.cache != new.cache {
+        changed.push("cache");
     }
-    if old.request_log != new.request_log {
-        changed.push("request_log");
-    }
-    if old.metrics != new.metrics {
-        changed.push("metrics");
+    if old.state != new.state {
+        changed.push("state");
     }
     changed
 }
@@ -107,23 +103,19 @@ mod tests {
         let base = "backends:\n  local: { type: echo }\n";
         let old = config(base);
         assert!(restart_only_changes(&old, &config(base)).is_empty());
-        // Routing and backends apply live: not reported.
+        // Routing, backends, request log, alerts and the metrics switch apply live: not reported.
         let routes = config("backends:\n  local: { type: echo }\n  other: { type: echo }\n");
         assert!(restart_only_changes(&old, &routes).is_empty());
+        let live = config(&format!(
+            "{base}alerts: {{ cooldown_s: 5 }}\nrequest_log: {{ enabled: true }}\nmetrics: {{ enabled: false }}\n"
+        ));
+        assert!(restart_only_changes(&old, &live).is_empty());
         let new = config(&format!(
-            "{base}server: {{ port: 9 }}\nalerts: {{ cooldown_s: 5 }}\nrequest_log: {{ enabled: true }}\n"
+            "{base}server: {{ port: 9 }}\ncache: {{ enabled: true }}\nstate: {{ key_prefix: x }}\n"
         ));
         assert_eq!(
             restart_only_changes(&old, &new),
-            ["server.host/server.port", "alerts", "request_log"]
+            ["server.host/server.port", "cache", "state"]
         );
-    }
-
-    #[test]
-    fn the_metrics_switch_applies_on_restart_only() {
-        let base = "backends:\n  local: { type: echo }\n";
-        let off = config(&format!("{base}metrics: {{ enabled: false }}\n"));
-        assert_eq!(restart_only_changes(&config(base), &off), ["metrics"]);
-        assert!(restart_only_changes(&off, &off.clone()).is_empty());
     }
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::limits::memory::MemoryBuckets;
 
 /// The `state:` config section.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// `redis://[user:password@]host:port[/db]`; absent means state lives in this process only.

@@ -36,9 +36,13 @@ struct Inner {
     instances: InstanceRegistry,
     metrics: Arc<Metrics>,
     stats: Stats,
-    /// Configured from the config the process started with (changes need a restart).
-    request_log: RequestLogger,
-    alerter: Alerter,
+    /// Replaced as a whole when a reload changes `request_log` or `policies` (the redactor); the one it
+    /// replaces drains its queue in the background.
+    request_log: ArcSwap<RequestLogger>,
+    /// Replaced when a reload changes `alerts`.
+    alerter: ArcSwap<Alerter>,
+    /// Request logs and alerters replaced by reloads, still draining; awaited by [`AppState::flush`].
+    retiring: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Where limit counters live (memory or Redis); shared by every snapshot so counters survive reloads.
     store: StateStore,
     /// Response cache; long-lived so entries survive reloads (its settings apply from startup).
@@ -114,6 +118,19 @@ impl Snapshot {
     }
 }
 
+/// The request log writer for `config.request_log`, redacting with `policies.redact_patterns`; drops are
+/// counted in `request_log_dropped_total`.
+fn start_request_log(config: &Config, metrics: &Arc<Metrics>) -> Result<RequestLogger, String> {
+    let dropped = {
+        let metrics = Arc::clone(metrics);
+        Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
+    };
+    let redactor = Policy::new(&config.policies)?;
+    let redact = Arc::new(move |text: &str| redactor.redact(text).into_owned())
+        as crate::telemetry::request_log::Redactor;
+    Ok(RequestLogger::start(&config.request_log, redact, dropped))
+}
+
 /// The state store for `state:`: Redis when `redis_url` is set (connects and reconnects in the
 /// background, following `on_unavailable` meanwhile), else memory.
 fn store_for(config: &StateConfig) -> StateStore {
@@ -143,15 +160,7 @@ impl AppState {
             .retry(reqwest::retry::never())
             .build()?;
         let metrics = Arc::new(Metrics::with_config(&config.metrics));
-        let dropped = {
-            let metrics = Arc::clone(&metrics);
-            Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
-        };
-        // `policies.redact_patterns` apply to everything the request log writes.
-        let redactor = Policy::new(&config.policies).map_err(anyhow::Error::msg)?;
-        let redact = Arc::new(move |text: &str| redactor.redact(text).into_owned())
-            as crate::telemetry::request_log::Redactor;
-        let request_log = RequestLogger::start(&config.request_log, redact, dropped);
+        let request_log = start_request_log(&config, &metrics).map_err(anyhow::Error::msg)?;
         let alerter = Alerter::start(&config.alerts, client.clone());
         let instances = InstanceRegistry::new();
         let store = store_for(&config.state);
@@ -166,8 +175,9 @@ impl AppState {
                 instances,
                 metrics,
                 stats: Stats::new(),
-                request_log,
-                alerter,
+                request_log: ArcSwap::from_pointee(request_log),
+                alerter: ArcSwap::from_pointee(alerter),
+                retiring: std::sync::Mutex::new(Vec::new()),
                 store,
                 cache,
             }),
@@ -183,10 +193,43 @@ impl AppState {
 
     /// Swap in a new config atomically; requests in flight keep the snapshot they loaded. Instances that
     /// stay (same backend name and URL) keep their breaker, in-flight count and latency estimate.
+    ///
+    /// `request_log`, `alerts` and `metrics.enabled` apply too: a changed request log or alert section
+    /// starts a new writer or alerter, swapped in before the snapshot, and the old one finishes what it
+    /// holds in the background. (`server.host/port`, `cache` and `state` need a restart.)
     pub fn replace_config(&self, config: Config) -> Result<(), String> {
+        let old = self.snapshot();
+        let request_log = (old.config.request_log != config.request_log
+            || old.config.policies != config.policies)
+            .then(|| start_request_log(&config, &self.inner.metrics))
+            .transpose()?;
+        let alerter = (old.config.alerts != config.alerts)
+            .then(|| Alerter::start(&config.alerts, self.inner.client.clone()));
+        let metrics_enabled = config.metrics.enabled;
         let snapshot = Snapshot::new(config, &self.inner.instances, &self.inner.store)?;
+        if let Some(request_log) = request_log {
+            let previous = self.inner.request_log.swap(Arc::new(request_log));
+            self.retire(async move { previous.shutdown().await });
+        }
+        if let Some(alerter) = alerter {
+            let previous = self.inner.alerter.swap(Arc::new(alerter));
+            self.retire(async move { previous.shutdown().await });
+        }
+        self.inner.metrics.set_enabled(metrics_enabled);
         self.inner.live.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Runs the shutdown of a replaced writer or alerter in the background, remembered for `flush`.
+    fn retire(&self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(shutdown);
+        let mut retiring = self
+            .inner
+            .retiring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        retiring.retain(|handle| !handle.is_finished());
+        retiring.push(handle);
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -213,8 +256,9 @@ impl AppState {
         &self.inner.stats
     }
 
-    pub fn request_log(&self) -> &RequestLogger {
-        &self.inner.request_log
+    /// The current request logger (a reload may replace it; hold the guard briefly).
+    pub fn request_log(&self) -> arc_swap::Guard<Arc<RequestLogger>> {
+        self.inner.request_log.load()
     }
 
     /// Report a breaker transition: metrics gauge and, for down/up, an alert.
@@ -233,7 +277,7 @@ impl AppState {
             from = transition.from.as_str(), to = transition.to.as_str(), "instance state changed"
         );
         if let Some(kind) = crate::alerts::AlertKind::from_transition(transition) {
-            self.inner.alerter.raise(Alert {
+            self.inner.alerter.load().raise(Alert {
                 kind,
                 backend: instance.backend().to_owned(),
                 instance: Some(url),
@@ -247,13 +291,23 @@ impl AppState {
     }
 
     pub fn alert(&self, alert: Alert) {
-        self.inner.alerter.raise(alert);
+        self.inner.alerter.load().raise(alert);
     }
 
     /// Flush what is queued for the request log and the alert sinks (clean shutdown).
     pub async fn flush(&self) {
-        self.inner.request_log.shutdown().await;
-        self.inner.alerter.shutdown().await;
+        self.inner.request_log.load_full().shutdown().await;
+        self.inner.alerter.load_full().shutdown().await;
+        let retiring = std::mem::take(
+            &mut *self
+                .inner
+                .retiring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for handle in retiring {
+            let _ = handle.await;
+        }
     }
 }
 

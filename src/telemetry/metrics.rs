@@ -274,8 +274,9 @@ pub mod instance_state {
 /// request path updates (see `handles.rs`). A cache entry may hold handles of several families that share
 /// its key, so one lookup serves them all.
 pub struct Metrics {
-    /// `metrics.enabled`: false turns every recording method into an immediate return.
-    enabled: bool,
+    /// `metrics.enabled`: false turns every recording method into an immediate return. Atomic so a
+    /// reload can switch it (one relaxed load per recording call).
+    enabled: std::sync::atomic::AtomicBool,
     registry: Registry,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<HttpLabels>,
@@ -316,7 +317,7 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("enabled", &self.enabled)
+            .field("enabled", &self.enabled())
             .finish_non_exhaustive()
     }
 }
@@ -527,7 +528,7 @@ impl Metrics {
             request_log_dropped.clone(),
         );
         Metrics {
-            enabled: config.enabled,
+            enabled: std::sync::atomic::AtomicBool::new(config.enabled),
             registry,
             http_requests,
             http_duration,
@@ -565,7 +566,13 @@ impl Metrics {
 
     /// False when `metrics.enabled` is off: nothing is recorded and `/metrics` is not served.
     pub fn enabled(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Applies a reloaded `metrics.enabled`; series recorded so far are kept.
+    pub fn set_enabled(&self, enabled: bool) {
         self.enabled
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Renders the classic Prometheus text exposition (format 0.0.4), which `promtool check metrics`
@@ -598,7 +605,7 @@ impl Metrics {
     /// Counts one finished HTTP request and observes its total duration. `path` is the matched route
     /// template (e.g. `/v1/chat/completions`), never the raw URI.
     pub fn http_request(&self, method: &str, path: &'static str, status: u16, duration: Duration) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         let labels = HttpLabels {
@@ -623,7 +630,7 @@ impl Metrics {
 
     /// Increments `http_requests_in_flight` until the returned guard is dropped.
     pub fn in_flight(&self, method: &str, path: &'static str) -> InFlightGuard {
-        if !self.enabled {
+        if !self.enabled() {
             return InFlightGuard { gauge: None };
         }
         let labels = InFlightLabels {
@@ -649,7 +656,7 @@ impl Metrics {
         status: u16,
         ttfb: Duration,
     ) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.upstream_handles.with(
@@ -678,7 +685,7 @@ impl Metrics {
     /// `status_5xx`, `rate_limited` (429) or `broken_response`. An attempt that got a 5xx/429 response
     /// is also an upstream response and is counted by [`Metrics::upstream_response`] with its status.
     pub fn upstream_error(&self, upstream: &str, error_type: &'static str) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.upstream_error_handles.with(
@@ -699,7 +706,7 @@ impl Metrics {
         bytes: u64,
         duration: Duration,
     ) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.streaming_handles.with(
@@ -721,7 +728,7 @@ impl Metrics {
 
     /// Counts one API key check.
     pub fn auth(&self, allowed: bool) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         let result = if allowed { "allowed" } else { "denied" };
@@ -734,7 +741,7 @@ impl Metrics {
 
     /// Counts a rate-limit rejection for a configured key name (or a fixed name such as `anonymous`).
     pub fn rate_limited(&self, key_name: &str) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.rate_limit_handles.with(
@@ -746,7 +753,7 @@ impl Metrics {
 
     /// Counts a quota rejection for a configured key name.
     pub fn quota_exceeded(&self, key_name: &str) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.quota_handles.with(
@@ -758,7 +765,7 @@ impl Metrics {
 
     /// Observes the time spent in the gateway itself (total minus upstream wait).
     pub fn overhead(&self, d: Duration) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.gateway_overhead.observe(d.as_secs_f64());
@@ -766,7 +773,7 @@ impl Metrics {
 
     /// Observes the time to first token for a configured backend.
     pub fn ttft(&self, backend: &str, d: Duration) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.ttft_handles.with(
@@ -779,7 +786,7 @@ impl Metrics {
     /// Adds input and output tokens. `model` must be a configured model name (alias or backend name),
     /// never the client's free-form string, so the series stay bounded.
     pub fn tokens(&self, backend: &str, model: &str, input: u64, output: u64) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.token_handles.with(
@@ -803,7 +810,7 @@ impl Metrics {
 
     /// Counts one response cache lookup.
     pub fn cache(&self, hit: bool) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         let result = if hit { "hit" } else { "miss" };
@@ -817,7 +824,7 @@ impl Metrics {
     /// Sets the circuit state of an upstream instance (see [`instance_state`]). Breaker transitions are
     /// rare, so this goes to the family directly.
     pub fn instance_state(&self, backend: &str, instance: &str, state: i64) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.instance_state
@@ -830,7 +837,7 @@ impl Metrics {
 
     /// Counts a request that was served by a fallback backend.
     pub fn fallback(&self) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.fallbacks.inc();
@@ -838,7 +845,7 @@ impl Metrics {
 
     /// Counts one configuration reload attempt (rare: straight to the family).
     pub fn config_reload(&self, ok: bool) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         let result = if ok { "success" } else { "failure" };
@@ -849,7 +856,7 @@ impl Metrics {
 
     /// Counts one request log record dropped because the writer queue was full.
     pub fn request_log_dropped(&self) {
-        if !self.enabled {
+        if !self.enabled() {
             return;
         }
         self.request_log_dropped.inc();

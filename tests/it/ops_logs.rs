@@ -225,3 +225,85 @@ async fn openai_log_has_request_fields_and_the_reply_appended() {
         );
     }
 }
+
+/// `request_log` applies on reload: off → on writes the next request, a new `dir` takes the following
+/// ones (the replaced writer finishes what it held), and off stops writing; `metrics.enabled` likewise.
+#[tokio::test]
+async fn a_reload_turns_the_request_log_and_metrics_on_moves_and_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let config = |extra: &str| format!("backends:\n  local: {{ type: echo }}\n{extra}");
+    let log_in = |at: &std::path::Path| {
+        format!(
+            "request_log: {{ enabled: true, dir: '{}' }}\n",
+            at.display()
+        )
+    };
+    std::fs::write(&path, config("metrics: { enabled: false }\n")).unwrap();
+    let (gateway, _none) = Gateway::start_from_file(&path, false).await;
+    let chat = |text: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let (status, _) = gateway
+                .chat(json!({"model": "local", "messages": [{"role": "user", "content": text}]}))
+                .await;
+            assert_eq!(status, 200);
+        }
+    };
+    let reload = || async {
+        let response = client()
+            .post(gateway.url("/admin/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    };
+    let metrics_status = || async {
+        client()
+            .get(gateway.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    chat("before").await;
+    assert!(!first.exists());
+    assert_eq!(metrics_status().await, 404);
+
+    std::fs::write(&path, config(&log_in(&first))).unwrap();
+    reload().await;
+    chat("into first").await;
+    assert_eq!(metrics_status().await, 200);
+
+    std::fs::write(&path, config(&log_in(&second))).unwrap();
+    reload().await;
+    chat("into second").await;
+
+    std::fs::write(&path, config("")).unwrap();
+    reload().await;
+    chat("after").await;
+    gateway.state.flush().await;
+
+    let texts = |at: &std::path::Path| -> String {
+        std::fs::read_dir(at)
+            .map(|entries| {
+                entries
+                    .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (first_text, second_text) = (texts(&first), texts(&second));
+    assert_eq!(first_text.lines().count(), 1, "{first_text}");
+    assert!(first_text.contains("into first"), "{first_text}");
+    assert_eq!(second_text.lines().count(), 1, "{second_text}");
+    assert!(second_text.contains("into second"), "{second_text}");
+    for text in [&first_text, &second_text] {
+        assert!(
+            !text.contains("before") && !text.contains("after"),
+            "{text}"
+        );
+    }
+}
