@@ -6,10 +6,13 @@
 //! HTTP/2 connection without TLS (prior knowledge): 10,000 HTTP/1.1 streams through a proxy need 20,000
 //! sockets in the proxy alone, more than some machines' hard open-files limit allows.
 //!
-//! At most `--opening` requests wait for their response headers at a time, so the servers' listen
-//! backlogs never overflow (a dropped SYN costs a 1 s retransmit); once a stream has its headers it stays
-//! open until its body ends. A stream counts as completed when it answered 2xx and its body ended with
-//! `data: [DONE]` or `event: message_stop`; anything else (refused, reset, timed out, cut short) is failed.
+//! Streams start at `--rate` per second (every stream also costs the proxy an upstream connection; a burst
+//! of thousands would overflow listen backlogs, and a dropped SYN costs a 1 s retransmit), and at most
+//! `--opening` HTTP/1.1 connections are being set up at a time. The start is paced by time, not by response
+//! headers: a proxy may hold its headers until the first upstream event, which a slow upstream sends late.
+//! Once started, a stream stays open until its body ends. A stream counts as completed when it answered 2xx
+//! and its body ended with `data: [DONE]` or `event: message_stop`; anything else (refused, reset, timed
+//! out, cut short) is failed.
 //!
 //! The result is one line on stdout, `SLOW streams=… completed=… failed=… peak_open=… ramp_ms=…
 //! elapsed_ms=… connections=…` (`peak_open`: most streams open at the same moment; `ramp_ms`: when the last
@@ -47,7 +50,10 @@ struct Cli {
     /// Streams to hold open at once.
     #[arg(long, default_value_t = 10_000)]
     streams: usize,
-    /// At most this many requests waiting for their response headers at a time.
+    /// Streams started per second (0: all at once).
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+    /// At most this many HTTP/1.1 connections being set up (connect + handshake) at a time.
     #[arg(long, default_value_t = 256)]
     opening: usize,
     /// 0: HTTP/1.1, one connection per stream; N > 0: HTTP/2 without TLS, N streams per connection.
@@ -88,13 +94,24 @@ impl Target {
         })
     }
 
-    fn request(&self, uri: &Uri, body: Bytes) -> anyhow::Result<Request<Full<Bytes>>> {
-        Ok(Request::post(uri.clone())
-            .header(header::HOST, &self.authority)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "text/event-stream")
-            .body(Full::new(body))?)
+    /// An HTTP/1.1 request: origin-form target and a `Host` header.
+    fn http1_request(&self, body: Bytes) -> anyhow::Result<Request<Full<Bytes>>> {
+        let request = Request::post(self.path.clone()).header(header::HOST, &self.authority);
+        Ok(with_body(request, body)?)
     }
+
+    /// An HTTP/2 request: the full URL (its authority becomes `:authority`; a `Host` header as well would be
+    /// a duplicate that nginx refuses with 400).
+    fn http2_request(&self, body: Bytes) -> anyhow::Result<Request<Full<Bytes>>> {
+        Ok(with_body(Request::post(self.url.clone()), body)?)
+    }
+}
+
+fn with_body(request: http::request::Builder, body: Bytes) -> http::Result<Request<Full<Bytes>>> {
+    request
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "text/event-stream")
+        .body(Full::new(body))
 }
 
 /// Counters shared by every stream task.
@@ -165,7 +182,7 @@ async fn connect(target: &Target) -> Result<TokioIo<TcpStream>, String> {
     Ok(TokioIo::new(tcp))
 }
 
-/// Sends one request and reads its body to the end. `opening` is held until the response headers arrive.
+/// Sends one request and reads its body to the end. `opening` is held while an HTTP/1.1 connection is set up.
 async fn one_stream(
     target: &Target,
     sender: Sender,
@@ -174,34 +191,34 @@ async fn one_stream(
     stats: &Stats,
     started: Instant,
 ) -> Result<(), String> {
-    let permit = opening
-        .acquire()
-        .await
-        .map_err(|_| "opening semaphore closed".to_owned())?;
     let response = match sender {
         Sender::Http1 => {
+            let permit = opening
+                .acquire()
+                .await
+                .map_err(|_| "opening semaphore closed".to_owned())?;
             let io = connect(target).await?;
             let (mut sender, connection) = http1::handshake(io)
                 .await
                 .map_err(|error| format!("http1 handshake: {error}"))?;
+            drop(permit);
             tokio::spawn(async move {
                 // Ends with the stream; a reset shows up as a body error below.
                 let _ = connection.await;
             });
             let request = target
-                .request(&target.path, body)
+                .http1_request(body)
                 .map_err(|error| format!("request: {error}"))?;
             sender.send_request(request).await
         }
         Sender::Http2(mut sender) => {
             let request = target
-                .request(&target.url, body)
+                .http2_request(body)
                 .map_err(|error| format!("request: {error}"))?;
             sender.send_request(request).await
         }
     }
     .map_err(|error| format!("response headers: {error}"))?;
-    drop(permit);
     let status = response.status();
     stats.opened(started);
     let mut body = response.into_body();
@@ -262,7 +279,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let timeout = Duration::from_secs(cli.timeout_s);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let step = (cli.rate > 0).then(|| Duration::from_secs(1) / cli.rate);
     for index in 0..streams {
+        if let Some(step) = step {
+            let due = started + step * u32::try_from(index).unwrap_or(u32::MAX);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+        }
         let sender = match senders.get(index / per_conn.max(1)) {
             Some(sender) if per_conn > 0 => Sender::Http2(sender.clone()),
             _ => Sender::Http1,
