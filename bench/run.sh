@@ -16,7 +16,8 @@
 # ONLY (regex on scenario names), SCENARIOS (file), GW_CORE (0), LOAD_CORE (1), WRK_THREADS (1),
 # PORT_BASE (18100: mock, +1 nginx, +2 gateway, +3 redis), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out);
 # slow-streams: SLOW_STREAMS (10000; a list gives a row each), SLOW_DELAY_MS (500), SLOW_PROTO (auto|h1|h2),
-# SLOW_H2_STREAMS (100 per connection), SLOW_OPENING (256), SLOW_NGINX (1).
+# SLOW_H2_STREAMS (100 per connection), SLOW_RATE (2000 streams started per second), SLOW_OPENING (256),
+# SLOW_NGINX (1).
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -175,12 +176,11 @@ write_nginx_conf() {
 	mkdir -p "$prefix/tmp"
 	local user_line=""
 	((EUID == 0)) && user_line="user root;"
-	[[ -n ${1:-} ]] && rlimit_line="worker_rlimit_nofile $(ulimit -n);"
+	[[ -n ${1:-} ]] && printf -v rlimit_line '\nworker_rlimit_nofile %s;' "$(ulimit -n)"
 	cat >"$prefix/nginx.conf" <<EOF
 # Written by bench/run.sh: nginx as a plain reverse proxy, one worker, upstream keep-alive, no buffering.
 $user_line
-worker_processes 1;
-$rlimit_line
+worker_processes 1;$rlimit_line
 daemon off;
 pid $prefix/nginx.pid;
 error_log $prefix/error.log warn;
@@ -613,6 +613,7 @@ SLOW_STREAMS=${SLOW_STREAMS:-10000}
 SLOW_DELAY_MS=${SLOW_DELAY_MS:-500}
 SLOW_PROTO=${SLOW_PROTO:-auto}
 SLOW_H2_STREAMS=${SLOW_H2_STREAMS:-100}
+SLOW_RATE=${SLOW_RATE:-2000}
 SLOW_OPENING=${SLOW_OPENING:-256}
 SLOW_NGINX=${SLOW_NGINX:-1}
 
@@ -628,7 +629,7 @@ slow_cell() {
 	sample_peak_rss "$cell.rss" "${TARGET_PIDS[@]}" &
 	SAMPLER_PID=$!
 	taskset -c "$LOAD_CORE" "$SLOW_BIN" --url "$url" --body "$body_file" --streams "$streams" \
-		--opening "$SLOW_OPENING" --h2-streams-per-conn "$per_conn" >"$cell.out" 2>"$cell.err" || true
+		--rate "$SLOW_RATE" --opening "$SLOW_OPENING" --h2-streams-per-conn "$per_conn" >"$cell.out" 2>"$cell.err" || true
 	stop_pid "$SAMPLER_PID"
 	SAMPLER_PID=
 	[[ -s $cell.rss ]] && sampled=$(cat "$cell.rss")
@@ -767,13 +768,13 @@ write_report() {
 		fi
 		if [[ -s $SLOW ]]; then
 			echo
-			echo "Slow streams (the mock waits $SLOW_DELAY_MS ms before each streamed event; slow_client holds every stream open at once, on core $LOAD_CORE with the mock; server alone on core $GW_CORE; idle = VmRSS before the load, peak = VmHWM (largest VmRSS sampled every 200 ms in the note), after = VmRSS once every stream ended; per stream = (peak − idle) ÷ streams):"
+			echo "Slow streams (the mock waits $SLOW_DELAY_MS ms before each streamed event; slow_client starts $SLOW_RATE streams/s and reads each to its end, on core $LOAD_CORE with the mock; server alone on core $GW_CORE; peak open = most streams open at the same moment; idle = VmRSS before the load, peak = VmHWM (largest VmRSS sampled every 200 ms in the note), after = VmRSS once every stream ended; per stream = (peak − idle) ÷ streams):"
 			echo
 			echo "| run | server | streams | client | completed | failed | peak open | idle RSS MB | peak RSS MB | per stream KB | after RSS MB | time s | note |"
 			echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 			awk -F'\t' '{
 				if ($5 == "") { printf "| %s | %s | %s | %s | | | | | | | | | %s |\n", $1, $2, $3, $4, $14; next }
-				note = sprintf("sampled VmRSS max %.1f MB; last stream open after %.1f s", $12 / 1024, $8 / 1000)
+				note = sprintf("sampled VmRSS max %.1f MB; last stream had its headers after %.1f s", $12 / 1024, $8 / 1000)
 				if ($14 != "") note = note "; " $14
 				printf "| %s | %s | %s | %s | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %s |\n", $1, $2, $3, $4, $5, $6, $7,
 					$10 / 1024, $11 / 1024, ($3 > 0 ? ($11 - $10) / $3 : 0), $13 / 1024, $9 / 1000, note
