@@ -723,6 +723,7 @@ write_report() {
 		[[ -n $ONLY ]] && only=" ONLY='$ONLY'"
 		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"$only bash bench/run.sh\`"
 		echo "- server under test pinned to core $GW_CORE; mock upstream and wrk ($WRK_THREADS thread) on core $LOAD_CORE"
+		[[ -s $SLOW ]] && echo "- slow-streams: SLOW_STREAMS=\"$SLOW_STREAMS\" SLOW_DELAY_MS=$SLOW_DELAY_MS SLOW_PROTO=$SLOW_PROTO SLOW_H2_STREAMS=$SLOW_H2_STREAMS SLOW_RATE=$SLOW_RATE SLOW_OPENING=$SLOW_OPENING; open files limit $(ulimit -n)"
 		((NEED_REDIS)) && echo "- scenarios with Redis state: a fresh redis-server per cell (no persistence) on core $LOAD_CORE; its CPU per request is in the note, not in CPU µs/req"
 		echo "- $WARMUP s warm-up then $DURATION s measured per cell; every cell starts fresh server processes"
 		echo "- latency: wrk, whole response (a stream's last byte); added p50 = p50 − p50 of the baseline (direct) cell"
