@@ -14,10 +14,13 @@
 //! - `GET /health`: `{"status":"ok"}`.
 //!
 //! Streams are sent one SSE event per body frame with chunked transfer encoding, so they are finite and a
-//! load generator counts each one as a complete response. `--instance-id` adds an `x-mock-instance`
-//! header so a fail-over run can tell instances apart.
+//! load generator counts each one as a complete response. `--chunk-delay-ms N` waits N ms before each
+//! streamed event (a slow model: the slow-streams run holds thousands of streams open this way; JSON
+//! replies stay immediate). `--instance-id` adds an `x-mock-instance` header so a fail-over run can tell
+//! instances apart.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,6 +60,20 @@ struct Cli {
     /// tell when a restarted instance takes traffic again.
     #[arg(long)]
     log_first_request: bool,
+    /// Wait this many milliseconds before each streamed SSE event (0: none, the zero-delay mock).
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+}
+
+/// One wait before a streamed event.
+type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Makes the wait before each streamed event: a timer of `--chunk-delay-ms` in the mock, waits the test
+/// releases itself in the tests (no real time there).
+type WaitMaker = Arc<dyn Fn() -> Wait + Send + Sync>;
+
+fn sleep_before_each(delay: Duration) -> WaitMaker {
+    Arc::new(move || Box::pin(tokio::time::sleep(delay)))
 }
 
 /// Pre-built replies, shared by every connection.
@@ -71,10 +88,16 @@ struct Replies {
     instance: Option<HeaderValue>,
     log_first_request: bool,
     served: AtomicBool,
+    /// Set by `--chunk-delay-ms` > 0: every stream waits before each event.
+    pace: Option<WaitMaker>,
 }
 
 impl Replies {
-    fn new(instance: Option<HeaderValue>, log_first_request: bool) -> Self {
+    fn new(
+        instance: Option<HeaderValue>,
+        log_first_request: bool,
+        pace: Option<WaitMaker>,
+    ) -> Self {
         Self {
             openai_json: Bytes::from(openai_json()),
             openai_stream: openai_stream(false).into_iter().map(Bytes::from).collect(),
@@ -88,6 +111,16 @@ impl Replies {
             instance,
             log_first_request,
             served: AtomicBool::new(false),
+            pace,
+        }
+    }
+
+    /// The body of one streamed reply: the events, paced when `--chunk-delay-ms` asks for it.
+    fn stream_body(&self, events: Arc<[Bytes]>) -> MockBody {
+        MockBody::Events {
+            events,
+            next: 0,
+            pace: self.pace.clone().map(Pace::new),
         }
     }
 
@@ -236,10 +269,42 @@ fn anthropic_stream() -> Vec<String> {
 }
 
 /// A response body that is either one pre-built buffer (sent with `content-length`) or a list of
-/// pre-built SSE events, one frame each (sent chunked, ending with the terminating chunk).
+/// pre-built SSE events, one frame each (sent chunked, ending with the terminating chunk), optionally
+/// with a wait before each event.
 enum MockBody {
     Full(Option<Bytes>),
-    Events { events: Arc<[Bytes]>, next: usize },
+    Events {
+        events: Arc<[Bytes]>,
+        next: usize,
+        pace: Option<Pace>,
+    },
+}
+
+/// The wait before each event of one paced stream; `waiting` is the wait for event `next`, made when
+/// that event is first polled for and dropped once it has elapsed.
+struct Pace {
+    make: WaitMaker,
+    waiting: Option<Wait>,
+}
+
+impl Pace {
+    fn new(make: WaitMaker) -> Self {
+        Pace {
+            make,
+            waiting: None,
+        }
+    }
+
+    /// Ready once the wait for the next event has elapsed.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let make = &self.make;
+        let wait = self.waiting.get_or_insert_with(|| make());
+        if wait.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.waiting = None;
+        Poll::Ready(())
+    }
 }
 
 impl Body for MockBody {
@@ -248,11 +313,17 @@ impl Body for MockBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let frame = match self.get_mut() {
             MockBody::Full(bytes) => bytes.take(),
-            MockBody::Events { events, next } => {
+            MockBody::Events { events, next, pace } => {
+                if let Some(pace) = pace
+                    && *next < events.len()
+                    && pace.poll_wait(cx).is_pending()
+                {
+                    return Poll::Pending;
+                }
                 let event = events.get(*next).cloned();
                 *next += 1;
                 event
@@ -264,7 +335,7 @@ impl Body for MockBody {
     fn is_end_stream(&self) -> bool {
         match self {
             MockBody::Full(bytes) => bytes.is_none(),
-            MockBody::Events { events, next } => *next >= events.len(),
+            MockBody::Events { events, next, .. } => *next >= events.len(),
         }
     }
 
@@ -362,7 +433,7 @@ async fn handle(
                 &replies,
                 StatusCode::OK,
                 "text/event-stream",
-                MockBody::Events { events, next: 0 },
+                replies.stream_body(events),
             )
         }
         (true, false) => reply(
@@ -375,10 +446,7 @@ async fn handle(
             &replies,
             StatusCode::OK,
             "text/event-stream",
-            MockBody::Events {
-                events: replies.anthropic_stream.clone(),
-                next: 0,
-            },
+            replies.stream_body(replies.anthropic_stream.clone()),
         ),
     };
     Ok(response)
@@ -392,7 +460,9 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let replies = Arc::new(Replies::new(instance, cli.log_first_request));
+    let pace = (cli.chunk_delay_ms > 0)
+        .then(|| sleep_before_each(Duration::from_millis(cli.chunk_delay_ms)));
+    let replies = Arc::new(Replies::new(instance, cli.log_first_request, pace));
     let address = format!("{}:{}", cli.host, cli.port);
     let listener = TcpListener::bind(&address)
         .await
@@ -483,6 +553,56 @@ mod tests {
                 .last()
                 .is_some_and(|event| event.starts_with("event: message_stop\n"))
         );
+    }
+
+    /// A paced stream waits before every event and still yields all of them, in order, then ends. The
+    /// waits are released one at a time by the test (a semaphore), so no real time passes.
+    #[tokio::test]
+    async fn a_paced_stream_yields_every_event_after_its_wait() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let released = gate.clone();
+        let make: WaitMaker = Arc::new(move || {
+            let gate = released.clone();
+            Box::pin(async move { gate.acquire().await.unwrap().forget() })
+        });
+        let replies = Replies::new(None, false, Some(make));
+        for expected in [
+            replies.openai_stream.clone(),
+            replies.openai_stream_usage.clone(),
+            replies.anthropic_stream.clone(),
+        ] {
+            let mut body = replies.stream_body(expected.clone());
+            for event in expected.iter() {
+                let mut frame = std::pin::pin!(body.frame());
+                assert!(
+                    futures_util::poll!(frame.as_mut()).is_pending(),
+                    "an event came before its wait was over"
+                );
+                gate.add_permits(1);
+                let data = frame.await.unwrap().unwrap().into_data().unwrap();
+                assert_eq!(&data, event);
+            }
+            assert!(body.is_end_stream());
+            assert!(
+                body.frame().await.is_none(),
+                "the stream ends without another wait"
+            );
+        }
+    }
+
+    /// Without `--chunk-delay-ms` a stream is ready at once, as before the option existed.
+    #[tokio::test]
+    async fn an_unpaced_stream_is_ready_at_once() {
+        let replies = Replies::new(None, false, None);
+        let mut body = replies.stream_body(replies.openai_stream.clone());
+        for event in replies.openai_stream.iter() {
+            let frame = futures_util::poll!(body.frame());
+            let Poll::Ready(Some(Ok(frame))) = frame else {
+                panic!("an unpaced stream waited");
+            };
+            assert_eq!(&frame.into_data().unwrap(), event);
+        }
+        assert!(body.is_end_stream());
     }
 
     #[test]

@@ -6,13 +6,18 @@
 # Scenarios whose config template contains @REDIS_URL@ get a fresh redis-server per cell (installed from Debian
 # when missing), also on LOAD_CORE.
 # Prints a markdown table and writes it to bench/out/results.md (raw numbers: bench/out/results.tsv).
+# The slow-streams run holds SLOW_STREAMS streams open at once (mock with a delay before each event, load from
+# bench/slow_client.rs) and reports the gateway's and nginx's RSS idle and at the peak.
 #
 #   bash bench/run.sh                         # everything, 2 s warm-up + 8 s per cell
 #   DURATION=3 ONLY='^(direct|nginx|gateway)$' bash bench/run.sh
 #
 # Environment: DURATION (s, default 8), WARMUP (s, 2), CONNS ("32 256"), MODES ("json stream"),
 # ONLY (regex on scenario names), SCENARIOS (file), GW_CORE (0), LOAD_CORE (1), WRK_THREADS (1),
-# PORT_BASE (18100: mock, +1 nginx, +2 gateway, +3 redis), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out).
+# PORT_BASE (18100: mock, +1 nginx, +2 gateway, +3 redis), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out);
+# slow-streams: SLOW_STREAMS (10000; a list gives a row each), SLOW_DELAY_MS (500), SLOW_PROTO (auto|h1|h2),
+# SLOW_H2_STREAMS (100 per connection), SLOW_RATE (2000 streams started per second), SLOW_OPENING (256),
+# SLOW_NGINX (1).
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,6 +40,7 @@ REDIS_PORT=$((PORT_BASE + 3))
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GATEWAY_BIN=$TARGET_DIR/release/ai-gateway
 MOCK_BIN=$TARGET_DIR/release/examples/mock_upstream
+SLOW_BIN=$TARGET_DIR/release/examples/slow_client
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { echo "bench: $*" >&2; }
@@ -65,7 +71,8 @@ install_tools() {
 build() {
 	[[ ${SKIP_BUILD:-0} == 1 ]] && return
 	log "building release binaries (target dir $TARGET_DIR)"
-	(cd "$ROOT" && cargo build --release --bin ai-gateway && cargo build --release --example mock_upstream)
+	(cd "$ROOT" && cargo build --release --bin ai-gateway &&
+		cargo build --release --example mock_upstream --example slow_client)
 }
 
 # ---------------------------------------------------------------- processes
@@ -73,6 +80,7 @@ MOCK_PID=
 TARGET_PIDS=()
 TARGET_MAIN=
 REDIS_PID=
+SAMPLER_PID=
 
 stop_pid() {
 	local pid=$1
@@ -104,6 +112,8 @@ cleanup() {
 		stop_pid "$pid"
 	done
 	EXTRA_PIDS=()
+	stop_pid "$SAMPLER_PID"
+	SAMPLER_PID=
 	stop_target # also stops redis-server
 	stop_pid "$MOCK_PID"
 	MOCK_PID=
@@ -113,11 +123,11 @@ trap 'exit 130' INT TERM
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Waits until GET url answers 2xx, or the process dies, or 10 s pass.
+# Waits until GET url answers 2xx, or the process dies, or 10 s pass. Extra arguments go to curl.
 wait_ready() {
 	local url=$1 pid=$2
 	for _ in $(seq 100); do
-		curl -sf -o /dev/null "$url" && return 0
+		curl -sf -o /dev/null "${@:3}" "$url" && return 0
 		kill -0 "$pid" 2>/dev/null || return 1
 		sleep 0.1
 	done
@@ -151,27 +161,30 @@ start_redis() {
 	return 1
 }
 
+# Extra arguments go to the mock (the slow-streams run passes --chunk-delay-ms).
 start_mock() {
 	local log_file=$OUT/mock.log
 	stop_pid "$MOCK_PID"
-	taskset -c "$LOAD_CORE" "$MOCK_BIN" --port "$MOCK_PORT" 2>>"$log_file" &
+	taskset -c "$LOAD_CORE" "$MOCK_BIN" --port "$MOCK_PORT" "$@" 2>>"$log_file" &
 	MOCK_PID=$!
 	wait_ready "http://127.0.0.1:$MOCK_PORT/health" "$MOCK_PID" || die "mock upstream did not start (see $log_file)"
 }
 
+# Optional arguments (slow-streams run): worker connections (4096), extra listen parameters (e.g. http2).
 write_nginx_conf() {
-	local prefix=$OUT/nginx
+	local prefix=$OUT/nginx connections=${1:-4096} listen_extra=${2:+ $2} rlimit_line=""
 	mkdir -p "$prefix/tmp"
 	local user_line=""
 	((EUID == 0)) && user_line="user root;"
+	[[ -n ${1:-} ]] && printf -v rlimit_line '\nworker_rlimit_nofile %s;' "$(ulimit -n)"
 	cat >"$prefix/nginx.conf" <<EOF
 # Written by bench/run.sh: nginx as a plain reverse proxy, one worker, upstream keep-alive, no buffering.
 $user_line
-worker_processes 1;
+worker_processes 1;$rlimit_line
 daemon off;
 pid $prefix/nginx.pid;
 error_log $prefix/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $connections; }
 http {
     access_log off;
     client_body_temp_path $prefix/tmp/body;
@@ -187,7 +200,7 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT reuseport;
+        listen 127.0.0.1:$NGINX_PORT reuseport$listen_extra;
         location / {
             proxy_pass http://mock;
             proxy_http_version 1.1;
@@ -200,11 +213,12 @@ http {
 EOF
 }
 
+# Extra arguments go to the readiness check's curl (--http2-prior-knowledge for an http2 listener).
 start_nginx() {
 	local prefix=$OUT/nginx
 	taskset -c "$GW_CORE" nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log" 2>>"$prefix/stderr.log" &
 	TARGET_MAIN=$!
-	if ! wait_ready "http://127.0.0.1:$NGINX_PORT/health" "$TARGET_MAIN"; then
+	if ! wait_ready "http://127.0.0.1:$NGINX_PORT/health" "$TARGET_MAIN" "$@"; then
 		START_ERROR="nginx did not start: $(tail -n 1 "$prefix/error.log" 2>/dev/null)"
 		return 1
 	fi
@@ -287,6 +301,28 @@ peak_rss_kb() {
 		total=$((total + ${kb:-0}))
 	done
 	echo "$total"
+}
+
+# Current resident set (VmRSS) in kB, summed over the given processes.
+rss_kb() {
+	local total=0 pid kb
+	for pid in "$@"; do
+		kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+		total=$((total + ${kb:-0}))
+	done
+	echo "$total"
+}
+
+# Samples the summed VmRSS of the given processes every 200 ms until killed; keeps the largest value seen (kB)
+# in the file.
+sample_peak_rss() {
+	local file=$1 peak=0 kb
+	shift
+	while :; do
+		kb=$(rss_kb "$@")
+		((kb > peak)) && peak=$kb && echo "$peak" >"$file"
+		sleep 0.2
+	done
 }
 
 # ---------------------------------------------------------------- one scenario
@@ -571,6 +607,108 @@ run_reload() {
 	cleanup
 }
 
+# ---------------------------------------------------------------- slow streams (memory budget)
+SLOW=$OUT/slow.tsv
+SLOW_STREAMS=${SLOW_STREAMS:-10000}
+SLOW_DELAY_MS=${SLOW_DELAY_MS:-500}
+SLOW_PROTO=${SLOW_PROTO:-auto}
+SLOW_H2_STREAMS=${SLOW_H2_STREAMS:-100}
+SLOW_RATE=${SLOW_RATE:-2000}
+SLOW_OPENING=${SLOW_OPENING:-256}
+SLOW_NGINX=${SLOW_NGINX:-1}
+
+# Holds STREAMS slow streams open through the running target (TARGET_PIDS on TARGET_PORT) with slow_client and
+# appends a row to slow.tsv: idle RSS before the load, peak (VmHWM, and the largest VmRSS sampled every
+# 200 ms), RSS once every stream has ended.
+slow_cell() {
+	local name=$1 server=$2 streams=$3 url=$4 body_file=$5 per_conn=$6 client=$7
+	local cell=$OUT/$name-$server-$streams idle sampled=0 hwm after
+	sleep 1
+	idle=$(rss_kb "${TARGET_PIDS[@]}")
+	rm -f "$cell.rss"
+	sample_peak_rss "$cell.rss" "${TARGET_PIDS[@]}" &
+	SAMPLER_PID=$!
+	taskset -c "$LOAD_CORE" "$SLOW_BIN" --url "$url" --body "$body_file" --streams "$streams" \
+		--rate "$SLOW_RATE" --opening "$SLOW_OPENING" --h2-streams-per-conn "$per_conn" >"$cell.out" 2>"$cell.err" || true
+	stop_pid "$SAMPLER_PID"
+	SAMPLER_PID=
+	[[ -s $cell.rss ]] && sampled=$(cat "$cell.rss")
+	hwm=$(peak_rss_kb "${TARGET_PIDS[@]}")
+	after=$(rss_kb "${TARGET_PIDS[@]}")
+	local line completed="" failed="" peak_open="" ramp_ms="" elapsed_ms="" kv note=""
+	line=$(grep '^SLOW ' "$cell.out" | tail -n 1) || line=""
+	for kv in ${line#SLOW }; do
+		case ${kv%%=*} in
+		completed | failed | peak_open | ramp_ms | elapsed_ms) printf -v "${kv%%=*}" '%d' "${kv#*=}" ;;
+		esac
+	done
+	if [[ -z $line ]]; then
+		note="slow_client failed: $(tail -n 1 "$cell.err" | tr '\t' ' ')"
+	elif [[ -s $cell.err ]]; then
+		note=$(head -n 3 "$cell.err" | sed 's/^slow_client: //' | paste -sd ';' - | tr '\t' ' ')
+	fi
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$server" "$streams" "$client" \
+		"$completed" "$failed" "$peak_open" "$ramp_ms" "$elapsed_ms" "$idle" "$hwm" "$sampled" "$after" "$note" >>"$SLOW"
+}
+
+# The memory budget (DESIGN: RSS ≤ 200 MB holding 10,000 concurrent slow streams): the mock waits SLOW_DELAY_MS
+# before each streamed event, so every stream stays open for seconds; slow_client opens SLOW_STREAMS of them at
+# once through the gateway, then (SLOW_NGINX=1) through nginx. HTTP/1.1 needs two sockets per stream in the
+# proxy (client side + upstream side); when the open-files limit cannot hold that (SLOW_PROTO=auto), the client
+# sends its streams over HTTP/2 (h2c), SLOW_H2_STREAMS per connection, and the proxy's upstream side stays
+# one HTTP/1.1 connection per stream.
+run_slow_streams() {
+	local name=$1 config=$2 path=$3 body=$4 streams
+	local body_file=$BENCH/bodies/$body.stream.json nofile
+	[[ -x $SLOW_BIN ]] || die "no slow_client binary at $SLOW_BIN"
+	[[ -f $body_file ]] || die "$name: no body file $body_file"
+	nofile=$(ulimit -n)
+	for streams in $SLOW_STREAMS; do
+		local proto=$SLOW_PROTO per_conn=0 client curl_h2=() listen=""
+		if [[ $proto == auto ]]; then
+			proto=h1
+			((2 * streams + 256 > nofile)) && proto=h2
+		fi
+		if [[ $proto == h2 ]]; then
+			per_conn=$SLOW_H2_STREAMS
+			client="h2c, $(((streams + per_conn - 1) / per_conn)) conns × $per_conn streams"
+			curl_h2=(--http2-prior-knowledge)
+			listen=http2
+		else
+			client="h1, $streams conns"
+			((2 * streams + 256 > nofile)) && log "$name: warning: $streams HTTP/1.1 streams need about $((2 * streams)) sockets in the proxy; open files limit is $nofile"
+		fi
+		log "$name: $streams streams ($client), ${SLOW_DELAY_MS} ms before each event"
+		cleanup
+		start_mock --chunk-delay-ms "$SLOW_DELAY_MS"
+		if ! start_target gateway "$config"; then
+			printf '%s\tgateway\t%s\t%s\t\t\t\t\t\t\t\t\t\tskipped: %s\n' "$name" "$streams" "$client" "$START_ERROR" >>"$SLOW"
+			cleanup
+			continue
+		fi
+		local url=http://127.0.0.1:$GW_PORT$path check
+		check=$(preflight "$url" "$BENCH/bodies/$body.json" json "" 0 "" 0)
+		if [[ $check == ok* ]]; then
+			slow_cell "$name" gateway "$streams" "$url" "$body_file" "$per_conn" "$client"
+		else
+			printf '%s\tgateway\t%s\t%s\t\t\t\t\t\t\t\t\t\tskipped: preflight %s\n' "$name" "$streams" "$client" "$check" >>"$SLOW"
+		fi
+		stop_target
+		if ((SLOW_NGINX)); then
+			write_nginx_conf "$((nofile - 64))" "$listen"
+			start_mock --chunk-delay-ms "$SLOW_DELAY_MS"
+			if start_nginx "${curl_h2[@]}"; then
+				slow_cell "$name" nginx "$streams" "http://127.0.0.1:$NGINX_PORT$path" "$body_file" "$per_conn" "$client"
+			else
+				printf '%s\tnginx\t%s\t%s\t\t\t\t\t\t\t\t\t\tskipped: %s\n' "$name" "$streams" "$client" "$START_ERROR" >>"$SLOW"
+			fi
+			stop_target
+			write_nginx_conf
+		fi
+		cleanup
+	done
+}
+
 # ---------------------------------------------------------------- report
 # results.tsv columns: name target mode conns rps p50_us p99_us non2xx errors cpu_us mock_cpu_us rss_kb note baseline
 # idle_ttfb_us (streams)
@@ -585,6 +723,7 @@ write_report() {
 		[[ -n $ONLY ]] && only=" ONLY='$ONLY'"
 		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"$only bash bench/run.sh\`"
 		echo "- server under test pinned to core $GW_CORE; mock upstream and wrk ($WRK_THREADS thread) on core $LOAD_CORE"
+		[[ -s $SLOW ]] && echo "- slow-streams: SLOW_STREAMS=\"$SLOW_STREAMS\" SLOW_DELAY_MS=$SLOW_DELAY_MS SLOW_PROTO=$SLOW_PROTO SLOW_H2_STREAMS=$SLOW_H2_STREAMS SLOW_RATE=$SLOW_RATE SLOW_OPENING=$SLOW_OPENING; open files limit $(ulimit -n)"
 		((NEED_REDIS)) && echo "- scenarios with Redis state: a fresh redis-server per cell (no persistence) on core $LOAD_CORE; its CPU per request is in the note, not in CPU µs/req"
 		echo "- $WARMUP s warm-up then $DURATION s measured per cell; every cell starts fresh server processes"
 		echo "- latency: wrk, whole response (a stream's last byte); added p50 = p50 − p50 of the baseline (direct) cell"
@@ -628,6 +767,20 @@ write_report() {
 				printf "| %s | %s | %s | %.2f | %.2f | %d | %s |\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, $7
 			}' "$FAULTS"
 		fi
+		if [[ -s $SLOW ]]; then
+			echo
+			echo "Slow streams (the mock waits $SLOW_DELAY_MS ms before each streamed event; slow_client starts $SLOW_RATE streams/s and reads each to its end, on core $LOAD_CORE with the mock; server alone on core $GW_CORE; peak open = most streams open at the same moment; idle = VmRSS before the load, peak = VmHWM (largest VmRSS sampled every 200 ms in the note), after = VmRSS once every stream ended; per stream = (peak − idle) ÷ streams):"
+			echo
+			echo "| run | server | streams | client | completed | failed | peak open | idle RSS MB | peak RSS MB | per stream KB | after RSS MB | time s | note |"
+			echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+			awk -F'\t' '{
+				if ($5 == "") { printf "| %s | %s | %s | %s | | | | | | | | | %s |\n", $1, $2, $3, $4, $14; next }
+				note = sprintf("sampled VmRSS max %.1f MB; last stream had its headers after %.1f s", $12 / 1024, $8 / 1000)
+				if ($14 != "") note = note "; " $14
+				printf "| %s | %s | %s | %s | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %s |\n", $1, $2, $3, $4, $5, $6, $7,
+					$10 / 1024, $11 / 1024, ($3 > 0 ? ($11 - $10) / $3 : 0), $13 / 1024, $9 / 1000, note
+			}' "$SLOW"
+		fi
 	} >"$report"
 	cat "$report"
 }
@@ -666,6 +819,7 @@ main() {
 	write_nginx_conf
 	: >"$RESULTS"
 	: >"$FAULTS"
+	: >"$SLOW"
 	: >"$OUT/mock.log"
 	: >"$OUT/redis.log"
 	local line name target config path body options
@@ -679,6 +833,7 @@ main() {
 		case $target in
 		failover) run_failover "$name" "$config" "$path" "$body" ;;
 		reload) run_reload "$name" "$config" "$path" "$body" ;;
+		slow-streams) run_slow_streams "$name" "$config" "$path" "$body" ;;
 		*) run_scenario "$name" "$target" "$config" "$path" "$body" "$(trim "${options:-}")" ;;
 		esac
 	done <"$SCENARIOS"
