@@ -1,5 +1,7 @@
 //! Anthropic Messages wire format: request decoding/encoding, responses, usage, stop reasons and errors.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -543,6 +545,123 @@ impl WireUsage {
 
 /// Decode a complete Anthropic `message` response.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
+    if let Some(response) = super::fast_decode::<MessageIn<'_>>(body).and_then(MessageIn::decode) {
+        return Ok(response);
+    }
+    decode_response_value(body)
+}
+
+// --- Borrowed fast path for `decode_response` ---
+//
+// Text and thinking answers read without a JSON tree; `tool_use` blocks (whose `input` is re-rendered
+// as compact JSON), images, tool results, and any unexpected type take the `Value` path, which defines
+// the semantics. A unit test compares both on fixtures and arbitrary JSON.
+
+#[derive(Deserialize)]
+struct MessageIn<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    content: Option<Vec<super::Obj<BlockIn<'a>>>>,
+    #[serde(default, borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    stop_sequence: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<super::Obj<UsageIn>>,
+}
+
+#[derive(Deserialize)]
+struct BlockIn<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+/// An Anthropic `usage` object as [`WireUsage::merge`] reads it: a present counter replaces the
+/// running one.
+#[derive(Deserialize)]
+pub(crate) struct UsageIn {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+}
+
+impl UsageIn {
+    pub(crate) fn merge_into(&self, usage: &mut WireUsage) {
+        if let Some(input) = self.input_tokens {
+            usage.input = input;
+        }
+        if let Some(read) = self.cache_read_input_tokens {
+            usage.cache_read = read;
+        }
+        if let Some(creation) = self.cache_creation_input_tokens {
+            usage.cache_creation = creation;
+        }
+        if let Some(output) = self.output_tokens {
+            usage.output = output;
+        }
+    }
+}
+
+impl MessageIn<'_> {
+    fn decode(self) -> Option<ChatResponse> {
+        let owned = |text: &Option<Cow<'_, str>>| text.as_deref().map(str::to_owned);
+        let mut parts = Vec::new();
+        for block in self.content.iter().flatten() {
+            // A block the `Value` path would refuse (a required field missing) is skipped there too.
+            let part = match block.kind.as_deref() {
+                None => continue,
+                Some("text") => owned(&block.text).map(Part::Text),
+                Some("thinking") => owned(&block.thinking).map(|text| Part::Thinking {
+                    text,
+                    signature: block
+                        .signature
+                        .as_deref()
+                        .filter(|signature| !signature.is_empty())
+                        .map(str::to_owned),
+                }),
+                Some("redacted_thinking") => {
+                    owned(&block.data).map(|data| Part::RedactedThinking { data })
+                }
+                Some("tool_use" | "image" | "tool_result") => return None,
+                Some(_) => None,
+            };
+            parts.extend(part);
+        }
+        let usage = self.usage.as_ref().map(|usage| {
+            let mut wire = WireUsage::default();
+            usage.merge_into(&mut wire);
+            wire.canonical()
+        });
+        Some(ChatResponse {
+            id: self.id.map(Cow::into_owned).unwrap_or_default(),
+            model: self.model.map(Cow::into_owned).unwrap_or_default(),
+            created: None,
+            parts,
+            finish_reason: self.stop_reason.as_deref().map(finish_reason_from),
+            stop_sequence: owned(&self.stop_sequence),
+            usage,
+        })
+    }
+}
+
+/// The general path of [`decode_response`], through a JSON tree; it defines the semantics.
+pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|error| DecodeError::new(format!("invalid JSON response: {error}"), None))?;
     if !value.is_object() {

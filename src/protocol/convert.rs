@@ -88,7 +88,11 @@ pub fn convert_response_at(
     if let Some(model) = opts.model {
         response.model = model.to_owned();
     }
-    to_bytes(&encode_response(to, &response, created))
+    match to {
+        Protocol::OpenAi => openai::encode_response_bytes(&response, created)
+            .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None)),
+        Protocol::Anthropic => to_bytes(&anthropic::encode_response(&response)),
+    }
 }
 
 /// Summarize a complete success body for logs and usage accounting.

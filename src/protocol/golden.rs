@@ -530,22 +530,32 @@ fn fast_and_value_stream_decoders_agree_on_fixtures() {
     }
 }
 
-/// The borrowed fast path of `openai::decode_response` and its `Value` path agree on the fixtures.
+/// The borrowed fast paths of `openai::decode_response` and `anthropic::decode_response` agree with
+/// their `Value` paths on the fixtures.
 #[test]
 fn fast_and_value_response_decoders_agree_on_fixtures() {
     let mut checked = 0;
     for file in inputs() {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("resp_openai") {
-            continue;
-        }
         let body = std::fs::read(&file).unwrap();
-        let fast = openai::decode_response(&body);
+        let (fast, value) = if name.starts_with("resp_openai") {
+            (
+                openai::decode_response(&body),
+                openai::decode_response_value(&body),
+            )
+        } else if name.starts_with("resp_anthropic") {
+            (
+                anthropic::decode_response(&body),
+                anthropic::decode_response_value(&body),
+            )
+        } else {
+            continue;
+        };
         assert!(fast.is_ok(), "{name}");
-        assert_eq!(fast, openai::decode_response_value(&body), "{name}");
+        assert_eq!(fast, value, "{name}");
         checked += 1;
     }
-    assert!(checked >= 2);
+    assert!(checked >= 5);
 }
 
 proptest! {
@@ -567,6 +577,16 @@ proptest! {
         ] {
             let bytes = serde_json::to_vec(&body).unwrap();
             prop_assert_eq!(openai::decode_response(&bytes), openai::decode_response_value(&bytes));
+        }
+        for body in [
+            serde_json::json!({"id": v.clone(), "model": v.clone(), "content": v.clone(), "stop_reason": v.clone(), "stop_sequence": v.clone(), "usage": v.clone()}),
+            serde_json::json!({"id": "m", "content": [v.clone(), {"type": "text", "text": "a"}], "usage": {"input_tokens": v.clone(), "output_tokens": 2}}),
+            serde_json::json!({"content": [{"type": "text", "text": v.clone()}, {"type": "thinking", "thinking": v.clone(), "signature": v.clone()}]}),
+            serde_json::json!({"content": [{"type": v.clone(), "data": v.clone(), "text": "t"}, {"type": "redacted_thinking", "data": v.clone()}]}),
+            serde_json::json!({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": v.clone()}], "stop_reason": "tool_use"}),
+        ] {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            prop_assert_eq!(anthropic::decode_response(&bytes), anthropic::decode_response_value(&bytes));
         }
     }
 

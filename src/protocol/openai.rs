@@ -663,23 +663,7 @@ pub fn finish_reason_from(reason: &str) -> FinishReason {
 /// OpenAI `usage` object; `prompt_tokens_details.cached_tokens` only when some were read from cache
 /// (cache writes have no OpenAI field and are only part of `prompt_tokens`).
 pub fn usage_json(usage: &Usage) -> Value {
-    let mut object = serde_json::Map::new();
-    object.insert("prompt_tokens".into(), usage.input_tokens.into());
-    object.insert("completion_tokens".into(), usage.output_tokens.into());
-    object.insert(
-        "total_tokens".into(),
-        usage
-            .input_tokens
-            .saturating_add(usage.output_tokens)
-            .into(),
-    );
-    if usage.cache_read_tokens > 0 {
-        object.insert(
-            "prompt_tokens_details".into(),
-            serde_json::json!({"cached_tokens": usage.cache_read_tokens}),
-        );
-    }
-    Value::Object(object)
+    serde_json::to_value(UsageOut::new(usage)).unwrap_or_default()
 }
 
 /// Canonical usage from an OpenAI `usage` object.
@@ -1135,69 +1119,157 @@ impl ResponseIn<'_> {
 
 /// Render a canonical response as a `chat.completion`; `created` is used when the response has none.
 pub fn encode_response(response: &ChatResponse, created: i64) -> Value {
-    use serde_json::json;
-    let mut text = String::new();
-    let mut reasoning = String::new();
-    let mut thinking_blocks = Vec::new();
-    let mut keep_blocks = false;
-    let mut tool_calls = Vec::new();
-    for part in &response.parts {
-        match part {
-            Part::Text(piece) => text.push_str(piece),
-            Part::Thinking { text, signature } => {
-                reasoning.push_str(text);
-                keep_blocks |= signature.is_some();
-                thinking_blocks.push(json!({
-                    "type": "thinking",
-                    "thinking": text,
-                    "signature": signature.as_deref().unwrap_or_default(),
-                }));
-            }
-            Part::RedactedThinking { data } => {
-                keep_blocks = true;
-                thinking_blocks.push(json!({"type": "redacted_thinking", "data": data}));
-            }
-            Part::ToolCall(call) => tool_calls.push(json!({
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            })),
-            Part::Image(_) | Part::ToolResult(_) => {}
+    serde_json::to_value(ResponseOut::new(response, created)).unwrap_or_default()
+}
+
+/// [`encode_response`] straight to bytes (no JSON tree on the way).
+pub fn encode_response_bytes(response: &ChatResponse, created: i64) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&ResponseOut::new(response, created))
+}
+
+/// A `chat.completion` as written: field order is the wire order.
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [ChoiceOut<'a>; 1],
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    message: MessageOut<'a>,
+    logprobs: (),
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    /// `null` for an answer that only calls tools.
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    /// Kept only when a block carries a signature or is redacted (plain reasoning says it all otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_blocks: Option<Vec<ThinkingBlockOut<'a>>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ThinkingBlockOut<'a> {
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+/// OpenAI's `usage` object, as [`usage_json`] writes it.
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_tokens_details: Option<CachedTokensOut>,
+}
+
+#[derive(Serialize)]
+struct CachedTokensOut {
+    cached_tokens: u64,
+}
+
+impl UsageOut {
+    fn new(usage: &Usage) -> UsageOut {
+        UsageOut {
+            prompt_tokens: usage.input_tokens,
+            completion_tokens: usage.output_tokens,
+            total_tokens: usage.input_tokens.saturating_add(usage.output_tokens),
+            prompt_tokens_details: (usage.cache_read_tokens > 0).then_some(CachedTokensOut {
+                cached_tokens: usage.cache_read_tokens,
+            }),
         }
     }
-    let mut message = serde_json::Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !tool_calls.is_empty() {
-            Value::Null
-        } else {
-            json!(text)
-        },
-    );
-    if !reasoning.is_empty() {
-        message.insert("reasoning_content".into(), json!(reasoning));
+}
+
+impl<'a> ResponseOut<'a> {
+    fn new(response: &'a ChatResponse, created: i64) -> ResponseOut<'a> {
+        let mut text = String::new();
+        let mut reasoning = String::new();
+        let mut thinking_blocks = Vec::new();
+        let mut keep_blocks = false;
+        let mut tool_calls = Vec::new();
+        for part in &response.parts {
+            match part {
+                Part::Text(piece) => text.push_str(piece),
+                Part::Thinking { text, signature } => {
+                    reasoning.push_str(text);
+                    keep_blocks |= signature.is_some();
+                    thinking_blocks.push(ThinkingBlockOut::Thinking {
+                        thinking: text,
+                        signature: signature.as_deref().unwrap_or_default(),
+                    });
+                }
+                Part::RedactedThinking { data } => {
+                    keep_blocks = true;
+                    thinking_blocks.push(ThinkingBlockOut::RedactedThinking { data });
+                }
+                Part::ToolCall(call) => tool_calls.push(ToolCallOut {
+                    id: &call.id,
+                    kind: "function",
+                    function: FunctionOut {
+                        name: &call.name,
+                        arguments: &call.arguments,
+                    },
+                }),
+                Part::Image(_) | Part::ToolResult(_) => {}
+            }
+        }
+        let content = (!text.is_empty() || tool_calls.is_empty()).then_some(text);
+        ResponseOut {
+            id: &response.id,
+            object: "chat.completion",
+            created: response.created.unwrap_or(created),
+            model: &response.model,
+            choices: [ChoiceOut {
+                index: 0,
+                message: MessageOut {
+                    role: "assistant",
+                    content,
+                    reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                    thinking_blocks: keep_blocks.then_some(thinking_blocks),
+                    tool_calls,
+                },
+                logprobs: (),
+                finish_reason: finish_reason_str(
+                    response.finish_reason.unwrap_or(FinishReason::Stop),
+                ),
+            }],
+            usage: UsageOut::new(&response.usage.unwrap_or_default()),
+        }
     }
-    if keep_blocks {
-        message.insert("thinking_blocks".into(), Value::Array(thinking_blocks));
-    }
-    if !tool_calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
-    let finish = response.finish_reason.unwrap_or(FinishReason::Stop);
-    json!({
-        "id": response.id,
-        "object": "chat.completion",
-        "created": response.created.unwrap_or(created),
-        "model": response.model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason_str(finish),
-        }],
-        "usage": usage_json(&response.usage.unwrap_or_default()),
-    })
 }
 
 #[cfg(test)]

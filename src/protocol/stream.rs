@@ -408,7 +408,7 @@ struct AnthropicEventIn<'a> {
     #[serde(default)]
     message: Option<Obj<AnthropicMessageIn>>,
     #[serde(default)]
-    usage: Option<Obj<AnthropicUsageIn>>,
+    usage: Option<Obj<anthropic::UsageIn>>,
 }
 
 #[derive(Deserialize)]
@@ -446,37 +446,7 @@ struct AnthropicBlockIn<'a> {
 #[derive(Deserialize)]
 struct AnthropicMessageIn {
     #[serde(default)]
-    usage: Option<Obj<AnthropicUsageIn>>,
-}
-
-/// The counters [`WireUsage::merge`] reads; a present counter replaces the running one.
-#[derive(Deserialize)]
-struct AnthropicUsageIn {
-    #[serde(default)]
-    input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_read_input_tokens: Option<u64>,
-    #[serde(default)]
-    cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
-    output_tokens: Option<u64>,
-}
-
-impl AnthropicUsageIn {
-    fn merge_into(&self, usage: &mut WireUsage) {
-        if let Some(input) = self.input_tokens {
-            usage.input = input;
-        }
-        if let Some(read) = self.cache_read_input_tokens {
-            usage.cache_read = read;
-        }
-        if let Some(creation) = self.cache_creation_input_tokens {
-            usage.cache_creation = creation;
-        }
-        if let Some(output) = self.output_tokens {
-            usage.output = output;
-        }
-    }
+    usage: Option<Obj<anthropic::UsageIn>>,
 }
 
 #[derive(Debug, Default)]
