@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::openai::{self, missing, parse};
@@ -282,149 +282,262 @@ pub fn encode_request(
     model: Option<&str>,
     default_max_tokens: u64,
 ) -> Result<Value, DecodeError> {
-    let Some(model) = model.or(req.model.as_deref()) else {
-        return Err(missing("model"));
-    };
-    let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
-    let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::with_capacity(req.messages.len());
-    for (index, message) in req.messages.iter().enumerate() {
-        let role = match message.role {
-            Role::System => {
-                for part in &message.parts {
-                    if let Part::Text(text) = part {
-                        system.push(text);
+    let body = RequestOut::new(req, model, default_max_tokens)?;
+    serde_json::to_value(body)
+        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))
+}
+
+/// [`encode_request`] straight to bytes (no JSON tree on the way).
+pub fn encode_request_bytes(
+    req: &ChatRequest,
+    model: Option<&str>,
+    default_max_tokens: u64,
+) -> Result<Vec<u8>, DecodeError> {
+    let body = RequestOut::new(req, model, default_max_tokens)?;
+    serde_json::to_vec(&body)
+        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))
+}
+
+/// A Messages request body as written: field order is the wire order.
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "SystemOut::is_empty")]
+    system: SystemOut<'a>,
+    messages: Vec<TurnOut<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<MetadataOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoiceOut<'a>>,
+}
+
+/// `system`: absent, one string, or text blocks when there are several.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SystemOut<'a> {
+    One(&'a str),
+    Blocks(Vec<BlockOut<'a>>),
+}
+
+impl SystemOut<'_> {
+    fn is_empty(&self) -> bool {
+        matches!(self, SystemOut::Blocks(blocks) if blocks.is_empty())
+    }
+}
+
+#[derive(Serialize)]
+struct TurnOut<'a> {
+    role: &'static str,
+    content: ContentOut<'a>,
+}
+
+/// A turn's content: a lone text block is sent as a plain string.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ContentOut<'a> {
+    Text(&'a str),
+    Blocks(Vec<BlockOut<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    Image {
+        source: ImageSourceOut<'a>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSourceOut<'a> {
+    Url { url: &'a str },
+    Base64 { media_type: &'a str, data: &'a str },
+}
+
+#[derive(Serialize)]
+struct MetadataOut<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ToolOut<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: &'a Value,
+}
+
+#[derive(Serialize)]
+struct ToolChoiceOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+impl<'a> RequestOut<'a> {
+    fn new(
+        req: &'a ChatRequest,
+        model: Option<&'a str>,
+        default_max_tokens: u64,
+    ) -> Result<RequestOut<'a>, DecodeError> {
+        let Some(model) = model.or(req.model.as_deref()) else {
+            return Err(missing("model"));
+        };
+        let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
+        let mut turns: Vec<(&'static str, Vec<BlockOut<'a>>)> =
+            Vec::with_capacity(req.messages.len());
+        for (index, message) in req.messages.iter().enumerate() {
+            let role = match message.role {
+                Role::System => {
+                    for part in &message.parts {
+                        if let Part::Text(text) = part {
+                            system.push(text);
+                        }
                     }
+                    continue;
                 }
+                Role::User | Role::Tool => "user",
+                Role::Assistant => "assistant",
+            };
+            let mut blocks = Vec::with_capacity(message.parts.len());
+            for part in &message.parts {
+                if let Some(block) = encode_block(part, index)? {
+                    blocks.push(block);
+                }
+            }
+            if blocks.is_empty() {
                 continue;
             }
-            Role::User | Role::Tool => "user",
-            Role::Assistant => "assistant",
-        };
-        let mut blocks = Vec::with_capacity(message.parts.len());
-        for part in &message.parts {
-            if let Some(block) = encode_block(part, index)? {
-                blocks.push(block);
-            }
-        }
-        if blocks.is_empty() {
-            continue;
-        }
-        match messages.last_mut() {
-            Some((last_role, last_blocks)) if *last_role == role => {
-                // Tool results must lead the user turn that answers the tool calls.
-                if role == "user" && blocks.iter().any(is_tool_result) {
-                    let at = last_blocks.iter().take_while(|b| is_tool_result(b)).count();
-                    let rest: Vec<Value> = last_blocks.drain(at..).collect();
-                    last_blocks.extend(blocks);
-                    last_blocks.extend(rest);
-                } else {
-                    last_blocks.extend(blocks);
+            match turns.last_mut() {
+                Some((last_role, last_blocks)) if *last_role == role => {
+                    // Tool results must lead the user turn that answers the tool calls.
+                    if role == "user" && blocks.iter().any(is_tool_result) {
+                        let at = last_blocks.iter().take_while(|b| is_tool_result(b)).count();
+                        let rest: Vec<BlockOut<'a>> = last_blocks.drain(at..).collect();
+                        last_blocks.extend(blocks);
+                        last_blocks.extend(rest);
+                    } else {
+                        last_blocks.extend(blocks);
+                    }
                 }
+                _ => turns.push((role, blocks)),
             }
-            _ => messages.push((role, blocks)),
         }
-    }
-    let messages: Vec<Value> = messages
-        .into_iter()
-        .map(|(role, blocks)| match blocks.as_slice() {
-            [block] if block.get("type").and_then(Value::as_str) == Some("text") => {
-                json!({"role": role, "content": block.get("text").cloned().unwrap_or_default()})
-            }
-            _ => json!({"role": role, "content": blocks}),
-        })
-        .collect();
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert(
-        "max_tokens".into(),
-        json!(req.params.max_tokens.unwrap_or(default_max_tokens)),
-    );
-    match system.as_slice() {
-        [] => {}
-        [only] => {
-            body.insert("system".into(), json!(only));
-        }
-        many => {
-            let blocks: Vec<Value> = many
-                .iter()
-                .map(|text| json!({"type": "text", "text": text}))
-                .collect();
-            body.insert("system".into(), Value::Array(blocks));
-        }
-    }
-    body.insert("messages".into(), Value::Array(messages));
-    if !req.params.stop.is_empty() {
-        body.insert("stop_sequences".into(), json!(req.params.stop));
-    }
-    if let Some(temperature) = req.params.temperature {
-        body.insert("temperature".into(), json!(temperature));
-    }
-    if let Some(top_p) = req.params.top_p {
-        body.insert("top_p".into(), json!(top_p));
-    }
-    if let Some(top_k) = req.params.top_k {
-        body.insert("top_k".into(), json!(top_k));
-    }
-    if req.stream {
-        body.insert("stream".into(), json!(true));
-    }
-    if let Some(user) = &req.user {
-        body.insert("metadata".into(), json!({"user_id": user}));
-    }
-    if !req.tools.is_empty() {
-        let tools: Vec<Value> = req
-            .tools
-            .iter()
-            .map(|tool| {
-                let mut object = Map::new();
-                object.insert("name".into(), json!(tool.name));
-                if let Some(description) = &tool.description {
-                    object.insert("description".into(), json!(description));
-                }
-                object.insert("input_schema".into(), tool.parameters.clone());
-                Value::Object(object)
+        let messages = turns
+            .into_iter()
+            .map(|(role, blocks)| TurnOut {
+                role,
+                content: match blocks.as_slice() {
+                    [BlockOut::Text { text }] => ContentOut::Text(text),
+                    _ => ContentOut::Blocks(blocks),
+                },
             })
             .collect();
-        body.insert("tools".into(), Value::Array(tools));
-        let disable_parallel = req.parallel_tool_calls == Some(false);
-        let mut choice = match &req.tool_choice {
-            None if !disable_parallel => None,
-            None | Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
-            Some(ToolChoice::None) => Some(json!({"type": "none"})),
-            Some(ToolChoice::Required) => Some(json!({"type": "any"})),
-            Some(ToolChoice::Named(name)) => Some(json!({"type": "tool", "name": name})),
+        let system = match system.as_slice() {
+            [only] => SystemOut::One(only),
+            many => SystemOut::Blocks(many.iter().map(|text| BlockOut::Text { text }).collect()),
         };
-        if disable_parallel
-            && let Some(Value::Object(object)) = &mut choice
-            && object.get("type").and_then(Value::as_str) != Some("none")
-        {
-            object.insert("disable_parallel_tool_use".into(), json!(true));
+        let mut tool_choice = None;
+        if !req.tools.is_empty() {
+            let disable_parallel = req.parallel_tool_calls == Some(false);
+            let choice = |kind, name| ToolChoiceOut {
+                kind,
+                name,
+                disable_parallel_tool_use: None,
+            };
+            tool_choice = match &req.tool_choice {
+                None if !disable_parallel => None,
+                None | Some(ToolChoice::Auto) => Some(choice("auto", None)),
+                Some(ToolChoice::None) => Some(choice("none", None)),
+                Some(ToolChoice::Required) => Some(choice("any", None)),
+                Some(ToolChoice::Named(name)) => Some(choice("tool", Some(name.as_str()))),
+            };
+            if disable_parallel
+                && let Some(choice) = &mut tool_choice
+                && choice.kind != "none"
+            {
+                choice.disable_parallel_tool_use = Some(true);
+            }
         }
-        if let Some(choice) = choice {
-            body.insert("tool_choice".into(), choice);
-        }
+        Ok(RequestOut {
+            model,
+            max_tokens: req.params.max_tokens.unwrap_or(default_max_tokens),
+            system,
+            messages,
+            stop_sequences: &req.params.stop,
+            temperature: req.params.temperature,
+            top_p: req.params.top_p,
+            top_k: req.params.top_k,
+            stream: req.stream,
+            metadata: req.user.as_deref().map(|user_id| MetadataOut { user_id }),
+            tools: req
+                .tools
+                .iter()
+                .map(|tool| ToolOut {
+                    name: &tool.name,
+                    description: tool.description.as_deref(),
+                    input_schema: &tool.parameters,
+                })
+                .collect(),
+            tool_choice,
+        })
     }
-    Ok(Value::Object(body))
 }
 
-fn is_tool_result(block: &Value) -> bool {
-    block.get("type").and_then(Value::as_str) == Some("tool_result")
+fn is_tool_result(block: &BlockOut<'_>) -> bool {
+    matches!(block, BlockOut::ToolResult { .. })
 }
 
-fn encode_block(part: &Part, index: usize) -> Result<Option<Value>, DecodeError> {
+fn encode_block(part: &Part, index: usize) -> Result<Option<BlockOut<'_>>, DecodeError> {
     Ok(Some(match part {
         Part::Text(text) if text.is_empty() => return Ok(None),
-        Part::Text(text) => json!({"type": "text", "text": text}),
-        Part::Image(Image::Url(url)) => {
-            json!({"type": "image", "source": {"type": "url", "url": url}})
-        }
-        Part::Image(Image::Base64 { media_type, data }) => json!({
-            "type": "image",
-            "source": {"type": "base64", "media_type": media_type, "data": data},
-        }),
+        Part::Text(text) => BlockOut::Text { text },
+        Part::Image(Image::Url(url)) => BlockOut::Image {
+            source: ImageSourceOut::Url { url },
+        },
+        Part::Image(Image::Base64 { media_type, data }) => BlockOut::Image {
+            source: ImageSourceOut::Base64 { media_type, data },
+        },
         Part::ToolCall(call) => {
             let input: Value = if call.arguments.trim().is_empty() {
-                json!({})
+                Value::Object(Map::new())
             } else {
                 match serde_json::from_str::<Value>(&call.arguments) {
                     Ok(input @ Value::Object(_)) => input,
@@ -440,29 +553,28 @@ fn encode_block(part: &Part, index: usize) -> Result<Option<Value>, DecodeError>
                     }
                 }
             };
-            json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input})
-        }
-        Part::ToolResult(result) => {
-            let mut block = json!({
-                "type": "tool_result",
-                "tool_use_id": result.tool_call_id,
-                "content": result.content,
-            });
-            if result.is_error
-                && let Value::Object(object) = &mut block
-            {
-                object.insert("is_error".into(), json!(true));
+            BlockOut::ToolUse {
+                id: &call.id,
+                name: &call.name,
+                input,
             }
-            block
         }
+        Part::ToolResult(result) => BlockOut::ToolResult {
+            tool_use_id: &result.tool_call_id,
+            content: &result.content,
+            is_error: result.is_error,
+        },
         Part::Thinking {
             text,
             signature: Some(signature),
-        } => json!({"type": "thinking", "thinking": text, "signature": signature}),
+        } => BlockOut::Thinking {
+            thinking: text,
+            signature,
+        },
         Part::Thinking {
             signature: None, ..
         } => return Ok(None),
-        Part::RedactedThinking { data } => json!({"type": "redacted_thinking", "data": data}),
+        Part::RedactedThinking { data } => BlockOut::RedactedThinking { data },
     }))
 }
 

@@ -23,8 +23,7 @@ pub fn encode_anthropic_request(
     req: &ChatRequest,
     opts: &RequestOptions<'_>,
 ) -> Result<Vec<u8>, DecodeError> {
-    let body = anthropic::encode_request(req, opts.model, opts.default_max_tokens)?;
-    to_bytes(&body)
+    anthropic::encode_request_bytes(req, opts.model, opts.default_max_tokens)
 }
 
 /// Render `req` as an OpenAI chat completions body.
