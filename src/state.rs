@@ -126,8 +126,7 @@ fn start_request_log(config: &Config, metrics: &Arc<Metrics>) -> Result<RequestL
         Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
     };
     let redactor = Policy::new(&config.policies)?;
-    let redact = Arc::new(move |text: &str| redactor.redact(text).into_owned())
-        as crate::telemetry::request_log::Redactor;
+    let redact = crate::telemetry::request_log::redactor(move |text| redactor.redact(text));
     Ok(RequestLogger::start(&config.request_log, redact, dropped))
 }
 

@@ -9,6 +9,7 @@
 //! The file hour is the record's `timestamp` in the logger's time zone (the process's local zone, which
 //! `TZ` decides, unless a zone is injected), so a record always lands in the file its own timestamp names.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -25,14 +26,23 @@ use tokio::sync::oneshot;
 
 /// Applied by the writer thread to every piece of logged text (messages, reply, reasoning, tool call
 /// arguments, string request parameters), e.g. to mask keys or personal data.
-pub type Redactor = Arc<dyn Fn(&str) -> String + Send + Sync>;
+/// Text without a match comes back borrowed, so the common case copies nothing.
+pub type Redactor = Arc<RedactFn>;
+
+/// The function behind a [`Redactor`].
+pub type RedactFn = dyn for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync;
+
+/// A [`Redactor`] from a function (the bound lets a closure's signature be inferred).
+pub fn redactor(f: impl for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync + 'static) -> Redactor {
+    Arc::new(f)
+}
 
 /// Called once per record dropped because the queue was full (or the logger was shut down).
 pub type DropHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A redactor that keeps text as it is.
 pub fn no_redaction() -> Redactor {
-    Arc::new(|text: &str| text.to_owned())
+    redactor(|text| Cow::Borrowed(text))
 }
 
 /// The `request_log` config section.
@@ -559,20 +569,20 @@ struct UsageOut {
 }
 
 #[derive(Serialize)]
-struct ToolCallOut {
-    id: String,
-    name: String,
-    arguments: String,
+struct ToolCallOut<'a> {
+    id: &'a str,
+    name: &'a str,
+    arguments: Cow<'a, str>,
 }
 
 #[derive(Serialize)]
-struct Turn {
+struct Turn<'a> {
     from: &'static str,
-    value: String,
+    value: Cow<'a, str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCallOut>,
+    tool_calls: Vec<ToolCallOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tool_call_id: Option<String>,
+    tool_call_id: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -586,19 +596,19 @@ struct ShareGptLine<'a> {
     usage: UsageOut,
     latency_ms: f64,
     ttft_ms: Option<f64>,
-    conversations: Vec<Turn>,
+    conversations: Vec<Turn<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reasoning: Option<String>,
+    reasoning: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<ToolCallOut>,
+    tool_calls: Vec<ToolCallOut<'a>>,
 }
 
-fn tool_calls_out(calls: &[LogToolCall], redact: &dyn Fn(&str) -> String) -> Vec<ToolCallOut> {
+fn tool_calls_out<'a>(calls: &'a [LogToolCall], redact: &RedactFn) -> Vec<ToolCallOut<'a>> {
     calls
         .iter()
         .map(|c| ToolCallOut {
-            id: c.id.clone(),
-            name: c.name.clone(),
+            id: &c.id,
+            name: &c.name,
             arguments: redact(&c.arguments),
         })
         .collect()
@@ -613,7 +623,7 @@ fn sharegpt_from(role: LogRole) -> &'static str {
     }
 }
 
-fn sharegpt_line<'a>(record: &'a LogRecord, redact: &dyn Fn(&str) -> String) -> ShareGptLine<'a> {
+fn sharegpt_line<'a>(record: &'a LogRecord, redact: &RedactFn) -> ShareGptLine<'a> {
     let mut conversations = Vec::with_capacity(record.messages.len() + 2);
     if let Some(system) = &record.system {
         conversations.push(Turn {
@@ -628,7 +638,7 @@ fn sharegpt_line<'a>(record: &'a LogRecord, redact: &dyn Fn(&str) -> String) -> 
             from: sharegpt_from(message.role),
             value: redact(&message.text),
             tool_calls: tool_calls_out(&message.tool_calls, redact),
-            tool_call_id: message.tool_call_id.clone(),
+            tool_call_id: message.tool_call_id.as_deref(),
         });
     }
     conversations.push(Turn {
@@ -657,9 +667,9 @@ fn sharegpt_line<'a>(record: &'a LogRecord, redact: &dyn Fn(&str) -> String) -> 
     }
 }
 
-fn redact_value(value: &Value, redact: &dyn Fn(&str) -> String) -> Value {
+fn redact_value(value: &Value, redact: &RedactFn) -> Value {
     match value {
-        Value::String(s) => Value::String(redact(s)),
+        Value::String(s) => Value::String(redact(s).into_owned()),
         Value::Array(items) => {
             Value::Array(items.iter().map(|v| redact_value(v, redact)).collect())
         }
@@ -672,7 +682,7 @@ fn redact_value(value: &Value, redact: &dyn Fn(&str) -> String) -> Value {
     }
 }
 
-fn openai_tool_calls(calls: &[LogToolCall], redact: &dyn Fn(&str) -> String) -> Value {
+fn openai_tool_calls(calls: &[LogToolCall], redact: &RedactFn) -> Value {
     Value::Array(
         calls
             .iter()
@@ -692,7 +702,7 @@ fn openai_message(
     text: &str,
     tool_calls: &[LogToolCall],
     tool_call_id: Option<&str>,
-    redact: &dyn Fn(&str) -> String,
+    redact: &RedactFn,
 ) -> Value {
     let mut m = Map::new();
     m.insert(
@@ -702,7 +712,7 @@ fn openai_message(
     let content = if text.is_empty() && !tool_calls.is_empty() {
         Value::Null
     } else {
-        Value::String(redact(text))
+        Value::String(redact(text).into_owned())
     };
     m.insert("content".into(), content);
     if !tool_calls.is_empty() {
@@ -714,7 +724,7 @@ fn openai_message(
     Value::Object(m)
 }
 
-fn openai_line(record: &LogRecord, redact: &dyn Fn(&str) -> String) -> Value {
+fn openai_line(record: &LogRecord, redact: &RedactFn) -> Value {
     let mut line: Map<String, Value> = record
         .request_params
         .iter()
@@ -744,7 +754,10 @@ fn openai_line(record: &LogRecord, redact: &dyn Fn(&str) -> String) -> Value {
         redact,
     );
     if let (Some(reasoning), Value::Object(map)) = (&record.reasoning, &mut reply) {
-        map.insert("reasoning_content".into(), Value::String(redact(reasoning)));
+        map.insert(
+            "reasoning_content".into(),
+            Value::String(redact(reasoning).into_owned()),
+        );
     }
     messages.push(reply);
     line.insert("messages".into(), Value::Array(messages));
@@ -854,7 +867,7 @@ mod tests {
     }
 
     fn redactor() -> Redactor {
-        Arc::new(|s: &str| s.replace("sk-secret", "[REDACTED]"))
+        super::redactor(|s| Cow::Owned(s.replace("sk-secret", "[REDACTED]")))
     }
 
     fn read_lines(dir: &Path, file: &str) -> Vec<Value> {
