@@ -685,18 +685,19 @@ struct MessageIn<'a> {
     usage: Option<super::Obj<UsageIn>>,
 }
 
+/// A content block as the fast paths read it (responses here, `content_block_start` in streams).
 #[derive(Deserialize)]
-struct BlockIn<'a> {
+pub(crate) struct BlockIn<'a> {
     #[serde(rename = "type", default, borrow)]
-    kind: Option<Cow<'a, str>>,
+    pub kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+    pub text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    thinking: Option<Cow<'a, str>>,
+    pub thinking: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    signature: Option<Cow<'a, str>>,
+    pub signature: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    data: Option<Cow<'a, str>>,
+    pub data: Option<Cow<'a, str>>,
 }
 
 /// An Anthropic `usage` object as [`WireUsage::merge`] reads it: a present counter replaces the

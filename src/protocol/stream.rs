@@ -404,7 +404,7 @@ struct AnthropicEventIn<'a> {
     #[serde(default, borrow)]
     delta: Option<Obj<AnthropicDeltaIn<'a>>>,
     #[serde(default, borrow)]
-    content_block: Option<Obj<AnthropicBlockIn<'a>>>,
+    content_block: Option<Obj<anthropic::BlockIn<'a>>>,
     #[serde(default)]
     message: Option<Obj<AnthropicMessageIn>>,
     #[serde(default)]
@@ -427,20 +427,6 @@ struct AnthropicDeltaIn<'a> {
     stop_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     stop_sequence: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct AnthropicBlockIn<'a> {
-    #[serde(rename = "type", default, borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    thinking: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    signature: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    data: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
