@@ -97,6 +97,16 @@ impl OpenAiDecoder {
             return Ok(());
         }
         if !self.value_only
+            && let Some(text) = exact_content_chunk(&event.data)
+        {
+            if !self.started {
+                self.started = true;
+                out.push(StreamEvent::Start { usage: None });
+            }
+            push_text(out, StreamEvent::Text, text);
+            return Ok(());
+        }
+        if !self.value_only
             && let Some(chunk) = fast_decode::<ChunkIn<'_>>(&event.data)
         {
             self.decode_fast(chunk, out);
@@ -300,6 +310,96 @@ fn thinking_block_events(blocks: &Value, out: &mut Vec<StreamEvent>) {
             out.push(StreamEvent::Signature(signature.to_owned()));
         }
     }
+}
+
+/// The text of an OpenAI content chunk in the layout OpenAI and vLLM send, read without a parser:
+/// `{<flat fields>,"choices":[{"index":0,"delta":{"content":"…"},"logprobs":null,"finish_reason":null}]<,flat
+/// fields>}`, where a flat field is `"key":value` with a plain string (no escapes), an integer, `true`,
+/// `false` or `null`, and no field is `choices`, `error`, or a non-null `usage`. Most events of a stream
+/// are this one; anything else — whitespace, nesting, other delta fields — returns `None`.
+fn exact_content_chunk(data: &[u8]) -> Option<String> {
+    const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"content":"#;
+    const CHOICE_END: &[u8] = br#"},"logprobs":null,"finish_reason":null}]"#;
+    static FIND_CHOICE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(CHOICE_START));
+    let inner = data.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    let at = FIND_CHOICE.find(inner)?;
+    if std::str::from_utf8(data).is_err() {
+        return None;
+    }
+    let (before, rest) = inner.split_at(at);
+    if !before.is_empty() {
+        flat_fields(before.strip_suffix(b",")?)?;
+    }
+    // `rest` continues with the content string, opening quote included.
+    let rest = &rest[CHOICE_START.len()..];
+    let mut end = 1;
+    loop {
+        match rest.get(end)? {
+            b'\\' => end += 2,
+            b'"' => break,
+            _ => end += 1,
+        }
+    }
+    let (text, after) = rest.split_at(end + 1);
+    let after = after.strip_prefix(CHOICE_END)?;
+    if !after.is_empty() {
+        flat_fields(after.strip_prefix(b",")?)?;
+    }
+    let inner_text = &text[1..text.len() - 1];
+    if inner_text.iter().any(|&byte| byte == b'\\' || byte < 0x20) {
+        // Escapes (or raw control characters, which JSON forbids): exactly one JSON string, decoded by
+        // the parser, which also rejects what the general path would reject.
+        return serde_json::from_slice::<String>(text).ok();
+    }
+    std::str::from_utf8(inner_text).ok().map(str::to_owned)
+}
+
+/// Checks `"key":value(,"key":value)*` for [`exact_content_chunk`]: plain strings, integers and literals
+/// only, and no key that would change what the chunk means.
+fn flat_fields(mut fields: &[u8]) -> Option<()> {
+    loop {
+        let key_len = plain_string_len(fields)?;
+        let key = &fields[1..key_len - 1];
+        fields = fields[key_len..].strip_prefix(b":")?;
+        let value_len = match fields.first()? {
+            b'"' => plain_string_len(fields)?,
+            b'n' if fields.starts_with(b"null") => 4,
+            b't' if fields.starts_with(b"true") => 4,
+            b'f' if fields.starts_with(b"false") => 5,
+            _ => {
+                let sign = usize::from(fields[0] == b'-');
+                let digits = fields[sign..]
+                    .iter()
+                    .take_while(|byte| byte.is_ascii_digit())
+                    .count();
+                if digits == 0 || (digits > 1 && fields[sign] == b'0') {
+                    return None;
+                }
+                sign + digits
+            }
+        };
+        let value = &fields[..value_len];
+        if key == b"choices" || key == b"error" || (key == b"usage" && value != b"null") {
+            return None;
+        }
+        fields = &fields[value_len..];
+        if fields.is_empty() {
+            return Some(());
+        }
+        fields = fields.strip_prefix(b",")?;
+    }
+}
+
+/// The length of a string without escapes or control characters at the start of `bytes`, quotes
+/// included.
+fn plain_string_len(bytes: &[u8]) -> Option<usize> {
+    let rest = bytes.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    if rest[..end].iter().any(|&byte| byte == b'\\' || byte < 0x20) {
+        return None;
+    }
+    Some(end + 2)
 }
 
 /// The text of a `content_block_delta` event in exactly the layout Anthropic sends,
@@ -1631,6 +1731,95 @@ mod tests {
         ] {
             assert_eq!(exact_text_delta(data.as_bytes()), None, "{data}");
         }
+    }
+
+    /// The OpenAI content-chunk reader agrees with the parser on the layouts it accepts and declines the
+    /// rest (which the typed and `Value` paths then read).
+    #[test]
+    fn exact_content_chunk_reads_only_the_exact_layout() {
+        let chunk = |before: &str, text: &str, after: &str| {
+            format!(
+                r#"{{{before}"choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}]{after}}}"#,
+                serde_json::to_string(text).unwrap()
+            )
+        };
+        let vllm = r#""id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m","#;
+        let openai = r#""id":"chatcmpl-2","object":"chat.completion.chunk","created":1,"model":"gpt","service_tier":"default","system_fingerprint":"fp_1","#;
+        for text in [
+            "tok1 ",
+            "",
+            "é ü 😀",
+            "quote \" and \\ and \n",
+            "\u{1}tab\t",
+        ] {
+            for (before, after) in [
+                ("", ""),
+                (vllm, ""),
+                (openai, r#","obfuscation":"abc""#),
+                (vllm, r#","usage":null"#),
+                (r#""n":-12,"flag":true,"other":false,"none":null,"#, ""),
+            ] {
+                let data = chunk(before, text, after);
+                assert_eq!(
+                    exact_content_chunk(data.as_bytes()).as_deref(),
+                    Some(text),
+                    "{data}"
+                );
+            }
+        }
+        for (before, after) in [
+            (r#""id": "x","#, ""),
+            (r#""id":"x" ,"#, ""),
+            (r#""x":{"a":1},"#, ""),
+            (r#""x":[1],"#, ""),
+            (r#""error":null,"#, ""),
+            (r#""error":{"message":"m"},"#, ""),
+            (r#""usage":{"prompt_tokens":1},"#, ""),
+            ("", r#","usage":{"prompt_tokens":1}"#),
+            ("", r#","choices":[]"#),
+            (r#""id":"a\"b","#, ""),
+            (r#""created":1.5,"#, ""),
+            (r#""created":01,"#, ""),
+            (r#""created":1e3,"#, ""),
+            ("", ","),
+            ("", r#","x""#),
+            (r#""x":nul,"#, ""),
+        ] {
+            let data = chunk(before, "a", after);
+            assert_eq!(exact_content_chunk(data.as_bytes()), None, "{data}");
+        }
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null}]} "#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null}],}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a\x"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null},{"index":1}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}},"logprobs":null,"finish_reason":null}]}"#,
+        ] {
+            assert_eq!(exact_content_chunk(data.as_bytes()), None, "{data}");
+        }
+    }
+
+    /// Chunks in the exact layout decode to the same events on the fast and the `Value` path.
+    #[test]
+    fn exact_content_chunks_decode_like_the_value_path() {
+        let texts = ["", "a", "é😀", "q\"\\\n", "\u{7}"];
+        let mut events = Vec::new();
+        for (index, text) in texts.iter().enumerate() {
+            let data = format!(
+                r#"{{"id":"c","object":"chat.completion.chunk","created":{index},"model":"m","choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}],"usage":null}}"#,
+                serde_json::to_string(text).unwrap()
+            );
+            assert!(exact_content_chunk(data.as_bytes()).is_some(), "{data}");
+            events.push(SseEvent {
+                event: None,
+                data: bytes::Bytes::from(data.clone()),
+                raw: bytes::Bytes::from(data),
+            });
+        }
+        let (fast, slow) = decode_both_ways(Protocol::OpenAi, &events);
+        assert_eq!(fast, slow);
     }
 
     /// `write_event` frames exactly like `sse::encode` over the serialized value.
