@@ -47,8 +47,8 @@ pub struct Relay {
     idle: Duration,
     ended: bool,
     saw_terminator: bool,
-    /// The upstream closed without finishing after some output was delivered.
-    pending_fault: bool,
+    /// A fault met after some output was ready: that output is delivered first, the fault next.
+    pending_fault: Option<Fault>,
     /// A pass-through stream carried the upstream's own error event: the upstream ended it.
     saw_upstream_error: bool,
     /// Upstream events forwarded by a pass-through transform.
@@ -81,7 +81,7 @@ impl Relay {
             idle,
             ended: false,
             saw_terminator: false,
-            pending_fault: false,
+            pending_fault: None,
             saw_upstream_error: false,
             forwarded: 0,
             first_error: None,
@@ -151,32 +151,54 @@ impl Relay {
         }
     }
 
+    /// The next upstream chunk that is already there, without waiting: `None` when none is.
+    ///
+    /// The HTTP client hands a response body over one chunk per task switch, so an upstream that sent
+    /// many events in one packet would otherwise cost one client write each. Yielding once lets the
+    /// client connection decode the next chunk it already holds; nothing waits for data to arrive.
+    async fn ready_upstream_chunk(&mut self) -> Option<Option<reqwest::Result<Bytes>>> {
+        tokio::task::yield_now().await;
+        futures_util::FutureExt::now_or_never(self.upstream.next())
+    }
+
     async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
-        if std::mem::take(&mut self.pending_fault) {
-            return Err(cut());
+        if let Some(fault) = self.pending_fault.take() {
+            return Err(fault);
         }
         let mut out = BytesMut::new();
+        let mut coalesced = 0usize;
         loop {
             if self.ended {
-                return Ok(None);
+                return Ok((!out.is_empty()).then(|| out.freeze()));
             }
-            match self.next_upstream_chunk().await {
+            let next = if out.is_empty() {
+                self.next_upstream_chunk().await
+            } else if coalesced >= COALESCE_CHUNKS || out.len() >= COALESCE_BYTES {
+                return Ok(Some(out.freeze()));
+            } else {
+                match self.ready_upstream_chunk().await {
+                    Some(next) => Ok(next),
+                    None => return Ok(Some(out.freeze())),
+                }
+            };
+            coalesced += 1;
+            match next {
                 Err(_) => {
                     self.ended = true;
                     return Err(Fault::Timeout(self.idle));
                 }
                 Ok(Some(Err(error))) => {
                     self.ended = true;
-                    return Err(Fault::Broken(format!(
-                        "upstream stream failed: {}",
-                        describe(error)
-                    )));
+                    let fault =
+                        Fault::Broken(format!("upstream stream failed: {}", describe(error)));
+                    return self.deliver_then(out, fault);
                 }
                 Ok(Some(Ok(chunk))) => {
                     if let Transform::Convert(converter) = &mut self.transform {
                         if let Err(error) = converter.push(&chunk, &mut out) {
                             self.ended = true;
-                            return Err(Fault::Broken(error.to_string()));
+                            let fault = Fault::Broken(error.to_string());
+                            return self.deliver_then(out, fault);
                         }
                         if converter.upstream_finished() {
                             self.ended = true;
@@ -184,15 +206,11 @@ impl Relay {
                             self.take_summary();
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
-                        if !out.is_empty() {
-                            return Ok(Some(out.freeze()));
-                        }
                         continue;
                     }
                     self.decoder.feed(&chunk);
-                    self.drain(&mut out)?;
-                    if !out.is_empty() {
-                        return Ok(Some(out.freeze()));
+                    if let Err(fault) = self.drain(&mut out) {
+                        return self.deliver_then(out, fault);
                     }
                 }
                 Ok(None) => {
@@ -207,12 +225,7 @@ impl Relay {
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
                         self.take_summary();
-                        if out.is_empty() {
-                            return Err(cut());
-                        }
-                        // Deliver what the last event gave; the fault surfaces on the next call.
-                        self.pending_fault = true;
-                        return Ok(Some(out.freeze()));
+                        return self.deliver_then(out, cut());
                     }
                     if let Some(event) = self.decoder.finish() {
                         self.forward(&event, &mut out);
@@ -229,17 +242,23 @@ impl Relay {
                         } else if openai && self.facts.finish_reason.is_some() {
                             out.extend_from_slice(b"data: [DONE]\n\n");
                             self.facts.events += 1;
-                        } else if out.is_empty() {
-                            return Err(cut());
                         } else {
-                            // Deliver what arrived; the fault surfaces on the next call.
-                            self.pending_fault = true;
+                            return self.deliver_then(out, cut());
                         }
                     }
                     return Ok((!out.is_empty()).then(|| out.freeze()));
                 }
             }
         }
+    }
+
+    /// Output already produced goes out first; the fault is reported on the next call.
+    fn deliver_then(&mut self, out: BytesMut, fault: Fault) -> Result<Option<Bytes>, Fault> {
+        if out.is_empty() {
+            return Err(fault);
+        }
+        self.pending_fault = Some(fault);
+        Ok(Some(out.freeze()))
     }
 
     fn drain(&mut self, out: &mut BytesMut) -> Result<(), Fault> {
@@ -374,6 +393,10 @@ fn error_message(event: &SseEvent) -> Option<String> {
             .collect(),
     )
 }
+
+/// Bounds on what one client write gathers from chunks that were already there.
+const COALESCE_CHUNKS: usize = 64;
+const COALESCE_BYTES: usize = 64 * 1024;
 
 // Searchers built once: building a `memmem` searcher costs more than running it on a chunk.
 static BLANK_LINE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
