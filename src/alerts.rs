@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::routing::health::{BreakerState, Transition, secs};
 use crate::routing::instances::redacted_url;
+use crate::upstream::client::{Failure, HttpClient, Target};
 
 /// Alerts waiting for the background task; beyond this `raise` drops them (and counts the drop).
 const QUEUE_CAPACITY: usize = 1024;
@@ -86,7 +87,7 @@ impl AlertsConfig {
             ));
         }
         if let Some(url) = &self.webhook_url
-            && reqwest::Url::parse(url).is_err()
+            && url::Url::parse(url).is_err()
         {
             return Err(format!(
                 "alerts.webhook_url '{}' is not a valid url",
@@ -328,12 +329,16 @@ impl fmt::Debug for Alerter {
 
 impl Alerter {
     /// Spawns the background task; must be called inside a tokio runtime. `client` is the shared HTTP client.
-    pub fn start(cfg: &AlertsConfig, client: reqwest::Client) -> Alerter {
+    pub fn start(cfg: &AlertsConfig, client: HttpClient) -> Alerter {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let worker = Worker {
             gate: Gate::new(secs(cfg.cooldown_s)),
             errors_dir: cfg.errors_dir(),
-            webhook: cfg.webhook_url.clone(),
+            // Validated with the config; an unparseable URL cannot reach here.
+            webhook: cfg
+                .webhook_url
+                .as_deref()
+                .and_then(|url| Target::parse(url).ok()),
             timeout: secs(cfg.timeout_s),
             client,
             deliveries: JoinSet::new(),
@@ -370,9 +375,9 @@ impl Alerter {
 struct Worker {
     gate: Gate,
     errors_dir: PathBuf,
-    webhook: Option<String>,
+    webhook: Option<Target>,
     timeout: Duration,
-    client: reqwest::Client,
+    client: HttpClient,
     deliveries: JoinSet<()>,
 }
 
@@ -442,23 +447,31 @@ impl Worker {
         if let Err(e) = append_line(&self.errors_dir, &line).await {
             tracing::warn!(dir = %self.errors_dir.display(), error = %e, "cannot write the alert error log");
         }
-        if let Some(url) = &self.webhook {
-            let request = self
-                .client
-                .post(url)
-                .timeout(self.timeout)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(line);
+        if let Some(target) = &self.webhook {
+            let mut request =
+                http::Request::new(http_body_util::Full::new(bytes::Bytes::from(line)));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = target.uri.clone();
+            let headers = request.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            if let Some(basic) = &target.basic_auth {
+                headers.insert(http::header::AUTHORIZATION, basic.clone());
+            }
+            let client = self.client.clone();
+            let timeout = self.timeout;
             self.deliveries.spawn(async move {
-                match request.send().await {
+                match client.send_within(request, timeout).await {
                     Ok(resp) if resp.status().is_success() => {}
                     Ok(resp) => {
                         tracing::warn!(status = %resp.status(), "alert webhook refused the alert")
                     }
-                    // The error may print the URL, which holds the webhook's secret: log only its kind.
-                    Err(e) => tracing::warn!(
-                        timeout = e.is_timeout(),
-                        connect = e.is_connect(),
+                    // The URL holds the webhook's secret and is never logged: only the kind of failure.
+                    Err(failure) => tracing::warn!(
+                        timeout = matches!(failure, Failure::Timeout),
+                        connect = matches!(failure, Failure::Connect(_)),
                         "alert webhook unreachable"
                     ),
                 }
@@ -622,9 +635,8 @@ mod tests {
         (format!("http://{addr}/hook"), received)
     }
 
-    fn client() -> reqwest::Client {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder().no_proxy().build().unwrap()
+    fn client() -> HttpClient {
+        HttpClient::new().unwrap()
     }
 
     #[tokio::test]

@@ -16,10 +16,12 @@ use crate::policy::Policy;
 use crate::routing::balance::Balancer;
 use crate::routing::health::{BreakerState, Transition};
 use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
+use crate::secret::Secret;
 use crate::shared_state::{RedisStore, StateConfig, StateStore};
 use crate::telemetry::metrics::{Metrics, instance_state};
 use crate::telemetry::request_log::RequestLogger;
 use crate::telemetry::stats::Stats;
+use crate::upstream::client::{HttpClient, Target};
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -29,7 +31,7 @@ pub struct AppState {
 
 struct Inner {
     live: ArcSwap<Snapshot>,
-    client: reqwest::Client,
+    client: HttpClient,
     started: Instant,
     source: Source,
     /// Per-instance breaker, in-flight and latency state; outlives snapshots so reloads keep it.
@@ -147,17 +149,7 @@ fn store_for(config: &StateConfig) -> StateStore {
 impl AppState {
     /// Build the state; starts the request-log writer and the alerter, so call it inside a runtime.
     pub fn new(config: Config, source: Source) -> anyhow::Result<AppState> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .connect_timeout(std::time::Duration::from_secs(10))
-            // Fail-over is ours (DESIGN "what fails over"); reqwest's own retries and redirects would
-            // double attempts and hide faults.
-            .redirect(reqwest::redirect::Policy::none())
-            .retry(reqwest::retry::never())
-            .build()?;
+        let client = HttpClient::new()?;
         let metrics = Arc::new(Metrics::with_config(&config.metrics));
         let request_log = start_request_log(&config, &metrics).map_err(anyhow::Error::msg)?;
         let alerter = Alerter::start(&config.alerts, client.clone());
@@ -231,7 +223,7 @@ impl AppState {
         retiring.push(handle);
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub fn client(&self) -> &HttpClient {
         &self.inner.client
     }
 
@@ -341,27 +333,42 @@ async fn active_health_checks(state: std::sync::Weak<Inner>) {
                 }
                 last_checked.insert(key, now);
                 let client = app.client().clone();
-                let url = format!("{}/models", instance.base_url);
+                let Ok(target) = Target::parse(&format!("{}/models", instance.base_url)) else {
+                    continue;
+                };
+                let mut request = http::Request::new(http_body_util::Full::default());
+                *request.uri_mut() = target.uri;
+                let headers = request.headers_mut();
+                let key = instance.api_key.as_ref().map(Secret::expose);
                 let anthropic = backend.kind == crate::config::BackendKind::Anthropic;
-                let version = backend.anthropic_version.clone();
-                let key = instance.api_key.as_ref().map(|key| key.expose().to_owned());
+                let credential = match (key, anthropic) {
+                    (Some(key), true) => http::HeaderValue::from_str(key)
+                        .ok()
+                        .map(|value| (http::HeaderName::from_static("x-api-key"), value)),
+                    (Some(key), false) => http::HeaderValue::from_str(&format!("Bearer {key}"))
+                        .ok()
+                        .map(|value| (http::header::AUTHORIZATION, value)),
+                    (None, _) => target
+                        .basic_auth
+                        .map(|value| (http::header::AUTHORIZATION, value)),
+                };
+                if let Some((name, mut value)) = credential {
+                    value.set_sensitive(true);
+                    headers.insert(name, value);
+                }
+                if anthropic
+                    && let Ok(version) = http::HeaderValue::from_str(&backend.anthropic_version)
+                {
+                    headers.insert("anthropic-version", version);
+                }
                 let live = Arc::clone(live);
                 let app = app.clone();
                 let timeout = interval.min(backend.timeout);
                 tokio::spawn(async move {
-                    let mut request = client.get(url).timeout(timeout);
-                    match (key, anthropic) {
-                        (Some(key), true) => request = request.header("x-api-key", key),
-                        (Some(key), false) => {
-                            request =
-                                request.header(http::header::AUTHORIZATION, format!("Bearer {key}"))
-                        }
-                        (None, _) => {}
-                    }
-                    if anthropic {
-                        request = request.header("anthropic-version", version);
-                    }
-                    let healthy = request.send().await.is_ok_and(|r| r.status().is_success());
+                    let healthy = client
+                        .send_within(request, timeout)
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
                     let now = Instant::now();
                     let transition = if healthy {
                         live.breaker.on_success(now)

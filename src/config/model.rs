@@ -20,6 +20,7 @@ use crate::secret::Secret;
 use crate::shared_state::StateConfig;
 use crate::telemetry::metrics::MetricsConfig;
 use crate::telemetry::request_log::RequestLogConfig;
+use crate::upstream::client::Target;
 
 /// The whole validated config. Immutable; a reload builds a new one.
 #[derive(Debug, Clone)]
@@ -128,16 +129,16 @@ pub struct InstanceConfig {
 /// The upstream URL of each API path under an instance's base URL.
 #[derive(Debug, Clone)]
 pub struct EndpointUrls {
-    pub chat_completions: reqwest::Url,
-    pub completions: reqwest::Url,
-    pub embeddings: reqwest::Url,
-    pub messages: reqwest::Url,
+    pub chat_completions: Target,
+    pub completions: Target,
+    pub embeddings: Target,
+    pub messages: Target,
 }
 
 impl EndpointUrls {
     fn new(path: &str, base: &str) -> Result<EndpointUrls, Invalid> {
         let parse = |suffix: &str| {
-            reqwest::Url::parse(&format!("{base}{suffix}")).map_err(|error| {
+            Target::parse(&format!("{base}{suffix}")).map_err(|error| {
                 invalid(
                     path,
                     format!("'{base}{suffix}' is not a valid URL ({error})"),
@@ -509,7 +510,7 @@ fn backend_from_raw(
 /// `http://h:8000` and `http://h:8000/v1` both mean `http://h:8000/v1`; other paths are kept.
 /// Returns the base URL and a display form without credentials.
 fn normalize_url(path: &str, url: &str) -> Result<(String, String), Invalid> {
-    let mut parsed = reqwest::Url::parse(url.trim()).map_err(|error| {
+    let mut parsed = url::Url::parse(url.trim()).map_err(|error| {
         invalid(
             path,
             format!("'{url}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"),

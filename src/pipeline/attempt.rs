@@ -264,7 +264,7 @@ impl Exchange<'_> {
             self.state.client(),
             CallSpec {
                 kind: backend.kind,
-                url: url.clone(),
+                target: url,
                 body,
                 api_key: instance.api_key.as_ref(),
                 passthrough_auth,
@@ -410,9 +410,14 @@ impl Exchange<'_> {
                 &backend.name,
             ));
         }
-        let upstream_body = match tokio::time::timeout(backend.timeout, response.bytes()).await {
+        let upstream_body = match tokio::time::timeout(
+            backend.timeout,
+            crate::upstream::client::read_body(response.into_body()),
+        )
+        .await
+        {
             Err(_) => return Err(Fault::Timeout(backend.timeout).into()),
-            Ok(Err(error)) => return Err(Fault::Broken(call::describe(error)).into()),
+            Ok(Err(detail)) => return Err(Fault::Broken(detail).into()),
             Ok(Ok(body)) => body,
         };
         let converted = if client_protocol == target {

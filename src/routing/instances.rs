@@ -258,7 +258,7 @@ impl InstanceRegistry {
 /// An instance URL safe for logs, alerts and metrics: userinfo, query and fragment removed (they may hold
 /// credentials such as `https://user:pass@host` or `?key=...`).
 pub fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
+    match url::Url::parse(url) {
         Ok(mut parsed) => {
             // These setters only fail for cannot-be-a-base URLs, which have no userinfo to leak.
             let _ = parsed.set_username("");

@@ -7,15 +7,17 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderValue, header};
 
 use crate::config::BackendKind;
 use crate::secret::Secret;
 
+use super::client::{Failure, HttpClient, Response, Target, read_body};
+
 /// Everything needed to send one attempt.
 pub struct CallSpec<'a> {
     pub kind: BackendKind,
-    pub url: reqwest::Url,
+    pub target: &'a Target,
     pub body: Bytes,
     pub api_key: Option<&'a Secret>,
     /// Client credentials forwarded only when the backend has no key of its own and the gateway is open.
@@ -85,7 +87,7 @@ impl fmt::Display for Fault {
 /// A non-fault outcome of one attempt.
 pub enum Reply {
     /// 2xx: the body is still to be read (or streamed).
-    Success(reqwest::Response),
+    Success(Response),
     /// A 4xx other than 429: relayed to the client, not retried.
     ClientError {
         status: u16,
@@ -94,8 +96,12 @@ pub enum Reply {
     },
 }
 
-pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply, Fault> {
-    let mut headers = HeaderMap::with_capacity(6);
+pub async fn send(client: &HttpClient, spec: CallSpec<'_>) -> Result<Reply, Fault> {
+    let mut request = http::Request::new(http_body_util::Full::new(spec.body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = spec.target.uri.clone();
+    let headers = request.headers_mut();
+    headers.reserve(6);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -156,12 +162,15 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
             }
         }
     }
-    let request = client.post(spec.url).headers(headers).body(spec.body);
-    let response = match tokio::time::timeout(spec.timeout, request.send()).await {
-        Err(_) => return Err(Fault::Timeout(spec.timeout)),
-        Ok(Err(error)) if error.is_timeout() => return Err(Fault::Timeout(spec.timeout)),
-        Ok(Err(error)) => return Err(Fault::Connect(describe(error))),
-        Ok(Ok(response)) => response,
+    if let Some(basic) = &spec.target.basic_auth
+        && !headers.contains_key(header::AUTHORIZATION)
+    {
+        headers.insert(header::AUTHORIZATION, basic.clone());
+    }
+    let response = match client.send_within(request, spec.timeout).await {
+        Err(Failure::Timeout) => return Err(Fault::Timeout(spec.timeout)),
+        Err(Failure::Connect(detail)) => return Err(Fault::Connect(detail)),
+        Ok(response) => response,
     };
     let status = response.status().as_u16();
     if response.status().is_success() {
@@ -173,7 +182,7 @@ pub async fn send(client: &reqwest::Client, spec: CallSpec<'_>) -> Result<Reply,
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let body = match tokio::time::timeout(spec.timeout, response.bytes()).await {
+    let body = match tokio::time::timeout(spec.timeout, read_body(response.into_body())).await {
         Ok(Ok(body)) => body,
         _ => Bytes::new(),
     };
@@ -201,19 +210,6 @@ fn is_bearer(value: &HeaderValue) -> bool {
 fn sensitive(mut value: HeaderValue) -> HeaderValue {
     value.set_sensitive(true);
     value
-}
-
-/// reqwest errors without the URL (which may carry credentials), with their root cause.
-pub fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// `Retry-After` in seconds (HTTP dates are rare from LLM APIs and are treated as absent).

@@ -2,5 +2,6 @@
 //! and the stream relay that forwards (or converts) SSE chunk by chunk.
 
 pub mod call;
+pub mod client;
 pub mod echo;
 pub mod relay;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
@@ -16,9 +17,22 @@ use crate::protocol::sse::{SseDecoder, SseEvent};
 use crate::protocol::stream::{StreamConverter, StreamTap};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
-use super::call::{Fault, describe};
+use super::call::Fault;
+use super::client::{Response, describe};
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+/// The next data chunk of a response body (trailers are skipped).
+async fn next_data(body: &mut Incoming) -> Option<Result<Bytes, hyper::Error>> {
+    loop {
+        match body.frame().await? {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    return Some(Ok(data));
+                }
+            }
+            Err(error) => return Some(Err(error)),
+        }
+    }
+}
 
 /// How each upstream event becomes client bytes.
 pub enum Transform {
@@ -41,7 +55,7 @@ pub struct StreamFacts {
 }
 
 pub struct Relay {
-    upstream: ByteStream,
+    upstream: Incoming,
     decoder: SseDecoder,
     transform: Transform,
     idle: Duration,
@@ -68,14 +82,14 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        response: reqwest::Response,
+        response: Response,
         transform: Transform,
         idle: Duration,
         tap: Option<StreamTap>,
         collect_text: bool,
     ) -> Relay {
         Relay {
-            upstream: Box::pin(response.bytes_stream()),
+            upstream: response.into_body(),
             decoder: SseDecoder::default(),
             transform,
             idle,
@@ -132,7 +146,7 @@ impl Relay {
     /// The next upstream chunk, or `Err(())` when none came within `idle`. One timer serves the whole
     /// stream: it is re-armed only when it fires early (data came since it was set), not per chunk, so
     /// a chunk costs a clock read instead of a timer registration.
-    async fn next_upstream_chunk(&mut self) -> Result<Option<reqwest::Result<Bytes>>, ()> {
+    async fn next_upstream_chunk(&mut self) -> Result<Option<Result<Bytes, hyper::Error>>, ()> {
         let deadline = tokio::time::Instant::now() + self.idle;
         let timer = self
             .idle_timer
@@ -140,7 +154,7 @@ impl Relay {
         loop {
             tokio::select! {
                 biased;
-                chunk = self.upstream.next() => return Ok(chunk),
+                chunk = next_data(&mut self.upstream) => return Ok(chunk),
                 () = timer.as_mut() => {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(());
@@ -156,9 +170,9 @@ impl Relay {
     /// The HTTP client hands a response body over one chunk per task switch, so an upstream that sent
     /// many events in one packet would otherwise cost one client write each. Yielding once lets the
     /// client connection decode the next chunk it already holds; nothing waits for data to arrive.
-    async fn ready_upstream_chunk(&mut self) -> Option<Option<reqwest::Result<Bytes>>> {
+    async fn ready_upstream_chunk(&mut self) -> Option<Option<Result<Bytes, hyper::Error>>> {
         tokio::task::yield_now().await;
-        futures_util::FutureExt::now_or_never(self.upstream.next())
+        futures_util::FutureExt::now_or_never(next_data(&mut self.upstream))
     }
 
     async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
@@ -190,7 +204,7 @@ impl Relay {
                 Ok(Some(Err(error))) => {
                     self.ended = true;
                     let fault =
-                        Fault::Broken(format!("upstream stream failed: {}", describe(error)));
+                        Fault::Broken(format!("upstream stream failed: {}", describe(&error)));
                     return self.deliver_then(out, fault);
                 }
                 Ok(Some(Ok(chunk))) => {

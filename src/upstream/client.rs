@@ -1,0 +1,197 @@
+//! The upstream HTTP client: hyper-util's pooled connections over TCP or rustls and nothing more. No
+//! redirects, no retries and no proxy (fail-over is the gateway's own, DESIGN "what fails over"), and
+//! URLs are parsed once when the config loads, so a request pays only for the exchange itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// A response whose body is still to be read or streamed.
+pub type Response = http::Response<Incoming>;
+
+/// The shared client; cheap to clone (one connection pool).
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn new() -> anyhow::Result<HttpClient> {
+        use rustls_platform_verifier::BuilderVerifierExt;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_platform_verifier()?
+            .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_secs(10)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(HttpClient { inner })
+    }
+
+    /// Send one request; the error is described without the URL (it may carry credentials).
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response, String> {
+        self.inner
+            .request(request)
+            .await
+            .map_err(|error| describe(&error))
+    }
+
+    /// A request with a JSON or empty body, bounded by `timeout` up to the response head.
+    pub async fn send_within(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response, Failure> {
+        match tokio::time::timeout(timeout, self.send(request)).await {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(detail)) => Err(Failure::Connect(detail)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// Why a request got no response head.
+#[derive(Debug)]
+pub enum Failure {
+    Timeout,
+    Connect(String),
+}
+
+/// The whole body of a response.
+pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
+    body.collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(|error| describe(&error))
+}
+
+/// An error with its chain of causes, `a: b: c`.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// An upstream URL ready to send to: the URI without credentials, and the `Basic` authorization its
+/// userinfo stood for (`https://user:pass@host/v1`), marked sensitive so it never prints.
+#[derive(Clone)]
+pub struct Target {
+    pub uri: Uri,
+    pub basic_auth: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("uri", &self.uri)
+            .field(
+                "basic_auth",
+                &self.basic_auth.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Target {
+    /// Parse an absolute http(s) URL.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let mut parsed = url::Url::parse(url).map_err(|error| error.to_string())?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("the scheme must be http or https".into());
+        }
+        let basic_auth = if parsed.username().is_empty() && parsed.password().is_none() {
+            None
+        } else {
+            use base64::Engine;
+            let decode = |text: &str| {
+                percent_encoding::percent_decode_str(text)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let pair = format!(
+                "{}:{}",
+                decode(parsed.username()),
+                decode(parsed.password().unwrap_or_default())
+            );
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+                .map_err(|_| "the credentials in the URL are not valid in a header".to_owned())?;
+            value.set_sensitive(true);
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            Some(value)
+        };
+        let uri = parsed
+            .as_str()
+            .parse::<Uri>()
+            .map_err(|error| error.to_string())?;
+        Ok(Target { uri, basic_auth })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_becomes_basic_auth_and_leaves_the_uri() {
+        let target = Target::parse("https://us%40er:p%3Ass@api.example.com/v1/models").unwrap();
+        assert_eq!(target.uri.to_string(), "https://api.example.com/v1/models");
+        let auth = target.basic_auth.as_ref().unwrap();
+        // base64("us@er:p:ss")
+        assert_eq!(auth.to_str().unwrap(), "Basic dXNAZXI6cDpzcw==");
+        assert!(auth.is_sensitive());
+        assert!(!format!("{target:?}").contains("dXNA"));
+
+        let plain = Target::parse("http://127.0.0.1:8000/v1/chat/completions").unwrap();
+        assert!(plain.basic_auth.is_none());
+        assert_eq!(plain.uri.port_u16(), Some(8000));
+        assert!(Target::parse("ftp://host/x").is_err());
+        assert!(Target::parse("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_described_with_its_cause() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = HttpClient::new().unwrap();
+        let request = Request::get(format!("http://{addr}/v1/models"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let detail = client.send(request).await.unwrap_err();
+        assert!(detail.contains("onnect"), "{detail}");
+        assert!(detail.to_lowercase().contains("refused"), "{detail}");
+        assert!(!detail.contains("/v1/models"), "{detail}");
+    }
+}
