@@ -508,3 +508,67 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::client::HttpClient;
+    use tokio::sync::oneshot;
+
+    /// An upstream that sends `first` events in one write, then the end once `release` fires.
+    async fn upstream(first: usize, release: oneshot::Receiver<()>) -> Response {
+        let frame =
+            |name: &str| Bytes::from(format!("event: {name}\ndata: {{\"type\":\"{name}\"}}\n\n"));
+        let mut chunks: Vec<Result<Bytes, std::io::Error>> = Vec::new();
+        chunks.extend((0..first).map(|_| Ok(frame("ping"))));
+        let head = futures_util::stream::iter(chunks);
+        let tail = futures_util::stream::once(async move {
+            let _ = release.await;
+            Ok(frame("message_stop"))
+        });
+        let body = std::sync::Arc::new(std::sync::Mutex::new(Some(
+            futures_util::StreamExt::chain(head, tail),
+        )));
+        let app = axum::Router::new().route(
+            "/v1/messages",
+            axum::routing::post(move || {
+                let stream = body.lock().unwrap().take().unwrap();
+                async move {
+                    http::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from_stream(stream))
+                        .unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let request = http::Request::post(format!("http://{addr}/v1/messages"))
+            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        HttpClient::new().unwrap().send(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_that_arrived_together_go_out_together_and_later_ones_are_not_waited_for() {
+        let (release, released) = oneshot::channel();
+        let response = upstream(20, released).await;
+        let mut relay = Relay::new(
+            response,
+            Transform::AnthropicPassThrough,
+            Duration::from_secs(10),
+            None,
+            false,
+        );
+        // The 20 events were written at once: one client write carries them all, and the relay does
+        // not wait for the event still to come.
+        let first = relay.next_output().await.unwrap().unwrap();
+        assert_eq!(BLANK_LINE.find_iter(&first).count(), 20, "{first:?}");
+        release.send(()).unwrap();
+        let rest = relay.next_output().await.unwrap().unwrap();
+        assert!(rest.starts_with(b"event: message_stop\n"), "{rest:?}");
+        assert!(relay.next_output().await.unwrap().is_none());
+        assert_eq!(relay.facts.events, 21);
+    }
+}
