@@ -113,9 +113,10 @@ pub struct BackendConfig {
     pub chunk_delay: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InstanceConfig {
-    /// Base URL ending in the API version path (`http://h:8000/v1`), no trailing slash.
+    /// Base URL ending in the API version path (`http://h:8000/v1`), no trailing slash. It may carry
+    /// credentials (userinfo), so Debug shows `display` in its place.
     pub base_url: String,
     /// The base URL without credentials, safe to show in `/health`, logs and errors.
     pub display: String,
@@ -124,6 +125,18 @@ pub struct InstanceConfig {
     pub model: Option<String>,
     /// Endpoint URLs parsed once at load, so no request pays for URL parsing.
     pub urls: EndpointUrls,
+}
+
+impl std::fmt::Debug for InstanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceConfig")
+            .field("url", &self.display)
+            .field("weight", &self.weight)
+            .field("api_key", &self.api_key)
+            .field("model", &self.model)
+            .field("urls", &self.urls)
+            .finish()
+    }
 }
 
 /// The upstream URL of each API path under an instance's base URL.

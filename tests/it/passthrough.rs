@@ -80,6 +80,29 @@ async fn backend_key_is_injected_and_client_auth_passes_through_otherwise() {
 }
 
 #[tokio::test]
+async fn credentials_in_the_backend_url_are_sent_as_basic_auth_and_never_shown() {
+    let mock = Mock::start().await;
+    let url = format!("http://proxy%2Duser:s3cr%40t@{}/v1", mock.addr);
+    let gateway = Gateway::start(&one_backend(&url, "")).await;
+    let (status, _) = gateway
+        .chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 200);
+    let requests = mock.requests();
+    // base64("proxy-user:s3cr@t")
+    assert_eq!(
+        requests[0].headers["authorization"],
+        "Basic cHJveHktdXNlcjpzM2NyQHQ="
+    );
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+    let debug = format!("{:?}", gateway.state.snapshot().config);
+    assert!(!debug.contains("s3cr"), "{debug}");
+    let health = client().get(gateway.url("/health")).send().await.unwrap();
+    let health = health.text().await.unwrap();
+    assert!(!health.contains("s3cr"), "{health}");
+}
+
+#[tokio::test]
 async fn completions_and_embeddings_pass_through() {
     let mock = Mock::start().await;
     let gateway = Gateway::start(&one_backend(&mock.base(), "")).await;
