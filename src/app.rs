@@ -1,7 +1,18 @@
-//! `router(state)`: every route and the layer order, in one place.
+//! `service(state)`: every route and the layer order, in one place.
 //!
-//! Layers, outer to inner: CORS → catch-panic (a bug answers 500, the process stays up) → request id
-//! (read or minted, stored in extensions, echoed as `X-Request-ID`) → handler.
+//! Layers, outer to inner: CORS, for requests that carry an `Origin` header (browsers; the headers mean
+//! nothing to other clients, so they skip the layer and its cost) → catch-panic (a bug answers 500, the
+//! process stays up) → request id (read or minted, stored in extensions, echoed as `X-Request-ID`) →
+//! handler.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use axum::extract::ConnectInfo;
+use futures_util::future::Either;
+use tower::Service;
+use tower_http::cors::Cors;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -9,13 +20,56 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::HeaderValue;
+use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::http::{RequestId, admin, api};
 use crate::state::AppState;
 
-pub fn router(state: AppState) -> Router {
+/// The application for one connection: the router, behind CORS when the request has an `Origin`.
+#[derive(Clone)]
+pub struct AppService {
+    plain: Router,
+    cors: Cors<Router>,
+    peer: Option<SocketAddr>,
+}
+
+impl AppService {
+    /// The same application for a connection from `peer` (its address reaches handlers as
+    /// `ConnectInfo`).
+    pub fn for_peer(&self, peer: SocketAddr) -> AppService {
+        AppService {
+            peer: Some(peer),
+            ..self.clone()
+        }
+    }
+}
+
+impl Service<Request> for AppService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        Either<<Router as Service<Request>>::Future, <Cors<Router> as Service<Request>>::Future>;
+
+    /// A `Router` is always ready, and so is CORS around it.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(ConnectInfo(peer));
+        }
+        if request.headers().contains_key(http::header::ORIGIN) {
+            Either::Right(self.cors.call(request))
+        } else {
+            Either::Left(self.plain.call(request))
+        }
+    }
+}
+
+pub fn service(state: AppState) -> AppService {
     let origin = state.snapshot().config.server.cors_allow_origin.clone();
     let cors = if origin == "*" {
         CorsLayer::new().allow_origin(Any)
@@ -28,7 +82,7 @@ pub fn router(state: AppState) -> Router {
     .allow_methods(Any)
     .allow_headers(Any)
     .expose_headers(Any);
-    Router::new()
+    let plain = Router::new()
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
         .route("/v1/embeddings", post(api::embeddings))
@@ -47,8 +101,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), request_id)) // <- inner
         .with_state(state)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(cors) // <- outer
+        .layer(CatchPanicLayer::custom(panic_response));
+    AppService {
+        cors: cors.layer(plain.clone()),
+        plain,
+        peer: None,
+    }
 }
 
 /// Request id in and out; HTTP metrics for the routes the pipeline does not record itself.

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::serve::ListenerExt;
+use axum::serve::{IncomingStream, ListenerExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -16,17 +16,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.snapshot().config.server.shutdown_grace;
-    let app = crate::app::router(state);
+    let app = crate::app::service(state);
     let stopping = CancellationToken::new();
     let signal = stopping.clone();
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let connections = tower::service_fn(move |incoming: IncomingStream<'_, _>| {
+        let peer: SocketAddr = *incoming.remote_addr();
+        std::future::ready(Ok::<_, std::convert::Infallible>(app.for_peer(peer)))
+    });
+    let serve = axum::serve(listener, connections).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; waiting for requests in flight");
         signal.cancel();

@@ -342,3 +342,74 @@ async fn models_health_and_ready() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test]
+async fn browsers_get_cors_headers_and_preflights_are_answered() {
+    let gateway = Gateway::start(DEFAULT).await;
+    let body = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+    let from_browser = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("origin", "https://app.example")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_browser.status(), 200);
+    assert_eq!(from_browser.headers()["access-control-allow-origin"], "*");
+    assert!(from_browser.headers()["x-request-id"].len() > 10);
+    // Clients that are not browsers send no Origin and get no CORS headers.
+    let from_server = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_server.status(), 200);
+    assert!(
+        from_server
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, gateway.url("/v1/messages"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert!(
+        preflight
+            .headers()
+            .contains_key("access-control-allow-methods")
+    );
+}
+
+#[tokio::test]
+async fn a_configured_cors_origin_is_the_only_one_allowed() {
+    let gateway = Gateway::start(
+        "server: { cors_allow_origin: 'https://app.example' }\ndefault_backend: local\nbackends:\n  local: { type: echo }\n",
+    )
+    .await;
+    // The allowed origin is always the one named: a browser on any other origin sees a mismatch
+    // and keeps the response from the page.
+    for origin in ["https://app.example", "https://evil.example"] {
+        let response = client()
+            .get(gateway.url("/v1/models"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["access-control-allow-origin"],
+            "https://app.example",
+            "{origin}"
+        );
+    }
+}
