@@ -8,7 +8,8 @@
 #   MODE=stream REQUESTS=500 bash bench/profile.sh to-anthropic.yaml
 #
 # Environment: MODE (json|stream), REQUESTS (2000), CONC (4), PATH_ (/v1/chat/completions),
-# BODY (openai), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1.
+# BODY (openai), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1,
+# UNIQUE=1 (every request's body different: "__N__" in it becomes a counter, a cache-miss load).
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -70,9 +71,11 @@ url=http://127.0.0.1:$GW_PORT$API_PATH
 # A Python driver keeps CONC keep-alive connections busy: curl per request would cost more than the
 # gateway itself under callgrind's slowdown and could not keep connections open.
 drive() {
-	python3 - "$1" "$CONC" "$url" "$body" "$HEADER" <<'EOF'
-import http.client, sys, threading, urllib.parse
+	python3 - "$1" "$CONC" "$url" "$body" "$HEADER" "${UNIQUE:-0}" "$2" <<'EOF'
+import http.client, itertools, sys, threading, urllib.parse
 n, conc, url, body_file, header = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+unique, run = sys.argv[6] == '1', sys.argv[7]
+counter = itertools.count()
 u = urllib.parse.urlparse(url)
 body = open(body_file, 'rb').read()
 headers = {'content-type': 'application/json'}
@@ -84,7 +87,8 @@ def worker(count):
     global failed
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
     for _ in range(count):
-        c.request('POST', u.path, body, headers)
+        sent = body.replace(b'__N__', f'{run}-{next(counter)}'.encode()) if unique else body.replace(b'__N__', b'0')
+        c.request('POST', u.path, sent, headers)
         r = c.getresponse()
         r.read()
         if r.status != 200:
@@ -98,9 +102,9 @@ if failed:
 EOF
 }
 
-drive $((CONC * 50))
+drive $((CONC * 50)) warm
 callgrind_control -i on >/dev/null 2>&1
-drive "$REQUESTS"
+drive "$REQUESTS" measured
 callgrind_control -i off >/dev/null 2>&1
 callgrind_control -d >/dev/null 2>&1
 # The explicit dump is part 1 (the dump at exit, after the trap's kill, is not wanted).

@@ -240,6 +240,11 @@ impl Admission {
     pub fn estimated_tokens(&self) -> u64 {
         self.estimated_tokens
     }
+
+    /// Some bucket of this request counts tokens: the reply's usage is reconciled against it.
+    pub fn counts_tokens(&self) -> bool {
+        !self.token_charges.is_empty()
+    }
 }
 
 /// Why a request was refused.
@@ -321,6 +326,8 @@ pub struct Limiter {
     per_key: Vec<RuleBucket>,
     per_key_model: Vec<RuleBucket>,
     keys: HashMap<Arc<str>, KeyLimits>,
+    /// Some limit or quota counts tokens (see `counts_tokens`).
+    counts_tokens: bool,
     store: StateStore,
     clock: Arc<dyn Clock>,
 }
@@ -538,15 +545,30 @@ impl Limiter {
             }
             key_limits.insert(Arc::from(k.name.as_str()), limits);
         }
+        let tokens = |buckets: &[RuleBucket]| buckets.iter().any(|b| b.unit == Unit::Tokens);
+        let counts_tokens = [&global, &per_ip, &per_key, &per_key_model]
+            .into_iter()
+            .any(|buckets| tokens(buckets))
+            || key_limits.values().any(|k| {
+                k.rate.as_deref().is_some_and(tokens)
+                    || k.quota.iter().any(|q| q.unit == Unit::Tokens)
+            });
         Ok(Limiter {
             global,
             per_ip,
             per_key,
             per_key_model,
             keys: key_limits,
+            counts_tokens,
             store,
             clock,
         })
+    }
+
+    /// True when some limit or quota counts tokens: only then is the input estimated before the call
+    /// (and reconciled after it). Request-only limits skip the tokenizer.
+    pub fn counts_tokens(&self) -> bool {
+        self.counts_tokens
     }
 
     /// True when nothing is limited, so the caller can skip token estimation for limits.

@@ -600,3 +600,37 @@ async fn redis_outage_follows_fail_mode_and_recovers() {
         "fail_open limiter enforces limits again"
     );
 }
+
+#[tokio::test]
+async fn only_limits_that_count_tokens_need_an_estimate() {
+    let requests_only = fixture(
+        r#"{"per_ip": {"requests": 5, "window_s": 60}}"#,
+        r#"[{"name": "a", "key": "ka", "quota": {"requests": 3, "period": "day"}}]"#,
+    );
+    assert!(!requests_only.limiter.counts_tokens());
+    let admission = requests_only
+        .limiter
+        .admit(&request(None, 0))
+        .await
+        .unwrap();
+    assert!(!admission.counts_tokens());
+    for (cfg, key_json) in [
+        (r#"{"global": {"tokens": 1000, "window_s": 60}}"#, "[]"),
+        (
+            "{}",
+            r#"[{"name": "a", "key": "ka", "quota": {"tokens": 100, "period": "day"}}]"#,
+        ),
+        (
+            "{}",
+            r#"[{"name": "a", "key": "ka", "rate_limit": {"tokens": 100, "window_s": 60}}]"#,
+        ),
+    ] {
+        assert!(
+            fixture(cfg, key_json).limiter.counts_tokens(),
+            "{cfg} {key_json}"
+        );
+    }
+    let tokens = fixture(r#"{"global": {"tokens": 1000, "window_s": 60}}"#, "[]");
+    let admission = tokens.limiter.admit(&request(None, 10)).await.unwrap();
+    assert!(admission.counts_tokens());
+}

@@ -380,7 +380,11 @@ impl Exchange<'_> {
             };
             let tap = (ctx.request.is_some() && client_protocol == target)
                 .then(|| StreamTap::new(target));
-            let collect_text = ctx.admission.is_some() || ctx.cache_key.is_some();
+            let counts_tokens = ctx
+                .admission
+                .as_ref()
+                .is_some_and(crate::limits::Admission::counts_tokens);
+            let collect_text = counts_tokens || ctx.cache_key.is_some();
             let mut relay = Relay::new(
                 response,
                 transform,

@@ -148,7 +148,7 @@ impl RequestCtx {
         }
         self.state.stats().record(backend, self.status, latency);
         if let Some(admission) = self.admission.take()
-            && admission.estimated_tokens() > 0
+            && admission.counts_tokens()
         {
             let actual = match self.usage {
                 Some(usage) => usage.input_tokens + usage.output_tokens,

@@ -97,11 +97,12 @@ pub async fn admit(
         });
     }
     let text = request.all_input_text();
-    let estimated_tokens = if limited || snapshot.policy.needs_token_count() {
-        crate::tokens::count(&text)
-    } else {
-        0
-    };
+    let estimated_tokens =
+        if snapshot.limiter.counts_tokens() || snapshot.policy.needs_token_count() {
+            crate::tokens::count(&text)
+        } else {
+            0
+        };
     if policed && let Err(violation) = snapshot.policy.check(&text, estimated_tokens) {
         return Err(GatewayError::new(
             ErrorKind::PolicyViolation,

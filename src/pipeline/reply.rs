@@ -96,8 +96,9 @@ pub fn stream(
             self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
             if self.ctx.usage.is_none()
                 && let Some(admission) = &self.ctx.admission
+                && admission.counts_tokens()
             {
-                // Streams without usage are counted from their text.
+                // Streams without usage are counted from their text when limits count tokens.
                 self.ctx.usage = Some(crate::protocol::Usage {
                     input_tokens: admission.estimated_tokens(),
                     output_tokens: crate::tokens::count(&self.relay.facts.text),
