@@ -223,6 +223,11 @@ impl ResponseCache {
         CacheKey(Sha256::digest(material).into())
     }
 
+    /// The key of material written into `hasher` piece by piece.
+    pub fn key_of(hasher: Sha256) -> CacheKey {
+        CacheKey(hasher.finalize().into())
+    }
+
     /// A cached response, if present and fresh. Redis trouble counts as a miss.
     pub async fn get(&self, key: &CacheKey) -> Option<CachedResponse> {
         if !self.enabled {

@@ -5,10 +5,13 @@
 //! `metadata` and `cache` removed and object keys sorted — every sampling parameter counts, the request
 //! id and the client key never do. A stream and a non-stream request for the same thing share the entry.
 
+use std::borrow::Cow;
+
 use axum::response::Response;
 use bytes::Bytes;
 use http::HeaderValue;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::cache::{CacheKey, CachedResponse, ResponseCache, WireProtocol};
 use crate::protocol::convert;
@@ -45,56 +48,211 @@ pub fn plan(endpoint: Endpoint, backend: &str, headers: &http::HeaderMap, body: 
                     || directive.eq_ignore_ascii_case("no-store")
             })
         });
-    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(Node::Object(fields)) = serde_json::from_slice::<Node<'_>>(body) else {
         return Plan {
             key: None,
             forward: None,
         };
     };
-    let forward = match object.shift_remove("cache") {
-        Some(flag) => {
-            bypass |= flag == Value::Bool(false);
-            serde_json::to_vec(&object).ok().map(Bytes::from)
+    let forward = match fields.iter().rposition(|(name, _)| name == "cache") {
+        Some(at) => {
+            bypass |= matches!(fields[at].1, Node::Bool(false));
+            without_cache_field(body)
         }
         None => None,
     };
     if bypass {
         return Plan { key: None, forward };
     }
-    for field in IGNORED {
-        object.shift_remove(field);
-    }
-    let mut material = format!("{}\n{}\n", endpoint.path(), backend);
-    write_sorted(&Value::Object(object), &mut material);
     Plan {
-        key: Some(ResponseCache::key(material.as_bytes())),
+        key: key_of(endpoint, backend, fields),
         forward,
     }
 }
 
-fn write_sorted(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for key in keys {
-                out.push_str(&json_string(key));
-                out.push(':');
-                write_sorted(&map[key], out);
-                out.push(',');
+/// The client's body without its top-level `cache` field (upstreams reject unknown parameters).
+fn without_cache_field(body: &[u8]) -> Option<Bytes> {
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    object.shift_remove("cache");
+    serde_json::to_vec(&object).ok().map(Bytes::from)
+}
+
+/// The key: endpoint, backend and the body with the ignored fields removed, written with object keys
+/// sorted straight into the hash (no text is built).
+fn key_of(
+    endpoint: Endpoint,
+    backend: &str,
+    mut fields: Vec<(Cow<'_, str>, Node<'_>)>,
+) -> Option<CacheKey> {
+    fields.retain(|(name, _)| !IGNORED.contains(&name.as_ref()));
+    let mut material = Material(Sha256::new());
+    material.0.update(endpoint.path().as_bytes());
+    material.0.update(b"\n");
+    material.0.update(backend.as_bytes());
+    material.0.update(b"\n");
+    write_sorted(Node::Object(fields), &mut material).ok()?;
+    Some(ResponseCache::key_of(material.0))
+}
+
+/// A hasher that JSON text can be written into.
+struct Material(Sha256);
+
+impl std::io::Write for Material {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Canonical JSON: object keys sorted (the last of duplicate keys wins, as in a parsed object),
+/// strings escaped the one way serde_json writes them, numbers as serde_json prints them.
+fn write_sorted(node: Node<'_>, out: &mut Material) -> serde_json::Result<()> {
+    match node {
+        Node::Object(mut fields) => {
+            // Stable sort then keep the last of each name: duplicates resolve like `Value` parsing.
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            out.0.update(b"{");
+            let mut fields = fields.into_iter().peekable();
+            while let Some((name, value)) = fields.next() {
+                if fields.peek().is_some_and(|(next, _)| *next == name) {
+                    continue;
+                }
+                serde_json::to_writer(&mut *out, name.as_ref())?;
+                out.0.update(b":");
+                write_sorted(value, out)?;
+                out.0.update(b",");
             }
-            out.push('}');
+            out.0.update(b"}");
         }
-        Value::Array(items) => {
-            out.push('[');
+        Node::Array(items) => {
+            out.0.update(b"[");
             for item in items {
-                write_sorted(item, out);
-                out.push(',');
+                write_sorted(item, out)?;
+                out.0.update(b",");
             }
-            out.push(']');
+            out.0.update(b"]");
         }
-        other => out.push_str(&other.to_string()),
+        Node::Str(text) => serde_json::to_writer(&mut *out, text.as_ref())?,
+        Node::Number(number) => serde_json::to_writer(&mut *out, &number)?,
+        Node::Bool(true) => out.0.update(b"true"),
+        Node::Bool(false) => out.0.update(b"false"),
+        Node::Null => out.0.update(b"null"),
+    }
+    Ok(())
+}
+
+/// A JSON document parsed only to be written back canonically: strings without escapes stay borrowed
+/// from the body, objects are field lists (no maps are built).
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    Str(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+impl<'de> serde::Deserialize<'de> for Node<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(v.into()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Node<'de>, E> {
+        serde_json::Number::from_f64(v)
+            .map(Node::Number)
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some(name) = map.next_key_seed(KeySeed)? {
+            fields.push((name, map.next_value()?));
+        }
+        Ok(Node::Object(fields))
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 
@@ -262,4 +420,109 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
         ctx.backend.as_deref().unwrap_or(""),
         protocol,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(body: &str) -> Option<CacheKey> {
+        plan(
+            Endpoint::ChatCompletions,
+            "b",
+            &http::HeaderMap::new(),
+            body.as_bytes(),
+        )
+        .key
+    }
+
+    fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (key(a).unwrap(), key(b).unwrap());
+        format!("{a:?}") == format!("{b:?}")
+    }
+
+    #[test]
+    fn the_key_is_the_request_not_its_spelling() {
+        let base = r#"{"model":"m","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.5,"tools":[{"b":1,"a":2}]}"#;
+        // Key order (also nested), whitespace, escapes and the ignored fields do not matter.
+        assert!(same(
+            base,
+            r#"{ "tools":[{"a":2,"b":1}], "temperature":0.5, "stream":true, "stream_options":{"include_usage":true},
+                "user":"u1", "metadata":{"k":"v"}, "cache":true,
+                "messages":[{"content":"h\u00e9 \"x\"","role":"user"}], "model":"m" }"#
+        ));
+        // The last of duplicate keys counts, as in any JSON parser that keeps one.
+        assert!(same(
+            base,
+            r#"{"model":"x","model":"m","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.5,"tools":[{"b":1,"a":2}]}"#
+        ));
+        // Every sampling parameter, the messages and the model do.
+        for other in [
+            r#"{"model":"m","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.6,"tools":[{"b":1,"a":2}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.5,"tools":[{"b":1,"a":3}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hé x"}],"temperature":0.5,"tools":[{"b":1,"a":2}]}"#,
+            r#"{"model":"n","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.5,"tools":[{"b":1,"a":2}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.5,"tools":[{"b":1,"a":2}],"seed":1}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hé \"x\""}],"temperature":0.5,"tools":[{"b":1,"a":2},null]}"#,
+        ] {
+            assert!(!same(base, other), "{other}");
+        }
+        // Strings and numbers never meet: "1" is not 1, and [1,2] is not [12].
+        assert!(!same(r#"{"a":"1"}"#, r#"{"a":1}"#));
+        assert!(!same(r#"{"a":[1,2]}"#, r#"{"a":[12]}"#));
+        assert!(!same(r#"{"a":{"b":1}}"#, r#"{"a":{"b":"1"}}"#));
+    }
+
+    #[test]
+    fn endpoint_backend_and_bypass_are_part_of_the_plan() {
+        let body = r#"{"model":"m","prompt":"p"}"#.as_bytes();
+        let headers = http::HeaderMap::new();
+        let chat = plan(Endpoint::ChatCompletions, "b", &headers, body)
+            .key
+            .unwrap();
+        let completions = plan(Endpoint::Completions, "b", &headers, body)
+            .key
+            .unwrap();
+        let other_backend = plan(Endpoint::ChatCompletions, "c", &headers, body)
+            .key
+            .unwrap();
+        assert_ne!(format!("{chat:?}"), format!("{completions:?}"));
+        assert_ne!(format!("{chat:?}"), format!("{other_backend:?}"));
+
+        let mut no_cache = http::HeaderMap::new();
+        no_cache.insert(
+            http::header::CACHE_CONTROL,
+            "max-age=0, No-Cache".parse().unwrap(),
+        );
+        assert!(
+            plan(Endpoint::ChatCompletions, "b", &no_cache, body)
+                .key
+                .is_none()
+        );
+
+        let off = plan(
+            Endpoint::ChatCompletions,
+            "b",
+            &headers,
+            br#"{"model":"m","cache":false,"prompt":"p"}"#,
+        );
+        assert!(off.key.is_none());
+        let forward: Value = serde_json::from_slice(&off.forward.unwrap()).unwrap();
+        assert_eq!(forward, serde_json::json!({"model": "m", "prompt": "p"}));
+        assert!(
+            plan(Endpoint::ChatCompletions, "b", &headers, body)
+                .forward
+                .is_none()
+        );
+        assert!(
+            plan(Endpoint::ChatCompletions, "b", &headers, b"[1]")
+                .key
+                .is_none()
+        );
+        assert!(
+            plan(Endpoint::ChatCompletions, "b", &headers, b"{")
+                .key
+                .is_none()
+        );
+    }
 }
