@@ -384,7 +384,11 @@ pub fn word_count(text: &str) -> u64 {
 // === Borrowed fast-path decoding ===
 
 /// The borrowed view of a JSON object (an event or a body), or `None` to take the `Value` path.
+///
+/// Invalid UTF-8 anywhere takes the `Value` path (which rejects it): the borrowed structs skip fields
+/// they do not read without checking their text.
 pub(crate) fn fast_decode<'a, T: Deserialize<'a>>(data: &'a [u8]) -> Option<T> {
+    std::str::from_utf8(data).ok()?;
     serde_json::from_slice::<Obj<T>>(data)
         .ok()
         .map(|Obj(value)| value)

@@ -320,86 +320,96 @@ fn thinking_block_events(blocks: &Value, out: &mut Vec<StreamEvent>) {
 fn exact_content_chunk(data: &[u8]) -> Option<String> {
     const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"content":"#;
     const CHOICE_END: &[u8] = br#"},"logprobs":null,"finish_reason":null}]"#;
-    static FIND_CHOICE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(CHOICE_START));
     let inner = data.strip_prefix(b"{")?.strip_suffix(b"}")?;
-    let at = FIND_CHOICE.find(inner)?;
     if std::str::from_utf8(data).is_err() {
         return None;
     }
-    let (before, rest) = inner.split_at(at);
-    if !before.is_empty() {
-        flat_fields(before.strip_suffix(b",")?)?;
+    // One pass, no search: flat fields up to the choice, the content string, flat fields after it.
+    let mut rest = inner;
+    while !rest.starts_with(CHOICE_START) {
+        rest = rest[flat_field_len(rest)?..].strip_prefix(b",")?;
     }
     // `rest` continues with the content string, opening quote included.
     let rest = &rest[CHOICE_START.len()..];
+    if rest.first() != Some(&b'"') {
+        return None;
+    }
     let mut end = 1;
+    let mut escaped = false;
     loop {
         match rest.get(end)? {
-            b'\\' => end += 2,
+            b'\\' => {
+                escaped = true;
+                end += 2;
+            }
             b'"' => break,
+            &byte if byte < 0x20 => {
+                escaped = true;
+                end += 1;
+            }
             _ => end += 1,
         }
     }
     let (text, after) = rest.split_at(end + 1);
-    let after = after.strip_prefix(CHOICE_END)?;
-    if !after.is_empty() {
-        flat_fields(after.strip_prefix(b",")?)?;
+    let mut after = after.strip_prefix(CHOICE_END)?;
+    while !after.is_empty() {
+        after = after.strip_prefix(b",")?;
+        after = &after[flat_field_len(after)?..];
     }
-    let inner_text = &text[1..text.len() - 1];
-    if inner_text.iter().any(|&byte| byte == b'\\' || byte < 0x20) {
+    if escaped {
         // Escapes (or raw control characters, which JSON forbids): exactly one JSON string, decoded by
         // the parser, which also rejects what the general path would reject.
         return serde_json::from_slice::<String>(text).ok();
     }
-    std::str::from_utf8(inner_text).ok().map(str::to_owned)
+    // The whole event is valid UTF-8 and the text ends at a quote, so it is valid UTF-8 too.
+    std::str::from_utf8(&text[1..text.len() - 1])
+        .ok()
+        .map(str::to_owned)
 }
 
-/// Checks `"key":value(,"key":value)*` for [`exact_content_chunk`]: plain strings, integers and literals
-/// only, and no key that would change what the chunk means.
-fn flat_fields(mut fields: &[u8]) -> Option<()> {
-    loop {
-        let key_len = plain_string_len(fields)?;
-        let key = &fields[1..key_len - 1];
-        fields = fields[key_len..].strip_prefix(b":")?;
-        let value_len = match fields.first()? {
-            b'"' => plain_string_len(fields)?,
-            b'n' if fields.starts_with(b"null") => 4,
-            b't' if fields.starts_with(b"true") => 4,
-            b'f' if fields.starts_with(b"false") => 5,
-            _ => {
-                let sign = usize::from(fields[0] == b'-');
-                let digits = fields[sign..]
-                    .iter()
-                    .take_while(|byte| byte.is_ascii_digit())
-                    .count();
-                if digits == 0 || (digits > 1 && fields[sign] == b'0') {
-                    return None;
-                }
-                sign + digits
+/// The length of one flat field `"key":value` at the start of `bytes`, for [`exact_content_chunk`]: a
+/// plain string (no escapes), an integer, `true`, `false` or `null` as the value, and no key that would
+/// change what the chunk means (`choices`, `error`, a non-null `usage`).
+fn flat_field_len(bytes: &[u8]) -> Option<usize> {
+    let key_len = plain_string_len(bytes)?;
+    let key = &bytes[1..key_len - 1];
+    let fields = bytes[key_len..].strip_prefix(b":")?;
+    let value_len = match fields.first()? {
+        b'"' => plain_string_len(fields)?,
+        b'n' if fields.starts_with(b"null") => 4,
+        b't' if fields.starts_with(b"true") => 4,
+        b'f' if fields.starts_with(b"false") => 5,
+        _ => {
+            let sign = usize::from(fields[0] == b'-');
+            let digits = fields[sign..]
+                .iter()
+                .take_while(|byte| byte.is_ascii_digit())
+                .count();
+            if digits == 0 || (digits > 1 && fields[sign] == b'0') {
+                return None;
             }
-        };
-        let value = &fields[..value_len];
-        if key == b"choices" || key == b"error" || (key == b"usage" && value != b"null") {
-            return None;
+            sign + digits
         }
-        fields = &fields[value_len..];
-        if fields.is_empty() {
-            return Some(());
-        }
-        fields = fields.strip_prefix(b",")?;
+    };
+    if key == b"choices" || key == b"error" || (key == b"usage" && &fields[..value_len] != b"null")
+    {
+        return None;
     }
+    Some(key_len + 1 + value_len)
 }
 
 /// The length of a string without escapes or control characters at the start of `bytes`, quotes
-/// included.
+/// included. A plain loop: these strings are short, where a vectorized search costs more than it saves.
 fn plain_string_len(bytes: &[u8]) -> Option<usize> {
     let rest = bytes.strip_prefix(b"\"")?;
-    let end = memchr::memchr(b'"', rest)?;
-    if rest[..end].iter().any(|&byte| byte == b'\\' || byte < 0x20) {
-        return None;
+    for (at, &byte) in rest.iter().enumerate() {
+        match byte {
+            b'"' => return Some(at + 2),
+            b'\\' | 0..=0x1f => return None,
+            _ => {}
+        }
     }
-    Some(end + 2)
+    None
 }
 
 /// The text of a `content_block_delta` event in exactly the layout Anthropic sends,
@@ -1820,6 +1830,99 @@ mod tests {
         }
         let (fast, slow) = decode_both_ways(Protocol::OpenAi, &events);
         assert_eq!(fast, slow);
+    }
+
+    /// Cases the property below found: a content value that is not a string, and invalid UTF-8 in a
+    /// field the borrowed decoder skips (the `Value` path rejects the event; so must the fast path).
+    #[test]
+    fn chunks_the_property_test_found() {
+        let not_a_string = br#"{"choices":[{"index":0,"delta":{"content":#x"},"logprobs":null,"finish_reason":null}]}"#;
+        assert_eq!(exact_content_chunk(not_a_string), None);
+        let mut bad_utf8 =
+            br#"{"x": "~","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#
+                .to_vec();
+        let at = bad_utf8.iter().position(|&b| b == b'~').unwrap();
+        bad_utf8[at] = 0xA1;
+        for data in [not_a_string.to_vec(), bad_utf8] {
+            let event = SseEvent {
+                event: None,
+                data: bytes::Bytes::from(data.clone()),
+                raw: bytes::Bytes::from(data),
+            };
+            let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
+            assert_eq!(fast, slow);
+            assert!(fast[0].is_err());
+        }
+    }
+
+    fn chunk_field() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("id"),
+            Just("created"),
+            Just("model"),
+            Just("choices"),
+            Just("error"),
+            Just("usage"),
+            Just("obfuscation"),
+            Just("x\\\"y"),
+        ];
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("-0".to_owned()),
+            Just("007".to_owned()),
+            Just("1.5".to_owned()),
+            Just("{\"prompt_tokens\":1}".to_owned()),
+            Just("[]".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
+        ];
+        (key, value, any::<bool>()).prop_map(|(key, value, spaced)| {
+            format!("\"{key}\":{}{value}", if spaced { " " } else { "" })
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Chunks near the exact layout (random flat and non-flat fields around it, any content text,
+        /// stray bytes) decode the same on the fast and the `Value` path, and the exact reader agrees
+        /// with the parser whenever it answers.
+        #[test]
+        fn near_layout_chunks_decode_like_the_value_path(
+            before in proptest::collection::vec(chunk_field(), 0..4),
+            after in proptest::collection::vec(chunk_field(), 0..3),
+            text in ".{0,12}",
+            cut in proptest::option::of((0usize..200, 0u8..128)),
+        ) {
+            let mut fields: Vec<String> = before;
+            fields.push(format!(
+                r#""choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}]"#,
+                serde_json::to_string(&text).unwrap()
+            ));
+            fields.extend(after);
+            let mut data = format!("{{{}}}", fields.join(",")).into_bytes();
+            if let Some((at, byte)) = cut {
+                let at = at % data.len();
+                data[at] = byte;
+            }
+            if let Some(read) = exact_content_chunk(&data) {
+                let value: serde_json::Value = serde_json::from_slice(&data).unwrap();
+                proptest::prop_assert_eq!(
+                    value["choices"][0]["delta"]["content"].as_str(),
+                    Some(read.as_str())
+                );
+            }
+            let event = SseEvent {
+                event: None,
+                data: bytes::Bytes::from(data.clone()),
+                raw: bytes::Bytes::from(data),
+            };
+            let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
+            proptest::prop_assert_eq!(fast, slow);
+        }
     }
 
     /// `write_event` frames exactly like `sse::encode` over the serialized value.
