@@ -263,10 +263,8 @@ impl ResponseCache {
         }
         match &self.backend {
             Backend::Memory(cache) => {
+                // moka settles its bookkeeping in batches; `stats` settles it before counting.
                 cache.insert(*key, value).await;
-                // moka counts entries lazily: settle now so `/stats` shows the entry (puts run in
-                // the background, off the request path).
-                cache.run_pending_tasks().await;
             }
             Backend::Redis { store, ttl_ms } => {
                 let cmd = redis::Cmd::pset_ex(redis_key(store, key), encode(&value), *ttl_ms);
@@ -282,7 +280,11 @@ impl ResponseCache {
     pub async fn stats(&self) -> CacheStats {
         let (size, size_source, size_age_s) = match &self.backend {
             _ if !self.enabled => (Some(0), SizeSource::Disabled, None),
-            Backend::Memory(cache) => (Some(cache.entry_count()), SizeSource::Memory, None),
+            Backend::Memory(cache) => {
+                // Entries are counted lazily: settle pending inserts and evictions first.
+                cache.run_pending_tasks().await;
+                (Some(cache.entry_count()), SizeSource::Memory, None)
+            }
             Backend::Redis { store, .. } => self.redis_size(store).await,
         };
         CacheStats {
