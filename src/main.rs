@@ -90,18 +90,6 @@ fn main() -> ExitCode {
 async fn serve(config: config::Config, source: config::Source) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _log_guard = ai_gateway::logging::init(&config.logging);
-    // The tokenizer table takes ~150 ms and ~30 MB: load it before the first request, but only when
-    // this config counts tokens (limits or policies).
-    let limits = &config.rate_limit;
-    let counts_tokens = !config.keys.is_empty()
-        || limits.per_ip.is_some()
-        || limits.per_key.is_some()
-        || limits.per_key_model.is_some()
-        || limits.global.is_some()
-        || config.policies.max_input_tokens.is_some();
-    if counts_tokens {
-        tokio::task::spawn_blocking(ai_gateway::tokens::warm);
-    }
     let address = format!("{}:{}", config.server.host, config.server.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
@@ -109,6 +97,13 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
     let backends = config.backends.len();
     let shown = source.to_string();
     let state = AppState::new(config, source)?;
+    // The tokenizer table takes ~150 ms and ~30 MB: load it before the first request, but only when
+    // this config counts tokens (a limit or quota in tokens, or `max_input_tokens`).
+    let snapshot = state.snapshot();
+    if snapshot.limiter.counts_tokens() || snapshot.policy.needs_token_count() {
+        tokio::task::spawn_blocking(ai_gateway::tokens::warm);
+    }
+    drop(snapshot);
     // Reload triggers (file watch, SIGHUP) are installed before the gateway says it is listening, so a
     // SIGHUP right after startup reloads instead of killing the process.
     let _reloader = match ai_gateway::reload::spawn(state.clone()) {
