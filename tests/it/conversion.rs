@@ -105,19 +105,20 @@ async fn anthropic_to_anthropic_json_passes_through_untouched() {
         "x_vendor_extra": {"nested": [1, {"model": "untouched"}]},
         "service_tier": "auto"
     });
-    let response = client()
-        .post(gateway.url("/v1/messages"))
-        .header("x-request-id", "pass-1")
-        .header("anthropic-version", "2024-10-22")
-        .header("anthropic-beta", "prompt-caching-2024-07-31")
-        .header("x-api-key", "sk-client-should-not-win")
-        .json(&sent)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-gateway-backend"], "claude");
-    let body: Value = response.json().await.unwrap();
+    let (status, headers, body) = gateway
+        .send(
+            "/v1/messages",
+            &sent,
+            &[
+                ("x-request-id", "pass-1"),
+                ("anthropic-version", "2024-10-22"),
+                ("anthropic-beta", "prompt-caching-2024-07-31"),
+                ("x-api-key", "sk-client-should-not-win"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-gateway-backend"], "claude");
     assert_eq!(body["id"], "pass-1");
     assert_eq!(body["backend"], "claude");
     assert_eq!(body["type"], "message");
@@ -181,16 +182,14 @@ async fn anthropic_client_key_is_forwarded_as_x_api_key_when_the_backend_has_non
         anthropic.base()
     ))
     .await;
-    let response = client()
-        .post(gateway.url("/v1/messages"))
-        .header("x-api-key", "sk-ant-client")
-        .header("anthropic-version", "2023-06-01")
-        .json(&json!({"model": "claude", "max_tokens": 8,
-                      "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let body =
+        json!({"model": "claude", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]});
+    let headers = [
+        ("x-api-key", "sk-ant-client"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    let (status, _, _) = gateway.send("/v1/messages", &body, &headers).await;
+    assert_eq!(status, 200);
     let received = &anthropic.requests()[0];
     assert_eq!(received.headers["x-api-key"], "sk-ant-client");
     assert!(
@@ -229,14 +228,14 @@ async fn openai_to_anthropic_request_is_converted() {
     let openai = Mock::start().await;
     let gateway = gateway(&anthropic, &openai).await;
     anthropic.script([ABehavior::Reply(Answer::Tools)]);
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .header("x-request-id", "conv-1")
-        .json(&openai_tool_request(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let (status, _, _) = gateway
+        .send(
+            "/v1/chat/completions",
+            &openai_tool_request(false),
+            &[("x-request-id", "conv-1")],
+        )
+        .await;
+    assert_eq!(status, 200);
     let received = &anthropic.requests()[0];
     assert_eq!(received.path, "/v1/messages");
     assert_eq!(received.headers["x-api-key"], "sk-ant-backend");
@@ -1401,29 +1400,10 @@ async fn stream_metrics_count_the_events_and_bytes_the_client_got() {
     .await;
     assert_eq!(status, 200);
     let sent_events = events(&body).len() as u64;
-    let metrics = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|line| {
-                !line.starts_with('#')
-                    && line.contains(name)
-                    && line.contains("provider=\"openai\"")
-            })
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .unwrap_or_else(|| panic!("no {name} for provider openai in:\n{metrics}"))
-    };
-    assert_eq!(value("streaming_events"), sent_events);
-    assert_eq!(value("streaming_bytes"), body.len() as u64);
+    let metrics = gateway.metrics().await;
+    let value = |name: &str| metrics.value(name, &[("provider", "openai")]) as u64;
+    assert_eq!(value("streaming_events_total"), sent_events);
+    assert_eq!(value("streaming_bytes_total"), body.len() as u64);
 }
 
 #[tokio::test]
@@ -1555,15 +1535,12 @@ async fn an_anthropic_client_key_reaches_a_keyless_openai_backend_as_a_bearer_to
     ))
     .await;
     // The Anthropic SDK sends its key as `x-api-key`.
-    let response = client()
-        .post(gateway.url("/v1/messages"))
-        .header("x-api-key", "sk-vllm-client")
-        .json(&json!({"model": "gpt", "max_tokens": 5,
-                      "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let body =
+        json!({"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]});
+    let (status, _, _) = gateway
+        .send("/v1/messages", &body, &[("x-api-key", "sk-vllm-client")])
+        .await;
+    assert_eq!(status, 200);
     let received = &openai.requests()[0];
     assert_eq!(
         received

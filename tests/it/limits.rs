@@ -26,16 +26,7 @@ async fn send(
     body: &Value,
     headers: &[(&str, &str)],
 ) -> (u16, http::HeaderMap, Value) {
-    let mut request = client().post(gateway.url(path)).json(body);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, body)
+    gateway.send(path, body, headers).await
 }
 
 fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> &'a str {
@@ -214,23 +205,14 @@ async fn keys_authenticate_authorize_and_stay_at_the_gateway() {
     );
 
     // Each request counts once: 3 missing/invalid + 1 forbidden denied, 3 allowed.
-    let metrics = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |result: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.contains("auth_requests") && l.contains(&format!("result=\"{result}\"")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    assert_eq!((count("allowed"), count("denied")), (3.0, 4.0), "{metrics}");
+    let metrics = gateway.metrics().await;
+    let count = |result: &str| metrics.value("auth_requests_total", &[("result", result)]);
+    assert_eq!(
+        (count("allowed"), count("denied")),
+        (3.0, 4.0),
+        "{}",
+        metrics.text
+    );
 
     // The client's gateway key is never forwarded upstream.
     let requests = mock.requests();

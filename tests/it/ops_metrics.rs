@@ -8,13 +8,7 @@ use crate::support::prom::Scrape;
 use crate::support::{Gateway, client, sse_data};
 
 async fn scrape(gateway: &Gateway) -> Scrape {
-    let response = client().get(gateway.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    Scrape::parse(response.text().await.unwrap())
+    gateway.metrics().await
 }
 
 fn chat(model: &str, text: &str) -> Value {

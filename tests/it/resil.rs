@@ -45,24 +45,9 @@ fn counts(mocks: &[Mock]) -> Vec<usize> {
     mocks.iter().map(|m| m.requests().len()).collect()
 }
 
-/// The value of an unlabelled metric whose name ends with `suffix` (the exporter adds a prefix).
-async fn metric(gateway: &Gateway, suffix: &str) -> f64 {
-    let text = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.split_once(' ')?;
-            name.ends_with(suffix)
-                .then(|| value.trim().parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no metric *{suffix} in {text}"))
+/// The value of an unlabelled metric.
+async fn metric(gateway: &Gateway, name: &str) -> f64 {
+    gateway.metrics().await.value(name, &[])
 }
 
 async fn chat_ok(gateway: &Gateway, model: &str) -> Value {
@@ -111,13 +96,9 @@ async fn least_connections_sends_new_requests_away_from_an_instance_holding_a_st
         "",
     ))
     .await;
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(&json!({"model": "pool", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = gateway
+        .open("/v1/chat/completions", &json!({"model": "pool", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     let mut stream = response.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
@@ -228,13 +209,9 @@ async fn a_stream_fails_over_when_the_first_instance_cuts_before_any_chunk() {
     let m = mocks(2).await;
     m[0].script([Behavior::StreamCut(0)]);
     let gateway = Gateway::start(&pool("round_robin", &[(v1(&m[0]), 1), (v1(&m[1]), 1)], "")).await;
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(&json!({"model": "pool", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = gateway
+        .open("/v1/chat/completions", &json!({"model": "pool", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     let text = response.text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]", "{text}");
@@ -449,14 +426,12 @@ async fn a_stream_started_before_a_reload_finishes_intact() {
     a.script([Behavior::Gate]);
     std::fs::write(&path, routed_to("a", &a, &b)).unwrap();
     let (gateway, _reloader) = Gateway::start_from_file(&path, true).await;
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(
+    let response = gateway
+        .open(
+            "/v1/chat/completions",
             &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     let mut stream = response.bytes_stream();
     let mut body = stream.next().await.unwrap().unwrap().to_vec();
     std::fs::write(&path, routed_to("b", &a, &b)).unwrap();
@@ -501,19 +476,11 @@ async fn an_invalid_edit_leaves_the_old_config_serving() {
         "the rejected reload is counted",
         Duration::from_secs(10),
         || async {
-            let text = client()
-                .get(gateway.url("/metrics"))
-                .send()
+            gateway
+                .metrics()
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines().any(|l| {
-                l.contains("config_reloads")
-                    && l.contains("result=\"failure\"")
-                    && !l.trim_end().ends_with(" 0")
-            })
+                .get("config_reloads_total", &[("result", "failure")])
+                .is_some_and(|count| count > 0.0)
         },
     )
     .await;
@@ -522,11 +489,7 @@ async fn an_invalid_edit_leaves_the_old_config_serving() {
     }
     assert_eq!(b.requests().len(), 0);
     // The admin endpoint reports the same rejection, naming where the file is wrong.
-    let response = client()
-        .post(gateway.url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.admin_reload().await;
     assert_eq!(response.status(), 400);
     let text = response.text().await.unwrap();
     assert!(text.contains("gateway.yaml"), "{text}");
@@ -543,11 +506,7 @@ async fn admin_reload_applies_an_edited_file() {
     let (gateway, _none) = Gateway::start_from_file(&path, false).await;
     std::fs::write(&path, routed_to("b", &a, &b)).unwrap();
     assert_eq!(chat_ok(&gateway, "m").await["backend"], "a");
-    let response = client()
-        .post(gateway.url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.admin_reload().await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "reloaded");
@@ -779,11 +738,7 @@ async fn a_reload_keeps_breaker_state_and_applies_new_health_settings() {
         "open"
     );
     std::fs::write(&path, config(3)).unwrap();
-    let response = client()
-        .post(gateway.url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.admin_reload().await;
     assert_eq!(response.status(), 200);
     // The breaker stays open across the reload: a still gets nothing.
     for _ in 0..4 {
@@ -881,12 +836,9 @@ async fn a_client_leaving_mid_stream_releases_the_in_flight_slot() {
         "",
     ))
     .await;
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(&json!({"model": "pool", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway
+        .open("/v1/chat/completions", &json!({"model": "pool", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     let mut stream = response.bytes_stream();
     stream.next().await.unwrap().unwrap();
     let in_flight = |health: &Value| {
@@ -928,13 +880,9 @@ async fn the_served_by_header_names_the_fallback_for_json_and_streams() {
     ))
     .await;
     for stream in [false, true] {
-        let response = client()
-            .post(gateway.url("/v1/chat/completions"))
-            .json(&json!({"model": "primary", "stream": stream, "messages": [{"role": "user", "content": "x"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let response = gateway
+            .open("/v1/chat/completions", &json!({"model": "primary", "stream": stream, "messages": [{"role": "user", "content": "x"}]}))
+            .await;
         assert_eq!(
             response
                 .headers()
@@ -960,13 +908,9 @@ async fn a_long_healthy_stream_outlives_timeout_s() {
     ))
     .await;
     let started = std::time::Instant::now();
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(&json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = gateway
+        .open("/v1/chat/completions", &json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     let text = response.text().await.unwrap();
     assert!(started.elapsed() > Duration::from_millis(300));
     let data = sse_data(&text);
@@ -1077,11 +1021,7 @@ async fn a_reload_that_changes_a_pool_moves_traffic_to_the_new_instance_list() {
     }
     assert_eq!(counts(&m), [2, 2, 0]);
     std::fs::write(&path, config(&[1, 2])).unwrap();
-    let response = client()
-        .post(gateway.url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.admin_reload().await;
     assert_eq!(response.status(), 200);
     for _ in 0..6 {
         chat_ok(&gateway, "m").await;
@@ -1111,13 +1051,9 @@ async fn a_stream_fails_over_past_500_and_a_hang_to_the_fallback() {
         v1(&backup)
     ))
     .await;
-    let response = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(&json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let response = gateway
+        .open("/v1/chat/completions", &json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     let text = response.text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]", "{text}");

@@ -63,6 +63,58 @@ impl Gateway {
             .unwrap()
     }
 
+    /// POST `body` to `path` with extra headers; the reply's status, headers and body (JSON when it
+    /// parses, else the text as a JSON string).
+    pub async fn send(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, http::HeaderMap, serde_json::Value) {
+        let mut request = client().post(self.url(path)).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, body)
+    }
+
+    /// POST a JSON body and return the response as it starts (a stream is still open): status checked.
+    pub async fn open(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let response = client()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response
+    }
+
+    /// `POST /admin/reload`.
+    pub async fn admin_reload(&self) -> reqwest::Response {
+        client()
+            .post(self.url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /metrics`, parsed by the strict exposition parser.
+    pub async fn metrics(&self) -> prom::Scrape {
+        let response = client().get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        prom::Scrape::parse(response.text().await.unwrap())
+    }
+
     pub async fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         let response = self.post("/v1/chat/completions", &body.to_string()).await;
         let status = response.status().as_u16();
