@@ -1,28 +1,27 @@
 //! `service(state)`: every route and the layer order, in one place.
 //!
-//! Layers, outer to inner: CORS, for requests that carry an `Origin` header (browsers; the headers mean
-//! nothing to other clients, so they skip the layer and its cost) → catch-panic (a bug answers 500, the
-//! process stays up) → request id (read or minted, stored in extensions, echoed as `X-Request-ID`) →
-//! handler.
+//! Outer to inner: `AppService` (request id read or minted, stored in extensions and echoed as
+//! `X-Request-ID`; HTTP metrics for the routes the pipeline does not record itself; the peer address) →
+//! CORS, for requests that carry an `Origin` header (browsers; the headers mean nothing to other clients,
+//! so they skip the layer and its cost) → catch-panic (a bug answers 500, the process stays up) → router
+//! → handler.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
-
-use axum::extract::ConnectInfo;
-use futures_util::future::Either;
-use tower::Service;
-use tower_http::cors::Cors;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::routing::{get, post};
-use http::HeaderValue;
-use tower::Layer;
+use futures_util::future::Either;
+use http::{HeaderValue, Method};
+use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, Any, Cors, CorsLayer};
 
 use crate::http::{RequestId, admin, api};
 use crate::state::AppState;
@@ -32,6 +31,7 @@ use crate::state::AppState;
 pub struct AppService {
     plain: Router,
     cors: Cors<Router>,
+    state: AppState,
     peer: Option<SocketAddr>,
 }
 
@@ -49,23 +49,76 @@ impl AppService {
 impl Service<Request> for AppService {
     type Response = Response;
     type Error = Infallible;
-    type Future =
-        Either<<Router as Service<Request>>::Future, <Cors<Router> as Service<Request>>::Future>;
+    type Future = AppFuture;
 
     /// A `Router` is always ready, and so is CORS around it.
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> AppFuture {
+        let started = Instant::now();
+        let id = RequestId::from_headers(request.headers());
+        let header = HeaderValue::from_str(&id.0).ok();
+        let method = request.method().clone();
+        let path = route_label(request.uri().path());
+        let extensions = request.extensions_mut();
+        extensions.insert(id);
         if let Some(peer) = self.peer {
-            request.extensions_mut().insert(ConnectInfo(peer));
+            extensions.insert(ConnectInfo(peer));
         }
-        if request.headers().contains_key(http::header::ORIGIN) {
+        let inner = if request.headers().contains_key(http::header::ORIGIN) {
             Either::Right(self.cors.call(request))
         } else {
             Either::Left(self.plain.call(request))
+        };
+        AppFuture {
+            inner,
+            state: self.state.clone(),
+            started,
+            method,
+            path,
+            header,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request's response: `X-Request-ID` added, and HTTP metrics recorded unless the pipeline
+    /// recorded them (API routes, with their model and backend).
+    pub struct AppFuture {
+        #[pin]
+        inner: Either<<Router as Service<Request>>::Future, <Cors<Router> as Service<Request>>::Future>,
+        state: AppState,
+        started: Instant,
+        method: Method,
+        path: &'static str,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl Future for AppFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = ready!(this.inner.poll(cx));
+        if response
+            .extensions()
+            .get::<crate::pipeline::Recorded>()
+            .is_none()
+        {
+            this.state.metrics().http_request(
+                this.method.as_str(),
+                this.path,
+                response.status().as_u16(),
+                this.started.elapsed(),
+            );
+        }
+        if let Some(header) = this.header.take() {
+            response.headers_mut().insert("x-request-id", header);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
@@ -99,67 +152,36 @@ pub fn service(state: AppState) -> AppService {
         .merge(crate::docs::docs_router())
         .fallback(admin::not_found)
         .method_not_allowed_fallback(admin::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), request_id)) // <- inner
-        .with_state(state)
+        .with_state(state.clone())
         .layer(CatchPanicLayer::custom(panic_response));
     AppService {
         cors: cors.layer(plain.clone()),
         plain,
+        state,
         peer: None,
     }
 }
 
-/// Request id in and out; HTTP metrics for the routes the pipeline does not record itself.
-async fn request_id(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let id = RequestId::from_headers(request.headers());
-    let header = HeaderValue::from_str(&id.0).ok();
-    let method = request.method().clone();
-    let path = route_label(
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-    );
-    request.extensions_mut().insert(id);
-    let mut response = next.run(request).await;
-    if response
-        .extensions()
-        .get::<crate::pipeline::Recorded>()
-        .is_none()
-    {
-        state.metrics().http_request(
-            method.as_str(),
-            path,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
-    }
-    if let Some(header) = header {
-        response.headers_mut().insert("x-request-id", header);
-    }
-    response
-}
-
-/// Route templates as bounded metric labels.
-fn route_label(matched: Option<&str>) -> &'static str {
-    match matched {
-        Some("/v1/models") => "/v1/models",
-        Some("/health") => "/health",
-        Some("/health/ready") => "/health/ready",
-        Some("/metrics") => "/metrics",
-        Some("/stats") => "/stats",
-        Some("/admin/reload") => "/admin/reload",
-        Some("/admin/keys") => "/admin/keys",
-        Some("/v1/usage") => "/v1/usage",
-        Some("/v1/messages/count_tokens") => "/v1/messages/count_tokens",
-        Some("/v1/chat/completions") => "/v1/chat/completions",
-        Some("/v1/completions") => "/v1/completions",
-        Some("/v1/embeddings") => "/v1/embeddings",
-        Some("/v1/messages") => "/v1/messages",
-        Some(path) if path.starts_with("/docs") || path == "/openapi.json" => "/docs",
-        Some(_) => "other",
-        None => "unmatched",
+/// Request paths as bounded metric labels: the route templates (no route has parameters), `/docs` for
+/// the API docs, `unmatched` for everything else.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/models" => "/v1/models",
+        "/health" => "/health",
+        "/health/ready" => "/health/ready",
+        "/metrics" => "/metrics",
+        "/stats" => "/stats",
+        "/admin/reload" => "/admin/reload",
+        "/admin/keys" => "/admin/keys",
+        "/v1/usage" => "/v1/usage",
+        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/embeddings" => "/v1/embeddings",
+        "/v1/messages" => "/v1/messages",
+        "/docs" | "/openapi.json" => "/docs",
+        docs if docs.starts_with("/docs/") => "/docs",
+        _ => "unmatched",
     }
 }
 

@@ -383,6 +383,8 @@ async fn browsers_get_cors_headers_and_preflights_are_answered() {
         .unwrap();
     assert_eq!(preflight.status(), 200);
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    // Answered by the CORS layer, still with a request id like every other response.
+    assert!(preflight.headers().contains_key("x-request-id"));
     assert!(
         preflight
             .headers()
