@@ -9,6 +9,7 @@ pub mod convert;
 #[cfg(test)]
 mod golden;
 pub mod json_patch;
+pub(crate) mod json_text;
 pub mod openai;
 pub mod sse;
 pub mod stream;

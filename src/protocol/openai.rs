@@ -844,6 +844,9 @@ pub fn encode_request(req: &ChatRequest, model: Option<&str>) -> Value {
 
 /// Decode a complete `chat.completion` response (the first choice; others are dropped).
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
+    if let Some(response) = exact_response(body) {
+        return Ok(response);
+    }
     if let Some(response) = super::fast_decode::<ResponseIn<'_>>(body).and_then(ResponseIn::decode)
     {
         return Ok(response);
@@ -949,6 +952,126 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
             .filter(|usage| usage.is_object())
             .map(usage_from),
     })
+}
+
+// --- Exact reader for `decode_response` ---
+
+/// A text answer in the compact layout vLLM, llama.cpp and most OpenAI-compatible servers send, read
+/// without a parser: `{<flat fields>,"choices":[{"index":0,"message":{"role":"assistant","content":"…"
+/// <,"refusal":null>},"logprobs":null,"finish_reason":<"…"|null>}],"usage":{<flat integer or null
+/// fields>}<,flat fields>}` in any field order, where a flat field is `"key":value` with a plain string,
+/// an integer, `true`, `false` or `null` (see [`json_text::flat_field`]). Anything else (whitespace,
+/// tool calls, reasoning, nested usage details, `error`) returns `None` for the parsers below, which
+/// define the semantics; a property test holds this reader to the `Value` path.
+fn exact_response(body: &[u8]) -> Option<ChatResponse> {
+    use super::json_text::{flat_field, int_i64, int_u64, plain_run, plain_str};
+    const CHOICE_START: &[u8] =
+        br#""choices":[{"index":0,"message":{"role":"assistant","content":"#;
+    const USAGE_START: &[u8] = br#""usage":{"#;
+    let inner = body.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    std::str::from_utf8(inner).ok()?;
+    let mut response = ChatResponse::default();
+    let (mut id, mut model, mut created) = (None, None, None);
+    let mut seen_choice = false;
+    let mut seen_usage = false;
+    let mut rest = inner;
+    loop {
+        if let Some(after) = rest.strip_prefix(CHOICE_START) {
+            if seen_choice {
+                return None;
+            }
+            seen_choice = true;
+            // The content string, escapes allowed (decoded by the parser).
+            if after.first() != Some(&b'"') {
+                return None;
+            }
+            let mut end = 1;
+            let mut escaped = false;
+            loop {
+                end += plain_run(after.get(end..)?);
+                match after.get(end)? {
+                    b'"' => break,
+                    b'\\' => {
+                        escaped = true;
+                        end += 2;
+                    }
+                    _ => return None,
+                }
+            }
+            let (text, after) = after.split_at(end + 1);
+            let text = if escaped {
+                serde_json::from_slice::<String>(text).ok()?
+            } else {
+                plain_str(text)?.to_owned()
+            };
+            let after = after.strip_prefix(br#","refusal":null"#).unwrap_or(after);
+            let after = after.strip_prefix(br#"},"logprobs":null,"finish_reason":"#)?;
+            let (reason, after) = if after.starts_with(b"null") {
+                (None, &after[4..])
+            } else {
+                let len = super::json_text::plain_string_len(after)?;
+                (Some(plain_str(&after[..len])?), &after[len..])
+            };
+            response.finish_reason = reason.map(finish_reason_from);
+            if !text.is_empty() {
+                response.parts.push(Part::Text(text));
+            }
+            rest = after.strip_prefix(b"}]")?;
+        } else if let Some(mut after) = rest.strip_prefix(USAGE_START) {
+            if seen_usage {
+                return None;
+            }
+            seen_usage = true;
+            let mut usage = Usage::default();
+            loop {
+                let (key, value) = flat_field(after)?;
+                if matches!(key, b"prompt_tokens" | b"completion_tokens") {
+                    // The parsers read `null`, a boolean or a negative count as 0; a number that fits
+                    // no integer type is left to them.
+                    let count = match int_u64(value) {
+                        Some(count) => count,
+                        None if matches!(value, b"null" | b"true" | b"false") => 0,
+                        None if value.first() == Some(&b'"') => 0,
+                        None => int_i64(value).map(|_| 0)?,
+                    };
+                    if key == b"prompt_tokens" {
+                        usage.input_tokens = count;
+                    } else {
+                        usage.output_tokens = count;
+                    }
+                }
+                after = &after[key.len() + 3 + value.len()..];
+                match after.first()? {
+                    b',' => after = &after[1..],
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+            response.usage = Some(usage);
+            rest = &after[1..];
+        } else {
+            let (key, value) = flat_field(rest)?;
+            match key {
+                b"choices" | b"usage" | b"error" => return None,
+                b"id" => id = Some(value),
+                b"model" => model = Some(value),
+                b"created" => created = Some(value),
+                _ => {}
+            }
+            rest = &rest[key.len() + 3 + value.len()..];
+        }
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest.strip_prefix(b",")?;
+    }
+    if !seen_choice {
+        return None;
+    }
+    response.id = id.and_then(plain_str).unwrap_or_default().to_owned();
+    response.model = model.and_then(plain_str).unwrap_or_default().to_owned();
+    response.created = created.and_then(int_i64);
+    Some(response)
 }
 
 // --- Borrowed fast path for `decode_response` ---
@@ -1336,5 +1459,125 @@ mod tests {
         let embeddings = decode_embeddings(br#"{"input":"hello"}"#).unwrap();
         assert_eq!(embeddings.input, vec!["hello"]);
         assert!(decode_embeddings(br#"{"input":[]}"#).is_err());
+    }
+}
+
+#[cfg(test)]
+mod exact_response_tests {
+    use super::*;
+
+    const TYPICAL: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29,"prompt_tokens_details":null},"system_fingerprint":"fp"}"#;
+
+    #[test]
+    fn reads_the_compact_layout_like_the_value_path() {
+        let exact = exact_response(TYPICAL.as_bytes()).expect("the compact layout is read exactly");
+        assert_eq!(exact, decode_response_value(TYPICAL.as_bytes()).unwrap());
+        assert_eq!(exact.parts, vec![Part::Text("Hi \"there\"\n".into())]);
+        assert_eq!(
+            exact.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((9, 20))
+        );
+        // Found by the property test: the parser keeps `-0` as a float, so it is no `created`.
+        let negative_zero = TYPICAL.replace("1700000000", "-0");
+        let exact = exact_response(negative_zero.as_bytes()).unwrap();
+        assert_eq!(exact.created, None);
+        assert_eq!(
+            exact,
+            decode_response_value(negative_zero.as_bytes()).unwrap()
+        );
+        // Pretty-printed, tool calls, nested usage details: left to the parsers.
+        for body in [
+            r#"{ "choices": [] }"#,
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[]},"logprobs":null,"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"a"},"logprobs":null,"finish_reason":null}],"usage":{"prompt_tokens_details":{"cached_tokens":1}}}"#,
+        ] {
+            assert_eq!(exact_response(body.as_bytes()), None, "{body}");
+        }
+    }
+
+    fn field() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            4 => Just("id"),
+            4 => Just("created"),
+            4 => Just("model"),
+            4 => Just("object"),
+            1 => Just("error"),
+            1 => Just("usage"),
+            1 => Just("x\\\"y"),
+        ];
+        (key, value()).prop_map(|(key, value)| format!("\"{key}\":{value}"))
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            2 => Just("null".to_owned()),
+            1 => Just("true".to_owned()),
+            1 => Just("-0".to_owned()),
+            1 => Just("007".to_owned()),
+            1 => Just("1.5".to_owned()),
+            1 => Just("-3".to_owned()),
+            1 => Just("99999999999999999999".to_owned()),
+            1 => Just("[]".to_owned()),
+            6 => any::<u32>().prop_map(|n| n.to_string()),
+            2 => any::<i64>().prop_map(|n| n.to_string()),
+            6 => ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
+        ]
+    }
+
+    fn usage() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("prompt_tokens"),
+            Just("completion_tokens"),
+            Just("total_tokens"),
+            Just("prompt_tokens_details"),
+        ];
+        proptest::collection::vec((key, value()), 0..4).prop_map(|fields| {
+            let fields: Vec<String> = fields
+                .into_iter()
+                .map(|(key, value)| format!("\"{key}\":{value}"))
+                .collect();
+            format!("\"usage\":{{{}}}", fields.join(","))
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Bodies near the compact layout (random fields around the choice and usage, any content
+        /// and finish reason, a stray byte): whenever the exact reader answers, the body is valid JSON
+        /// and the `Value` path reads the same response.
+        #[test]
+        fn exact_reader_agrees_with_the_value_path(
+            before in proptest::collection::vec(field(), 0..3),
+            after in proptest::collection::vec(field(), 0..3),
+            usage in proptest::option::of(usage()),
+            text in ".{0,12}",
+            refusal in proptest::prelude::any::<bool>(),
+            finish in proptest::option::of("stop|length|tool_calls|x\\\\y|"),
+            cut in proptest::option::weighted(0.3, (0usize..300, 0u8..128)),
+        ) {
+            let mut fields = before;
+            fields.push(format!(
+                r#""choices":[{{"index":0,"message":{{"role":"assistant","content":{}{}}},"logprobs":null,"finish_reason":{}}}]"#,
+                serde_json::to_string(&text).unwrap(),
+                if refusal { r#","refusal":null"# } else { "" },
+                finish.map_or("null".to_owned(), |f| serde_json::to_string(&f).unwrap()),
+            ));
+            fields.extend(usage);
+            fields.extend(after);
+            let mut body = format!("{{{}}}", fields.join(",")).into_bytes();
+            if let Some((at, byte)) = cut {
+                let at = at % body.len();
+                body[at] = byte;
+            }
+            if let Some(exact) = exact_response(&body) {
+                let value = decode_response_value(&body);
+                proptest::prop_assert!(value.is_ok(), "exact reader accepted {:?}", String::from_utf8_lossy(&body));
+                proptest::prop_assert_eq!(exact, value.unwrap());
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 pub use super::ResponseSummary;
 use super::anthropic::{self, WireUsage};
 use super::convert::{self, unix_now};
+use super::json_text::{flat_field, plain_run};
 use super::sse::{self, SseDecoder, SseError, SseEvent};
 use super::{FinishReason, Obj, Protocol, ToolCall, Usage, fast_decode, openai};
 
@@ -372,67 +373,11 @@ fn exact_content_chunk(data: &[u8]) -> Option<String> {
 /// plain string (no escapes), an integer, `true`, `false` or `null` as the value, and no key that would
 /// change what the chunk means (`choices`, `error`, a non-null `usage`).
 fn flat_field_len(bytes: &[u8]) -> Option<usize> {
-    let key_len = plain_string_len(bytes)?;
-    let key = &bytes[1..key_len - 1];
-    let fields = bytes[key_len..].strip_prefix(b":")?;
-    let value_len = match fields.first()? {
-        b'"' => plain_string_len(fields)?,
-        b'n' if fields.starts_with(b"null") => 4,
-        b't' if fields.starts_with(b"true") => 4,
-        b'f' if fields.starts_with(b"false") => 5,
-        _ => {
-            let sign = usize::from(fields[0] == b'-');
-            let digits = fields[sign..]
-                .iter()
-                .take_while(|byte| byte.is_ascii_digit())
-                .count();
-            if digits == 0 || (digits > 1 && fields[sign] == b'0') {
-                return None;
-            }
-            sign + digits
-        }
-    };
-    if key == b"choices" || key == b"error" || (key == b"usage" && &fields[..value_len] != b"null")
-    {
+    let (key, value) = flat_field(bytes)?;
+    if key == b"choices" || key == b"error" || (key == b"usage" && value != b"null") {
         return None;
     }
-    Some(key_len + 1 + value_len)
-}
-
-/// The length of a string without escapes or control characters at the start of `bytes`, quotes
-/// included.
-fn plain_string_len(bytes: &[u8]) -> Option<usize> {
-    let rest = bytes.strip_prefix(b"\"")?;
-    let at = plain_run(rest);
-    (rest.get(at)? == &b'"').then_some(at + 2)
-}
-
-/// How many bytes at the start of `bytes` are neither `"`, `\\` nor a control character: eight bytes
-/// per step (SWAR), then one by one. Each test below flags a matching byte exactly and may also flag
-/// bytes after it (a borrow), never before, so the lowest flag of the three is the first match.
-fn plain_run(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGH;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut done = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        let flags = zero_byte(word ^ (ONES * u64::from(b'"')))
-            | zero_byte(word ^ (ONES * u64::from(b'\\')))
-            | (word.wrapping_sub(ONES * 0x20) & !word & HIGH);
-        if flags != 0 {
-            return done + (flags.trailing_zeros() / 8) as usize;
-        }
-        done += 8;
-    }
-    done + chunks
-        .remainder()
-        .iter()
-        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-        .unwrap_or(chunks.remainder().len())
+    Some(key.len() + 3 + value.len())
 }
 
 /// The text of a `content_block_delta` event in exactly the layout Anthropic sends,
@@ -1875,23 +1820,6 @@ mod tests {
             let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
             assert_eq!(fast, slow);
             assert!(fast[0].is_err());
-        }
-    }
-
-    proptest::proptest! {
-        /// The eight-bytes-at-a-time scan finds what a byte-by-byte scan finds.
-        #[test]
-        fn plain_run_matches_a_byte_loop(
-            bytes in proptest::collection::vec(
-                proptest::prop_oneof![8 => 0x20u8..0x7f, 1 => proptest::prelude::any::<u8>()],
-                0..40,
-            )
-        ) {
-            let expected = bytes
-                .iter()
-                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-                .unwrap_or(bytes.len());
-            proptest::prop_assert_eq!(plain_run(&bytes), expected);
         }
     }
 

@@ -1,0 +1,173 @@
+//! JSON strings written and scanned without a parser: the byte-level pieces the hot paths share (the
+//! exact stream-chunk readers, the request log writer). Each is held to `serde_json` by a property test.
+
+/// How many bytes at the start of `bytes` are neither `"`, `\\` nor a control character: eight bytes
+/// per step (SWAR), then one by one. Each test below flags a matching byte exactly and may also flag
+/// bytes after it (a borrow), never before, so the lowest flag of the three is the first match.
+pub(crate) fn plain_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut done = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let flags = zero_byte(word ^ (ONES * u64::from(b'"')))
+            | zero_byte(word ^ (ONES * u64::from(b'\\')))
+            | (word.wrapping_sub(ONES * 0x20) & !word & HIGH);
+        if flags != 0 {
+            return done + (flags.trailing_zeros() / 8) as usize;
+        }
+        done += 8;
+    }
+    done + chunks
+        .remainder()
+        .iter()
+        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+        .unwrap_or(chunks.remainder().len())
+}
+
+/// The length of a string without escapes or control characters at the start of `bytes`, quotes
+/// included.
+pub(crate) fn plain_string_len(bytes: &[u8]) -> Option<usize> {
+    let rest = bytes.strip_prefix(b"\"")?;
+    let at = plain_run(rest);
+    (rest.get(at)? == &b'"').then_some(at + 2)
+}
+
+/// One flat field `"key":value` at the start of `bytes` (compact, no whitespace): the key without its
+/// quotes and the value as written, which is a plain string (no escapes, quotes kept), an integer without
+/// leading zeros, `true`, `false` or `null`. Anything else (nesting, escapes, fractions) is `None`.
+pub(crate) fn flat_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let key_len = plain_string_len(bytes)?;
+    let key = &bytes[1..key_len - 1];
+    let value = bytes[key_len..].strip_prefix(b":")?;
+    let value_len = match value.first()? {
+        b'"' => plain_string_len(value)?,
+        b'n' if value.starts_with(b"null") => 4,
+        b't' if value.starts_with(b"true") => 4,
+        b'f' if value.starts_with(b"false") => 5,
+        _ => {
+            let sign = usize::from(value[0] == b'-');
+            let digits = value[sign..]
+                .iter()
+                .take_while(|byte| byte.is_ascii_digit())
+                .count();
+            if digits == 0 || (digits > 1 && value[sign] == b'0') {
+                return None;
+            }
+            sign + digits
+        }
+    };
+    Some((key, &value[..value_len]))
+}
+
+/// The text of a plain string value from [`flat_field`] (`None` for any other value).
+pub(crate) fn plain_str(value: &[u8]) -> Option<&str> {
+    let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    std::str::from_utf8(inner).ok()
+}
+
+/// An integer value from [`flat_field`] as `serde_json::Value::as_i64` reads it: `None` when it does
+/// not fit or is not an integer (`-0` included: the parser keeps it as the float −0.0).
+pub(crate) fn int_i64(value: &[u8]) -> Option<i64> {
+    if value == b"-0" {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Like [`int_i64`], as `as_u64` reads it.
+pub(crate) fn int_u64(value: &[u8]) -> Option<u64> {
+    if value.first() == Some(&b'-') {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Appends `text` as a JSON string, byte for byte what `serde_json` writes (the same escapes: `\"`,
+/// `\\`, `\b \f \n \r \t`, `\u00xx` for other control characters, nothing else), copying the runs between
+/// escapes whole.
+pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut rest = text.as_bytes();
+    out.reserve(rest.len() + 2);
+    out.push(b'"');
+    loop {
+        let run = plain_run(rest);
+        out.extend_from_slice(&rest[..run]);
+        let Some(&byte) = rest.get(run) else {
+            break;
+        };
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
+        }
+        rest = &rest[run + 1..];
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_serde_json() {
+        for text in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "\u{0}\u{1f}\u{7f}\u{8}\u{c}\n\r\t",
+            "ü 日本 🎉",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, text);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(text).unwrap()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// The eight-bytes-at-a-time scan finds what a byte-by-byte scan finds.
+        #[test]
+        fn plain_run_matches_a_byte_loop(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![8 => 0x20u8..0x7f, 1 => proptest::prelude::any::<u8>()],
+                0..40,
+            )
+        ) {
+            let expected = bytes
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+                .unwrap_or(bytes.len());
+            proptest::prop_assert_eq!(plain_run(&bytes), expected);
+        }
+
+        /// Any text is written exactly as `serde_json` writes it.
+        #[test]
+        fn write_str_matches_serde_json(text in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
+            let mut out = b"x".to_vec();
+            write_str(&mut out, &text);
+            let expected = format!("x{}", serde_json::to_string(&text).unwrap());
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+}
