@@ -1557,7 +1557,7 @@ mod exact_response_tests {
             text in ".{0,12}",
             refusal in proptest::prelude::any::<bool>(),
             finish in proptest::option::of("stop|length|tool_calls|x\\\\y|"),
-            cut in proptest::option::weighted(0.3, (0usize..300, 0u8..128)),
+            cut in proptest::option::weighted(0.3, (0usize..300, proptest::prelude::any::<u8>())),
         ) {
             let mut fields = before;
             fields.push(format!(

@@ -84,6 +84,8 @@ pub enum StreamEvent {
 struct OpenAiDecoder {
     started: bool,
     tools: Vec<usize>,
+    /// [`exact_chunk`]'s cache of the fields before `"choices"`.
+    prefix: Vec<u8>,
     /// Tests only: skip the borrowed fast path, to compare both paths.
     value_only: bool,
 }
@@ -98,13 +100,19 @@ impl OpenAiDecoder {
             return Ok(());
         }
         if !self.value_only
-            && let Some(text) = exact_content_chunk(&event.data)
+            && let Some(chunk) = exact_chunk(&event.data, &mut self.prefix)
         {
             if !self.started {
                 self.started = true;
                 out.push(StreamEvent::Start { usage: None });
             }
-            push_text(out, StreamEvent::Text, text);
+            push_text(out, StreamEvent::Text, chunk.text.into_owned());
+            if let Some(reason) = chunk.finish {
+                out.push(StreamEvent::Finish {
+                    reason,
+                    stop_sequence: None,
+                });
+            }
             return Ok(());
         }
         if !self.value_only
@@ -313,63 +321,102 @@ fn thinking_block_events(blocks: &Value, out: &mut Vec<StreamEvent>) {
     }
 }
 
-/// The text of an OpenAI content chunk in the layout OpenAI and vLLM send, read without a parser:
-/// `{<flat fields>,"choices":[{"index":0,"delta":{"content":"…"},"logprobs":null,"finish_reason":null}]<,flat
-/// fields>}`, where a flat field is `"key":value` with a plain string (no escapes), an integer, `true`,
-/// `false` or `null`, and no field is `choices`, `error`, or a non-null `usage`. Most events of a stream
-/// are this one; anything else — whitespace, nesting, other delta fields — returns `None`.
-fn exact_content_chunk(data: &[u8]) -> Option<String> {
-    const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"content":"#;
-    const CHOICE_END: &[u8] = br#"},"logprobs":null,"finish_reason":null}]"#;
+/// What [`exact_chunk`] read from one OpenAI chunk: its text (content; may be empty) and finish reason.
+#[derive(Debug, PartialEq)]
+struct ExactChunk<'a> {
+    text: Cow<'a, str>,
+    finish: Option<FinishReason>,
+}
+
+/// An OpenAI chunk in the layout OpenAI and vLLM send, read without a parser:
+/// `{<flat fields>,"choices":[{"index":0,"delta":{<delta>},"logprobs":null,"finish_reason":<"…"|null>}]
+/// <,flat fields>}`, where the delta is empty or `<"role":"assistant",>"content":"…"<,"refusal":null>`,
+/// a flat field is `"key":value` with a plain string (no escapes), an integer, `true`, `false` or `null`,
+/// and no field is `choices`, `error`, or a non-null `usage`. Most events of a stream are this one;
+/// anything else — whitespace, nesting, other delta fields — returns `None` for the parsers.
+///
+/// `prefix` caches the flat fields before `"choices"` of the last chunk read (every chunk of a stream
+/// repeats the same id, model and timestamps): a chunk starting with the same bytes skips reading them
+/// again, since equal bytes read the same.
+fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<ExactChunk<'a>> {
+    const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"#;
+    const ROLE: &[u8] = br#""role":"assistant","#;
+    const CONTENT: &[u8] = br#""content":"#;
+    const REFUSAL: &[u8] = br#","refusal":null"#;
+    const CHOICE_END: &[u8] = br#"},"logprobs":null,"finish_reason":"#;
     let inner = data.strip_prefix(b"{")?.strip_suffix(b"}")?;
-    if std::str::from_utf8(data).is_err() {
-        return None;
-    }
-    // One pass, no search: flat fields up to the choice, the content string, flat fields after it.
-    let mut rest = inner;
-    while !rest.starts_with(CHOICE_START) {
-        rest = rest[flat_field_len(rest)?..].strip_prefix(b",")?;
-    }
-    // `rest` continues with the content string, opening quote included.
-    let rest = &rest[CHOICE_START.len()..];
-    if rest.first() != Some(&b'"') {
-        return None;
-    }
-    let mut end = 1;
-    let mut escaped = false;
-    loop {
-        end += plain_run(rest.get(end..)?);
-        match rest.get(end)? {
-            b'"' => break,
-            b'\\' => {
-                escaped = true;
-                end += 2;
+    // One pass, no search: flat fields up to the choice (or the cached ones), the delta, the finish
+    // reason, flat fields after it.
+    // UTF-8 is checked piecewise: the prefix when it is read, the text, the finish reason and the
+    // fields after the choice; everything else is ASCII the reader matched itself.
+    let mut rest = match inner.strip_prefix(prefix.as_slice()) {
+        Some(rest) if !prefix.is_empty() && rest.starts_with(CHOICE_START) => rest,
+        _ => {
+            let mut rest = inner;
+            while !rest.starts_with(CHOICE_START) {
+                rest = rest[flat_field_len(rest)?..].strip_prefix(b",")?;
             }
-            _ => {
-                // A raw control character: JSON forbids it; the parser below rejects it.
-                escaped = true;
-                end += 1;
+            let read = &inner[..inner.len() - rest.len()];
+            std::str::from_utf8(read).ok()?;
+            prefix.clear();
+            prefix.extend_from_slice(read);
+            rest
+        }
+    };
+    rest = &rest[CHOICE_START.len()..];
+    let mut text = Cow::Borrowed("");
+    if !rest.starts_with(b"}") {
+        rest = rest.strip_prefix(ROLE).unwrap_or(rest);
+        rest = rest.strip_prefix(CONTENT)?;
+        // `rest` continues with the content string, opening quote included.
+        if rest.first() != Some(&b'"') {
+            return None;
+        }
+        let mut end = 1;
+        let mut escaped = false;
+        loop {
+            end += plain_run(rest.get(end..)?);
+            match rest.get(end)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    end += 2;
+                }
+                // A raw control character: JSON forbids it.
+                _ => return None,
             }
         }
+        let (quoted, after) = rest.split_at(end + 1);
+        text = if escaped {
+            // Exactly one JSON string with escapes, decoded by the parser, which also rejects what the
+            // general path would reject.
+            Cow::Owned(serde_json::from_slice::<String>(quoted).ok()?)
+        } else {
+            Cow::Borrowed(std::str::from_utf8(&quoted[1..quoted.len() - 1]).ok()?)
+        };
+        rest = after.strip_prefix(REFUSAL).unwrap_or(after);
     }
-    let (text, after) = rest.split_at(end + 1);
-    let mut after = after.strip_prefix(CHOICE_END)?;
+    rest = rest.strip_prefix(CHOICE_END)?;
+    let finish = if let Some(after) = rest.strip_prefix(b"null") {
+        rest = after;
+        None
+    } else {
+        let len = super::json_text::plain_string_len(rest)?;
+        let reason = super::json_text::plain_str(&rest[..len])?;
+        rest = &rest[len..];
+        Some(openai::finish_reason_from(reason))
+    };
+    let fields = rest.strip_prefix(b"}]")?;
+    let mut after = fields;
     while !after.is_empty() {
         after = after.strip_prefix(b",")?;
         after = &after[flat_field_len(after)?..];
     }
-    if escaped {
-        // Escapes (or raw control characters, which JSON forbids): exactly one JSON string, decoded by
-        // the parser, which also rejects what the general path would reject.
-        return serde_json::from_slice::<String>(text).ok();
-    }
-    // The whole event is valid UTF-8 and the text ends at a quote, so it is valid UTF-8 too.
-    std::str::from_utf8(&text[1..text.len() - 1])
-        .ok()
-        .map(str::to_owned)
+    std::str::from_utf8(fields).ok()?;
+    Some(ExactChunk { text, finish })
 }
 
-/// The length of one flat field `"key":value` at the start of `bytes`, for [`exact_content_chunk`]: a
+/// The length of one flat field `"key":value` at the start of `bytes`, for [`exact_chunk`]: a
 /// plain string (no escapes), an integer, `true`, `false` or `null` as the value, and no key that would
 /// change what the chunk means (`choices`, `error`, a non-null `usage`).
 fn flat_field_len(bytes: &[u8]) -> Option<usize> {
@@ -1630,6 +1677,20 @@ impl StreamTap {
 
     /// Record one upstream event; events that do not parse are ignored (the bytes pass through anyway).
     pub fn observe(&mut self, event: &SseEvent) {
+        // Most chunks of an OpenAI stream: text (and finish) straight into the summary, no events.
+        if let Decoder::OpenAi(decoder) = &mut self.decoder
+            && !decoder.value_only
+            && !event.is_done()
+            && let Some(chunk) = exact_chunk(&event.data, &mut decoder.prefix)
+        {
+            decoder.started = true;
+            let summary = &mut self.summary.summary;
+            summary.text.push_str(&chunk.text);
+            if chunk.finish.is_some() {
+                summary.finish_reason = chunk.finish;
+            }
+            return;
+        }
         self.events.clear();
         if self.decoder.decode(event, &mut self.events).is_ok() {
             for event in &self.events {
@@ -1711,6 +1772,11 @@ mod tests {
         }
     }
 
+    /// The text [`exact_chunk`] reads from one chunk, without a cached prefix.
+    fn exact_content_chunk(data: &[u8]) -> Option<String> {
+        exact_chunk(data, &mut Vec::new()).map(|chunk| chunk.text.into_owned())
+    }
+
     /// The OpenAI content-chunk reader agrees with the parser on the layouts it accepts and declines the
     /// rest (which the typed and `Value` paths then read).
     #[test]
@@ -1767,8 +1833,10 @@ mod tests {
             assert_eq!(exact_content_chunk(data.as_bytes()), None, "{data}");
         }
         for data in [
-            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"logprobs":null,"finish_reason":null}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"user","content":"a"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a","refusal":"no"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":1}]}"#,
             r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null}]} "#,
             r#"{"choices":[{"index":0,"delta":{"content":"a"},"logprobs":null,"finish_reason":null}],}"#,
             r#"{"choices":[{"index":0,"delta":{"content":"a\x"},"logprobs":null,"finish_reason":null}]}"#,
@@ -1777,6 +1845,119 @@ mod tests {
         ] {
             assert_eq!(exact_content_chunk(data.as_bytes()), None, "{data}");
         }
+    }
+
+    /// The first and the last chunk of a stream are read exactly too: role, refusal, empty delta,
+    /// finish reason.
+    #[test]
+    fn exact_chunk_reads_the_first_and_the_finish_chunk() {
+        let prefix = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":"#;
+        for (delta, finish, text, reason) in [
+            (
+                r#"{"role":"assistant","content":"","refusal":null}"#,
+                "null",
+                "",
+                None,
+            ),
+            (r#"{"role":"assistant","content":"hi"}"#, "null", "hi", None),
+            (r#"{"content":"x","refusal":null}"#, "null", "x", None),
+            ("{}", r#""stop""#, "", Some(FinishReason::Stop)),
+            ("{}", r#""length""#, "", Some(FinishReason::Length)),
+            (
+                r#"{"content":"y"}"#,
+                r#""tool_calls""#,
+                "y",
+                Some(FinishReason::ToolCalls),
+            ),
+        ] {
+            let data = format!(r#"{prefix}{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#);
+            let chunk = exact_chunk(data.as_bytes(), &mut Vec::new());
+            assert_eq!(
+                chunk,
+                Some(ExactChunk {
+                    text: Cow::Borrowed(text),
+                    finish: reason
+                }),
+                "{data}"
+            );
+            let event = SseEvent {
+                event: None,
+                data: bytes::Bytes::from(data.clone()),
+                raw: bytes::Bytes::from(data),
+            };
+            let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
+            assert_eq!(fast, slow);
+        }
+    }
+
+    /// The cached prefix only skips bytes equal to ones already read: a chunk that repeats it but
+    /// breaks later, or changes it, is read as if there were no cache.
+    #[test]
+    fn exact_chunk_prefix_cache_reads_like_no_cache() {
+        let chunk = |id: &str, tail: &str| {
+            format!(
+                r#"{{"id":{id},"created":1,"choices":[{{"index":0,"delta":{{"content":"a"}},"logprobs":null,"finish_reason":null}}]{tail}}}"#
+            )
+        };
+        let mut bad_utf8 = chunk(r#""x""#, r#","z":"~""#).into_bytes();
+        let at = bad_utf8.iter().position(|&b| b == b'~').unwrap();
+        bad_utf8[at] = 0xA1;
+        let sequence = [
+            chunk(r#""x""#, "").into_bytes(),
+            chunk(r#""x""#, ",").into_bytes(),
+            bad_utf8,
+            chunk(r#""y""#, "").into_bytes(),
+            chunk(r#""x""#, r#","usage":null"#).into_bytes(),
+            chunk("1.5", "").into_bytes(),
+        ];
+        let mut prefix = Vec::new();
+        for data in &sequence {
+            let cached = exact_chunk(data, &mut prefix).map(|c| c.text.into_owned());
+            let fresh = exact_chunk(data, &mut Vec::new()).map(|c| c.text.into_owned());
+            assert_eq!(cached, fresh, "{}", String::from_utf8_lossy(data));
+        }
+        assert_eq!(
+            sequence
+                .iter()
+                .map(|data| exact_chunk(data, &mut Vec::new()).is_some())
+                .collect::<Vec<_>>(),
+            [true, false, false, true, true, false]
+        );
+    }
+
+    /// The tap reads exact chunks straight into its summary: the same summary as through the `Value`
+    /// path's events, for a whole stream (role chunk, text with escapes, finish, usage chunk, `[DONE]`).
+    #[test]
+    fn tap_summary_is_the_value_path_summary() {
+        let head = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":"#;
+        let tail = r#","logprobs":null}]}"#;
+        let stream = [
+            format!(r#"{head}{{"role":"assistant","content":"","refusal":null}},"finish_reason":null{tail}"#),
+            format!(r#"{head}{{"content":"Hel"}},"finish_reason":null{tail}"#),
+            format!(r#"{head}{{"content":"lo \"q\" ü"}},"finish_reason":null{tail}"#),
+            format!(r#"{head}{{}},"finish_reason":"length"{tail}"#),
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#.to_owned(),
+            "[DONE]".to_owned(),
+        ];
+        let mut tap = StreamTap::new(Protocol::OpenAi);
+        let mut slow = StreamTap::new(Protocol::OpenAi);
+        slow.decoder = Decoder::OpenAi(OpenAiDecoder {
+            value_only: true,
+            ..OpenAiDecoder::default()
+        });
+        for data in &stream {
+            let event = SseEvent {
+                event: None,
+                data: bytes::Bytes::from(data.clone()),
+                raw: bytes::Bytes::from(data.clone()),
+            };
+            tap.observe(&event);
+            slow.observe(&event);
+        }
+        assert_eq!(tap.summary().text, "Hello \"q\" ü");
+        assert_eq!(tap.summary().finish_reason, Some(FinishReason::Length));
+        assert_eq!(tap.summary().usage.map(|u| u.output_tokens), Some(4));
+        assert_eq!(tap.summary(), slow.summary());
     }
 
     /// Chunks in the exact layout decode to the same events on the fast and the `Value` path.
@@ -1826,28 +2007,28 @@ mod tests {
     fn chunk_field() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let key = prop_oneof![
-            Just("id"),
-            Just("created"),
-            Just("model"),
-            Just("choices"),
-            Just("error"),
-            Just("usage"),
-            Just("obfuscation"),
-            Just("x\\\"y"),
+            3 => Just("id"),
+            3 => Just("created"),
+            3 => Just("model"),
+            1 => Just("choices"),
+            1 => Just("error"),
+            1 => Just("usage"),
+            2 => Just("obfuscation"),
+            1 => Just("x\\\"y"),
         ];
         let value = prop_oneof![
-            Just("null".to_owned()),
-            Just("true".to_owned()),
-            Just("false".to_owned()),
-            Just("-0".to_owned()),
-            Just("007".to_owned()),
-            Just("1.5".to_owned()),
-            Just("{\"prompt_tokens\":1}".to_owned()),
-            Just("[]".to_owned()),
-            any::<i64>().prop_map(|n| n.to_string()),
-            ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
+            2 => Just("null".to_owned()),
+            1 => Just("true".to_owned()),
+            1 => Just("false".to_owned()),
+            1 => Just("-0".to_owned()),
+            1 => Just("007".to_owned()),
+            1 => Just("1.5".to_owned()),
+            1 => Just("{\"prompt_tokens\":1}".to_owned()),
+            1 => Just("[]".to_owned()),
+            4 => any::<i64>().prop_map(|n| n.to_string()),
+            6 => ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
         ];
-        (key, value, any::<bool>()).prop_map(|(key, value, spaced)| {
+        (key, value, proptest::bool::weighted(0.1)).prop_map(|(key, value, spaced)| {
             format!("\"{key}\":{}{value}", if spaced { " " } else { "" })
         })
     }
@@ -1863,38 +2044,60 @@ mod tests {
             before in proptest::collection::vec(chunk_field(), 0..4),
             after in proptest::collection::vec(chunk_field(), 0..3),
             text in ".{0,12}",
-            cut in proptest::option::of((0usize..200, 0u8..128)),
+            delta in 0usize..5,
+            finish in proptest::option::of("stop|length|tool_calls|x\\\\y|"),
+            cut in proptest::option::weighted(0.3, (0usize..200, proptest::prelude::any::<u8>())),
         ) {
+            let content = serde_json::to_string(&text).unwrap();
+            let delta = match delta {
+                0 => format!(r#"{{"content":{content}}}"#),
+                1 => format!(r#"{{"role":"assistant","content":{content},"refusal":null}}"#),
+                2 => format!(r#"{{"role":"assistant","content":{content}}}"#),
+                3 => format!(r#"{{"content":{content},"refusal":null}}"#),
+                _ => "{}".to_owned(),
+            };
+            let finish = finish.map_or("null".to_owned(), |f| serde_json::to_string(&f).unwrap());
             let mut fields: Vec<String> = before;
             fields.push(format!(
-                r#""choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}]"#,
-                serde_json::to_string(&text).unwrap()
+                r#""choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]"#
             ));
             fields.extend(after);
-            let mut data = format!("{{{}}}", fields.join(",")).into_bytes();
+            let whole = format!("{{{}}}", fields.join(",")).into_bytes();
+            let mut data = whole.clone();
             if let Some((at, byte)) = cut {
                 let at = at % data.len();
                 data[at] = byte;
             }
             let parsed = serde_json::from_slice::<serde_json::Value>(&data);
-            if let Some(read) = exact_content_chunk(&data) {
+            // Read after the uncut chunk, as the next chunk of a stream: the cached prefix applies.
+            let mut prefix = Vec::new();
+            let _ = exact_chunk(&whole, &mut prefix);
+            let cached = exact_chunk(&data, &mut prefix);
+            proptest::prop_assert_eq!(&cached, &exact_chunk(&data, &mut Vec::new()));
+            if let Some(read) = cached {
                 // The exact reader never accepts what the parser rejects, and reads the same text.
                 let value = parsed.as_ref().unwrap();
+                let delta = &value["choices"][0]["delta"];
+                proptest::prop_assert_eq!(delta["content"].as_str().unwrap_or(""), read.text);
                 proptest::prop_assert_eq!(
-                    value["choices"][0]["delta"]["content"].as_str(),
-                    Some(read.as_str())
+                    value["choices"][0]["finish_reason"].as_str().map(openai::finish_reason_from),
+                    read.finish
                 );
             }
-            // On valid JSON the fast and the `Value` path agree. On invalid JSON only the exact reader is
-            // held to the parser: the typed fast path skips fields it does not read without checking
-            // them (a number out of range there passes), which is its one known leniency.
-            if parsed.is_ok() {
-                let event = SseEvent {
-                    event: None,
-                    data: bytes::Bytes::from(data.clone()),
-                    raw: bytes::Bytes::from(data),
-                };
-                let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
+            // On valid JSON the fast and the `Value` path agree, over the two-chunk stream too. On
+            // invalid JSON only the exact reader is held to the parser: the typed fast path skips fields
+            // it does not read without checking them (a number out of range there passes), which is its
+            // one known leniency.
+            if parsed.is_ok() && serde_json::from_slice::<serde_json::Value>(&whole).is_ok() {
+                let events: Vec<SseEvent> = [whole, data]
+                    .into_iter()
+                    .map(|data| SseEvent {
+                        event: None,
+                        data: bytes::Bytes::from(data.clone()),
+                        raw: bytes::Bytes::from(data),
+                    })
+                    .collect();
+                let (fast, slow) = decode_both_ways(Protocol::OpenAi, &events);
                 proptest::prop_assert_eq!(fast, slow);
             }
         }
