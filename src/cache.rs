@@ -379,6 +379,9 @@ fn redis_key(store: &RedisStore, key: &CacheKey) -> String {
 
 /// True for a complete JSON object that is not an error body.
 fn is_cacheable(body: &[u8]) -> bool {
+    if crate::protocol::openai::is_exact_answer(body) {
+        return true;
+    }
     #[derive(Deserialize)]
     struct Probe {
         error: Option<serde::de::IgnoredAny>,
@@ -428,6 +431,23 @@ fn decode(raw: Bytes) -> Option<CachedResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_complete_non_error_objects_are_cacheable() {
+        let answer = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        assert!(is_cacheable(answer.as_bytes()));
+        assert!(is_cacheable(br#"{ "id": "x", "content": [] }"#));
+        for body in [
+            &answer[..answer.len() - 1],
+            &answer.replace(r#""id":"c""#, r#""error":{"message":"m"}"#),
+            &answer.replace(r#""id":"c""#, r#""type":"error""#),
+            r#"{"type":"error","error":{"type":"api_error","message":"m"}}"#,
+            r#"{"error":"boom"}"#,
+            "[1]",
+        ] {
+            assert!(!is_cacheable(body.as_bytes()), "{body}");
+        }
+    }
     use crate::shared_state::{FailMode, test_redis::TestRedis};
 
     fn response(body: &str) -> CachedResponse {

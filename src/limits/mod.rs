@@ -737,8 +737,14 @@ impl Limiter {
         let mut specs = Vec::new();
         let mut add = |rules: &'a [RuleBucket], scope: &'static str, id: &dyn fmt::Display| {
             for r in rules {
+                let mut key = String::with_capacity(scope.len() + r.tag.len() + 48);
+                key.push_str(scope);
+                key.push(':');
+                let _ = fmt::Write::write_fmt(&mut key, format_args!("{id}"));
+                key.push(':');
+                key.push_str(&r.tag);
                 specs.push(Spec {
-                    key: format!("{scope}:{id}:{}", r.tag),
+                    key,
                     kind: r.kind,
                     cost: cost(r.unit, req),
                     unit: r.unit,
@@ -969,24 +975,33 @@ fn header_value(text: &str) -> HeaderValue {
 
 /// Formats a duration like OpenAI's reset headers (Go style): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
 fn go_duration(us: u64) -> String {
+    use std::fmt::Write;
     let ms = us.div_ceil(1000);
+    let mut out = String::with_capacity(12);
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+        return out;
     }
     let hours = ms / 3_600_000;
     let minutes = ms % 3_600_000 / 60_000;
     let secs_ms = ms % 60_000;
-    let secs = if secs_ms.is_multiple_of(1000) {
-        format!("{}s", secs_ms / 1000)
-    } else {
-        let text = format!("{:.3}", secs_ms as f64 / 1000.0);
-        format!("{}s", text.trim_end_matches('0'))
-    };
-    match (hours, minutes) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
+    if hours > 0 {
+        let _ = write!(out, "{hours}h");
     }
+    if hours > 0 || minutes > 0 {
+        let _ = write!(out, "{minutes}m");
+    }
+    let _ = write!(out, "{}", secs_ms / 1000);
+    let millis = secs_ms % 1000;
+    if millis > 0 {
+        // Milliseconds without trailing zeros: 500 → ".5", 250 → ".25", 7 → ".007".
+        let _ = write!(out, ".{millis:03}");
+        while out.ends_with('0') {
+            out.pop();
+        }
+    }
+    out.push('s');
+    out
 }
 
 #[cfg(test)]

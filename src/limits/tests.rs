@@ -392,6 +392,9 @@ fn reset_durations_look_like_openai() {
     assert_eq!(go_duration(1_500_000), "1.5s");
     assert_eq!(go_duration(360_000_000), "6m0s");
     assert_eq!(go_duration(3_723_000_000), "1h2m3s");
+    assert_eq!(go_duration(60_250_000), "1m0.25s");
+    assert_eq!(go_duration(3_600_007_000), "1h0m0.007s");
+    assert_eq!(go_duration(999_999), "1s");
 }
 
 // ---- shared through Redis ----

@@ -103,11 +103,13 @@ fn fast_set_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
         match first_key {
             Some((key, start, end)) if key == name.as_bytes() => replace = Some((start, end, json)),
             _ => {
-                let quoted = format!("\"{name}\"");
-                if memchr::memmem::find(body, quoted.as_bytes()).is_some() {
+                let at = insert.len();
+                insert.push('"');
+                insert.push_str(name);
+                insert.push('"');
+                if memchr::memmem::find(body, &insert.as_bytes()[at..]).is_some() {
                     return None;
                 }
-                insert.push_str(&quoted);
                 insert.push(':');
                 insert.push_str(json);
                 insert.push(',');

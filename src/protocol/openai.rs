@@ -956,6 +956,12 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
 
 // --- Exact reader for `decode_response` ---
 
+/// True when `body` is a complete answer in the compact layout [`exact_response`] reads: valid JSON, an
+/// object, no `error` field, no `"type":"error"`. A cheap positive check; `false` says nothing.
+pub(crate) fn is_exact_answer(body: &[u8]) -> bool {
+    exact_response(body).is_some()
+}
+
 /// A text answer in the compact layout vLLM, llama.cpp and most OpenAI-compatible servers send, read
 /// without a parser: `{<flat fields>,"choices":[{"index":0,"message":{"role":"assistant","content":"…"
 /// <,"refusal":null>},"logprobs":null,"finish_reason":<"…"|null>}],"usage":{<flat integer or null
@@ -1053,6 +1059,8 @@ fn exact_response(body: &[u8]) -> Option<ChatResponse> {
             let (key, value) = flat_field(rest)?;
             match key {
                 b"choices" | b"usage" | b"error" => return None,
+                // An error shape (Anthropic's): left to the parsers, so an answer read here is never one.
+                b"type" if value == br#""error""# => return None,
                 b"id" => id = Some(value),
                 b"model" => model = Some(value),
                 b"created" => created = Some(value),
@@ -1504,6 +1512,7 @@ mod exact_response_tests {
             4 => Just("object"),
             1 => Just("error"),
             1 => Just("usage"),
+            1 => Just("type"),
             1 => Just("x\\\"y"),
         ];
         (key, value()).prop_map(|(key, value)| format!("\"{key}\":{value}"))
@@ -1523,6 +1532,7 @@ mod exact_response_tests {
             6 => any::<u32>().prop_map(|n| n.to_string()),
             2 => any::<i64>().prop_map(|n| n.to_string()),
             6 => ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
+            1 => Just("\"error\"".to_owned()),
         ]
     }
 
@@ -1577,6 +1587,9 @@ mod exact_response_tests {
                 let value = decode_response_value(&body);
                 proptest::prop_assert!(value.is_ok(), "exact reader accepted {:?}", String::from_utf8_lossy(&body));
                 proptest::prop_assert_eq!(exact, value.unwrap());
+                // An answer read exactly is never an error shape (the cache relies on it).
+                let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                proptest::prop_assert!(value.get("error").is_none() && value["type"] != "error");
             }
         }
     }
