@@ -87,62 +87,52 @@ fn key_of(
     mut fields: Vec<(Cow<'_, str>, Node<'_>)>,
 ) -> Option<CacheKey> {
     fields.retain(|(name, _)| !IGNORED.contains(&name.as_ref()));
-    let mut material = Material(Sha256::new());
-    material.0.update(endpoint.path().as_bytes());
-    material.0.update(b"\n");
-    material.0.update(backend.as_bytes());
-    material.0.update(b"\n");
-    write_sorted(Node::Object(fields), &mut material).ok()?;
-    Some(ResponseCache::key_of(material.0))
-}
-
-/// A hasher that JSON text can be written into.
-struct Material(Sha256);
-
-impl std::io::Write for Material {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    // The canonical text is built whole and hashed once: a hasher fed piece by piece pays per piece.
+    let mut text = Vec::with_capacity(512);
+    text.extend_from_slice(endpoint.path().as_bytes());
+    text.push(b'\n');
+    text.extend_from_slice(backend.as_bytes());
+    text.push(b'\n');
+    write_sorted(Node::Object(fields), &mut text).ok()?;
+    let mut hasher = Sha256::new();
+    hasher.update(&text);
+    Some(ResponseCache::key_of(hasher))
 }
 
 /// Canonical JSON: object keys sorted (the last of duplicate keys wins, as in a parsed object),
 /// strings escaped the one way serde_json writes them, numbers as serde_json prints them.
-fn write_sorted(node: Node<'_>, out: &mut Material) -> serde_json::Result<()> {
+fn write_sorted(node: Node<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    use crate::protocol::json_text::write_str;
     match node {
         Node::Object(mut fields) => {
             // Stable sort then keep the last of each name: duplicates resolve like `Value` parsing.
             fields.sort_by(|a, b| a.0.cmp(&b.0));
-            out.0.update(b"{");
+            out.push(b'{');
             let mut fields = fields.into_iter().peekable();
             while let Some((name, value)) = fields.next() {
                 if fields.peek().is_some_and(|(next, _)| *next == name) {
                     continue;
                 }
-                serde_json::to_writer(&mut *out, name.as_ref())?;
-                out.0.update(b":");
+                write_str(out, &name);
+                out.push(b':');
                 write_sorted(value, out)?;
-                out.0.update(b",");
+                out.push(b',');
             }
-            out.0.update(b"}");
+            out.push(b'}');
         }
         Node::Array(items) => {
-            out.0.update(b"[");
+            out.push(b'[');
             for item in items {
                 write_sorted(item, out)?;
-                out.0.update(b",");
+                out.push(b',');
             }
-            out.0.update(b"]");
+            out.push(b']');
         }
-        Node::Str(text) => serde_json::to_writer(&mut *out, text.as_ref())?,
+        Node::Str(text) => write_str(out, &text),
         Node::Number(number) => serde_json::to_writer(&mut *out, &number)?,
-        Node::Bool(true) => out.0.update(b"true"),
-        Node::Bool(false) => out.0.update(b"false"),
-        Node::Null => out.0.update(b"null"),
+        Node::Bool(true) => out.extend_from_slice(b"true"),
+        Node::Bool(false) => out.extend_from_slice(b"false"),
+        Node::Null => out.extend_from_slice(b"null"),
     }
     Ok(())
 }
@@ -471,6 +461,18 @@ mod tests {
         assert!(!same(r#"{"a":"1"}"#, r#"{"a":1}"#));
         assert!(!same(r#"{"a":[1,2]}"#, r#"{"a":[12]}"#));
         assert!(!same(r#"{"a":{"b":1}}"#, r#"{"a":{"b":"1"}}"#));
+    }
+
+    /// The key is the SHA-256 of this canonical text (stable across versions: a shared Redis cache
+    /// keeps its entries through an upgrade).
+    #[test]
+    fn the_key_hashes_the_canonical_text() {
+        let canonical = "/v1/chat/completions\nb\n{\"a\":\"x\\n\\\"\",\"b\":[1,{\"c\":null,},],}";
+        let mut hasher = Sha256::new();
+        hasher.update(canonical.as_bytes());
+        let expected = ResponseCache::key_of(hasher);
+        let key = key(r#"{ "b": [1, {"c": null}], "a": "x\n\"", "user": "u" }"#).unwrap();
+        assert_eq!(format!("{key:?}"), format!("{expected:?}"));
     }
 
     #[test]
