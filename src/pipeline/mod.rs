@@ -81,7 +81,12 @@ async fn run(
     ctx.stream = request.stream();
     if config.request_log.enabled {
         ctx.request = Some(Arc::clone(&request));
-        ctx.request_body = Some(body.clone());
+        // Only the `openai` layout logs the request's other fields. The body is a slice of the
+        // connection's read buffer: holding it to the end of a stream makes the server allocate a
+        // fresh buffer for the next request.
+        if config.request_log.format == crate::telemetry::request_log::LogFormat::OpenAi {
+            ctx.request_body = Some(body.clone());
+        }
     }
 
     let route = route::resolve(config, inbound.endpoint, request.model());

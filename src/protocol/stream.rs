@@ -323,9 +323,9 @@ fn thinking_block_events(blocks: &Value, out: &mut Vec<StreamEvent>) {
 
 /// What [`exact_chunk`] read from one OpenAI chunk: its text (content; may be empty) and finish reason.
 #[derive(Debug, PartialEq)]
-struct ExactChunk<'a> {
-    text: Cow<'a, str>,
-    finish: Option<FinishReason>,
+pub(crate) struct ExactChunk<'a> {
+    pub(crate) text: Cow<'a, str>,
+    pub(crate) finish: Option<FinishReason>,
 }
 
 /// An OpenAI chunk in the layout OpenAI and vLLM send, read without a parser:
@@ -338,7 +338,7 @@ struct ExactChunk<'a> {
 /// `prefix` caches the flat fields before `"choices"` of the last chunk read (every chunk of a stream
 /// repeats the same id, model and timestamps): a chunk starting with the same bytes skips reading them
 /// again, since equal bytes read the same.
-fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<ExactChunk<'a>> {
+pub(crate) fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<ExactChunk<'a>> {
     const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"#;
     const ROLE: &[u8] = br#""role":"assistant","#;
     const CONTENT: &[u8] = br#""content":"#;
@@ -888,6 +888,14 @@ struct SummaryBuilder {
 }
 
 impl SummaryBuilder {
+    /// What an exactly read chunk adds: its text and finish reason.
+    fn apply_exact(&mut self, chunk: &ExactChunk<'_>) {
+        self.summary.text.push_str(&chunk.text);
+        if chunk.finish.is_some() {
+            self.summary.finish_reason = chunk.finish;
+        }
+    }
+
     fn apply(&mut self, event: &StreamEvent) {
         let summary = &mut self.summary;
         match event {
@@ -1684,11 +1692,7 @@ impl StreamTap {
             && let Some(chunk) = exact_chunk(&event.data, &mut decoder.prefix)
         {
             decoder.started = true;
-            let summary = &mut self.summary.summary;
-            summary.text.push_str(&chunk.text);
-            if chunk.finish.is_some() {
-                summary.finish_reason = chunk.finish;
-            }
+            self.summary.apply_exact(&chunk);
             return;
         }
         self.events.clear();
@@ -1701,6 +1705,14 @@ impl StreamTap {
 
     pub fn summary(&self) -> &ResponseSummary {
         &self.summary.summary
+    }
+
+    /// Record an OpenAI chunk the caller already read with [`exact_chunk`] (the same as observing it).
+    pub(crate) fn observe_exact(&mut self, chunk: &ExactChunk<'_>) {
+        if let Decoder::OpenAi(decoder) = &mut self.decoder {
+            decoder.started = true;
+        }
+        self.summary.apply_exact(chunk);
     }
 }
 

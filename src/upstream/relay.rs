@@ -14,7 +14,7 @@ use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
 use crate::protocol::sse::{SseDecoder, SseEvent};
-use crate::protocol::stream::{StreamConverter, StreamTap};
+use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
 use super::call::Fault;
@@ -75,6 +75,8 @@ pub struct Relay {
     tap: Option<StreamTap>,
     /// Assemble the reply text of pass-through streams (token accounting, cache storage).
     collect_text: bool,
+    /// The exact chunk reader's cache of an OpenAI stream's repeated leading fields.
+    exact_prefix: Vec<u8>,
     /// The idle timer, armed on the first wait and reused for the whole stream.
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub facts: StreamFacts,
@@ -102,6 +104,7 @@ impl Relay {
             delivered: false,
             tap,
             collect_text,
+            exact_prefix: Vec::new(),
             idle_timer: None,
             facts: StreamFacts::default(),
         }
@@ -296,8 +299,19 @@ impl Relay {
         if !matches!(self.transform, Transform::Convert(_)) && !event.is_comment() {
             self.facts.events += 1;
         }
+        // Most OpenAI chunks are read once, exactly, for everything below (facts, text, the tap);
+        // the rest take the searches and parsers.
+        let exact = match &self.transform {
+            Transform::OpenAiPassThrough { .. } if event.data.first() == Some(&b'{') => {
+                exact_chunk(&event.data, &mut self.exact_prefix)
+            }
+            _ => None,
+        };
         if let Some(tap) = &mut self.tap {
-            tap.observe(event);
+            match &exact {
+                Some(chunk) => tap.observe_exact(chunk),
+                None => tap.observe(event),
+            }
         }
         match &self.transform {
             Transform::OpenAiPassThrough { id_json } => {
@@ -305,8 +319,22 @@ impl Relay {
                     self.saw_terminator = true;
                     out.extend_from_slice(&event.raw);
                 } else if event.data.first() == Some(&b'{') {
-                    if observe_openai_chunk(&event.data, self.collect_text, &mut self.facts) {
-                        self.saw_upstream_error = true;
+                    match &exact {
+                        // An exact chunk carries no error and no usage.
+                        Some(chunk) => {
+                            if chunk.finish.is_some() {
+                                self.facts.finish_reason = chunk.finish;
+                            }
+                            if self.collect_text {
+                                self.facts.text.push_str(&chunk.text);
+                            }
+                        }
+                        None => {
+                            if observe_openai_chunk(&event.data, self.collect_text, &mut self.facts)
+                            {
+                                self.saw_upstream_error = true;
+                            }
+                        }
                     }
                     match json_patch::set_fields(&event.data, &[("id", id_json)]) {
                         Ok(patched) => {
