@@ -1,6 +1,8 @@
 //! JSON strings written and scanned without a parser: the byte-level pieces the hot paths share (the
 //! exact stream-chunk readers, the request log writer). Each is held to `serde_json` by a property test.
 
+use std::borrow::Cow;
+
 /// How many bytes at the start of `bytes` are neither `"`, `\\` nor a control character: eight bytes
 /// per step (SWAR), then one by one. Each test below flags a matching byte exactly and may also flag
 /// bytes after it (a borrow), never before, so the lowest flag of the three is the first match.
@@ -87,6 +89,35 @@ pub(crate) fn int_u64(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
+/// The JSON string at the start of `bytes` (opening quote first): its text and its length in bytes,
+/// quotes included. Plain text is borrowed; a string with escapes is decoded by `serde_json`, which also
+/// rejects bad escapes and invalid UTF-8. A raw control character (which JSON forbids) is `None`.
+pub(crate) fn read_str(bytes: &[u8]) -> Option<(Cow<'_, str>, usize)> {
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let mut end = 1;
+    let mut escaped = false;
+    loop {
+        end += plain_run(bytes.get(end..)?);
+        match bytes.get(end)? {
+            b'"' => break,
+            b'\\' => {
+                escaped = true;
+                end += 2;
+            }
+            _ => return None,
+        }
+    }
+    let quoted = &bytes[..=end];
+    let text = if escaped {
+        Cow::Owned(serde_json::from_slice::<String>(quoted).ok()?)
+    } else {
+        Cow::Borrowed(std::str::from_utf8(&quoted[1..end]).ok()?)
+    };
+    Some((text, end + 1))
+}
+
 /// Appends `text` as a JSON string, byte for byte what `serde_json` writes (the same escapes: `\"`,
 /// `\\`, `\b \f \n \r \t`, `\u00xx` for other control characters, nothing else), copying the runs between
 /// escapes whole.
@@ -141,6 +172,27 @@ mod tests {
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 serde_json::to_string(text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn read_str_reads_one_string_like_the_parser() {
+        for (bytes, expected) in [
+            (&br#""plain" rest"#[..], Some(("plain", 7))),
+            (br#""q\"\u00e9\n","#, Some(("q\"é\n", 13))),
+            (br#""""#, Some(("", 2))),
+            (b"\"a\x01\"", None),
+            (br#""a\x""#, None),
+            (br#""open"#, None),
+            (br#"x"a""#, None),
+        ] {
+            let read = read_str(bytes);
+            assert_eq!(
+                read.as_ref().map(|(text, len)| (text.as_ref(), *len)),
+                expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
             );
         }
     }

@@ -970,7 +970,7 @@ pub(crate) fn is_exact_answer(body: &[u8]) -> bool {
 /// tool calls, reasoning, nested usage details, `error`) returns `None` for the parsers below, which
 /// define the semantics; a property test holds this reader to the `Value` path.
 fn exact_response(body: &[u8]) -> Option<ChatResponse> {
-    use super::json_text::{flat_field, int_i64, int_u64, plain_run, plain_str};
+    use super::json_text::{flat_field, int_i64, int_u64, plain_str, read_str};
     const CHOICE_START: &[u8] =
         br#""choices":[{"index":0,"message":{"role":"assistant","content":"#;
     const USAGE_START: &[u8] = br#""usage":{"#;
@@ -988,28 +988,8 @@ fn exact_response(body: &[u8]) -> Option<ChatResponse> {
             }
             seen_choice = true;
             // The content string, escapes allowed (decoded by the parser).
-            if after.first() != Some(&b'"') {
-                return None;
-            }
-            let mut end = 1;
-            let mut escaped = false;
-            loop {
-                end += plain_run(after.get(end..)?);
-                match after.get(end)? {
-                    b'"' => break,
-                    b'\\' => {
-                        escaped = true;
-                        end += 2;
-                    }
-                    _ => return None,
-                }
-            }
-            let (text, after) = after.split_at(end + 1);
-            let text = if escaped {
-                serde_json::from_slice::<String>(text).ok()?
-            } else {
-                plain_str(text)?.to_owned()
-            };
+            let (text, len) = read_str(after)?;
+            let after = &after[len..];
             let after = after.strip_prefix(br#","refusal":null"#).unwrap_or(after);
             let after = after.strip_prefix(br#"},"logprobs":null,"finish_reason":"#)?;
             let (reason, after) = if after.starts_with(b"null") {
@@ -1020,7 +1000,7 @@ fn exact_response(body: &[u8]) -> Option<ChatResponse> {
             };
             response.finish_reason = reason.map(finish_reason_from);
             if !text.is_empty() {
-                response.parts.push(Part::Text(text));
+                response.parts.push(Part::Text(text.into_owned()));
             }
             rest = after.strip_prefix(b"}]")?;
         } else if let Some(mut after) = rest.strip_prefix(USAGE_START) {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 pub use super::ResponseSummary;
 use super::anthropic::{self, WireUsage};
 use super::convert::{self, unix_now};
-use super::json_text::{flat_field, plain_run};
+use super::json_text::flat_field;
 use super::sse::{self, SseDecoder, SseError, SseEvent};
 use super::{FinishReason, Obj, Protocol, ToolCall, Usage, fast_decode, openai};
 
@@ -368,32 +368,9 @@ pub(crate) fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<Ex
     if !rest.starts_with(b"}") {
         rest = rest.strip_prefix(ROLE).unwrap_or(rest);
         rest = rest.strip_prefix(CONTENT)?;
-        // `rest` continues with the content string, opening quote included.
-        if rest.first() != Some(&b'"') {
-            return None;
-        }
-        let mut end = 1;
-        let mut escaped = false;
-        loop {
-            end += plain_run(rest.get(end..)?);
-            match rest.get(end)? {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    end += 2;
-                }
-                // A raw control character: JSON forbids it.
-                _ => return None,
-            }
-        }
-        let (quoted, after) = rest.split_at(end + 1);
-        text = if escaped {
-            // Exactly one JSON string with escapes, decoded by the parser, which also rejects what the
-            // general path would reject.
-            Cow::Owned(serde_json::from_slice::<String>(quoted).ok()?)
-        } else {
-            Cow::Borrowed(std::str::from_utf8(&quoted[1..quoted.len() - 1]).ok()?)
-        };
+        let (content, len) = super::json_text::read_str(rest)?;
+        text = content;
+        let after = &rest[len..];
         rest = after.strip_prefix(REFUSAL).unwrap_or(after);
     }
     rest = rest.strip_prefix(CHOICE_END)?;
@@ -1720,6 +1697,16 @@ impl StreamTap {
 mod tests {
     use super::*;
 
+    /// A data-only SSE event carrying `data`.
+    fn data_event(data: impl Into<Vec<u8>>) -> SseEvent {
+        let data = bytes::Bytes::from(data.into());
+        SseEvent {
+            event: None,
+            data: data.clone(),
+            raw: data,
+        }
+    }
+
     /// The piecewise chunk writer gives exactly the bytes of serializing a whole `ChunkWire`.
     #[test]
     fn chunk_writer_matches_the_serialized_chunk() {
@@ -1892,11 +1879,7 @@ mod tests {
                 }),
                 "{data}"
             );
-            let event = SseEvent {
-                event: None,
-                data: bytes::Bytes::from(data.clone()),
-                raw: bytes::Bytes::from(data),
-            };
+            let event = data_event(data);
             let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
             assert_eq!(fast, slow);
         }
@@ -1958,11 +1941,7 @@ mod tests {
             ..OpenAiDecoder::default()
         });
         for data in &stream {
-            let event = SseEvent {
-                event: None,
-                data: bytes::Bytes::from(data.clone()),
-                raw: bytes::Bytes::from(data.clone()),
-            };
+            let event = data_event(data.as_str());
             tap.observe(&event);
             slow.observe(&event);
         }
@@ -1983,11 +1962,7 @@ mod tests {
                 serde_json::to_string(text).unwrap()
             );
             assert!(exact_content_chunk(data.as_bytes()).is_some(), "{data}");
-            events.push(SseEvent {
-                event: None,
-                data: bytes::Bytes::from(data.clone()),
-                raw: bytes::Bytes::from(data),
-            });
+            events.push(data_event(data));
         }
         let (fast, slow) = decode_both_ways(Protocol::OpenAi, &events);
         assert_eq!(fast, slow);
@@ -2005,11 +1980,7 @@ mod tests {
         let at = bad_utf8.iter().position(|&b| b == b'~').unwrap();
         bad_utf8[at] = 0xA1;
         for data in [not_a_string.to_vec(), bad_utf8] {
-            let event = SseEvent {
-                event: None,
-                data: bytes::Bytes::from(data.clone()),
-                raw: bytes::Bytes::from(data),
-            };
+            let event = data_event(data);
             let (fast, slow) = decode_both_ways(Protocol::OpenAi, &[event]);
             assert_eq!(fast, slow);
             assert!(fast[0].is_err());
@@ -2103,11 +2074,7 @@ mod tests {
             if parsed.is_ok() && serde_json::from_slice::<serde_json::Value>(&whole).is_ok() {
                 let events: Vec<SseEvent> = [whole, data]
                     .into_iter()
-                    .map(|data| SseEvent {
-                        event: None,
-                        data: bytes::Bytes::from(data.clone()),
-                        raw: bytes::Bytes::from(data),
-                    })
+                    .map(data_event)
                     .collect();
                 let (fast, slow) = decode_both_ways(Protocol::OpenAi, &events);
                 proptest::prop_assert_eq!(fast, slow);
