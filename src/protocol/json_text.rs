@@ -154,6 +154,30 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+/// Tests only: JSON values around the flat-field grammar — the flat ones (plain strings, integers,
+/// literals) and near misses (leading zeros, `-0`, fractions, out-of-range integers, nesting) — for the
+/// exact readers' property tests.
+#[cfg(test)]
+pub(crate) fn near_flat_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => Just("null".to_owned()),
+        1 => Just("true".to_owned()),
+        1 => Just("false".to_owned()),
+        1 => Just("-0".to_owned()),
+        1 => Just("007".to_owned()),
+        1 => Just("1.5".to_owned()),
+        1 => Just("-3".to_owned()),
+        1 => Just("99999999999999999999".to_owned()),
+        1 => Just("[]".to_owned()),
+        1 => Just("{\"prompt_tokens\":1}".to_owned()),
+        1 => Just("\"error\"".to_owned()),
+        5 => any::<u32>().prop_map(|n| n.to_string()),
+        3 => any::<i64>().prop_map(|n| n.to_string()),
+        6 => ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap_or_default()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1453,6 +1453,7 @@ mod tests {
 #[cfg(test)]
 mod exact_response_tests {
     use super::*;
+    use crate::protocol::json_text::near_flat_value;
 
     const TYPICAL: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29,"prompt_tokens_details":null},"system_fingerprint":"fp"}"#;
 
@@ -1495,25 +1496,7 @@ mod exact_response_tests {
             1 => Just("type"),
             1 => Just("x\\\"y"),
         ];
-        (key, value()).prop_map(|(key, value)| format!("\"{key}\":{value}"))
-    }
-
-    fn value() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::prelude::*;
-        prop_oneof![
-            2 => Just("null".to_owned()),
-            1 => Just("true".to_owned()),
-            1 => Just("-0".to_owned()),
-            1 => Just("007".to_owned()),
-            1 => Just("1.5".to_owned()),
-            1 => Just("-3".to_owned()),
-            1 => Just("99999999999999999999".to_owned()),
-            1 => Just("[]".to_owned()),
-            6 => any::<u32>().prop_map(|n| n.to_string()),
-            2 => any::<i64>().prop_map(|n| n.to_string()),
-            6 => ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
-            1 => Just("\"error\"".to_owned()),
-        ]
+        (key, near_flat_value()).prop_map(|(key, value)| format!("\"{key}\":{value}"))
     }
 
     fn usage() -> impl proptest::strategy::Strategy<Value = String> {
@@ -1524,7 +1507,7 @@ mod exact_response_tests {
             Just("total_tokens"),
             Just("prompt_tokens_details"),
         ];
-        proptest::collection::vec((key, value()), 0..4).prop_map(|fields| {
+        proptest::collection::vec((key, near_flat_value()), 0..4).prop_map(|fields| {
             let fields: Vec<String> = fields
                 .into_iter()
                 .map(|(key, value)| format!("\"{key}\":{value}"))

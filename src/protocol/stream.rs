@@ -1999,18 +1999,7 @@ mod tests {
             2 => Just("obfuscation"),
             1 => Just("x\\\"y"),
         ];
-        let value = prop_oneof![
-            2 => Just("null".to_owned()),
-            1 => Just("true".to_owned()),
-            1 => Just("false".to_owned()),
-            1 => Just("-0".to_owned()),
-            1 => Just("007".to_owned()),
-            1 => Just("1.5".to_owned()),
-            1 => Just("{\"prompt_tokens\":1}".to_owned()),
-            1 => Just("[]".to_owned()),
-            4 => any::<i64>().prop_map(|n| n.to_string()),
-            6 => ".{0,6}".prop_map(|text| serde_json::to_string(&text).unwrap()),
-        ];
+        let value = crate::protocol::json_text::near_flat_value();
         (key, value, proptest::bool::weighted(0.1)).prop_map(|(key, value, spaced)| {
             format!("\"{key}\":{}{value}", if spaced { " " } else { "" })
         })
