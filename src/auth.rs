@@ -5,7 +5,7 @@
 //! constant-time. Looking up by digest leaks at most timing about the digest, which reveals nothing
 //! about the secret, and keeps authentication O(1) for any number of keys.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -247,7 +247,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty());
     bearer.or_else(|| {
         headers
-            .get("x-api-key")
+            .get(crate::http::names::X_API_KEY)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|k| !k.is_empty())

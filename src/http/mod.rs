@@ -5,7 +5,21 @@ pub mod admin;
 pub mod api;
 pub mod error_body;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+/// Header names the request path uses, built at compile time (a `&str` name is parsed on every use).
+pub mod names {
+    use super::HeaderName;
+
+    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+    pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub const X_GATEWAY_BACKEND: HeaderName = HeaderName::from_static("x-gateway-backend");
+    pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+    pub const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    pub const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+}
 
 /// The request id: the client's `X-Request-ID` (or `request-id`) when it is a sane token, else a new UUID v4.
 #[derive(Debug, Clone)]
@@ -14,8 +28,8 @@ pub struct RequestId(pub String);
 impl RequestId {
     pub fn from_headers(headers: &HeaderMap) -> RequestId {
         let given = headers
-            .get("x-request-id")
-            .or_else(|| headers.get("request-id"))
+            .get(names::X_REQUEST_ID)
+            .or_else(|| headers.get(names::REQUEST_ID))
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()));

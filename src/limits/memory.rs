@@ -1,6 +1,6 @@
 //! In-process bucket store: a map from bucket key to state, checked and charged all-or-nothing.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use super::engine::{self, BucketKind, BucketState, Outcome};
 

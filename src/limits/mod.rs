@@ -15,7 +15,7 @@ pub(crate) mod memory;
 mod quota;
 mod redis_buckets;
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -735,12 +735,15 @@ impl Limiter {
 
     fn specs<'a>(&'a self, req: &LimitRequest<'_>, now_us: u64) -> Vec<Spec<'a>> {
         let mut specs = Vec::new();
-        let mut add = |rules: &'a [RuleBucket], scope: &'static str, id: &dyn fmt::Display| {
+        // The key: `scope:id:tag`, where an id of several parts is joined with `:`.
+        let mut add = |rules: &'a [RuleBucket], scope: &'static str, id: &[&str]| {
             for r in rules {
                 let mut key = String::with_capacity(scope.len() + r.tag.len() + 48);
                 key.push_str(scope);
-                key.push(':');
-                let _ = fmt::Write::write_fmt(&mut key, format_args!("{id}"));
+                for part in id {
+                    key.push(':');
+                    key.push_str(part);
+                }
                 key.push(':');
                 key.push_str(&r.tag);
                 specs.push(Spec {
@@ -755,8 +758,10 @@ impl Limiter {
                 });
             }
         };
-        add(&self.global, "global", &"all");
-        add(&self.per_ip, "ip", &req.ip);
+        add(&self.global, "global", &["all"]);
+        if !self.per_ip.is_empty() {
+            add(&self.per_ip, "ip", &[&ip_text(req.ip)]);
+        }
         let Some(principal) = req.key else {
             return specs;
         };
@@ -765,14 +770,10 @@ impl Limiter {
         let per_key = limits
             .and_then(|l| l.rate.as_deref())
             .unwrap_or(&self.per_key);
-        add(per_key, "key", &name);
+        add(per_key, "key", &[name]);
         // The model string comes from the client: cap what of it lands in (bounded) state keys.
         let model = truncate(req.model, MAX_MODEL_KEY_BYTES);
-        add(
-            &self.per_key_model,
-            "key_model",
-            &format_args!("{name}:{model}"),
-        );
+        add(&self.per_key_model, "key_model", &[name, model]);
         if let Some(limits) = limits {
             for q in &limits.quota {
                 specs.push(quota_spec(name, q, cost(q.unit, req), now_us));
@@ -783,6 +784,22 @@ impl Limiter {
 }
 
 const MAX_MODEL_KEY_BYTES: usize = 128;
+
+/// The address as `Display` writes it (dotted decimal for IPv4, written here without the formatter).
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut digits = itoa::Buffer::new();
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(digits.format(octet));
+    }
+    text
+}
 
 fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
@@ -932,36 +949,30 @@ fn rejection(
 
 /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the tightest rate bucket of each unit.
 fn rate_headers(specs: &[Spec<'_>], outcomes: &[Outcome]) -> Vec<(HeaderName, HeaderValue)> {
-    const NAMES: [[&str; 3]; 2] = [
+    const NAMES: [[HeaderName; 3]; 2] = [
         [
-            "x-ratelimit-limit-requests",
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
         ],
         [
-            "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens",
-            "x-ratelimit-reset-tokens",
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
         ],
     ];
     let mut headers = Vec::new();
-    for (unit, names) in [(Unit::Requests, NAMES[0]), (Unit::Tokens, NAMES[1])] {
+    for (unit, names) in [(Unit::Requests, &NAMES[0]), (Unit::Tokens, &NAMES[1])] {
         let tightest = specs
             .iter()
             .zip(outcomes)
             .filter(|(s, _)| s.unit == unit && !s.quota)
             .min_by_key(|(s, o)| (o.remaining, std::cmp::Reverse(s.limit)));
         if let Some((spec, outcome)) = tightest {
+            headers.push((names[0].clone(), HeaderValue::from(spec.limit)));
+            headers.push((names[1].clone(), HeaderValue::from(outcome.remaining)));
             headers.push((
-                HeaderName::from_static(names[0]),
-                header_value(&spec.limit.to_string()),
-            ));
-            headers.push((
-                HeaderName::from_static(names[1]),
-                header_value(&outcome.remaining.to_string()),
-            ));
-            headers.push((
-                HeaderName::from_static(names[2]),
+                names[2].clone(),
                 header_value(&go_duration(outcome.reset_us)),
             ));
         }
@@ -975,30 +986,32 @@ fn header_value(text: &str) -> HeaderValue {
 
 /// Formats a duration like OpenAI's reset headers (Go style): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
 fn go_duration(us: u64) -> String {
-    use std::fmt::Write;
+    let mut digits = itoa::Buffer::new();
     let ms = us.div_ceil(1000);
     let mut out = String::with_capacity(12);
     if ms < 1000 {
-        let _ = write!(out, "{ms}ms");
+        out.push_str(digits.format(ms));
+        out.push_str("ms");
         return out;
     }
     let hours = ms / 3_600_000;
     let minutes = ms % 3_600_000 / 60_000;
     let secs_ms = ms % 60_000;
     if hours > 0 {
-        let _ = write!(out, "{hours}h");
+        out.push_str(digits.format(hours));
+        out.push('h');
     }
     if hours > 0 || minutes > 0 {
-        let _ = write!(out, "{minutes}m");
+        out.push_str(digits.format(minutes));
+        out.push('m');
     }
-    let _ = write!(out, "{}", secs_ms / 1000);
+    out.push_str(digits.format(secs_ms / 1000));
     let millis = secs_ms % 1000;
     if millis > 0 {
         // Milliseconds without trailing zeros: 500 → ".5", 250 → ".25", 7 → ".007".
-        let _ = write!(out, ".{millis:03}");
-        while out.ends_with('0') {
-            out.pop();
-        }
+        out.push('.');
+        let text = digits.format(millis + 1000);
+        out.push_str(text[1..].trim_end_matches('0'));
     }
     out.push('s');
     out

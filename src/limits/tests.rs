@@ -395,6 +395,23 @@ fn reset_durations_look_like_openai() {
     assert_eq!(go_duration(60_250_000), "1m0.25s");
     assert_eq!(go_duration(3_600_007_000), "1h0m0.007s");
     assert_eq!(go_duration(999_999), "1s");
+    assert_eq!(go_duration(61_010_000), "1m1.01s");
+}
+
+#[test]
+fn state_keys_spell_addresses_as_display_does() {
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.20.255.9",
+        "255.255.255.255",
+        "::1",
+        "2001:db8::ff00:42:8329",
+        "::ffff:1.2.3.4",
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        assert_eq!(ip_text(ip), ip.to_string());
+    }
 }
 
 // ---- shared through Redis ----

@@ -24,7 +24,7 @@ use crate::upstream::call::{self, CallSpec, Fault, Reply};
 use crate::upstream::relay::{Relay, Transform};
 
 use super::RequestCtx;
-use super::reply;
+use super::{cached, reply};
 
 /// Everything an attempt needs, borrowed for the duration of the request.
 pub struct Exchange<'a> {
@@ -252,12 +252,12 @@ impl Exchange<'_> {
             _ if !self.forward_client_auth => None,
             Protocol::Anthropic => self
                 .headers
-                .get("x-api-key")
+                .get(crate::http::names::X_API_KEY)
                 .or_else(|| self.headers.get(header::AUTHORIZATION)),
             Protocol::OpenAi => self
                 .headers
                 .get(header::AUTHORIZATION)
-                .or_else(|| self.headers.get("x-api-key")),
+                .or_else(|| self.headers.get(crate::http::names::X_API_KEY)),
         };
         let sent = Instant::now();
         let sent_result = call::send(
@@ -465,7 +465,22 @@ impl Exchange<'_> {
             ctx.usage = usage_of(&upstream_body);
         }
         ctx.ttft = Some(ctx.started.elapsed());
-        Ok(reply::json(Bytes::from(patched), &backend.name))
+        let mut body = Bytes::from(patched);
+        // A complete answer to a cacheable request is stored as sent, and the client's copy says
+        // `"cached": false` (seed 004). A stream request answered with JSON is not stored.
+        if !self.request.stream()
+            && let Some(key) = ctx.cache_key.take()
+        {
+            cached::store_json(
+                self.state,
+                key,
+                body.clone(),
+                &backend.name,
+                client_protocol,
+            );
+            body = cached::mark_miss(body);
+        }
+        Ok(reply::json(body, &backend.name))
     }
 }
 

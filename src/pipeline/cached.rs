@@ -5,8 +5,6 @@
 //! `metadata` and `cache` removed and object keys sorted — every sampling parameter counts, the request
 //! id and the client key never do. A stream and a non-stream request for the same thing share the entry.
 
-use std::borrow::Cow;
-
 use axum::response::Response;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -48,15 +46,21 @@ pub fn plan(endpoint: Endpoint, backend: &str, headers: &http::HeaderMap, body: 
                     || directive.eq_ignore_ascii_case("no-store")
             })
         });
-    let Ok(Node::Object(fields)) = serde_json::from_slice::<Node<'_>>(body) else {
+    // The canonical text is built whole and hashed once: a hasher fed piece by piece pays per piece.
+    let mut text = Vec::with_capacity(body.len() + 64);
+    text.extend_from_slice(endpoint.path().as_bytes());
+    text.push(b'\n');
+    text.extend_from_slice(backend.as_bytes());
+    text.push(b'\n');
+    let Some(top) = super::cache_key::write_canonical(body, &IGNORED, &mut text) else {
         return Plan {
             key: None,
             forward: None,
         };
     };
-    let forward = match fields.iter().rposition(|(name, _)| name == "cache") {
-        Some(at) => {
-            bypass |= matches!(fields[at].1, Node::Bool(false));
+    let forward = match top.cache {
+        Some(is_false) => {
+            bypass |= is_false;
             without_cache_field(body)
         }
         None => None,
@@ -64,8 +68,10 @@ pub fn plan(endpoint: Endpoint, backend: &str, headers: &http::HeaderMap, body: 
     if bypass {
         return Plan { key: None, forward };
     }
+    let mut hasher = Sha256::new();
+    hasher.update(&text);
     Plan {
-        key: key_of(endpoint, backend, fields),
+        key: Some(ResponseCache::key_of(hasher)),
         forward,
     }
 }
@@ -77,173 +83,6 @@ fn without_cache_field(body: &[u8]) -> Option<Bytes> {
     };
     object.shift_remove("cache");
     serde_json::to_vec(&object).ok().map(Bytes::from)
-}
-
-/// The key: endpoint, backend and the body with the ignored fields removed, written with object keys
-/// sorted straight into the hash (no text is built).
-fn key_of(
-    endpoint: Endpoint,
-    backend: &str,
-    mut fields: Vec<(Cow<'_, str>, Node<'_>)>,
-) -> Option<CacheKey> {
-    fields.retain(|(name, _)| !IGNORED.contains(&name.as_ref()));
-    // The canonical text is built whole and hashed once: a hasher fed piece by piece pays per piece.
-    let mut text = Vec::with_capacity(512);
-    text.extend_from_slice(endpoint.path().as_bytes());
-    text.push(b'\n');
-    text.extend_from_slice(backend.as_bytes());
-    text.push(b'\n');
-    write_sorted(Node::Object(fields), &mut text).ok()?;
-    let mut hasher = Sha256::new();
-    hasher.update(&text);
-    Some(ResponseCache::key_of(hasher))
-}
-
-/// Canonical JSON: object keys sorted (the last of duplicate keys wins, as in a parsed object),
-/// strings escaped the one way serde_json writes them, numbers as serde_json prints them.
-fn write_sorted(node: Node<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    use crate::protocol::json_text::write_str;
-    match node {
-        Node::Object(mut fields) => {
-            // Stable sort then keep the last of each name: duplicates resolve like `Value` parsing.
-            fields.sort_by(|a, b| a.0.cmp(&b.0));
-            out.push(b'{');
-            let mut fields = fields.into_iter().peekable();
-            while let Some((name, value)) = fields.next() {
-                if fields.peek().is_some_and(|(next, _)| *next == name) {
-                    continue;
-                }
-                write_str(out, &name);
-                out.push(b':');
-                write_sorted(value, out)?;
-                out.push(b',');
-            }
-            out.push(b'}');
-        }
-        Node::Array(items) => {
-            out.push(b'[');
-            for item in items {
-                write_sorted(item, out)?;
-                out.push(b',');
-            }
-            out.push(b']');
-        }
-        Node::Str(text) => write_str(out, &text),
-        Node::Number(number) => serde_json::to_writer(&mut *out, &number)?,
-        Node::Bool(true) => out.extend_from_slice(b"true"),
-        Node::Bool(false) => out.extend_from_slice(b"false"),
-        Node::Null => out.extend_from_slice(b"null"),
-    }
-    Ok(())
-}
-
-/// A JSON document parsed only to be written back canonically: strings without escapes stay borrowed
-/// from the body, objects are field lists (no maps are built).
-enum Node<'a> {
-    Null,
-    Bool(bool),
-    Number(serde_json::Number),
-    Str(Cow<'a, str>),
-    Array(Vec<Node<'a>>),
-    Object(Vec<(Cow<'a, str>, Node<'a>)>),
-}
-
-impl<'de> serde::Deserialize<'de> for Node<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NodeVisitor)
-    }
-}
-
-struct NodeVisitor;
-
-impl<'de> serde::de::Visitor<'de> for NodeVisitor {
-    type Value = Node<'de>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
-        Ok(Node::Null)
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
-        Ok(Node::Bool(v))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
-        Ok(Node::Number(v.into()))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
-        Ok(Node::Number(v.into()))
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Node<'de>, E> {
-        serde_json::Number::from_f64(v)
-            .map(Node::Number)
-            .ok_or_else(|| E::custom("a number that is not finite"))
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
-        Ok(Node::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
-        Ok(Node::Str(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
-        Ok(Node::Str(Cow::Owned(v)))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Node::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
-        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some(name) = map.next_key_seed(KeySeed)? {
-            fields.push((name, map.next_value()?));
-        }
-        Ok(Node::Object(fields))
-    }
-}
-
-/// An object key, borrowed from the body when it has no escapes.
-struct KeySeed;
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
-    type Value = Cow<'de, str>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(
-        self,
-        deserializer: D,
-    ) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
 }
 
 fn wire(protocol: Protocol) -> WireProtocol {
@@ -339,10 +178,27 @@ fn text_only(response: &ChatResponse) -> Option<String> {
 
 pub fn with_cache_header(mut response: Response, hit: bool) -> Response {
     response.headers_mut().insert(
-        "x-cache",
+        crate::http::names::X_CACHE,
         HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
     );
     response
+}
+
+/// The client's copy of an answer that was just stored: `"cached":false` first in the object, as
+/// [`set_fields`] would put it (which does the work when the body already names a `cached` field or is
+/// not an object with members).
+pub fn mark_miss(body: Bytes) -> Bytes {
+    const FIELD: &[u8] = br#""cached":false,"#;
+    let first_member = body.first() == Some(&b'{')
+        && body[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'"');
+    if !first_member || memchr::memmem::find(&body, b"\"cached\"").is_some() {
+        return set_fields(&body, &[("cached", "false")]).map_or(body, Bytes::from);
+    }
+    let mut out = Vec::with_capacity(body.len() + FIELD.len());
+    out.push(b'{');
+    out.extend_from_slice(FIELD);
+    out.extend_from_slice(&body[1..]);
+    Bytes::from(out)
 }
 
 /// Store a complete JSON answer in the background (never on the request path).
@@ -473,6 +329,27 @@ mod tests {
         let expected = ResponseCache::key_of(hasher);
         let key = key(r#"{ "b": [1, {"c": null}], "a": "x\n\"", "user": "u" }"#).unwrap();
         assert_eq!(format!("{key:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn a_miss_is_marked_as_set_fields_marks_it() {
+        for body in [
+            r#"{"backend":"b","id":"x","choices":[]}"#,
+            r#"{ "a":1}"#,
+            r#"{}"#,
+            r#"{ }"#,
+            r#"{"a":1,"cached":true}"#,
+            r#"{"a":{"cached":1}}"#,
+            r#"[1]"#,
+        ] {
+            let expected = set_fields(body.as_bytes(), &[("cached", "false")])
+                .map_or(body.as_bytes().to_vec(), |marked| marked);
+            let marked = mark_miss(Bytes::from(body));
+            assert_eq!(
+                String::from_utf8_lossy(&marked),
+                String::from_utf8_lossy(&expected)
+            );
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn client_ip(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> 
     let peer_ip = peer.ip();
     if snapshot.config.server.trusted_proxies.contains(&peer_ip)
         && let Some(first) = headers
-            .get("x-forwarded-for")
+            .get(crate::http::names::X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .and_then(|v| v.trim().parse::<IpAddr>().ok())
@@ -96,13 +96,18 @@ pub async fn admit(
             admission: None,
         });
     }
-    let text = request.all_input_text();
-    let estimated_tokens =
-        if snapshot.limiter.counts_tokens() || snapshot.policy.needs_token_count() {
-            crate::tokens::count(&text)
-        } else {
-            0
-        };
+    // The prompt's text only when a policy reads it or a limit counts its tokens.
+    let counts_tokens = snapshot.limiter.counts_tokens() || snapshot.policy.needs_token_count();
+    let text = if policed || counts_tokens {
+        request.all_input_text()
+    } else {
+        String::new()
+    };
+    let estimated_tokens = if counts_tokens {
+        crate::tokens::count(&text)
+    } else {
+        0
+    };
     if policed && let Err(violation) = snapshot.policy.check(&text, estimated_tokens) {
         return Err(GatewayError::new(
             ErrorKind::PolicyViolation,

@@ -4,6 +4,7 @@
 //! Handlers in `http/` only extract and call `handle`; this is the one place that orders the stages.
 
 pub mod attempt;
+mod cache_key;
 pub mod cached;
 pub mod ctx;
 pub mod gate;
@@ -161,15 +162,13 @@ async fn store_and_mark(
     };
     let backend = parts
         .headers
-        .get("x-gateway-backend")
+        .get(crate::http::names::X_GATEWAY_BACKEND)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
     cached::store_json(state, key, bytes.clone(), &backend, protocol);
-    let marked = crate::protocol::json_patch::set_fields(&bytes, &[("cached", "false")])
-        .map_or(bytes, Bytes::from);
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(marked))
+    Response::from_parts(parts, Body::from(cached::mark_miss(bytes)))
 }
 
 fn with_headers(

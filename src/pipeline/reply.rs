@@ -24,7 +24,9 @@ use super::RequestCtx;
 
 pub fn with_backend(mut response: Response, backend: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(backend) {
-        response.headers_mut().insert("x-gateway-backend", value);
+        response
+            .headers_mut()
+            .insert(crate::http::names::X_GATEWAY_BACKEND, value);
     }
     response
 }

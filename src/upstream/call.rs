@@ -115,7 +115,7 @@ pub async fn send(client: &HttpClient, spec: CallSpec<'_>) -> Result<Reply, Faul
         }),
     );
     if let Ok(id) = HeaderValue::from_str(spec.request_id) {
-        headers.insert("x-request-id", id);
+        headers.insert(crate::http::names::X_REQUEST_ID, id);
     }
     match spec.kind {
         BackendKind::Anthropic => {
@@ -123,22 +123,22 @@ pub async fn send(client: &HttpClient, spec: CallSpec<'_>) -> Result<Reply, Faul
                 .api_key
                 .and_then(|k| HeaderValue::from_str(k.expose()).ok())
             {
-                headers.insert("x-api-key", sensitive(key));
+                headers.insert(crate::http::names::X_API_KEY, sensitive(key));
             } else if let Some(auth) = spec.passthrough_auth {
                 // The client's own credential: a bearer token stays `Authorization` (OAuth), a bare
                 // key (from the client's `x-api-key`) is sent as `x-api-key`, as Anthropic expects.
                 let name = if is_bearer(auth) {
                     header::AUTHORIZATION
                 } else {
-                    http::HeaderName::from_static("x-api-key")
+                    crate::http::names::X_API_KEY
                 };
                 headers.insert(name, sensitive(auth.clone()));
             }
             if let Ok(version) = HeaderValue::from_str(spec.anthropic_version) {
-                headers.insert("anthropic-version", version);
+                headers.insert(crate::http::names::ANTHROPIC_VERSION, version);
             }
             if let Some(beta) = spec.anthropic_beta {
-                headers.insert("anthropic-beta", beta.clone());
+                headers.insert(crate::http::names::ANTHROPIC_BETA, beta.clone());
             }
         }
         BackendKind::OpenAi | BackendKind::Echo => {
