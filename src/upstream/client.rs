@@ -1,6 +1,7 @@
-//! The upstream HTTP client: hyper-util's pooled connections over TCP or rustls and nothing more. No
-//! redirects, no retries and no proxy (fail-over is the gateway's own, DESIGN "what fails over"), and
-//! URLs are parsed once when the config loads, so a request pays only for the exchange itself.
+//! The upstream HTTP client: pooled HTTP/1.1 connections for `http://` upstreams ([`super::pool`]) and
+//! hyper-util's pooled client over rustls for `https://`, and nothing more. No redirects, no retries and
+//! no proxy (fail-over is the gateway's own, DESIGN "what fails over"), and URLs are parsed once when the
+//! config loads, so a request pays only for the exchange itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,19 +9,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// A response whose body is still to be read or streamed.
-pub type Response = http::Response<Incoming>;
+use super::pool::{Body, Pool};
 
-/// The shared client; cheap to clone (one connection pool).
+/// A response whose body is still to be read or streamed.
+pub type Response = http::Response<Body>;
+
+/// The shared client; cheap to clone (one set of connection pools).
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    plain: Arc<Pool>,
+    tls: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl HttpClient {
@@ -34,27 +37,35 @@ impl HttpClient {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(Duration::from_secs(10)));
+        tcp.set_connect_timeout(Some(super::pool::CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
+        let tls = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(super::pool::IDLE_TIMEOUT)
+            .pool_max_idle_per_host(super::pool::MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Ok(HttpClient { inner })
+        Ok(HttpClient {
+            plain: Arc::default(),
+            tls,
+        })
     }
 
-    /// Send one request; the error is described without the URL (it may carry credentials).
+    /// Send one request (absolute URI); the error is described without the URL (it may carry
+    /// credentials).
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response, String> {
-        self.inner
+        if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            return self.plain.send(request).await;
+        }
+        self.tls
             .request(request)
             .await
+            .map(|response| response.map(Body::unpooled))
             .map_err(|error| describe(&error))
     }
 
@@ -80,7 +91,7 @@ pub enum Failure {
 }
 
 /// The whole body of a response.
-pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
+pub async fn read_body(body: Body) -> Result<Bytes, String> {
     body.collect()
         .await
         .map(http_body_util::Collected::to_bytes)

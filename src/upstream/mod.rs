@@ -4,4 +4,5 @@
 pub mod call;
 pub mod client;
 pub mod echo;
+pub mod pool;
 pub mod relay;

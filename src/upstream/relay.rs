@@ -9,7 +9,6 @@ use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
@@ -21,7 +20,7 @@ use super::call::Fault;
 use super::client::{Response, describe};
 
 /// The next data chunk of a response body (trailers are skipped).
-async fn next_data(body: &mut Incoming) -> Option<Result<Bytes, hyper::Error>> {
+async fn next_data(body: &mut super::pool::Body) -> Option<Result<Bytes, hyper::Error>> {
     loop {
         match body.frame().await? {
             Ok(frame) => {
@@ -55,7 +54,7 @@ pub struct StreamFacts {
 }
 
 pub struct Relay {
-    upstream: Incoming,
+    upstream: super::pool::Body,
     decoder: SseDecoder,
     transform: Transform,
     idle: Duration,
