@@ -255,10 +255,15 @@ impl ResponseCache {
     /// Stores a complete successful response. Bodies that are not complete JSON, that are error
     /// bodies (`{"error": …}` or `{"type": "error", …}`) or larger than `max_bytes` are ignored.
     pub async fn put(&self, key: &CacheKey, value: CachedResponse) {
-        if !self.enabled
-            || value.body.len() as u64 + ENTRY_OVERHEAD > self.max_entry_bytes
-            || !is_cacheable(&value.body)
-        {
+        if is_cacheable(&value.body) {
+            self.put_answer(key, value).await;
+        }
+    }
+
+    /// [`put`](Self::put) for a body the caller knows to be a complete answer (it wrote it, or read it
+    /// exactly): only the size bound is checked.
+    pub async fn put_answer(&self, key: &CacheKey, value: CachedResponse) {
+        if !self.enabled || value.body.len() as u64 + ENTRY_OVERHEAD > self.max_entry_bytes {
             return;
         }
         match &self.backend {

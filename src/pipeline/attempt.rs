@@ -457,8 +457,17 @@ impl Exchange<'_> {
         ctx.upstream_wait = sent.elapsed();
         ctx.backend = Some(backend.name.clone());
         ctx.instance = Some(instance.display.clone());
+        // Our own encoder wrote a converted body; a compact OpenAI answer read exactly is one too.
+        let mut known_answer = client_protocol != target;
         if ctx.request.is_some() {
-            let summary = convert::summarize_response(target, &upstream_body);
+            let exact = (target == Protocol::OpenAi)
+                .then(|| crate::protocol::openai::exact_response(&upstream_body))
+                .flatten();
+            known_answer |= exact.is_some();
+            let summary = match exact {
+                Some(response) => Some(crate::protocol::ResponseSummary::from_response(&response)),
+                None => convert::summarize_response(target, &upstream_body),
+            };
             ctx.usage = summary.as_ref().and_then(|s| s.usage);
             ctx.reply = summary;
         } else {
@@ -471,13 +480,13 @@ impl Exchange<'_> {
         if !self.request.stream()
             && let Some(key) = ctx.cache_key.take()
         {
-            cached::store_json(
-                self.state,
-                key,
-                body.clone(),
-                &backend.name,
-                client_protocol,
-            );
+            let stored = cached::Stored {
+                body: body.clone(),
+                backend: &backend.name,
+                protocol: client_protocol,
+                known_answer,
+            };
+            cached::store_json(self.state, key, stored);
             body = cached::mark_miss(body);
         }
         Ok(reply::json(body, &backend.name))

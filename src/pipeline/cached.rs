@@ -140,6 +140,9 @@ pub fn answer(
             }
         }
         ctx.usage = Some(usage);
+        if ctx.request.is_some() {
+            ctx.reply = Some(ResponseSummary::from_response(&decoded));
+        }
         reply::sse_bytes(out.freeze(), &cached.backend)
     } else {
         let body = set_fields(
@@ -151,17 +154,18 @@ pub fn answer(
             ],
         )
         .ok()?;
-        ctx.usage = usage_of(&cached.body, protocol);
+        // The request log shows the answer the client got.
+        let decoded = convert::decode_response(protocol, &cached.body).ok();
+        ctx.usage = decoded.as_ref().and_then(|response| response.usage);
+        if ctx.request.is_some() {
+            ctx.reply = decoded.as_ref().map(ResponseSummary::from_response);
+        }
         reply::json(Bytes::from(body), &cached.backend)
     };
     ctx.status = 200;
     ctx.backend = Some(cached.backend.clone());
     ctx.ttft = Some(ctx.started.elapsed());
     Some(with_cache_header(response, true))
-}
-
-fn usage_of(body: &[u8], protocol: Protocol) -> Option<crate::protocol::Usage> {
-    convert::decode_response(protocol, body).ok()?.usage
 }
 
 fn text_only(response: &ChatResponse) -> Option<String> {
@@ -201,15 +205,33 @@ pub fn mark_miss(body: Bytes) -> Bytes {
     Bytes::from(out)
 }
 
+/// A complete JSON answer to store.
+pub struct Stored<'a> {
+    pub body: Bytes,
+    pub backend: &'a str,
+    /// The client's protocol (the body's).
+    pub protocol: Protocol,
+    /// The body is known to be a complete answer (our own encoder wrote it, or the exact reader read
+    /// it), so the cache need not check it again.
+    pub known_answer: bool,
+}
+
 /// Store a complete JSON answer in the background (never on the request path).
-pub fn store_json(state: &AppState, key: CacheKey, body: Bytes, backend: &str, protocol: Protocol) {
+pub fn store_json(state: &AppState, key: CacheKey, stored: Stored<'_>) {
     let state = state.clone();
+    let known_answer = stored.known_answer;
     let value = CachedResponse {
-        body,
-        backend: backend.to_owned(),
-        protocol: wire(protocol),
+        body: stored.body,
+        backend: stored.backend.to_owned(),
+        protocol: wire(stored.protocol),
     };
-    tokio::spawn(async move { state.cache().put(&key, value).await });
+    tokio::spawn(async move {
+        if known_answer {
+            state.cache().put_answer(&key, value).await;
+        } else {
+            state.cache().put(&key, value).await;
+        }
+    });
 }
 
 /// Store a finished stream as its complete JSON answer (text answers only).
@@ -236,13 +258,13 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
             usage: usage.unwrap_or_default(),
         });
         if let Ok(bytes) = serde_json::to_vec(&body) {
-            store_json(
-                state,
-                key,
-                Bytes::from(bytes),
-                ctx.backend.as_deref().unwrap_or(""),
+            let stored = Stored {
+                body: Bytes::from(bytes),
+                backend: ctx.backend.as_deref().unwrap_or(""),
                 protocol,
-            );
+                known_answer: true,
+            };
+            store_json(state, key, stored);
         }
         return;
     }
@@ -259,13 +281,13 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
     let Ok(bytes) = serde_json::to_vec(&body) else {
         return;
     };
-    store_json(
-        state,
-        key,
-        Bytes::from(bytes),
-        ctx.backend.as_deref().unwrap_or(""),
+    let stored = Stored {
+        body: Bytes::from(bytes),
+        backend: ctx.backend.as_deref().unwrap_or(""),
         protocol,
-    );
+        known_answer: true,
+    };
+    store_json(state, key, stored);
 }
 
 #[cfg(test)]

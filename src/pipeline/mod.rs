@@ -166,7 +166,13 @@ async fn store_and_mark(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    cached::store_json(state, key, bytes.clone(), &backend, protocol);
+    let stored = cached::Stored {
+        body: bytes.clone(),
+        backend: &backend,
+        protocol,
+        known_answer: false,
+    };
+    cached::store_json(state, key, stored);
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(cached::mark_miss(bytes)))
 }

@@ -969,7 +969,7 @@ pub(crate) fn is_exact_answer(body: &[u8]) -> bool {
 /// an integer, `true`, `false` or `null` (see [`json_text::flat_field`]). Anything else (whitespace,
 /// tool calls, reasoning, nested usage details, `error`) returns `None` for the parsers below, which
 /// define the semantics; a property test holds this reader to the `Value` path.
-fn exact_response(body: &[u8]) -> Option<ChatResponse> {
+pub(crate) fn exact_response(body: &[u8]) -> Option<ChatResponse> {
     use super::json_text::{flat_field, int_i64, int_u64, plain_str, read_str};
     const CHOICE_START: &[u8] =
         br#""choices":[{"index":0,"message":{"role":"assistant","content":"#;

@@ -446,3 +446,52 @@ async fn a_completed_anthropic_stream_is_stored_with_its_usage_and_replayed() {
     );
     assert_eq!(mock.requests().len(), 1);
 }
+
+/// With the request log on, the answer is read once for the log and stored without a second check:
+/// the next identical requests are hits, and every one is logged with the answer the client got.
+#[tokio::test]
+async fn with_the_request_log_on_answers_are_stored_hit_and_logged() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true, ttl_s: 60, max_entries: 50 }}\nrequest_log: {{ enabled: true, dir: '{}' }}\n",
+        mock.base(),
+        dir.path().display()
+    ))
+    .await;
+    let (status, headers, text) = post(&gateway, &chat("cache and log"), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(x_cache(&headers), "MISS");
+    let first: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(first["cached"], false, "{first}");
+    wait_cache_size(&gateway, 1).await;
+
+    let (status, headers, text) = post(&gateway, &chat("cache and log"), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(x_cache(&headers), "HIT");
+    let second: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(second["cached"], true, "{second}");
+    assert_eq!(second["choices"], first["choices"]);
+    let mut streamed = chat("cache and log");
+    streamed["stream"] = json!(true);
+    let (status, headers, text) = post(&gateway, &streamed, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(x_cache(&headers), "HIT", "a stream request is replayed");
+    assert_eq!(mock.requests().len(), 1);
+
+    gateway.state.flush().await;
+    let logged: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect();
+    let answer = first["choices"][0]["message"]["content"].as_str().unwrap();
+    let lines: Vec<Value> = logged
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "a miss, a hit, a replayed stream: {logged}");
+    for line in &lines {
+        let turns = line["conversations"].as_array().unwrap();
+        assert_eq!(turns.last().unwrap()["value"], answer, "{line}");
+    }
+}
