@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod convert;
+pub(crate) mod exact_request;
 #[cfg(test)]
 mod golden;
 pub mod json_patch;

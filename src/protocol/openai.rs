@@ -25,6 +25,14 @@ pub fn decode_request(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, Dec
 
 /// Decode a `/v1/chat/completions` body.
 pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, DecodeError> {
+    if let Some(request) = super::exact_request::chat(body) {
+        return Ok(request);
+    }
+    decode_chat_typed(body)
+}
+
+/// The typed path of [`decode_chat`]: it defines the semantics and names what is wrong.
+pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError> {
     let wire: ChatWire = parse(body)?;
     let messages = match wire.messages {
         None => return Err(missing("messages")),
