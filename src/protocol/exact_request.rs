@@ -103,7 +103,14 @@ pub(crate) fn chat(body: &[u8]) -> Option<ChatRequest> {
         rest = &rest[used..];
         match rest.split_first()? {
             (b',', after) => rest = after,
-            (b'}', []) => break,
+            // Trailing whitespace is JSON too (a body file often ends with a newline).
+            (b'}', after)
+                if after
+                    .iter()
+                    .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) =>
+            {
+                break;
+            }
             _ => return None,
         }
     }
@@ -218,6 +225,7 @@ mod tests {
             r#"{"model":"mock-model","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Benchmark request 7: say hello in twenty tokens."}],"max_tokens":64,"temperature":0}"#,
             r#"{"messages":[{"content":"Hi \"there\"\n","role":"user"}],"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"developer","content":"c"}],"seed":-3,"top_p":0.9,"n":1,"user":"u","parallel_tool_calls":false,"max_completion_tokens":5,"max_tokens":9}"#,
+            "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\r\n \t",
         ] {
             let exact = chat(body.as_bytes()).expect(body);
             assert_eq!(Some(exact), typed(body.as_bytes()), "{body}");
@@ -242,7 +250,6 @@ mod tests {
             r#"{"messages":[{"role":"user","content":"a"}],"stop":["x"]}"#,
             r#"{"messages":[{"role":"user","content":"a"}],"logprobs":true}"#,
             r#"{ "messages":[{"role":"user","content":"a"}]}"#,
-            r#"{"messages":[{"role":"user","content":"a"}]} "#,
             r#"{"messages":[{"role":"user","content":"a"}]}}"#,
         ] {
             assert_eq!(chat(body.as_bytes()), None, "{body}");
@@ -364,7 +371,11 @@ mod tests {
                 }
                 let at = at.min(fields.len());
                 fields.insert(at, format!(r#""messages":[{}]"#, messages.join(",")));
-                format!("{{{}}}", fields.join(","))
+                format!(
+                    "{{{}}}{}",
+                    fields.join(","),
+                    if at % 2 == 0 { "" } else { "\n" }
+                )
             })
     }
 
