@@ -28,7 +28,12 @@ pub(super) fn write_canonical(
     ignored: &[&str],
     out: &mut Vec<u8>,
 ) -> Option<TopLevel> {
-    let mut reader = Reader { body, at: 0 };
+    let mut reader = Reader {
+        body,
+        at: 0,
+        members: Vec::with_capacity(16),
+        values: Vec::with_capacity(body.len()),
+    };
     reader.skip_ws();
     if reader.peek()? != b'{' {
         return None;
@@ -42,6 +47,10 @@ pub(super) fn write_canonical(
 struct Reader<'a> {
     body: &'a [u8],
     at: usize,
+    /// The members of the objects being read, innermost last (one buffer for the whole document).
+    members: Vec<Member<'a>>,
+    /// An object's values while its members are put in order (reused by every object).
+    values: Vec<u8>,
 }
 
 /// One object member: its key and where its canonical value sits in the output.
@@ -156,7 +165,7 @@ impl<'a> Reader<'a> {
         }
         self.at += 1;
         let start = out.len();
-        let mut members: Vec<Member<'a>> = Vec::new();
+        let first_member = self.members.len();
         self.skip_ws();
         if self.peek()? == b'}' {
             self.at += 1;
@@ -182,7 +191,7 @@ impl<'a> Reader<'a> {
                     }
                     out.truncate(value_start);
                 }
-                _ => members.push(Member {
+                _ => self.members.push(Member {
                     key,
                     start: value_start - start,
                     end: out.len() - start,
@@ -197,8 +206,11 @@ impl<'a> Reader<'a> {
         }
         self.at += 1;
         // A stable sort keeps duplicates in their order: the last of each name is the one written.
+        let members = &mut self.members[first_member..];
         members.sort_by(|a, b| a.key.cmp(&b.key));
-        let values = out.split_off(start);
+        self.values.clear();
+        self.values.extend_from_slice(&out[start..]);
+        out.truncate(start);
         out.push(b'{');
         for (i, member) in members.iter().enumerate() {
             if members
@@ -209,10 +221,11 @@ impl<'a> Reader<'a> {
             }
             write_str(out, &member.key);
             out.push(b':');
-            out.extend_from_slice(&values[member.start..member.end]);
+            out.extend_from_slice(&self.values[member.start..member.end]);
             out.push(b',');
         }
         out.push(b'}');
+        self.members.truncate(first_member);
         Some(())
     }
 }
