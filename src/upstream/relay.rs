@@ -453,6 +453,18 @@ fn cut() -> Fault {
 
 /// Parse the `usage` object that follows the last `"usage":` key in `body` (OpenAI or Anthropic names).
 pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
+    let at = USAGE_KEY_REV.rfind(body)?;
+    let rest = &body[at + 7..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let value = &rest[colon + 1..];
+    flat_usage(value).unwrap_or_else(|| typed_usage(value))
+}
+
+/// The usage object at the start of `bytes` through serde (what follows it is not read).
+fn typed_usage(bytes: &[u8]) -> Option<Usage> {
     #[derive(serde::Deserialize)]
     struct UsageWire {
         #[serde(alias = "input_tokens")]
@@ -460,13 +472,7 @@ pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
         #[serde(alias = "output_tokens")]
         completion_tokens: Option<u64>,
     }
-    let at = USAGE_KEY_REV.rfind(body)?;
-    let rest = &body[at + 7..];
-    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    if rest[colon] != b':' {
-        return None;
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(&rest[colon + 1..]);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let usage: Option<UsageWire> = serde::Deserialize::deserialize(&mut deserializer).ok()?;
     let usage = usage?;
     Some(Usage {
@@ -474,6 +480,49 @@ pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
         output_tokens: usage.completion_tokens.unwrap_or(0),
         ..Usage::default()
     })
+}
+
+/// The usage object as the compact answers of vLLM, llama.cpp and OpenAI write it — flat fields only —
+/// read without a parser: `Some(reading)` where the typed parse below would read the same, `None` when
+/// that parse must decide (nesting, escapes, duplicates, a count that is not a plain integer).
+fn flat_usage(bytes: &[u8]) -> Option<Option<Usage>> {
+    use crate::protocol::json_text::{flat_field, int_u64};
+    if bytes.starts_with(b"null") {
+        return Some(None);
+    }
+    let mut rest = bytes.strip_prefix(b"{")?;
+    let (mut input, mut output) = (None::<Option<u64>>, None::<Option<u64>>);
+    if !rest.starts_with(b"}") {
+        loop {
+            let (key, value) = flat_field(rest)?;
+            let slot = match key {
+                b"prompt_tokens" | b"input_tokens" => Some(&mut input),
+                b"completion_tokens" | b"output_tokens" => Some(&mut output),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                let count = match value {
+                    b"null" => None,
+                    digits => Some(int_u64(digits)?),
+                };
+                // A second spelling of the same count is a duplicate field for the parser.
+                if slot.replace(count).is_some() {
+                    return None;
+                }
+            }
+            rest = &rest[key.len() + 3 + value.len()..];
+            match rest.split_first()? {
+                (b',', after) => rest = after,
+                (b'}', _) => break,
+                _ => return None,
+            }
+        }
+    }
+    Some(Some(Usage {
+        input_tokens: input.flatten().unwrap_or(0),
+        output_tokens: output.flatten().unwrap_or(0),
+        ..Usage::default()
+    }))
 }
 
 /// What a pass-through OpenAI chunk says that the gateway needs: the finish reason and usage are found
@@ -539,6 +588,68 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flat_usage_reads_compact_usage_like_the_parser() {
+        for (text, expected) in [
+            (
+                r#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+                Some((3, 4)),
+            ),
+            (
+                r#"{"input_tokens":5,"output_tokens":null,"x":"y"}"#,
+                Some((5, 0)),
+            ),
+            (r#"{}"#, Some((0, 0))),
+            (r#"null,"#, None),
+        ] {
+            let read = flat_usage(text.as_bytes()).expect(text);
+            assert_eq!(read, typed_usage(text.as_bytes()), "{text}");
+            assert_eq!(read.map(|u| (u.input_tokens, u.output_tokens)), expected);
+        }
+        for declined in [
+            r#"{"prompt_tokens":1,"input_tokens":2}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":1.0}"#,
+            r#"{"prompt_tokens":"1"}"#,
+            r#"{"details":{"cached_tokens":1}}"#,
+            r#"{ "prompt_tokens":1}"#,
+        ] {
+            assert_eq!(flat_usage(declined.as_bytes()), None, "{declined}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the flat reader reads, serde reads the same.
+        #[test]
+        fn flat_usage_agrees_with_serde(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("prompt_tokens"),
+                        proptest::strategy::Just("completion_tokens"),
+                        proptest::strategy::Just("input_tokens"),
+                        proptest::strategy::Just("output_tokens"),
+                        proptest::strategy::Just("total_tokens"),
+                    ],
+                    crate::protocol::json_text::near_flat_value(),
+                ),
+                0..4,
+            ),
+            tail in proptest::prop_oneof![
+                proptest::strategy::Just(""),
+                proptest::strategy::Just("}"),
+                proptest::strategy::Just(",\"x\":1}"),
+            ],
+        ) {
+            let fields: Vec<String> =
+                fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let text = format!("{{{}}}{tail}", fields.join(","));
+            if let Some(read) = flat_usage(text.as_bytes()) {
+                proptest::prop_assert_eq!(read, typed_usage(text.as_bytes()), "{}", text);
+            }
+        }
+    }
     use crate::upstream::client::HttpClient;
     use tokio::sync::oneshot;
 
