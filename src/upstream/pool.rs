@@ -239,8 +239,20 @@ impl hyper::body::Body for Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        // Read to its end (or empty from the start): the connection can carry the next request.
-        if self.inner.is_end_stream() {
+        if self.back.is_none() {
+            return;
+        }
+        // Read to its end (or empty from the start): the connection can carry the next request. A
+        // reader that stopped at the last event (an SSE stream's own end) often finds the end of the
+        // body already there: one poll that never waits tells.
+        let at_end = self.inner.is_end_stream() || {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            matches!(
+                Pin::new(&mut self.inner).poll_frame(&mut cx),
+                Poll::Ready(None)
+            )
+        };
+        if at_end {
             self.release();
         }
     }
@@ -271,9 +283,16 @@ mod tests {
                     let service = service_fn(|request: Request<Incoming>| async move {
                         let host = request.headers()[header::HOST].to_str().unwrap().to_owned();
                         let line = format!("{} {} {host}", request.method(), request.uri());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                            Bytes::from(line),
-                        )))
+                        // `/chunked`: the line in two chunks (no length: chunked encoding).
+                        let body = if request.uri().path() == "/chunked" {
+                            let frames = [Bytes::from(line), Bytes::from_static(b"\n")]
+                                .map(|data| Ok::<_, std::convert::Infallible>(Frame::data(data)));
+                            http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+                                .boxed()
+                        } else {
+                            Full::new(Bytes::from(line)).boxed()
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(!close_after_one)
@@ -343,6 +362,32 @@ mod tests {
         let response = pool.send(post(&format!("http://{addr}/c"))).await.unwrap();
         assert!(text(response).await.starts_with("POST /c "));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A reader that stops at the last chunk it expects (an SSE stream's own end) without reading the
+    /// end of the body still gives the connection back once that end has arrived.
+    #[tokio::test]
+    async fn a_body_whose_end_has_arrived_goes_back_unread() {
+        let (addr, accepted) = server(false).await;
+        let pool = Arc::new(Pool::default());
+        for _ in 0..3 {
+            let response = pool
+                .send(post(&format!("http://{addr}/chunked")))
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            for _ in 0..2 {
+                let frame = body.frame().await.unwrap().unwrap();
+                assert!(frame.is_data());
+            }
+            // The connection task decodes the terminating chunk when it next runs.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            drop(body);
+            assert_eq!(pool.idle(&addr.to_string()), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -177,6 +177,17 @@ impl Relay {
         futures_util::FutureExt::now_or_never(next_data(&mut self.upstream))
     }
 
+    /// The upstream sent its last event: take the end of its body if it is already there (one yield,
+    /// never a wait), so its connection goes back to the pool instead of closing.
+    async fn read_upstream_end(&mut self) {
+        for _ in 0..2 {
+            match self.ready_upstream_chunk().await {
+                Some(Some(Ok(_))) => {}
+                _ => return,
+            }
+        }
+    }
+
     async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
         if let Some(fault) = self.pending_fault.take() {
             return Err(fault);
@@ -220,6 +231,7 @@ impl Relay {
                             self.ended = true;
                             let _ = converter.finish(&mut out);
                             self.take_summary();
+                            self.read_upstream_end().await;
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
                         continue;
