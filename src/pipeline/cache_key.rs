@@ -479,12 +479,7 @@ mod tests {
         let number = prop_oneof![
             any::<i64>().prop_map(|n| n.to_string()),
             any::<u64>().prop_map(|n| n.to_string()),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(|f| f.to_string()),
-            any::<f32>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(|f| format!("{f:e}")),
+            crate::protocol::json_text::float_text(),
             Just("-0".to_owned()),
             Just("0.50".to_owned()),
             Just("1E+2".to_owned()),

@@ -324,12 +324,7 @@ mod tests {
             .boxed(),
             "stop" => Just(r#"["x"]"#.to_owned()).boxed(),
             _ => prop_oneof![
-                any::<f64>()
-                    .prop_filter("finite", |f| f.is_finite())
-                    .prop_map(|f| f.to_string()),
-                any::<f32>()
-                    .prop_filter("finite", |f| f.is_finite())
-                    .prop_map(|f| format!("{f:e}")),
+                crate::protocol::json_text::float_text(),
                 any::<i32>().prop_map(|n| n.to_string()),
                 Just("-0.0".to_owned()),
             ]

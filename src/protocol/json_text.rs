@@ -178,6 +178,21 @@ pub(crate) fn near_flat_value() -> impl proptest::strategy::Strategy<Value = Str
     ]
 }
 
+/// Tests only: any finite number as clients write floats — Rust's plain form (`0.1`, `1e300` written
+/// out) and its exponent form (`1.5e3`, `-0e0`).
+#[cfg(test)]
+pub(crate) fn float_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| f.to_string()),
+        any::<f32>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
