@@ -193,6 +193,33 @@ pub(crate) fn float_text() -> impl proptest::strategy::Strategy<Value = String> 
     ]
 }
 
+/// Tests only: `text` with one stray byte inserted anywhere — a byte that matters to JSON's grammar
+/// (quote, comma, brackets, backslash, sign, digit, space, exponent, point) or any byte at all.
+#[cfg(test)]
+pub(crate) fn with_stray_byte(
+    text: impl proptest::strategy::Strategy<Value = String>,
+) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let byte = prop_oneof![
+        Just(b'"'),
+        Just(b','),
+        Just(b'}'),
+        Just(b']'),
+        Just(b'\\'),
+        Just(b'-'),
+        Just(b'0'),
+        Just(b' '),
+        Just(b'e'),
+        Just(b'.'),
+        any::<u8>(),
+    ];
+    (text, any::<prop::sample::Index>(), byte).prop_map(|(text, at, byte)| {
+        let mut bytes = text.into_bytes();
+        bytes.insert(at.index(bytes.len() + 1), byte);
+        bytes
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
