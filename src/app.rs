@@ -1,10 +1,12 @@
 //! `service(state)`: every route and the layer order, in one place.
 //!
-//! Outer to inner: `AppService` (request id read or minted, stored in extensions and echoed as
-//! `X-Request-ID`; HTTP metrics for the routes the pipeline does not record itself; the peer address) →
-//! CORS, for requests that carry an `Origin` header (browsers; the headers mean nothing to other clients,
-//! so they skip the layer and its cost) → catch-panic (a bug answers 500, the process stays up) → router
-//! → handler.
+//! Outer to inner: `AppService` (hyper's service for one connection: request id read or minted and
+//! echoed as `X-Request-ID`; HTTP metrics for the routes the pipeline does not record itself; the peer
+//! address). A `POST` to an API route without an `Origin` header — the request path, nearly all traffic —
+//! goes straight to `pipeline::handle` (a caught panic answers 500 in the endpoint's protocol). The rest
+//! goes through CORS, for requests that carry an `Origin` header (browsers; the headers mean nothing to
+//! other clients, so they skip the layer and its cost) → catch-panic (a bug answers 500, the process
+//! stays up) → router → handler, with the request id and peer address in the request's extensions.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,19 +16,24 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use axum::routing::{get, post};
-use futures_util::future::Either;
+use futures_util::FutureExt;
 use http::{HeaderValue, Method};
+use hyper::body::Incoming;
 use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, Cors, CorsLayer};
 
-use crate::http::{RequestId, admin, api};
+use crate::http::{RequestId, admin, api, names};
+use crate::pipeline::{self, Inbound};
+use crate::protocol::{Endpoint, Protocol};
 use crate::state::AppState;
 
-/// The application for one connection: the router, behind CORS when the request has an `Origin`.
+/// The application for one connection: the four API routes called directly (no router, no request
+/// extensions), everything else through the router, behind CORS when the request has an `Origin`.
 #[derive(Clone)]
 pub struct AppService {
     plain: Router,
@@ -46,31 +53,73 @@ impl AppService {
     }
 }
 
-impl Service<Request> for AppService {
+/// The API route a request goes to without the router: a `POST` to one of the pipeline's paths.
+/// Browsers (`Origin`) take the router for CORS.
+fn direct_endpoint<B>(request: &http::Request<B>) -> Option<Endpoint> {
+    if request.method() != Method::POST || request.headers().contains_key(http::header::ORIGIN) {
+        return None;
+    }
+    match request.uri().path() {
+        "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
+        "/v1/messages" => Some(Endpoint::Messages),
+        "/v1/completions" => Some(Endpoint::Completions),
+        "/v1/embeddings" => Some(Endpoint::Embeddings),
+        _ => None,
+    }
+}
+
+/// The pipeline's future for a request that skipped the router; a panic in it is caught and answered
+/// 500 in the endpoint's protocol.
+type DirectFuture = futures_util::future::CatchUnwind<
+    std::panic::AssertUnwindSafe<futures_util::future::BoxFuture<'static, Response>>,
+>;
+
+impl hyper::service::Service<http::Request<Incoming>> for AppService {
     type Response = Response;
     type Error = Infallible;
     type Future = AppFuture;
 
-    /// A `Router` is always ready, and so is CORS around it.
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request) -> AppFuture {
+    fn call(&self, request: http::Request<Incoming>) -> AppFuture {
         let started = Instant::now();
         let id = RequestId::from_headers(request.headers());
         let header = HeaderValue::from_str(&id.0).ok();
         let method = request.method().clone();
         let path = route_label(request.uri().path());
-        let extensions = request.extensions_mut();
-        extensions.insert(id);
-        if let Some(peer) = self.peer {
-            extensions.insert(ConnectInfo(peer));
-        }
-        let inner = if request.headers().contains_key(http::header::ORIGIN) {
-            Either::Right(self.cors.call(request))
-        } else {
-            Either::Left(self.plain.call(request))
+        let inner = match direct_endpoint(&request) {
+            Some(endpoint) => {
+                let (parts, body) = request.into_parts();
+                let inbound = Inbound {
+                    endpoint,
+                    request_id: id.0,
+                    headers: parts.headers,
+                    body: Body::new(body),
+                    peer: self.peer.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+                };
+                let state = self.state.clone();
+                let run: futures_util::future::BoxFuture<'static, Response> =
+                    Box::pin(async move { pipeline::handle(&state, inbound).await });
+                Inner::Direct {
+                    future: std::panic::AssertUnwindSafe(run).catch_unwind(),
+                    protocol: endpoint.protocol(),
+                }
+            }
+            None => {
+                let mut request = request.map(Body::new);
+                let extensions = request.extensions_mut();
+                extensions.insert(id);
+                if let Some(peer) = self.peer {
+                    extensions.insert(ConnectInfo(peer));
+                }
+                if request.headers().contains_key(http::header::ORIGIN) {
+                    Inner::Cors {
+                        future: self.cors.clone().call(request),
+                    }
+                } else {
+                    Inner::Router {
+                        future: self.plain.clone().call(request),
+                    }
+                }
+            }
         };
         AppFuture {
             inner,
@@ -84,11 +133,20 @@ impl Service<Request> for AppService {
 }
 
 pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Direct { #[pin] future: DirectFuture, protocol: Protocol },
+        Router { #[pin] future: <Router as Service<Request>>::Future },
+        Cors { #[pin] future: <Cors<Router> as Service<Request>>::Future },
+    }
+}
+
+pin_project_lite::pin_project! {
     /// One request's response: `X-Request-ID` added, and HTTP metrics recorded unless the pipeline
     /// recorded them (API routes, with their model and backend).
     pub struct AppFuture {
         #[pin]
-        inner: Either<<Router as Service<Request>>::Future, <Cors<Router> as Service<Request>>::Future>,
+        inner: Inner,
         state: AppState,
         started: Instant,
         method: Method,
@@ -102,7 +160,18 @@ impl Future for AppFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(mut response) = ready!(this.inner.poll(cx));
+        let mut response = match this.inner.project() {
+            InnerProj::Direct { future, protocol } => match ready!(future.poll(cx)) {
+                Ok(response) => response,
+                Err(_) => panic_response(*protocol),
+            },
+            InnerProj::Router { future } => match ready!(future.poll(cx)) {
+                Ok(response) => response,
+            },
+            InnerProj::Cors { future } => match ready!(future.poll(cx)) {
+                Ok(response) => response,
+            },
+        };
         if response
             .extensions()
             .get::<crate::pipeline::Recorded>()
@@ -116,7 +185,7 @@ impl Future for AppFuture {
             );
         }
         if let Some(header) = this.header.take() {
-            response.headers_mut().insert("x-request-id", header);
+            response.headers_mut().insert(names::X_REQUEST_ID, header);
         }
         Poll::Ready(Ok(response))
     }
@@ -153,7 +222,9 @@ pub fn service(state: AppState) -> AppService {
         .fallback(admin::not_found)
         .method_not_allowed_fallback(admin::method_not_allowed)
         .with_state(state.clone())
-        .layer(CatchPanicLayer::custom(panic_response));
+        .layer(CatchPanicLayer::custom(|_| {
+            panic_response(Protocol::OpenAi)
+        }));
     AppService {
         cors: cors.layer(plain.clone()),
         plain,
@@ -185,11 +256,11 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+fn panic_response(protocol: Protocol) -> Response {
     tracing::error!("a request handler panicked; answered 500");
     let error = crate::error::GatewayError::new(
         crate::error::ErrorKind::Internal,
         "internal error while handling the request",
     );
-    crate::http::error_body::response(crate::protocol::Protocol::OpenAi, &error)
+    crate::http::error_body::response(protocol, &error)
 }

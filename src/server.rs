@@ -1,12 +1,18 @@
 //! `run(listener, state, shutdown)`: serve until `shutdown` resolves, then stop accepting and let
 //! in-flight requests and streams finish within `server.shutdown_grace_s`.
+//!
+//! One task per connection, served by hyper (HTTP/1.1, and HTTP/2 by prior knowledge, told apart by
+//! the connection preface) with `AppService` as the connection's service.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
 
-use axum::serve::{IncomingStream, ListenerExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::state::AppState;
 
@@ -17,28 +23,65 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = state.snapshot().config.server.shutdown_grace;
     let app = crate::app::service(state);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
-    let signal = stopping.clone();
-    let listener = listener.tap_io(|tcp| {
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) if is_per_connection(&error) => continue,
+            Err(error) => {
+                // Out of file descriptors and the like: wait for some to be released, then go on.
+                tracing::error!(%error, "cannot accept connections; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    let connections = tower::service_fn(move |incoming: IncomingStream<'_, _>| {
-        let peer: SocketAddr = *incoming.remote_addr();
-        std::future::ready(Ok::<_, std::convert::Infallible>(app.for_peer(peer)))
-    });
-    let serve = axum::serve(listener, connections).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; waiting for requests in flight");
-        signal.cancel();
-    });
-    tokio::select! {
-        result = serve.into_future() => result,
-        () = async {
-            stopping.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_s = grace.as_secs_f64(), "grace period over; closing the connections still open");
-            Ok(())
-        }
+        let service = app.for_peer(peer);
+        let builder = builder.clone();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let mut connection = pin!(builder.serve_connection(TokioIo::new(tcp), service));
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::trace!(%peer, error, "connection ended with an error");
+            }
+        });
     }
+    tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs_f64(),
+            "grace period over; closing the connections still open"
+        );
+    }
+    Ok(())
+}
+
+/// An accept error that concerns one connection only (the client gave up before it was accepted).
+fn is_per_connection(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

@@ -127,6 +127,50 @@ async fn stream_usage_chunk_when_asked() {
     );
 }
 
+/// HTTP/2 by prior knowledge (h2c) on the same port: API routes, a stream, and a router route.
+#[tokio::test]
+async fn http2_clients_are_served_on_the_same_port() {
+    let gateway = Gateway::start(DEFAULT).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(gateway.url("/v1/chat/completions"))
+        .header("x-request-id", "h2-1")
+        .json(&json!({"messages": [{"role": "user", "content": "over h2"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "h2-1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Echo: over h2");
+
+    let response = h2
+        .post(gateway.url("/v1/messages"))
+        .json(&json!({"model": "m", "max_tokens": 16, "stream": true,
+            "messages": [{"role": "user", "content": "streamed over h2"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("event: message_stop"), "{text}");
+    let deltas: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|e| e["delta"]["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(deltas, "Echo: streamed over h2");
+
+    let response = h2.get(gateway.url("/v1/models")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+}
+
 fn seed_000_config(remote: &str) -> String {
     format!(
         "default_backend: local\nbackends:\n  local:\n    type: local\n    url: http://127.0.0.1:8081\n  modal:\n    type: modal\n    url: {remote}\n  modal_vllm:\n    type: vllm\n    url: {remote}\n"
