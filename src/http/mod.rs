@@ -35,7 +35,13 @@ impl RequestId {
             .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()));
         RequestId(match given {
             Some(id) => id.to_owned(),
-            None => uuid::Uuid::new_v4().to_string(),
+            None => {
+                let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut text)
+                    .to_owned()
+            }
         })
     }
 }

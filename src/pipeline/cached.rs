@@ -195,7 +195,7 @@ pub fn mark_miss(body: Bytes) -> Bytes {
     const FIELD: &[u8] = br#""cached":false,"#;
     let first_member = body.first() == Some(&b'{')
         && body[1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'"');
-    if !first_member || memchr::memmem::find(&body, b"\"cached\"").is_some() {
+    if !first_member || crate::protocol::json_patch::has_quoted(&body, b"cached") {
         return set_fields(&body, &[("cached", "false")]).map_or(body, Bytes::from);
     }
     let mut out = Vec::with_capacity(body.len() + FIELD.len());

@@ -98,27 +98,28 @@ fn fast_set_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
         None
     };
     let mut replace: Option<(usize, usize, &str)> = None;
-    let mut insert = String::new();
+    let added: usize = fields
+        .iter()
+        .map(|(name, json)| name.len() + json.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(body.len() + added);
+    out.extend_from_slice(&body[..=open]);
     for (name, json) in fields {
         match first_key {
             Some((key, start, end)) if key == name.as_bytes() => replace = Some((start, end, json)),
             _ => {
-                let at = insert.len();
-                insert.push('"');
-                insert.push_str(name);
-                insert.push('"');
-                if memchr::memmem::find(body, &insert.as_bytes()[at..]).is_some() {
+                if has_quoted(body, name.as_bytes()) {
                     return None;
                 }
-                insert.push(':');
-                insert.push_str(json);
-                insert.push(',');
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(json.as_bytes());
+                out.push(b',');
             }
         }
     }
-    let mut out = Vec::with_capacity(body.len() + insert.len() + 64);
-    out.extend_from_slice(&body[..=open]);
-    out.extend_from_slice(insert.as_bytes());
+    let inserted = out.len() > open + 1;
     match replace {
         Some((start, end, json)) => {
             out.extend_from_slice(&body[open + 1..start]);
@@ -126,7 +127,7 @@ fn fast_set_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
             out.extend_from_slice(&body[end..]);
         }
         None => {
-            if first_key.is_none() && body[i] == b'}' && !insert.is_empty() {
+            if first_key.is_none() && body[i] == b'}' && inserted {
                 out.pop();
             }
             out.extend_from_slice(&body[open + 1..]);
@@ -172,7 +173,33 @@ impl<'de> Visitor<'de> for SpanVisitor {
 
 /// Serialize a string as JSON text (quoted and escaped).
 pub fn json_string(value: &str) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| String::from("\"\""))
+    let mut out = Vec::with_capacity(value.len() + 2);
+    super::json_text::write_str(&mut out, value);
+    // `write_str` copies UTF-8 text and writes ASCII escapes: the result is UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| String::from("\"\""))
+}
+
+/// Whether `"name"` (quotes included) occurs anywhere in `body`. The names the request path sets have
+/// their searcher built once: building a `memmem` searcher costs more than running it on an answer.
+pub(crate) fn has_quoted(body: &[u8], name: &[u8]) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"id\""));
+    static BACKEND: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"backend\""));
+    static CACHED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"cached\""));
+    let finder = match name {
+        b"id" => &*ID,
+        b"backend" => &*BACKEND,
+        b"cached" => &*CACHED,
+        _ => {
+            let mut quoted = Vec::with_capacity(name.len() + 2);
+            quoted.push(b'"');
+            quoted.extend_from_slice(name);
+            quoted.push(b'"');
+            return memchr::memmem::find(body, &quoted).is_some();
+        }
+    };
+    finder.find(body).is_some()
 }
 
 #[cfg(test)]
@@ -238,6 +265,30 @@ mod tests {
             let full: serde_json::Value =
                 serde_json::from_slice(&set_fields(body.as_bytes(), &fields).unwrap()).unwrap();
             assert_eq!(full, slow_value, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_name_is_found_only_whole() {
+        assert!(has_quoted(br#"{"id":"x","backend":"b"}"#, b"backend"));
+        assert!(has_quoted(br#"{"x":"backend"}"#, b"backend"));
+        assert!(!has_quoted(br#"{"backends":1,"my_backend":2}"#, b"backend"));
+        assert!(!has_quoted(br#"{"id":"x","backend"#, b"backend"));
+        assert!(has_quoted(br#"{"model":"m"}"#, b"model"));
+        assert!(!has_quoted(br#"{"models":"m"}"#, b"model"));
+        assert!(has_quoted(br#""""#, b""));
+    }
+
+    #[test]
+    fn json_string_is_what_serde_json_writes() {
+        for text in [
+            "",
+            "plain",
+            "quote \" and \\",
+            "line\nbreak\t\u{1}",
+            "ünï €",
+        ] {
+            assert_eq!(json_string(text), serde_json::to_string(text).unwrap());
         }
     }
 
