@@ -146,7 +146,7 @@ pub struct ResponseCache {
 }
 
 enum Backend {
-    Memory(moka::future::Cache<CacheKey, CachedResponse>),
+    Memory(moka::sync::Cache<CacheKey, CachedResponse>),
     Redis { store: RedisStore, ttl_ms: u64 },
 }
 
@@ -192,7 +192,7 @@ impl ResponseCache {
                 // the byte budget (max_bytes / max_entries), so the weight cap (max_bytes) also caps
                 // the entry count at max_entries, while large bodies weigh their real size.
                 let min_weight = (max_bytes / max_entries).max(1);
-                let cache = moka::future::Cache::builder()
+                let cache = moka::sync::Cache::builder()
                     .max_capacity(max_bytes)
                     .time_to_live(ttl)
                     .weigher(move |_key: &CacheKey, value: &CachedResponse| {
@@ -234,7 +234,7 @@ impl ResponseCache {
             return None;
         }
         let found = match &self.backend {
-            Backend::Memory(cache) => cache.get(key).await,
+            Backend::Memory(cache) => cache.get(key),
             Backend::Redis { store, .. } => {
                 let cmd = redis::Cmd::get(redis_key(store, key));
                 match store.query::<Option<Vec<u8>>>(&cmd).await {
@@ -263,14 +263,35 @@ impl ResponseCache {
     /// [`put`](Self::put) for a body the caller knows to be a complete answer (it wrote it, or read it
     /// exactly): only the size bound is checked.
     pub async fn put_answer(&self, key: &CacheKey, value: CachedResponse) {
+        if let Some((key, value)) = self.put_answer_in_memory(*key, value) {
+            self.put_answer_shared(&key, value).await;
+        }
+    }
+
+    /// [`put_answer`](Self::put_answer) done at once when the cache is in memory (or the entry is not
+    /// stored); with Redis the entry comes back, to be written by an async call.
+    pub fn put_answer_in_memory(
+        &self,
+        key: CacheKey,
+        value: CachedResponse,
+    ) -> Option<(CacheKey, CachedResponse)> {
         if !self.enabled || value.body.len() as u64 + ENTRY_OVERHEAD > self.max_entry_bytes {
-            return;
+            return None;
         }
         match &self.backend {
             Backend::Memory(cache) => {
                 // moka settles its bookkeeping in batches; `stats` settles it before counting.
-                cache.insert(*key, value).await;
+                cache.insert(key, value);
+                None
             }
+            Backend::Redis { .. } => Some((key, value)),
+        }
+    }
+
+    /// Writes an entry [`put_answer_in_memory`](Self::put_answer_in_memory) handed back.
+    pub async fn put_answer_shared(&self, key: &CacheKey, value: CachedResponse) {
+        match &self.backend {
+            Backend::Memory(cache) => cache.insert(*key, value),
             Backend::Redis { store, ttl_ms } => {
                 let cmd = redis::Cmd::pset_ex(redis_key(store, key), encode(&value), *ttl_ms);
                 // A failed put just means a later miss; outages are logged by the store.
@@ -287,7 +308,7 @@ impl ResponseCache {
             _ if !self.enabled => (Some(0), SizeSource::Disabled, None),
             Backend::Memory(cache) => {
                 // Entries are counted lazily: settle pending inserts and evictions first.
-                cache.run_pending_tasks().await;
+                cache.run_pending_tasks();
                 (Some(cache.entry_count()), SizeSource::Memory, None)
             }
             Backend::Redis { store, .. } => self.redis_size(store).await,
@@ -383,7 +404,7 @@ fn redis_key(store: &RedisStore, key: &CacheKey) -> String {
 }
 
 /// True for a complete JSON object that is not an error body.
-fn is_cacheable(body: &[u8]) -> bool {
+pub(crate) fn is_cacheable(body: &[u8]) -> bool {
     if crate::protocol::openai::is_exact_answer(body) {
         return true;
     }
@@ -548,7 +569,7 @@ mod tests {
         let Backend::Memory(inner) = &cache.backend else {
             panic!("memory backend expected")
         };
-        inner.run_pending_tasks().await;
+        inner.run_pending_tasks();
         let stats = cache.stats().await;
         assert!(stats.size.is_some_and(|n| n <= 5), "{stats:?}");
 
@@ -564,7 +585,7 @@ mod tests {
         let Backend::Memory(inner) = &cache.backend else {
             panic!("memory backend expected")
         };
-        inner.run_pending_tasks().await;
+        inner.run_pending_tasks();
         assert!(inner.weighted_size() <= 4096, "{}", inner.weighted_size());
         assert!(cache.stats().await.size.is_some_and(|n| n <= 2));
         assert_eq!(cache.get(&ResponseCache::key(b"big")).await, None);

@@ -216,22 +216,21 @@ pub struct Stored<'a> {
     pub known_answer: bool,
 }
 
-/// Store a complete JSON answer in the background (never on the request path).
+/// Store a complete JSON answer without making the answer wait: in memory at once (a map insert), in
+/// Redis from a task of its own.
 pub fn store_json(state: &AppState, key: CacheKey, stored: Stored<'_>) {
-    let state = state.clone();
     let known_answer = stored.known_answer;
     let value = CachedResponse {
         body: stored.body,
         backend: stored.backend.to_owned(),
         protocol: wire(stored.protocol),
     };
-    tokio::spawn(async move {
-        if known_answer {
-            state.cache().put_answer(&key, value).await;
-        } else {
-            state.cache().put(&key, value).await;
-        }
-    });
+    if (known_answer || crate::cache::is_cacheable(&value.body))
+        && let Some((key, value)) = state.cache().put_answer_in_memory(key, value)
+    {
+        let state = state.clone();
+        tokio::spawn(async move { state.cache().put_answer_shared(&key, value).await });
+    }
 }
 
 /// Store a finished stream as its complete JSON answer (text answers only).
