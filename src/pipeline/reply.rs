@@ -31,8 +31,16 @@ pub fn with_backend(mut response: Response, backend: &str) -> Response {
     response
 }
 
+/// A response whose header map has room for what the request path adds (content type, backend, request
+/// id, cache status, six rate-limit headers) without growing and rehashing on the way.
+fn response_with_room(body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.headers_mut() = http::HeaderMap::with_capacity(12);
+    response
+}
+
 pub fn json(body: Bytes, backend: &str) -> Response {
-    let mut response = Response::new(Body::from(body));
+    let mut response = response_with_room(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -56,7 +64,7 @@ pub fn relayed_error(
 }
 
 fn sse_response(body: Body, backend: &str) -> Response {
-    let mut response = Response::new(body);
+    let mut response = response_with_room(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
