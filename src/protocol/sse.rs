@@ -43,6 +43,9 @@ pub enum SseError {
 #[derive(Debug)]
 pub struct SseDecoder {
     buffer: BytesMut,
+    /// A piece given as `Bytes` while `buffer` was empty: its complete events are handed out as slices
+    /// of it, and only what is left of it (an unfinished event) is copied into `buffer`.
+    pending: Bytes,
     max_event_bytes: usize,
     /// How far `buffer` was already scanned for a frame end, so re-scans are linear overall.
     scanned: usize,
@@ -58,22 +61,55 @@ impl SseDecoder {
     pub fn new(max_event_bytes: usize) -> Self {
         SseDecoder {
             buffer: BytesMut::new(),
+            pending: Bytes::new(),
             max_event_bytes,
             scanned: 0,
         }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
+        self.spill();
         self.buffer.extend_from_slice(chunk);
+    }
+
+    /// [`feed`](Self::feed) for a piece the caller holds as `Bytes` (an upstream body frame): while no
+    /// unfinished event is buffered, its events are not copied. Decodes exactly as `feed` does.
+    pub fn feed_bytes(&mut self, chunk: Bytes) {
+        if self.buffer.is_empty() && self.pending.is_empty() {
+            self.pending = chunk;
+        } else {
+            self.spill();
+            self.buffer.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Moves what is left of `pending` into `buffer`, in order.
+    fn spill(&mut self) {
+        if !self.pending.is_empty() {
+            self.buffer.extend_from_slice(&self.pending);
+            self.pending = Bytes::new();
+        }
     }
 
     /// Bytes held for an unfinished event.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() + self.pending.len()
     }
 
     /// The next complete event, `Ok(None)` when more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
+        // `pending` is only ever non-empty while `buffer` is empty, so it holds the next bytes.
+        while !self.pending.is_empty() {
+            let Some((end, terminator)) = find_frame_end(&self.pending, 0) else {
+                self.spill();
+                break;
+            };
+            let raw = self.pending.split_to(end + terminator);
+            if raw[..end].iter().all(|b| *b == b'\n' || *b == b'\r') {
+                continue;
+            }
+            return Ok(Some(parse_frame(end, raw)));
+        }
         loop {
             let Some((end, terminator)) = find_frame_end(&self.buffer, self.scanned) else {
                 self.scanned = self.buffer.len().saturating_sub(3);
@@ -95,6 +131,7 @@ impl SseDecoder {
     /// Called at end of stream: a final event without its blank line is dropped (as the spec says),
     /// except that a lone complete `data:` line is accepted, since some servers omit the last blank line.
     pub fn finish(&mut self) -> Option<SseEvent> {
+        self.spill();
         let rest = std::mem::take(&mut self.buffer).freeze();
         let trimmed_len = rest
             .iter()
@@ -257,10 +294,58 @@ mod tests {
         assert_eq!(decode_all(&singles), whole);
     }
 
+    /// Pieces given as `Bytes` (and mixed with slices) decode exactly as slices do, wherever they split.
+    #[test]
+    fn bytes_pieces_decode_as_slices_do() {
+        let stream = "event: message_start\ndata: {\"a\":\"é\"}\n\n: ping\n\ndata: x\r\ndata: y\r\n\r\ndata: [DONE]\n\n";
+        let bytes = stream.as_bytes();
+        let whole = decode_all(&[bytes]);
+        let decode = |pieces: &[&[u8]], as_bytes: &dyn Fn(usize) -> bool| {
+            let mut decoder = SseDecoder::default();
+            let mut out = Vec::new();
+            for (i, piece) in pieces.iter().enumerate() {
+                if as_bytes(i) {
+                    decoder.feed_bytes(Bytes::copy_from_slice(piece));
+                } else {
+                    decoder.feed(piece);
+                }
+                while let Some(event) = decoder.next_event().unwrap() {
+                    out.push((event.event, String::from_utf8(event.data.to_vec()).unwrap()));
+                }
+            }
+            out.extend(
+                decoder
+                    .finish()
+                    .map(|e| (e.event, String::from_utf8(e.data.to_vec()).unwrap())),
+            );
+            out
+        };
+        for a in 0..bytes.len() {
+            for b in a..bytes.len() {
+                let pieces = [&bytes[..a], &bytes[a..b], &bytes[b..]];
+                assert_eq!(decode(&pieces, &|_| true), whole, "split at {a}, {b}");
+                assert_eq!(decode(&pieces, &|i| i == 1), whole, "split at {a}, {b}");
+            }
+        }
+        // A last event without its blank line is still read at the end, as from a slice.
+        let mut decoder = SseDecoder::default();
+        decoder.feed_bytes(Bytes::from_static(b"data: {\"a\":1}\n\ndata: tail\n"));
+        assert_eq!(
+            decoder.next_event().unwrap().unwrap().data.as_ref(),
+            b"{\"a\":1}"
+        );
+        assert_eq!(decoder.next_event(), Ok(None));
+        assert_eq!(decoder.buffered(), 11);
+        assert_eq!(decoder.finish().unwrap().data.as_ref(), b"tail");
+    }
+
     #[test]
     fn bounds_the_buffer() {
         let mut decoder = SseDecoder::new(8);
         decoder.feed(b"data: 0123456789");
+        assert_eq!(decoder.next_event(), Err(SseError::EventTooLarge(8)));
+        let mut decoder = SseDecoder::new(8);
+        decoder.feed_bytes(Bytes::from_static(b"data: 0123456789"));
         assert_eq!(decoder.next_event(), Err(SseError::EventTooLarge(8)));
     }
 

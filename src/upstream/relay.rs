@@ -236,7 +236,7 @@ impl Relay {
                         }
                         continue;
                     }
-                    self.decoder.feed(&chunk);
+                    self.decoder.feed_bytes(chunk);
                     if let Err(fault) = self.drain(&mut out) {
                         return self.deliver_then(out, fault);
                     }
@@ -347,11 +347,22 @@ impl Relay {
                             }
                         }
                     }
-                    match json_patch::set_fields(&event.data, &[("id", id_json)]) {
-                        Ok(patched) => {
-                            crate::protocol::sse::encode(event.event.as_deref(), &patched, out)
+                    if event.event.is_none()
+                        && let Some(rest) = after_plain_id(&event.data)
+                    {
+                        // What `set_fields` + `encode` write for it, without the copy between them.
+                        out.reserve(rest.len() + id_json.len() + 16);
+                        out.extend_from_slice(b"data: {\"id\":");
+                        out.extend_from_slice(id_json.as_bytes());
+                        out.extend_from_slice(rest);
+                        out.extend_from_slice(b"\n\n");
+                    } else {
+                        match json_patch::set_fields(&event.data, &[("id", id_json)]) {
+                            Ok(patched) => {
+                                crate::protocol::sse::encode(event.event.as_deref(), &patched, out)
+                            }
+                            Err(_) => out.extend_from_slice(&event.raw),
                         }
-                        Err(_) => out.extend_from_slice(&event.raw),
                     }
                 } else {
                     out.extend_from_slice(&event.raw);
@@ -461,6 +472,17 @@ static USAGE_KEY_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev:
 
 fn cut() -> Fault {
     Fault::Broken("upstream closed the stream before it finished".into())
+}
+
+/// What follows the first member of a chunk that starts exactly `{"id":"<text without escapes>"` and
+/// is one line (compact JSON, as every OpenAI-compatible server writes chunks); `None` otherwise.
+fn after_plain_id(data: &[u8]) -> Option<&[u8]> {
+    let value = data.strip_prefix(b"{\"id\":\"")?;
+    let close = memchr::memchr2(b'"', b'\\', value)?;
+    if value[close] != b'"' || memchr::memchr(b'\n', data).is_some() {
+        return None;
+    }
+    Some(&value[close + 1..])
 }
 
 /// Parse the `usage` object that follows the last `"usage":` key in `body` (OpenAI or Anthropic names).
@@ -600,6 +622,40 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The direct id write gives what `set_fields` + `encode` give, and declines what they must do.
+    #[test]
+    fn plain_id_chunks_are_patched_as_set_fields_patches_them() {
+        let id_json = r#""req-1""#;
+        for (data, direct) in [
+            (
+                r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[]}"#,
+                true,
+            ),
+            (
+                r#"{"id":"","choices":[{"delta":{"content":"a\"b"}}]}"#,
+                true,
+            ),
+            (r#"{"id":"x\"y","choices":[]}"#, false),
+            (r#"{ "id":"x","choices":[]}"#, false),
+            (r#"{"object":"x","id":"y"}"#, false),
+            ("{\"id\":\"x\",\n\"choices\":[]}", false),
+            (r#"{"id":"unterminated"#, false),
+        ] {
+            let mut expected = BytesMut::new();
+            if let Ok(patched) = json_patch::set_fields(data.as_bytes(), &[("id", id_json)]) {
+                crate::protocol::sse::encode(None, &patched, &mut expected);
+            }
+            match after_plain_id(data.as_bytes()) {
+                Some(rest) => {
+                    assert!(direct, "{data}");
+                    let written = [b"data: {\"id\":", id_json.as_bytes(), rest, b"\n\n"].concat();
+                    assert_eq!(written, expected.as_ref(), "{data}");
+                }
+                None => assert!(!direct, "{data}"),
+            }
+        }
+    }
 
     #[test]
     fn flat_usage_reads_compact_usage_like_the_parser() {
