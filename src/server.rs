@@ -23,7 +23,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = state.snapshot().config.server.shutdown_grace;
     let app = crate::app::service(state);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().writev(false);
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
     let mut shutdown = pin!(shutdown);

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{HeaderValue, Request, Uri, header};
 use http_body_util::Full;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
@@ -40,24 +41,6 @@ struct Idle {
     since: Instant,
 }
 
-/// Where one request goes: the origin's pool key, the TCP address to dial and the `Host` header.
-struct Origin<'a> {
-    key: &'a str,
-    host: &'a str,
-    port: u16,
-}
-
-impl Origin<'_> {
-    fn of(uri: &Uri) -> Option<Origin<'_>> {
-        let authority = uri.authority()?;
-        Some(Origin {
-            key: authority.as_str(),
-            host: authority.host(),
-            port: authority.port_u16().unwrap_or(80),
-        })
-    }
-}
-
 impl Pool {
     /// Send `request` (an absolute `http://` URI) on a pooled connection or a new one.
     pub async fn send(
@@ -65,31 +48,30 @@ impl Pool {
         mut request: Request<Full<Bytes>>,
     ) -> Result<http::Response<Body>, String> {
         let uri = std::mem::take(request.uri_mut());
-        let origin = Origin::of(&uri).ok_or("the upstream URL has no host")?;
+        let authority = uri.authority().ok_or("the upstream URL has no host")?;
+        // The pool key is the authority as written (`host:port`); host and port are parsed only to dial.
+        let key = authority.as_str();
         *request.uri_mut() = origin_form(&uri);
         if !request.headers().contains_key(header::HOST) {
-            let host = match uri.port_u16() {
-                Some(80) | None => HeaderValue::from_str(origin.host),
-                Some(_) => HeaderValue::from_str(origin.key),
-            }
-            .map_err(|_| "the upstream host is not valid in a header")?;
+            // The default port is left out of `Host`, any other kept as the URL has it.
+            let host = HeaderValue::from_str(key.strip_suffix(":80").unwrap_or(key))
+                .map_err(|_| "the upstream host is not valid in a header")?;
             request.headers_mut().insert(header::HOST, host);
         }
         let mut request = request;
         // A reused connection may turn out closed before the request could start: then once more on a
         // new connection (the request was not sent, so nothing is repeated upstream).
         for _ in 0..2 {
-            let (mut sender, reused) = match self.checkout(origin.key).await {
+            let (mut sender, reused) = match self.checkout(key).await {
                 Some(sender) => (sender, true),
-                None => (connect(&origin).await?, false),
+                None => (connect(authority).await?, false),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let pool = Arc::clone(self);
-                    let key = Box::from(origin.key);
                     return Ok(response.map(|incoming| Body {
                         inner: incoming,
-                        back: Some(Back { pool, key, sender }),
+                        back: Some(Back { pool, uri, sender }),
                     }));
                 }
                 Err(mut error) => match error.take_message() {
@@ -119,12 +101,12 @@ impl Pool {
         }
     }
 
-    fn put_back(&self, key: Box<str>, sender: Sender) {
+    fn put_back(&self, key: &str, sender: Sender) {
         if sender.is_closed() {
             return;
         }
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = origins.entry(key).or_default();
+        let idle = origins.entry_ref(key).or_default();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,
@@ -149,16 +131,17 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-async fn connect(origin: &Origin<'_>) -> Result<Sender, String> {
+async fn connect(authority: &Authority) -> Result<Sender, String> {
     // `[::1]` in a URL is `::1` to the resolver.
-    let host = origin
-        .host
+    let host = authority.host();
+    let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(origin.host);
+        .unwrap_or(host);
+    let port = authority.port_u16().unwrap_or(80);
     let stream = match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host, origin.port)),
+        tokio::net::TcpStream::connect((host, port)),
     )
     .await
     {
@@ -167,7 +150,9 @@ async fn connect(origin: &Origin<'_>) -> Result<Sender, String> {
         Ok(Ok(stream)) => stream,
     };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|error| super::client::describe(&error))?;
     tokio::spawn(async move {
@@ -194,7 +179,8 @@ impl std::fmt::Debug for Body {
 
 struct Back {
     pool: Arc<Pool>,
-    key: Box<str>,
+    /// The request's URI: its authority is the pool key.
+    uri: Uri,
     sender: Sender,
 }
 
@@ -206,7 +192,8 @@ impl Body {
 
     fn release(&mut self) {
         if let Some(back) = self.back.take() {
-            back.pool.put_back(back.key, back.sender);
+            let key = back.uri.authority().map_or("", Authority::as_str);
+            back.pool.put_back(key, back.sender);
         }
     }
 }
