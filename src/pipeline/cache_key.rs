@@ -28,8 +28,11 @@ pub(super) fn write_canonical(
     ignored: &[&str],
     out: &mut Vec<u8>,
 ) -> Option<TopLevel> {
+    // UTF-8 checked once for the whole body; strings are then read as text without a check each.
+    let text = std::str::from_utf8(body).ok()?;
     let mut reader = Reader {
         body,
+        text,
         at: 0,
         members: Vec::with_capacity(16),
         values: Vec::with_capacity(body.len()),
@@ -46,6 +49,8 @@ pub(super) fn write_canonical(
 
 struct Reader<'a> {
     body: &'a [u8],
+    /// `body` as text.
+    text: &'a str,
     at: usize,
     /// The members of the objects being read, innermost last (one buffer for the whole document).
     members: Vec<Member<'a>>,
@@ -76,7 +81,7 @@ impl<'a> Reader<'a> {
             b'{' => self.object(out, depth + 1, None),
             b'[' => self.array(out, depth + 1),
             b'"' => {
-                let (text, len) = read_str(&self.body[self.at..])?;
+                let (text, len) = read_str(self.text.get(self.at..)?)?;
                 match text {
                     // Plain text is written as it came: no byte of it needs an escape.
                     Cow::Borrowed(_) => out.extend_from_slice(&self.body[self.at..self.at + len]),
@@ -174,7 +179,7 @@ impl<'a> Reader<'a> {
         }
         loop {
             self.skip_ws();
-            let (key, len) = read_str(self.body.get(self.at..)?)?;
+            let (key, len) = read_str(self.text.get(self.at..)?)?;
             self.at += len;
             self.skip_ws();
             if self.peek()? != b':' {

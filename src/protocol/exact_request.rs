@@ -5,7 +5,7 @@
 //! `None` for [`super::openai::decode_chat`]'s typed path, which defines the semantics and every error
 //! message. A property test holds this reader to that path.
 
-use super::json_text::{flat_field, int_i64, int_u64, read_str};
+use super::json_text::{flat_field, int_i64, int_u64, read_str, tail};
 use super::{ChatRequest, Message, Part, Role};
 
 /// `{"<field>":<value>,…}` with the fields below, in any order, each at most once:
@@ -15,6 +15,8 @@ use super::{ChatRequest, Message, Part, Role};
 /// integer); `temperature`, `top_p`, `presence_penalty`, `frequency_penalty` (numbers);
 /// `stream_options` (`{}` or `{"include_usage":<boolean>}`).
 pub(crate) fn chat(body: &[u8]) -> Option<ChatRequest> {
+    // UTF-8 checked once for the whole body (invalid anywhere is the typed decoder's error to report).
+    let whole = std::str::from_utf8(body).ok()?;
     let mut rest = body.strip_prefix(b"{")?;
     let mut request = ChatRequest::default();
     let (mut max_tokens, mut max_completion_tokens) = (None, None);
@@ -26,12 +28,12 @@ pub(crate) fn chat(body: &[u8]) -> Option<ChatRequest> {
         rest = rest[key_len..].strip_prefix(b":")?;
         let (bit, used) = match key {
             b"messages" => {
-                let used = read_messages(rest, &mut request)?;
+                let used = read_messages(whole, rest, &mut request)?;
                 messages = true;
                 (0, used)
             }
             b"model" | b"user" => {
-                let (text, used) = read_str(rest)?;
+                let (text, used) = read_str(tail(whole, rest)?)?;
                 let slot = if key == b"model" {
                     &mut request.model
                 } else {
@@ -121,12 +123,12 @@ pub(crate) fn chat(body: &[u8]) -> Option<ChatRequest> {
     Some(request)
 }
 
-/// The messages array at the start of `bytes`; its length.
-fn read_messages(bytes: &[u8], request: &mut ChatRequest) -> Option<usize> {
+/// The messages array at the start of `bytes` (a tail of the body `whole`); its length.
+fn read_messages(whole: &str, bytes: &[u8], request: &mut ChatRequest) -> Option<usize> {
     let mut rest = bytes.strip_prefix(b"[")?;
     let mut leading_system = true;
     loop {
-        let (role, text, used) = read_message(rest)?;
+        let (role, text, used) = read_message(whole, rest)?;
         if role == Role::System && leading_system {
             request.system.push(text);
         } else {
@@ -146,8 +148,9 @@ fn read_messages(bytes: &[u8], request: &mut ChatRequest) -> Option<usize> {
     }
 }
 
-/// `{"role":"…","content":"…"}` (either order) at the start of `bytes`: role, text, length.
-fn read_message(bytes: &[u8]) -> Option<(Role, String, usize)> {
+/// `{"role":"…","content":"…"}` (either order) at the start of `bytes` (a tail of the body `whole`):
+/// role, text, length.
+fn read_message(whole: &str, bytes: &[u8]) -> Option<(Role, String, usize)> {
     let mut rest = bytes.strip_prefix(b"{")?;
     let (mut role, mut content) = (None, None);
     loop {
@@ -166,7 +169,7 @@ fn read_message(bytes: &[u8]) -> Option<(Role, String, usize)> {
             rest = &rest[br#""role":"#.len() + value.len()..];
         } else {
             rest = rest.strip_prefix(br#""content":"#)?;
-            let (text, used) = read_str(rest)?;
+            let (text, used) = read_str(tail(whole, rest)?)?;
             if content.replace(text.into_owned()).is_some() {
                 return None;
             }

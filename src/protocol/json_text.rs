@@ -89,10 +89,24 @@ pub(crate) fn int_u64(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// The JSON string at the start of `bytes` (opening quote first): its text and its length in bytes,
+/// The JSON string at the start of `text` (opening quote first): its text and its length in bytes,
 /// quotes included. Plain text is borrowed; a string with escapes is decoded by `serde_json`, which also
-/// rejects bad escapes and invalid UTF-8. A raw control character (which JSON forbids) is `None`.
-pub(crate) fn read_str(bytes: &[u8]) -> Option<(Cow<'_, str>, usize)> {
+/// rejects bad escapes. A raw control character (which JSON forbids) is `None`. Taking `&str` means the
+/// caller checked the whole document's UTF-8 once instead of once per string.
+pub(crate) fn read_str(text: &str) -> Option<(Cow<'_, str>, usize)> {
+    let (end, escaped) = string_end(text.as_bytes())?;
+    decode_quoted(text.get(..=end)?, escaped)
+}
+
+/// [`read_str`] for bytes whose UTF-8 is not checked yet: only the string's own bytes are checked.
+pub(crate) fn read_str_bytes(bytes: &[u8]) -> Option<(Cow<'_, str>, usize)> {
+    let (end, escaped) = string_end(bytes)?;
+    decode_quoted(std::str::from_utf8(bytes.get(..=end)?).ok()?, escaped)
+}
+
+/// Where the string at the start of `bytes` ends (the index of its closing quote), and whether it
+/// has escapes.
+fn string_end(bytes: &[u8]) -> Option<(usize, bool)> {
     if bytes.first() != Some(&b'"') {
         return None;
     }
@@ -101,7 +115,7 @@ pub(crate) fn read_str(bytes: &[u8]) -> Option<(Cow<'_, str>, usize)> {
     loop {
         end += plain_run(bytes.get(end..)?);
         match bytes.get(end)? {
-            b'"' => break,
+            b'"' => return Some((end, escaped)),
             b'\\' => {
                 escaped = true;
                 end += 2;
@@ -109,13 +123,21 @@ pub(crate) fn read_str(bytes: &[u8]) -> Option<(Cow<'_, str>, usize)> {
             _ => return None,
         }
     }
-    let quoted = &bytes[..=end];
+}
+
+fn decode_quoted(quoted: &str, escaped: bool) -> Option<(Cow<'_, str>, usize)> {
     let text = if escaped {
-        Cow::Owned(serde_json::from_slice::<String>(quoted).ok()?)
+        Cow::Owned(serde_json::from_str::<String>(quoted).ok()?)
     } else {
-        Cow::Borrowed(std::str::from_utf8(&quoted[1..end]).ok()?)
+        Cow::Borrowed(quoted.get(1..quoted.len() - 1)?)
     };
-    Some((text, end + 1))
+    Some((text, quoted.len()))
+}
+
+/// `rest`, a tail of the document `whole` was read from, as text again (no second UTF-8 check: every
+/// reader cuts at ASCII punctuation, which is always a character boundary).
+pub(crate) fn tail<'a>(whole: &'a str, rest: &[u8]) -> Option<&'a str> {
+    whole.get(whole.len().checked_sub(rest.len())?..)
 }
 
 /// Appends `text` as a JSON string, byte for byte what `serde_json` writes (the same escapes: `\"`,
@@ -253,7 +275,7 @@ mod tests {
             (br#""open"#, None),
             (br#"x"a""#, None),
         ] {
-            let read = read_str(bytes);
+            let read = std::str::from_utf8(bytes).ok().and_then(read_str);
             assert_eq!(
                 read.as_ref().map(|(text, len)| (text.as_ref(), *len)),
                 expected,

@@ -978,12 +978,12 @@ pub(crate) fn is_exact_answer(body: &[u8]) -> bool {
 /// tool calls, reasoning, nested usage details, `error`) returns `None` for the parsers below, which
 /// define the semantics; a property test holds this reader to the `Value` path.
 pub(crate) fn exact_response(body: &[u8]) -> Option<ChatResponse> {
-    use super::json_text::{flat_field, int_i64, int_u64, plain_str, read_str};
+    use super::json_text::{flat_field, int_i64, int_u64, plain_str, read_str, tail};
     const CHOICE_START: &[u8] =
         br#""choices":[{"index":0,"message":{"role":"assistant","content":"#;
     const USAGE_START: &[u8] = br#""usage":{"#;
     let inner = body.strip_prefix(b"{")?.strip_suffix(b"}")?;
-    std::str::from_utf8(inner).ok()?;
+    let whole = std::str::from_utf8(inner).ok()?;
     let mut response = ChatResponse::default();
     let (mut id, mut model, mut created) = (None, None, None);
     let mut seen_choice = false;
@@ -996,7 +996,7 @@ pub(crate) fn exact_response(body: &[u8]) -> Option<ChatResponse> {
             }
             seen_choice = true;
             // The content string, escapes allowed (decoded by the parser).
-            let (text, len) = read_str(after)?;
+            let (text, len) = read_str(tail(whole, after)?)?;
             let after = &after[len..];
             let after = after.strip_prefix(br#","refusal":null"#).unwrap_or(after);
             let after = after.strip_prefix(br#"},"logprobs":null,"finish_reason":"#)?;

@@ -368,7 +368,7 @@ pub(crate) fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<Ex
     if !rest.starts_with(b"}") {
         rest = rest.strip_prefix(ROLE).unwrap_or(rest);
         rest = rest.strip_prefix(CONTENT)?;
-        let (content, len) = super::json_text::read_str(rest)?;
+        let (content, len) = super::json_text::read_str_bytes(rest)?;
         text = content;
         let after = &rest[len..];
         rest = after.strip_prefix(REFUSAL).unwrap_or(after);
