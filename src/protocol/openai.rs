@@ -1395,6 +1395,25 @@ impl<'a> ResponseOut<'a> {
 mod tests {
     use super::*;
 
+    /// The cache stores streamed answers through the direct writer: the same bytes as the tree.
+    #[test]
+    fn response_bytes_match_the_json_tree() {
+        let response = ChatResponse {
+            id: "chatcmpl-1".into(),
+            model: "m".into(),
+            parts: vec![Part::Text("say \"hi\"\n".into())],
+            finish_reason: Some(FinishReason::Length),
+            usage: Some(Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let tree = serde_json::to_vec(&encode_response(&response, 7)).unwrap();
+        assert_eq!(encode_response_bytes(&response, 7).unwrap(), tree);
+    }
+
     fn err(body: &str) -> String {
         decode_chat(body.as_bytes()).unwrap_err().message
     }
