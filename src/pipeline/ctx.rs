@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::{ApiRequest, Endpoint, Part, ResponseSummary, Role, Usage};
+use crate::protocol::{ApiRequest, Endpoint, Message, Part, ResponseSummary, Role, Usage};
 use crate::state::{AppState, Snapshot};
 use crate::telemetry::request_log::{LogMessage, LogRecord, LogRole, LogToolCall};
 
@@ -187,39 +187,33 @@ impl RequestCtx {
             return;
         };
         let reply = self.reply.take().unwrap_or_default();
-        let mut system = None;
-        let mut messages = Vec::new();
-        match request.as_ref() {
-            ApiRequest::Chat(chat) => {
-                if !chat.system.is_empty() {
-                    system = Some(chat.system.join("\n"));
-                }
-                for message in &chat.messages {
-                    let role = match message.role {
-                        Role::System => LogRole::System,
-                        Role::User => LogRole::User,
-                        Role::Assistant => LogRole::Assistant,
-                        Role::Tool => LogRole::Tool,
-                    };
-                    let mut entry = LogMessage::text(role, message.text());
-                    for part in &message.parts {
-                        match part {
-                            Part::ToolCall(call) => entry.tool_calls.push(LogToolCall {
-                                id: call.id.clone(),
-                                name: call.name.clone(),
-                                arguments: call.arguments.clone(),
-                            }),
-                            Part::ToolResult(result) => {
-                                entry.tool_call_id = Some(result.tool_call_id.clone())
-                            }
-                            _ => {}
-                        }
-                    }
-                    messages.push(entry);
-                }
+        // By now the pipeline has let go of the request, so its texts move into the record; a
+        // request still shared elsewhere is copied.
+        let (system, messages) = match Arc::try_unwrap(request) {
+            Ok(ApiRequest::Chat(chat)) => {
+                let system = match chat.system.len() {
+                    0 => None,
+                    1 => chat.system.into_iter().next(),
+                    _ => Some(chat.system.join("\n")),
+                };
+                let messages = chat.messages.into_iter().map(log_message).collect();
+                (system, messages)
             }
-            other => messages.push(LogMessage::text(LogRole::User, other.all_input_text())),
-        }
+            Ok(other) => (
+                None,
+                vec![LogMessage::text(LogRole::User, other.all_input_text())],
+            ),
+            Err(shared) => match shared.as_ref() {
+                ApiRequest::Chat(chat) => (
+                    (!chat.system.is_empty()).then(|| chat.system.join("\n")),
+                    chat.messages.iter().cloned().map(log_message).collect(),
+                ),
+                other => (
+                    None,
+                    vec![LogMessage::text(LogRole::User, other.all_input_text())],
+                ),
+            },
+        };
         // Only the `openai` layout writes the request's other fields; sharegpt needs no re-parse.
         let wants_params = self.snapshot.config.request_log.format
             == crate::telemetry::request_log::LogFormat::OpenAi;
@@ -263,6 +257,53 @@ impl RequestCtx {
     }
 }
 
+/// One message of the request as logged: its text (parts joined), tool calls and the call it answers.
+fn log_message(message: Message) -> LogMessage {
+    let role = match message.role {
+        Role::System => LogRole::System,
+        Role::User => LogRole::User,
+        Role::Assistant => LogRole::Assistant,
+        Role::Tool => LogRole::Tool,
+    };
+    let mut tool_calls = Vec::new();
+    let mut tool_call_id = None;
+    let mut texts = Vec::new();
+    for part in message.parts {
+        match part {
+            Part::Text(text) => texts.push(text),
+            Part::ToolResult(result) => {
+                tool_call_id = Some(result.tool_call_id);
+                texts.push(result.content);
+            }
+            Part::ToolCall(call) => tool_calls.push(LogToolCall {
+                id: call.id,
+                name: call.name,
+                arguments: call.arguments,
+            }),
+            _ => {}
+        }
+    }
+    // One text part moves as it is; several are joined as `Message::text` joins them.
+    let text = if texts.len() == 1 {
+        texts.pop().unwrap_or_default()
+    } else {
+        let mut out = String::new();
+        for text in texts {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&text);
+        }
+        out
+    };
+    LogMessage {
+        role,
+        text,
+        tool_calls,
+        tool_call_id,
+    }
+}
+
 impl Drop for RequestCtx {
     fn drop(&mut self) {
         if !self.finished {
@@ -270,6 +311,63 @@ impl Drop for RequestCtx {
             self.status = 499;
             self.error.get_or_insert("client_disconnected");
             self.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ToolCall, ToolResult};
+
+    /// What a logged message says: the message's joined text, its tool calls, the call it answers.
+    #[test]
+    fn logged_messages_keep_text_calls_and_answers() {
+        let text = |t: &str| Part::Text(t.to_owned());
+        let call = Part::ToolCall(ToolCall {
+            id: "c1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+        });
+        let result = Part::ToolResult(ToolResult {
+            tool_call_id: "c1".into(),
+            content: "42".into(),
+            is_error: false,
+        });
+        for (role, parts) in [
+            (Role::User, vec![text("hi")]),
+            (Role::User, vec![text(""), text("a"), text(""), text("b")]),
+            (Role::Assistant, vec![text("thinking aloud"), call.clone()]),
+            (Role::Assistant, vec![call]),
+            (Role::Tool, vec![result, text("more")]),
+            (Role::System, vec![]),
+        ] {
+            let message = Message {
+                role,
+                parts,
+                name: None,
+            };
+            let logged = log_message(message.clone());
+            assert_eq!(logged.text, message.text(), "{message:?}");
+            let calls: Vec<_> = message
+                .parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::ToolCall(c) => Some((c.id.clone(), c.name.clone(), c.arguments.clone())),
+                    _ => None,
+                })
+                .collect();
+            let logged_calls: Vec<_> = logged
+                .tool_calls
+                .iter()
+                .map(|c| (c.id.clone(), c.name.clone(), c.arguments.clone()))
+                .collect();
+            assert_eq!(logged_calls, calls);
+            let answers = message.parts.iter().rev().find_map(|p| match p {
+                Part::ToolResult(r) => Some(r.tool_call_id.clone()),
+                _ => None,
+            });
+            assert_eq!(logged.tool_call_id, answers);
         }
     }
 }
