@@ -580,6 +580,15 @@ mod tests {
         }
     }
 
+    /// An in-memory cache with this TTL and entry bound (bytes are no constraint).
+    fn with_ttl(ttl_s: f64, max_entries: u64) -> ResponseCache {
+        let cfg = CacheConfig {
+            ttl_s,
+            ..enabled(max_entries, 1 << 24)
+        };
+        ResponseCache::new(&cfg, StateStore::memory())
+    }
+
     fn enabled(max_entries: u64, max_bytes: u64) -> CacheConfig {
         CacheConfig {
             enabled: true,
@@ -719,11 +728,7 @@ mod tests {
     /// Expired entries nobody reads again are dropped as inserts go on, not only when `/stats` counts.
     #[tokio::test(start_paused = true)]
     async fn expired_entries_are_swept_by_later_inserts() {
-        let cfg = CacheConfig {
-            ttl_s: 10.0,
-            ..enabled(100, 1 << 24)
-        };
-        let cache = ResponseCache::new(&cfg, StateStore::memory());
+        let cache = with_ttl(10.0, 100);
         let key = |i: u32| ResponseCache::key(&i.to_le_bytes());
         for i in 0..50 {
             cache.put(&key(i), response("{}")).await;
@@ -742,11 +747,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_ttl() {
-        let cfg = CacheConfig {
-            ttl_s: 300.0,
-            ..enabled(10, 1 << 20)
-        };
-        let cache = ResponseCache::new(&cfg, StateStore::memory());
+        let cache = with_ttl(300.0, 10);
         let key = ResponseCache::key(b"ttl");
         cache.put(&key, response("{}")).await;
         cache
