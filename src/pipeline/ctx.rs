@@ -187,10 +187,11 @@ impl RequestCtx {
             return;
         };
         let reply = self.reply.take().unwrap_or_default();
-        // By now the pipeline has let go of the request, so its texts move into the record; a
-        // request still shared elsewhere is copied.
-        let (system, messages) = match Arc::try_unwrap(request) {
-            Ok(ApiRequest::Chat(chat)) => {
+        // By now the pipeline has let go of the request, so its texts move into the record (a request
+        // still shared elsewhere is copied first).
+        let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
+        let (system, messages) = match request {
+            ApiRequest::Chat(chat) => {
                 let system = match chat.system.len() {
                     0 => None,
                     1 => chat.system.into_iter().next(),
@@ -199,20 +200,10 @@ impl RequestCtx {
                 let messages = chat.messages.into_iter().map(log_message).collect();
                 (system, messages)
             }
-            Ok(other) => (
+            other => (
                 None,
                 vec![LogMessage::text(LogRole::User, other.all_input_text())],
             ),
-            Err(shared) => match shared.as_ref() {
-                ApiRequest::Chat(chat) => (
-                    (!chat.system.is_empty()).then(|| chat.system.join("\n")),
-                    chat.messages.iter().cloned().map(log_message).collect(),
-                ),
-                other => (
-                    None,
-                    vec![LogMessage::text(LogRole::User, other.all_input_text())],
-                ),
-            },
         };
         // Only the `openai` layout writes the request's other fields; sharegpt needs no re-parse.
         let wants_params = self.snapshot.config.request_log.format
