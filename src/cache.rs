@@ -308,7 +308,7 @@ impl ResponseCache {
             enabled: cfg.enabled,
             backend,
             max_entries,
-            max_entry_bytes: (max_bytes / shards).clamp(1, u64::from(u32::MAX)),
+            max_entry_bytes: (max_bytes / shards).max(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             counts: Counts::default(),
