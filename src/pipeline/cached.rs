@@ -276,13 +276,7 @@ pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, 
         stop_sequence: None,
         usage,
     };
-    // OpenAI answers are written straight to bytes (the same text as through the JSON tree).
-    let bytes = match protocol {
-        Protocol::OpenAi => openai::encode_response_bytes(&response, created),
-        Protocol::Anthropic => {
-            serde_json::to_vec(&convert::encode_response(protocol, &response, created))
-        }
-    };
+    let bytes = convert::encode_response_bytes(protocol, &response, created);
     let Ok(bytes) = bytes else {
         return;
     };

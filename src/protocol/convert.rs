@@ -87,10 +87,19 @@ pub fn convert_response_at(
     if let Some(model) = opts.model {
         response.model = model.to_owned();
     }
-    match to {
-        Protocol::OpenAi => openai::encode_response_bytes(&response, created)
+    encode_response_bytes(to, &response, created)
+}
+
+/// [`encode_response`] written to bytes (OpenAI's without a JSON tree on the way).
+pub fn encode_response_bytes(
+    protocol: Protocol,
+    response: &ChatResponse,
+    created: i64,
+) -> Result<Vec<u8>, DecodeError> {
+    match protocol {
+        Protocol::OpenAi => openai::encode_response_bytes(response, created)
             .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None)),
-        Protocol::Anthropic => to_bytes(&anthropic::encode_response(&response)),
+        Protocol::Anthropic => to_bytes(&anthropic::encode_response(response)),
     }
 }
 
