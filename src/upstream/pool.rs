@@ -58,7 +58,6 @@ impl Pool {
                 .map_err(|_| "the upstream host is not valid in a header")?;
             request.headers_mut().insert(header::HOST, host);
         }
-        let mut request = request;
         // A reused connection may turn out closed before the request could start: then once more on a
         // new connection (the request was not sent, so nothing is repeated upstream).
         for _ in 0..2 {
