@@ -18,10 +18,10 @@ use std::collections::HashSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -163,6 +163,8 @@ enum Backend {
 /// to the LRU bound DESIGN.md asks for, with reads still protecting entries from a burst of new ones.
 struct Memory {
     entries: quick_cache::sync::Cache<CacheKey, Fresh, Weigh>,
+    /// Where the entries' bodies and backend names are kept.
+    blocks: Mutex<Blocks>,
     ttl: Duration,
     /// Inserts so far; every `sweep_every`-th also drops the expired entries (an entry nobody reads
     /// again would otherwise keep its place until evicted).
@@ -198,6 +200,7 @@ impl Memory {
         };
         Memory {
             entries,
+            blocks: Mutex::new(Blocks::default()),
             ttl,
             inserts: AtomicU64::new(0),
             sweep_every: max_entries.max(64),
@@ -205,17 +208,33 @@ impl Memory {
     }
 
     fn get(&self, key: &CacheKey) -> Option<CachedResponse> {
-        let fresh = self.entries.get(key)?;
-        if fresh.until > tokio::time::Instant::now() {
-            return Some(fresh.response);
+        let mut fresh = self.entries.get(key)?;
+        if fresh.until <= tokio::time::Instant::now() {
+            self.entries.remove(key);
+            return None;
         }
-        self.entries.remove(key);
-        None
+        if fresh.in_block {
+            // An entry read again may stay long after its neighbours are evicted: it gets a body of
+            // its own, so it never holds a whole block (hotness unchanged: `soft`).
+            fresh.body = Bytes::copy_from_slice(&fresh.body);
+            fresh.in_block = false;
+            let _ = self.entries.replace(*key, fresh.clone(), true);
+        }
+        Some(CachedResponse {
+            body: fresh.body,
+            backend: fresh.backend.as_ref().to_owned(),
+            protocol: fresh.protocol,
+        })
     }
 
     fn insert(&self, key: CacheKey, response: CachedResponse) {
         let until = tokio::time::Instant::now() + self.ttl;
-        self.entries.insert(key, Fresh { response, until });
+        let fresh = self
+            .blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keep(response, until);
+        self.entries.insert(key, fresh);
         if self.inserts.fetch_add(1, Ordering::Relaxed) % self.sweep_every == self.sweep_every - 1 {
             self.drop_expired();
         }
@@ -236,8 +255,72 @@ impl Memory {
 /// An in-memory entry and when it stops being served. `tokio`'s clock, so tests can move it.
 #[derive(Clone)]
 struct Fresh {
-    response: CachedResponse,
+    body: Bytes,
+    /// The body is a slice of one of [`Blocks`]' blocks (until the entry is first read again).
+    in_block: bool,
+    backend: Arc<str>,
+    protocol: WireProtocol,
     until: tokio::time::Instant,
+}
+
+/// Where the in-memory cache keeps what its entries hold. Under a load of new requests every response
+/// is inserted and, once the cache is full, an entry inserted long ago is evicted. Were each entry's
+/// body its own allocation, every eviction would hand a cold block back to the allocator, which gives
+/// it to the next request of that size: with a cache larger than the CPU's caches, the request path's
+/// buffers would keep landing in cold memory (measured: every function ≈ 15 % slower with 100,000
+/// entries than with 1,000). So bodies are copied end to end into [`BLOCK_BYTES`] blocks, which go
+/// back to the allocator whole once all their entries are gone, and backend names are shared.
+///
+/// Entries leave a block in the order they entered it (eviction of entries never read again and TTL
+/// expiry both follow insertion order), so at most a few blocks are partly dead; an entry that is read
+/// again moves to a body of its own (see [`Memory::get`]) and cannot keep an old block alive.
+#[derive(Default)]
+struct Blocks {
+    block: BytesMut,
+    names: Vec<Arc<str>>,
+}
+
+/// Size of one block of cached bodies.
+const BLOCK_BYTES: usize = 64 * 1024;
+
+/// Bodies larger than this keep their own allocation (they are in the allocator's large classes,
+/// away from the request path's small ones, and would waste a block's tail).
+const LARGEST_IN_BLOCK: usize = BLOCK_BYTES / 8;
+
+/// Backend names shared at most: names come from the config, so a few; past this each entry has
+/// its own.
+const MOST_NAMES: usize = 64;
+
+impl Blocks {
+    fn keep(&mut self, response: CachedResponse, until: tokio::time::Instant) -> Fresh {
+        let backend = match self.names.iter().find(|name| ***name == *response.backend) {
+            Some(name) => Arc::clone(name),
+            None => {
+                let name: Arc<str> = Arc::from(response.backend);
+                if self.names.len() < MOST_NAMES {
+                    self.names.push(Arc::clone(&name));
+                }
+                name
+            }
+        };
+        let len = response.body.len();
+        let (body, in_block) = if len > LARGEST_IN_BLOCK {
+            (response.body, false)
+        } else {
+            if self.block.capacity() - self.block.len() < len {
+                self.block = BytesMut::with_capacity(BLOCK_BYTES);
+            }
+            self.block.extend_from_slice(&response.body);
+            (self.block.split().freeze(), true)
+        };
+        Fresh {
+            body,
+            in_block,
+            backend,
+            protocol: response.protocol,
+            until,
+        }
+    }
 }
 
 /// An entry's weight: its body plus [`ENTRY_OVERHEAD`], and at least its share of the byte budget
@@ -250,7 +333,7 @@ struct Weigh {
 
 impl quick_cache::Weighter<CacheKey, Fresh> for Weigh {
     fn weight(&self, _key: &CacheKey, value: &Fresh) -> u64 {
-        (value.response.body.len() as u64 + ENTRY_OVERHEAD).max(self.min_weight)
+        (value.body.len() as u64 + ENTRY_OVERHEAD).max(self.min_weight)
     }
 }
 
@@ -723,6 +806,52 @@ mod tests {
         for i in 0..20 {
             assert!(cache.get(&key(i)).await.is_some(), "read entry {i} evicted");
         }
+    }
+
+    /// Small bodies share blocks and backend names are shared; a body read again gets its own copy
+    /// (so it cannot keep a block alive), large bodies keep their own allocation; every read returns
+    /// exactly what was stored.
+    #[tokio::test]
+    async fn bodies_share_blocks_until_read_again() {
+        let cache = with_ttl(300.0, 10_000);
+        let Backend::Memory(memory) = &cache.backend else {
+            panic!("memory backend expected")
+        };
+        let key = |i: usize| ResponseCache::key(&i.to_le_bytes());
+        let body = |i: usize| format!(r#"{{"id":"{i}","choices":[]}}"#);
+        // Enough entries to fill several blocks.
+        let count = 3 * BLOCK_BYTES / body(0).len();
+        for i in 0..count {
+            cache.put(&key(i), response(&body(i))).await;
+        }
+        let large = format!(
+            r#"{{"id":"{}","choices":[]}}"#,
+            "x".repeat(LARGEST_IN_BLOCK)
+        );
+        cache.put(&key(count), response(&large)).await;
+
+        let first = memory.entries.peek(&key(0)).expect("stored");
+        let second = memory.entries.peek(&key(1)).expect("stored");
+        assert!(first.in_block && second.in_block);
+        assert!(Arc::ptr_eq(&first.backend, &second.backend));
+        assert_eq!(
+            first.body.as_ptr().wrapping_add(first.body.len()),
+            second.body.as_ptr(),
+            "consecutive entries sit end to end in one block"
+        );
+        assert!(!memory.entries.peek(&key(count)).expect("stored").in_block);
+
+        for i in (0..count).step_by(97) {
+            let hit = cache.get(&key(i)).await.expect("hit");
+            assert_eq!(hit.body, body(i).as_bytes());
+            assert_eq!(hit.backend, "local");
+            assert!(!memory.entries.peek(&key(i)).expect("kept").in_block);
+            assert_eq!(cache.get(&key(i)).await.expect("hit").body, hit.body);
+        }
+        assert_eq!(
+            cache.get(&key(count)).await.expect("hit").body,
+            large.as_bytes()
+        );
     }
 
     /// Expired entries nobody reads again are dropped as inserts go on, not only when `/stats` counts.
