@@ -96,8 +96,10 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
                     peer: self.peer.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
                 };
                 let state = self.state.clone();
-                let run: futures_util::future::BoxFuture<'static, Response> =
-                    Box::pin(async move { pipeline::handle(&state, inbound).await });
+                // The heap slot first, then the future written into it: `Box::pin(future)` built the
+                // future (≈ 5.5 KB, most of it states not yet entered) on the stack and copied all of
+                // it, a cold block under many connections (bench/profile.sh with a simulated cache).
+                let run = boxed_in_place(|| async move { pipeline::handle(&state, inbound).await });
                 Inner::Direct {
                     future: std::panic::AssertUnwindSafe(run).catch_unwind(),
                     protocol: endpoint.protocol(),
@@ -139,6 +141,17 @@ pin_project_lite::pin_project! {
         Router { #[pin] future: <Router as Service<Request>>::Future },
         Cors { #[pin] future: <Cors<Router> as Service<Request>>::Future },
     }
+}
+
+/// `make()`'s future in a heap slot allocated before it is built, so the compiler can build it there
+/// instead of building it on the stack and copying all of it.
+fn boxed_in_place<F>(make: impl FnOnce() -> F) -> futures_util::future::BoxFuture<'static, Response>
+where
+    F: Future<Output = Response> + Send + 'static,
+{
+    let slot = Box::<F>::new_uninit();
+    let future: Box<F> = Box::write(slot, make());
+    Box::into_pin(future)
 }
 
 pin_project_lite::pin_project! {
