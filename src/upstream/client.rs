@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -58,28 +60,35 @@ impl HttpClient {
 
     /// Send one request (absolute URI); the error is described without the URL (it may carry
     /// credentials).
-    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response, String> {
+    ///
+    /// A plain function returning the pool's (or hyper-util's) future rather than an `async fn` around
+    /// it: the request moves once, into the future that sends it, instead of through one more state
+    /// machine of its own (every move is another copy of the request into the per-request future).
+    pub fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response, String>> + Send + '_ {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-            return self.plain.send(request).await;
+            return Either::Left(self.plain.send(request));
         }
-        self.tls
-            .request(request)
-            .await
-            .map(|response| response.map(Body::unpooled))
-            .map_err(|error| describe(&error))
+        Either::Right(self.tls.request(request).map(|result| {
+            result
+                .map(|response| response.map(Body::unpooled))
+                .map_err(|error| describe(&error))
+        }))
     }
 
     /// A request with a JSON or empty body, bounded by `timeout` up to the response head.
-    pub async fn send_within(
+    pub fn send_within(
         &self,
         request: Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<Response, Failure> {
-        match tokio::time::timeout(timeout, self.send(request)).await {
+    ) -> impl Future<Output = Result<Response, Failure>> + Send + '_ {
+        tokio::time::timeout(timeout, self.send(request)).map(|result| match result {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(detail)) => Err(Failure::Connect(detail)),
             Ok(Ok(response)) => Ok(response),
-        }
+        })
     }
 }
 
