@@ -384,7 +384,8 @@ impl Exchange<'_> {
                 .admission
                 .as_ref()
                 .is_some_and(crate::limits::Admission::counts_tokens);
-            let collect_text = counts_tokens || ctx.cache_key.is_some();
+            // The tap (request log) collects the text too: then it is not gathered twice.
+            let collect_text = (counts_tokens || ctx.cache_key.is_some()) && tap.is_none();
             let mut relay = Relay::new(
                 response,
                 transform,

@@ -111,7 +111,7 @@ pub fn stream(
                 // Streams without usage are counted from their text when limits count tokens.
                 self.ctx.usage = Some(crate::protocol::Usage {
                     input_tokens: admission.estimated_tokens(),
-                    output_tokens: crate::tokens::count(&self.relay.facts.text),
+                    output_tokens: crate::tokens::count(self.relay.text()),
                     ..Default::default()
                 });
             }

@@ -864,10 +864,22 @@ struct SummaryBuilder {
     tools: Vec<(usize, usize)>,
 }
 
+/// Room a streamed answer's text starts with: a short answer's pieces then never grow it, where
+/// starting empty took five reallocations for a 20-chunk answer of ≈ 100 bytes.
+const TEXT_START: usize = 256;
+
+/// Appends one streamed piece of text to the text collected so far.
+pub(crate) fn push_piece(text: &mut String, piece: &str) {
+    if text.capacity() == 0 {
+        text.reserve(piece.len().max(TEXT_START));
+    }
+    text.push_str(piece);
+}
+
 impl SummaryBuilder {
     /// What an exactly read chunk adds: its text and finish reason.
     fn apply_exact(&mut self, chunk: &ExactChunk<'_>) {
-        self.summary.text.push_str(&chunk.text);
+        push_piece(&mut self.summary.text, &chunk.text);
         if chunk.finish.is_some() {
             self.summary.finish_reason = chunk.finish;
         }
@@ -877,7 +889,7 @@ impl SummaryBuilder {
         let summary = &mut self.summary;
         match event {
             StreamEvent::Start { usage: Some(usage) } => summary.usage = Some(*usage),
-            StreamEvent::Text(text) => summary.text.push_str(text),
+            StreamEvent::Text(text) => push_piece(&mut summary.text, text),
             StreamEvent::Thinking(text) => summary.reasoning.push_str(text),
             StreamEvent::ToolCallStart { index, id, name } => {
                 self.tools.push((*index, summary.tool_calls.len()));

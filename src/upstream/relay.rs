@@ -13,7 +13,7 @@ use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
 use crate::protocol::sse::{SseDecoder, SseEvent};
-use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk};
+use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk, push_piece};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
 use super::call::Fault;
@@ -337,7 +337,7 @@ impl Relay {
                                 self.facts.finish_reason = chunk.finish;
                             }
                             if self.collect_text {
-                                self.facts.text.push_str(&chunk.text);
+                                push_piece(&mut self.facts.text, &chunk.text);
                             }
                         }
                         None => {
@@ -381,6 +381,18 @@ impl Relay {
                 out.extend_from_slice(&event.raw);
             }
         }
+    }
+
+    /// The answer's text so far: the converter's or the tap's when there is one (they collect it
+    /// anyway), else what `collect_text` gathered.
+    pub fn text(&self) -> &str {
+        if let Transform::Convert(converter) = &self.transform {
+            return &converter.summary().text;
+        }
+        if let Some(tap) = &self.tap {
+            return &tap.summary().text;
+        }
+        &self.facts.text
     }
 
     /// The assembled reply (text, reasoning, tool calls, usage) as far as the stream went.
@@ -612,7 +624,7 @@ fn observe_openai_chunk(data: &[u8], collect_text: bool, facts: &mut StreamFacts
     if let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) {
         for choice in chunk.choices {
             if let Some(text) = choice.delta.and_then(|d| d.content).or(choice.text) {
-                facts.text.push_str(&text);
+                push_piece(&mut facts.text, &text);
             }
         }
     }

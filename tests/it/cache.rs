@@ -447,6 +447,41 @@ async fn a_completed_anthropic_stream_is_stored_with_its_usage_and_replayed() {
     assert_eq!(mock.requests().len(), 1);
 }
 
+/// An OpenAI stream without a usage chunk, with the request log on (whose tap collects the text) and a
+/// token limit: the stored answer carries the gateway's count of the streamed text, not zero.
+#[tokio::test]
+async fn a_stream_without_usage_is_counted_from_the_logged_text() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ enabled: true }}\nrequest_log: {{ enabled: true, dir: '{}' }}\nrate_limit:\n  per_ip: {{ tokens: 100000 }}\n",
+        mock.base(),
+        dir.path().display()
+    ))
+    .await;
+    let mut streamed = chat("count me");
+    streamed["stream"] = json!(true);
+    let (status, headers, text) = post(&gateway, &streamed, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(x_cache(&headers), "MISS");
+    assert!(
+        !text.contains("\"usage\""),
+        "the mock's stream has no usage: {text}"
+    );
+    wait_cache_size(&gateway, 1).await;
+
+    let (status, headers, text) = post(&gateway, &chat("count me"), &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(x_cache(&headers), "HIT");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "hello from mock",
+        "{answer}"
+    );
+    let counted = ai_gateway::tokens::count("hello from mock");
+    assert_eq!(answer["usage"]["completion_tokens"], counted, "{answer}");
+}
+
 /// With the request log on, the answer is read once for the log and stored without a second check:
 /// the next identical requests are hits, and every one is logged with the answer the client got.
 #[tokio::test]
