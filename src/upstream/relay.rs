@@ -411,11 +411,11 @@ impl Relay {
         }
     }
 
-    /// Copy what the converter learned into the stream facts.
+    /// Copy the converter's usage and finish reason into the stream facts (its text is read from it:
+    /// [`Relay::text`]).
     fn take_summary(&mut self) {
         if let Transform::Convert(converter) = &self.transform {
             let summary = converter.summary();
-            self.facts.text.clone_from(&summary.text);
             self.facts.usage = summary.usage.or(self.facts.usage);
             self.facts.finish_reason = summary.finish_reason.or(self.facts.finish_reason);
         }
