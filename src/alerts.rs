@@ -448,8 +448,7 @@ impl Worker {
             tracing::warn!(dir = %self.errors_dir.display(), error = %e, "cannot write the alert error log");
         }
         if let Some(target) = &self.webhook {
-            let mut request =
-                http::Request::new(http_body_util::Full::new(bytes::Bytes::from(line)));
+            let mut request = http::Request::new(bytes::Bytes::from(line));
             *request.method_mut() = http::Method::POST;
             *request.uri_mut() = target.uri.clone();
             let headers = request.headers_mut();

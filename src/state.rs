@@ -336,7 +336,7 @@ async fn active_health_checks(state: std::sync::Weak<Inner>) {
                 let Ok(target) = Target::parse(&format!("{}/models", instance.base_url)) else {
                     continue;
                 };
-                let mut request = http::Request::new(http_body_util::Full::default());
+                let mut request = http::Request::new(bytes::Bytes::new());
                 *request.uri_mut() = target.uri;
                 let headers = request.headers_mut();
                 let key = instance.api_key.as_ref().map(Secret::expose);

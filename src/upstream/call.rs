@@ -97,7 +97,7 @@ pub enum Reply {
 }
 
 pub async fn send(client: &HttpClient, spec: CallSpec<'_>) -> Result<Reply, Fault> {
-    let mut request = http::Request::new(http_body_util::Full::new(spec.body));
+    let mut request = http::Request::new(spec.body);
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = spec.target.uri.clone();
     let headers = request.headers_mut();

@@ -66,12 +66,12 @@ impl HttpClient {
     /// machine of its own (every move is another copy of the request into the per-request future).
     pub fn send(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
     ) -> impl Future<Output = Result<Response, String>> + Send + '_ {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
             return Either::Left(self.plain.send(request));
         }
-        Either::Right(self.tls.request(request).map(|result| {
+        Either::Right(self.tls.request(request.map(Full::new)).map(|result| {
             result
                 .map(|response| response.map(Body::unpooled))
                 .map_err(|error| describe(&error))
@@ -81,7 +81,7 @@ impl HttpClient {
     /// A request with a JSON or empty body, bounded by `timeout` up to the response head.
     pub fn send_within(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Response, Failure>> + Send + '_ {
         tokio::time::timeout(timeout, self.send(request)).map(|result| match result {
@@ -207,7 +207,7 @@ mod tests {
         drop(listener);
         let client = HttpClient::new().unwrap();
         let request = Request::get(format!("http://{addr}/v1/models"))
-            .body(Full::new(Bytes::new()))
+            .body(Bytes::new())
             .unwrap();
         let detail = client.send(request).await.unwrap_err();
         assert!(detail.contains("onnect"), "{detail}");

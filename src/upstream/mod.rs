@@ -4,5 +4,6 @@
 pub mod call;
 pub mod client;
 pub mod echo;
+pub mod h1;
 pub mod pool;
 pub mod relay;

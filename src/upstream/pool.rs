@@ -1,10 +1,11 @@
 //! Kept-alive HTTP/1.1 connections to plain `http://` upstreams (vLLM, llama.cpp, Ollama and the like
-//! on a private network): hyper's own client connections, pooled here by origin. A checkout is a lock
-//! and a `pop`; a connection goes back to the pool when its response body has been read to the end.
-//! `https://` upstreams go through hyper-util's pooled client (TLS, HTTP/2 by ALPN).
+//! on a private network), pooled here by origin and driven by [`super::h1`] from the request's own
+//! task. A checkout is a lock and a `pop`; a connection goes back to the pool when its response body
+//! has been read to the end. `https://` upstreams go through hyper-util's pooled client (TLS, HTTP/2 by
+//! ALPN).
 //!
 //! Semantics kept from hyper-util's pool: last idle connection first; a request that a reused
-//! connection could not even start (closed by the server while idle) is sent again on a new
+//! connection could not even take (closed by the server while idle) is sent again on a new
 //! connection; idle connections older than [`IDLE_TIMEOUT`] are dropped; at most [`MAX_IDLE`] idle
 //! connections per origin. A body dropped before its end closes its connection (HTTP/1 cannot reuse it).
 
@@ -14,30 +15,31 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{HeaderValue, Request, Uri, header};
-use http_body_util::Full;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::Request;
+use hyper::body::{Frame, Incoming, SizeHint};
+
+pub use super::h1::{BodyError, CONNECT_TIMEOUT};
+use super::h1::{Conn, ExchangeError, ResponseBody};
 
 /// Idle connections older than this are not reused (hyper-util's `pool_idle_timeout` as configured).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per origin; more are closed when they come back.
 pub const MAX_IDLE: usize = 1024;
-/// Bound on opening one TCP connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Sender = SendRequest<Full<Bytes>>;
 
 /// The pool: idle connections per origin (`host:port` as written in the URL).
 #[derive(Default)]
 pub struct Pool {
-    origins: Mutex<hashbrown::HashMap<Box<str>, Vec<Idle>>>,
+    origins: Mutex<hashbrown::HashMap<Box<str>, Arc<Origin>>>,
+}
+
+/// The idle connections to one origin; a response body holds its origin to give its connection back.
+#[derive(Default)]
+struct Origin {
+    idle: Mutex<Vec<Idle>>,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -45,200 +47,175 @@ impl Pool {
     /// Send `request` (an absolute `http://` URI) on a pooled connection or a new one.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
     ) -> Result<http::Response<Body>, String> {
-        let uri = std::mem::take(request.uri_mut());
-        let authority = uri.authority().ok_or("the upstream URL has no host")?;
+        let (parts, body) = request.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .ok_or("the upstream URL has no host")?;
+        let mut wire = Vec::new();
+        super::h1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut wire);
+        drop(body);
         // The pool key is the authority as written (`host:port`); host and port are parsed only to dial.
-        let key = authority.as_str();
-        *request.uri_mut() = origin_form(&uri);
-        if !request.headers().contains_key(header::HOST) {
-            // The default port is left out of `Host`, any other kept as the URL has it.
-            let host = HeaderValue::from_str(key.strip_suffix(":80").unwrap_or(key))
-                .map_err(|_| "the upstream host is not valid in a header")?;
-            request.headers_mut().insert(header::HOST, host);
-        }
-        // A reused connection may turn out closed before the request could start: then once more on a
-        // new connection (the request was not sent, so nothing is repeated upstream).
+        let origin = self.origin(authority.as_str());
+        // A reused connection may turn out closed before it could take the request: then once more on
+        // a new connection (nothing of the request reached a server that would act on it).
         for _ in 0..2 {
-            let (mut sender, reused) = match self.checkout(key).await {
-                Some(sender) => (sender, true),
-                None => (connect(authority).await?, false),
+            let (conn, reused) = match origin.checkout() {
+                Some(conn) => (conn, true),
+                None => (Conn::connect(authority).await?, false),
             };
-            match sender.try_send_request(request).await {
+            match conn.exchange(&wire, reused).await {
                 Ok(response) => {
-                    let pool = Arc::clone(self);
-                    return Ok(response.map(|incoming| Body {
-                        inner: incoming,
-                        back: Some(Back { pool, uri, sender }),
+                    return Ok(response.map(|inner| Body {
+                        inner: Inner::Own(inner),
+                        origin: Some(origin),
                     }));
                 }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(super::client::describe(error.error())),
-                },
+                Err(ExchangeError::Unsent(_)) if reused => {}
+                Err(ExchangeError::Unsent(error) | ExchangeError::Failed(error)) => {
+                    return Err(error);
+                }
             }
         }
         Err("the upstream closed every pooled connection before the request was sent".into())
     }
 
-    /// The most recently returned idle connection that is still open, ready for a request.
-    async fn checkout(&self, key: &str) -> Option<Sender> {
-        loop {
-            let idle = {
-                let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-                origins.get_mut(key)?.pop()?
-            };
-            if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
-            let mut sender = idle.sender;
-            // A connection comes back when its body ended; its task may not have seen that yet.
-            if sender.is_ready() || sender.ready().await.is_ok() {
-                return Some(sender);
-            }
-        }
-    }
-
-    fn put_back(&self, key: &str, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn origin(&self, key: &str) -> Arc<Origin> {
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = origins.entry_ref(key).or_default();
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+        Arc::clone(origins.entry_ref(key).or_default())
     }
 
     /// Idle connections held for `key` (tests).
     #[cfg(test)]
     pub fn idle(&self, key: &str) -> usize {
         let origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        origins.get(key).map_or(0, Vec::len)
+        origins.get(key).map_or(0, |origin| {
+            origin
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+        })
     }
 }
 
-/// `/path?query` of an absolute URI (what an HTTP/1.1 request line to an origin server carries).
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(path) if path.as_str() != "/" => Uri::from(path.clone()),
-        _ => Uri::from_static("/"),
-    }
-}
-
-async fn connect(authority: &Authority) -> Result<Sender, String> {
-    // `[::1]` in a URL is `::1` to the resolver.
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    {
-        Err(_) => return Err("tcp connect error: connection timed out".into()),
-        Ok(Err(error)) => return Err(format!("tcp connect error: {error}")),
-        Ok(Ok(stream)) => stream,
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|error| super::client::describe(&error))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(error = %error, "upstream connection ended");
+impl Origin {
+    /// The most recently returned idle connection that is still open.
+    fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(Idle { conn, since }) = idle.pop() {
+            if conn.is_open() && since.elapsed() <= IDLE_TIMEOUT {
+                return Some(conn);
+            }
         }
-    });
-    Ok(sender)
+        None
+    }
+
+    fn put_back(&self, conn: Conn) {
+        let since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { conn, since });
+        }
+    }
 }
 
 /// A response body from an upstream; a pooled connection goes back to its pool once the body ended.
 pub struct Body {
-    inner: Incoming,
-    back: Option<Back>,
+    inner: Inner,
+    /// Where the connection goes back (`None` for hyper-util's bodies, and once it went back).
+    origin: Option<Arc<Origin>>,
+}
+
+enum Inner {
+    /// Read by [`super::h1`] from a pooled connection.
+    Own(ResponseBody),
+    /// hyper-util's client (`https://`), which keeps its own pool.
+    Hyper(Incoming),
 }
 
 impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Body")
-            .field("pooled", &self.back.is_some())
+            .field("pooled", &self.origin.is_some())
             .finish_non_exhaustive()
     }
-}
-
-struct Back {
-    pool: Arc<Pool>,
-    /// The request's URI: its authority is the pool key.
-    uri: Uri,
-    sender: Sender,
 }
 
 impl Body {
     /// A body that returns nothing to a pool (hyper-util's client keeps its own).
     pub fn unpooled(inner: Incoming) -> Body {
-        Body { inner, back: None }
+        Body {
+            inner: Inner::Hyper(inner),
+            origin: None,
+        }
     }
 
+    /// Give the connection back if the body has ended and it can carry another request.
     fn release(&mut self) {
-        if let Some(back) = self.back.take() {
-            let key = back.uri.authority().map_or("", Authority::as_str);
-            back.pool.put_back(key, back.sender);
+        if let Inner::Own(own) = &mut self.inner
+            && let Some(conn) = own.take_reusable()
+            && let Some(origin) = self.origin.take()
+        {
+            origin.put_back(conn);
         }
     }
 }
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.inner {
+            Inner::Own(own) => {
+                let polled = own.poll_data(cx);
+                if own.is_done() {
+                    self.release();
+                }
+                polled.map(|data| data.map(|data| data.map(Frame::data)))
+            }
+            Inner::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map(|frame| {
+                frame.map(|frame| frame.map_err(|error| BodyError(super::client::describe(&error))))
+            }),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Own(own) => own.is_done(),
+            Inner::Hyper(incoming) => incoming.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Own(own) => own
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Inner::Hyper(incoming) => incoming.size_hint(),
+        }
     }
 }
 
 impl Drop for Body {
     fn drop(&mut self) {
-        if self.back.is_none() {
+        let Inner::Own(own) = &mut self.inner else {
+            return;
+        };
+        if self.origin.is_none() || own.is_done() {
             return;
         }
-        // Read to its end (or empty from the start): the connection can carry the next request. A
-        // reader that stopped at the last event (an SSE stream's own end) often finds the end of the
-        // body already there: one poll that never waits tells.
-        let at_end = self.inner.is_end_stream() || {
-            let mut cx = Context::from_waker(std::task::Waker::noop());
-            matches!(
-                Pin::new(&mut self.inner).poll_frame(&mut cx),
-                Poll::Ready(None)
-            )
-        };
-        if at_end {
+        // A reader that stopped at the last event (an SSE stream's own end) often finds the end of the
+        // body already there: a poll that never waits tells, and the connection can carry the next
+        // request. Anything but the end closes the connection.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(None) = own.poll_data(&mut cx) {
             self.release();
         }
     }
@@ -248,8 +225,11 @@ impl Drop for Body {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use http::header;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Body as _;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
 
     use super::*;
 
@@ -290,10 +270,8 @@ mod tests {
         (addr, accepted)
     }
 
-    fn post(url: &str) -> Request<Full<Bytes>> {
-        Request::post(url)
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap()
+    fn post(url: &str) -> Request<Bytes> {
+        Request::post(url).body(Bytes::from_static(b"{}")).unwrap()
     }
 
     async fn text(response: http::Response<Body>) -> String {
@@ -366,7 +344,7 @@ mod tests {
                 let frame = body.frame().await.unwrap().unwrap();
                 assert!(frame.is_data());
             }
-            // The connection task decodes the terminating chunk when it next runs.
+            // The terminating chunk may come in a packet of its own: let it arrive.
             for _ in 0..4 {
                 tokio::task::yield_now().await;
             }
@@ -402,5 +380,95 @@ mod tests {
             .unwrap_err();
         assert!(error.starts_with("tcp connect error:"), "{error}");
         assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
+
+    /// A server that answers each request on a connection with the next canned reply, written in the
+    /// given pieces with yields between them (the test runtime has one thread: the client reads each
+    /// piece before the next is written); after the last reply it closes the connection.
+    async fn canned(replies: Vec<Vec<&'static [u8]>>) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            for reply in replies {
+                // Each request here is a head and a two-byte body.
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") || !seen.ends_with(b"{}") {
+                    let mut chunk = [0u8; 1024];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the client closed early");
+                    seen.extend_from_slice(&chunk[..n]);
+                }
+                for piece in reply {
+                    stream.write_all(piece).await.unwrap();
+                    stream.flush().await.unwrap();
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn interim_answers_split_chunks_and_close_delimited_bodies_are_read_whole() {
+        let addr = canned(vec![
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n5\r\nhel",
+                b"lo\r\n7;ext=1\r\n, world\r",
+                b"\n0\r\n\r\n",
+            ],
+            vec![
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil",
+                b" the end",
+            ],
+        ])
+        .await;
+        let pool = Arc::new(Pool::default());
+        let response = pool.send(post(&format!("http://{addr}/a"))).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-up"], "1");
+        assert_eq!(text(response).await, "hello, world");
+        assert_eq!(
+            pool.idle(&addr.to_string()),
+            1,
+            "a chunked body that ended goes back"
+        );
+        let response = pool.send(post(&format!("http://{addr}/b"))).await.unwrap();
+        assert_eq!(text(response).await, "until the end");
+        assert_eq!(
+            pool.idle(&addr.to_string()),
+            0,
+            "a close-delimited body ends its connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_or_a_broken_head_is_an_error() {
+        let addr = canned(vec![vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+        ]])
+        .await;
+        let pool = Arc::new(Pool::default());
+        let response = pool.send(post(&format!("http://{addr}/a"))).await.unwrap();
+        let error = response.into_body().collect().await.unwrap_err();
+        assert_eq!(error.to_string(), "connection closed before the body ended");
+        assert_eq!(pool.idle(&addr.to_string()), 0);
+
+        let addr = canned(vec![vec![b"HTTP/1.1 200 OK\r\ncontent-le"]]).await;
+        let error = pool
+            .send(post(&format!("http://{addr}/a")))
+            .await
+            .unwrap_err();
+        assert_eq!(error, "connection closed before message completed");
+        let addr = canned(vec![vec![b"HTTP/9 200 OK\r\n\r\n"]]).await;
+        let error = pool
+            .send(post(&format!("http://{addr}/a")))
+            .await
+            .unwrap_err();
+        assert!(error.starts_with("invalid HTTP response"), "{error}");
     }
 }

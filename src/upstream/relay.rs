@@ -20,7 +20,7 @@ use super::call::Fault;
 use super::client::{Response, describe};
 
 /// The next data chunk of a response body (trailers are skipped).
-async fn next_data(body: &mut super::pool::Body) -> Option<Result<Bytes, hyper::Error>> {
+async fn next_data(body: &mut super::pool::Body) -> Option<Result<Bytes, super::pool::BodyError>> {
     loop {
         match body.frame().await? {
             Ok(frame) => {
@@ -148,7 +148,9 @@ impl Relay {
     /// The next upstream chunk, or `Err(())` when none came within `idle`. One timer serves the whole
     /// stream: it is re-armed only when it fires early (data came since it was set), not per chunk, so
     /// a chunk costs a clock read instead of a timer registration.
-    async fn next_upstream_chunk(&mut self) -> Result<Option<Result<Bytes, hyper::Error>>, ()> {
+    async fn next_upstream_chunk(
+        &mut self,
+    ) -> Result<Option<Result<Bytes, super::pool::BodyError>>, ()> {
         let deadline = tokio::time::Instant::now() + self.idle;
         let timer = self
             .idle_timer
@@ -172,7 +174,9 @@ impl Relay {
     /// The HTTP client hands a response body over one chunk per task switch, so an upstream that sent
     /// many events in one packet would otherwise cost one client write each. Yielding once lets the
     /// client connection decode the next chunk it already holds; nothing waits for data to arrive.
-    async fn ready_upstream_chunk(&mut self) -> Option<Option<Result<Bytes, hyper::Error>>> {
+    async fn ready_upstream_chunk(
+        &mut self,
+    ) -> Option<Option<Result<Bytes, super::pool::BodyError>>> {
         tokio::task::yield_now().await;
         futures_util::FutureExt::now_or_never(next_data(&mut self.upstream))
     }
@@ -763,7 +767,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let request = http::Request::post(format!("http://{addr}/v1/messages"))
-            .body(http_body_util::Full::new(Bytes::from_static(b"{}")))
+            .body(Bytes::from_static(b"{}"))
             .unwrap();
         HttpClient::new().unwrap().send(request).await.unwrap()
     }

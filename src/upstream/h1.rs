@@ -1,0 +1,675 @@
+//! Our HTTP/1.1 client side for plain `http://` upstreams: the request is written and its response read
+//! by the request's own task, on a connection taken from [`super::pool`]. No connection task, no
+//! channels between tasks: hyper's client connection cost a task switch each way per request and a
+//! per-connection dispatcher whose state every request walked through (bench/profile.sh: ≈ 11.7k
+//! instructions per request; with 256 connections that state no longer fits in L2).
+//!
+//! httparse reads the response head; the body is framed as RFC 9112 §6.3 says: no body for 1xx, 204
+//! and 304, chunked transfer coding, `Content-Length`, or else until the server closes. A connection is
+//! reusable only when its body ended cleanly, the server did not ask to close, and nothing was left
+//! over in the buffer.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bound on opening one TCP connection.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 8 * 1024;
+/// Bound on a response head, and on a chunk-size line or trailer section.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bound on the number of header fields in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// One open connection to an upstream, with the bytes read from it and not yet used.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+/// Why an exchange produced no response head.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The request could not be written to a connection that had served before: the server closed
+    /// it while it was idle, so it cannot have acted on this request. It may go again on a new one.
+    Unsent(String),
+    Failed(String),
+}
+
+impl Conn {
+    /// Open a TCP connection to `authority` (`[::1]` in a URL is `::1` to the resolver; port 80 when
+    /// the URL names none), bounded by [`CONNECT_TIMEOUT`].
+    pub async fn connect(authority: &Authority) -> Result<Conn, String> {
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = authority.port_u16().unwrap_or(80);
+        let io = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await
+        {
+            Err(_) => return Err("tcp connect error: connection timed out".into()),
+            Ok(Err(error)) => return Err(format!("tcp connect error: {error}")),
+            Ok(Ok(io)) => io,
+        };
+        let _ = io.set_nodelay(true);
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// An idle connection can carry a request: nothing arrived on it since its last response (a
+    /// server that closed it sent an end of file; anything else would be a protocol error). Costs no
+    /// system call unless the socket was reported readable.
+    pub fn is_open(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Write `request` (a whole encoded request) and read the response head; the body is then read
+    /// from the returned [`ResponseBody`]. `reused`: the connection served an earlier request.
+    pub async fn exchange(
+        mut self,
+        request: &[u8],
+        reused: bool,
+    ) -> Result<http::Response<ResponseBody>, ExchangeError> {
+        if let Err(error) = self.io.write_all(request).await {
+            let detail = format!("error writing the request: {error}");
+            return Err(if reused {
+                ExchangeError::Unsent(detail)
+            } else {
+                ExchangeError::Failed(detail)
+            });
+        }
+        loop {
+            if let Some(head) = parse_head(&mut self.buf).map_err(ExchangeError::Failed)? {
+                match head.status.as_u16() {
+                    101 => {
+                        return Err(ExchangeError::Failed(
+                            "the upstream switched protocols (101), which was not asked for".into(),
+                        ));
+                    }
+                    // Interim answers (100 Continue, 103 Early Hints): the final one follows.
+                    100..=199 => continue,
+                    _ => return Ok(head.into_response(self)),
+                }
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(ExchangeError::Failed(
+                    "invalid HTTP response: the head is larger than 64 KiB".into(),
+                ));
+            }
+            self.buf.reserve(READ_SIZE);
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => {
+                    return Err(ExchangeError::Failed(
+                        "connection closed before message completed".into(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(ExchangeError::Failed(format!(
+                        "error reading the response: {error}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Encode a request with a complete body into `out`: request line in origin form, `Host` from
+/// `authority` unless `headers` has one, the headers as given (names are lowercase in `http`), and
+/// `Content-Length` (left out only for a bodiless GET or HEAD).
+pub fn encode_request(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let path = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let path = if path.is_empty() { "/" } else { path };
+    out.reserve(64 + path.len() + 48 * headers.len() + body.len());
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(http::header::HOST)
+        && let Some(authority) = uri.authority()
+    {
+        // The default port is left out of `Host`, any other kept as the URL has it.
+        let host = authority.as_str();
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.strip_suffix(":80").unwrap_or(host).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() || !matches!(*method, Method::GET | Method::HEAD) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// A parsed response head: status, version and the header fields, their values slices of `head`.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    version: Version,
+    head: Bytes,
+    fields: Vec<(HeaderName, Range<usize>)>,
+}
+
+/// Parse a response head at the start of `buf` and take it out of `buf`; `None` while incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut storage);
+    let length = match response.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(format!("invalid HTTP response: {error}")),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or("invalid HTTP response: invalid status code")?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let mut fields = Vec::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
+            format!(
+                "invalid HTTP response: invalid header name {:?}",
+                field.name
+            )
+        })?;
+        let start = field.value.as_ptr() as usize - base;
+        fields.push((name, start..start + field.value.len()));
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        head: buf.split_to(length).freeze(),
+        fields,
+    }))
+}
+
+impl Head {
+    fn into_response(self, conn: Conn) -> http::Response<ResponseBody> {
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, range) in self.fields {
+            // httparse admits obs-text that `HeaderValue` refuses: such a field is left out.
+            if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(range)) {
+                headers.append(name, value);
+            }
+        }
+        let (framing, reusable) = framing(self.status, self.version, &headers);
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            framing,
+            reusable,
+        };
+        body.settle();
+        let mut response = http::Response::new(body);
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = headers;
+        response
+    }
+}
+
+/// How the body is delimited, and whether the connection may carry another request after it.
+fn framing(status: StatusCode, version: Version, headers: &HeaderMap) -> (Framing, bool) {
+    let mut reusable = match version {
+        Version::HTTP_10 => has_token(headers, CONNECTION, "keep-alive"),
+        _ => !has_token(headers, CONNECTION, "close"),
+    };
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return (Framing::Length(0), reusable);
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        // With both codings named, transfer coding wins and the connection is not trusted again.
+        reusable &= !headers.contains_key(CONTENT_LENGTH);
+        return if chunked {
+            (Framing::Chunked(Chunk::Size), reusable)
+        } else {
+            (Framing::UntilClose, false)
+        };
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        match (length, parsed) {
+            (_, None) => return (Framing::Invalid, false),
+            (Some(seen), Some(this)) if seen != this => return (Framing::Invalid, false),
+            _ => length = parsed,
+        }
+    }
+    match length {
+        Some(length) => (Framing::Length(length), reusable),
+        None => (Framing::UntilClose, false),
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',')
+                .any(|item| item.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// No length: the body ends when the server closes the connection.
+    UntilClose,
+    /// The head declared lengths that cannot be read (invalid or conflicting `Content-Length`).
+    Invalid,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of chunk data are still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// The last chunk was read: optional trailer fields, then an empty line.
+    Trailers,
+}
+
+/// The error of a response body.
+#[derive(Debug, Clone)]
+pub struct BodyError(pub String);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// The body of a response, read from its connection as it is polled.
+pub struct ResponseBody {
+    /// `None` once the body ended or failed (the connection was taken back or closed).
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// All of the body has been read.
+    pub fn is_done(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    /// Bytes still to come when the length is known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(left) => Some(left),
+            Framing::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The connection, once the body ended cleanly and it can carry another request.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        if self.framing == Framing::Done && self.reusable {
+            self.reusable = false;
+            return self.conn.take().filter(|conn| conn.buf.is_empty());
+        }
+        None
+    }
+
+    /// The next piece of the body: `None` at its end.
+    pub fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match take_data(&mut self.framing, &mut conn.buf) {
+                Err(error) => return Poll::Ready(Some(Err(self.fail(error)))),
+                Ok(Some(data)) => {
+                    self.settle();
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Ok(None) if self.framing == Framing::Done => return Poll::Ready(None),
+                Ok(None) => {}
+            }
+            if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
+                conn.buf.reserve(READ_SIZE);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if self.framing == Framing::UntilClose {
+                        self.framing = Framing::Done;
+                        self.reusable = false;
+                        return Poll::Ready(None);
+                    }
+                    let error = "connection closed before the body ended".to_owned();
+                    return Poll::Ready(Some(Err(self.fail(error))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    let error = format!("error reading a body from connection: {error}");
+                    return Poll::Ready(Some(Err(self.fail(error))));
+                }
+            }
+        }
+    }
+
+    /// Go past framing that is already in the buffer (a chunk's CRLF, the next size line, the last
+    /// chunk and trailers), so the end of the body is known as soon as its bytes are here. A malformed
+    /// piece is left for the next poll to report.
+    fn settle(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            let _ = advance(&mut self.framing, &mut conn.buf);
+        }
+    }
+
+    fn fail(&mut self, error: String) -> BodyError {
+        self.conn = None;
+        self.reusable = false;
+        self.framing = Framing::Done;
+        BodyError(error)
+    }
+}
+
+/// Consume framing that carries no data while the buffer holds it; stops at data or missing bytes.
+fn advance(framing: &mut Framing, buf: &mut BytesMut) -> Result<(), String> {
+    loop {
+        match *framing {
+            Framing::Length(0) | Framing::Chunked(Chunk::Data(0)) => {
+                *framing = match *framing {
+                    Framing::Length(_) => Framing::Done,
+                    _ => Framing::Chunked(Chunk::DataEnd),
+                };
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(());
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err("invalid chunked body: chunk data is not followed by CRLF".into());
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(()),
+                _ => return Err("invalid chunked body: invalid chunk size line".into()),
+            },
+            Framing::Chunked(Chunk::Trailers) => {
+                if buf.starts_with(b"\r\n") {
+                    buf.advance(2);
+                } else if let Some(at) = memchr::memmem::find(buf, b"\r\n\r\n") {
+                    buf.advance(at + 4);
+                } else if buf.len() <= MAX_HEAD {
+                    return Ok(());
+                } else {
+                    return Err("invalid chunked body: trailers larger than 64 KiB".into());
+                }
+                *framing = Framing::Done;
+            }
+            Framing::Invalid => {
+                return Err("invalid HTTP response: invalid or conflicting content-length".into());
+            }
+            Framing::Length(_)
+            | Framing::Chunked(Chunk::Data(_))
+            | Framing::UntilClose
+            | Framing::Done => return Ok(()),
+        }
+    }
+}
+
+/// The next data the buffer holds, after any framing before it.
+fn take_data(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+    advance(framing, buf)?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let data = match framing {
+        Framing::Length(left) | Framing::Chunked(Chunk::Data(left)) => {
+            let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+            *left -= take as u64;
+            buf.split_to(take).freeze()
+        }
+        Framing::UntilClose => buf.split().freeze(),
+        _ => return Ok(None),
+    };
+    Ok(Some(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode `wire` (a body after its head) delivered in the given pieces: the data, and whether
+    /// the end was recognised.
+    fn decode(mut framing: Framing, pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), String> {
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            while let Some(bytes) = take_data(&mut framing, &mut buf)? {
+                data.extend_from_slice(&bytes);
+            }
+        }
+        Ok((data, framing == Framing::Done && buf.is_empty()))
+    }
+
+    const CHUNKED: &[u8] =
+        b"5;ext=1\r\nhello\r\n1A\r\n, world of chunked bodies!\r\n0\r\nx-trailer: 1\r\n\r\n";
+
+    #[test]
+    fn chunked_bodies_decode_the_same_whatever_the_split() {
+        let whole = decode(Framing::Chunked(Chunk::Size), &[CHUNKED]).unwrap();
+        assert_eq!(
+            whole,
+            (b"hello, world of chunked bodies!".to_vec(), true),
+            "{whole:?}"
+        );
+        for one in 0..=CHUNKED.len() {
+            for two in one..=CHUNKED.len() {
+                let pieces = [&CHUNKED[..one], &CHUNKED[one..two], &CHUNKED[two..]];
+                assert_eq!(
+                    decode(Framing::Chunked(Chunk::Size), &pieces).unwrap(),
+                    whole,
+                    "split at {one} and {two}"
+                );
+            }
+        }
+        let plain_end = b"3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(
+            decode(Framing::Chunked(Chunk::Size), &[plain_end]).unwrap(),
+            (b"abc".to_vec(), true)
+        );
+        let unfinished = decode(Framing::Chunked(Chunk::Size), &[&CHUNKED[..40]]).unwrap();
+        assert!(!unfinished.1);
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_and_lengths_are_errors() {
+        for wire in [&b"zz\r\nabc\r\n"[..], b"3\r\nabcX\r\n0\r\n\r\n"] {
+            let error = decode(Framing::Chunked(Chunk::Size), &[wire]).unwrap_err();
+            assert!(error.starts_with("invalid chunked body"), "{error}");
+        }
+        let error = decode(Framing::Invalid, &[b"abc"]).unwrap_err();
+        assert!(error.contains("content-length"), "{error}");
+    }
+
+    #[test]
+    fn a_length_body_stops_at_its_length() {
+        let (data, done) = decode(Framing::Length(3), &[b"a", b"bc"]).unwrap();
+        assert_eq!((data.as_slice(), done), (&b"abc"[..], true));
+        // Bytes after the body are not part of it (and keep the connection from being reused).
+        let mut framing = Framing::Length(2);
+        let mut buf = BytesMut::from(&b"abEXTRA"[..]);
+        assert_eq!(take_data(&mut framing, &mut buf).unwrap().unwrap(), "ab");
+        assert_eq!(take_data(&mut framing, &mut buf).unwrap(), None);
+        assert_eq!((framing, &buf[..]), (Framing::Done, &b"EXTRA"[..]));
+    }
+
+    fn head(text: &str) -> (Head, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        let head = parse_head(&mut buf).unwrap().unwrap();
+        (head, buf)
+    }
+
+    fn framing_of(text: &str) -> (Framing, bool) {
+        let (head, _) = head(text);
+        let mut headers = HeaderMap::new();
+        for (name, range) in head.fields {
+            headers.append(
+                name,
+                HeaderValue::from_maybe_shared(head.head.slice(range)).unwrap(),
+            );
+        }
+        framing(head.status, head.version, &headers)
+    }
+
+    #[test]
+    fn heads_are_parsed_and_framed_as_rfc_9112_says() {
+        let (parsed, rest) =
+            head("HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nX-A: 1\r\nx-a: 2\r\n\r\nBODY");
+        assert_eq!(parsed.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(&rest[..], b"BODY");
+        let names: Vec<_> = parsed.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["retry-after", "x-a", "x-a"]);
+        assert_eq!(&parsed.head[parsed.fields[0].1.clone()], b"7");
+
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]);
+        assert!(parse_head(&mut partial).unwrap().is_none());
+        assert_eq!(partial.len(), 28, "an incomplete head stays in the buffer");
+        let mut garbage = BytesMut::from(&b"SSH-2.0-OpenSSH\r\n\r\n"[..]);
+        assert!(
+            parse_head(&mut garbage)
+                .unwrap_err()
+                .starts_with("invalid HTTP response")
+        );
+
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
+                (Framing::Length(12), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+                (Framing::Length(5), false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                (Framing::Chunked(Chunk::Size), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                (Framing::Chunked(Chunk::Size), false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                (Framing::UntilClose, false),
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", (Framing::UntilClose, false)),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                (Framing::Length(0), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                (Framing::Invalid, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: -3\r\n\r\n",
+                (Framing::Invalid, false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n",
+                (Framing::Length(3), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 3\r\nConnection: Keep-Alive\r\n\r\n",
+                (Framing::Length(3), true),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(framing_of(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn requests_are_encoded_in_origin_form_with_host_and_length() {
+        let uri: http::Uri = "http://10.0.0.1:80/v1/chat/completions?a=b"
+            .parse()
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let mut out = Vec::new();
+        encode_request(&Method::POST, &uri, &headers, b"{}", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /v1/chat/completions?a=b HTTP/1.1\r\nhost: 10.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        let uri: http::Uri = "http://[::1]:8000".parse().unwrap();
+        headers.insert("host", HeaderValue::from_static("example.test"));
+        let mut out = Vec::new();
+        encode_request(&Method::GET, &uri, &headers, b"", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\ncontent-type: application/json\r\nhost: example.test\r\n\r\n"
+        );
+    }
+}
