@@ -153,6 +153,11 @@ impl Body {
         }
     }
 
+    /// The body is read from its socket by the task that polls it (no connection task in between).
+    pub fn reads_in_place(&self) -> bool {
+        matches!(self.inner, Inner::Own(_))
+    }
+
     /// Give the connection back if the body has ended and it can carry another request.
     fn release(&mut self) {
         if let Inner::Own(own) = &mut self.inner

@@ -171,21 +171,30 @@ impl Relay {
 
     /// The next upstream chunk that is already there, without waiting: `None` when none is.
     ///
-    /// The HTTP client hands a response body over one chunk per task switch, so an upstream that sent
-    /// many events in one packet would otherwise cost one client write each. Yielding once lets the
-    /// client connection decode the next chunk it already holds; nothing waits for data to arrive.
+    /// A body read in place (`http://`, [`super::h1`]) hands over what its buffer and socket hold at
+    /// once. hyper's client (`https://`) hands a body over one chunk per task switch, so an upstream
+    /// that sent many events in one packet would otherwise cost one client write each: yielding once
+    /// lets its connection task decode the next chunk it already holds. Nothing waits for data.
     async fn ready_upstream_chunk(
         &mut self,
     ) -> Option<Option<Result<Bytes, super::pool::BodyError>>> {
-        tokio::task::yield_now().await;
+        if !self.upstream.reads_in_place() {
+            tokio::task::yield_now().await;
+        }
         futures_util::FutureExt::now_or_never(next_data(&mut self.upstream))
     }
 
     /// The upstream sent its last event: take the end of its body if it is already there (one yield,
     /// never a wait), so its connection goes back to the pool instead of closing.
     async fn read_upstream_end(&mut self) {
+        use hyper::body::Body as _;
         for _ in 0..2 {
-            match self.ready_upstream_chunk().await {
+            if self.upstream.is_end_stream() {
+                return;
+            }
+            // The end may be a packet behind the last event: one yield lets the runtime see it.
+            tokio::task::yield_now().await;
+            match futures_util::FutureExt::now_or_never(next_data(&mut self.upstream)) {
                 Some(Some(Ok(_))) => {}
                 _ => return,
             }
@@ -792,5 +801,87 @@ mod tests {
         assert!(rest.starts_with(b"event: message_stop\n"), "{rest:?}");
         assert!(relay.next_output().await.unwrap().is_none());
         assert_eq!(relay.facts.events, 21);
+    }
+
+    /// A converted stream stops reading at the upstream's own last event; the end of the body that came
+    /// with it is recognised, so the upstream connection carries the next stream instead of closing.
+    #[tokio::test]
+    async fn a_converted_stream_gives_its_upstream_connection_back() {
+        use crate::protocol::Protocol;
+        use crate::protocol::stream::{StreamConverter, StreamOptions};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_| async {
+                        let chunk = |delta: &str, finish: &str| {
+                            format!(
+                                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
+                            )
+                        };
+                        let frames = [
+                            chunk(r#"{"role":"assistant","content":"Hi"}"#, "null"),
+                            chunk("{}", r#""stop""#),
+                            "data: [DONE]\n\n".to_owned(),
+                        ]
+                        .map(|text| {
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                Bytes::from(text),
+                            ))
+                        });
+                        let body =
+                            http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(body)
+                                .unwrap(),
+                        )
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let client = HttpClient::new().unwrap();
+        for _ in 0..3 {
+            let request = http::Request::post(format!("http://{addr}/v1/chat/completions"))
+                .body(Bytes::from_static(b"{}"))
+                .unwrap();
+            let response = client.send(request).await.unwrap();
+            let options = StreamOptions {
+                id: "req-1".into(),
+                model: "m".into(),
+                include_usage: false,
+                input_tokens: 1,
+            };
+            let converter = StreamConverter::new(Protocol::OpenAi, Protocol::Anthropic, options);
+            let mut relay = Relay::new(
+                response,
+                Transform::Convert(Box::new(converter)),
+                Duration::from_secs(10),
+                None,
+                false,
+            );
+            let mut out = Vec::new();
+            while let Some(bytes) = relay.next_output().await.unwrap() {
+                out.extend_from_slice(&bytes);
+            }
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("event: message_stop"), "{text}");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one upstream connection for three streams"
+        );
     }
 }
