@@ -652,23 +652,25 @@ mod tests {
 
     #[test]
     fn requests_are_encoded_in_origin_form_with_host_and_length() {
-        let uri: http::Uri = "http://10.0.0.1:80/v1/chat/completions?a=b"
-            .parse()
-            .unwrap();
+        let encoded = |method: Method, url: &str, headers: &HeaderMap, body: &[u8]| {
+            let mut out = Vec::new();
+            encode_request(&method, &url.parse().unwrap(), headers, body, &mut out);
+            String::from_utf8(out).unwrap()
+        };
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let mut out = Vec::new();
-        encode_request(&Method::POST, &uri, &headers, b"{}", &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(
+                Method::POST,
+                "http://10.0.0.1:80/v1/chat/completions?a=b",
+                &headers,
+                b"{}"
+            ),
             "POST /v1/chat/completions?a=b HTTP/1.1\r\nhost: 10.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
         );
-        let uri: http::Uri = "http://[::1]:8000".parse().unwrap();
         headers.insert("host", HeaderValue::from_static("example.test"));
-        let mut out = Vec::new();
-        encode_request(&Method::GET, &uri, &headers, b"", &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(Method::GET, "http://[::1]:8000", &headers, b""),
             "GET / HTTP/1.1\r\ncontent-type: application/json\r\nhost: example.test\r\n\r\n"
         );
     }
