@@ -273,10 +273,12 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap) -> (Framin
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        let parsed = value
-            .to_str()
+        // Digits only (`u64::from_str` would also take a sign).
+        let parsed = std::str::from_utf8(value.as_bytes())
             .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok());
+            .map(str::trim)
+            .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|text| text.parse::<u64>().ok());
         match (length, parsed) {
             (_, None) => return (Framing::Invalid, false),
             (Some(seen), Some(this)) if seen != this => return (Framing::Invalid, false),
@@ -630,6 +632,10 @@ mod tests {
             ),
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
+                (Framing::Invalid, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
                 (Framing::Invalid, false),
             ),
             (
