@@ -9,6 +9,7 @@
 //! connection; idle connections older than [`IDLE_TIMEOUT`] are dropped; at most [`MAX_IDLE`] idle
 //! connections per origin. A body dropped before its end closes its connection (HTTP/1 cannot reuse it).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -35,7 +36,9 @@ pub struct Pool {
 /// The idle connections to one origin; a response body holds its origin to give its connection back.
 #[derive(Default)]
 struct Origin {
-    idle: Mutex<Vec<Idle>>,
+    /// Oldest first: taken from the back (the most recently used), expired and closed ones dropped
+    /// from the front.
+    idle: Mutex<VecDeque<Idle>>,
 }
 
 struct Idle {
@@ -105,7 +108,7 @@ impl Origin {
     /// The most recently returned idle connection that is still open.
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(Idle { conn, since }) = idle.pop() {
+        while let Some(Idle { conn, since }) = idle.pop_back() {
             if conn.is_open() && since.elapsed() <= IDLE_TIMEOUT {
                 return Some(conn);
             }
@@ -113,11 +116,19 @@ impl Origin {
         None
     }
 
+    /// Keep `conn` for the next request. Connections at the front that expired or that the server
+    /// closed are dropped first: with no connection task watching them, a connection the server closed
+    /// would otherwise hold its socket until a checkout reached it (under light load, never).
     fn put_back(&self, conn: Conn) {
         let since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while idle.front().is_some_and(|oldest| {
+            since.duration_since(oldest.since) > IDLE_TIMEOUT || !oldest.conn.is_open()
+        }) {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since });
+            idle.push_back(Idle { conn, since });
         }
     }
 }
@@ -475,5 +486,64 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.starts_with("invalid HTTP response"), "{error}");
+    }
+
+    /// An idle connection the server closed is dropped when another connection goes back, not kept
+    /// (with its socket) until a checkout happens to reach it.
+    #[tokio::test]
+    async fn idle_connections_the_server_closed_are_dropped_when_another_comes_back() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for index in 0.. {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&chunk[..n]);
+                        if !seen.ends_with(b"{}") {
+                            continue;
+                        }
+                        seen.clear();
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        // The first connection is closed by the server right after its answer.
+                        if index == 0 {
+                            drop(stream);
+                            closed_tx.send(()).unwrap();
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        let key = addr.to_string();
+        let url = format!("http://{addr}/x");
+        // Two connections: the first (closed by the server) goes back before the second.
+        let first = pool.send(post(&url)).await.unwrap();
+        let second = pool.send(post(&url)).await.unwrap();
+        assert_eq!(text(first).await, "ok");
+        assert_eq!(pool.idle(&key), 1);
+        closed.recv().await.unwrap();
+        // Let the runtime's I/O driver see the end of file on the closed connection.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        // The second goes back (and a third request uses it): the closed one, older, is dropped.
+        assert_eq!(text(second).await, "ok");
+        let third = pool.send(post(&url)).await.unwrap();
+        assert_eq!(text(third).await, "ok");
+        assert_eq!(pool.idle(&key), 1, "the closed connection was dropped");
     }
 }
