@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::ConnectInfo;
 use axum::response::Response;
 use axum::routing::{get, post};
 use futures_util::FutureExt;
@@ -112,15 +112,15 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
                 if let Some(peer) = self.peer {
                     extensions.insert(ConnectInfo(peer));
                 }
-                if request.headers().contains_key(http::header::ORIGIN) {
-                    Inner::Cors {
-                        future: self.cors.clone().call(request),
-                    }
+                // Boxed: these paths are off the API hot path, and inline their futures (≈ 500 bytes)
+                // would make every `AppFuture` that large — hyper moves it into its per-connection
+                // slot on every request, ten cache lines under many connections.
+                let future: RouterFuture = if request.headers().contains_key(http::header::ORIGIN) {
+                    Box::pin(self.cors.clone().call(request))
                 } else {
-                    Inner::Router {
-                        future: self.plain.clone().call(request),
-                    }
-                }
+                    Box::pin(self.plain.clone().call(request))
+                };
+                Inner::Router { future }
             }
         };
         AppFuture {
@@ -134,12 +134,14 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
     }
 }
 
+/// The router's future (with or without the CORS layer), boxed.
+type RouterFuture = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+
 pin_project_lite::pin_project! {
     #[project = InnerProj]
     enum Inner {
         Direct { #[pin] future: DirectFuture, protocol: Protocol },
-        Router { #[pin] future: <Router as Service<Request>>::Future },
-        Cors { #[pin] future: <Cors<Router> as Service<Request>>::Future },
+        Router { future: RouterFuture },
     }
 }
 
@@ -178,10 +180,7 @@ impl Future for AppFuture {
                 Ok(response) => response,
                 Err(_) => panic_response(*protocol),
             },
-            InnerProj::Router { future } => match ready!(future.poll(cx)) {
-                Ok(response) => response,
-            },
-            InnerProj::Cors { future } => match ready!(future.poll(cx)) {
+            InnerProj::Router { future } => match ready!(future.as_mut().poll(cx)) {
                 Ok(response) => response,
             },
         };
