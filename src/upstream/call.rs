@@ -13,6 +13,7 @@ use crate::config::BackendKind;
 use crate::secret::Secret;
 
 use super::client::{Failure, HttpClient, Response, Target, read_body};
+use super::h1::{HeaderSink, header_safe};
 
 /// Everything needed to send one attempt.
 pub struct CallSpec<'a> {
@@ -96,78 +97,19 @@ pub enum Reply {
     },
 }
 
-pub async fn send(client: &HttpClient, spec: CallSpec<'_>) -> Result<Reply, Fault> {
-    let mut request = http::Request::new(spec.body);
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = spec.target.uri.clone();
-    let headers = request.headers_mut();
-    headers.reserve(6);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::ACCEPT,
-        HeaderValue::from_static(if spec.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }),
-    );
-    if let Ok(id) = HeaderValue::from_str(spec.request_id) {
-        headers.insert(crate::http::names::X_REQUEST_ID, id);
-    }
-    match spec.kind {
-        BackendKind::Anthropic => {
-            if let Some(key) = spec
-                .api_key
-                .and_then(|k| HeaderValue::from_str(k.expose()).ok())
-            {
-                headers.insert(crate::http::names::X_API_KEY, sensitive(key));
-            } else if let Some(auth) = spec.passthrough_auth {
-                // The client's own credential: a bearer token stays `Authorization` (OAuth), a bare
-                // key (from the client's `x-api-key`) is sent as `x-api-key`, as Anthropic expects.
-                let name = if is_bearer(auth) {
-                    header::AUTHORIZATION
-                } else {
-                    crate::http::names::X_API_KEY
-                };
-                headers.insert(name, sensitive(auth.clone()));
-            }
-            if let Ok(version) = HeaderValue::from_str(spec.anthropic_version) {
-                headers.insert(crate::http::names::ANTHROPIC_VERSION, version);
-            }
-            if let Some(beta) = spec.anthropic_beta {
-                headers.insert(crate::http::names::ANTHROPIC_BETA, beta.clone());
-            }
-        }
-        BackendKind::OpenAi | BackendKind::Echo => {
-            if let Some(key) = spec
-                .api_key
-                .and_then(|k| HeaderValue::from_str(&format!("Bearer {}", k.expose())).ok())
-            {
-                headers.insert(header::AUTHORIZATION, sensitive(key));
-            } else if let Some(auth) = spec.passthrough_auth {
-                // A bare key (an Anthropic client's `x-api-key`) becomes a bearer token.
-                let value = if is_bearer(auth) {
-                    Some(auth.clone())
-                } else {
-                    auth.to_str()
-                        .ok()
-                        .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok())
-                };
-                if let Some(value) = value {
-                    headers.insert(header::AUTHORIZATION, sensitive(value));
-                }
-            }
-        }
-    }
-    if let Some(basic) = &spec.target.basic_auth
-        && !headers.contains_key(header::AUTHORIZATION)
-    {
-        headers.insert(header::AUTHORIZATION, basic.clone());
-    }
-    let response = match client.send_within(request, spec.timeout).await {
+pub async fn send(client: &HttpClient, mut spec: CallSpec<'_>) -> Result<Reply, Fault> {
+    let body = std::mem::take(&mut spec.body);
+    // The headers are written once, where they go: into the request's bytes for `http://`, into a
+    // header map for hyper-util (`https://`) — no map built and dropped per request on the hot path.
+    let response = client
+        .post(
+            &spec.target.uri,
+            |sink| write_headers(&spec, sink),
+            body,
+            spec.timeout,
+        )
+        .await;
+    let response = match response {
         Err(Failure::Timeout) => return Err(Fault::Timeout(spec.timeout)),
         Err(Failure::Connect(detail)) => return Err(Fault::Connect(detail)),
         Ok(response) => response,
@@ -200,16 +142,87 @@ pub async fn send(client: &HttpClient, spec: CallSpec<'_>) -> Result<Reply, Faul
     })
 }
 
+/// The headers of one upstream request: content type, accept, request id, the backend's credential (or
+/// the client's, passed through on an open gateway), Anthropic's version and beta, and the URL's basic
+/// auth when nothing else authorizes. A value that is not valid in a header is left out by the sink; a
+/// backend key that is not valid gives way to the client's credential.
+fn write_headers(spec: &CallSpec<'_>, sink: &mut dyn HeaderSink) {
+    sink.put(header::CONTENT_TYPE, "", b"application/json", false);
+    let accept: &[u8] = if spec.stream {
+        b"text/event-stream"
+    } else {
+        b"application/json"
+    };
+    sink.put(header::ACCEPT, "", accept, false);
+    sink.put(
+        crate::http::names::X_REQUEST_ID,
+        "",
+        spec.request_id.as_bytes(),
+        false,
+    );
+    let api_key = spec
+        .api_key
+        .map(|key| key.expose().as_bytes())
+        .filter(|key| header_safe(key));
+    let mut authorized = false;
+    match spec.kind {
+        BackendKind::Anthropic => {
+            if let Some(key) = api_key {
+                sink.put(crate::http::names::X_API_KEY, "", key, true);
+            } else if let Some(auth) = spec.passthrough_auth {
+                // The client's own credential: a bearer token stays `Authorization` (OAuth), a bare
+                // key (from the client's `x-api-key`) is sent as `x-api-key`, as Anthropic expects.
+                let name = if is_bearer(auth) {
+                    authorized = true;
+                    header::AUTHORIZATION
+                } else {
+                    crate::http::names::X_API_KEY
+                };
+                sink.put(name, "", auth.as_bytes(), true);
+            }
+            sink.put(
+                crate::http::names::ANTHROPIC_VERSION,
+                "",
+                spec.anthropic_version.as_bytes(),
+                false,
+            );
+            if let Some(beta) = spec.anthropic_beta {
+                sink.put(
+                    crate::http::names::ANTHROPIC_BETA,
+                    "",
+                    beta.as_bytes(),
+                    false,
+                );
+            }
+        }
+        BackendKind::OpenAi | BackendKind::Echo => {
+            if let Some(key) = api_key {
+                sink.put(header::AUTHORIZATION, "Bearer ", key, true);
+                authorized = true;
+            } else if let Some(auth) = spec.passthrough_auth {
+                // A bare key (an Anthropic client's `x-api-key`) becomes a bearer token.
+                if is_bearer(auth) {
+                    sink.put(header::AUTHORIZATION, "", auth.as_bytes(), true);
+                    authorized = true;
+                } else if auth.to_str().is_ok() {
+                    sink.put(header::AUTHORIZATION, "Bearer ", auth.as_bytes(), true);
+                    authorized = true;
+                }
+            }
+        }
+    }
+    if let Some(basic) = &spec.target.basic_auth
+        && !authorized
+    {
+        sink.put(header::AUTHORIZATION, "", basic.as_bytes(), true);
+    }
+}
+
 fn is_bearer(value: &HeaderValue) -> bool {
     value
         .as_bytes()
         .get(..7)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
-}
-
-fn sensitive(mut value: HeaderValue) -> HeaderValue {
-    value.set_sensitive(true);
-    value
 }
 
 /// `Retry-After` in seconds (HTTP dates are rare from LLM APIs and are treated as absent).
@@ -261,5 +274,80 @@ mod tests {
         assert!(is_bearer(&HeaderValue::from_static("bearer sk-x")));
         assert!(!is_bearer(&HeaderValue::from_static("sk-ant-x")));
         assert!(!is_bearer(&HeaderValue::from_static("Bear")));
+    }
+
+    /// The headers written into an `http://` request's bytes are the ones an `https://` request's map
+    /// gets, credentials marked sensitive in the map; invalid values are left out of both.
+    #[test]
+    fn headers_are_the_same_on_the_wire_and_in_a_map() {
+        let plain = Target::parse("http://user:pw@127.0.0.1:9/v1/chat/completions").unwrap();
+        let key = Secret::new("sk-backend");
+        let bad_key = Secret::new("sk\nbad");
+        let client_bearer = HeaderValue::from_static("Bearer sk-client");
+        let client_bare = HeaderValue::from_static("sk-ant-client");
+        let beta = HeaderValue::from_static("tools-2024");
+        let spec = |kind, api_key, passthrough_auth, request_id| CallSpec {
+            kind,
+            target: &plain,
+            body: Bytes::new(),
+            api_key,
+            passthrough_auth,
+            anthropic_version: "2023-06-01",
+            anthropic_beta: Some(&beta),
+            request_id,
+            stream: true,
+            timeout: Duration::from_secs(1),
+        };
+        let cases = [
+            (
+                spec(
+                    BackendKind::OpenAi,
+                    Some(&key),
+                    Some(&client_bearer),
+                    "req-1",
+                ),
+                "content-type: application/json|accept: text/event-stream|x-request-id: req-1|authorization: Bearer sk-backend",
+            ),
+            (
+                spec(
+                    BackendKind::OpenAi,
+                    Some(&bad_key),
+                    Some(&client_bare),
+                    "req\r\n2",
+                ),
+                "content-type: application/json|accept: text/event-stream|authorization: Bearer sk-ant-client",
+            ),
+            (
+                spec(BackendKind::OpenAi, None, None, "r"),
+                "content-type: application/json|accept: text/event-stream|x-request-id: r|authorization: Basic dXNlcjpwdw==",
+            ),
+            (
+                spec(BackendKind::Anthropic, None, Some(&client_bare), "r"),
+                "content-type: application/json|accept: text/event-stream|x-request-id: r|x-api-key: sk-ant-client|anthropic-version: 2023-06-01|anthropic-beta: tools-2024|authorization: Basic dXNlcjpwdw==",
+            ),
+            (
+                spec(BackendKind::Anthropic, Some(&key), None, "r"),
+                "content-type: application/json|accept: text/event-stream|x-request-id: r|x-api-key: sk-backend|anthropic-version: 2023-06-01|anthropic-beta: tools-2024|authorization: Basic dXNlcjpwdw==",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let mut wire = Vec::new();
+            write_headers(&spec, &mut super::super::h1::WireHeaders { out: &mut wire });
+            let wire = String::from_utf8(wire).unwrap();
+            assert_eq!(wire.trim_end().replace("\r\n", "|"), expected);
+            let mut map = http::HeaderMap::new();
+            write_headers(&spec, &mut map);
+            let from_map: Vec<String> = map
+                .iter()
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                .collect();
+            assert_eq!(from_map.join("|"), expected);
+            for name in ["authorization", "x-api-key"] {
+                if let Some(value) = map.get(name) {
+                    assert!(value.is_sensitive(), "{name}");
+                }
+            }
+            assert!(!map["content-type"].is_sensitive());
+        }
     }
 }

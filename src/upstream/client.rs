@@ -9,13 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::Either;
-use http::{HeaderValue, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::h1::{self, HeaderSink};
 use super::pool::{Body, Pool};
 
 /// A response whose body is still to be read or streamed.
@@ -76,6 +77,36 @@ impl HttpClient {
                 .map(|response| response.map(Body::unpooled))
                 .map_err(|error| describe(&error))
         }))
+    }
+
+    /// A `POST` of `body` to `uri` whose headers `headers` writes where they go: into the request's
+    /// bytes for `http://` (no header map built and dropped), into a header map for `https://`.
+    /// Bounded by `timeout` up to the response head.
+    pub fn post<'a>(
+        &'a self,
+        uri: &'a Uri,
+        headers: impl FnOnce(&mut dyn HeaderSink),
+        body: Bytes,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Response, Failure>> + Send + 'a {
+        let sent = if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            let mut wire = Vec::with_capacity(512 + body.len());
+            h1::encode_request_line(&Method::POST, uri, false, &mut wire);
+            headers(&mut h1::WireHeaders { out: &mut wire });
+            h1::encode_request_end(&Method::POST, &body, &mut wire);
+            Either::Left(self.plain.send_encoded(uri, wire))
+        } else {
+            let mut request = Request::new(body);
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = uri.clone();
+            headers(request.headers_mut());
+            Either::Right(self.send(request))
+        };
+        tokio::time::timeout(timeout, sent).map(|result| match result {
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(detail)) => Err(Failure::Connect(detail)),
+            Ok(Ok(response)) => Ok(response),
+        })
     }
 
     /// A request with a JSON or empty body, bounded by `timeout` up to the response head.

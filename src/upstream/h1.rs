@@ -129,6 +129,82 @@ impl Conn {
     }
 }
 
+/// Where an upstream request's headers are written: `prefix` then `value` (`Bearer ` and a key), marked
+/// sensitive when it carries a credential (hyper's HTTP/2 encoder never indexes those). A value that is
+/// not valid in a header ([`header_safe`]) is left out.
+pub trait HeaderSink {
+    fn put(&mut self, name: HeaderName, prefix: &'static str, value: &[u8], sensitive: bool);
+}
+
+/// Bytes `HeaderValue` accepts: visible ASCII, space, tab and obs-text; no control characters.
+pub fn header_safe(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&byte| byte == b'\t' || (byte >= 0x20 && byte != 0x7f))
+}
+
+/// Headers written straight into an HTTP/1.1 request being encoded.
+pub struct WireHeaders<'a> {
+    pub out: &'a mut Vec<u8>,
+}
+
+impl HeaderSink for WireHeaders<'_> {
+    fn put(&mut self, name: HeaderName, prefix: &'static str, value: &[u8], _sensitive: bool) {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || !header_safe(value) {
+            return;
+        }
+        self.out.extend_from_slice(name.as_str().as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(prefix.as_bytes());
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl HeaderSink for HeaderMap {
+    fn put(&mut self, name: HeaderName, prefix: &'static str, value: &[u8], sensitive: bool) {
+        let value = if prefix.is_empty() {
+            HeaderValue::from_bytes(value)
+        } else {
+            HeaderValue::from_bytes(&[prefix.as_bytes(), value].concat())
+        };
+        if let Ok(mut value) = value {
+            value.set_sensitive(sensitive);
+            self.insert(name, value);
+        }
+    }
+}
+
+/// The request line and `Host` of a request to `uri` (origin form; the default port left out of
+/// `Host`), unless `has_host`: then only the request line.
+pub fn encode_request_line(method: &Method, uri: &http::Uri, has_host: bool, out: &mut Vec<u8>) {
+    let path = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let path = if path.is_empty() { "/" } else { path };
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !has_host && let Some(authority) = uri.authority() {
+        let host = authority.as_str();
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.strip_suffix(":80").unwrap_or(host).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The end of a request's head (`Content-Length`, left out only for a bodiless GET or HEAD) and its body.
+pub fn encode_request_end(method: &Method, body: &[u8], out: &mut Vec<u8>) {
+    if !body.is_empty() || !matches!(*method, Method::GET | Method::HEAD) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
 /// Encode a request with a complete body into `out`: request line in origin form, `Host` from
 /// `authority` unless `headers` has one, the headers as given (names are lowercase in `http`), and
 /// `Content-Length` (left out only for a bodiless GET or HEAD).
@@ -139,24 +215,8 @@ pub fn encode_request(
     body: &[u8],
     out: &mut Vec<u8>,
 ) {
-    let path = uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    let path = if path.is_empty() { "/" } else { path };
-    out.reserve(64 + path.len() + 48 * headers.len() + body.len());
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(http::header::HOST)
-        && let Some(authority) = uri.authority()
-    {
-        // The default port is left out of `Host`, any other kept as the URL has it.
-        let host = authority.as_str();
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.strip_suffix(":80").unwrap_or(host).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.reserve(128 + 48 * headers.len() + body.len());
+    encode_request_line(method, uri, headers.contains_key(http::header::HOST), out);
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
@@ -166,13 +226,7 @@ pub fn encode_request(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !body.is_empty() || !matches!(*method, Method::GET | Method::HEAD) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    encode_request_end(method, body, out);
 }
 
 /// A parsed response head: status, version and the header fields, their values slices of `head`.

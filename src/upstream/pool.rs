@@ -53,13 +53,19 @@ impl Pool {
         request: Request<Bytes>,
     ) -> Result<http::Response<Body>, String> {
         let (parts, body) = request.into_parts();
-        let authority = parts
-            .uri
-            .authority()
-            .ok_or("the upstream URL has no host")?;
         let mut wire = Vec::new();
         super::h1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut wire);
         drop(body);
+        self.send_encoded(&parts.uri, wire).await
+    }
+
+    /// Send a request already encoded ([`super::h1`]) to `uri`'s origin.
+    pub async fn send_encoded(
+        self: &Arc<Self>,
+        uri: &http::Uri,
+        wire: Vec<u8>,
+    ) -> Result<http::Response<Body>, String> {
+        let authority = uri.authority().ok_or("the upstream URL has no host")?;
         // The pool key is the authority as written (`host:port`); host and port are parsed only to dial.
         let origin = self.origin(authority.as_str());
         // A reused connection may turn out closed before it could take the request: then once more on
