@@ -150,15 +150,22 @@ pub struct WireHeaders<'a> {
 
 impl HeaderSink for WireHeaders<'_> {
     fn put(&mut self, name: HeaderName, prefix: &'static str, value: &[u8], _sensitive: bool) {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || !header_safe(value) {
-            return;
+        if header_safe(value) {
+            write_field(self.out, &name, prefix, value);
         }
-        self.out.extend_from_slice(name.as_str().as_bytes());
-        self.out.extend_from_slice(b": ");
-        self.out.extend_from_slice(prefix.as_bytes());
-        self.out.extend_from_slice(value);
-        self.out.extend_from_slice(b"\r\n");
     }
+}
+
+/// One header line; the framing headers are the encoder's own (`Content-Length` from the body).
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, prefix: &str, value: &[u8]) {
+    if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        return;
+    }
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(prefix.as_bytes());
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 impl HeaderSink for HeaderMap {
@@ -218,13 +225,7 @@ pub fn encode_request(
     out.reserve(128 + 48 * headers.len() + body.len());
     encode_request_line(method, uri, headers.contains_key(http::header::HOST), out);
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, "", value.as_bytes());
     }
     encode_request_end(method, body, out);
 }
