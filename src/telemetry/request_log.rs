@@ -241,6 +241,9 @@ struct WriterOptions {
     /// Test hook: the writer takes this lock before each record, so a test can stall it.
     #[cfg(test)]
     gate: Option<Arc<std::sync::Mutex<()>>>,
+    /// Test hook: counts the times a record woke the writer from a block.
+    #[cfg(test)]
+    wakeups: Option<Arc<AtomicU64>>,
 }
 
 impl RequestLogger {
@@ -264,6 +267,8 @@ impl RequestLogger {
                 zone,
                 #[cfg(test)]
                 gate: None,
+                #[cfg(test)]
+                wakeups: None,
             },
         )
     }
@@ -299,6 +304,8 @@ impl RequestLogger {
             current: None,
             line: Vec::with_capacity(4096),
             failed_hours: HashSet::new(),
+            #[cfg(test)]
+            wakeups: options.wakeups,
         };
         #[cfg(test)]
         let gate = options.gate;
@@ -404,6 +411,8 @@ struct Writer {
     line: Vec<u8>,
     /// Hours whose file could not be opened, so the failure is logged once rather than per record.
     failed_hours: HashSet<String>,
+    #[cfg(test)]
+    wakeups: Option<Arc<AtomicU64>>,
 }
 
 impl Writer {
@@ -441,8 +450,18 @@ impl Writer {
             crossbeam_channel::select! {
                 recv(rx) -> record => match record {
                     Ok(record) => {
-                        let _stalled = gate.as_ref().map(|g| g.lock());
-                        self.write(&record);
+                        #[cfg(test)]
+                        if let Some(wakeups) = &self.wakeups {
+                            wakeups.fetch_add(1, Ordering::Relaxed);
+                        }
+                        {
+                            let _stalled = gate.as_ref().map(|g| g.lock());
+                            self.write(&record);
+                        }
+                        // The first record after a quiet spell is written at once; then a nap, so
+                        // the records that follow it are a batch rather than one wake-up each.
+                        self.flush();
+                        std::thread::sleep(BATCH_INTERVAL);
                     }
                     Err(_) => break,
                 },
@@ -1255,6 +1274,7 @@ mod tests {
             WriterOptions {
                 zone: TimeZone::UTC,
                 gate: Some(gate.clone()),
+                wakeups: None,
             },
         ));
         let stall = gate.lock().unwrap_or_else(|e| panic!("{e}"));
@@ -1288,6 +1308,39 @@ mod tests {
         assert_eq!(dropped.load(Ordering::Relaxed), dropped_now + 1);
     }
 
+    /// Records arriving one by one, faster than the batch interval, are written in batches: the
+    /// writer is woken once per batch, not once per record (each wake-up is a system call on the
+    /// request path and a switch to the writer thread).
+    #[tokio::test]
+    async fn steady_records_wake_the_writer_once_per_batch() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (hook, _) = counter_hook();
+        let wakeups = Arc::new(AtomicU64::new(0));
+        let logger = RequestLogger::start_inner(
+            &cfg(dir.path(), LogFormat::ShareGpt),
+            no_redaction(),
+            hook,
+            WriterOptions {
+                zone: TimeZone::UTC,
+                gate: None,
+                wakeups: Some(wakeups.clone()),
+            },
+        );
+        let total = 100;
+        // The stimulus: one record every 2 ms (≈ 200 ms in all, ten batch intervals).
+        for i in 0..total {
+            logger.log(simple(&format!("r{i}"), "2026-11-22T10:00:00Z"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        logger.shutdown().await;
+        assert_eq!(read_lines(dir.path(), "20261122_10.jsonl").len(), total);
+        let woken = wakeups.load(Ordering::Relaxed);
+        assert!(
+            woken <= 30,
+            "the writer was woken {woken} times for {total} records"
+        );
+    }
+
     #[tokio::test]
     async fn shutdown_flushes_ten_thousand_queued_records() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -1300,6 +1353,7 @@ mod tests {
             WriterOptions {
                 zone: TimeZone::UTC,
                 gate: Some(gate.clone()),
+                wakeups: None,
             },
         );
         let stall = gate.lock().unwrap_or_else(|e| panic!("{e}"));
