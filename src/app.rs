@@ -80,6 +80,18 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
     type Future = AppFuture;
 
     fn call(&self, request: http::Request<Incoming>) -> AppFuture {
+        self.serve(request.map(Body::new))
+    }
+}
+
+impl AppService {
+    /// `server.max_body_bytes` of the live config: the server side reads no longer body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.state.snapshot().config.server.max_body_bytes
+    }
+
+    /// The response to one request.
+    pub fn serve(&self, mut request: http::Request<Body>) -> AppFuture {
         let started = Instant::now();
         let id = RequestId::from_headers(request.headers());
         let header = HeaderValue::from_str(&id.0).ok();
@@ -92,7 +104,7 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
                     endpoint,
                     request_id: id.0,
                     headers: parts.headers,
-                    body: Body::new(body),
+                    body,
                     peer: self.peer.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
                 };
                 let state = self.state.clone();
@@ -106,7 +118,6 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
                 }
             }
             None => {
-                let mut request = request.map(Body::new);
                 let extensions = request.extensions_mut();
                 extensions.insert(id);
                 if let Some(peer) = self.peer {

@@ -1,11 +1,15 @@
 //! `run(listener, state, shutdown)`: serve until `shutdown` resolves, then stop accepting and let
 //! in-flight requests and streams finish within `server.shutdown_grace_s`.
 //!
-//! One task per connection, served by hyper (HTTP/1.1, and HTTP/2 by prior knowledge, told apart by
-//! the connection preface) with `AppService` as the connection's service.
+//! One task per connection: HTTP/1.1 served by our own `h1` (the request path's connection handling),
+//! HTTP/2 by prior knowledge — told apart by its preface — handed to hyper, with `AppService` as the
+//! application either way.
+
+mod h1;
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,8 +27,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = state.snapshot().config.server.shutdown_grace;
     let app = crate::app::service(state);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().writev(false);
+    let builder = auto::Builder::new(TokioExecutor::new());
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
     let mut shutdown = pin!(shutdown);
@@ -48,7 +51,27 @@ pub async fn run(
         let builder = builder.clone();
         let stopping = stopping.clone();
         connections.spawn(async move {
-            let mut connection = pin!(builder.serve_connection(TokioIo::new(tcp), service));
+            let mut tcp = tcp;
+            let flags = h1::Flags::default();
+            let outcome = {
+                let mut connection = pin!(h1::serve(&mut tcp, &service, &flags));
+                tokio::select! {
+                    outcome = connection.as_mut() => outcome,
+                    () = stopping.cancelled() => {
+                        flags.stop.store(true, Ordering::Relaxed);
+                        if flags.idle.load(Ordering::Relaxed) {
+                            h1::Outcome::Closed
+                        } else {
+                            connection.await
+                        }
+                    }
+                }
+            };
+            let h1::Outcome::Http2(read) = outcome else {
+                return;
+            };
+            let io = TokioIo::new(h1::Rewind { read, io: tcp });
+            let mut connection = pin!(builder.serve_connection(io, service));
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = stopping.cancelled() => {

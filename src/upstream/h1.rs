@@ -23,11 +23,11 @@ use tokio::net::TcpStream;
 /// Bound on opening one TCP connection.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Room made in the read buffer before each read.
-const READ_SIZE: usize = 8 * 1024;
+pub(crate) const READ_SIZE: usize = 8 * 1024;
 /// Bound on a response head, and on a chunk-size line or trailer section.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Bound on the number of header fields in a response head (hyper's default).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// One open connection to an upstream, with the bytes read from it and not yet used.
 pub struct Conn {
@@ -311,13 +311,7 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap) -> (Framin
         return (Framing::Length(0), reusable);
     }
     if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        let chunked = is_chunked(headers);
         // With both codings named, transfer coding wins and the connection is not trusted again.
         reusable &= !headers.contains_key(CONTENT_LENGTH);
         return if chunked {
@@ -326,27 +320,44 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap) -> (Framin
             (Framing::UntilClose, false)
         };
     }
+    match content_length(headers) {
+        Err(()) => (Framing::Invalid, false),
+        Ok(Some(length)) => (Framing::Length(length), reusable),
+        Ok(None) => (Framing::UntilClose, false),
+    }
+}
+
+/// The `Content-Length` of a head: `Err` when a value is not digits only (`u64::from_str` would also
+/// take a sign) or two values disagree.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        // Digits only (`u64::from_str` would also take a sign).
         let parsed = std::str::from_utf8(value.as_bytes())
             .ok()
             .map(str::trim)
             .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|text| text.parse::<u64>().ok());
         match (length, parsed) {
-            (_, None) => return (Framing::Invalid, false),
-            (Some(seen), Some(this)) if seen != this => return (Framing::Invalid, false),
+            (_, None) => return Err(()),
+            (Some(seen), Some(this)) if seen != this => return Err(()),
             _ => length = parsed,
         }
     }
-    match length {
-        Some(length) => (Framing::Length(length), reusable),
-        None => (Framing::UntilClose, false),
-    }
+    Ok(length)
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// The last transfer coding named is `chunked`.
+pub(crate) fn is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+}
+
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value.to_str().is_ok_and(|text| {
             text.split(',')
@@ -355,8 +366,9 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     })
 }
 
+/// How a message body is delimited, as it is read (shared with the server side, `server::h1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// This many bytes are still to come.
     Length(u64),
     Chunked(Chunk),
@@ -368,7 +380,7 @@ enum Framing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// A chunk-size line is next.
     Size,
     /// This many bytes of chunk data are still to come.
@@ -534,7 +546,10 @@ fn advance(framing: &mut Framing, buf: &mut BytesMut) -> Result<(), String> {
 }
 
 /// The next data the buffer holds, after any framing before it.
-fn take_data(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+pub(crate) fn take_data(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+) -> Result<Option<Bytes>, String> {
     advance(framing, buf)?;
     if buf.is_empty() {
         return Ok(None);

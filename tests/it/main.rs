@@ -15,6 +15,7 @@ mod conversion;
 mod count_tokens;
 mod echo;
 mod health_checks;
+mod http1;
 mod limits;
 mod ops_docs;
 mod ops_logs;

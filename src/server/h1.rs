@@ -1,0 +1,696 @@
+//! Our HTTP/1.1 server side: one connection's requests read, handed to the application and answered by
+//! the connection's own task. hyper's server connection (a dispatcher whose state every request walks
+//! through, a body channel between it and the service, a head parsed into its own buffers) was the
+//! largest piece of per-connection machinery left on the request path once the upstream side was ours
+//! (`upstream::h1`); with many connections each one's state is cold by the time its next request comes.
+//!
+//! What a client sees is what hyper gave it: keep-alive by default for HTTP/1.1 and on request for
+//! HTTP/1.0, pipelined requests answered in order, `Expect: 100-continue` honoured, bodies framed by
+//! `Content-Length` or chunked coding (both at once, or an unknown coding, refused), `Content-Length` on
+//! whole responses and chunked coding on streams (HTTP/1.0 clients: until close), a `Date` header, and a
+//! client that leaves while its request is in flight cancels it (its upstream call is dropped). A head
+//! larger than 64 KiB gets 431, a malformed one 400, one that does not complete within 30 s of its first
+//! byte 408 — each in the OpenAI error shape, then the connection closes.
+//!
+//! The request body is read whole before the application sees it (every route reads it whole anyway),
+//! bounded by `server.max_body_bytes`: a longer one is not read; the request goes on with an empty
+//! body and its declared length (the API routes answer 413 from the length), and the connection closes
+//! after the answer. HTTP/2 by prior knowledge is recognised by its preface and handed to hyper.
+
+use std::future::{Future, poll_fn};
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, HttpBody as _};
+use axum::response::Response;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::app::AppService;
+use crate::error::GatewayError;
+use crate::protocol::Protocol;
+use crate::upstream::h1::{
+    Chunk, Framing, MAX_HEAD, MAX_HEADERS, READ_SIZE, content_length, has_token, is_chunked,
+    take_data,
+};
+
+/// Bound on the time from a head's first byte to its end (slow-header clients).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes read ahead (pipelined requests) while a response is produced; past it the client is not
+/// watched until the response is out.
+const MAX_READ_AHEAD: usize = 64 * 1024;
+/// A body piece up to this size is copied behind the head (or the pieces before it) so they leave in
+/// one write; a larger one is written from where it is.
+const COPY_LIMIT: usize = 16 * 1024;
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the connection's task and the shutdown watcher beside it share.
+#[derive(Default)]
+pub struct Flags {
+    /// Waiting for a request with nothing of it received: the connection may be closed at once.
+    pub idle: AtomicBool,
+    /// The server is stopping: no request after the one in flight.
+    pub stop: AtomicBool,
+}
+
+/// How serving a connection ended.
+pub enum Outcome {
+    Closed,
+    /// The client speaks HTTP/2: these bytes were read from it already.
+    Http2(Bytes),
+}
+
+/// Serve the HTTP/1 requests of one connection until the client closes it, an error ends it, or the
+/// server stops.
+pub async fn serve(io: &mut TcpStream, service: &AppService, flags: &Flags) -> Outcome {
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::new(),
+        out: Vec::new(),
+    };
+    let mut first = true;
+    loop {
+        let head = match conn.read_head(flags, first).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Outcome::Closed,
+            Err(Failure::Http2) => return Outcome::Http2(conn.buf.split().freeze()),
+            Err(Failure::Reject(status, message)) => {
+                conn.reject(status, message).await;
+                return Outcome::Closed;
+            }
+        };
+        first = false;
+        match conn.exchange(head, service, flags).await {
+            Ok(true) => {}
+            Ok(false) => return Outcome::Closed,
+            Err(Failure::Reject(status, message)) => {
+                conn.reject(status, message).await;
+                return Outcome::Closed;
+            }
+            Err(Failure::Http2) => return Outcome::Closed,
+        }
+    }
+}
+
+/// Why a connection stops being served as HTTP/1.
+enum Failure {
+    Http2,
+    /// A malformed request: answered with this status and message, then the connection closes.
+    Reject(StatusCode, String),
+}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Failure {
+    Failure::Reject(status, message.into())
+}
+
+struct Conn<'a> {
+    io: &'a mut TcpStream,
+    /// Bytes read and not yet used: the rest of a head, a body, pipelined requests.
+    buf: BytesMut,
+    /// A response's bytes on their way out.
+    out: Vec<u8>,
+}
+
+/// A request head, its values slices of the bytes it came in.
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// A request body as read: whole, or not read because it is longer than allowed.
+enum ReadBody {
+    Whole(Bytes),
+    TooLarge,
+}
+
+impl Conn<'_> {
+    /// Read until a whole head is buffered; `None` when the client closed (or the server is stopping)
+    /// between requests.
+    async fn read_head(&mut self, flags: &Flags, first: bool) -> Result<Option<Head>, Failure> {
+        let mut deadline = None;
+        loop {
+            if !self.buf.is_empty() {
+                if first
+                    && H2_PREFACE.starts_with(&self.buf[..self.buf.len().min(H2_PREFACE.len())])
+                {
+                    if self.buf.len() >= H2_PREFACE.len() {
+                        return Err(Failure::Http2);
+                    }
+                } else if let Some(head) = parse_head(&mut self.buf)? {
+                    return Ok(Some(head));
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(reject(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "the request head is larger than 64 KiB",
+                    ));
+                }
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+            } else if flags.stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+                self.buf.reserve(READ_SIZE);
+            }
+            flags.idle.store(self.buf.is_empty(), Ordering::Relaxed);
+            let read = match deadline {
+                None => self.io.read_buf(&mut self.buf).await,
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+                        Ok(read) => read,
+                        Err(_) => {
+                            return Err(reject(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "the request head did not arrive within 30 s",
+                            ));
+                        }
+                    }
+                }
+            };
+            flags.idle.store(false, Ordering::Relaxed);
+            match read {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// One request after its head: body read, application called, response written. `Ok(true)` when
+    /// the connection can carry another request.
+    async fn exchange(
+        &mut self,
+        head: Head,
+        service: &AppService,
+        flags: &Flags,
+    ) -> Result<bool, Failure> {
+        let mut keep_alive = match head.version {
+            Version::HTTP_10 => has_token(&head.headers, CONNECTION, "keep-alive"),
+            _ => !has_token(&head.headers, CONNECTION, "close"),
+        };
+        let framing = body_framing(head.version, &head.headers)?;
+        let limit = service.max_body_bytes();
+        let body = match self.read_body(framing, &head, limit).await? {
+            Some(ReadBody::Whole(bytes)) if bytes.is_empty() => Body::empty(),
+            Some(ReadBody::Whole(bytes)) => Body::from(bytes),
+            Some(ReadBody::TooLarge) => {
+                keep_alive = false;
+                Body::empty()
+            }
+            None => return Ok(false),
+        };
+        let is_head = head.method == Method::HEAD;
+        let version = head.version;
+        let mut request = http::Request::new(body);
+        *request.method_mut() = head.method;
+        *request.uri_mut() = head.uri;
+        *request.version_mut() = head.version;
+        *request.headers_mut() = head.headers;
+        let mut future = std::pin::pin!(service.serve(request));
+        let Some(response) = self
+            .unless_client_leaves(|cx| future.as_mut().poll(cx))
+            .await
+        else {
+            return Ok(false);
+        };
+        let Ok(response) = response;
+        keep_alive &= !flags.stop.load(Ordering::Relaxed);
+        Ok(self
+            .write_response(response, is_head, version, keep_alive)
+            .await)
+    }
+
+    /// The body of the request whose head was just read; `None` when the client left before it ended.
+    async fn read_body(
+        &mut self,
+        mut framing: Framing,
+        head: &Head,
+        limit: usize,
+    ) -> Result<Option<ReadBody>, Failure> {
+        if framing == Framing::Length(0) {
+            return Ok(Some(ReadBody::Whole(Bytes::new())));
+        }
+        if let Framing::Length(length) = framing
+            && length > limit as u64
+        {
+            return Ok(Some(ReadBody::TooLarge));
+        }
+        if self.buf.is_empty()
+            && head.version == Version::HTTP_11
+            && head
+                .headers
+                .get(EXPECT)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+            && self
+                .io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return Ok(None);
+        }
+        if let Framing::Length(length) = framing {
+            // Checked against `limit` above, so it fits in memory.
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            while self.buf.len() < length {
+                self.buf.reserve(length - self.buf.len());
+                match self.io.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(_) => {}
+                }
+            }
+            return Ok(Some(ReadBody::Whole(self.buf.split_to(length).freeze())));
+        }
+        // Chunked: the pieces joined (a body in one chunk is not copied).
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        let mut total = 0usize;
+        loop {
+            match take_data(&mut framing, &mut self.buf) {
+                Err(error) => return Err(reject(StatusCode::BAD_REQUEST, error)),
+                Ok(Some(data)) => {
+                    total += data.len();
+                    if total > limit {
+                        return Ok(Some(ReadBody::TooLarge));
+                    }
+                    match first.take() {
+                        None if joined.is_empty() => first = Some(data),
+                        None => joined.extend_from_slice(&data),
+                        Some(earlier) => {
+                            joined.extend_from_slice(&earlier);
+                            joined.extend_from_slice(&data);
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) if framing == Framing::Done => {
+                    let body = first.unwrap_or_else(|| joined.freeze());
+                    return Ok(Some(ReadBody::Whole(body)));
+                }
+                Ok(None) => {}
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+                self.buf.reserve(READ_SIZE);
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Poll `poll` to its end while watching the client: `None` when it closed the connection (or the
+    /// connection failed) first. Bytes it sends meanwhile (a pipelined request) are kept.
+    async fn unless_client_leaves<T>(
+        &mut self,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Option<T> {
+        let Conn { io, buf, .. } = self;
+        poll_fn(|cx| {
+            if let Poll::Ready(value) = poll(cx) {
+                return Poll::Ready(Some(value));
+            }
+            client_left(io, buf, cx)
+        })
+        .await
+    }
+
+    /// Write `response`; `true` when the connection can carry another request.
+    async fn write_response(
+        &mut self,
+        response: Response,
+        is_head: bool,
+        version: Version,
+        mut keep_alive: bool,
+    ) -> bool {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let bodiless = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = content_length(&parts.headers).ok().flatten();
+        let length = declared.or_else(|| body.size_hint().exact());
+        let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
+        if !bodiless && length.is_none() && !chunked {
+            // An HTTP/1.0 client without a length: the body ends when the connection does.
+            keep_alive = false;
+        }
+        let out = &mut self.out;
+        out.clear();
+        write_status_line(out, status);
+        for (name, value) in &parts.headers {
+            if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+                continue;
+            }
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(length) = length
+            && status != StatusCode::NO_CONTENT
+            && status != StatusCode::NOT_MODIFIED
+            && !status.is_informational()
+            && (!is_head || declared.is_some())
+        {
+            write_field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(length).as_bytes(),
+            );
+        }
+        if chunked {
+            write_field(out, b"transfer-encoding", b"chunked");
+        }
+        if !parts.headers.contains_key(DATE) {
+            write_date(out);
+        }
+        if !keep_alive {
+            write_field(out, b"connection", b"close");
+        } else if version == Version::HTTP_10 {
+            write_field(out, b"connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+        if bodiless {
+            return self.io.write_all(&self.out).await.is_ok() && keep_alive;
+        }
+        let mut written = 0u64;
+        loop {
+            let Conn { io, buf, out } = self;
+            let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(Some(Next::Frame(frame))),
+                // Nothing ready: what is gathered goes out before waiting for more.
+                Poll::Pending if !out.is_empty() => Poll::Ready(Some(Next::Flush)),
+                Poll::Pending => client_left(io, buf, cx),
+            })
+            .await;
+            match next {
+                None => return false,
+                Some(Next::Flush) => {
+                    if self.flush().await.is_err() {
+                        return false;
+                    }
+                }
+                Some(Next::Frame(Some(Ok(frame)))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers: not sent
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    written += data.len() as u64;
+                    if chunked {
+                        write_chunk_size(&mut self.out, data.len());
+                    }
+                    if data.len() <= COPY_LIMIT {
+                        self.out.extend_from_slice(&data);
+                    } else if self.flush().await.is_err() || self.io.write_all(&data).await.is_err()
+                    {
+                        return false;
+                    }
+                    if chunked {
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                    if self.out.len() >= MAX_READ_AHEAD && self.flush().await.is_err() {
+                        return false;
+                    }
+                }
+                Some(Next::Frame(Some(Err(error)))) => {
+                    // The body broke (an upstream failed mid-stream): what was sent stays without its
+                    // end, so the client sees the answer cut short rather than complete.
+                    tracing::debug!(error = %error, "response body failed; closing the connection");
+                    let _ = self.flush().await;
+                    return false;
+                }
+                Some(Next::Frame(None)) => {
+                    if chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    if self.flush().await.is_err() {
+                        return false;
+                    }
+                    // A body that did not match its declared length leaves the framing unknown.
+                    return keep_alive && declared.is_none_or(|declared| declared == written);
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.io.write_all(&self.out).await;
+        self.out.clear();
+        result
+    }
+
+    /// Answer a malformed request (OpenAI error shape) and give up the connection.
+    async fn reject(&mut self, status: StatusCode, message: String) {
+        let mut response = crate::http::error_body::response(
+            Protocol::OpenAi,
+            &GatewayError::invalid(message, None),
+        );
+        *response.status_mut() = status;
+        let _ = self
+            .write_response(response, false, Version::HTTP_11, false)
+            .await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+enum Next<F> {
+    Frame(F),
+    Flush,
+}
+
+/// Read ahead from the client while waiting for something else: `Ready(None)` when it closed the
+/// connection or the connection failed, else `Pending` (the read side registered for a wake-up).
+/// A short read leaves tokio's readiness cleared, so this costs no system call after a request.
+fn client_left<T>(io: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<Option<T>> {
+    loop {
+        if buf.len() >= MAX_READ_AHEAD {
+            return Poll::Pending;
+        }
+        if buf.capacity() - buf.len() < READ_SIZE / 8 {
+            buf.reserve(READ_SIZE);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// Parse a request head at the start of `buf` and take it out of `buf`; `None` while incomplete.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut storage);
+    let length = match request.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("the request has more than {MAX_HEADERS} header fields"),
+            ));
+        }
+        Err(error) => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!("invalid HTTP request: {error}"),
+            ));
+        }
+    };
+    if length > MAX_HEAD {
+        return Err(reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head is larger than 64 KiB",
+        ));
+    }
+    let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version)
+    else {
+        return Err(reject(StatusCode::BAD_REQUEST, "invalid HTTP request"));
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "invalid HTTP request: invalid method",
+        )
+    })?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let offset = |text: &str| text.as_ptr() as usize - base;
+    let target = offset(path)..offset(path) + path.len();
+    let mut fields: Vec<(HeaderName, Range<usize>)> = Vec::with_capacity(request.headers.len());
+    for field in request.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                format!("invalid HTTP request: invalid header name {:?}", field.name),
+            )
+        })?;
+        let start = field.value.as_ptr() as usize - base;
+        fields.push((name, start..start + field.value.len()));
+    }
+    let head = buf.split_to(length).freeze();
+    let uri = http::Uri::from_maybe_shared(head.slice(target)).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "invalid HTTP request: invalid request target",
+        )
+    })?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, range) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                format!("invalid HTTP request: invalid value of header {name}"),
+            )
+        })?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        method,
+        uri,
+        version,
+        headers,
+    }))
+}
+
+/// How a request's body is delimited (RFC 9112 §6.3): chunked coding, `Content-Length`, or none.
+/// Both at once, a coding other than chunked last, or a coding in HTTP/1.0 are refused — the
+/// ambiguities request smuggling lives on.
+fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "invalid HTTP request: transfer-encoding in an HTTP/1.0 request",
+            ));
+        }
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "invalid HTTP request: both transfer-encoding and content-length",
+            ));
+        }
+        if !is_chunked(headers) {
+            return Err(reject(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported transfer-encoding: only chunked is understood",
+            ));
+        }
+        return Ok(Framing::Chunked(Chunk::Size));
+    }
+    match content_length(headers) {
+        Ok(length) => Ok(Framing::Length(length.unwrap_or(0))),
+        Err(()) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            "invalid HTTP request: invalid content-length",
+        )),
+    }
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_chunk_size(out: &mut Vec<u8>, size: usize) {
+    use std::io::Write as _;
+    let _ = write!(out, "{size:x}\r\n");
+}
+
+/// `date: <IMF-fixdate>`, formatted once a second per thread.
+fn write_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != second || text.is_empty() {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        write_field(out, b"date", text.as_bytes());
+    });
+}
+
+/// The connection handed to hyper for HTTP/2, with the bytes already read from it first.
+pub struct Rewind {
+    pub read: Bytes,
+    pub io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let take = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..take]);
+            self.read.advance(take);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
