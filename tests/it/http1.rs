@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::Gateway;
-use crate::support::mock::Mock;
+use crate::support::mock::{Behavior, Mock};
 
 const ECHO: &str = "backends:\n  local: { type: echo }\n";
 
@@ -361,4 +361,33 @@ async fn a_head_that_never_ends_times_out() {
     let answer = client.answer(false).await;
     assert_eq!(answer.status, 408);
     assert!(client.closed().await);
+}
+
+/// A client that leaves while its (non-stream) request waits on the upstream cancels the upstream call;
+/// the gateway notices the closed connection without writing to it.
+#[tokio::test]
+async fn a_client_leaving_mid_request_cancels_the_upstream_call() {
+    let (mock, gateway) = with_mock().await;
+    mock.script([Behavior::Hang]);
+    let mut client = Reader::connect(gateway.addr).await;
+    client.send(post(&chat("wait"), "").as_bytes()).await;
+    // The request reached the upstream before the client leaves.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while mock.requests().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the request never reached the upstream"));
+    let cancelled = mock.state.cancel_seen.notified();
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(10), cancelled)
+        .await
+        .unwrap_or_else(|_| panic!("the upstream call was not cancelled after the client left"));
+    assert_eq!(
+        mock.state
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }

@@ -23,7 +23,7 @@ pub enum Behavior {
     Reply,
     /// Answer with this status and body, and `Retry-After` when given.
     Status(u16, &'static str, Option<u64>),
-    /// Never answer.
+    /// Never answer (counted in `cancelled` when the gateway gives up the call).
     Hang,
     /// Stream this many chunks, then break the connection.
     StreamCut(usize),
@@ -142,6 +142,11 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             response
         }
         Behavior::Hang => {
+            // Counted as cancelled when the gateway drops the call.
+            let _guard = CancelGuard {
+                state: state.clone(),
+                finished: false,
+            };
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(Body::empty())
         }
