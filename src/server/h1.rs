@@ -18,7 +18,6 @@
 //! after the answer. HTTP/2 by prior knowledge is recognised by its preface and handed to hyper.
 
 use std::future::{Future, poll_fn};
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -28,7 +27,7 @@ use axum::body::{Body, HttpBody as _};
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -36,8 +35,8 @@ use crate::app::AppService;
 use crate::error::GatewayError;
 use crate::protocol::Protocol;
 use crate::upstream::h1::{
-    Chunk, Framing, MAX_HEAD, MAX_HEADERS, READ_SIZE, content_length, has_token, is_chunked,
-    take_data,
+    Chunk, Framing, MAX_HEAD, MAX_HEADERS, READ_SIZE, content_length, field_ranges, has_token,
+    is_chunked, take_data,
 };
 
 /// Bound on the time from a head's first byte to its end (slow-header clients).
@@ -533,17 +532,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     let base = buf.as_ptr() as usize;
     let offset = |text: &str| text.as_ptr() as usize - base;
     let target = offset(path)..offset(path) + path.len();
-    let mut fields: Vec<(HeaderName, Range<usize>)> = Vec::with_capacity(request.headers.len());
-    for field in request.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
-            reject(
-                StatusCode::BAD_REQUEST,
-                format!("invalid HTTP request: invalid header name {:?}", field.name),
-            )
-        })?;
-        let start = field.value.as_ptr() as usize - base;
-        fields.push((name, start..start + field.value.len()));
-    }
+    let fields = field_ranges(request.headers, buf).map_err(|name| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            format!("invalid HTTP request: invalid header name {name:?}"),
+        )
+    })?;
     let head = buf.split_to(length).freeze();
     let uri = http::Uri::from_maybe_shared(head.slice(target)).map_err(|_| {
         reject(

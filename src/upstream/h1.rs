@@ -257,24 +257,30 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     } else {
         Version::HTTP_11
     };
-    let base = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
-            format!(
-                "invalid HTTP response: invalid header name {:?}",
-                field.name
-            )
-        })?;
-        let start = field.value.as_ptr() as usize - base;
-        fields.push((name, start..start + field.value.len()));
-    }
+    let fields = field_ranges(response.headers, buf)
+        .map_err(|name| format!("invalid HTTP response: invalid header name {name:?}"))?;
     Ok(Some(Head {
         status,
         version,
         head: buf.split_to(length).freeze(),
         fields,
     }))
+}
+
+/// The fields of a head parsed from `head`: each name, and where its value sits in `head` (so the value
+/// can be a slice of the head's bytes once they are frozen). `Err` carries a name that is not valid.
+pub(crate) fn field_ranges<'a>(
+    fields: &[httparse::Header<'a>],
+    head: &[u8],
+) -> Result<Vec<(HeaderName, Range<usize>)>, &'a str> {
+    let base = head.as_ptr() as usize;
+    let mut ranges = Vec::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| field.name)?;
+        let start = field.value.as_ptr() as usize - base;
+        ranges.push((name, start..start + field.value.len()));
+    }
+    Ok(ranges)
 }
 
 impl Head {
