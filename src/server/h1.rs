@@ -206,6 +206,12 @@ impl Conn<'_> {
             }
             None => return Ok(false),
         };
+        if self.buf.is_empty() {
+            // Nothing of a next request yet: let go of the read buffer, which the request's head and
+            // body still share, so it is freed with them — a stream that runs for minutes holds no
+            // read buffer of 8 KiB meanwhile.
+            self.buf = BytesMut::new();
+        }
         let is_head = head.method == Method::HEAD;
         let version = head.version;
         let mut request = http::Request::new(body);
@@ -477,8 +483,9 @@ fn client_left<T>(io: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) 
         if buf.len() >= MAX_READ_AHEAD {
             return Poll::Pending;
         }
-        if buf.capacity() - buf.len() < READ_SIZE / 8 {
-            buf.reserve(READ_SIZE);
+        if buf.capacity() == buf.len() {
+            // Room for a pipelined request's start or the end of the connection; more as it comes.
+            buf.reserve(1024);
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
