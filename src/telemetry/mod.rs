@@ -7,6 +7,7 @@ mod handles;
 pub mod metrics;
 pub mod request_log;
 pub mod stats;
+mod uncached;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +23,8 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
+
+use super::uncached::Uncached;
 
 /// Applied by the writer thread to every piece of logged text (messages, reply, reasoning, tool call
 /// arguments, string request parameters), e.g. to mask keys or personal data.
@@ -377,7 +379,7 @@ struct OpenFile {
     /// zone conversion.
     from: Timestamp,
     until: Timestamp,
-    out: BufWriter<File>,
+    out: BufWriter<Uncached>,
 }
 
 /// The hour `zoned` falls in, as absolute instants; an empty span (no caching) if it cannot be computed.
@@ -572,13 +574,17 @@ impl Writer {
     }
 }
 
-fn open_hour_file(dir: &Path, hour: &str) -> std::io::Result<BufWriter<File>> {
+fn open_hour_file(dir: &Path, hour: &str) -> std::io::Result<BufWriter<Uncached>> {
     std::fs::create_dir_all(dir)?;
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{hour}.jsonl")))?;
-    Ok(BufWriter::with_capacity(64 * 1024, file))
+    let len = file.metadata()?.len();
+    Ok(BufWriter::with_capacity(
+        64 * 1024,
+        Uncached::new(file, len),
+    ))
 }
 
 /// One `format: sharegpt` line (without the newline), written straight into `out`: the same bytes as
