@@ -106,6 +106,7 @@ impl AppService {
                     headers: parts.headers,
                     body,
                     peer: self.peer.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+                    started,
                 };
                 let state = self.state.clone();
                 // The heap slot first, then the future written into it: `Box::pin(future)` built the

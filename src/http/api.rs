@@ -40,6 +40,7 @@ async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Respons
             headers: parts.headers,
             body,
             peer,
+            started: std::time::Instant::now(),
         },
     )
     .await

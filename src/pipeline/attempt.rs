@@ -102,7 +102,9 @@ impl Exchange<'_> {
                 // Open breakers and pending Retry-Afters are skipped while another instance is usable;
                 // a pool with none usable is still tried (ejection never empties a pool, and with client
                 // credentials passed through one client's 429 must not block the others).
-                if let Acquire::Rejected { .. } = instance.breaker.try_acquire(Instant::now())
+                // The first candidate is asked at `now`; later ones after a failed attempt took time.
+                let at = if attempted == 0 { now } else { Instant::now() };
+                if let Acquire::Rejected { .. } = instance.breaker.try_acquire(at)
                     && any_usable
                 {
                     continue;
@@ -179,8 +181,8 @@ impl Exchange<'_> {
         }
     }
 
-    fn record_success(&self, instance: &InstanceState, ttfb: Duration) {
-        let now = Instant::now();
+    /// A success whose answer was complete at `now`.
+    fn record_success(&self, instance: &InstanceState, ttfb: Duration, now: Instant) {
         instance.observe_ttfb(ttfb, now);
         if let Some(transition) = instance.breaker.on_success(now) {
             self.state.instance_transition(instance, transition);
@@ -306,7 +308,7 @@ impl Exchange<'_> {
                 self.state
                     .metrics()
                     .upstream_response(&backend.name, provider, status, ttfb);
-                self.record_success(guard.instance(), ttfb);
+                self.record_success(guard.instance(), ttfb, sent + ttfb);
                 ctx.status = status;
                 ctx.error = Some("upstream_client_error");
                 ctx.upstream_wait = ttfb;
@@ -398,12 +400,13 @@ impl Exchange<'_> {
                 .next_output()
                 .await?
                 .ok_or_else(|| Fault::Broken("upstream sent an empty stream".into()))?;
-            self.record_success(guard.instance(), ttfb);
+            let now = Instant::now();
+            self.record_success(guard.instance(), ttfb, now);
             ctx.status = 200;
             ctx.upstream_wait = ttfb;
             ctx.backend = Some(backend.name.clone());
             ctx.instance = Some(instance.display.clone());
-            ctx.ttft = Some(ctx.started.elapsed());
+            ctx.ttft = Some(now.duration_since(ctx.started));
             let detached = ctx.detach();
             return Ok(reply::stream(
                 first,
@@ -452,10 +455,13 @@ impl Exchange<'_> {
             ],
         )
         .map_err(|_| Fault::Broken("upstream returned a body that is not a JSON object".into()))?;
-        self.record_success(guard.instance(), ttfb);
+        // One reading of the clock for the instance's record, the upstream wait and the answer's time.
+        let done = Instant::now();
+        self.record_success(guard.instance(), ttfb, done);
         drop(guard);
         ctx.status = 200;
-        ctx.upstream_wait = sent.elapsed();
+        ctx.upstream_wait = done.duration_since(sent);
+        ctx.ttft = Some(done.duration_since(ctx.started));
         ctx.backend = Some(backend.name.clone());
         ctx.instance = Some(instance.display.clone());
         // Our own encoder wrote a converted body; a compact OpenAI answer read exactly is one too.
@@ -474,7 +480,6 @@ impl Exchange<'_> {
         } else {
             ctx.usage = usage_of(&upstream_body);
         }
-        ctx.ttft = Some(ctx.started.elapsed());
         let mut body = Bytes::from(patched);
         // A complete answer to a cacheable request is stored as sent, and the client's copy says
         // `"cached": false` (seed 004). A stream request answered with JSON is not stored.

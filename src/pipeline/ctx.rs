@@ -49,13 +49,14 @@ impl RequestCtx {
         snapshot: Arc<Snapshot>,
         id: String,
         endpoint: Endpoint,
+        started: Instant,
     ) -> RequestCtx {
         RequestCtx {
             state: state.clone(),
             snapshot,
             id,
             endpoint,
-            started: Instant::now(),
+            started,
             model: None,
             backend: None,
             instance: None,

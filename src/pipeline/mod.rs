@@ -34,6 +34,8 @@ pub struct Inbound {
     pub headers: HeaderMap,
     pub body: Body,
     pub peer: SocketAddr,
+    /// When the request's head was in: the start of its latency.
+    pub started: std::time::Instant,
 }
 
 /// Run one API request to completion (or to the start of its stream).
@@ -45,6 +47,7 @@ pub async fn handle(state: &AppState, inbound: Inbound) -> Response {
         Arc::clone(&snapshot),
         inbound.request_id.clone(),
         inbound.endpoint,
+        inbound.started,
     );
     let _in_flight = state.metrics().in_flight("POST", inbound.endpoint.path());
     let response = match run(state, &snapshot, inbound, &mut ctx).await {
