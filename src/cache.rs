@@ -172,6 +172,9 @@ struct Memory {
     sweep_every: u64,
 }
 
+/// Entries the in-memory cache's index makes room for up front, at most (see [`Memory::new`]).
+const RESERVED_AT_MOST: u64 = 1 << 20;
+
 /// quick_cache's share of the capacity for entries read again (see [`Memory`]).
 const HOT_SHARE: f64 = 0.2;
 
@@ -198,6 +201,13 @@ impl Memory {
             // Both bounds are set above, so this cannot happen; a tiny cache if it did.
             Err(_) => quick_cache::sync::Cache::with_weighter(1, 1, weigh),
         };
+        // quick_cache starts empty and grows its index as entries come: under a load of new requests
+        // the whole index was copied, and its memory touched anew, at each doubling while the cache
+        // filled (1.8 % of the gateway's CPU in `perf` while a 100,000-entry cache filled, the copy
+        // made under the shard's lock). Room for the configured entries is set aside once instead: the
+        // slots' pages stay untouched until entries fill them; only the hash index's control bytes (one
+        // per slot, ≈ 256 KiB for 100,000 entries) are written up front.
+        entries.reserve(usize::try_from(max_entries.min(RESERVED_AT_MOST)).unwrap_or(0));
         Memory {
             entries,
             blocks: Mutex::new(Blocks::default()),
