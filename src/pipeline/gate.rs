@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 
 use crate::auth::{AuthError, KeyStore, Principal};
 use crate::error::{ErrorKind, GatewayError};
@@ -17,15 +17,6 @@ use crate::state::{AppState, Snapshot};
 pub struct Admitted {
     pub principal: Option<Arc<Principal>>,
     pub admission: Option<Admission>,
-}
-
-impl Admitted {
-    /// `x-ratelimit-*` headers for the response.
-    pub fn headers(&self) -> &[(HeaderName, HeaderValue)] {
-        self.admission
-            .as_ref()
-            .map_or(&[], |a| a.headers.as_slice())
-    }
 }
 
 /// Authenticate the request's key; `Ok(None)` when the gateway has no keys configured.

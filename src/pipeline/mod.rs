@@ -106,7 +106,14 @@ async fn run(
         public_model,
     )
     .await?;
-    ctx.admission = admitted.admission.clone();
+    // The response takes the `x-ratelimit-*` headers; the context keeps what was charged only when
+    // tokens are reconciled at the end (every later use asks `counts_tokens` first).
+    let mut admission = admitted.admission;
+    let rate_headers = admission
+        .as_mut()
+        .map(|admission| std::mem::take(&mut admission.headers))
+        .unwrap_or_default();
+    ctx.admission = admission.filter(crate::limits::Admission::counts_tokens);
 
     let mut body = body;
     let cache_on = state.cache().is_enabled();
@@ -121,7 +128,7 @@ async fn run(
                     matches!(request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
                 if let Some(response) = cached::answer(&hit, request.stream(), include_usage, ctx) {
                     state.metrics().cache(true);
-                    return Ok(with_headers(response, admitted.headers()));
+                    return Ok(with_headers(response, rate_headers));
                 }
             }
             state.metrics().cache(false);
@@ -149,7 +156,7 @@ async fn run(
             response = store_and_mark(state, key, response, inbound.endpoint.protocol()).await;
         }
     }
-    Ok(with_headers(response, admitted.headers()))
+    Ok(with_headers(response, rate_headers))
 }
 
 /// Store a complete JSON answer in the cache and mark the body `"cached": false` (seed 004).
@@ -182,10 +189,10 @@ async fn store_and_mark(
 
 fn with_headers(
     mut response: Response,
-    headers: &[(http::HeaderName, http::HeaderValue)],
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> Response {
     for (name, value) in headers {
-        response.headers_mut().insert(name.clone(), value.clone());
+        response.headers_mut().insert(name, value);
     }
     response
 }
