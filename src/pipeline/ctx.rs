@@ -160,9 +160,6 @@ impl RequestCtx {
             let limiter = std::sync::Arc::clone(&self.snapshot.limiter);
             tokio::spawn(async move { limiter.reconcile(&admission, actual).await });
         }
-        if self.request.is_some() {
-            self.log_record(latency, usage);
-        }
         if self.snapshot.config.logging.access_log {
             tracing::info!(
                 target: "access",
@@ -180,6 +177,10 @@ impl RequestCtx {
                 error = self.error,
                 "request"
             );
+        }
+        // Last: the record takes the context's texts.
+        if self.request.is_some() {
+            self.log_record(latency, usage);
         }
     }
 
@@ -221,11 +222,11 @@ impl RequestCtx {
             request_params.shift_remove(key);
         }
         self.state.request_log().log(LogRecord {
-            id: self.id.clone(),
+            id: std::mem::take(&mut self.id),
             timestamp: jiff::Timestamp::now(),
-            model: self.model.clone().unwrap_or_default(),
-            backend: self.backend.clone().unwrap_or_default(),
-            instance: self.instance.clone(),
+            model: self.model.take().unwrap_or_default(),
+            backend: self.backend.take().unwrap_or_default(),
+            instance: self.instance.take(),
             status: self.status,
             prompt_tokens: usage.input_tokens,
             completion_tokens: usage.output_tokens,
