@@ -16,13 +16,13 @@ use std::fs::File;
 use std::io::{self, Write};
 
 /// Bytes written between two pieces of advice.
-pub(super) const ADVISE_EVERY: u64 = 4 << 20;
+const ADVISE_EVERY: u64 = 4 << 20;
 
 /// How far back each piece of advice reaches: four passes over every byte.
-pub(super) const ADVISE_SPAN: u64 = 4 * ADVISE_EVERY;
+const ADVISE_SPAN: u64 = 4 * ADVISE_EVERY;
 
 /// Tells the kernel that the file's bytes `[from, to)` will not be read again.
-pub(super) type Advise = fn(&File, u64, u64);
+type Advise = fn(&File, u64, u64);
 
 /// The file under the request log's `BufWriter` (see the module docs).
 pub(super) struct Uncached {
@@ -40,11 +40,11 @@ impl Uncached {
         Uncached::with_advice(file, len, drop_cached)
     }
 
-    pub(super) fn with_advice(file: File, len: u64, advise: Advise) -> Uncached {
+    fn with_advice(file: File, len: u64, advise: Advise) -> Uncached {
         Uncached {
             file,
             len,
-            next_advice: (len / ADVISE_EVERY + 1) * ADVISE_EVERY,
+            next_advice: next_boundary(len),
             advise,
         }
     }
@@ -56,7 +56,7 @@ impl Write for Uncached {
         self.len += written as u64;
         if self.len >= self.next_advice {
             (self.advise)(&self.file, self.len.saturating_sub(ADVISE_SPAN), self.len);
-            self.next_advice = (self.len / ADVISE_EVERY + 1) * ADVISE_EVERY;
+            self.next_advice = next_boundary(self.len);
         }
         Ok(written)
     }
@@ -64,6 +64,11 @@ impl Write for Uncached {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
+}
+
+/// The first multiple of [`ADVISE_EVERY`] past `len`.
+fn next_boundary(len: u64) -> u64 {
+    (len / ADVISE_EVERY + 1) * ADVISE_EVERY
 }
 
 #[cfg(target_os = "linux")]
@@ -123,10 +128,7 @@ mod tests {
         let mut at = prior;
         for &(from, to) in &advised {
             assert!(to > at && to <= len, "advice ({from}, {to}) after {at}");
-            assert!(
-                to >= (at / ADVISE_EVERY + 1) * ADVISE_EVERY,
-                "early advice at {to}"
-            );
+            assert!(to >= next_boundary(at), "early advice at {to}");
             assert_eq!(from, to.saturating_sub(ADVISE_SPAN));
             at = to;
         }
