@@ -114,17 +114,25 @@ pub async fn send(client: &HttpClient, mut spec: CallSpec<'_>) -> Result<Reply, 
         Err(Failure::Connect(detail)) => return Err(Fault::Connect(detail)),
         Ok(response) => response,
     };
-    let status = response.status().as_u16();
     if response.status().is_success() {
         return Ok(Reply::Success(response));
     }
+    // Boxed: the error body's read is rare, and inline its state would be copied with this
+    // future on every call (a cold block under many connections).
+    Box::pin(unsuccessful(response, spec.timeout)).await
+}
+
+/// A non-2xx answer: its body read (within `timeout`), then a fault (429, 5xx, anything not 4xx) or a
+/// client error to relay.
+async fn unsuccessful(response: Response, timeout: Duration) -> Result<Reply, Fault> {
+    let status = response.status().as_u16();
     let retry_after = response
         .headers()
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let body = match tokio::time::timeout(spec.timeout, read_body(response.into_body())).await {
+    let body = match tokio::time::timeout(timeout, read_body(response.into_body())).await {
         Ok(Ok(body)) => body,
         _ => Bytes::new(),
     };

@@ -100,7 +100,10 @@ impl HttpClient {
             *request.method_mut() = Method::POST;
             *request.uri_mut() = uri.clone();
             headers(request.headers_mut());
-            Either::Right(self.send(request))
+            // Boxed: hyper-util's future (≈ 1 KB) would size every call's future, `http://` ones
+            // included, and each call copies it into the request's state (a cold block under many
+            // connections).
+            Either::Right(Box::pin(self.send(request)))
         };
         tokio::time::timeout(timeout, sent).map(|result| match result {
             Err(_) => Err(Failure::Timeout),

@@ -63,7 +63,7 @@ impl Pool {
     pub async fn send_encoded(
         self: &Arc<Self>,
         uri: &http::Uri,
-        wire: Vec<u8>,
+        mut wire: Vec<u8>,
     ) -> Result<http::Response<Body>, String> {
         let authority = uri.authority().ok_or("the upstream URL has no host")?;
         // The pool key is the authority as written (`host:port`); host and port are parsed only to dial.
@@ -73,9 +73,11 @@ impl Pool {
         for _ in 0..2 {
             let (conn, reused) = match origin.checkout() {
                 Some(conn) => (conn, true),
-                None => (Conn::connect(authority).await?, false),
+                // Boxed: dialing is rare and its future large (the resolver's); inline, it would
+                // size every request's future.
+                None => (Box::pin(Conn::connect(authority)).await?, false),
             };
-            match conn.exchange(&wire, reused).await {
+            match conn.exchange(&mut wire, reused).await {
                 Ok(response) => {
                     return Ok(response.map(|inner| Body {
                         inner: Inner::Own(inner),
