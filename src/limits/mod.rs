@@ -223,7 +223,7 @@ pub struct LimitRequest<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
     /// `x-ratelimit-*` headers (OpenAI names) of the tightest request and token limits.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub headers: RateHeaders,
     token_charges: Vec<TokenCharge>,
     estimated_tokens: u64,
 }
@@ -597,7 +597,9 @@ impl Limiter {
             let probe: Vec<(&str, BucketKind, u64)> =
                 specs.iter().map(|s| (s.key.as_str(), s.kind, 0)).collect();
             if let Ok(outcomes) = self.check(&probe, now_us, false).await {
-                rejection.headers.extend(rate_headers(&specs, &outcomes));
+                rejection
+                    .headers
+                    .extend(RateHeaders::of(&specs, &outcomes).pairs());
             }
             return Err(rejection);
         }
@@ -609,7 +611,7 @@ impl Limiter {
             Ok(outcomes) => outcomes,
             Err(StoreUnavailable) => return self.unavailable(key_name),
         };
-        let headers = rate_headers(&specs, &outcomes);
+        let headers = RateHeaders::of(&specs, &outcomes);
         if outcomes.iter().all(|o| o.allowed) {
             let token_charges = specs
                 .iter()
@@ -627,7 +629,13 @@ impl Limiter {
                 estimated_tokens: req.estimated_tokens,
             });
         }
-        Err(rejection(&specs, req, &outcomes, headers, key_name))
+        Err(rejection(
+            &specs,
+            req,
+            &outcomes,
+            headers.to_vec(),
+            key_name,
+        ))
     }
 
     /// Charges the difference between actual and estimated tokens (negative refunds) to every
@@ -947,37 +955,73 @@ fn rejection(
     }
 }
 
-/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the tightest rate bucket of each unit.
-fn rate_headers(specs: &[Spec<'_>], outcomes: &[Outcome]) -> Vec<(HeaderName, HeaderValue)> {
-    const NAMES: [[HeaderName; 3]; 2] = [
-        [
-            HeaderName::from_static("x-ratelimit-limit-requests"),
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-        ],
-        [
-            HeaderName::from_static("x-ratelimit-limit-tokens"),
-            HeaderName::from_static("x-ratelimit-remaining-tokens"),
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
-        ],
-    ];
-    let mut headers = Vec::new();
-    for (unit, names) in [(Unit::Requests, &NAMES[0]), (Unit::Tokens, &NAMES[1])] {
-        let tightest = specs
-            .iter()
-            .zip(outcomes)
-            .filter(|(s, _)| s.unit == unit && !s.quota)
-            .min_by_key(|(s, o)| (o.remaining, std::cmp::Reverse(s.limit)));
-        if let Some((spec, outcome)) = tightest {
-            headers.push((names[0].clone(), HeaderValue::from(spec.limit)));
-            headers.push((names[1].clone(), HeaderValue::from(outcome.remaining)));
-            headers.push((
-                names[2].clone(),
-                header_value(&go_duration(outcome.reset_us)),
-            ));
+/// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers (OpenAI's names) of the tightest
+/// rate bucket of each unit. Kept as numbers until the response is written: an admitted request holds
+/// them through its upstream call, and header values held that long were separate allocations read
+/// back cold under many connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// Requests, then tokens.
+    units: [Option<Tightest>; 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tightest {
+    limit: u64,
+    remaining: u64,
+    reset_us: u64,
+}
+
+impl RateHeaders {
+    fn of(specs: &[Spec<'_>], outcomes: &[Outcome]) -> RateHeaders {
+        let tightest = |unit| {
+            specs
+                .iter()
+                .zip(outcomes)
+                .filter(|(s, _)| s.unit == unit && !s.quota)
+                .min_by_key(|(s, o)| (o.remaining, std::cmp::Reverse(s.limit)))
+                .map(|(spec, outcome)| Tightest {
+                    limit: spec.limit,
+                    remaining: outcome.remaining,
+                    reset_us: outcome.reset_us,
+                })
+        };
+        RateHeaders {
+            units: [tightest(Unit::Requests), tightest(Unit::Tokens)],
         }
     }
-    headers
+
+    /// The headers, requests first.
+    pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+        static NAMES: [[HeaderName; 3]; 2] = [
+            [
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderName::from_static("x-ratelimit-reset-requests"),
+            ],
+            [
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
+            ],
+        ];
+        self.units
+            .iter()
+            .zip(&NAMES)
+            .filter_map(|(unit, names)| unit.map(|unit| (unit, names)))
+            .flat_map(|(unit, [limit, remaining, reset])| {
+                [
+                    (limit.clone(), HeaderValue::from(unit.limit)),
+                    (remaining.clone(), HeaderValue::from(unit.remaining)),
+                    (reset.clone(), header_value(&go_duration(unit.reset_us))),
+                ]
+            })
+    }
+
+    /// The headers as a list.
+    pub fn to_vec(&self) -> Vec<(HeaderName, HeaderValue)> {
+        self.pairs().collect()
+    }
 }
 
 fn header_value(text: &str) -> HeaderValue {

@@ -108,10 +108,10 @@ async fn run(
     .await?;
     // The response takes the `x-ratelimit-*` headers; the context keeps what was charged only when
     // tokens are reconciled at the end (every later use asks `counts_tokens` first).
-    let mut admission = admitted.admission;
+    let admission = admitted.admission;
     let rate_headers = admission
-        .as_mut()
-        .map(|admission| std::mem::take(&mut admission.headers))
+        .as_ref()
+        .map(|admission| admission.headers)
         .unwrap_or_default();
     ctx.admission = admission.filter(crate::limits::Admission::counts_tokens);
 
@@ -191,11 +191,8 @@ async fn store_and_mark(
     Response::from_parts(parts, Body::from(cached::mark_miss(bytes)))
 }
 
-fn with_headers(
-    mut response: Response,
-    headers: Vec<(http::HeaderName, http::HeaderValue)>,
-) -> Response {
-    for (name, value) in headers {
+fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> Response {
+    for (name, value) in headers.pairs() {
         response.headers_mut().insert(name, value);
     }
     response
