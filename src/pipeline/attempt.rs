@@ -53,11 +53,20 @@ pub struct ForwardedHeaders {
 }
 
 impl ForwardedHeaders {
-    /// Moves the forwarded headers out of `headers` (their first values).
-    pub fn take(headers: &mut HeaderMap) -> ForwardedHeaders {
+    /// Moves the forwarded headers out of `headers` (their first values); the client's credentials only
+    /// when they are to be forwarded (`forward_client_auth`: an open gateway).
+    pub fn take(headers: &mut HeaderMap, forward_client_auth: bool) -> ForwardedHeaders {
+        let (authorization, x_api_key) = if forward_client_auth {
+            (
+                headers.remove(header::AUTHORIZATION),
+                headers.remove(crate::http::names::X_API_KEY),
+            )
+        } else {
+            (None, None)
+        };
         ForwardedHeaders {
-            authorization: headers.remove(header::AUTHORIZATION),
-            x_api_key: headers.remove(crate::http::names::X_API_KEY),
+            authorization,
+            x_api_key,
             anthropic_version: headers.remove("anthropic-version"),
             anthropic_beta: headers.remove("anthropic-beta"),
         }

@@ -138,7 +138,8 @@ async fn run(
 
     // The header map goes now, while it is still in the CPU's caches; the upstream call needs only a
     // few of its values.
-    let forwarded = attempt::ForwardedHeaders::take(&mut inbound.headers);
+    let forward_client_auth = snapshot.keys.is_open();
+    let forwarded = attempt::ForwardedHeaders::take(&mut inbound.headers, forward_client_auth);
     drop(std::mem::take(&mut inbound.headers));
     let exchange = attempt::Exchange {
         state,
@@ -148,7 +149,7 @@ async fn run(
         body: &body,
         headers: &forwarded,
         alias_model: route.alias_model,
-        forward_client_auth: snapshot.keys.is_open(),
+        forward_client_auth,
     };
     let mut response = exchange.run(route.backend, ctx).await?;
     if cache_on {
