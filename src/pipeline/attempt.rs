@@ -43,8 +43,8 @@ pub struct Exchange<'a> {
 
 /// The client's headers an upstream request may carry, taken out of the request's header map before
 /// the upstream call: the map then goes while its memory is still in the CPU's caches (dropped after
-/// the upstream answered, it was read back cold under many connections).
-#[derive(Debug, Default)]
+/// the upstream answered, it was read back cold under many connections). No `Debug`: it may hold the
+/// client's credentials.
 pub struct ForwardedHeaders {
     authorization: Option<HeaderValue>,
     x_api_key: Option<HeaderValue>,
