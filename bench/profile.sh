@@ -13,6 +13,8 @@
 # VALGRIND_ARGS (extra callgrind options, e.g. "--cache-sim=yes --LL=1048576,16,64" to count misses of a
 # simulated 1 MiB last-level cache, this machine's L2 per core; with CONC=256 it shows what a large number
 # of connections costs in memory).
+# `python3 bench/callsites.py <profile> <function> [event] [requests]` then lists where a function is
+# called from, by any event: which `memcpy` writes into cold memory, which drop reads it back.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
