@@ -79,8 +79,11 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
     type Error = Infallible;
     type Future = AppFuture;
 
+    /// HTTP/2 (hyper's connection): the response's header map is all hyper writes.
     fn call(&self, request: http::Request<Incoming>) -> AppFuture {
-        self.serve(request.map(Body::new))
+        let mut future = self.serve(request.map(Body::new));
+        future.rate_headers_in_map = true;
+        future
     }
 }
 
@@ -142,6 +145,7 @@ impl AppService {
             method,
             path,
             header,
+            rate_headers_in_map: false,
         }
     }
 }
@@ -179,6 +183,9 @@ pin_project_lite::pin_project! {
         method: Method,
         path: &'static str,
         header: Option<HeaderValue>,
+        // The `x-ratelimit-*` headers moved from the response's extensions into its header map (for a
+        // server that writes only the map; our HTTP/1.1 server writes them from the extension).
+        rate_headers_in_map: bool,
     }
 }
 
@@ -210,6 +217,15 @@ impl Future for AppFuture {
         }
         if let Some(header) = this.header.take() {
             response.headers_mut().insert(names::X_REQUEST_ID, header);
+        }
+        if *this.rate_headers_in_map
+            && let Some(rate) = response
+                .extensions_mut()
+                .remove::<crate::limits::RateHeaders>()
+        {
+            for (name, value) in rate.pairs() {
+                response.headers_mut().insert(name, value);
+            }
         }
         Poll::Ready(Ok(response))
     }

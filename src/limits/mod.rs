@@ -991,6 +991,44 @@ impl RateHeaders {
         }
     }
 
+    /// No limit applies (nothing to send).
+    pub fn is_empty(&self) -> bool {
+        self.units.iter().all(Option::is_none)
+    }
+
+    /// The headers as HTTP/1.1 field lines (`name: value\r\n`), requests first: the same names and values
+    /// as [`pairs`](Self::pairs), written straight into a response head — no header value allocated and no
+    /// map insert for each of them.
+    pub fn write_fields(&self, out: &mut Vec<u8>) {
+        const NAMES: [[&[u8]; 3]; 2] = [
+            [
+                b"x-ratelimit-limit-requests: ",
+                b"x-ratelimit-remaining-requests: ",
+                b"x-ratelimit-reset-requests: ",
+            ],
+            [
+                b"x-ratelimit-limit-tokens: ",
+                b"x-ratelimit-remaining-tokens: ",
+                b"x-ratelimit-reset-tokens: ",
+            ],
+        ];
+        let mut digits = itoa::Buffer::new();
+        for (unit, [limit, remaining, reset]) in self.units.iter().zip(&NAMES) {
+            let Some(unit) = unit else {
+                continue;
+            };
+            out.extend_from_slice(limit);
+            out.extend_from_slice(digits.format(unit.limit).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(remaining);
+            out.extend_from_slice(digits.format(unit.remaining).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(reset);
+            write_go_duration(out, unit.reset_us);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
     /// The headers, requests first.
     pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
         static NAMES: [[HeaderName; 3]; 2] = [
@@ -1030,35 +1068,41 @@ fn header_value(text: &str) -> HeaderValue {
 
 /// Formats a duration like OpenAI's reset headers (Go style): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
 fn go_duration(us: u64) -> String {
+    let mut out = Vec::with_capacity(12);
+    write_go_duration(&mut out, us);
+    // Only ASCII digits and unit letters were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`go_duration`] appended to `out`.
+fn write_go_duration(out: &mut Vec<u8>, us: u64) {
     let mut digits = itoa::Buffer::new();
     let ms = us.div_ceil(1000);
-    let mut out = String::with_capacity(12);
     if ms < 1000 {
-        out.push_str(digits.format(ms));
-        out.push_str("ms");
-        return out;
+        out.extend_from_slice(digits.format(ms).as_bytes());
+        out.extend_from_slice(b"ms");
+        return;
     }
     let hours = ms / 3_600_000;
     let minutes = ms % 3_600_000 / 60_000;
     let secs_ms = ms % 60_000;
     if hours > 0 {
-        out.push_str(digits.format(hours));
-        out.push('h');
+        out.extend_from_slice(digits.format(hours).as_bytes());
+        out.push(b'h');
     }
     if hours > 0 || minutes > 0 {
-        out.push_str(digits.format(minutes));
-        out.push('m');
+        out.extend_from_slice(digits.format(minutes).as_bytes());
+        out.push(b'm');
     }
-    out.push_str(digits.format(secs_ms / 1000));
+    out.extend_from_slice(digits.format(secs_ms / 1000).as_bytes());
     let millis = secs_ms % 1000;
     if millis > 0 {
         // Milliseconds without trailing zeros: 500 → ".5", 250 → ".25", 7 → ".007".
-        out.push('.');
+        out.push(b'.');
         let text = digits.format(millis + 1000);
-        out.push_str(text[1..].trim_end_matches('0'));
+        out.extend_from_slice(text[1..].trim_end_matches('0').as_bytes());
     }
-    out.push('s');
-    out
+    out.push(b's');
 }
 
 #[cfg(test)]

@@ -384,6 +384,46 @@ fn invalid_rules_name_their_path() {
     );
 }
 
+/// The header lines the HTTP/1.1 server writes are the header map's pairs, in order, and nothing for a
+/// unit without a limit.
+#[test]
+fn rate_header_lines_are_the_pairs() {
+    let both = RateHeaders {
+        units: [
+            Some(Tightest {
+                limit: 100,
+                remaining: 0,
+                reset_us: 1_500_000,
+            }),
+            Some(Tightest {
+                limit: u64::MAX,
+                remaining: 12_345,
+                reset_us: 3_723_000_000,
+            }),
+        ],
+    };
+    let tokens_only = RateHeaders {
+        units: [None, both.units[1]],
+    };
+    for headers in [both, tokens_only, RateHeaders::default()] {
+        let mut lines = Vec::new();
+        headers.write_fields(&mut lines);
+        let expected: String = headers
+            .pairs()
+            .map(|(name, value)| format!("{name}: {}\r\n", value.to_str().unwrap()))
+            .collect();
+        assert_eq!(String::from_utf8(lines).unwrap(), expected);
+        assert_eq!(headers.is_empty(), expected.is_empty());
+    }
+    let mut lines = Vec::new();
+    both.write_fields(&mut lines);
+    assert!(
+        String::from_utf8(lines)
+            .unwrap()
+            .starts_with("x-ratelimit-limit-requests: 100\r\nx-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: 1.5s\r\n")
+    );
+}
+
 #[test]
 fn reset_durations_look_like_openai() {
     assert_eq!(go_duration(0), "0ms");

@@ -192,9 +192,11 @@ async fn store_and_mark(
     Response::from_parts(parts, Body::from(cached::mark_miss(bytes)))
 }
 
+/// The `x-ratelimit-*` headers go with the response as numbers (an extension): the HTTP/1.1 server writes
+/// them straight into the response head, and `AppFuture` turns them into header values for HTTP/2.
 fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> Response {
-    for (name, value) in headers.pairs() {
-        response.headers_mut().insert(name, value);
+    if !headers.is_empty() {
+        response.extensions_mut().insert(headers);
     }
     response
 }

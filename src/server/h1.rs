@@ -358,6 +358,9 @@ impl Conn<'_> {
             }
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        if let Some(rate) = parts.extensions.get::<crate::limits::RateHeaders>() {
+            rate.write_fields(out);
+        }
         if let Some(length) = length
             && status != StatusCode::NO_CONTENT
             && status != StatusCode::NOT_MODIFIED

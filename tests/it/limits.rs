@@ -104,6 +104,64 @@ async fn per_ip_sliding_window_seed_000_method_4() {
     );
 }
 
+/// The `x-ratelimit-*` headers are the same for HTTP/1.1 and HTTP/2 clients (the HTTP/1.1 server writes
+/// them into the response head itself, hyper writes HTTP/2 headers from the header map), on a cache miss
+/// and on a hit, with each response's own remaining count.
+#[tokio::test]
+async fn rate_headers_reach_http1_and_http2_clients_alike() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&config(
+        &mock,
+        "rate_limit:\n  per_ip: { requests: 10, window_s: 60 }\ncache: { enabled: true }\n",
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let clients = [
+        (client(), reqwest::Version::HTTP_11, "MISS"),
+        (h2.clone(), reqwest::Version::HTTP_2, "HIT"),
+        (h2, reqwest::Version::HTTP_2, "HIT"),
+        (client(), reqwest::Version::HTTP_11, "HIT"),
+    ];
+    for (i, (client, version, cache)) in clients.into_iter().enumerate() {
+        let response = client
+            .post(gateway.url("/v1/chat/completions"))
+            .json(&chat_body("m", "the same question"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), version, "request {i}");
+        assert_eq!(response.status(), 200, "request {i}");
+        let headers = response.headers();
+        assert_eq!(header(headers, "x-cache"), cache, "request {i}");
+        assert_eq!(header(headers, "x-ratelimit-limit-requests"), "10");
+        assert_eq!(
+            header(headers, "x-ratelimit-remaining-requests"),
+            (9 - i).to_string(),
+            "request {i}"
+        );
+        let reset = header(headers, "x-ratelimit-reset-requests");
+        assert!(
+            reset.ends_with("ms") || reset.ends_with('s'),
+            "request {i}: reset {reset:?}"
+        );
+        assert_eq!(
+            headers.get_all("x-ratelimit-limit-requests").iter().count(),
+            1,
+            "request {i}: one of each header"
+        );
+        assert!(headers.get("x-ratelimit-limit-tokens").is_none());
+    }
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "three of the four were cache hits"
+    );
+}
+
 #[tokio::test]
 async fn global_token_bucket_seed_004_admits_the_burst() {
     let mock = Mock::start().await;
