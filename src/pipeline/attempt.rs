@@ -67,8 +67,8 @@ impl ForwardedHeaders {
         ForwardedHeaders {
             authorization,
             x_api_key,
-            anthropic_version: headers.remove("anthropic-version"),
-            anthropic_beta: headers.remove("anthropic-beta"),
+            anthropic_version: headers.remove(crate::http::names::ANTHROPIC_VERSION),
+            anthropic_beta: headers.remove(crate::http::names::ANTHROPIC_BETA),
         }
     }
 }
