@@ -191,26 +191,10 @@ impl std::fmt::Debug for LogRecord {
     }
 }
 
-/// While records keep arriving, the writer naps between batches instead of being woken for each record:
-/// a wake-up costs the request path a system call, a nap costs nothing there. A nap is at most this long,
-/// and what was written is flushed at least this often, so records reach the file within about twice
-/// this delay; an idle writer blocks and the first record wakes it.
+/// While records keep arriving, the writer naps this long between batches instead of being woken for
+/// each record: a wake-up costs the request path a system call, a nap costs nothing there. Records reach
+/// the file within about this delay; an idle writer blocks and the first record wakes it.
 const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Under load the naps shrink (to no less than [`MIN_NAP`]) so that a batch is about this many records:
-/// records written soon after they were made are still in the CPU's caches, and the allocator takes back
-/// their memory in small runs. At 40,000 requests a second a 20 ms nap gathered 800 records; serializing
-/// and freeing such a batch cost ≈ 1k more instructions per record (`bench/profile.sh`).
-const BATCH_RECORDS: u32 = 64;
-
-/// The shortest nap between batches.
-const MIN_NAP: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// The nap after a batch of `records` gathered during a nap of `last`: long enough for about
-/// [`BATCH_RECORDS`] at that rate, between [`MIN_NAP`] and [`BATCH_INTERVAL`].
-fn next_nap(last: std::time::Duration, records: u32) -> std::time::Duration {
-    (last * BATCH_RECORDS / records.max(1)).clamp(MIN_NAP, BATCH_INTERVAL)
-}
 
 /// Keeps an exact fraction of records without randomness: record `n` is kept when `floor((n+1)·rate)`
 /// exceeds `floor(n·rate)`, so 0.25 keeps every 4th record and tests stay deterministic.
@@ -440,16 +424,14 @@ impl Writer {
         control: &Receiver<oneshot::Sender<()>>,
         gate: Option<Arc<std::sync::Mutex<()>>>,
     ) {
-        let mut nap = BATCH_INTERVAL;
-        let mut flushed = std::time::Instant::now();
         loop {
-            let mut written = 0u32;
+            let mut wrote = false;
             loop {
                 match rx.try_recv() {
                     Ok(record) => {
                         let _stalled = gate.as_ref().map(|g| g.lock());
                         self.write(&record);
-                        written = written.saturating_add(1);
+                        wrote = true;
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -461,19 +443,12 @@ impl Writer {
             if let Ok(reply) = control.try_recv() {
                 return self.shut_down(rx, control, reply);
             }
-            if written > 0 {
-                // Short naps do not mean more writes: the buffer goes out when it is full, or when
-                // the last flush is a batch interval old.
-                if flushed.elapsed() >= BATCH_INTERVAL {
-                    self.flush();
-                    flushed = std::time::Instant::now();
-                }
-                nap = next_nap(nap, written);
-                std::thread::sleep(nap);
+            // Make what was written visible before napping or sleeping.
+            self.flush();
+            if wrote {
+                std::thread::sleep(BATCH_INTERVAL);
                 continue;
             }
-            // Make what was written visible before sleeping.
-            self.flush();
             crossbeam_channel::select! {
                 recv(rx) -> record => match record {
                     Ok(record) => {
@@ -488,9 +463,7 @@ impl Writer {
                         // The first record after a quiet spell is written at once; then a nap, so
                         // the records that follow it are a batch rather than one wake-up each.
                         self.flush();
-                        flushed = std::time::Instant::now();
-                        nap = BATCH_INTERVAL;
-                        std::thread::sleep(nap);
+                        std::thread::sleep(BATCH_INTERVAL);
                     }
                     Err(_) => break,
                 },
@@ -1339,24 +1312,6 @@ mod tests {
         // After shutdown, records are dropped and counted rather than silently lost.
         logger.log(simple("late", "2026-11-22T10:00:00Z"));
         assert_eq!(dropped.load(Ordering::Relaxed), dropped_now + 1);
-    }
-
-    /// Naps shrink under load to keep a batch near `BATCH_RECORDS` records, within their bounds.
-    #[test]
-    fn naps_follow_the_record_rate() {
-        let ms = Duration::from_millis;
-        // 40,000 records a second: 800 in a 20 ms nap, so the next nap is 1.6 ms (64 records).
-        assert_eq!(next_nap(ms(20), 800), Duration::from_micros(1_600));
-        assert_eq!(
-            next_nap(Duration::from_micros(1_600), 64),
-            Duration::from_micros(1_600)
-        );
-        // Faster than that: no shorter than MIN_NAP.
-        assert_eq!(next_nap(ms(1), 1_000), MIN_NAP);
-        // A trickle: back to BATCH_INTERVAL, never longer.
-        assert_eq!(next_nap(ms(2), 1), BATCH_INTERVAL);
-        assert_eq!(next_nap(ms(20), 10), BATCH_INTERVAL);
-        assert_eq!(next_nap(ms(20), 0), BATCH_INTERVAL);
     }
 
     /// Records arriving one by one, faster than the batch interval, are written in batches: the
