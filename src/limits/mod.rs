@@ -955,6 +955,20 @@ fn rejection(
     }
 }
 
+/// OpenAI's rate-limit header names: limit, remaining, reset — for requests, then tokens.
+const RATE_HEADER_NAMES: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ],
+    [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ],
+];
+
 /// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers (OpenAI's names) of the tightest
 /// rate bucket of each unit. Kept as numbers until the response is written: an admitted request holds
 /// them through its upstream call, and header values held that long were separate allocations read
@@ -1000,30 +1014,19 @@ impl RateHeaders {
     /// as [`pairs`](Self::pairs), written straight into a response head — no header value allocated and no
     /// map insert for each of them.
     pub fn write_fields(&self, out: &mut Vec<u8>) {
-        const NAMES: [[&[u8]; 3]; 2] = [
-            [
-                b"x-ratelimit-limit-requests: ",
-                b"x-ratelimit-remaining-requests: ",
-                b"x-ratelimit-reset-requests: ",
-            ],
-            [
-                b"x-ratelimit-limit-tokens: ",
-                b"x-ratelimit-remaining-tokens: ",
-                b"x-ratelimit-reset-tokens: ",
-            ],
-        ];
         let mut digits = itoa::Buffer::new();
-        for (unit, [limit, remaining, reset]) in self.units.iter().zip(&NAMES) {
+        for (unit, [limit, remaining, reset]) in self.units.iter().zip(&RATE_HEADER_NAMES) {
             let Some(unit) = unit else {
                 continue;
             };
-            out.extend_from_slice(limit);
-            out.extend_from_slice(digits.format(unit.limit).as_bytes());
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(remaining);
-            out.extend_from_slice(digits.format(unit.remaining).as_bytes());
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(reset);
+            for (name, value) in [(limit, unit.limit), (remaining, unit.remaining)] {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(digits.format(value).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(reset.as_bytes());
+            out.extend_from_slice(b": ");
             write_go_duration(out, unit.reset_us);
             out.extend_from_slice(b"\r\n");
         }
@@ -1031,18 +1034,15 @@ impl RateHeaders {
 
     /// The headers, requests first.
     pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
-        static NAMES: [[HeaderName; 3]; 2] = [
+        const fn names(unit: usize) -> [HeaderName; 3] {
+            let [limit, remaining, reset] = RATE_HEADER_NAMES[unit];
             [
-                HeaderName::from_static("x-ratelimit-limit-requests"),
-                HeaderName::from_static("x-ratelimit-remaining-requests"),
-                HeaderName::from_static("x-ratelimit-reset-requests"),
-            ],
-            [
-                HeaderName::from_static("x-ratelimit-limit-tokens"),
-                HeaderName::from_static("x-ratelimit-remaining-tokens"),
-                HeaderName::from_static("x-ratelimit-reset-tokens"),
-            ],
-        ];
+                HeaderName::from_static(limit),
+                HeaderName::from_static(remaining),
+                HeaderName::from_static(reset),
+            ]
+        }
+        static NAMES: [[HeaderName; 3]; 2] = [names(0), names(1)];
         self.units
             .iter()
             .zip(&NAMES)
