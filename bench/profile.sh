@@ -9,6 +9,7 @@
 #
 # Environment: MODE (json|stream), REQUESTS (2000), CONC (4), PATH_ (/v1/chat/completions),
 # BODY (openai), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1,
+# GATEWAY_BIN (another gateway binary, e.g. bench/pgo.sh's profile-guided build),
 # UNIQUE=1 (every request's body different: "__N__" in it becomes a counter, a cache-miss load),
 # VALGRIND_ARGS (extra callgrind options, e.g. "--cache-sim=yes --LL=1048576,16,64" to count misses of a
 # simulated 1 MiB last-level cache, this machine's L2 per core; with CONC=256 it shows what a large number
@@ -29,6 +30,7 @@ PORT_BASE=${PORT_BASE:-18200}
 TOP=${TOP:-40}
 HEADER=${HEADER:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+GATEWAY_BIN=${GATEWAY_BIN:-$TARGET_DIR/release/ai-gateway}
 OUT=$BENCH/out/profile
 MOCK_PORT=$PORT_BASE
 GW_PORT=$((PORT_BASE + 2))
@@ -63,7 +65,7 @@ template=$BENCH/configs/$CONFIG
 sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
 	"$template" >"$OUT/gateway.yaml"
 (cd "$OUT" && exec taskset -c "${GW_CORE:-0}" valgrind --tool=callgrind --instr-atstart=no ${VALGRIND_ARGS:-} --callgrind-out-file="$OUT/callgrind.out.%p" \
-	"$TARGET_DIR/release/ai-gateway" --config "$OUT/gateway.yaml") >"$OUT/gateway.log" 2>&1 &
+	"$GATEWAY_BIN" --config "$OUT/gateway.yaml") >"$OUT/gateway.log" 2>&1 &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$GW_PORT/health"
 

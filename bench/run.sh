@@ -14,7 +14,9 @@
 #
 # Environment: DURATION (s, default 8), WARMUP (s, 2), CONNS ("32 256"), MODES ("json stream"),
 # ONLY (regex on scenario names), SCENARIOS (file), GW_CORE (0), LOAD_CORE (1), WRK_THREADS (1),
-# PORT_BASE (18100: mock, +1 nginx, +2 gateway, +3 redis), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out);
+# PORT_BASE (18100: mock, +1 nginx, +2 gateway, +3 redis), SKIP_INSTALL=1, SKIP_BUILD=1, OUT (bench/out),
+# PGO=1 (measure the profile-guided build of bench/pgo.sh, built first unless SKIP_BUILD=1), GATEWAY_BIN
+# (a gateway binary built elsewhere; the build then skips it);
 # slow-streams: SLOW_STREAMS (10000; a list gives a row each), SLOW_DELAY_MS (500), SLOW_PROTO (auto|h1|h2),
 # SLOW_H2_STREAMS (100 per connection), SLOW_RATE (2000 streams started per second), SLOW_OPENING (256),
 # SLOW_NGINX (1).
@@ -38,7 +40,13 @@ NGINX_PORT=$((PORT_BASE + 1))
 GW_PORT=$((PORT_BASE + 2))
 REDIS_PORT=$((PORT_BASE + 3))
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-GATEWAY_BIN=$TARGET_DIR/release/ai-gateway
+OWN_GATEWAY_BIN=${GATEWAY_BIN:-}
+PGO=${PGO:-0}
+if [[ $PGO == 1 ]]; then
+	GATEWAY_BIN=${GATEWAY_BIN:-$TARGET_DIR/pgo-use/release/ai-gateway}
+else
+	GATEWAY_BIN=${GATEWAY_BIN:-$TARGET_DIR/release/ai-gateway}
+fi
 MOCK_BIN=$TARGET_DIR/release/examples/mock_upstream
 SLOW_BIN=$TARGET_DIR/release/examples/slow_client
 CLK_TCK=$(getconf CLK_TCK)
@@ -71,8 +79,12 @@ install_tools() {
 build() {
 	[[ ${SKIP_BUILD:-0} == 1 ]] && return
 	log "building release binaries (target dir $TARGET_DIR)"
-	(cd "$ROOT" && cargo build --release --bin ai-gateway &&
-		cargo build --release --example mock_upstream --example slow_client)
+	if [[ -z $OWN_GATEWAY_BIN && $PGO == 1 ]]; then
+		PGO=0 bash "$BENCH/pgo.sh" >/dev/null
+	elif [[ -z $OWN_GATEWAY_BIN ]]; then
+		(cd "$ROOT" && cargo build --release --bin ai-gateway)
+	fi
+	(cd "$ROOT" && cargo build --release --example mock_upstream --example slow_client)
 }
 
 # ---------------------------------------------------------------- processes
@@ -722,6 +734,7 @@ write_report() {
 		local only=""
 		[[ -n $ONLY ]] && only=" ONLY='$ONLY'"
 		echo "- command: \`DURATION=$DURATION WARMUP=$WARMUP CONNS=\"$CONNS\"$only bash bench/run.sh\`"
+		echo "- gateway binary: $GATEWAY_BIN$([[ $PGO == 1 ]] && echo " (profile-guided, bench/pgo.sh)")"
 		echo "- server under test pinned to core $GW_CORE; mock upstream and wrk ($WRK_THREADS thread) on core $LOAD_CORE"
 		[[ -s $SLOW ]] && echo "- slow-streams: SLOW_STREAMS=\"$SLOW_STREAMS\" SLOW_DELAY_MS=$SLOW_DELAY_MS SLOW_PROTO=$SLOW_PROTO SLOW_H2_STREAMS=$SLOW_H2_STREAMS SLOW_RATE=$SLOW_RATE SLOW_OPENING=$SLOW_OPENING; open files limit $(ulimit -n)"
 		((NEED_REDIS)) && echo "- scenarios with Redis state: a fresh redis-server per cell (no persistence) on core $LOAD_CORE; its CPU per request is in the note, not in CPU µs/req"
