@@ -5,7 +5,7 @@
 #   GATEWAY_BIN=$(bash bench/pgo.sh | tail -1) bash bench/run.sh
 #
 # 1. builds the gateway with `-Cprofile-generate` (its own target dir, TARGET_DIR/pgo-gen);
-# 2. trains it: bench/run.sh's pass-through, features, conversion and request-log scenarios, json and
+# 2. trains it: bench/run.sh's pass-through, features (in memory and in Redis), conversion and log scenarios, json and
 #    stream, c32 and c256 (TRAIN_ONLY, TRAIN_DURATION s each) — every gateway process writes a profile at exit;
 # 3. merges the profiles with the llvm-profdata of rustc's own LLVM (rustup's llvm-tools component, or
 #    Debian's llvm-N of the same major version when rustup cannot add it);
@@ -19,7 +19,7 @@ BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PGO_DIR=${PGO_DIR:-$TARGET_DIR/pgo}
-TRAIN_ONLY=${TRAIN_ONLY:-'^(gateway|all-on-miss|features-hit|conv-openai-to-anthropic|anthropic-in|reqlog-on|access-log-on)$'}
+TRAIN_ONLY=${TRAIN_ONLY:-'^(gateway|all-on-miss|features-hit|features-miss-redis|conv-openai-to-anthropic|anthropic-in|reqlog-on|access-log-on)$'}
 TRAIN_DURATION=${TRAIN_DURATION:-3}
 TRAIN_CONNS=${TRAIN_CONNS:-"32 256"}
 
