@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub admission: Option<crate::limits::Admission>,
     /// Set on a cache miss: where a finished stream is stored.
     pub cache_key: Option<crate::cache::CacheKey>,
+    /// The reply is logged as far as it went: the stream was cut or the client left before its end.
+    pub incomplete: bool,
     finished: bool,
 }
 
@@ -73,6 +75,7 @@ impl RequestCtx {
             streamed: None,
             admission: None,
             cache_key: None,
+            incomplete: false,
             finished: false,
         }
     }
@@ -101,6 +104,7 @@ impl RequestCtx {
             streamed: self.streamed.take(),
             admission: self.admission.take(),
             cache_key: self.cache_key.take(),
+            incomplete: self.incomplete,
             finished: false,
         };
         self.finished = true;
@@ -246,6 +250,7 @@ impl RequestCtx {
                 })
                 .collect(),
             request_params,
+            incomplete: self.incomplete,
         });
     }
 }
@@ -303,6 +308,7 @@ impl Drop for RequestCtx {
             // The client went away before the response was complete (nginx's 499).
             self.status = 499;
             self.error.get_or_insert("client_disconnected");
+            self.incomplete = true;
             self.finish();
         }
     }

@@ -18,7 +18,7 @@ use crate::protocol::{
 use crate::routing::instances::InFlightGuard;
 use crate::state::AppState;
 use crate::upstream::echo;
-use crate::upstream::relay::Relay;
+use crate::upstream::relay::{Relay, StreamEnd};
 
 use super::RequestCtx;
 
@@ -81,8 +81,11 @@ pub fn sse_bytes(body: Bytes, backend: &str) -> Response {
 }
 
 /// Relay an upstream stream: `first` is already in hand; the rest follows as the upstream sends it.
-/// A fault after the first byte ends the stream with a protocol-correct error event and counts against
-/// the instance. The in-flight guard lives as long as the stream.
+/// A fault after the first byte ends the stream with a protocol-correct error event (and without the
+/// success sentinel) and counts against the instance. The request is recorded when the stream's last
+/// bytes are handed to the connection — a client that closes right after reading the terminal event
+/// got the whole answer — or, if the client leaves first, as a 499 with what it was sent (marked
+/// incomplete). The in-flight guard lives as long as the stream.
 pub fn stream(
     first: Bytes,
     relay: Relay,
@@ -92,48 +95,7 @@ pub fn stream(
     provider: &'static str,
     backend: &str,
 ) -> Response {
-    struct Streaming {
-        relay: Relay,
-        ctx: RequestCtx,
-        guard: InFlightGuard,
-        state: AppState,
-        provider: &'static str,
-        first: Option<Bytes>,
-        done: bool,
-    }
-    impl Streaming {
-        fn close(&mut self, complete: bool) {
-            self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
-            if self.ctx.usage.is_none()
-                && let Some(admission) = &self.ctx.admission
-                && admission.counts_tokens()
-            {
-                // Streams without usage are counted from their text when limits count tokens.
-                self.ctx.usage = Some(crate::protocol::Usage {
-                    input_tokens: admission.estimated_tokens(),
-                    output_tokens: crate::tokens::count(self.relay.text()),
-                    ..Default::default()
-                });
-            }
-            self.ctx.streamed = Some((
-                self.provider,
-                self.relay.facts.events,
-                self.relay.facts.bytes,
-            ));
-            let cache_key = self.ctx.cache_key.take();
-            if self.ctx.request.is_some() || cache_key.is_some() {
-                let summary = self.relay.summary();
-                if complete && let Some(key) = cache_key {
-                    super::cached::store_stream(&self.state, key, &summary, &self.ctx);
-                }
-                if self.ctx.request.is_some() {
-                    self.ctx.reply = Some(summary);
-                }
-            }
-            self.ctx.finish();
-        }
-    }
-    let state = Streaming {
+    let streaming = Streaming {
         relay,
         ctx,
         guard,
@@ -142,37 +104,134 @@ pub fn stream(
         first: Some(first),
         done: false,
     };
-    let body = futures_util::stream::unfold(state, |mut streaming| async move {
-        if let Some(first) = streaming.first.take() {
-            return Some((Ok::<Bytes, std::io::Error>(first), streaming));
-        }
+    let body = futures_util::stream::unfold(streaming, |mut streaming| async move {
         if streaming.done {
             return None;
         }
-        match streaming.relay.next_output().await {
-            Ok(Some(bytes)) => Some((Ok(bytes), streaming)),
+        let next = match streaming.first.take() {
+            Some(first) => Ok(Some(first)),
+            None => streaming.relay.next_output().await,
+        };
+        match next {
+            Ok(Some(bytes)) => {
+                if let Some(end) = streaming.relay.end().cloned() {
+                    streaming.ended(end);
+                }
+                Some((Ok::<Bytes, std::io::Error>(bytes), streaming))
+            }
             Ok(None) => {
-                streaming.done = true;
-                streaming.close(true);
+                let end = streaming
+                    .relay
+                    .end()
+                    .cloned()
+                    .unwrap_or(StreamEnd::Complete);
+                streaming.ended(end);
                 None
             }
             Err(fault) => {
-                streaming.done = true;
                 tracing::warn!(id = %streaming.ctx.id, fault = %fault, "stream ended by an upstream fault");
-                let instance = streaming.guard.instance();
-                if let Some(transition) = instance.breaker.on_failure(std::time::Instant::now()) {
-                    streaming.state.instance_transition(instance, transition);
-                }
-                streaming.ctx.error = Some("upstream_stream_error");
                 let event = streaming
                     .relay
                     .error_event(&format!("upstream stream failed: {fault}"));
-                streaming.close(false);
+                streaming.failed();
                 Some((Ok(event), streaming))
             }
         }
     });
     sse_response(Body::from_stream(body), backend)
+}
+
+/// A relayed stream in flight: the relay, the request's record and the instance it holds.
+struct Streaming {
+    relay: Relay,
+    ctx: RequestCtx,
+    guard: InFlightGuard,
+    state: AppState,
+    provider: &'static str,
+    first: Option<Bytes>,
+    /// The record is closed: nothing more is sent.
+    done: bool,
+}
+
+impl Streaming {
+    /// The stream's last bytes are in hand: record it as it ended.
+    fn ended(&mut self, end: StreamEnd) {
+        match end {
+            StreamEnd::Complete => {
+                self.done = true;
+                self.close(true);
+            }
+            StreamEnd::UpstreamError(message) => {
+                tracing::warn!(id = %self.ctx.id, error = %message, "upstream ended the stream with an error");
+                self.failed();
+            }
+        }
+    }
+
+    /// The upstream failed mid-stream: count it against the instance and record the request.
+    fn failed(&mut self) {
+        self.done = true;
+        let instance = self.guard.instance();
+        if let Some(transition) = instance.breaker.on_failure(std::time::Instant::now()) {
+            self.state.instance_transition(instance, transition);
+        }
+        self.ctx.error = Some("upstream_stream_error");
+        self.close(false);
+    }
+
+    fn close(&mut self, complete: bool) {
+        self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
+        if self.ctx.usage.is_none()
+            && let Some(admission) = &self.ctx.admission
+            && admission.counts_tokens()
+        {
+            // Streams without usage are counted from their text when limits count tokens.
+            self.ctx.usage = Some(crate::protocol::Usage {
+                input_tokens: admission.estimated_tokens(),
+                output_tokens: crate::tokens::count(self.relay.text()),
+                ..Default::default()
+            });
+        }
+        self.ctx.streamed = Some((
+            self.provider,
+            self.relay.facts.events,
+            self.relay.facts.bytes,
+        ));
+        let cache_key = self.ctx.cache_key.take();
+        if self.ctx.request.is_some() || cache_key.is_some() {
+            let summary = self.relay.summary();
+            if complete && let Some(key) = cache_key {
+                super::cached::store_stream(&self.state, key, &summary, &self.ctx);
+            }
+            if self.ctx.request.is_some() {
+                self.ctx.reply = Some(summary);
+            }
+        }
+        self.ctx.incomplete = !complete;
+        self.ctx.finish();
+    }
+}
+
+impl Drop for Streaming {
+    /// The client left before the stream ended: a 499 with what it was sent, marked incomplete.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.ctx.status = 499;
+        self.ctx.error = Some("client_disconnected");
+        self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
+        self.ctx.streamed = Some((
+            self.provider,
+            self.relay.facts.events,
+            self.relay.facts.bytes,
+        ));
+        if self.ctx.request.is_some() {
+            self.ctx.reply = Some(self.relay.summary());
+        }
+        self.ctx.incomplete = true;
+        self.ctx.finish();
+    }
 }
 
 /// The in-process echo backend, answering in the client's protocol.
@@ -289,16 +348,21 @@ fn paced(frames: Vec<Bytes>, delay: Duration, mut ctx: RequestCtx, backend: &str
         ctx.finish();
         return sse_response(Body::from(out.freeze()), backend);
     }
-    let body = futures_util::stream::iter(frames.into_iter().enumerate())
-        .then(move |(i, frame)| async move {
-            if i > 0 {
-                tokio::time::sleep(delay).await;
+    // The record is finished as the last frame is handed out: a client that closes right after
+    // reading it got the whole answer.
+    let last = frames.len().saturating_sub(1);
+    let body =
+        futures_util::stream::iter(frames.into_iter().enumerate()).then(move |(i, frame)| {
+            let finished = (i == last).then(|| ctx.detach());
+            async move {
+                if i > 0 {
+                    tokio::time::sleep(delay).await;
+                }
+                if let Some(mut ctx) = finished {
+                    ctx.finish();
+                }
+                Ok::<Bytes, std::io::Error>(frame)
             }
-            Ok::<Bytes, std::io::Error>(frame)
-        })
-        .chain(futures_util::stream::once(async move {
-            ctx.finish();
-            Ok(Bytes::new())
-        }));
+        });
     sse_response(Body::from_stream(body), backend)
 }

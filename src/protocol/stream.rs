@@ -1423,8 +1423,8 @@ impl OpenAiEncoder {
             StreamEvent::Finish { reason, .. } => self.send_finish(*reason, opts, out),
             StreamEvent::Usage(usage) => self.usage = Some(*usage),
             StreamEvent::Error { kind, message } => {
+                // No `[DONE]` after it: that is the success sentinel, and this answer was cut short.
                 write_event(out, None, &openai::error_body(message, kind, None, None));
-                sse::encode(None, b"[DONE]", out);
                 self.ended = true;
             }
             StreamEvent::Done => self.end(opts, out),
@@ -1510,6 +1510,8 @@ pub struct StreamConverter {
     decoded: u64,
     /// The upstream's very first event was an error: its message.
     first_error: Option<String>,
+    /// The message of the error event the upstream ended its stream with, if it did.
+    upstream_error: Option<String>,
 }
 
 impl StreamConverter {
@@ -1528,6 +1530,7 @@ impl StreamConverter {
             usage_seen: false,
             decoded: 0,
             first_error: None,
+            upstream_error: None,
         }
     }
 
@@ -1556,6 +1559,9 @@ impl StreamConverter {
                 self.first_error = Some(message.clone());
             }
             self.decoded += 1;
+            if let (false, StreamEvent::Error { message, .. }) = (self.upstream_ended, &event) {
+                self.upstream_error = Some(message.clone());
+            }
             self.upstream_ended |= matches!(event, StreamEvent::Done | StreamEvent::Error { .. });
             self.usage_seen |= matches!(event, StreamEvent::Usage(_));
             if matches!(event, StreamEvent::Done) {
@@ -1573,6 +1579,11 @@ impl StreamConverter {
     /// tell the client, or `finish` to end it as if complete.
     pub fn upstream_finished(&self) -> bool {
         self.upstream_ended
+    }
+
+    /// The message of the upstream's error event when that is how it ended its stream.
+    pub fn upstream_error(&self) -> Option<&str> {
+        self.upstream_error.as_deref()
     }
 
     /// The message of an error event that was the upstream's very first event (nothing was answered):

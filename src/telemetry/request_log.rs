@@ -175,6 +175,9 @@ pub struct LogRecord {
     pub reply_tool_calls: Vec<LogToolCall>,
     /// For `format: openai`: the request fields other than `messages` (model, temperature, tools, …).
     pub request_params: Map<String, Value>,
+    /// The reply is only what was sent before the stream broke or the client left (written as
+    /// `"incomplete": true`; absent for complete answers).
+    pub incomplete: bool,
 }
 
 /// Prompts and replies may carry personal data, so Debug shows only the metadata.
@@ -644,6 +647,9 @@ fn write_sharegpt_line(out: &mut Vec<u8>, record: &LogRecord, redact: &RedactFn)
         out.extend_from_slice(b",\"tool_calls\":");
         write_tool_calls(out, &record.reply_tool_calls, redact);
     }
+    if record.incomplete {
+        out.extend_from_slice(b",\"incomplete\":true");
+    }
     out.push(b'}');
 }
 
@@ -799,6 +805,9 @@ fn openai_line(record: &LogRecord, redact: &RedactFn) -> Value {
     }
     messages.push(reply);
     line.insert("messages".into(), Value::Array(messages));
+    if record.incomplete {
+        line.insert("incomplete".into(), Value::Bool(true));
+    }
     Value::Object(line)
 }
 
@@ -850,6 +859,8 @@ mod tests {
         reasoning: Option<Cow<'a, str>>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<ToolCallOut<'a>>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        incomplete: bool,
     }
 
     fn tool_calls_out<'a>(calls: &'a [LogToolCall], redact: &RedactFn) -> Vec<ToolCallOut<'a>> {
@@ -904,6 +915,7 @@ mod tests {
             conversations,
             reasoning: record.reasoning.as_deref().map(redact),
             tool_calls: tool_calls_out(&record.reply_tool_calls, redact),
+            incomplete: record.incomplete,
         }
     }
 
@@ -949,6 +961,7 @@ mod tests {
             reasoning: None,
             reply_tool_calls: Vec::new(),
             request_params: Map::new(),
+            incomplete: false,
         }
     }
 
@@ -999,6 +1012,7 @@ mod tests {
                 arguments: r#"{"msg":"✓"}"#.into(),
             }],
             request_params: params,
+            incomplete: false,
         }
     }
 
@@ -1076,6 +1090,7 @@ mod tests {
                 reasoning: optional[2].then(|| texts[1].clone()),
                 reply_tool_calls: if optional[3] { vec![call] } else { Vec::new() },
                 request_params: Map::new(),
+                incomplete: numbers.0 % 2 == 1,
             };
             let mut written = Vec::new();
             write_sharegpt_line(&mut written, &record, &*redactor());

@@ -53,17 +53,28 @@ pub struct StreamFacts {
     pub finish_reason: Option<FinishReason>,
 }
 
+/// How a relayed stream ended, once its last bytes are in hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The stream's terminal success event (`[DONE]`, `message_stop`) is in the output: the request is
+    /// complete, whatever the client does next.
+    Complete,
+    /// The upstream ended the stream with its own error event, relayed (or converted) to the client;
+    /// no success sentinel follows it.
+    UpstreamError(String),
+}
+
 pub struct Relay {
     upstream: super::pool::Body,
     decoder: SseDecoder,
     transform: Transform,
     idle: Duration,
     ended: bool,
-    saw_terminator: bool,
+    /// How the stream ended, once its last event was handed out (`None` while it runs and after a
+    /// fault, which `next_output` returns instead).
+    end: Option<StreamEnd>,
     /// A fault met after some output was ready: that output is delivered first, the fault next.
     pending_fault: Option<Fault>,
-    /// A pass-through stream carried the upstream's own error event: the upstream ended it.
-    saw_upstream_error: bool,
     /// Upstream events forwarded by a pass-through transform.
     forwarded: u64,
     /// A pass-through upstream's very first event was an error: its message.
@@ -95,9 +106,8 @@ impl Relay {
             transform,
             idle,
             ended: false,
-            saw_terminator: false,
+            end: None,
             pending_fault: None,
-            saw_upstream_error: false,
             forwarded: 0,
             first_error: None,
             delivered: false,
@@ -241,9 +251,8 @@ impl Relay {
                             return self.deliver_then(out, fault);
                         }
                         if converter.upstream_finished() {
-                            self.ended = true;
                             let _ = converter.finish(&mut out);
-                            self.take_summary();
+                            self.end_converted();
                             self.read_upstream_end().await;
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
@@ -252,6 +261,10 @@ impl Relay {
                     self.decoder.feed_bytes(chunk);
                     if let Err(fault) = self.drain(&mut out) {
                         return self.deliver_then(out, fault);
+                    }
+                    if self.end.is_some() {
+                        // The upstream's last event is in `out`; what may follow it is not relayed.
+                        self.read_upstream_end().await;
                     }
                 }
                 Ok(None) => {
@@ -262,7 +275,7 @@ impl Relay {
                         // EOF without the upstream's own end: a cut, unless nothing more was due.
                         if flushed.is_ok() && converter.upstream_finished() {
                             let _ = converter.finish(&mut out);
-                            self.take_summary();
+                            self.end_converted();
                             return Ok((!out.is_empty()).then(|| out.freeze()));
                         }
                         self.take_summary();
@@ -271,18 +284,13 @@ impl Relay {
                     if let Some(event) = self.decoder.finish() {
                         self.forward(&event, &mut out);
                     }
-                    if !self.saw_terminator {
+                    if self.end.is_none() {
                         let openai = matches!(self.transform, Transform::OpenAiPassThrough { .. });
-                        if self.saw_upstream_error {
-                            // The upstream reported its own error and closed: that error is the end
-                            // (OpenAI clients still get their `[DONE]`), not a cut to report again.
-                            if openai {
-                                out.extend_from_slice(b"data: [DONE]\n\n");
-                                self.facts.events += 1;
-                            }
-                        } else if openai && self.facts.finish_reason.is_some() {
+                        if openai && self.facts.finish_reason.is_some() {
+                            // The answer was finished; only the upstream's `[DONE]` was missing.
                             out.extend_from_slice(b"data: [DONE]\n\n");
                             self.facts.events += 1;
+                            self.end = Some(StreamEnd::Complete);
                         } else {
                             return self.deliver_then(out, cut());
                         }
@@ -291,6 +299,28 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// A converted stream's upstream ended it: by its success end, or by its own error event.
+    fn end_converted(&mut self) {
+        self.ended = true;
+        self.take_summary();
+        if let Transform::Convert(converter) = &self.transform {
+            self.end = Some(match converter.upstream_error() {
+                Some(message) => StreamEnd::UpstreamError(message.to_owned()),
+                None => StreamEnd::Complete,
+            });
+        }
+    }
+
+    /// How the stream ended, once its last bytes have been handed out: the caller records the request
+    /// then, not when the client next asks for more (a client that closes right after reading the
+    /// stream's terminal event got the whole answer).
+    pub fn end(&self) -> Option<&StreamEnd> {
+        if self.pending_fault.is_some() {
+            return None;
+        }
+        self.end.as_ref()
     }
 
     /// Output already produced goes out first; the fault is reported on the next call.
@@ -305,7 +335,13 @@ impl Relay {
     fn drain(&mut self, out: &mut BytesMut) -> Result<(), Fault> {
         loop {
             match self.decoder.next_event() {
-                Ok(Some(event)) => self.forward(&event, out),
+                Ok(Some(event)) => {
+                    self.forward(&event, out);
+                    if self.end.is_some() {
+                        self.ended = true;
+                        return Ok(());
+                    }
+                }
                 Ok(None) => return Ok(()),
                 Err(error) => {
                     self.ended = true;
@@ -340,7 +376,7 @@ impl Relay {
         match &self.transform {
             Transform::OpenAiPassThrough { id_json } => {
                 if event.is_done() {
-                    self.saw_terminator = true;
+                    self.end = Some(StreamEnd::Complete);
                     out.extend_from_slice(&event.raw);
                 } else if event.data.first() == Some(&b'{') {
                     match &exact {
@@ -356,7 +392,9 @@ impl Relay {
                         None => {
                             if observe_openai_chunk(&event.data, self.collect_text, &mut self.facts)
                             {
-                                self.saw_upstream_error = true;
+                                let message = error_message(event)
+                                    .unwrap_or_else(|| "upstream stream error".to_owned());
+                                self.end = Some(StreamEnd::UpstreamError(message));
                             }
                         }
                     }
@@ -385,10 +423,14 @@ impl Relay {
             Transform::AnthropicPassThrough => {
                 match event.event.as_deref() {
                     Some("message_stop") => {
-                        self.saw_terminator = true;
+                        self.end = Some(StreamEnd::Complete);
                         self.facts.finish_reason.get_or_insert(FinishReason::Stop);
                     }
-                    Some("error") => self.saw_upstream_error = true,
+                    Some("error") => {
+                        let message = error_message(event)
+                            .unwrap_or_else(|| "upstream stream error".to_owned());
+                        self.end = Some(StreamEnd::UpstreamError(message));
+                    }
                     _ => {}
                 }
                 out.extend_from_slice(&event.raw);
@@ -446,8 +488,8 @@ impl Relay {
                     None,
                     Some("upstream_error"),
                 );
+                // No `[DONE]`: that is the success sentinel, and this answer was cut short.
                 crate::protocol::sse::encode(None, body.to_string().as_bytes(), &mut out);
-                out.extend_from_slice(b"data: [DONE]\n\n");
             }
             Transform::AnthropicPassThrough => {
                 let body = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});

@@ -77,6 +77,22 @@ fn names(events: &[(Option<String>, Value)]) -> Vec<String> {
         .collect()
 }
 
+/// The OpenAI chunks of a stream that failed: it ends with the error chunk and has no `[DONE]`, the
+/// success sentinel (issue 23).
+fn failed_chunks(body: &str) -> Vec<Value> {
+    let data = sse_data(body);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{body}");
+    let chunks: Vec<Value> = data
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(
+        chunks.last().is_some_and(|c| c.get("error").is_some()),
+        "{body}"
+    );
+    chunks
+}
+
 /// The OpenAI chunks of an SSE body, `[DONE]` excluded (asserted to be last and alone).
 fn chunks(body: &str) -> Vec<Value> {
     let data = sse_data(body);
@@ -856,7 +872,7 @@ async fn anthropic_stream_cut_ends_the_openai_stream_with_an_error_chunk() {
     for case in ["cut", "error event"] {
         let (status, _, body) = post(&gateway, "/v1/chat/completions", &ask).await;
         assert_eq!(status, 200, "{case}");
-        let chunks = chunks(&body);
+        let chunks = failed_chunks(&body);
         assert_eq!(
             chunks[0]["choices"][0]["delta"]["role"], "assistant",
             "{case}"
@@ -1157,7 +1173,7 @@ async fn an_openai_upstream_error_chunk_ends_the_stream_once_in_the_client_proto
     let gateway = gateway(&anthropic, &openai).await;
     openai.script([Behavior::StreamErrorChunk(2), Behavior::StreamErrorChunk(2)]);
 
-    // OpenAI client (pass-through): the upstream's error chunk, then one `[DONE]`, nothing more.
+    // OpenAI client (pass-through): the upstream's error chunk ends it, no `[DONE]` after it.
     let (status, _, body) = post(
         &gateway,
         "/v1/chat/completions",
@@ -1165,7 +1181,7 @@ async fn an_openai_upstream_error_chunk_ends_the_stream_once_in_the_client_proto
     )
     .await;
     assert_eq!(status, 200);
-    let chunks = chunks(&body);
+    let chunks = failed_chunks(&body);
     assert_eq!(chunks.len(), 3, "{body}");
     assert_eq!(chunks[2]["error"]["message"], "mock overloaded");
 

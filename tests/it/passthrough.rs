@@ -207,8 +207,9 @@ async fn a_stream_cut_midway_ends_with_an_error_event() {
         .await;
     assert_eq!(response.status(), 200);
     let data = sse_data(&response.text().await.unwrap());
-    assert_eq!(data.last().unwrap(), "[DONE]");
-    let error: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    // Issue 23: the error chunk ends the stream; no `[DONE]` (the success sentinel) follows it.
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let error: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert!(
         error["error"]["message"]
             .as_str()

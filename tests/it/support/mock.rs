@@ -38,6 +38,8 @@ pub enum Behavior {
     ToolCalls,
     /// Answer 200 with this SSE body verbatim (`text/event-stream`).
     Sse(&'static str),
+    /// Stream the whole answer with its `[DONE]`, then keep the body open until `Mock::release`.
+    LingerAfterDone,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +260,9 @@ fn sse_reply(state: Arc<MockState>, path: &str, model: &str, behavior: Behavior)
             let state = state.clone();
             async move {
                 let Some((i, frame)) = frames.next() else {
+                    if let Behavior::LingerAfterDone = behavior {
+                        state.release.notified().await;
+                    }
                     guard.finished = true;
                     drop(guard);
                     return None;

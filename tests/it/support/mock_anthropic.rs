@@ -50,12 +50,16 @@ pub enum Behavior {
     /// Stream the whole answer, but end the last event (`message_stop`) with one newline, not a blank
     /// line (some proxies trim it).
     NoFinalBlankLine(Answer),
+    /// Stream the whole answer with its `message_stop`, then keep the body open until
+    /// `MockAnthropic::release`.
+    LingerAfterStop(Answer),
 }
 
 #[derive(Default)]
 pub struct MockState {
     pub requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Behavior>>,
+    pub release: tokio::sync::Notify,
 }
 
 pub struct MockAnthropic {
@@ -87,6 +91,11 @@ impl MockAnthropic {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Let a lingering stream (`Behavior::LingerAfterStop`) end.
+    pub fn release(&self) {
+        self.state.release.notify_one();
     }
 }
 
@@ -143,6 +152,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             sse_response(events(answer, &model), End::Error(after))
         }
         Behavior::NoFinalBlankLine(answer) => sse_response(events(answer, &model), End::Trimmed),
+        Behavior::LingerAfterStop(answer) => {
+            sse_response(events(answer, &model), End::Linger(state.clone()))
+        }
     }
 }
 
@@ -309,19 +321,23 @@ enum End {
     Trimmed,
     Cut(usize),
     Error(usize),
+    /// Complete, then the body stays open until the state's `release`.
+    Linger(Arc<MockState>),
 }
 
 fn sse_response(events: Vec<(&'static str, Value)>, end: End) -> Response {
     let mut frames: Vec<Result<Bytes, std::io::Error>> = Vec::new();
     let keep = match end {
-        End::Complete | End::Trimmed => events.len(),
+        End::Complete | End::Trimmed | End::Linger(_) => events.len(),
         End::Cut(n) | End::Error(n) => n,
     };
     for (name, data) in events.iter().take(keep) {
         frames.push(Ok(Bytes::from(frame(name, data))));
     }
+    let mut linger = None;
     match end {
         End::Complete => {}
+        End::Linger(state) => linger = Some(state),
         End::Trimmed => {
             if let Some(Ok(last)) = frames.pop() {
                 frames.push(Ok(last.slice(..last.len() - 1)));
@@ -341,6 +357,15 @@ fn sse_response(events: Vec<(&'static str, Value)>, end: End) -> Response {
             }
             frame
         });
+    let stream = stream.chain(
+        futures_util::stream::once(async move {
+            if let Some(state) = linger {
+                state.release.notified().await;
+            }
+            Ok(Bytes::new())
+        })
+        .filter(|_| std::future::ready(false)),
+    );
     let mut response = Response::new(Body::from_stream(stream));
     response
         .headers_mut()
