@@ -56,6 +56,9 @@ fn main() -> ExitCode {
             config.backends.len(),
             config.models.len()
         );
+        for feature in config.features() {
+            eprintln!("  {feature}");
+        }
         return ExitCode::SUCCESS;
     }
     // One usable CPU (a small VM, or `taskset` pinning) gets a single-threaded runtime: no work-stealing
@@ -96,6 +99,7 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
         .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
     let backends = config.backends.len();
     let shown = source.to_string();
+    let features = config.features().join("; ");
     let state = AppState::new(config, source)?;
     // The tokenizer table takes ~150 ms and ~30 MB: load it before the first request, but only when
     // this config counts tokens (a limit or quota in tokens, or `max_input_tokens`).
@@ -114,6 +118,7 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
         }
     };
     tracing::info!(address = %listener.local_addr()?, config = %shown, backends, "ai-gateway listening");
+    tracing::info!(features = %features, "optional features");
     ai_gateway::server::run(listener, state.clone(), shutdown_signal()).await?;
     state.flush().await;
     tracing::info!("stopped");

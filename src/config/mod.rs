@@ -147,11 +147,32 @@ pub fn parse_str(
     interpolate(&mut document, env, &mut String::new()).map_err(|(p, m)| (Some(p), m))?;
     dialect::to_native(&mut document).map_err(|e| (Some(e.path), e.message))?;
     apply_env_overrides(&mut document, env).map_err(|(p, m)| (Some(p), m))?;
+    written_sections_are_on(&mut document);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(&document).map_err(|error| {
         let path = error.path().to_string();
         (Some(path), error.into_inner().to_string())
     })?;
     Config::try_from_raw(raw).map_err(|e| (Some(e.path), e.message))
+}
+
+/// The optional sections that have an `enabled` switch.
+const SWITCHED_SECTIONS: [&str; 3] = ["request_log", "cache", "metrics"];
+
+/// A section the user wrote is on unless it says `enabled: false`: `request_log: {dir: logs}` logs. An
+/// empty section (`cache:` or `cache: {}`) is written too.
+fn written_sections_are_on(document: &mut Value) {
+    let Some(map) = document.as_object_mut() else {
+        return;
+    };
+    for name in SWITCHED_SECTIONS {
+        match map.get_mut(name) {
+            Some(Value::Object(section)) => {
+                section.entry("enabled").or_insert(Value::Bool(true));
+            }
+            Some(value @ Value::Null) => *value = serde_json::json!({"enabled": true}),
+            _ => {}
+        }
+    }
 }
 
 /// Expand `${VAR}` and `${VAR:-default}` in every string value. A missing variable without a default is
@@ -346,6 +367,39 @@ mod tests {
             err(&format!("{base}metrics: {{ enabled: 0 }}\n"), Format::Yaml),
             "metrics.enabled: invalid type: integer `0`, expected a boolean"
         );
+    }
+
+    /// Issue 23 item 3: a written section is on unless it says `enabled: false`.
+    #[test]
+    fn a_written_section_is_on_unless_it_says_enabled_false() {
+        let base = "backends:\n  a: { type: echo }\n";
+        let parse =
+            |extra: &str| parse_str(&format!("{base}{extra}"), Format::Yaml, &env(&[])).unwrap();
+        let absent = parse("");
+        assert!(!absent.request_log.enabled && !absent.cache.enabled && absent.metrics.enabled);
+        let written = parse("request_log: { dir: logs, format: sharegpt }\ncache: { ttl_s: 5 }\n");
+        assert!(written.request_log.enabled);
+        assert_eq!(written.request_log.dir, std::path::PathBuf::from("logs"));
+        assert!(written.cache.enabled);
+        assert!(parse("cache: {}\n").cache.enabled);
+        assert!(parse("cache:\n").cache.enabled);
+        let off = parse("request_log: { enabled: false, dir: logs }\ncache: { enabled: false }\n");
+        assert!(!off.request_log.enabled && !off.cache.enabled);
+        // TOML and JSON5 follow the same rule.
+        let toml = parse_str(
+            "[backends.a]\ntype = \"echo\"\n[request_log]\ndir = \"logs\"\n",
+            Format::Toml,
+            &env(&[]),
+        )
+        .unwrap();
+        assert!(toml.request_log.enabled);
+        let features = written.features().join("; ");
+        assert!(
+            features.contains("request_log: on (logs, ShareGpt)"),
+            "{features}"
+        );
+        assert!(features.contains("cache: on"), "{features}");
+        assert!(absent.features().join("; ").contains("request_log: off"));
     }
 
     #[test]

@@ -354,6 +354,63 @@ impl Config {
         })
     }
 
+    /// The optional features this config turns on, one `name: setting` per entry, for the start-up
+    /// log line and `ai-gateway check` (a section that is written is on unless it says
+    /// `enabled: false`; this says which are).
+    pub fn features(&self) -> Vec<String> {
+        let on_off = |on: bool| if on { "on" } else { "off" };
+        let log = &self.request_log;
+        let mut features = vec![if log.enabled {
+            format!("request_log: on ({}, {:?})", log.dir.display(), log.format)
+        } else {
+            "request_log: off".to_owned()
+        }];
+        features.push(if self.cache.enabled {
+            format!(
+                "cache: on (ttl {} s, {} entries)",
+                self.cache.ttl_s, self.cache.max_entries
+            )
+        } else {
+            "cache: off".to_owned()
+        });
+        features.push(format!("metrics: {}", on_off(self.metrics.enabled)));
+        let limits = &self.rate_limit;
+        let scopes: Vec<&str> = [
+            ("per_ip", limits.per_ip.is_some()),
+            ("per_key", limits.per_key.is_some()),
+            ("per_key_model", limits.per_key_model.is_some()),
+            ("global", limits.global.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        features.push(match scopes.is_empty() {
+            true => "rate_limit: off".to_owned(),
+            false => format!("rate_limit: {}", scopes.join(", ")),
+        });
+        features.push(match self.keys.len() {
+            0 => "keys: off (open gateway)".to_owned(),
+            n => format!("keys: {n}"),
+        });
+        let policies = &self.policies;
+        let policy_on = policies.max_input_tokens.is_some()
+            || !policies.block_patterns.is_empty()
+            || !policies.redact_patterns.is_empty();
+        features.push(format!("policies: {}", on_off(policy_on)));
+        features.push(format!(
+            "alerts: {}",
+            match self.alerts.webhook_url {
+                Some(_) => "webhook + error log",
+                None => "error log",
+            }
+        ));
+        features.push(match self.state.redis_url {
+            Some(_) => "state: redis".to_owned(),
+            None => "state: memory".to_owned(),
+        });
+        features
+    }
+
     pub fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.name == name)
     }

@@ -40,6 +40,48 @@ fn check_accepts_valid_configs_and_names_errors() {
     assert!(stderr.contains("expected a string"), "{stderr}");
 }
 
+/// Issue 23 item 3: `request_log:` with settings and no `enabled` logs; `check` says which optional
+/// features are on, and the served gateway writes the request's line.
+#[tokio::test]
+async fn a_written_request_log_section_logs_and_check_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ host: 127.0.0.1, port: 0 }}\nbackends:\n  local: {{ type: echo }}\nrequest_log: {{ dir: '{}', format: sharegpt }}\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("request_log: on"), "{stderr}");
+    assert!(stderr.contains("cache: off"), "{stderr}");
+
+    let (mut child, base) = spawn(&config);
+    let response = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&serde_json::json!({"messages": [{"role": "user", "content": "log me"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // SIGTERM flushes the log before the process exits.
+    assert!(signal(&child, "TERM"));
+    assert!(child.wait().unwrap().success());
+    let files: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(text.contains("Echo: log me"), "{text}");
+}
+
 #[test]
 fn examples_all_validate() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
