@@ -27,15 +27,15 @@ impl MemoryBuckets {
         let mut outcomes = Vec::with_capacity(buckets.len());
         let mut updates = Vec::with_capacity(buckets.len());
         for &(key, kind, cost) in buckets {
-            let state = self.live_state(key, now);
-            let (outcome, next) = engine::evaluate(kind, state, cost, now);
+            let state = self.live_state(key, kind, now);
+            let (outcome, update) = engine::evaluate(kind, state, cost, now);
             outcomes.push(outcome);
-            updates.push(next);
+            updates.push(update);
         }
         if apply && outcomes.iter().all(|o| o.allowed) {
-            for (&(key, _, _), next) in buckets.iter().zip(updates) {
-                if let Some(entry) = next {
-                    self.insert(key, entry, now);
+            for (&(key, _, _), update) in buckets.iter().zip(updates) {
+                if let Some(update) = update {
+                    self.update(key, now, |state| Some(engine::apply(state, update)));
                 }
             }
         }
@@ -44,10 +44,10 @@ impl MemoryBuckets {
 
     /// Applies a later correction (refund or extra charge) to a bucket charged before.
     pub(crate) fn adjust(&mut self, key: &str, kind: BucketKind, mark: i64, delta: i64, now: f64) {
-        let state = self.live_state(key, now);
-        if let Some(entry) = engine::adjust(kind, state, mark, delta, now) {
-            self.insert(key, entry, now);
-        }
+        self.live_state(key, kind, now);
+        self.update(key, now, |state| {
+            engine::adjust(kind, state, mark, delta, now)
+        });
     }
 
     #[cfg(test)]
@@ -55,22 +55,46 @@ impl MemoryBuckets {
         self.entries.len()
     }
 
-    fn live_state(&self, key: &str, now: f64) -> Option<BucketState> {
-        self.entries
-            .get(key)
-            .filter(|(_, expires)| *expires > now)
-            .map(|(state, _)| *state)
+    /// The bucket's state brought up to `now` (a window log drops what left the window); `None` when
+    /// it has none or it expired.
+    fn live_state(&mut self, key: &str, kind: BucketKind, now: f64) -> Option<&BucketState> {
+        let (state, expires) = self.entries.get_mut(key)?;
+        if *expires <= now {
+            return None;
+        }
+        engine::expire(kind, state, now);
+        Some(state)
     }
 
-    fn insert(&mut self, key: &str, entry: (BucketState, f64), now: f64) {
-        match self.entries.get_mut(key) {
-            Some(slot) => *slot = entry,
+    /// Change the bucket's state (`change` returns its new expiry, or `None` to leave it as it was).
+    fn update(
+        &mut self,
+        key: &str,
+        now: f64,
+        change: impl FnOnce(&mut Option<BucketState>) -> Option<f64>,
+    ) {
+        let taken = self.entries.remove_entry(key);
+        let (owned_key, mut state, old_expiry) = match taken {
+            Some((owned, (state, expires))) if expires > now => (Some(owned), Some(state), expires),
+            Some((owned, _)) => (Some(owned), None, 0.0),
+            None => (None, None, 0.0),
+        };
+        let existed = state.is_some();
+        let expires = change(&mut state);
+        let (Some(state), Some(expires)) = (state, expires.or(existed.then_some(old_expiry)))
+        else {
+            return;
+        };
+        match owned_key {
+            Some(owned) => {
+                self.entries.insert(owned, (state, expires));
+            }
             None => {
                 if self.entries.len() >= self.sweep_at.max(SWEEP_FLOOR) {
                     self.entries.retain(|_, (_, expires)| *expires > now);
                     self.sweep_at = self.entries.len() * 2;
                 }
-                self.entries.insert(key.to_owned(), entry);
+                self.entries.insert(key.to_owned(), (state, expires));
             }
         }
     }

@@ -2,8 +2,9 @@
 //! atomically, another applies token reconciliation. Both mirror `engine.rs`.
 //!
 //! Rate windows use the Redis server's clock (`TIME`), so replicas with skewed clocks agree; calendar
-//! quota periods are computed by the caller and are part of the key. Sliding-window buckets touch
-//! keys derived from the declared key (`<key>:<window index>`), so this does not support Redis Cluster.
+//! quota periods are computed by the caller and are part of the key. A sliding window is a sorted set of
+//! admission times at the declared key plus a hash of their units at `<key>:u` (a key derived from the
+//! declared one, so this does not support Redis Cluster).
 
 use std::sync::LazyLock;
 
@@ -14,6 +15,7 @@ use crate::shared_state::{RedisStore, StoreUnavailable};
 
 const ADMIT_LUA: &str = r#"
 local apply = ARGV[1] == '1'
+local MAX_LOG = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function ceil0(v) if v <= 0 then return 0 end return math.ceil(v) end
@@ -23,7 +25,7 @@ local out = {}
 local writes = {}
 local all = true
 for i = 1, #KEYS do
-  local b = 2 + (i - 1) * 4
+  local b = 3 + (i - 1) * 4
   local typ = tonumber(ARGV[b]); local p1 = tonumber(ARGV[b + 1]); local p2 = tonumber(ARGV[b + 2])
   local cost = tonumber(ARGV[b + 3])
   local key = KEYS[i]
@@ -44,37 +46,62 @@ for i = 1, #KEYS do
       writes[#writes + 1] = {'SET', key, fmt(math.ceil(new_tat)), 'PX', fmt(math.ceil((new_tat - now) / 1000) + 1000)}
     end
   elseif typ == 2 then
-    local idx = math.floor(now / p1)
-    local elapsed = now - idx * p1
-    local ckey = key .. ':' .. fmt(idx)
-    local cur = tonumber(redis.call('GET', ckey) or '0')
-    local prev = tonumber(redis.call('GET', key .. ':' .. fmt(idx - 1)) or '0')
-    if cur < 0 then cur = 0 end
-    if prev < 0 then prev = 0 end
-    local count = prev * (p1 - elapsed) / p1 + cur
-    local function rst(c)
-      if c > 0 then return ceil0(2 * p1 - elapsed) elseif prev > 0 then return ceil0(p1 - elapsed) else return 0 end
-    end
-    mark = idx
-    if count + cost <= p2 + 1e-9 then
-      allowed = 1
-      remaining = floor0(p2 - count - cost + 1e-9)
-      reset = rst(cur + cost)
-      writes[#writes + 1] = {'INCRBY', ckey, fmt(cost)}
-      writes[#writes + 1] = {'PEXPIREAT', ckey, fmt(math.ceil((idx + 2) * p1 / 1000) + 1000)}
-    else
-      local need = math.max(0, p2 - cost)
-      local wait
-      if cur <= need and prev > 0 then
-        wait = (1 - (need - cur) / prev) * p1 - elapsed
-      elseif cur > 0 then
-        wait = (p1 - elapsed) + (1 - need / cur) * p1
-      else
-        wait = p1 - elapsed
+    -- Exact sliding window: a ZSET of admission times (member = score = the time in us) and a hash
+    -- of their units plus the sum under '_'. Entries that left the window are dropped first.
+    local hkey = key .. ':u'
+    local cutoff = fmt(now - p1)
+    local gone = redis.call('ZRANGEBYSCORE', key, '-inf', cutoff)
+    if #gone > 0 then
+      local freed = 0
+      for _, m in ipairs(gone) do
+        freed = freed + tonumber(redis.call('HGET', hkey, m) or '0')
+        redis.call('HDEL', hkey, m)
       end
-      retry = math.max(1, ceil0(wait))
-      remaining = floor0(p2 - count + 1e-9)
-      reset = rst(cur)
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+      redis.call('HINCRBY', hkey, '_', fmt(-freed))
+    end
+    local used = tonumber(redis.call('HGET', hkey, '_') or '0')
+    if used < 0 then used = 0 end
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    local empty_in = 0
+    if #newest > 0 then empty_in = ceil0(tonumber(newest[2]) + p1 - now) end
+    mark = now
+    if used + cost <= p2 then
+      allowed = 1
+      remaining = floor0(p2 - used - cost)
+      reset = empty_in
+      if cost > 0 then
+        reset = ceil0(p1)
+        local m = fmt(now)
+        local ttl = fmt(math.ceil(p1 / 1000) + 1000)
+        writes[#writes + 1] = {'ZADD', key, m, m}
+        writes[#writes + 1] = {'HINCRBY', hkey, m, fmt(cost)}
+        writes[#writes + 1] = {'HINCRBY', hkey, '_', fmt(cost)}
+        writes[#writes + 1] = {'PEXPIRE', key, ttl}
+        writes[#writes + 1] = {'PEXPIRE', hkey, ttl}
+        writes[#writes + 1] = function()
+          -- At most MAX_LOG entries: the oldest merges into the next (its units expire later, never sooner).
+          if redis.call('ZCARD', key) > MAX_LOG then
+            local two = redis.call('ZRANGE', key, 0, 1)
+            local units = tonumber(redis.call('HGET', hkey, two[1]) or '0')
+            redis.call('HINCRBY', hkey, two[2], fmt(units))
+            redis.call('HDEL', hkey, two[1])
+            redis.call('ZREM', key, two[1])
+          end
+        end
+      end
+    else
+      -- The earliest time enough of the oldest entries have left the window for this cost.
+      local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      local left = used
+      local fits = now + p1
+      for j = 1, #entries, 2 do
+        left = left - tonumber(redis.call('HGET', hkey, entries[j]) or '0')
+        if left + cost <= p2 then fits = tonumber(entries[j + 1]) + p1; break end
+      end
+      retry = math.max(1, ceil0(fits - now))
+      remaining = floor0(p2 - used)
+      reset = empty_in
     end
   else
     local used = tonumber(redis.call('GET', key) or '0')
@@ -97,7 +124,9 @@ for i = 1, #KEYS do
   out[#out + 1] = mark
 end
 if apply and all then
-  for _, w in ipairs(writes) do redis.call(unpack(w)) end
+  for _, w in ipairs(writes) do
+    if type(w) == 'function' then w() else redis.call(unpack(w)) end
+  end
 end
 return out
 "#;
@@ -123,11 +152,23 @@ for i = 1, #KEYS do
       end
     end
   elseif typ == 2 then
-    local idx = math.floor(now / p1)
-    if mark == idx or mark + 1 == idx then
-      local ckey = key .. ':' .. fmt(mark)
-      if redis.call('INCRBY', ckey, fmt(delta)) < 0 then redis.call('SET', ckey, '0') end
-      redis.call('PEXPIREAT', ckey, fmt(math.ceil((mark + 2) * p1 / 1000) + 1000))
+    -- The entry admitted at `mark`, while it is still in the window.
+    if mark + p1 > now then
+      local hkey = key .. ':u'
+      local m = fmt(mark)
+      local cur = redis.call('HGET', hkey, m)
+      if cur then
+        local new = math.max(0, tonumber(cur) + delta)
+        redis.call('HSET', hkey, m, fmt(new))
+        redis.call('HINCRBY', hkey, '_', fmt(new - tonumber(cur)))
+      elseif delta > 0 then
+        local ttl = fmt(math.ceil((mark + p1 - now) / 1000) + 1000)
+        redis.call('ZADD', key, m, m)
+        redis.call('HSET', hkey, m, fmt(delta))
+        redis.call('HINCRBY', hkey, '_', fmt(delta))
+        if redis.call('PTTL', key) < tonumber(ttl) then redis.call('PEXPIRE', key, ttl) end
+        if redis.call('PTTL', hkey) < tonumber(ttl) then redis.call('PEXPIRE', hkey, ttl) end
+      end
     end
   else
     if now < p2 then
@@ -164,7 +205,9 @@ pub(crate) async fn check(
     apply: bool,
 ) -> Result<Vec<Outcome>, StoreUnavailable> {
     let mut invocation = ADMIT.prepare_invoke();
-    invocation.arg(if apply { "1" } else { "0" });
+    invocation
+        .arg(if apply { "1" } else { "0" })
+        .arg(super::engine::MAX_LOG_ENTRIES);
     for &(key, kind, cost) in buckets {
         let (typ, p1, p2) = encode(kind);
         invocation

@@ -71,15 +71,15 @@ async fn sliding_window_per_ip_5_per_minute() {
         );
         assert_eq!(
             header(&adm.headers.to_vec(), "x-ratelimit-reset-requests"),
-            Some("2m0s")
+            Some("1m0s")
         );
     }
     let rej = f.limiter.admit(&request(None, 0)).await.unwrap_err();
     assert_eq!((rej.kind, rej.scope), (RejectKind::RateLimited, "ip"));
     assert_eq!(rej.kind.status(), http::StatusCode::TOO_MANY_REQUESTS);
-    // 5 used in this window: the whole next window must pass... minus 1/5 of it.
-    assert_eq!(rej.retry_after, Duration::from_secs(72));
-    assert_eq!(header(&rej.headers, "retry-after"), Some("72"));
+    // 5 admitted now: the next fits once they have left the trailing minute (exact window, issue 23).
+    assert_eq!(rej.retry_after, Duration::from_secs(60));
+    assert_eq!(header(&rej.headers, "retry-after"), Some("60"));
     assert_eq!(
         header(&rej.headers, "x-ratelimit-remaining-requests"),
         Some("0")
@@ -95,13 +95,14 @@ async fn sliding_window_per_ip_5_per_minute() {
         ..request(None, 0)
     };
     assert!(f.limiter.admit(&other).await.is_ok());
-    f.clock.advance(Duration::from_secs(72));
-    assert!(f.limiter.admit(&request(None, 0)).await.is_ok());
+    f.clock.advance(Duration::from_secs(59));
     assert!(f.limiter.admit(&request(None, 0)).await.is_err());
-    f.clock.advance(Duration::from_secs(120));
+    // A minute after the burst the whole limit is back (seed 000: request 7 after a minute's wait).
+    f.clock.advance(Duration::from_secs(1));
     for _ in 0..5 {
         assert!(f.limiter.admit(&request(None, 0)).await.is_ok());
     }
+    assert!(f.limiter.admit(&request(None, 0)).await.is_err());
 }
 
 #[tokio::test]

@@ -69,10 +69,11 @@ async fn per_ip_sliding_window_seed_000_method_4() {
         .await;
     assert_eq!(status, 429, "{body}");
     let retry_after: u64 = header(&headers, "retry-after").parse().unwrap();
-    // The sliding window is the two-counter approximation (previous window weighted by overlap):
-    // with 5 requests in the current window the 6th fits once the weighted count drops to 4,
-    // up to 60 s × (1 + 1/5) = 72 s away.
-    assert!((1..=72).contains(&retry_after), "retry-after {retry_after}");
+    // The sliding window is exact: the 6th fits once the first of the 5 leaves the trailing minute.
+    assert!(
+        (59..=60).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
     assert_eq!(header(&headers, "x-ratelimit-limit-requests"), "5");
     assert_eq!(header(&headers, "x-ratelimit-remaining-requests"), "0");
     assert!(!header(&headers, "x-ratelimit-reset-requests").is_empty());
@@ -101,6 +102,56 @@ async fn per_ip_sliding_window_seed_000_method_4() {
         mock.requests().len(),
         5,
         "rejected requests never reach the upstream"
+    );
+}
+
+/// Sleep until just after a multiple of `window` since the UNIX epoch: where the old two-fixed-windows
+/// approximation went wrong (a burst early in its window weighed on the whole next one).
+pub async fn align_to_window_start(window: Duration) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into = Duration::from_nanos((since.as_nanos() % window.as_nanos()) as u64);
+    tokio::time::sleep(window - into + Duration::from_millis(20)).await;
+}
+
+/// Issue 23 item 4: limit 2 per window, sliding window: 200, 200, 429; a client that then waits more
+/// than a window is served (the approximation refused it for up to another window).
+#[tokio::test]
+async fn sliding_window_serves_a_client_that_waited_a_full_window() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&config(
+        &mock,
+        "rate_limit:\n  per_ip: { requests: 2, window_s: 2, algorithm: sliding_window }\n",
+    ))
+    .await;
+    align_to_window_start(Duration::from_secs(2)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            gateway
+                .send("/v1/chat/completions", &chat_body("m", "hi"), &[])
+                .await
+                .0,
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    // The clock the limiter reads is the system's: this wait (a window and a bit after the burst) is
+    // the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            gateway
+                .send("/v1/chat/completions", &chat_body("m", "hi"), &[])
+                .await
+                .0,
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "a full window later the whole limit is back"
     );
 }
 
