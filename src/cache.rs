@@ -1,9 +1,10 @@
 //! Exact-match response cache for complete non-stream responses: TTL plus entry and byte bounds,
-//! in memory (quick_cache, the expiry kept in the entry) or shared through Redis with Redis TTLs.
+//! in memory (an exact LRU, the `lru` crate behind one lock, the expiry kept in the entry) or shared
+//! through Redis with Redis TTLs.
 //!
 //! In memory every cache-miss request inserts (and, once the cache is full, evicts), so the insert is
-//! on the hot path: quick_cache inserts with eviction in a fraction of moka's time (CRATES.md §6; moka's
-//! concurrent table also kept rehashing under that churn, ≈ 5 % of the gateway's CPU in the bench).
+//! on the hot path: a list move and a hash insert under an uncontended lock. `max_entries: N` keeps the
+//! N most recently used entries (used = stored or read), within `max_bytes`.
 //!
 //! `/stats` asks [`ResponseCache::stats`] for the number of live entries: the in-memory count after
 //! dropping expired entries; with
@@ -155,83 +156,64 @@ enum Backend {
     Redis { store: RedisStore, ttl_ms: u64 },
 }
 
-/// The in-memory cache. quick_cache keeps a "hot" part for entries that were read again and a "cold"
-/// part that new entries pass through. Its default hot share (97 %) suits workloads that repeat keys
-/// often; a response cache whose keys mostly differ would then keep its first entries and let almost
-/// every later one through after 3 % of the capacity (measured: of 2N unread inserts into a cache of N,
-/// 3 % of the last N stayed). At 20 % hot, 80 % of the last N stay and an entry read again is kept: close
-/// to the LRU bound DESIGN.md asks for, with reads still protecting entries from a burst of new ones.
+/// The in-memory cache: an exact LRU within both bounds (`max_entries`, `max_bytes`) — a read moves an
+/// entry to the front, an insert that exceeds a bound evicts from the back until both hold. One lock
+/// guards the list and the blocks the bodies are kept in; every operation under it is O(1) (but the
+/// periodic sweep of expired entries).
 struct Memory {
-    entries: quick_cache::sync::Cache<CacheKey, Fresh, Weigh>,
-    /// Where the entries' bodies and backend names are kept.
-    blocks: Mutex<Blocks>,
+    inner: Mutex<MemoryInner>,
     ttl: Duration,
+    max_entries: u64,
+    max_bytes: u64,
     /// Inserts so far; every `sweep_every`-th also drops the expired entries (an entry nobody reads
     /// again would otherwise keep its place until evicted).
     inserts: AtomicU64,
     sweep_every: u64,
 }
 
-/// Entries the in-memory cache's index makes room for up front, at most (see [`Memory::new`]).
-const RESERVED_AT_MOST: u64 = 1 << 20;
-
-/// quick_cache's share of the capacity for entries read again (see [`Memory`]).
-const HOT_SHARE: f64 = 0.2;
+struct MemoryInner {
+    entries: lru::LruCache<CacheKey, Fresh>,
+    /// Sum of the entries' weights ([`weight`]).
+    bytes: u64,
+    /// Where the entries' bodies and backend names are kept.
+    blocks: Blocks,
+}
 
 impl Memory {
     fn new(max_entries: u64, max_bytes: u64, ttl: Duration) -> Memory {
-        let weigh = Weigh {
-            min_weight: (max_bytes / max_entries).max(1),
-        };
-        // Shards split the bounds: one per core keeps lock contention low, and an entry must fit one
-        // shard's byte share (`max_entry_bytes`).
-        let options = quick_cache::OptionsBuilder::new()
-            .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
-            .weight_capacity(max_bytes)
-            .shards(memory_shards())
-            .hot_allocation(HOT_SHARE)
-            .build();
-        let entries = match options {
-            Ok(options) => quick_cache::sync::Cache::with_options(
-                options,
-                weigh,
-                Default::default(),
-                Default::default(),
-            ),
-            // Both bounds are set above, so this cannot happen; a tiny cache if it did.
-            Err(_) => quick_cache::sync::Cache::with_weighter(1, 1, weigh),
-        };
-        // quick_cache starts empty and grows its index as entries come: under a load of new requests
-        // the whole index was copied, and its memory touched anew, at each doubling while the cache
-        // filled (1.8 % of the gateway's CPU in `perf` while a 100,000-entry cache filled, the copy
-        // made under the shard's lock). Room for the configured entries is set aside once instead: the
-        // slots' pages stay untouched until entries fill them; only the hash index's control bytes (one
-        // per slot, ≈ 256 KiB for 100,000 entries) are written up front.
-        entries.reserve(usize::try_from(max_entries.min(RESERVED_AT_MOST)).unwrap_or(0));
         Memory {
-            entries,
-            blocks: Mutex::new(Blocks::default()),
+            inner: Mutex::new(MemoryInner {
+                entries: lru::LruCache::unbounded(),
+                bytes: 0,
+                blocks: Blocks::default(),
+            }),
             ttl,
+            max_entries,
+            max_bytes,
             inserts: AtomicU64::new(0),
             sweep_every: max_entries.max(64),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn get(&self, key: &CacheKey) -> Option<CachedResponse> {
-        let mut fresh = self.entries.get(key)?;
+        let mut inner = self.lock();
+        let fresh = inner.entries.get_mut(key)?;
         if fresh.until <= tokio::time::Instant::now() {
-            self.entries.remove(key);
+            inner.remove(key);
             return None;
         }
         if fresh.in_block {
             // An entry read again may stay long after its neighbours are evicted: it gets a body of
-            // its own, so it never holds a whole block (hotness unchanged: `soft`).
+            // its own, so it never holds a whole block.
             fresh.body = Bytes::copy_from_slice(&fresh.body);
             fresh.in_block = false;
-            let _ = self.entries.replace(*key, fresh.clone(), true);
         }
         Some(CachedResponse {
-            body: fresh.body,
+            body: fresh.body.clone(),
             backend: fresh.backend.as_ref().to_owned(),
             protocol: fresh.protocol,
         })
@@ -239,12 +221,20 @@ impl Memory {
 
     fn insert(&self, key: CacheKey, response: CachedResponse) {
         let until = tokio::time::Instant::now() + self.ttl;
-        let fresh = self
-            .blocks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keep(response, until);
-        self.entries.insert(key, fresh);
+        {
+            let mut inner = self.lock();
+            let fresh = inner.blocks.keep(response, until);
+            inner.bytes += weight(&fresh);
+            if let Some(old) = inner.entries.put(key, fresh) {
+                inner.bytes -= weight(&old);
+            }
+            while inner.entries.len() as u64 > self.max_entries || inner.bytes > self.max_bytes {
+                let Some((_, evicted)) = inner.entries.pop_lru() else {
+                    break;
+                };
+                inner.bytes -= weight(&evicted);
+            }
+        }
         if self.inserts.fetch_add(1, Ordering::Relaxed) % self.sweep_every == self.sweep_every - 1 {
             self.drop_expired();
         }
@@ -252,13 +242,38 @@ impl Memory {
 
     fn drop_expired(&self) {
         let now = tokio::time::Instant::now();
-        self.entries.retain(|_, fresh| fresh.until > now);
+        let mut inner = self.lock();
+        let expired: Vec<CacheKey> = inner
+            .entries
+            .iter()
+            .filter(|(_, fresh)| fresh.until <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &expired {
+            inner.remove(key);
+        }
     }
 
     /// Live entries (expired ones dropped first).
     fn live(&self) -> u64 {
         self.drop_expired();
-        self.entries.len() as u64
+        self.lock().entries.len() as u64
+    }
+}
+
+#[cfg(test)]
+impl Memory {
+    /// An entry as stored, without counting as a use.
+    fn peek(&self, key: &CacheKey) -> Option<Fresh> {
+        self.lock().entries.peek(key).cloned()
+    }
+}
+
+impl MemoryInner {
+    fn remove(&mut self, key: &CacheKey) {
+        if let Some(fresh) = self.entries.pop(key) {
+            self.bytes -= weight(&fresh);
+        }
     }
 }
 
@@ -333,18 +348,9 @@ impl Blocks {
     }
 }
 
-/// An entry's weight: its body plus [`ENTRY_OVERHEAD`], and at least its share of the byte budget
-/// (`max_bytes / max_entries`), so the one weight bound (`max_bytes`) also bounds the entry count at
-/// `max_entries` while large bodies weigh their real size.
-#[derive(Clone)]
-struct Weigh {
-    min_weight: u64,
-}
-
-impl quick_cache::Weighter<CacheKey, Fresh> for Weigh {
-    fn weight(&self, _key: &CacheKey, value: &Fresh) -> u64 {
-        (value.body.len() as u64 + ENTRY_OVERHEAD).max(self.min_weight)
-    }
+/// An entry's weight against `max_bytes`: its body plus [`ENTRY_OVERHEAD`].
+fn weight(fresh: &Fresh) -> u64 {
+    fresh.body.len() as u64 + ENTRY_OVERHEAD
 }
 
 #[derive(Default)]
@@ -367,13 +373,6 @@ impl fmt::Debug for ResponseCache {
     }
 }
 
-/// Shards of the in-memory cache: one per core (rounded up to a power of two, as quick_cache does).
-fn memory_shards() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .next_power_of_two()
-}
-
 /// Rough per-entry overhead (key, struct, backend name) added to the body size when weighing.
 const ENTRY_OVERHEAD: u64 = 128;
 
@@ -393,15 +392,11 @@ impl ResponseCache {
             },
             StateStore::Memory(_) => Backend::Memory(Memory::new(max_entries, max_bytes, ttl)),
         };
-        let shards = match &backend {
-            Backend::Memory(_) => memory_shards() as u64,
-            Backend::Redis { .. } => 1,
-        };
         ResponseCache {
             enabled: cfg.enabled,
             backend,
             max_entries,
-            max_entry_bytes: (max_bytes / shards).max(1),
+            max_entry_bytes: max_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             counts: Counts::default(),
@@ -779,43 +774,81 @@ mod tests {
         let Backend::Memory(memory) = &cache.backend else {
             panic!("memory backend expected")
         };
-        assert!(
-            memory.entries.weight() <= 4096,
-            "{}",
-            memory.entries.weight()
-        );
+        let bytes = memory.lock().bytes;
+        assert!(bytes <= 4096, "{bytes}");
         assert!(cache.stats().await.size.is_some_and(|n| n <= 2));
         assert_eq!(cache.get(&ResponseCache::key(b"big")).await, None);
     }
 
-    /// Close to an LRU bound: after twice the capacity of new entries most of the latest stay, and an
-    /// entry read again outlives a burst of new ones.
+    /// Issue 23 item 5: `max_entries: N` keeps exactly the N most recently used entries.
     #[tokio::test]
-    async fn recent_and_read_entries_are_kept() {
-        let cache = ResponseCache::new(&enabled(200, 1 << 24), StateStore::memory());
+    async fn max_entries_keeps_the_most_recently_used() {
         let key = |i: u32| ResponseCache::key(&i.to_le_bytes());
-        for i in 0..400 {
+        // Seed 004's case: A, B, C into a cache of 2, then C again: a hit; A was evicted.
+        let cache = ResponseCache::new(&enabled(2, 1 << 24), StateStore::memory());
+        for i in 0..3 {
             cache.put(&key(i), response("{}")).await;
         }
-        let mut latest = 0;
-        for i in 200..400 {
-            latest += usize::from(cache.get(&key(i)).await.is_some());
-        }
-        assert!(latest >= 140, "{latest} of the latest 200 kept");
+        assert!(cache.get(&key(2)).await.is_some());
+        assert!(cache.get(&key(1)).await.is_some());
+        assert!(cache.get(&key(0)).await.is_none());
+        // A read counts as a use: B was read last, so D evicts C.
+        cache.put(&key(3), response("{}")).await;
+        assert!(cache.get(&key(1)).await.is_some());
+        assert!(cache.get(&key(3)).await.is_some());
+        assert!(cache.get(&key(2)).await.is_none());
 
-        let cache = ResponseCache::new(&enabled(200, 1 << 24), StateStore::memory());
-        for i in 0..200 {
-            cache.put(&key(i), response("{}")).await;
+        // A larger cache against a reference LRU over a random mix of reads and writes.
+        let cache = ResponseCache::new(&enabled(50, 1 << 24), StateStore::memory());
+        let mut reference: Vec<u32> = Vec::new(); // most recent last
+        let mut seed: u64 = 7;
+        for _ in 0..5_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = ((seed >> 33) % 120) as u32;
+            if (seed >> 20).is_multiple_of(3) {
+                cache.put(&key(k), response("{}")).await;
+                reference.retain(|&r| r != k);
+                reference.push(k);
+                if reference.len() > 50 {
+                    reference.remove(0);
+                }
+            } else {
+                let hit = cache.get(&key(k)).await.is_some();
+                assert_eq!(hit, reference.contains(&k), "key {k}");
+                if hit {
+                    reference.retain(|&r| r != k);
+                    reference.push(k);
+                }
+            }
         }
-        for i in 0..20 {
-            assert!(cache.get(&key(i)).await.is_some());
+        assert_eq!(cache.stats().await.size, Some(reference.len() as u64));
+    }
+
+    /// The byte bound evicts the least recently used too, and one entry can use all of `max_bytes`.
+    #[tokio::test]
+    async fn max_bytes_evicts_the_least_recently_used() {
+        let body = format!(r#"{{"a":"{}"}}"#, "x".repeat(1000));
+        let weight = body.len() as u64 + ENTRY_OVERHEAD;
+        let cache = ResponseCache::new(&enabled(100, 3 * weight), StateStore::memory());
+        let key = |i: u32| ResponseCache::key(&i.to_le_bytes());
+        for i in 0..3 {
+            cache.put(&key(i), response(&body)).await;
         }
-        for i in 1000..1100 {
-            cache.put(&key(i), response("{}")).await;
+        assert!(cache.get(&key(0)).await.is_some());
+        cache.put(&key(3), response(&body)).await;
+        assert!(cache.get(&key(1)).await.is_none(), "least recently used");
+        for i in [0, 2, 3] {
+            assert!(cache.get(&key(i)).await.is_some(), "{i}");
         }
-        for i in 0..20 {
-            assert!(cache.get(&key(i)).await.is_some(), "read entry {i} evicted");
-        }
+        let whole = format!(r#"{{"a":"{}"}}"#, "x".repeat(3 * 1000));
+        let cache = ResponseCache::new(
+            &enabled(100, whole.len() as u64 + ENTRY_OVERHEAD),
+            StateStore::memory(),
+        );
+        cache.put(&key(9), response(&whole)).await;
+        assert!(cache.get(&key(9)).await.is_some());
     }
 
     /// Small bodies share blocks and backend names are shared; a body read again gets its own copy
@@ -840,8 +873,8 @@ mod tests {
         );
         cache.put(&key(count), response(&large)).await;
 
-        let first = memory.entries.peek(&key(0)).expect("stored");
-        let second = memory.entries.peek(&key(1)).expect("stored");
+        let first = memory.peek(&key(0)).expect("stored");
+        let second = memory.peek(&key(1)).expect("stored");
         assert!(first.in_block && second.in_block);
         assert!(Arc::ptr_eq(&first.backend, &second.backend));
         assert_eq!(
@@ -849,13 +882,13 @@ mod tests {
             second.body.as_ptr(),
             "consecutive entries sit end to end in one block"
         );
-        assert!(!memory.entries.peek(&key(count)).expect("stored").in_block);
+        assert!(!memory.peek(&key(count)).expect("stored").in_block);
 
         for i in (0..count).step_by(97) {
             let hit = cache.get(&key(i)).await.expect("hit");
             assert_eq!(hit.body, body(i).as_bytes());
             assert_eq!(hit.backend, "local");
-            assert!(!memory.entries.peek(&key(i)).expect("kept").in_block);
+            assert!(!memory.peek(&key(i)).expect("kept").in_block);
             assert_eq!(cache.get(&key(i)).await.expect("hit").body, hit.body);
         }
         assert_eq!(
@@ -876,12 +909,16 @@ mod tests {
         let Backend::Memory(memory) = &cache.backend else {
             panic!("memory backend expected")
         };
-        assert_eq!(memory.entries.len(), 50);
+        assert_eq!(memory.lock().entries.len(), 50);
         // The sweep runs every `max_entries` (at least 64) inserts.
         for i in 100..150 {
             cache.put(&key(i), response("{}")).await;
         }
-        assert_eq!(memory.entries.len(), 50, "only the 50 fresh ones are left");
+        assert_eq!(
+            memory.lock().entries.len(),
+            50,
+            "only the 50 fresh ones are left"
+        );
     }
 
     #[tokio::test(start_paused = true)]

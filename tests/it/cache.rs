@@ -530,3 +530,42 @@ async fn with_the_request_log_on_answers_are_stored_hit_and_logged() {
         assert_eq!(turns.last().unwrap()["value"], answer, "{line}");
     }
 }
+
+/// Issue 23 item 5, seed 004's LRU: `max_entries: 2`, completions with prompts A, B, C, then C again is
+/// a hit (and A, evicted, a miss); a hit counts as a use.
+#[tokio::test]
+async fn max_entries_keeps_the_most_recently_used_answers() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\ncache: {{ max_entries: 2 }}\n",
+        mock.base()
+    ))
+    .await;
+    let complete = |prompt: &str| {
+        let body = json!({"model": "m", "prompt": prompt, "max_tokens": 5});
+        let gateway = &gateway;
+        async move {
+            let (status, _, body) = gateway.send("/v1/completions", &body, &[]).await;
+            assert_eq!(status, 200, "{body}");
+            body["cached"].as_bool().unwrap()
+        }
+    };
+    let mut seen = Vec::new();
+    for prompt in ["A", "B", "C", "C", "B", "D", "C", "B", "A"] {
+        seen.push((prompt, complete(prompt).await));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("A", false),
+            ("B", false),
+            ("C", false),
+            ("C", true),
+            ("B", true),
+            ("D", false), // evicts C: B was used after it
+            ("C", false),
+            ("B", false), // D and C were used last
+            ("A", false),
+        ]
+    );
+}
