@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub admission: Option<crate::limits::Admission>,
     /// Set on a cache miss: where a finished stream is stored.
     pub cache_key: Option<crate::cache::CacheKey>,
+    /// A Responses answer to keep in the conversation store once complete.
+    pub responses: Option<Box<super::responses::Pending>>,
     finished: bool,
 }
 
@@ -73,6 +75,7 @@ impl RequestCtx {
             streamed: None,
             admission: None,
             cache_key: None,
+            responses: None,
             finished: false,
         }
     }
@@ -101,6 +104,7 @@ impl RequestCtx {
             streamed: self.streamed.take(),
             admission: self.admission.take(),
             cache_key: self.cache_key.take(),
+            responses: self.responses.take(),
             finished: false,
         };
         self.finished = true;
@@ -192,8 +196,13 @@ impl RequestCtx {
         // By now the pipeline has let go of the request, so its texts move into the record (a request
         // still shared elsewhere is copied first).
         let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
-        let (system, messages) = match request {
-            ApiRequest::Chat(chat) => {
+        let chat = match request {
+            ApiRequest::Chat(chat) => Ok(chat),
+            ApiRequest::Responses(responses) => Ok(responses.chat),
+            other => Err(other),
+        };
+        let (system, messages) = match chat {
+            Ok(chat) => {
                 let system = match chat.system.len() {
                     0 => None,
                     1 => chat.system.into_iter().next(),
@@ -202,7 +211,7 @@ impl RequestCtx {
                 let messages = chat.messages.into_iter().map(log_message).collect();
                 (system, messages)
             }
-            other => (
+            Err(other) => (
                 None,
                 vec![LogMessage::text(LogRole::User, other.all_input_text())],
             ),

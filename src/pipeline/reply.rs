@@ -124,7 +124,20 @@ pub fn stream(
             if self.ctx.request.is_some() || cache_key.is_some() {
                 let summary = self.relay.summary();
                 if complete && let Some(key) = cache_key {
-                    super::cached::store_stream(&self.state, key, &summary, &self.ctx);
+                    match self.relay.completed_response() {
+                        // A Responses stream's final `response` object is the complete answer.
+                        Some(last) => super::cached::store_json(
+                            &self.state,
+                            key,
+                            super::cached::Stored {
+                                body: Bytes::copy_from_slice(last),
+                                backend: self.ctx.backend.as_deref().unwrap_or(""),
+                                protocol: Protocol::Responses,
+                                known_answer: true,
+                            },
+                        ),
+                        None => super::cached::store_stream(&self.state, key, &summary, &self.ctx),
+                    }
                 }
                 if self.ctx.request.is_some() {
                     self.ctx.reply = Some(summary);
@@ -150,7 +163,17 @@ pub fn stream(
             return None;
         }
         match streaming.relay.next_output().await {
-            Ok(Some(bytes)) => Some((Ok(bytes), streaming)),
+            Ok(Some(bytes)) => {
+                // A Responses answer is stored before its final event leaves, so the client's next
+                // turn finds it.
+                if streaming.ctx.responses.is_some()
+                    && let Some(last) = streaming.relay.completed_response().map(<[u8]>::to_vec)
+                {
+                    super::responses::store_final(&streaming.state, &mut streaming.ctx, &last)
+                        .await;
+                }
+                Some((Ok(bytes), streaming))
+            }
             Ok(None) => {
                 streaming.done = true;
                 streaming.close(true);
@@ -252,6 +275,13 @@ pub fn echo(
         }
         (Protocol::OpenAi, ApiRequest::Chat(_)) => openai::chat_completion(&text_answer),
         (Protocol::OpenAi, ApiRequest::Completion(_)) => openai::text_completion(&text_answer),
+        // Answered by `pipeline::responses::echo`; a request of another kind cannot come here.
+        (Protocol::Responses, _) | (Protocol::OpenAi, ApiRequest::Responses(_)) => {
+            return Err(GatewayError::new(
+                crate::error::ErrorKind::Internal,
+                "the echo backend got a Responses request on the wrong path",
+            ));
+        }
         (Protocol::OpenAi, ApiRequest::Embeddings(embeddings)) => {
             let vectors: Vec<Vec<f32>> = embeddings
                 .input
@@ -278,7 +308,12 @@ fn frame(event: Option<&str>, data: &serde_json::Value) -> Bytes {
 }
 
 /// Stream prepared frames, optionally paced by `delay`; the record is finished after the last one.
-fn paced(frames: Vec<Bytes>, delay: Duration, mut ctx: RequestCtx, backend: &str) -> Response {
+pub(super) fn paced(
+    frames: Vec<Bytes>,
+    delay: Duration,
+    mut ctx: RequestCtx,
+    backend: &str,
+) -> Response {
     let bytes = frames.iter().map(|frame| frame.len() as u64).sum();
     ctx.streamed = Some(("echo", frames.len() as u64, bytes));
     if delay.is_zero() {

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
+use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
 use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk, push_piece};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
@@ -41,6 +42,8 @@ pub enum Transform {
     AnthropicPassThrough,
     /// Different protocols: an incremental converter, bytes in, bytes out.
     Convert(Box<StreamConverter>),
+    /// Responses in, Responses out: forward, with the `response.id` of lifecycle events rewritten.
+    ResponsesPassThrough(Box<ResponsesPassThrough>),
 }
 
 /// What the relay learned about the stream, for logs and token accounting.
@@ -118,6 +121,7 @@ impl Relay {
         if !self.delivered {
             let first_error = match &self.transform {
                 Transform::Convert(converter) => converter.first_event_error(),
+                Transform::ResponsesPassThrough(pass) => pass.first_error(),
                 _ => self.first_error.as_deref(),
             };
             if let Some(message) = first_error {
@@ -323,6 +327,19 @@ impl Relay {
         if !matches!(self.transform, Transform::Convert(_)) && !event.is_comment() {
             self.facts.events += 1;
         }
+        if let Transform::ResponsesPassThrough(pass) = &mut self.transform {
+            pass.forward(event, out);
+            match pass.terminal() {
+                Terminal::Completed => self.saw_terminator = true,
+                Terminal::Failed => self.saw_upstream_error = true,
+                Terminal::Open => {}
+            }
+            if let Some(summary) = pass.summary() {
+                self.facts.usage = summary.usage;
+                self.facts.finish_reason = summary.finish_reason;
+            }
+            return;
+        }
         // Most OpenAI chunks are read once, exactly, for everything below (facts, text, the tap);
         // the rest take the searches and parsers.
         let exact = match &self.transform {
@@ -381,7 +398,7 @@ impl Relay {
                     out.extend_from_slice(&event.raw);
                 }
             }
-            Transform::Convert(_) => {}
+            Transform::Convert(_) | Transform::ResponsesPassThrough(_) => {}
             Transform::AnthropicPassThrough => {
                 match event.event.as_deref() {
                     Some("message_stop") => {
@@ -405,7 +422,21 @@ impl Relay {
         if let Some(tap) = &self.tap {
             return &tap.summary().text;
         }
+        if let Transform::ResponsesPassThrough(pass) = &self.transform
+            && let Some(summary) = pass.summary()
+        {
+            return &summary.text;
+        }
         &self.facts.text
+    }
+
+    /// A Responses client's final `response` object, once it went by (converted or passed through).
+    pub fn completed_response(&self) -> Option<&[u8]> {
+        match &self.transform {
+            Transform::Convert(converter) => converter.completed_response(),
+            Transform::ResponsesPassThrough(pass) => pass.completed_response(),
+            _ => None,
+        }
     }
 
     /// The assembled reply (text, reasoning, tool calls, usage) as far as the stream went.
@@ -415,6 +446,11 @@ impl Relay {
         }
         if let Some(tap) = &self.tap {
             return tap.summary().clone();
+        }
+        if let Transform::ResponsesPassThrough(pass) = &self.transform
+            && let Some(summary) = pass.summary()
+        {
+            return summary.clone();
         }
         ResponseSummary {
             text: self.facts.text.clone(),
@@ -453,6 +489,7 @@ impl Relay {
                 let body = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
                 crate::protocol::sse::encode(Some("error"), body.to_string().as_bytes(), &mut out);
             }
+            Transform::ResponsesPassThrough(pass) => pass.error_events(message, &mut out),
         }
         self.count_delivered(&out);
         out.freeze()
@@ -862,6 +899,7 @@ mod tests {
                 model: "m".into(),
                 include_usage: false,
                 input_tokens: 1,
+                ..Default::default()
             };
             let converter = StreamConverter::new(Protocol::OpenAi, Protocol::Anthropic, options);
             let mut relay = Relay::new(
