@@ -102,6 +102,16 @@ pub fn stream(
         done: bool,
     }
     impl Streaming {
+        /// A Responses answer is stored before the bytes with its final event leave, so the client's
+        /// next turn finds it.
+        async fn store_response(&mut self) {
+            if self.ctx.responses.is_some()
+                && let Some(last) = self.relay.completed_response().map(<[u8]>::to_vec)
+            {
+                super::responses::store_final(&self.state, &mut self.ctx, &last).await;
+            }
+        }
+
         fn close(&mut self, complete: bool) {
             self.ctx.usage = self.relay.facts.usage.or(self.ctx.usage);
             if self.ctx.usage.is_none()
@@ -157,6 +167,7 @@ pub fn stream(
     };
     let body = futures_util::stream::unfold(state, |mut streaming| async move {
         if let Some(first) = streaming.first.take() {
+            streaming.store_response().await;
             return Some((Ok::<Bytes, std::io::Error>(first), streaming));
         }
         if streaming.done {
@@ -164,14 +175,7 @@ pub fn stream(
         }
         match streaming.relay.next_output().await {
             Ok(Some(bytes)) => {
-                // A Responses answer is stored before its final event leaves, so the client's next
-                // turn finds it.
-                if streaming.ctx.responses.is_some()
-                    && let Some(last) = streaming.relay.completed_response().map(<[u8]>::to_vec)
-                {
-                    super::responses::store_final(&streaming.state, &mut streaming.ctx, &last)
-                        .await;
-                }
+                streaming.store_response().await;
                 Some((Ok(bytes), streaming))
             }
             Ok(None) => {

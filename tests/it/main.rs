@@ -24,3 +24,4 @@ mod ops_shutdown;
 mod passthrough;
 mod redis;
 mod resil;
+mod responses;
