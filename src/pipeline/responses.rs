@@ -26,15 +26,16 @@ use super::{RequestCtx, gate, reply};
 
 /// What an answer to a Responses request stores once it is complete.
 pub struct Pending {
-    /// The whole conversation's input items (a JSON array).
-    input_items: String,
+    /// The whole conversation's input items (a JSON array; a slice of the request body when the
+    /// request continued nothing).
+    input_items: Bytes,
     /// The client key's name (`None` on an open gateway): only that key may read or continue it.
     owner: Option<String>,
 }
 
 /// What [`prepare`] found, checked by [`admitted`] once the client's key is known.
 pub struct Prepared {
-    input_items: String,
+    input_items: Bytes,
     store: bool,
     /// The continued answer's id and owner.
     continued: Option<(String, Option<String>)>,
@@ -71,9 +72,10 @@ pub async fn prepare(
     let ApiRequest::Responses(request) = request else {
         return Ok(None);
     };
+    let new_items = request.input_items.bytes(body);
     let Some(previous) = request.previous_response_id.clone() else {
         return Ok(Some(Prepared {
-            input_items: std::mem::take(&mut request.input_items),
+            input_items: new_items,
             store: request.store,
             continued: None,
         }));
@@ -86,15 +88,16 @@ pub async fn prepare(
         .ok_or_else(|| not_found(&previous))?;
     let view = StoredView::read(&stored).ok_or_else(|| not_found(&previous))?;
     let owner = view.owner.as_ref().map(|owner| owner.to_string());
+    // The body was checked to be UTF-8 and the items are a span of it (or text of ours).
+    let new_items = std::str::from_utf8(&new_items).unwrap_or("[]");
     let items = request
-        .continue_from(&view.conversation())
+        .continue_from(&view.conversation(), new_items)
         .map_err(|error| GatewayError::invalid(error.message, error.param))?;
     *body = set_fields(body, &[("input", &items), ("previous_response_id", "null")])
         .map(Bytes::from)
         .map_err(|error| GatewayError::invalid(error.message, error.param))?;
-    request.input_items = String::new();
     Ok(Some(Prepared {
-        input_items: items,
+        input_items: Bytes::from(items),
         store: request.store,
         continued: Some((previous, owner)),
     }))

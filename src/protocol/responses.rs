@@ -67,10 +67,30 @@ pub struct ResponsesRequest {
     pub store: bool,
     /// `instructions` as system parts (not carried over to a continuation, as in OpenAI's API).
     pub instructions: Vec<String>,
-    /// This request's `input` as a JSON array of items (a string input is one user message item).
-    pub input_items: String,
+    /// This request's `input` as items.
+    pub input_items: InputItems,
     /// What the answer repeats from the request.
     pub echo: ResponseEcho,
+}
+
+/// A request's `input` as a JSON array of items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputItems {
+    /// Where the `input` array sits in the request body (read from there: no copy).
+    Span(std::ops::Range<usize>),
+    /// A string `input` as one user message item.
+    Text(String),
+}
+
+impl InputItems {
+    /// The items' JSON text, from the body the request was decoded from.
+    pub fn bytes(&self, body: &bytes::Bytes) -> bytes::Bytes {
+        match self {
+            InputItems::Span(range) if range.end <= body.len() => body.slice(range.clone()),
+            InputItems::Span(_) => bytes::Bytes::from_static(b"[]"),
+            InputItems::Text(text) => bytes::Bytes::from(text.clone()),
+        }
+    }
 }
 
 // === Request decoding ===
@@ -134,9 +154,13 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
             items.push_str(r#"[{"type":"message","role":"user","content":"#);
             items.push_str(raw_input);
             items.push_str("}]");
-            items
+            InputItems::Text(items)
         }
-        Some(b'[') => compact(raw_input).into_owned(),
+        Some(b'[') => {
+            // The raw value borrows from `body`: its offset there.
+            let start = (raw_input.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+            InputItems::Span(start..start + raw_input.len())
+        }
         _ => {
             return Err(DecodeError::new(
                 "input: expected a string or an array of input items",
@@ -162,7 +186,11 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
         parallel_tool_calls: wire.parallel_tool_calls,
         ..ChatRequest::default()
     };
-    push_items(input_items.as_bytes(), "input", &mut chat)?;
+    let items_text = match &input_items {
+        InputItems::Text(text) => text.as_str(),
+        InputItems::Span(_) => raw_input,
+    };
+    push_items(items_text.as_bytes(), "input", &mut chat)?;
     if let Some(tools) = wire.tools {
         let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
         for tool in tools {
@@ -210,40 +238,65 @@ fn compact(json: &str) -> Cow<'_, str> {
     }
 }
 
-/// The members of the response object that repeat the request, in OpenAI's order.
+/// The members of the response object that repeat the request, in OpenAI's order, written into one
+/// string.
 fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
-    let raw = |value: Option<&RawValue>, default: &str| -> String {
-        value.map_or_else(|| default.to_owned(), |v| compact(v.get()).into_owned())
-    };
-    let number = |value: Option<f64>| value.map_or_else(|| "null".to_owned(), |n| n.to_string());
-    let string = |value: Option<&str>| {
-        value.map_or_else(|| "null".to_owned(), super::json_patch::json_string)
-    };
-    let members = format!(
-        concat!(
-            r#""instructions":{},"max_output_tokens":{},"max_tool_calls":{},"parallel_tool_calls":{},"#,
-            r#""previous_response_id":{},"reasoning":{},"store":{},"temperature":{},"text":{},"#,
-            r#""tool_choice":{},"tools":{},"top_p":{},"truncation":{},"user":{},"metadata":{}"#
-        ),
-        raw(wire.instructions, "null"),
-        wire.max_output_tokens
-            .map_or_else(|| "null".to_owned(), |n| n.to_string()),
-        wire.max_tool_calls
-            .map_or_else(|| "null".to_owned(), |n| n.to_string()),
-        wire.parallel_tool_calls.unwrap_or(true),
-        string(wire.previous_response_id.as_deref()),
-        raw(wire.reasoning, r#"{"effort":null,"summary":null}"#),
-        wire.store.unwrap_or(true),
-        number(wire.temperature),
-        raw(wire.text, r#"{"format":{"type":"text"}}"#),
-        raw(wire.tool_choice, r#""auto""#),
-        raw(wire.tools, "[]"),
-        number(wire.top_p),
-        raw(wire.truncation, r#""disabled""#),
-        string(wire.user.as_deref()),
-        raw(wire.metadata, "{}"),
+    use std::fmt::Write as _;
+    let raw_len = |value: Option<&RawValue>| value.map_or(0, |v| v.get().len());
+    let mut out = String::with_capacity(
+        400 + raw_len(wire.instructions)
+            + raw_len(wire.tools)
+            + raw_len(wire.text)
+            + raw_len(wire.reasoning)
+            + raw_len(wire.tool_choice)
+            + raw_len(wire.metadata),
     );
-    ResponseEcho(Arc::from(members))
+    let raw = |out: &mut String, key: &str, value: Option<&RawValue>, default: &str| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(&value.map_or(Cow::Borrowed(default), |v| compact(v.get())));
+        out.push(',');
+    };
+    let optional = |out: &mut String, key: &str, value: Option<String>| {
+        let _ = write!(out, "\"{key}\":{},", value.as_deref().unwrap_or("null"));
+    };
+    raw(&mut out, "instructions", wire.instructions, "null");
+    optional(&mut out, "max_output_tokens", wire.max_output_tokens.map(|n| n.to_string()));
+    optional(&mut out, "max_tool_calls", wire.max_tool_calls.map(|n| n.to_string()));
+    let _ = write!(
+        out,
+        "\"parallel_tool_calls\":{},",
+        wire.parallel_tool_calls.unwrap_or(true)
+    );
+    optional(
+        &mut out,
+        "previous_response_id",
+        wire.previous_response_id
+            .as_deref()
+            .map(super::json_patch::json_string),
+    );
+    raw(
+        &mut out,
+        "reasoning",
+        wire.reasoning,
+        r#"{"effort":null,"summary":null}"#,
+    );
+    let _ = write!(out, "\"store\":{},", wire.store.unwrap_or(true));
+    optional(&mut out, "temperature", wire.temperature.map(|n| n.to_string()));
+    raw(&mut out, "text", wire.text, r#"{"format":{"type":"text"}}"#);
+    raw(&mut out, "tool_choice", wire.tool_choice, r#""auto""#);
+    raw(&mut out, "tools", wire.tools, "[]");
+    optional(&mut out, "top_p", wire.top_p.map(|n| n.to_string()));
+    raw(&mut out, "truncation", wire.truncation, r#""disabled""#);
+    optional(
+        &mut out,
+        "user",
+        wire.user.as_deref().map(super::json_patch::json_string),
+    );
+    raw(&mut out, "metadata", wire.metadata, "{}");
+    out.pop();
+    ResponseEcho(Arc::from(out))
 }
 
 /// Decode a field's raw JSON into `T`, naming the path inside the body when it does not fit.
@@ -640,10 +693,11 @@ struct ReasoningWire {
 
 impl ResponsesRequest {
     /// Continue a stored conversation: its items (`stored`, a JSON array: the earlier input followed by
-    /// the earlier output) come before this request's input, and the canonical messages are rebuilt from
-    /// the whole. Returns the whole conversation's items, what this answer stores as its input.
-    pub fn continue_from(&mut self, stored: &str) -> Result<String, DecodeError> {
-        let items = join_items(&[stored, &self.input_items]);
+    /// the earlier output) come before this request's input items (`new_items`), and the canonical
+    /// messages are rebuilt from the whole. Returns the whole conversation's items, what this answer
+    /// stores as its input.
+    pub fn continue_from(&mut self, stored: &str, new_items: &str) -> Result<String, DecodeError> {
+        let items = join_items(&[stored, new_items]);
         let mut chat = ChatRequest {
             system: self.instructions.clone(),
             messages: Vec::new(),
@@ -1304,13 +1358,13 @@ pub fn encode_response_bytes(response: &ChatResponse, created: i64, echo: &str) 
 
 /// A stored answer as the conversation store keeps it: who owns it (the client key's name, `null` on an
 /// open gateway), the whole conversation's input items, and the `response` object the client got.
-pub fn stored_entry(owner: Option<&str>, input_items: &str, response: &[u8]) -> Vec<u8> {
+pub fn stored_entry(owner: Option<&str>, input_items: &[u8], response: &[u8]) -> Vec<u8> {
     let owner = owner.map_or_else(|| "null".to_owned(), super::json_patch::json_string);
     let mut out = Vec::with_capacity(owner.len() + input_items.len() + response.len() + 32);
     out.extend_from_slice(br#"{"owner":"#);
     out.extend_from_slice(owner.as_bytes());
     out.extend_from_slice(br#","input":"#);
-    out.extend_from_slice(input_items.as_bytes());
+    out.extend_from_slice(input_items);
     out.extend_from_slice(br#","response":"#);
     out.extend_from_slice(response);
     out.push(b'}');
@@ -1404,7 +1458,13 @@ mod tests {
         assert_eq!(text.chat.last_user_text().as_deref(), Some("Hello world"));
         assert_eq!(
             text.input_items,
-            r#"[{"type":"message","role":"user","content":"Hello world"}]"#
+            InputItems::Text(r#"[{"type":"message","role":"user","content":"Hello world"}]"#.into())
+        );
+        let body = bytes::Bytes::from_static(br#"{"input": [{"role":"user","content":"x"}] }"#);
+        let spanned = decode_request(&body).unwrap();
+        assert_eq!(
+            &spanned.input_items.bytes(&body)[..],
+            br#"[{"role":"user","content":"x"}]"#
         );
         assert!(text.store);
     }
@@ -1446,12 +1506,15 @@ mod tests {
 
     #[test]
     fn continuing_puts_the_stored_conversation_first() {
-        let mut request = decode_request(
+        let body = bytes::Bytes::from_static(
             br#"{"instructions":"new rules","input":[{"type":"function_call_output","call_id":"c1","output":"sunny"}]}"#,
-        )
-        .unwrap();
+        );
+        let mut request = decode_request(&body).unwrap();
         let stored = r#"[{"role":"user","content":"weather?"},{"type":"function_call","call_id":"c1","name":"w","arguments":"{}"}]"#;
-        let items = request.continue_from(stored).unwrap();
+        let new_items = request.input_items.bytes(&body);
+        let items = request
+            .continue_from(stored, std::str::from_utf8(&new_items).unwrap())
+            .unwrap();
         assert!(items.starts_with(r#"[{"role":"user","content":"weather?"}"#));
         assert!(items.ends_with(r#""output":"sunny"}]"#));
         let chat = &request.chat;
@@ -1465,7 +1528,7 @@ mod tests {
     fn stored_entries_read_back() {
         let entry = stored_entry(
             Some("team-a"),
-            r#"[{"role":"user","content":"hi"}]"#,
+            br#"[{"role":"user","content":"hi"}]"#,
             br#"{"id":"resp_1","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"yo"}]}]}"#,
         );
         let view = StoredView::read(&entry).unwrap();
