@@ -104,11 +104,17 @@ pub fn stream(
     impl Streaming {
         /// A Responses answer is stored before the bytes with its final event leave, so the client's
         /// next turn finds it.
+        /// (Boxed: rare, and inline its Redis call would grow every stream's state.)
         async fn store_response(&mut self) {
             if self.ctx.responses.is_some()
                 && let Some(last) = self.relay.completed_response().map(<[u8]>::to_vec)
             {
-                super::responses::store_final(&self.state, &mut self.ctx, &last).await;
+                Box::pin(super::responses::store_final(
+                    &self.state,
+                    &mut self.ctx,
+                    &last,
+                ))
+                .await;
             }
         }
 

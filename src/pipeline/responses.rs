@@ -80,9 +80,8 @@ pub async fn prepare(
             continued: None,
         }));
     };
-    let stored = state
-        .responses()
-        .get(&previous)
+    // Boxed: the store's (Redis) call is rare, and inline it would grow every request's state.
+    let stored = Box::pin(state.responses().get(&previous))
         .await
         .map_err(|_| unavailable())?
         .ok_or_else(|| not_found(&previous))?;
@@ -161,6 +160,11 @@ pub async fn store_complete(
     {
         return response;
     }
+    // Boxed: only Responses answers get here; inline, its state would grow every request's.
+    Box::pin(store_body(state, ctx, response)).await
+}
+
+async fn store_body(state: &AppState, ctx: &mut RequestCtx, response: Response) -> Response {
     let sse = response
         .headers()
         .get(header::CONTENT_TYPE)

@@ -262,8 +262,16 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
         let _ = write!(out, "\"{key}\":{},", value.as_deref().unwrap_or("null"));
     };
     raw(&mut out, "instructions", wire.instructions, "null");
-    optional(&mut out, "max_output_tokens", wire.max_output_tokens.map(|n| n.to_string()));
-    optional(&mut out, "max_tool_calls", wire.max_tool_calls.map(|n| n.to_string()));
+    optional(
+        &mut out,
+        "max_output_tokens",
+        wire.max_output_tokens.map(|n| n.to_string()),
+    );
+    optional(
+        &mut out,
+        "max_tool_calls",
+        wire.max_tool_calls.map(|n| n.to_string()),
+    );
     let _ = write!(
         out,
         "\"parallel_tool_calls\":{},",
@@ -283,7 +291,11 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
         r#"{"effort":null,"summary":null}"#,
     );
     let _ = write!(out, "\"store\":{},", wire.store.unwrap_or(true));
-    optional(&mut out, "temperature", wire.temperature.map(|n| n.to_string()));
+    optional(
+        &mut out,
+        "temperature",
+        wire.temperature.map(|n| n.to_string()),
+    );
     raw(&mut out, "text", wire.text, r#"{"format":{"type":"text"}}"#);
     raw(&mut out, "tool_choice", wire.tool_choice, r#""auto""#);
     raw(&mut out, "tools", wire.tools, "[]");
@@ -1458,7 +1470,9 @@ mod tests {
         assert_eq!(text.chat.last_user_text().as_deref(), Some("Hello world"));
         assert_eq!(
             text.input_items,
-            InputItems::Text(r#"[{"type":"message","role":"user","content":"Hello world"}]"#.into())
+            InputItems::Text(
+                r#"[{"type":"message","role":"user","content":"Hello world"}]"#.into()
+            )
         );
         let body = bytes::Bytes::from_static(br#"{"input": [{"role":"user","content":"x"}] }"#);
         let spanned = decode_request(&body).unwrap();

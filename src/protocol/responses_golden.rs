@@ -724,7 +724,9 @@ fn fuzz_responses(bytes: &[u8]) {
         for to in [Protocol::OpenAi, Protocol::Anthropic, Protocol::Responses] {
             let _ = encode_request_checked(to, &request.chat);
         }
-        let items = request.input_items.bytes(&bytes::Bytes::copy_from_slice(bytes));
+        let items = request
+            .input_items
+            .bytes(&bytes::Bytes::copy_from_slice(bytes));
         let items = String::from_utf8_lossy(&items).into_owned();
         let _ = request.continue_from(&String::from_utf8_lossy(bytes), &items);
         let _ = request.continue_from(r#"[{"role":"user","content":"x"}]"#, &items);

@@ -992,6 +992,8 @@ pub struct ResponsesPassThrough {
     completed: Option<Vec<u8>>,
     summary: Option<ResponseSummary>,
     terminal: Terminal,
+    /// A lifecycle end (`response.completed`, `.incomplete`, `.failed`) went by.
+    finished: bool,
     first_error: Option<String>,
 }
 
@@ -1005,8 +1007,15 @@ impl ResponsesPassThrough {
             completed: None,
             summary: None,
             terminal: Terminal::Open,
+            finished: false,
             first_error: None,
         }
+    }
+
+    /// True once the upstream's final lifecycle event (`response.completed`, `.incomplete` or
+    /// `.failed`) went by: nothing after it changes the answer.
+    pub fn finished(&self) -> bool {
+        self.finished
     }
 
     pub fn terminal(&self) -> Terminal {
@@ -1049,7 +1058,19 @@ impl ResponsesPassThrough {
             | "response.completed"
             | "response.incomplete"
             | "response.failed" => {
+                self.finished |= matches!(
+                    kind,
+                    "response.completed" | "response.incomplete" | "response.failed"
+                );
                 let Some((data, response)) = self.with_our_id(&event.data) else {
+                    // Not an object we can read: forwarded as it came, still the end it says it is.
+                    match kind {
+                        "response.completed" | "response.incomplete" => {
+                            self.terminal = Terminal::Completed;
+                        }
+                        "response.failed" => self.terminal = Terminal::Failed,
+                        _ => {}
+                    }
                     out.extend_from_slice(&event.raw);
                     return;
                 };

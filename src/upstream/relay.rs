@@ -257,6 +257,15 @@ impl Relay {
                     if let Err(fault) = self.drain(&mut out) {
                         return self.deliver_then(out, fault);
                     }
+                    // A Responses stream ends with its terminal event (`response.completed`,
+                    // `.failed`, …): nothing after it can change the answer.
+                    if let Transform::ResponsesPassThrough(pass) = &self.transform
+                        && pass.finished()
+                    {
+                        self.ended = true;
+                        self.read_upstream_end().await;
+                        return Ok((!out.is_empty()).then(|| out.freeze()));
+                    }
                 }
                 Ok(None) => {
                     self.ended = true;

@@ -24,5 +24,5 @@ mod ops_shutdown;
 mod passthrough;
 mod redis;
 mod resil;
-mod sdk;
 mod responses;
+mod sdk;

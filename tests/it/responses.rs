@@ -781,3 +781,29 @@ async fn bad_input_is_answered_in_the_responses_error_shape() {
         .unwrap();
     assert_eq!(models["object"], "list");
 }
+
+#[tokio::test]
+async fn policies_see_the_continued_conversation() {
+    let upstream = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "backends:\n  up: {{ type: openai, url: '{}' }}\npolicies: {{ max_input_tokens: 20, block_patterns: ['(?i)forbidden'] }}\n",
+        upstream.base()
+    ))
+    .await;
+    let (status, _, text) = post(&gateway, &json!({"input": "this is forbidden"}), &[]).await;
+    assert_eq!(status, 400, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["code"], "policy_violation", "{error}");
+    // Fifteen tokens pass; the same again on top of them is over the limit of 20.
+    let words = "a b c d e f g h i j k l m n o";
+    let first = create(&gateway, &json!({"input": words}), &[]).await;
+    let (status, _, text) = post(
+        &gateway,
+        &json!({"previous_response_id": first["id"], "input": "p q r s"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("max_input_tokens"), "{text}");
+    assert_eq!(upstream.requests().len(), 1);
+}

@@ -94,7 +94,10 @@ models:
     assert!(requests.iter().all(|r| r.body["model"] == "qwen"));
     // The tool outputs reached the chat upstream as tool messages after the calls.
     let messages = requests[3].body["messages"].as_array().unwrap();
-    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
     assert_eq!(roles, ["user", "assistant", "tool", "tool"], "{messages:?}");
     assert_eq!(messages[2]["content"], "result of get_weather");
 
@@ -114,7 +117,12 @@ models:
     assert_eq!(turns.len(), 3, "{turns:?}");
     assert_eq!(turns[1]["content"], "Hello from claude");
     // Tool results lead the user turn that answers the calls.
-    let answer = requests[3].body["messages"].as_array().unwrap().last().unwrap().clone();
+    let answer = requests[3].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(answer["content"][0]["type"], "tool_result", "{answer}");
     assert_eq!(answer["content"][0]["tool_use_id"], "toolu_01");
 }
