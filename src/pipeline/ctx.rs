@@ -230,6 +230,12 @@ impl RequestCtx {
         for key in ["messages", "system", "api_key", "key", "authorization"] {
             request_params.shift_remove(key);
         }
+        if self.endpoint == Endpoint::Responses {
+            // The conversation is the record's messages.
+            for key in ["input", "instructions"] {
+                request_params.shift_remove(key);
+            }
+        }
         self.state.request_log().log(LogRecord {
             id: std::mem::take(&mut self.id),
             timestamp: jiff::Timestamp::now(),

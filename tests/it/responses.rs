@@ -807,3 +807,37 @@ async fn policies_see_the_continued_conversation() {
     assert!(text.contains("max_input_tokens"), "{text}");
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn the_openai_log_layout_keeps_parameters_and_logs_the_conversation_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&format!(
+        "backends:\n  local: {{ type: echo }}\nrequest_log: {{ enabled: true, dir: '{}', format: openai }}\n",
+        dir.path().display()
+    ))
+    .await;
+    create(
+        &gateway,
+        &json!({"instructions": "Be kind.", "input": "Hello", "temperature": 0.5, "metadata": {"k": "v"}}),
+        &[],
+    )
+    .await;
+    gateway.state.flush().await;
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let line: Value = serde_json::from_str(std::fs::read_to_string(file).unwrap().trim()).unwrap();
+    assert_eq!(line["temperature"], 0.5, "{line}");
+    assert_eq!(line["metadata"], json!({"k": "v"}));
+    assert!(line.get("input").is_none() && line.get("instructions").is_none(), "{line}");
+    let roles: Vec<&str> = line["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant"], "{line}");
+}
