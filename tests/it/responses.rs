@@ -832,7 +832,10 @@ async fn the_openai_log_layout_keeps_parameters_and_logs_the_conversation_once()
     let line: Value = serde_json::from_str(std::fs::read_to_string(file).unwrap().trim()).unwrap();
     assert_eq!(line["temperature"], 0.5, "{line}");
     assert_eq!(line["metadata"], json!({"k": "v"}));
-    assert!(line.get("input").is_none() && line.get("instructions").is_none(), "{line}");
+    assert!(
+        line.get("input").is_none() && line.get("instructions").is_none(),
+        "{line}"
+    );
     let roles: Vec<&str> = line["messages"]
         .as_array()
         .unwrap()
