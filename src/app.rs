@@ -32,7 +32,7 @@ use crate::pipeline::{self, Inbound};
 use crate::protocol::{Endpoint, Protocol};
 use crate::state::AppState;
 
-/// The application for one connection: the four API routes called directly (no router, no request
+/// The application for one connection: the five API routes called directly (no router, no request
 /// extensions), everything else through the router, behind CORS when the request has an `Origin`.
 #[derive(Clone)]
 pub struct AppService {
@@ -64,6 +64,7 @@ fn direct_endpoint<B>(request: &http::Request<B>) -> Option<Endpoint> {
         "/v1/messages" => Some(Endpoint::Messages),
         "/v1/completions" => Some(Endpoint::Completions),
         "/v1/embeddings" => Some(Endpoint::Embeddings),
+        "/v1/responses" => Some(Endpoint::Responses),
         _ => None,
     }
 }
@@ -250,6 +251,11 @@ pub fn service(state: AppState) -> AppService {
         .route("/v1/embeddings", post(api::embeddings))
         .route("/v1/messages", post(api::messages))
         .route("/v1/messages/count_tokens", post(admin::count_tokens))
+        .route("/v1/responses", post(api::responses))
+        .route(
+            "/v1/responses/{id}",
+            get(api::get_response).delete(api::delete_response),
+        )
         .route("/v1/usage", get(admin::usage))
         .route("/admin/keys", get(admin::keys))
         .route("/v1/models", get(admin::models))
@@ -290,6 +296,8 @@ fn route_label(path: &str) -> &'static str {
         "/v1/completions" => "/v1/completions",
         "/v1/embeddings" => "/v1/embeddings",
         "/v1/messages" => "/v1/messages",
+        "/v1/responses" => "/v1/responses",
+        responses if responses.starts_with("/v1/responses/") => "/v1/responses/{id}",
         "/docs" | "/openapi.json" => "/docs",
         docs if docs.starts_with("/docs/") => "/docs",
         _ => "unmatched",

@@ -76,6 +76,7 @@ impl CacheConfig {
 pub enum WireProtocol {
     OpenAi,
     Anthropic,
+    Responses,
 }
 
 /// A complete non-stream JSON response body and where it came from.
@@ -612,6 +613,7 @@ fn encode(value: &CachedResponse) -> Vec<u8> {
     out.push(match value.protocol {
         WireProtocol::OpenAi => 0,
         WireProtocol::Anthropic => 1,
+        WireProtocol::Responses => 2,
     });
     out.extend_from_slice(
         &u16::try_from(backend.len())
@@ -627,6 +629,7 @@ fn decode(raw: Bytes) -> Option<CachedResponse> {
     let protocol = match *raw.first()? {
         0 => WireProtocol::OpenAi,
         1 => WireProtocol::Anthropic,
+        2 => WireProtocol::Responses,
         _ => return None,
     };
     let len = usize::from(u16::from_be_bytes([*raw.get(1)?, *raw.get(2)?]));

@@ -340,6 +340,106 @@ pub mod schemas {
         pub usage: Option<Value>,
     }
 
+    /// `POST /v1/responses` request (OpenAI Responses API). Unknown fields are forwarded unchanged to
+    /// backends that serve the Responses API natively (`native_responses: true`).
+    #[derive(Serialize, ToSchema)]
+    pub struct ResponsesRequest {
+        /// A model alias, a backend name, or any model string (routed to the default backend).
+        pub model: Option<String>,
+        /// A string, or input items: messages (`input_text`, `input_image`, `output_text` parts),
+        /// `function_call`, `function_call_output`, `reasoning`.
+        pub input: Value,
+        /// A system message put first (not carried over by `previous_response_id`).
+        pub instructions: Option<String>,
+        /// Continue a stored answer: its conversation comes before `input`.
+        pub previous_response_id: Option<String>,
+        /// Keep the answer for `previous_response_id` and `GET /v1/responses/{id}` (default true).
+        pub store: Option<bool>,
+        /// Stream the answer as Responses events (`response.created` … `response.completed`).
+        pub stream: Option<bool>,
+        /// Function tools (`{"type":"function","name","parameters"}`).
+        pub tools: Option<Vec<Value>>,
+        pub tool_choice: Option<Value>,
+        pub parallel_tool_calls: Option<bool>,
+        pub max_output_tokens: Option<u32>,
+        pub temperature: Option<f64>,
+        pub top_p: Option<f64>,
+        /// `{"format": {"type": "json_schema", "name", "schema", "strict"}}` for structured output.
+        pub text: Option<Value>,
+        /// `{"effort": "low"|"medium"|"high", "summary": …}`.
+        pub reasoning: Option<Value>,
+        pub metadata: Option<Value>,
+        pub user: Option<String>,
+    }
+
+    /// Token counts of a Responses answer.
+    #[derive(Serialize, ToSchema)]
+    pub struct ResponsesUsage {
+        pub input_tokens: u64,
+        /// `{"cached_tokens": N}`.
+        pub input_tokens_details: Value,
+        pub output_tokens: u64,
+        /// `{"reasoning_tokens": N}`.
+        pub output_tokens_details: Value,
+        pub total_tokens: u64,
+    }
+
+    /// A Responses API `response` object (`POST /v1/responses`, `GET /v1/responses/{id}`).
+    #[derive(Serialize, ToSchema)]
+    pub struct ResponseObject {
+        /// `resp_<request id>`.
+        pub id: String,
+        /// Always `response`.
+        pub object: String,
+        pub created_at: i64,
+        /// `completed`, `incomplete` (see `incomplete_details`), `failed` or `in_progress`.
+        pub status: String,
+        pub error: Option<Value>,
+        /// `{"reason": "max_output_tokens" | "content_filter"}`.
+        pub incomplete_details: Option<Value>,
+        pub model: String,
+        /// Output items: `message` (`output_text` parts), `function_call`, `reasoning`.
+        pub output: Vec<Value>,
+        pub usage: Option<ResponsesUsage>,
+        pub previous_response_id: Option<String>,
+        pub store: Option<bool>,
+        pub metadata: Option<Value>,
+        /// The backend that answered; also in the `X-Gateway-Backend` header.
+        pub backend: Option<String>,
+        /// Present when the response cache is enabled.
+        pub cached: Option<bool>,
+    }
+
+    /// One Responses stream event (`event:` name and `data:` JSON with the same `type`), numbered by
+    /// `sequence_number` from 0.
+    #[derive(Serialize, ToSchema)]
+    pub struct ResponseStreamEvent {
+        /// `response.created`, `response.in_progress`, `response.output_item.added`,
+        /// `response.content_part.added`, `response.output_text.delta`, `response.output_text.done`,
+        /// `response.reasoning_text.delta`, `response.function_call_arguments.delta`,
+        /// `response.function_call_arguments.done`, `response.content_part.done`,
+        /// `response.output_item.done`, `response.completed` (or `response.incomplete`); after a
+        /// fault `error` then `response.failed`.
+        #[serde(rename = "type")]
+        pub kind: String,
+        pub sequence_number: u64,
+        pub response: Option<Value>,
+        pub output_index: Option<u32>,
+        pub item: Option<Value>,
+        pub item_id: Option<String>,
+        pub content_index: Option<u32>,
+        pub delta: Option<String>,
+    }
+
+    /// `DELETE /v1/responses/{id}` response.
+    #[derive(Serialize, ToSchema)]
+    pub struct ResponseDeleted {
+        pub id: String,
+        /// Always `response.deleted`.
+        pub object: String,
+        pub deleted: bool,
+    }
+
     /// `POST /v1/messages/count_tokens` request.
     #[derive(Serialize, ToSchema)]
     pub struct CountTokensRequest {
@@ -547,13 +647,37 @@ const API_ERRORS: &[(&str, &str)] = &[
     ("504", "the upstream timed out"),
 ];
 
+const RESPONSES_ERRORS: &[(&str, &str)] = &[
+    ("400", "invalid request; the message names what was wrong"),
+    ("401", "missing or unknown API key"),
+    ("403", "the key may not use this model"),
+    (
+        "404",
+        "`previous_response_id` names no stored response the key may continue",
+    ),
+    (
+        "429",
+        "rate limit or quota exceeded; see `Retry-After` and `x-ratelimit-*`",
+    ),
+    ("502", "every upstream candidate failed"),
+    ("504", "the upstream timed out"),
+];
+
+const STORED_ERRORS: &[(&str, &str)] = &[
+    ("401", "missing or unknown API key"),
+    (
+        "404",
+        "no stored response with this id for the calling key (expired, deleted or `store: false`)",
+    ),
+];
+
 const ADMIN_ERRORS: &[(&str, &str)] = &[
     ("401", "missing or unknown API key"),
     ("403", "the key is not an admin key"),
 ];
 
 fn operations() -> Vec<Op> {
-    use HttpMethod::{Get, Post};
+    use HttpMethod::{Delete, Get, Post};
     let json = "application/json";
     let sse = "text/event-stream";
     vec![
@@ -633,6 +757,45 @@ fn operations() -> Vec<Op> {
             ],
             errors: API_ERRORS,
             error_schema: Errors::Anthropic,
+            secured: true,
+        },
+        Op {
+            method: Post,
+            path: "/v1/responses",
+            id: "createResponse",
+            tag: "openai",
+            summary: "Response (OpenAI Responses API), any backend; stored for previous_response_id",
+            request: Some("ResponsesRequest"),
+            ok: vec![
+                (json, Some("ResponseObject")),
+                (sse, Some("ResponseStreamEvent")),
+            ],
+            errors: RESPONSES_ERRORS,
+            error_schema: Errors::OpenAi,
+            secured: true,
+        },
+        Op {
+            method: Get,
+            path: "/v1/responses/{id}",
+            id: "getResponse",
+            tag: "openai",
+            summary: "A stored Responses answer",
+            request: None,
+            ok: vec![(json, Some("ResponseObject"))],
+            errors: STORED_ERRORS,
+            error_schema: Errors::OpenAi,
+            secured: true,
+        },
+        Op {
+            method: Delete,
+            path: "/v1/responses/{id}",
+            id: "deleteResponse",
+            tag: "openai",
+            summary: "Delete a stored Responses answer (it can no longer be read or continued)",
+            request: None,
+            ok: vec![(json, Some("ResponseDeleted"))],
+            errors: STORED_ERRORS,
+            error_schema: Errors::OpenAi,
             secured: true,
         },
         Op {
@@ -763,6 +926,19 @@ fn build_operation(op: &Op) -> utoipa::openapi::path::Operation {
                 .build(),
         );
     }
+    if op.path.contains("{id}") {
+        builder = builder.parameter(
+            utoipa::openapi::path::ParameterBuilder::new()
+                .name("id")
+                .parameter_in(utoipa::openapi::path::ParameterIn::Path)
+                .required(Required::True)
+                .description(Some("the response id (`resp_…`)"))
+                .schema(Some(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String),
+                )),
+        );
+    }
     if let Some(schema) = op.request {
         builder = builder.request_body(Some(
             RequestBodyBuilder::new()
@@ -794,6 +970,10 @@ pub fn openapi() -> OpenApi {
     collect::<MessagesRequest>(&mut schemas);
     collect::<MessagesResponse>(&mut schemas);
     collect::<MessageStreamEvent>(&mut schemas);
+    collect::<ResponsesRequest>(&mut schemas);
+    collect::<ResponseObject>(&mut schemas);
+    collect::<ResponseStreamEvent>(&mut schemas);
+    collect::<ResponseDeleted>(&mut schemas);
     collect::<CountTokensRequest>(&mut schemas);
     collect::<CountTokensResponse>(&mut schemas);
     collect::<HealthResponse>(&mut schemas);
@@ -885,6 +1065,9 @@ mod tests {
         ("post", "/v1/embeddings"),
         ("post", "/v1/messages"),
         ("post", "/v1/messages/count_tokens"),
+        ("post", "/v1/responses"),
+        ("get", "/v1/responses/{id}"),
+        ("delete", "/v1/responses/{id}"),
         ("get", "/v1/models"),
         ("get", "/v1/usage"),
         ("get", "/health"),
@@ -944,6 +1127,7 @@ mod tests {
             ("/v1/completions", "CompletionRequest", "CompletionResponse"),
             ("/v1/embeddings", "EmbeddingRequest", "EmbeddingResponse"),
             ("/v1/messages", "MessagesRequest", "MessagesResponse"),
+            ("/v1/responses", "ResponsesRequest", "ResponseObject"),
             (
                 "/v1/messages/count_tokens",
                 "CountTokensRequest",

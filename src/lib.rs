@@ -6,6 +6,7 @@
 //! - `pipeline`: the request path (decode → route → attempts → reply → record);
 //! - `auth`, `limits`, `policy`, `cache`, `tokens`, `shared_state`: keys, rate limits and quotas, prompt
 //!   policies, response cache, token counting, Redis-backed shared state;
+//! - `responses_store`: stored Responses answers (`previous_response_id`), in memory or Redis;
 //! - `routing`: model → backend, candidate order, balancing, circuit breakers, live instance state;
 //! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
 //! - `protocol`: pure wire formats and canonical types;
@@ -28,6 +29,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+pub mod responses_store;
 pub mod routing;
 pub mod secret;
 pub mod server;

@@ -46,8 +46,8 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
     }
 }
 
-/// Sections read once at startup that a reload cannot apply: the listener, and the cache and state
-/// store (their entries and counters outlive snapshots). Everything else applies live, the request log,
+/// Sections read once at startup that a reload cannot apply: the listener, and the cache, the state
+/// store and the Responses store (their entries and counters outlive snapshots). Everything else applies live, the request log,
 /// alerts and the metrics switch included.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
@@ -59,6 +59,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.state != new.state {
         changed.push("state");
+    }
+    if old.responses != new.responses {
+        changed.push("responses");
     }
     changed
 }

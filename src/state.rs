@@ -13,6 +13,7 @@ use crate::cache::ResponseCache;
 use crate::config::{Config, Source};
 use crate::limits::Limiter;
 use crate::policy::Policy;
+use crate::responses_store::ResponseStore;
 use crate::routing::balance::Balancer;
 use crate::routing::health::{BreakerState, Transition};
 use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
@@ -49,6 +50,8 @@ struct Inner {
     store: StateStore,
     /// Response cache; long-lived so entries survive reloads (its settings apply from startup).
     cache: ResponseCache,
+    /// Stored Responses answers; long-lived like the cache.
+    responses: ResponseStore,
 }
 
 /// Everything derived from one config, swapped as a unit.
@@ -156,6 +159,7 @@ impl AppState {
         let instances = InstanceRegistry::new();
         let store = store_for(&config.state);
         let cache = ResponseCache::new(&config.cache, store.clone());
+        let responses = ResponseStore::new(&config.responses, store.clone());
         let snapshot = Snapshot::new(config, &instances, &store).map_err(anyhow::Error::msg)?;
         let state = AppState {
             inner: Arc::new(Inner {
@@ -171,6 +175,7 @@ impl AppState {
                 retiring: std::sync::Mutex::new(Vec::new()),
                 store,
                 cache,
+                responses,
             }),
         };
         tokio::spawn(active_health_checks(Arc::downgrade(&state.inner)));
@@ -241,6 +246,11 @@ impl AppState {
 
     pub fn cache(&self) -> &ResponseCache {
         &self.inner.cache
+    }
+
+    /// Stored Responses answers (`previous_response_id`, `GET /v1/responses/{id}`).
+    pub fn responses(&self) -> &ResponseStore {
+        &self.inner.responses
     }
 
     pub fn stats(&self) -> &Stats {

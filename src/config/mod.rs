@@ -156,7 +156,7 @@ pub fn parse_str(
 }
 
 /// The optional sections that have an `enabled` switch.
-const SWITCHED_SECTIONS: [&str; 3] = ["request_log", "cache", "metrics"];
+const SWITCHED_SECTIONS: [&str; 4] = ["request_log", "cache", "metrics", "responses"];
 
 /// A section the user wrote is on unless it says `enabled: false`: `request_log: {dir: logs}` logs. An
 /// empty section (`cache:` or `cache: {}`) is written too.

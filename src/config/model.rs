@@ -14,6 +14,7 @@ use crate::cache::CacheConfig;
 use crate::limits::RateLimitConfig;
 use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
+use crate::responses_store::ResponsesConfig;
 use crate::routing::balance::Strategy;
 use crate::routing::health::HealthConfig;
 use crate::secret::Secret;
@@ -44,6 +45,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub policies: PolicyConfig,
     pub state: StateConfig,
+    pub responses: ResponsesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,8 @@ pub struct BackendConfig {
     pub max_tokens: u64,
     pub anthropic_version: String,
     pub chunk_delay: Duration,
+    /// Responses requests are passed through (`native_responses: true`; OpenAI-type backends only).
+    pub native_responses: bool,
 }
 
 #[derive(Clone)]
@@ -146,6 +150,7 @@ pub struct EndpointUrls {
     pub completions: Target,
     pub embeddings: Target,
     pub messages: Target,
+    pub responses: Target,
 }
 
 impl EndpointUrls {
@@ -163,6 +168,7 @@ impl EndpointUrls {
             completions: parse("/completions")?,
             embeddings: parse("/embeddings")?,
             messages: parse("/messages")?,
+            responses: parse("/responses")?,
         })
     }
 }
@@ -236,11 +242,12 @@ impl Config {
                 "/v1/completions" => Endpoint::Completions,
                 "/v1/embeddings" => Endpoint::Embeddings,
                 "/v1/messages" => Endpoint::Messages,
+                "/v1/responses" => Endpoint::Responses,
                 other => {
                     return Err(invalid(
                         format!("routes[{i}].path"),
                         format!(
-                            "unknown path '{other}'; expected /v1/chat/completions, /v1/completions, /v1/embeddings or /v1/messages"
+                            "unknown path '{other}'; expected /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages or /v1/responses"
                         ),
                     ));
                 }
@@ -309,6 +316,10 @@ impl Config {
         state
             .validate()
             .map_err(|message| invalid("state", message))?;
+        let responses: ResponsesConfig = section("responses", raw.responses.clone())?;
+        responses
+            .validate()
+            .map_err(|message| invalid("responses", message))?;
         let logging = &raw.logging;
         let json = match logging.format.as_str() {
             "json" => true,
@@ -351,6 +362,7 @@ impl Config {
             cache,
             policies,
             state,
+            responses,
         })
     }
 
@@ -554,6 +566,16 @@ fn backend_from_raw(
         }
         fallback.push(index);
     }
+    let native_responses = raw.native_responses.unwrap_or(false);
+    if native_responses && kind != BackendKind::OpenAi {
+        return Err(invalid(
+            format!("{path}.native_responses"),
+            format!(
+                "only backends of type openai serve the Responses API; remove it from this {} backend",
+                kind.as_str()
+            ),
+        ));
+    }
     Ok(BackendConfig {
         name: name.to_owned(),
         kind,
@@ -574,6 +596,7 @@ fn backend_from_raw(
             .clone()
             .unwrap_or_else(|| "2023-06-01".into()),
         chunk_delay: Duration::from_millis(raw.chunk_delay_ms.unwrap_or(0)),
+        native_responses,
     })
 }
 

@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub alerts: Option<Value>,
     pub policies: Option<Value>,
     pub state: Option<Value>,
+    pub responses: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +86,9 @@ pub struct RawBackend {
     pub anthropic_version: Option<String>,
     /// Echo only: pause between streamed chunks, for a visible typewriter effect.
     pub chunk_delay_ms: Option<u64>,
+    /// OpenAI only: the backend serves `/v1/responses` itself (OpenAI, recent vLLM), so Responses
+    /// requests are passed through instead of converted to chat completions.
+    pub native_responses: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

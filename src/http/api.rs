@@ -2,8 +2,9 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
+use http::HeaderMap;
 
 use crate::http::RequestId;
 use crate::pipeline::{self, Inbound};
@@ -48,4 +49,26 @@ async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Respons
 
 pub async fn messages(State(state): State<AppState>, request: Request) -> Response {
     serve(state, Endpoint::Messages, request).await
+}
+
+pub async fn responses(State(state): State<AppState>, request: Request) -> Response {
+    serve(state, Endpoint::Responses, request).await
+}
+
+/// `GET /v1/responses/{id}`.
+pub async fn get_response(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    pipeline::responses::get(&state, &headers, &id).await
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete_response(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    pipeline::responses::delete(&state, &headers, &id).await
 }

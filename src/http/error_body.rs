@@ -1,4 +1,4 @@
-//! Render a `GatewayError` in the client's protocol: OpenAI `{"error":{message,type,param,code}}` or
+//! Render a `GatewayError` in the client's protocol: OpenAI (and Responses) `{"error":{message,type,param,code}}` or
 //! Anthropic `{"type":"error","error":{type,message}}`, with `Retry-After` and extra headers.
 
 use axum::body::Body;
@@ -10,7 +10,8 @@ use crate::protocol::{Protocol, openai};
 
 pub fn response(protocol: Protocol, error: &GatewayError) -> Response {
     let body = match protocol {
-        Protocol::OpenAi => openai::error_body(
+        // The Responses API answers errors in the OpenAI shape.
+        Protocol::OpenAi | Protocol::Responses => openai::error_body(
             &error.message,
             openai_type(error.kind),
             error.param.as_deref(),

@@ -15,6 +15,7 @@ use crate::config::{BackendConfig, BackendKind};
 use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::convert::{self, RequestOptions, ResponseOptions};
 use crate::protocol::json_patch::{json_string, set_fields};
+use crate::protocol::responses_stream::ResponsesPassThrough;
 use crate::protocol::stream::{StreamConverter, StreamOptions, StreamTap};
 use crate::protocol::{ApiRequest, Endpoint, Protocol};
 use crate::routing::health::Acquire;
@@ -101,6 +102,16 @@ pub fn backend_protocol(kind: BackendKind) -> Protocol {
     }
 }
 
+/// The protocol a request goes to `backend` in: a Responses request as it is to a backend that serves
+/// the Responses API itself (`native_responses`), else the backend's own.
+fn target_protocol(endpoint: Endpoint, backend: &BackendConfig) -> Protocol {
+    if endpoint == Endpoint::Responses && backend.native_responses {
+        Protocol::Responses
+    } else {
+        backend_protocol(backend.kind)
+    }
+}
+
 impl Exchange<'_> {
     pub async fn run(
         &self,
@@ -116,6 +127,9 @@ impl Exchange<'_> {
             if backend.kind == BackendKind::Echo {
                 if position > 0 {
                     self.state.metrics().fallback();
+                }
+                if self.endpoint == Endpoint::Responses {
+                    return super::responses::echo(self.request, backend, ctx).await;
                 }
                 return reply::echo(self.request, self.endpoint, backend, ctx);
             }
@@ -228,7 +242,7 @@ impl Exchange<'_> {
         upstream_model: Option<&str>,
     ) -> Result<Bytes, AttemptError> {
         let client_protocol = self.endpoint.protocol();
-        let target = backend_protocol(backend.kind);
+        let target = target_protocol(self.endpoint, backend);
         if client_protocol == target {
             return match upstream_model {
                 Some(model) if self.request.model() != Some(model) => {
@@ -239,7 +253,7 @@ impl Exchange<'_> {
                 _ => Ok(self.body.clone()),
             };
         }
-        let ApiRequest::Chat(chat) = self.request.as_ref() else {
+        let Some(chat) = self.request.chat() else {
             return Err(AttemptError::Fatal(GatewayError::invalid(
                 format!(
                     "backend '{}' speaks the Anthropic Messages API, which has no {} endpoint; route this model to an OpenAI-compatible backend",
@@ -256,6 +270,7 @@ impl Exchange<'_> {
         let encoded = match target {
             Protocol::Anthropic => convert::encode_anthropic_request(chat, &options),
             Protocol::OpenAi => convert::encode_openai_request(chat, &options),
+            Protocol::Responses => convert::encode_responses_request(chat, &options),
         };
         encoded
             .map(Bytes::from)
@@ -273,10 +288,11 @@ impl Exchange<'_> {
     ) -> Result<Response, AttemptError> {
         let instance = &backend.instances[index];
         let client_protocol = self.endpoint.protocol();
-        let target = backend_protocol(backend.kind);
+        let target = target_protocol(self.endpoint, backend);
         let body = self.upstream_body(backend, upstream_model)?;
         let url = match (target, self.endpoint) {
             (Protocol::Anthropic, _) => &instance.urls.messages,
+            (Protocol::Responses, _) => &instance.urls.responses,
             (Protocol::OpenAi, Endpoint::Completions) => &instance.urls.completions,
             (Protocol::OpenAi, Endpoint::Embeddings) => &instance.urls.embeddings,
             (Protocol::OpenAi, _) => &instance.urls.chat_completions,
@@ -289,7 +305,7 @@ impl Exchange<'_> {
                 .x_api_key
                 .as_ref()
                 .or(forwarded.authorization.as_ref()),
-            Protocol::OpenAi => forwarded
+            Protocol::OpenAi | Protocol::Responses => forwarded
                 .authorization
                 .as_ref()
                 .or(forwarded.x_api_key.as_ref()),
@@ -384,6 +400,9 @@ impl Exchange<'_> {
                         id_json: json_string(&ctx.id),
                     },
                     Protocol::Anthropic => Transform::AnthropicPassThrough,
+                    Protocol::Responses => Transform::ResponsesPassThrough(Box::new(
+                        ResponsesPassThrough::new(&ctx.id),
+                    )),
                 }
             } else {
                 let include_usage =
@@ -410,10 +429,18 @@ impl Exchange<'_> {
                             }
                             _ => 0,
                         },
+                        echo: self
+                            .request
+                            .responses()
+                            .map(|r| r.echo.clone())
+                            .unwrap_or_default(),
                     },
                 )))
             };
-            let tap = (ctx.request.is_some() && client_protocol == target)
+            // A Responses pass-through reads its final event for the summary itself.
+            let tap = (ctx.request.is_some()
+                && client_protocol == target
+                && target != Protocol::Responses)
                 .then(|| StreamTap::new(target));
             let counts_tokens = ctx
                 .admission
@@ -471,6 +498,7 @@ impl Exchange<'_> {
                 &ResponseOptions {
                     id: &ctx.id,
                     model: self.request.model(),
+                    echo: self.request.responses().map(|r| r.echo.as_str()),
                 },
             )
             .map_err(|e| {

@@ -89,19 +89,41 @@ fn wire(protocol: Protocol) -> WireProtocol {
     match protocol {
         Protocol::OpenAi => WireProtocol::OpenAi,
         Protocol::Anthropic => WireProtocol::Anthropic,
+        Protocol::Responses => WireProtocol::Responses,
     }
 }
 
 /// Answer a request from a cached entry, or `None` when the entry cannot serve it (a stream request for
-/// an answer with tool calls).
+/// an answer with tool calls). `echo`: a Responses request's members its answer repeats.
 pub fn answer(
     cached: &CachedResponse,
     stream: bool,
     include_usage: bool,
+    echo: Option<&str>,
     ctx: &mut RequestCtx,
 ) -> Option<Response> {
     let protocol = ctx.endpoint.protocol();
-    let response = if stream {
+    let response = if stream && protocol == Protocol::Responses {
+        // Responses streams replay every kind of answer (tool calls included).
+        let mut decoded = convert::decode_response(protocol, &cached.body).ok()?;
+        decoded.id = ctx.id.clone();
+        if let Some(model) = &ctx.model {
+            decoded.model = model.clone();
+        }
+        let opts = crate::protocol::stream::StreamOptions {
+            id: ctx.id.clone(),
+            model: decoded.model.clone(),
+            echo: crate::protocol::responses::ResponseEcho(echo.unwrap_or("").into()),
+            ..Default::default()
+        };
+        let created = jiff::Timestamp::now().as_second();
+        let (events, _) = crate::protocol::responses_stream::replay(&decoded, &opts, created);
+        ctx.usage = decoded.usage;
+        if ctx.request.is_some() {
+            ctx.reply = Some(ResponseSummary::from_response(&decoded));
+        }
+        reply::sse_bytes(events.freeze(), &cached.backend)
+    } else if stream {
         let decoded = convert::decode_response(protocol, &cached.body).ok()?;
         let text = text_only(&decoded)?;
         let created = jiff::Timestamp::now().as_second();
@@ -138,6 +160,8 @@ pub fn answer(
                     crate::protocol::sse::encode(Some(name), data.to_string().as_bytes(), &mut out);
                 }
             }
+            // Replayed above.
+            Protocol::Responses => return None,
         }
         ctx.usage = Some(usage);
         if ctx.request.is_some() {

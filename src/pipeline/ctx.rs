@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub cache_key: Option<crate::cache::CacheKey>,
     /// The reply is logged as far as it went: the stream was cut or the client left before its end.
     pub incomplete: bool,
+    /// A Responses answer to keep in the conversation store once complete.
+    pub responses: Option<Box<super::responses::Pending>>,
     finished: bool,
 }
 
@@ -76,6 +78,7 @@ impl RequestCtx {
             admission: None,
             cache_key: None,
             incomplete: false,
+            responses: None,
             finished: false,
         }
     }
@@ -105,6 +108,7 @@ impl RequestCtx {
             admission: self.admission.take(),
             cache_key: self.cache_key.take(),
             incomplete: self.incomplete,
+            responses: self.responses.take(),
             finished: false,
         };
         self.finished = true;
@@ -196,8 +200,13 @@ impl RequestCtx {
         // By now the pipeline has let go of the request, so its texts move into the record (a request
         // still shared elsewhere is copied first).
         let request = Arc::try_unwrap(request).unwrap_or_else(|shared| (*shared).clone());
-        let (system, messages) = match request {
-            ApiRequest::Chat(chat) => {
+        let chat = match request {
+            ApiRequest::Chat(chat) => Ok(chat),
+            ApiRequest::Responses(responses) => Ok(responses.chat),
+            other => Err(other),
+        };
+        let (system, messages) = match chat {
+            Ok(chat) => {
                 let system = match chat.system.len() {
                     0 => None,
                     1 => chat.system.into_iter().next(),
@@ -206,7 +215,7 @@ impl RequestCtx {
                 let messages = chat.messages.into_iter().map(log_message).collect();
                 (system, messages)
             }
-            other => (
+            Err(other) => (
                 None,
                 vec![LogMessage::text(LogRole::User, other.all_input_text())],
             ),
@@ -224,6 +233,12 @@ impl RequestCtx {
             .unwrap_or_default();
         for key in ["messages", "system", "api_key", "key", "authorization"] {
             request_params.shift_remove(key);
+        }
+        if self.endpoint == Endpoint::Responses {
+            // The conversation is the record's messages.
+            for key in ["input", "instructions"] {
+                request_params.shift_remove(key);
+            }
         }
         self.state.request_log().log(LogRecord {
             id: std::mem::take(&mut self.id),

@@ -9,6 +9,7 @@ pub mod cached;
 pub mod ctx;
 pub mod gate;
 pub mod reply;
+pub mod responses;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,10 +43,15 @@ pub struct Inbound {
 pub async fn handle(state: &AppState, inbound: Inbound) -> Response {
     let snapshot = state.snapshot();
     let protocol = inbound.endpoint.protocol();
+    // A Responses answer's id is `resp_<request id>`; it names the answer everywhere (logs included).
+    let id = match inbound.endpoint {
+        Endpoint::Responses => crate::protocol::responses::response_id(&inbound.request_id),
+        _ => inbound.request_id.clone(),
+    };
     let mut ctx = RequestCtx::new(
         state,
         Arc::clone(&snapshot),
-        inbound.request_id.clone(),
+        id,
         inbound.endpoint,
         inbound.started,
     );
@@ -79,8 +85,11 @@ async fn run(
 ) -> Result<Response, GatewayError> {
     let config = &snapshot.config;
     check_content_type(&inbound.headers)?;
-    let body = read_body(inbound.body, &inbound.headers, config.server.max_body_bytes).await?;
-    let request = Arc::new(decode(inbound.endpoint, &body)?);
+    let mut body = read_body(inbound.body, &inbound.headers, config.server.max_body_bytes).await?;
+    let mut request = decode(inbound.endpoint, &body)?;
+    // Responses: a continued conversation's history comes in before anything counts the input.
+    let prepared = responses::prepare(state, &mut request, &mut body).await?;
+    let request = Arc::new(request);
     ctx.model = request.model().map(str::to_owned);
     ctx.stream = request.stream();
     if config.request_log.enabled {
@@ -106,6 +115,7 @@ async fn run(
         public_model,
     )
     .await?;
+    responses::admitted(state, prepared, admitted.principal.as_deref(), ctx)?;
     // The response takes the `x-ratelimit-*` headers; the context keeps what was charged only when
     // tokens are reconciled at the end (every later use asks `counts_tokens` first).
     let admission = admitted.admission;
@@ -115,7 +125,6 @@ async fn run(
         .unwrap_or_default();
     ctx.admission = admission.filter(crate::limits::Admission::counts_tokens);
 
-    let mut body = body;
     let cache_on = state.cache().is_enabled();
     if cache_on {
         let plan = cached::plan(inbound.endpoint, routed_name, &inbound.headers, &body);
@@ -126,8 +135,12 @@ async fn run(
             if let Some(hit) = state.cache().get(&key).await {
                 let include_usage =
                     matches!(request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
-                if let Some(response) = cached::answer(&hit, request.stream(), include_usage, ctx) {
+                let echo = request.responses().map(|r| r.echo.as_str());
+                if let Some(response) =
+                    cached::answer(&hit, request.stream(), include_usage, echo, ctx)
+                {
                     state.metrics().cache(true);
+                    let response = responses::store_complete(state, ctx, response).await;
                     return Ok(with_headers(response, rate_headers));
                 }
             }
@@ -161,6 +174,7 @@ async fn run(
             response = store_and_mark(state, key, response, inbound.endpoint.protocol()).await;
         }
     }
+    let response = responses::store_complete(state, ctx, response).await;
     Ok(with_headers(response, rate_headers))
 }
 
@@ -213,7 +227,7 @@ pub fn decode(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, GatewayErro
         ));
     }
     match endpoint.protocol() {
-        Protocol::OpenAi => openai::decode_request(endpoint, body),
+        Protocol::OpenAi | Protocol::Responses => openai::decode_request(endpoint, body),
         Protocol::Anthropic => anthropic::decode_request(body).map(ApiRequest::Chat),
     }
     .map_err(|error| GatewayError::invalid(error.message, error.param))

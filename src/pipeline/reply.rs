@@ -114,6 +114,7 @@ pub fn stream(
         };
         match next {
             Ok(Some(bytes)) => {
+                streaming.store_response().await;
                 if let Some(end) = streaming.relay.end().cloned() {
                     streaming.ended(end);
                 }
@@ -154,6 +155,22 @@ struct Streaming {
 }
 
 impl Streaming {
+    /// A Responses answer is stored before the bytes with its final event leave, so the client's
+    /// next turn finds it.
+    /// (Boxed: rare, and inline its Redis call would grow every stream's state.)
+    async fn store_response(&mut self) {
+        if self.ctx.responses.is_some()
+            && let Some(last) = self.relay.completed_response().map(<[u8]>::to_vec)
+        {
+            Box::pin(super::responses::store_final(
+                &self.state,
+                &mut self.ctx,
+                &last,
+            ))
+            .await;
+        }
+    }
+
     /// The stream's last bytes are in hand: record it as it ended.
     fn ended(&mut self, end: StreamEnd) {
         match end {
@@ -201,7 +218,20 @@ impl Streaming {
         if self.ctx.request.is_some() || cache_key.is_some() {
             let summary = self.relay.summary();
             if complete && let Some(key) = cache_key {
-                super::cached::store_stream(&self.state, key, &summary, &self.ctx);
+                match self.relay.completed_response() {
+                    // A Responses stream's final `response` object is the complete answer.
+                    Some(last) => super::cached::store_json(
+                        &self.state,
+                        key,
+                        super::cached::Stored {
+                            body: Bytes::copy_from_slice(last),
+                            backend: self.ctx.backend.as_deref().unwrap_or(""),
+                            protocol: Protocol::Responses,
+                            known_answer: true,
+                        },
+                    ),
+                    None => super::cached::store_stream(&self.state, key, &summary, &self.ctx),
+                }
             }
             if self.ctx.request.is_some() {
                 self.ctx.reply = Some(summary);
@@ -311,6 +341,13 @@ pub fn echo(
         }
         (Protocol::OpenAi, ApiRequest::Chat(_)) => openai::chat_completion(&text_answer),
         (Protocol::OpenAi, ApiRequest::Completion(_)) => openai::text_completion(&text_answer),
+        // Answered by `pipeline::responses::echo`; a request of another kind cannot come here.
+        (Protocol::Responses, _) | (Protocol::OpenAi, ApiRequest::Responses(_)) => {
+            return Err(GatewayError::new(
+                crate::error::ErrorKind::Internal,
+                "the echo backend got a Responses request on the wrong path",
+            ));
+        }
         (Protocol::OpenAi, ApiRequest::Embeddings(embeddings)) => {
             let vectors: Vec<Vec<f32>> = embeddings
                 .input
@@ -337,7 +374,12 @@ fn frame(event: Option<&str>, data: &serde_json::Value) -> Bytes {
 }
 
 /// Stream prepared frames, optionally paced by `delay`; the record is finished after the last one.
-fn paced(frames: Vec<Bytes>, delay: Duration, mut ctx: RequestCtx, backend: &str) -> Response {
+pub(super) fn paced(
+    frames: Vec<Bytes>,
+    delay: Duration,
+    mut ctx: RequestCtx,
+    backend: &str,
+) -> Response {
     let bytes = frames.iter().map(|frame| frame.len() as u64).sum();
     ctx.streamed = Some(("echo", frames.len() as u64, bytes));
     if delay.is_zero() {

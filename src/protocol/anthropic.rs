@@ -322,7 +322,31 @@ struct RequestOut<'a> {
     tools: Vec<ToolOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<ToolChoiceOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<ThinkingOut>,
 }
+
+/// Extended thinking, asked for by a canonical `reasoning_effort`.
+#[derive(Serialize)]
+struct ThinkingOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u64,
+}
+
+/// The thinking budget for a reasoning effort (`None`: no thinking).
+fn thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "low" => Some(1024),
+        "medium" => Some(2048),
+        "high" => Some(4096),
+        "xhigh" => Some(8192),
+        _ => None,
+    }
+}
+
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: u64 = 1024;
 
 /// `system`: absent, one string, or text blocks when there are several.
 #[derive(Serialize)]
@@ -496,15 +520,43 @@ impl<'a> RequestOut<'a> {
                 choice.disable_parallel_tool_use = Some(true);
             }
         }
+        // A reasoning effort asks for extended thinking, within `max_tokens` (which Anthropic counts
+        // thinking in): the client's limit bounds the budget (half of it at most, no thinking when that
+        // is under Anthropic's minimum); without one, the budget comes on top of the default. Anthropic refuses thinking with a forced tool choice and with sampling changes.
+        let forced_tool = matches!(
+            tool_choice.as_ref().map(|choice| choice.kind),
+            Some("any" | "tool")
+        );
+        let mut max_tokens = req.params.max_tokens.unwrap_or(default_max_tokens);
+        let thinking = req
+            .reasoning_effort
+            .as_deref()
+            .and_then(thinking_budget)
+            .filter(|_| !forced_tool)
+            .and_then(|budget| match req.params.max_tokens {
+                // At most half the client's limit, so thinking leaves room for the answer.
+                Some(limit) => {
+                    Some(budget.min(limit / 2)).filter(|budget| *budget >= MIN_THINKING_BUDGET)
+                }
+                None => {
+                    max_tokens = max_tokens.saturating_add(budget);
+                    Some(budget)
+                }
+            })
+            .map(|budget_tokens| ThinkingOut {
+                kind: "enabled",
+                budget_tokens,
+            });
+        let sampling = thinking.is_none();
         Ok(RequestOut {
             model,
-            max_tokens: req.params.max_tokens.unwrap_or(default_max_tokens),
+            max_tokens,
             system,
             messages,
             stop_sequences: &req.params.stop,
-            temperature: req.params.temperature,
-            top_p: req.params.top_p,
-            top_k: req.params.top_k,
+            temperature: req.params.temperature.filter(|_| sampling),
+            top_p: req.params.top_p.filter(|_| sampling),
+            top_k: req.params.top_k.filter(|_| sampling),
             stream: req.stream,
             metadata: req.user.as_deref().map(|user_id| MetadataOut { user_id }),
             tools: req
@@ -517,6 +569,7 @@ impl<'a> RequestOut<'a> {
                 })
                 .collect(),
             tool_choice,
+            thinking,
         })
     }
 }
@@ -651,6 +704,7 @@ impl WireUsage {
             output_tokens: self.output,
             cache_read_tokens: self.cache_read,
             cache_creation_tokens: self.cache_creation,
+            reasoning_tokens: 0,
         }
     }
 }

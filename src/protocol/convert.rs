@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 pub use super::ResponseSummary;
-use super::{ChatRequest, ChatResponse, DecodeError, Protocol, anthropic, openai};
+use super::{ChatRequest, ChatResponse, DecodeError, Protocol, anthropic, openai, responses};
 
 /// How to render a request for a backend.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +34,14 @@ pub fn encode_openai_request(
     to_bytes(&openai::encode_request(req, opts.model))
 }
 
+/// Render `req` as a Responses API body (for backends that speak it natively).
+pub fn encode_responses_request(
+    req: &ChatRequest,
+    opts: &RequestOptions<'_>,
+) -> Result<Vec<u8>, DecodeError> {
+    to_bytes(&responses::encode_request(req, opts.model))
+}
+
 fn to_bytes(value: &Value) -> Result<Vec<u8>, DecodeError> {
     serde_json::to_vec(value)
         .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))
@@ -46,6 +54,9 @@ pub struct ResponseOptions<'a> {
     pub id: &'a str,
     /// Model name shown to the client; `None` keeps the backend's.
     pub model: Option<&'a str>,
+    /// For Responses clients: the request's members the `response` object repeats
+    /// ([`responses::ResponseEcho`]); `None` shows the defaults.
+    pub echo: Option<&'a str>,
 }
 
 /// Decode a complete response body of `protocol` into canonical form.
@@ -53,6 +64,7 @@ pub fn decode_response(protocol: Protocol, body: &[u8]) -> Result<ChatResponse, 
     match protocol {
         Protocol::OpenAi => openai::decode_response(body),
         Protocol::Anthropic => anthropic::decode_response(body),
+        Protocol::Responses => responses::decode_response(body),
     }
 }
 
@@ -61,6 +73,10 @@ pub fn encode_response(protocol: Protocol, response: &ChatResponse, created: i64
     match protocol {
         Protocol::OpenAi => openai::encode_response(response, created),
         Protocol::Anthropic => anthropic::encode_response(response),
+        Protocol::Responses => {
+            serde_json::from_slice(&responses::encode_response_bytes(response, created, ""))
+                .unwrap_or_default()
+        }
     }
 }
 
@@ -87,6 +103,13 @@ pub fn convert_response_at(
     if let Some(model) = opts.model {
         response.model = model.to_owned();
     }
+    if to == Protocol::Responses {
+        return Ok(responses::encode_response_bytes(
+            &response,
+            created,
+            opts.echo.unwrap_or(""),
+        ));
+    }
     encode_response_bytes(to, &response, created)
 }
 
@@ -100,6 +123,7 @@ pub fn encode_response_bytes(
         Protocol::OpenAi => openai::encode_response_bytes(response, created)
             .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None)),
         Protocol::Anthropic => to_bytes(&anthropic::encode_response(response)),
+        Protocol::Responses => Ok(responses::encode_response_bytes(response, created, "")),
     }
 }
 
@@ -272,7 +296,8 @@ fn generic_message(status: u16, body: &[u8]) -> String {
 /// Render error parts in `protocol`'s shape.
 pub fn render_error(protocol: Protocol, info: &ErrorInfo) -> Value {
     match protocol {
-        Protocol::OpenAi => openai::error_body(
+        // The Responses API answers errors in the OpenAI shape.
+        Protocol::OpenAi | Protocol::Responses => openai::error_body(
             &info.message,
             info.kind,
             info.param.as_deref(),

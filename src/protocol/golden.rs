@@ -25,7 +25,7 @@ fn fixtures_dir() -> PathBuf {
 fn other(protocol: Protocol) -> Protocol {
     match protocol {
         Protocol::OpenAi => Protocol::Anthropic,
-        Protocol::Anthropic => Protocol::OpenAi,
+        Protocol::Anthropic | Protocol::Responses => Protocol::OpenAi,
     }
 }
 
@@ -47,6 +47,7 @@ fn stream_options() -> StreamOptions {
         model: "client-model".into(),
         include_usage: true,
         input_tokens: 11,
+        ..Default::default()
     }
 }
 
@@ -82,6 +83,9 @@ fn convert_fixture(name: &str, input: &[u8]) -> Vec<u8> {
             let request = match from {
                 Protocol::OpenAi => openai::decode_chat(input).unwrap(),
                 Protocol::Anthropic => anthropic::decode_request(input).unwrap(),
+                Protocol::Responses => {
+                    unreachable!("Responses fixtures are in responses_golden.rs")
+                }
             };
             let opts = RequestOptions {
                 model: None,
@@ -90,6 +94,9 @@ fn convert_fixture(name: &str, input: &[u8]) -> Vec<u8> {
             let body = match to {
                 Protocol::OpenAi => convert::encode_openai_request(&request, &opts),
                 Protocol::Anthropic => convert::encode_anthropic_request(&request, &opts),
+                Protocol::Responses => {
+                    unreachable!("Responses fixtures are in responses_golden.rs")
+                }
             };
             pretty(&body.unwrap())
         }
@@ -97,6 +104,7 @@ fn convert_fixture(name: &str, input: &[u8]) -> Vec<u8> {
             let opts = ResponseOptions {
                 id: "gw-req-1",
                 model: None,
+                echo: None,
             };
             pretty(&convert::convert_response_at(from, to, input, &opts, CREATED).unwrap())
         }
@@ -255,6 +263,7 @@ fn converted_streams_follow_the_event_grammar() {
             match other(from) {
                 Protocol::Anthropic => names.push(event.event.unwrap()),
                 Protocol::OpenAi => names.push(String::from_utf8(event.data.to_vec()).unwrap()),
+                Protocol::Responses => unreachable!("no Responses fixtures here"),
             }
         }
         match other(from) {
@@ -279,6 +288,7 @@ fn converted_streams_follow_the_event_grammar() {
                 let dones = names.iter().filter(|n| *n == "[DONE]").count();
                 assert_eq!(dones, usize::from(!failed), "{names:?}");
             }
+            Protocol::Responses => unreachable!("no Responses fixtures here"),
         }
     }
 }
@@ -330,6 +340,7 @@ fn stop_after_tool_calls_becomes_tool_use_for_anthropic() {
     let opts = ResponseOptions {
         id: "x",
         model: None,
+        echo: None,
     };
     let out: Value = serde_json::from_slice(
         &convert::convert_response(Protocol::OpenAi, Protocol::Anthropic, body, &opts).unwrap(),
@@ -437,6 +448,7 @@ fn abort_ends_each_protocol_correctly() {
             Protocol::Anthropic => {
                 b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}\n\n"
             }
+            Protocol::Responses => unreachable!("not in this list"),
         };
         converter.push(first, &mut out).unwrap();
         converter.abort("upstream reset the connection", &mut out);
@@ -455,6 +467,7 @@ fn abort_ends_each_protocol_correctly() {
                 assert!(text.contains("\"message\":\"upstream reset the connection\""));
                 assert_eq!(text.matches("[DONE]").count(), 0, "{text}");
             }
+            Protocol::Responses => unreachable!("not in this list"),
         }
     }
 }
@@ -705,7 +718,7 @@ proptest! {
     }
 }
 
-fn arbitrary_json() -> impl Strategy<Value = Value> {
+pub(super) fn arbitrary_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
@@ -771,6 +784,7 @@ fn fuzz_everything(bytes: &[u8]) {
             let response_opts = ResponseOptions {
                 id: "x",
                 model: None,
+                echo: None,
             };
             let _ = convert::convert_response(from, to, bytes, &response_opts);
             let _ = convert::convert_error(from, to, 500, bytes);

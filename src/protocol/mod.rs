@@ -12,6 +12,10 @@ mod golden;
 pub mod json_patch;
 pub(crate) mod json_text;
 pub mod openai;
+pub mod responses;
+#[cfg(test)]
+mod responses_golden;
+pub mod responses_stream;
 pub mod sse;
 pub mod stream;
 
@@ -19,11 +23,13 @@ use std::fmt;
 
 use serde::Deserialize;
 
-/// The two wire protocols a client or a backend can speak.
+/// The wire protocols a client or a backend can speak: OpenAI chat completions (and the other
+/// OpenAI endpoints), Anthropic messages, and OpenAI's Responses API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     OpenAi,
     Anthropic,
+    Responses,
 }
 
 impl Protocol {
@@ -32,6 +38,7 @@ impl Protocol {
         match self {
             Protocol::OpenAi => "openai",
             Protocol::Anthropic => "anthropic",
+            Protocol::Responses => "responses",
         }
     }
 }
@@ -43,6 +50,7 @@ pub enum Endpoint {
     Completions,
     Embeddings,
     Messages,
+    Responses,
 }
 
 impl Endpoint {
@@ -53,6 +61,7 @@ impl Endpoint {
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
             Endpoint::Messages => "/v1/messages",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 
@@ -60,6 +69,7 @@ impl Endpoint {
     pub fn protocol(self) -> Protocol {
         match self {
             Endpoint::Messages => Protocol::Anthropic,
+            Endpoint::Responses => Protocol::Responses,
             _ => Protocol::OpenAi,
         }
     }
@@ -71,12 +81,32 @@ pub enum ApiRequest {
     Chat(ChatRequest),
     Completion(CompletionRequest),
     Embeddings(EmbeddingsRequest),
+    /// A Responses API request: a chat request plus what only that API has.
+    Responses(Box<responses::ResponsesRequest>),
 }
 
 impl ApiRequest {
+    /// The chat request of a chat or a Responses request.
+    pub fn chat(&self) -> Option<&ChatRequest> {
+        match self {
+            ApiRequest::Chat(r) => Some(r),
+            ApiRequest::Responses(r) => Some(&r.chat),
+            _ => None,
+        }
+    }
+
+    /// The Responses-only part of a Responses request.
+    pub fn responses(&self) -> Option<&responses::ResponsesRequest> {
+        match self {
+            ApiRequest::Responses(r) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn model(&self) -> Option<&str> {
         match self {
             ApiRequest::Chat(r) => r.model.as_deref(),
+            ApiRequest::Responses(r) => r.chat.model.as_deref(),
             ApiRequest::Completion(r) => r.model.as_deref(),
             ApiRequest::Embeddings(r) => r.model.as_deref(),
         }
@@ -87,6 +117,7 @@ impl ApiRequest {
             ApiRequest::Chat(r) => r.stream,
             ApiRequest::Completion(r) => r.stream,
             ApiRequest::Embeddings(_) => false,
+            ApiRequest::Responses(r) => r.chat.stream,
         }
     }
 
@@ -94,6 +125,7 @@ impl ApiRequest {
     pub fn prompt_text(&self) -> String {
         match self {
             ApiRequest::Chat(r) => r.last_user_text().unwrap_or_default(),
+            ApiRequest::Responses(r) => r.chat.last_user_text().unwrap_or_default(),
             ApiRequest::Completion(r) => r.prompt.join("\n"),
             ApiRequest::Embeddings(r) => r.input.join("\n"),
         }
@@ -103,6 +135,7 @@ impl ApiRequest {
     pub fn all_input_text(&self) -> String {
         match self {
             ApiRequest::Chat(r) => r.all_text(),
+            ApiRequest::Responses(r) => r.chat.all_text(),
             ApiRequest::Completion(r) => r.prompt.join("\n"),
             ApiRequest::Embeddings(r) => r.input.join("\n"),
         }
@@ -127,6 +160,25 @@ pub struct ChatRequest {
     pub user: Option<String>,
     /// OpenAI `parallel_tool_calls` / the negation of Anthropic `tool_choice.disable_parallel_tool_use`.
     pub parallel_tool_calls: Option<bool>,
+    /// Reasoning effort (`low`, `medium`, `high`, …): Responses `reasoning.effort`, sent to OpenAI
+    /// chat backends as `reasoning_effort` and to Anthropic as a thinking budget.
+    pub reasoning_effort: Option<String>,
+    /// Structured output: Responses `text.format`, sent to OpenAI chat backends as `response_format`.
+    pub response_format: Option<Box<ResponseFormat>>,
+}
+
+/// What shape the answer's text must have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Any JSON object.
+    JsonObject,
+    /// JSON following `schema`.
+    JsonSchema {
+        name: String,
+        description: Option<String>,
+        schema: serde_json::Value,
+        strict: Option<bool>,
+    },
 }
 
 impl ChatRequest {
@@ -296,6 +348,8 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_creation_tokens: u64,
+    /// Output tokens spent on reasoning (part of `output_tokens`), when the backend reports them.
+    pub reasoning_tokens: u64,
 }
 
 /// A complete (non-streamed) chat answer in canonical form; usage counts follow [`Usage`].

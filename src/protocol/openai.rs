@@ -20,6 +20,8 @@ pub fn decode_request(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, Dec
         Endpoint::ChatCompletions | Endpoint::Messages => decode_chat(body).map(ApiRequest::Chat),
         Endpoint::Completions => decode_completion(body).map(ApiRequest::Completion),
         Endpoint::Embeddings => decode_embeddings(body).map(ApiRequest::Embeddings),
+        Endpoint::Responses => super::responses::decode_request(body)
+            .map(|request| ApiRequest::Responses(Box::new(request))),
     }
 }
 
@@ -682,6 +684,7 @@ pub(crate) fn usage_from(value: &Value) -> Usage {
         output_tokens: field("/completion_tokens"),
         cache_read_tokens: field("/prompt_tokens_details/cached_tokens"),
         cache_creation_tokens: 0,
+        reasoning_tokens: field("/completion_tokens_details/reasoning_tokens"),
     }
 }
 
@@ -847,7 +850,38 @@ pub fn encode_request(req: &ChatRequest, model: Option<&str>) -> Value {
     if let Some(user) = &req.user {
         put("user", json!(user));
     }
+    if let Some(effort) = &req.reasoning_effort {
+        put("reasoning_effort", json!(effort));
+    }
+    if let Some(format) = &req.response_format {
+        put("response_format", response_format_json(format));
+    }
     Value::Object(body)
+}
+
+/// OpenAI chat `response_format` for a canonical structured-output request.
+fn response_format_json(format: &super::ResponseFormat) -> Value {
+    use serde_json::json;
+    match format {
+        super::ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        super::ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => {
+            let mut inner = serde_json::Map::new();
+            inner.insert("name".into(), json!(name));
+            if let Some(description) = description {
+                inner.insert("description".into(), json!(description));
+            }
+            inner.insert("schema".into(), schema.clone());
+            if let Some(strict) = strict {
+                inner.insert("strict".into(), json!(strict));
+            }
+            json!({"type": "json_schema", "json_schema": inner})
+        }
+    }
 }
 
 /// Decode a complete `chat.completion` response (the first choice; others are dropped).
@@ -1142,12 +1176,16 @@ struct UsageIn {
     completion_tokens: Option<u64>,
     #[serde(default)]
     prompt_tokens_details: Option<super::Obj<UsageDetailsIn>>,
+    #[serde(default)]
+    completion_tokens_details: Option<super::Obj<UsageDetailsIn>>,
 }
 
 #[derive(Deserialize)]
 struct UsageDetailsIn {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
 }
 
 /// Keeps a present `null` as `Some("null")` (plain `Option` makes it `None`), for fields whose mere
@@ -1221,6 +1259,11 @@ impl ResponseIn<'_> {
                 .and_then(|details| details.cached_tokens)
                 .unwrap_or(0),
             cache_creation_tokens: 0,
+            reasoning_tokens: usage
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|details| details.reasoning_tokens)
+                .unwrap_or(0),
         });
         Some(ChatResponse {
             id: self.id.map(Cow::into_owned).unwrap_or_default(),

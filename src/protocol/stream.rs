@@ -17,6 +17,7 @@ pub use super::ResponseSummary;
 use super::anthropic::{self, WireUsage};
 use super::convert::{self, unix_now};
 use super::json_text::flat_field;
+use super::responses_stream::{ResponsesDecoder, ResponsesEncoder};
 use super::sse::{self, SseDecoder, SseError, SseEvent};
 use super::{FinishReason, Obj, Protocol, ToolCall, Usage, fast_decode, openai};
 
@@ -31,6 +32,8 @@ pub struct StreamOptions {
     pub include_usage: bool,
     /// Prompt token estimate, used while (or when) the backend has not reported the real count.
     pub input_tokens: u64,
+    /// Responses clients: what the `response` object repeats from the request.
+    pub echo: super::responses::ResponseEcho,
 }
 
 /// The upstream stream could not be read.
@@ -776,7 +779,7 @@ fn push_text(out: &mut Vec<StreamEvent>, make: fn(String) -> StreamEvent, text: 
     }
 }
 
-fn parse_event(event: &SseEvent) -> Result<Value, StreamError> {
+pub(crate) fn parse_event(event: &SseEvent) -> Result<Value, StreamError> {
     serde_json::from_slice(&event.data).map_err(|error| {
         let data = String::from_utf8_lossy(&event.data);
         let mut cut = data.len().min(200);
@@ -787,7 +790,7 @@ fn parse_event(event: &SseEvent) -> Result<Value, StreamError> {
     })
 }
 
-fn error_event(error: &Value) -> StreamEvent {
+pub(crate) fn error_event(error: &Value) -> StreamEvent {
     let body = json!({ "error": error });
     let info = convert::error_info(Protocol::OpenAi, 500, body.to_string().as_bytes());
     StreamEvent::Error {
@@ -800,6 +803,7 @@ fn error_event(error: &Value) -> StreamEvent {
 enum Decoder {
     OpenAi(OpenAiDecoder),
     Anthropic(AnthropicDecoder),
+    Responses(ResponsesDecoder),
 }
 
 impl Decoder {
@@ -807,6 +811,7 @@ impl Decoder {
         match protocol {
             Protocol::OpenAi => Decoder::OpenAi(OpenAiDecoder::default()),
             Protocol::Anthropic => Decoder::Anthropic(AnthropicDecoder::default()),
+            Protocol::Responses => Decoder::Responses(ResponsesDecoder::default()),
         }
     }
 
@@ -814,6 +819,7 @@ impl Decoder {
         match self {
             Decoder::OpenAi(decoder) => decoder.decode(event, out),
             Decoder::Anthropic(decoder) => decoder.decode(event, out),
+            Decoder::Responses(decoder) => decoder.decode(event, out),
         }
     }
 }
@@ -839,6 +845,8 @@ pub(crate) fn decode_both_ways(
             value_only: true,
             ..AnthropicDecoder::default()
         }),
+        // One path only: the Responses decoder reads every event through the parser.
+        Protocol::Responses => Decoder::Responses(ResponsesDecoder::default()),
     };
     let run = |decoder: &mut Decoder| {
         events
@@ -953,11 +961,12 @@ struct OpenAiEncoder {
 enum Encoder {
     OpenAi(OpenAiEncoder),
     Anthropic(AnthropicEncoder),
+    Responses(ResponsesEncoder),
 }
 
 /// One SSE event whose data is `data` as compact JSON, serialized straight into `out` (compact JSON has
 /// no raw newline, so it is one `data:` line, exactly what [`sse::encode`] would write).
-fn write_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: Option<&str>, data: &T) {
+pub(crate) fn write_event<T: Serialize + ?Sized>(out: &mut BytesMut, name: Option<&str>, data: &T) {
     if let Some(name) = name {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
@@ -1482,6 +1491,7 @@ impl Encoder {
         match self {
             Encoder::OpenAi(encoder) => encoder.emit(event, opts, out),
             Encoder::Anthropic(encoder) => encoder.emit(event, opts, out),
+            Encoder::Responses(encoder) => encoder.emit(event, opts, out),
         }
     }
 
@@ -1489,6 +1499,7 @@ impl Encoder {
         match self {
             Encoder::OpenAi(encoder) => encoder.ended,
             Encoder::Anthropic(encoder) => encoder.ended,
+            Encoder::Responses(encoder) => encoder.ended,
         }
     }
 }
@@ -1523,6 +1534,7 @@ impl StreamConverter {
             encoder: match to {
                 Protocol::OpenAi => Encoder::OpenAi(OpenAiEncoder::new(unix_now())),
                 Protocol::Anthropic => Encoder::Anthropic(AnthropicEncoder::new()),
+                Protocol::Responses => Encoder::Responses(ResponsesEncoder::new(unix_now())),
             },
             events: Vec::new(),
             summary: SummaryBuilder::default(),
@@ -1536,10 +1548,21 @@ impl StreamConverter {
 
     /// Pin OpenAI chunks' `created` (deterministic tests, cache replays).
     pub fn with_created(mut self, created: i64) -> Self {
-        if let Encoder::OpenAi(encoder) = &mut self.encoder {
-            encoder.created = created;
+        match &mut self.encoder {
+            Encoder::OpenAi(encoder) => encoder.created = created,
+            Encoder::Responses(encoder) => encoder.created_at = created,
+            Encoder::Anthropic(_) => {}
         }
         self
+    }
+
+    /// A Responses client's final `response` object, once the stream ended with it (the
+    /// conversation store keeps it).
+    pub fn completed_response(&self) -> Option<&[u8]> {
+        match &self.encoder {
+            Encoder::Responses(encoder) => encoder.final_response.as_deref(),
+            _ => None,
+        }
     }
 
     /// Feed upstream bytes (any split); converted bytes for every completed event go to `out`.
@@ -1739,6 +1762,7 @@ mod tests {
                 model: "m\\odel".into(),
                 include_usage,
                 input_tokens: 0,
+                ..Default::default()
             };
             let mut encoder = OpenAiEncoder::new(1_700_000_000);
             for (text, finish) in [("a", None), ("é \"q\" \n", None), ("", Some("stop"))] {

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use memchr::memmem::{Finder, FinderRev};
 
 use crate::protocol::json_patch;
+use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
 use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk, push_piece};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
@@ -41,6 +42,8 @@ pub enum Transform {
     AnthropicPassThrough,
     /// Different protocols: an incremental converter, bytes in, bytes out.
     Convert(Box<StreamConverter>),
+    /// Responses in, Responses out: forward, with the `response.id` of lifecycle events rewritten.
+    ResponsesPassThrough(Box<ResponsesPassThrough>),
 }
 
 /// What the relay learned about the stream, for logs and token accounting.
@@ -128,6 +131,7 @@ impl Relay {
         if !self.delivered {
             let first_error = match &self.transform {
                 Transform::Convert(converter) => converter.first_event_error(),
+                Transform::ResponsesPassThrough(pass) => pass.first_error(),
                 _ => self.first_error.as_deref(),
             };
             if let Some(message) = first_error {
@@ -286,7 +290,14 @@ impl Relay {
                     }
                     if self.end.is_none() {
                         let openai = matches!(self.transform, Transform::OpenAiPassThrough { .. });
-                        if openai && self.facts.finish_reason.is_some() {
+                        if let Transform::ResponsesPassThrough(pass) = &self.transform
+                            && pass.terminal() == Terminal::Failed
+                        {
+                            // The upstream's own error event, relayed, ended it.
+                            self.end = Some(StreamEnd::UpstreamError(
+                                "the upstream's response failed".to_owned(),
+                            ));
+                        } else if openai && self.facts.finish_reason.is_some() {
                             // The answer was finished; only the upstream's `[DONE]` was missing.
                             out.extend_from_slice(b"data: [DONE]\n\n");
                             self.facts.events += 1;
@@ -359,6 +370,24 @@ impl Relay {
         if !matches!(self.transform, Transform::Convert(_)) && !event.is_comment() {
             self.facts.events += 1;
         }
+        if let Transform::ResponsesPassThrough(pass) = &mut self.transform {
+            pass.forward(event, out);
+            // The stream ends at the upstream's final lifecycle event (an `error` event may still be
+            // followed by its `response.failed`).
+            if pass.finished() {
+                self.end = Some(match pass.terminal() {
+                    Terminal::Completed => StreamEnd::Complete,
+                    Terminal::Failed | Terminal::Open => {
+                        StreamEnd::UpstreamError("the upstream's response failed".to_owned())
+                    }
+                });
+            }
+            if let Some(summary) = pass.summary() {
+                self.facts.usage = summary.usage;
+                self.facts.finish_reason = summary.finish_reason;
+            }
+            return;
+        }
         // Most OpenAI chunks are read once, exactly, for everything below (facts, text, the tap);
         // the rest take the searches and parsers.
         let exact = match &self.transform {
@@ -419,7 +448,7 @@ impl Relay {
                     out.extend_from_slice(&event.raw);
                 }
             }
-            Transform::Convert(_) => {}
+            Transform::Convert(_) | Transform::ResponsesPassThrough(_) => {}
             Transform::AnthropicPassThrough => {
                 match event.event.as_deref() {
                     Some("message_stop") => {
@@ -447,7 +476,21 @@ impl Relay {
         if let Some(tap) = &self.tap {
             return &tap.summary().text;
         }
+        if let Transform::ResponsesPassThrough(pass) = &self.transform
+            && let Some(summary) = pass.summary()
+        {
+            return &summary.text;
+        }
         &self.facts.text
+    }
+
+    /// A Responses client's final `response` object, once it went by (converted or passed through).
+    pub fn completed_response(&self) -> Option<&[u8]> {
+        match &self.transform {
+            Transform::Convert(converter) => converter.completed_response(),
+            Transform::ResponsesPassThrough(pass) => pass.completed_response(),
+            _ => None,
+        }
     }
 
     /// The assembled reply (text, reasoning, tool calls, usage) as far as the stream went.
@@ -457,6 +500,11 @@ impl Relay {
         }
         if let Some(tap) = &self.tap {
             return tap.summary().clone();
+        }
+        if let Transform::ResponsesPassThrough(pass) = &self.transform
+            && let Some(summary) = pass.summary()
+        {
+            return summary.clone();
         }
         ResponseSummary {
             text: self.facts.text.clone(),
@@ -495,6 +543,7 @@ impl Relay {
                 let body = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
                 crate::protocol::sse::encode(Some("error"), body.to_string().as_bytes(), &mut out);
             }
+            Transform::ResponsesPassThrough(pass) => pass.error_events(message, &mut out),
         }
         self.count_delivered(&out);
         out.freeze()
@@ -904,6 +953,7 @@ mod tests {
                 model: "m".into(),
                 include_usage: false,
                 input_tokens: 1,
+                ..Default::default()
             };
             let converter = StreamConverter::new(Protocol::OpenAi, Protocol::Anthropic, options);
             let mut relay = Relay::new(

@@ -24,4 +24,6 @@ mod ops_shutdown;
 mod passthrough;
 mod redis;
 mod resil;
+mod responses;
+mod sdk;
 mod stream_end;

@@ -322,3 +322,61 @@ async fn sliding_window_is_exact_across_replicas() {
         "a full window later the whole limit is back"
     );
 }
+
+/// A conversation started on one replica continues on another, and any replica reads it: answers live
+/// in Redis under `<key_prefix>:response:<id>`.
+#[tokio::test]
+async fn responses_continue_on_any_replica() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let gateways = replicas(&config(&mock, &redis, "itresp", "")).await;
+    let first = crate::responses::create(
+        &gateways[0],
+        &json!({"model": "m", "input": "first turn"}),
+        &[("x-request-id", "shared-1")],
+    )
+    .await;
+    assert_eq!(first["id"], "resp_shared-1");
+    assert_eq!(
+        redis.keys("itresp:response:"),
+        ["itresp:response:resp_shared-1"]
+    );
+    let (status, _, text) = crate::responses::post(
+        &gateways[1],
+        &json!({"model": "m", "previous_response_id": "resp_shared-1", "input": "second turn", "stream": true}),
+        &[("x-request-id", "shared-2")],
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let sent = &mock.requests()[1].body["messages"];
+    assert_eq!(sent[0]["content"], "first turn", "{sent}");
+    assert_eq!(sent[1]["content"], "hello from mock");
+    assert_eq!(sent[2]["content"], "second turn");
+    // The streamed answer was stored before its last event reached the client: the third replica
+    // finds it at once.
+    let stored: Value = client()
+        .get(gateways[2].url("/v1/responses/resp_shared-2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["id"], "resp_shared-2", "{stored}");
+    assert_eq!(stored["status"], "completed");
+    let deleted = client()
+        .delete(gateways[2].url("/v1/responses/resp_shared-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let (status, _, _) = crate::responses::post(
+        &gateways[0],
+        &json!({"previous_response_id": "resp_shared-1", "input": "gone"}),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+}

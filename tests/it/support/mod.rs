@@ -3,6 +3,7 @@
 pub mod canned;
 pub mod mock;
 pub mod mock_anthropic;
+pub mod mock_responses;
 pub mod process;
 pub mod prom;
 pub mod redis;
