@@ -101,10 +101,12 @@ pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
         }
         Source::Embedded => (EMBEDDED_DEFAULT.to_owned(), Format::Yaml),
     };
+    // Any URL a message quotes loses its userinfo: config errors are printed by `check`, logged by a
+    // rejected reload and returned by `POST /admin/reload`.
     parse_str(&text, format, env).map_err(|(path, message)| ConfigError {
         source: source.to_string(),
         path,
-        message,
+        message: crate::secret::redact_userinfo(&message).into_owned(),
     })
 }
 

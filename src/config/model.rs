@@ -16,7 +16,7 @@ use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
 use crate::routing::balance::Strategy;
 use crate::routing::health::HealthConfig;
-use crate::secret::Secret;
+use crate::secret::{Secret, redact_userinfo};
 use crate::shared_state::StateConfig;
 use crate::telemetry::metrics::MetricsConfig;
 use crate::telemetry::request_log::RequestLogConfig;
@@ -154,7 +154,7 @@ impl EndpointUrls {
             Target::parse(&format!("{base}{suffix}")).map_err(|error| {
                 invalid(
                     path,
-                    format!("'{base}{suffix}' is not a valid URL ({error})"),
+                    redact_userinfo(&format!("'{base}{suffix}' is not a valid URL ({error})")),
                 )
             })
         };
@@ -523,20 +523,24 @@ fn backend_from_raw(
 /// `http://h:8000` and `http://h:8000/v1` both mean `http://h:8000/v1`; other paths are kept.
 /// Returns the base URL and a display form without credentials.
 fn normalize_url(path: &str, url: &str) -> Result<(String, String), Invalid> {
+    // Error messages quote the URL with its userinfo hidden: it may hold a password.
+    let shown = redact_userinfo(url);
     let mut parsed = url::Url::parse(url.trim()).map_err(|error| {
         invalid(
             path,
-            format!("'{url}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"),
+            format!(
+                "'{shown}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"
+            ),
         )
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid(
             path,
-            format!("'{url}' must start with http:// or https://"),
+            format!("'{shown}' must start with http:// or https://"),
         ));
     }
     if parsed.host_str().is_none() {
-        return Err(invalid(path, format!("'{url}' has no host")));
+        return Err(invalid(path, format!("'{shown}' has no host")));
     }
     if parsed.path() == "/" || parsed.path().is_empty() {
         parsed.set_path("/v1");
@@ -572,6 +576,13 @@ mod tests {
         assert_eq!(base, "http://user:pw@h:1/v1");
         assert_eq!(shown, "http://h:1/v1");
         assert!(normalize_url("u", "ftp://h").is_err());
+        let error = normalize_url("u", "http://user:PASS@host:99999").unwrap_err();
+        assert!(!error.message.contains("PASS"), "{}", error.message);
+        assert!(
+            error.message.contains("http://*****@host:99999"),
+            "{}",
+            error.message
+        );
         assert!(normalize_url("u", "not a url").is_err());
     }
 }

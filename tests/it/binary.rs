@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use crate::support::client;
 use crate::support::mock::{Behavior, Mock};
-use crate::support::process::{binary, signal, spawn};
+use crate::support::process::{binary, signal, spawn, spawn_logged};
 
 #[test]
 fn check_accepts_valid_configs_and_names_errors() {
@@ -38,6 +38,62 @@ fn check_accepts_valid_configs_and_names_errors() {
     assert!(stderr.contains("bad.yaml"), "{stderr}");
     assert!(stderr.contains("backends.v.instances[1].url"), "{stderr}");
     assert!(stderr.contains("expected a string"), "{stderr}");
+}
+
+/// Issue 23 §7: a URL's password never shows in a config error — not in `check`, not in the log line
+/// of a rejected reload, not in the 400 of `POST /admin/reload`; the URL is shown with `*****`.
+#[tokio::test]
+async fn url_passwords_are_redacted_in_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "backends:\n  up: { type: openai, url: 'http://user:PASS@host:99999' }\n";
+    let bad_path = dir.path().join("bad.yaml");
+    std::fs::write(&bad_path, bad).unwrap();
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(&bad_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backends.up.url"), "{stderr}");
+    assert!(stderr.contains("http://*****@host:99999"), "{stderr}");
+    assert!(!stderr.contains("PASS"), "{stderr}");
+
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, "backends:\n  local: { type: echo }\n").unwrap();
+    let (mut child, base, log) = spawn_logged(&path);
+    std::fs::write(&path, bad).unwrap();
+    let response = client()
+        .post(format!("{base}/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("http://*****@host:99999"), "{body}");
+    assert!(!body.contains("PASS"), "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // The child is gone: its log ends, and every line of it is read.
+    let lines: Vec<String> = log.iter().collect();
+    let rejected: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("config reload rejected"))
+        .collect();
+    assert!(
+        !rejected.is_empty(),
+        "no rejected reload logged: {lines:#?}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .all(|line| line.contains("*****@host:99999")),
+        "{rejected:#?}"
+    );
+    assert!(
+        lines.iter().all(|line| !line.contains("PASS")),
+        "{lines:#?}"
+    );
 }
 
 #[test]

@@ -18,6 +18,14 @@ pub fn binary() -> Command {
 
 /// Start the binary with `--config config` on a free port; returns the child and its base URL.
 pub fn spawn(config: &Path) -> (Child, String) {
+    let (child, base, log) = spawn_logged(config);
+    // Drain the log so the pipe never fills.
+    std::thread::spawn(move || for _ in log {});
+    (child, base)
+}
+
+/// `spawn`, with the child's log lines (JSON) handed over as they come.
+pub fn spawn_logged(config: &Path) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -31,9 +39,17 @@ pub fn spawn(config: &Path) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Drain the log so the pipe never fills; readiness is the port accepting, whatever the log level.
+    // The log is read all along so the pipe never fills; readiness is the port accepting, whatever
+    // the log level.
     let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // The receiver may be gone (the test no longer reads): keep draining anyway.
+            let _ = lines.send(line);
+        }
+    });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -48,7 +64,7 @@ pub fn spawn(config: &Path) -> (Child, String) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    (child, format!("http://127.0.0.1:{port}"))
+    (child, format!("http://127.0.0.1:{port}"), log)
 }
 
 /// Send a signal by name (`TERM`, `HUP`) to a child.
