@@ -549,7 +549,10 @@ const API_ERRORS: &[(&str, &str)] = &[
 
 const ADMIN_ERRORS: &[(&str, &str)] = &[
     ("401", "missing or unknown API key"),
-    ("403", "the key is not an admin key"),
+    (
+        "403",
+        "the key is not an admin key; or no keys are configured and the client is not on this machine (loopback, not forwarded by a proxy) while `server.admin_open` is false",
+    ),
 ];
 
 fn operations() -> Vec<Op> {

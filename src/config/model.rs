@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub cors_allow_origin: String,
     pub trusted_proxies: Vec<IpAddr>,
+    /// `/admin/*` open to every client when no key is configured (else loopback clients only).
+    pub admin_open: bool,
     pub workers: Option<usize>,
 }
 
@@ -328,6 +330,7 @@ impl Config {
                 shutdown_grace: seconds("server.shutdown_grace_s", server.shutdown_grace_s)?,
                 cors_allow_origin: server.cors_allow_origin.clone(),
                 trusted_proxies,
+                admin_open: server.admin_open,
                 workers: match server.workers {
                     Some(0) => return Err(invalid("server.workers", "must be at least 1")),
                     other => other,

@@ -42,6 +42,8 @@ pub struct RawServer {
     pub cors_allow_origin: String,
     /// Peers whose `X-Forwarded-For` first hop is trusted as the client address.
     pub trusted_proxies: Vec<String>,
+    /// Without any configured key, `/admin/*` answers only clients on this machine unless this is set.
+    pub admin_open: bool,
     /// Runtime worker threads; absent means one per available core. `1` runs a single-threaded runtime
     /// (the cheapest per request when the gateway is pinned to one core).
     pub workers: Option<usize>,
@@ -56,6 +58,7 @@ impl Default for RawServer {
             shutdown_grace_s: 30.0,
             cors_allow_origin: "*".into(),
             trusted_proxies: Vec::new(),
+            admin_open: false,
             workers: None,
         }
     }

@@ -712,3 +712,44 @@ async fn block_patterns_see_system_prompts_and_content_parts() {
     }
     assert!(mock.requests().is_empty());
 }
+
+/// Issue 23 §7: with no keys configured, `/admin/*` answers only clients on this machine. A request a
+/// trusted proxy forwarded for another client is refused 403 (OpenAI error shape) naming the fix; so is
+/// one that any proxy forwarded; `server.admin_open: true` opens the routes to everyone.
+#[tokio::test]
+async fn admin_routes_without_keys_answer_only_local_clients() {
+    let call = |gateway: &Gateway, method: &str, path: &str, forwarded: Option<(&str, &str)>| {
+        let mut request = client().request(method.parse().unwrap(), gateway.url(path));
+        if let Some((name, value)) = forwarded {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let yaml = "server: { trusted_proxies: ['127.0.0.1'] }\nbackends:\n  local: { type: echo }\n";
+    let gateway = Gateway::start(yaml).await;
+    // The test's own connection is from loopback: served.
+    let response = call(&gateway, "GET", "/admin/keys", None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    for (method, path) in [("POST", "/admin/reload"), ("GET", "/admin/keys")] {
+        let forwarded = Some(("x-forwarded-for", "203.0.113.7"));
+        let response = call(&gateway, method, path, forwarded).await.unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("203.0.113.7"), "{message}");
+        assert!(message.contains("server.admin_open: true"), "{message}");
+        assert!(message.contains("admin: true"), "{message}");
+        // Any forwarding header: the connection's loopback address is a proxy's, not the client's.
+        let response = call(&gateway, method, path, Some(("x-real-ip", "127.0.0.1")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+    }
+    let open = Gateway::start(
+        "server: { admin_open: true, trusted_proxies: ['127.0.0.1'] }\nbackends:\n  local: { type: echo }\n",
+    )
+    .await;
+    let forwarded = Some(("x-forwarded-for", "203.0.113.7"));
+    let response = call(&open, "GET", "/admin/keys", forwarded).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
