@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// Largest upstream answer or error body buffered; a longer one is a 502 naming the limit.
+    pub max_upstream_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub cors_allow_origin: String,
     pub trusted_proxies: Vec<IpAddr>,
@@ -263,6 +265,12 @@ impl Config {
         if server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        if server.max_upstream_body_bytes == 0 {
+            return Err(invalid(
+                "server.max_upstream_body_bytes",
+                "must be greater than 0",
+            ));
+        }
         let mut trusted_proxies = Vec::new();
         for (i, proxy) in server.trusted_proxies.iter().enumerate() {
             trusted_proxies.push(proxy.parse::<IpAddr>().map_err(|_| {
@@ -327,6 +335,7 @@ impl Config {
                 host: server.host.clone(),
                 port: server.port,
                 max_body_bytes: server.max_body_bytes,
+                max_upstream_body_bytes: server.max_upstream_body_bytes,
                 shutdown_grace: seconds("server.shutdown_grace_s", server.shutdown_grace_s)?,
                 cors_allow_origin: server.cors_allow_origin.clone(),
                 trusted_proxies,

@@ -37,6 +37,8 @@ pub struct RawServer {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// Largest upstream answer (or error body) read whole; streams are bounded per event instead.
+    pub max_upstream_body_bytes: usize,
     /// How long in-flight requests and streams may run after SIGTERM before the process exits anyway.
     pub shutdown_grace_s: f64,
     pub cors_allow_origin: String,
@@ -55,6 +57,7 @@ impl Default for RawServer {
             host: "0.0.0.0".into(),
             port: 8080,
             max_body_bytes: 10 * 1024 * 1024,
+            max_upstream_body_bytes: 64 * 1024 * 1024,
             shutdown_grace_s: 30.0,
             cors_allow_origin: "*".into(),
             trusted_proxies: Vec::new(),
