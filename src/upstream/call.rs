@@ -329,6 +329,7 @@ mod tests {
             request_id,
             stream: true,
             timeout: Duration::from_secs(1),
+            max_body_bytes: 1 << 20,
         };
         let cases = [
             (
