@@ -54,6 +54,13 @@ pub struct ServerConfig {
     /// Largest upstream answer or error body buffered; a longer one is a 502 naming the limit.
     pub max_upstream_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// A new connection's wait for its first byte (then closed), and a head's from its first byte to
+    /// its end (then 408).
+    pub header_timeout: Duration,
+    /// A keep-alive connection's wait between requests (HTTP/2: with no stream open); then closed.
+    pub idle_timeout: Duration,
+    /// The longest gap between two reads of a request body (then 408).
+    pub body_timeout: Duration,
     pub cors_allow_origin: String,
     pub trusted_proxies: Vec<IpAddr>,
     /// `/admin/*` open to every client when no key is configured (else loopback clients only).
@@ -337,6 +344,9 @@ impl Config {
                 max_body_bytes: server.max_body_bytes,
                 max_upstream_body_bytes: server.max_upstream_body_bytes,
                 shutdown_grace: seconds("server.shutdown_grace_s", server.shutdown_grace_s)?,
+                header_timeout: seconds("server.header_timeout_s", server.header_timeout_s)?,
+                idle_timeout: seconds("server.idle_timeout_s", server.idle_timeout_s)?,
+                body_timeout: seconds("server.body_timeout_s", server.body_timeout_s)?,
                 cors_allow_origin: server.cors_allow_origin.clone(),
                 trusted_proxies,
                 admin_open: server.admin_open,

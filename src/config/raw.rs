@@ -41,6 +41,12 @@ pub struct RawServer {
     pub max_upstream_body_bytes: usize,
     /// How long in-flight requests and streams may run after SIGTERM before the process exits anyway.
     pub shutdown_grace_s: f64,
+    /// A new connection's wait for its first byte, and a request head's from its first byte to its end.
+    pub header_timeout_s: f64,
+    /// A keep-alive connection's wait between requests (HTTP/2: with no stream open).
+    pub idle_timeout_s: f64,
+    /// The longest gap between two reads of a request body.
+    pub body_timeout_s: f64,
     pub cors_allow_origin: String,
     /// Peers whose `X-Forwarded-For` first hop is trusted as the client address.
     pub trusted_proxies: Vec<String>,
@@ -59,6 +65,9 @@ impl Default for RawServer {
             max_body_bytes: 10 * 1024 * 1024,
             max_upstream_body_bytes: 64 * 1024 * 1024,
             shutdown_grace_s: 30.0,
+            header_timeout_s: 30.0,
+            idle_timeout_s: 60.0,
+            body_timeout_s: 60.0,
             cors_allow_origin: "*".into(),
             trusted_proxies: Vec::new(),
             admin_open: false,

@@ -42,6 +42,7 @@ fn openai_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::InvalidRequest
         | ErrorKind::PayloadTooLarge
+        | ErrorKind::RequestTimeout
         | ErrorKind::UnsupportedMediaType
         | ErrorKind::PolicyViolation
         | ErrorKind::MethodNotAllowed => "invalid_request_error",
@@ -60,6 +61,7 @@ fn openai_type(kind: ErrorKind) -> &'static str {
 fn anthropic_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::InvalidRequest
+        | ErrorKind::RequestTimeout
         | ErrorKind::UnsupportedMediaType
         | ErrorKind::PolicyViolation
         | ErrorKind::MethodNotAllowed => "invalid_request_error",

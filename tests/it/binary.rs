@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use crate::support::client;
 use crate::support::mock::{Behavior, Mock};
-use crate::support::process::{binary, signal, spawn, spawn_logged};
+use crate::support::process::{binary, signal, spawn, spawn_logged, spawn_wrapped};
 
 #[test]
 fn check_accepts_valid_configs_and_names_errors() {
@@ -298,5 +298,55 @@ fn config_sources_follow_the_documented_order() {
             &[("CONFIG_FILE", "env.yaml")]
         )
         .contains("ai-gateway: flag.yaml:")
+    );
+}
+
+/// Issue 23 §7: out of file descriptors, the gateway closes the connections that waited longest for a
+/// request, so a real request still gets in. The binary runs with 128 descriptors; 200 connections
+/// that send nothing (timeouts far away) fill them and the listen queue, then a request comes.
+#[tokio::test]
+async fn idle_connections_are_shed_when_descriptors_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        "server: { header_timeout_s: 600, idle_timeout_s: 600 }\nbackends:\n  local: { type: echo }\n",
+    )
+    .unwrap();
+    let (mut child, base, log) = spawn_wrapped(&config, &["prlimit", "--nofile=128:128", "--"]);
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let response = client()
+        .get(format!("{base}/health"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    let status = response.map(|response| response.status().as_u16());
+    // Some of the idle connections were closed to make room.
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_millis(1),
+            tokio::io::AsyncReadExt::read(stream, &mut byte),
+        )
+        .await;
+        if matches!(read, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = log.iter().collect();
+    assert_eq!(status.ok(), Some(200), "{lines:#?}");
+    assert!(closed > 0, "no idle connection was closed");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("closed the longest idle ones")),
+        "{lines:#?}"
     );
 }

@@ -550,8 +550,12 @@ async fn policies_block_patterns_and_max_input_tokens() {
 #[tokio::test]
 async fn concurrent_requests_on_one_key_admit_exactly_the_limit() {
     let mock = Mock::start().await;
-    let keys =
-        "keys:\n  - { name: busy, key: sk-busy, rate_limit: { requests: 100, window_s: 60 } }\n";
+    // `join_all`'s first pass builds 300 clients one after another, each opening its connection
+    // before the next is built, and writes no request until the pass is over: on a loaded machine
+    // the first connections get their request more than the default `header_timeout_s` (30 s)
+    // after they were accepted, and the gateway would close them as connections that sent nothing.
+    let keys = "keys:\n  - { name: busy, key: sk-busy, rate_limit: { requests: 100, window_s: 60 } }\n\
+                server: { header_timeout_s: 600 }\n";
     let gateway = Gateway::start(&config(&mock, keys)).await;
     let body = chat_body("m", "hi");
     let auth = [("x-api-key", "sk-busy")];

@@ -7,7 +7,21 @@ use std::process::{Child, Command, Stdio};
 
 /// The binary with the config-selecting variables of the test environment removed.
 pub fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-gateway"));
+    wrapped(&[])
+}
+
+/// The binary run by `wrapper` (a command and its arguments, e.g. `prlimit --nofile=…`), with the
+/// config-selecting variables of the test environment removed.
+fn wrapped(wrapper: &[&str]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_ai-gateway");
+    let mut command = match wrapper {
+        [] => Command::new(binary),
+        [program, arguments @ ..] => {
+            let mut command = Command::new(program);
+            command.args(arguments).arg(binary);
+            command
+        }
+    };
     command
         .env_remove("CONFIG_FILE")
         .env_remove("PORT")
@@ -26,11 +40,19 @@ pub fn spawn(config: &Path) -> (Child, String) {
 
 /// `spawn`, with the child's log lines (JSON) handed over as they come.
 pub fn spawn_logged(config: &Path) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    spawn_wrapped(config, &[])
+}
+
+/// `spawn_logged`, the binary run by `wrapper` (see `wrapped`).
+pub fn spawn_wrapped(
+    config: &Path,
+    wrapper: &[&str],
+) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let mut child = binary()
+    let mut child = wrapped(wrapper)
         .args(["--config"])
         .arg(config)
         .env("PORT", port.to_string())
