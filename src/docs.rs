@@ -540,10 +540,17 @@ const API_ERRORS: &[(&str, &str)] = &[
     ("401", "missing or unknown API key"),
     ("403", "the key may not use this model"),
     (
+        "408",
+        "the request body stopped arriving (no byte of it for `server.body_timeout_s`)",
+    ),
+    (
         "429",
         "rate limit or quota exceeded; see `Retry-After` and `x-ratelimit-*`",
     ),
-    ("502", "every upstream candidate failed"),
+    (
+        "502",
+        "every upstream candidate failed (an answer larger than `server.max_upstream_body_bytes` counts as failed)",
+    ),
     ("504", "the upstream timed out"),
 ];
 

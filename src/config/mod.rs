@@ -299,6 +299,28 @@ mod tests {
     }
 
     #[test]
+    fn server_bounds_have_defaults_and_refuse_zero() {
+        let base = "backends:\n  a: { type: echo }\n";
+        let server = parse_str(base, Format::Yaml, &env(&[])).unwrap().server;
+        assert_eq!(server.header_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(server.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(server.body_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(server.max_upstream_body_bytes, 64 << 20);
+        assert!(!server.admin_open);
+        let with = |setting: &str| err(&format!("server: {{ {setting} }}\n{base}"), Format::Yaml);
+        for name in ["header_timeout_s", "idle_timeout_s", "body_timeout_s"] {
+            let error = with(&format!("{name}: 0"));
+            assert!(error.starts_with(&format!("server.{name}: ")), "{error}");
+            assert!(error.contains("positive number of seconds"), "{error}");
+        }
+        let error = with("max_upstream_body_bytes: 0");
+        assert!(
+            error.starts_with("server.max_upstream_body_bytes: must be"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn seed_000_config_loads_unchanged() {
         let text = "default_backend: local\nbackends:\n  local:\n    type: local\n    url: http://127.0.0.1:8081\n  modal:\n    type: modal\n    url: https:/YOUR_MODAL_URL\n  modal_vllm:\n    type: vllm\n    url: https://YOUR_MODAL_VLLM_URL\n";
         let config = parse_str(text, Format::Yaml, &env(&[])).unwrap();
