@@ -80,11 +80,9 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
     type Error = Infallible;
     type Future = AppFuture;
 
-    /// HTTP/2 (hyper's connection): the response's header map is all hyper writes.
+    /// HTTP/2 (hyper's connection).
     fn call(&self, request: http::Request<Incoming>) -> AppFuture {
-        let mut future = self.serve(request.map(Body::new));
-        future.rate_headers_in_map = true;
-        future
+        self.serve_h2(request.map(Body::new))
     }
 }
 
@@ -92,6 +90,24 @@ impl AppService {
     /// `server.max_body_bytes` of the live config: the server side reads no longer body.
     pub fn max_body_bytes(&self) -> usize {
         self.state.snapshot().config.server.max_body_bytes
+    }
+
+    /// `server.header_timeout_s` of the live config: a head not complete this long after its first
+    /// byte gets 408.
+    pub fn header_timeout(&self) -> std::time::Duration {
+        self.state.snapshot().config.server.header_timeout
+    }
+
+    /// `server.body_timeout_s` of the live config: the longest wait for more of a request body.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        self.state.snapshot().config.server.body_timeout
+    }
+
+    /// The response to one HTTP/2 request: the response's header map is all hyper writes.
+    pub fn serve_h2(&self, request: http::Request<Body>) -> AppFuture {
+        let mut future = self.serve(request);
+        future.rate_headers_in_map = true;
+        future
     }
 
     /// The response to one request.

@@ -640,10 +640,17 @@ const API_ERRORS: &[(&str, &str)] = &[
     ("401", "missing or unknown API key"),
     ("403", "the key may not use this model"),
     (
+        "408",
+        "the request body stopped arriving (no byte of it for `server.body_timeout_s`)",
+    ),
+    (
         "429",
         "rate limit or quota exceeded; see `Retry-After` and `x-ratelimit-*`",
     ),
-    ("502", "every upstream candidate failed"),
+    (
+        "502",
+        "every upstream candidate failed (an answer larger than `server.max_upstream_body_bytes` counts as failed)",
+    ),
     ("504", "the upstream timed out"),
 ];
 
@@ -673,7 +680,10 @@ const STORED_ERRORS: &[(&str, &str)] = &[
 
 const ADMIN_ERRORS: &[(&str, &str)] = &[
     ("401", "missing or unknown API key"),
-    ("403", "the key is not an admin key"),
+    (
+        "403",
+        "the key is not an admin key; or no keys are configured and the client is not on this machine (loopback, not forwarded by a proxy) while `server.admin_open` is false",
+    ),
 ];
 
 fn operations() -> Vec<Op> {

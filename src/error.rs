@@ -11,6 +11,8 @@ pub enum ErrorKind {
     /// Malformed or invalid request body or parameters.
     InvalidRequest,
     PayloadTooLarge,
+    /// The request body stopped arriving (`server.body_timeout_s`).
+    RequestTimeout,
     UnsupportedMediaType,
     NotFound,
     MethodNotAllowed,
@@ -32,6 +34,15 @@ pub enum ErrorKind {
     ServiceUnavailable,
     Internal,
 }
+
+/// A request body that stopped arriving: no byte of it for this long (`server.body_timeout_s`). The
+/// error an HTTP/2 request body fails with; answered 408.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error(
+    "the request body stopped arriving: nothing of it came for {} s (server.body_timeout_s)",
+    .0.as_secs_f64()
+)]
+pub struct BodyTimeout(pub Duration);
 
 /// Who caused an error: decides what is logged at which level and what is counted as an upstream fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +92,7 @@ impl GatewayError {
         match self.kind {
             ErrorKind::InvalidRequest | ErrorKind::PolicyViolation => StatusCode::BAD_REQUEST,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -111,6 +123,7 @@ impl GatewayError {
         match self.kind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",

@@ -27,6 +27,7 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
             }
             if let Err(message) = state.replace_config(config) {
                 state.metrics().config_reload(false);
+                let message = crate::secret::redact_userinfo(&message).into_owned();
                 tracing::error!(error = %message, "config reload rejected; the previous config keeps serving");
                 return Err(ConfigError {
                     source: source.to_string(),

@@ -101,10 +101,12 @@ pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
         }
         Source::Embedded => (EMBEDDED_DEFAULT.to_owned(), Format::Yaml),
     };
+    // Any URL a message quotes loses its userinfo: config errors are printed by `check`, logged by a
+    // rejected reload and returned by `POST /admin/reload`.
     parse_str(&text, format, env).map_err(|(path, message)| ConfigError {
         source: source.to_string(),
         path,
-        message,
+        message: crate::secret::redact_userinfo(&message).into_owned(),
     })
 }
 
@@ -315,6 +317,28 @@ mod tests {
         assert_eq!(config.backends.len(), 1);
         assert_eq!(config.backends[0].name, "local");
         assert_eq!(config.backends[0].kind, BackendKind::Echo);
+    }
+
+    #[test]
+    fn server_bounds_have_defaults_and_refuse_zero() {
+        let base = "backends:\n  a: { type: echo }\n";
+        let server = parse_str(base, Format::Yaml, &env(&[])).unwrap().server;
+        assert_eq!(server.header_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(server.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(server.body_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(server.max_upstream_body_bytes, 64 << 20);
+        assert!(!server.admin_open);
+        let with = |setting: &str| err(&format!("server: {{ {setting} }}\n{base}"), Format::Yaml);
+        for name in ["header_timeout_s", "idle_timeout_s", "body_timeout_s"] {
+            let error = with(&format!("{name}: 0"));
+            assert!(error.starts_with(&format!("server.{name}: ")), "{error}");
+            assert!(error.contains("positive number of seconds"), "{error}");
+        }
+        let error = with("max_upstream_body_bytes: 0");
+        assert!(
+            error.starts_with("server.max_upstream_body_bytes: must be"),
+            "{error}"
+        );
     }
 
     #[test]

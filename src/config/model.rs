@@ -17,7 +17,7 @@ use crate::protocol::Endpoint;
 use crate::responses_store::ResponsesConfig;
 use crate::routing::balance::Strategy;
 use crate::routing::health::HealthConfig;
-use crate::secret::Secret;
+use crate::secret::{Secret, redact_userinfo};
 use crate::shared_state::StateConfig;
 use crate::telemetry::metrics::MetricsConfig;
 use crate::telemetry::request_log::RequestLogConfig;
@@ -53,9 +53,20 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// Largest upstream answer or error body buffered; a longer one is a 502 naming the limit.
+    pub max_upstream_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// A new connection's wait for its first byte (then closed), and a head's from its first byte to
+    /// its end (then 408).
+    pub header_timeout: Duration,
+    /// A keep-alive connection's wait between requests (HTTP/2: with no stream open); then closed.
+    pub idle_timeout: Duration,
+    /// The longest gap between two reads of a request body (then 408).
+    pub body_timeout: Duration,
     pub cors_allow_origin: String,
     pub trusted_proxies: Vec<IpAddr>,
+    /// `/admin/*` open to every client when no key is configured (else loopback clients only).
+    pub admin_open: bool,
     pub workers: Option<usize>,
 }
 
@@ -159,7 +170,7 @@ impl EndpointUrls {
             Target::parse(&format!("{base}{suffix}")).map_err(|error| {
                 invalid(
                     path,
-                    format!("'{base}{suffix}' is not a valid URL ({error})"),
+                    redact_userinfo(&format!("'{base}{suffix}' is not a valid URL ({error})")),
                 )
             })
         };
@@ -268,6 +279,12 @@ impl Config {
         if server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be greater than 0"));
         }
+        if server.max_upstream_body_bytes == 0 {
+            return Err(invalid(
+                "server.max_upstream_body_bytes",
+                "must be greater than 0",
+            ));
+        }
         let mut trusted_proxies = Vec::new();
         for (i, proxy) in server.trusted_proxies.iter().enumerate() {
             trusted_proxies.push(proxy.parse::<IpAddr>().map_err(|_| {
@@ -336,9 +353,14 @@ impl Config {
                 host: server.host.clone(),
                 port: server.port,
                 max_body_bytes: server.max_body_bytes,
+                max_upstream_body_bytes: server.max_upstream_body_bytes,
                 shutdown_grace: seconds("server.shutdown_grace_s", server.shutdown_grace_s)?,
+                header_timeout: seconds("server.header_timeout_s", server.header_timeout_s)?,
+                idle_timeout: seconds("server.idle_timeout_s", server.idle_timeout_s)?,
+                body_timeout: seconds("server.body_timeout_s", server.body_timeout_s)?,
                 cors_allow_origin: server.cors_allow_origin.clone(),
                 trusted_proxies,
+                admin_open: server.admin_open,
                 workers: match server.workers {
                     Some(0) => return Err(invalid("server.workers", "must be at least 1")),
                     other => other,
@@ -603,20 +625,24 @@ fn backend_from_raw(
 /// `http://h:8000` and `http://h:8000/v1` both mean `http://h:8000/v1`; other paths are kept.
 /// Returns the base URL and a display form without credentials.
 fn normalize_url(path: &str, url: &str) -> Result<(String, String), Invalid> {
+    // Error messages quote the URL with its userinfo hidden: it may hold a password.
+    let shown = redact_userinfo(url);
     let mut parsed = url::Url::parse(url.trim()).map_err(|error| {
         invalid(
             path,
-            format!("'{url}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"),
+            format!(
+                "'{shown}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"
+            ),
         )
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(invalid(
             path,
-            format!("'{url}' must start with http:// or https://"),
+            format!("'{shown}' must start with http:// or https://"),
         ));
     }
     if parsed.host_str().is_none() {
-        return Err(invalid(path, format!("'{url}' has no host")));
+        return Err(invalid(path, format!("'{shown}' has no host")));
     }
     if parsed.path() == "/" || parsed.path().is_empty() {
         parsed.set_path("/v1");
@@ -652,6 +678,13 @@ mod tests {
         assert_eq!(base, "http://user:pw@h:1/v1");
         assert_eq!(shown, "http://h:1/v1");
         assert!(normalize_url("u", "ftp://h").is_err());
+        let error = normalize_url("u", "http://user:PASS@host:99999").unwrap_err();
+        assert!(!error.message.contains("PASS"), "{}", error.message);
+        assert!(
+            error.message.contains("http://*****@host:99999"),
+            "{}",
+            error.message
+        );
         assert!(normalize_url("u", "not a url").is_err());
     }
 }

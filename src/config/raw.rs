@@ -38,11 +38,21 @@ pub struct RawServer {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
+    /// Largest upstream answer (or error body) read whole; streams are bounded per event instead.
+    pub max_upstream_body_bytes: usize,
     /// How long in-flight requests and streams may run after SIGTERM before the process exits anyway.
     pub shutdown_grace_s: f64,
+    /// A new connection's wait for its first byte, and a request head's from its first byte to its end.
+    pub header_timeout_s: f64,
+    /// A keep-alive connection's wait between requests (HTTP/2: with no stream open).
+    pub idle_timeout_s: f64,
+    /// The longest gap between two reads of a request body.
+    pub body_timeout_s: f64,
     pub cors_allow_origin: String,
     /// Peers whose `X-Forwarded-For` first hop is trusted as the client address.
     pub trusted_proxies: Vec<String>,
+    /// Without any configured key, `/admin/*` answers only clients on this machine unless this is set.
+    pub admin_open: bool,
     /// Runtime worker threads; absent means one per available core. `1` runs a single-threaded runtime
     /// (the cheapest per request when the gateway is pinned to one core).
     pub workers: Option<usize>,
@@ -54,9 +64,14 @@ impl Default for RawServer {
             host: "0.0.0.0".into(),
             port: 8080,
             max_body_bytes: 10 * 1024 * 1024,
+            max_upstream_body_bytes: 64 * 1024 * 1024,
             shutdown_grace_s: 30.0,
+            header_timeout_s: 30.0,
+            idle_timeout_s: 60.0,
+            body_timeout_s: 60.0,
             cors_allow_origin: "*".into(),
             trusted_proxies: Vec::new(),
+            admin_open: false,
             workers: None,
         }
     }

@@ -1,8 +1,10 @@
 //! Operational endpoints: `/health`, `/health/ready`, `/v1/models`, and the JSON 404/405 answers.
 
-use axum::Json;
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -194,9 +196,16 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
     Json(stats)
 }
 
+/// The peer address the server put in the request's extensions (absent only off a real connection).
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
 /// `POST /admin/reload`: reload the config now; 200 when it took, 400 naming the error otherwise.
-pub async fn reload(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
-    if let Err(error) = require_admin(&state, &state.snapshot(), &headers) {
+pub async fn reload(
+    State(state): State<AppState>,
+    peer: Peer,
+    headers: http::HeaderMap,
+) -> Response {
+    if let Err(error) = require_admin(&state, &state.snapshot(), peer, &headers) {
         return error_body::response(Protocol::OpenAi, &error);
     }
     match crate::reload::reload(&state, crate::config_watch::ReloadTrigger::Admin) {
@@ -215,14 +224,31 @@ pub async fn reload(State(state): State<AppState>, headers: http::HeaderMap) -> 
     }
 }
 
-/// Require an admin key on `/admin/*` when keys are configured.
+/// Require an admin key on `/admin/*` when keys are configured. Without any key, only a client on
+/// this machine may use them (a loopback peer, not forwarded by a proxy), unless `server.admin_open`.
 fn require_admin(
     state: &AppState,
     snapshot: &crate::state::Snapshot,
+    peer: Peer,
     headers: &http::HeaderMap,
 ) -> Result<(), GatewayError> {
     if snapshot.keys.is_open() {
-        return Ok(());
+        let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
+        if snapshot.config.server.admin_open
+            || crate::pipeline::gate::is_local_client(peer, headers)
+        {
+            return Ok(());
+        }
+        let client = peer.map_or_else(
+            || "unknown".to_owned(),
+            |peer| crate::pipeline::gate::client_ip(snapshot, peer, headers).to_string(),
+        );
+        return Err(GatewayError::new(
+            ErrorKind::Forbidden,
+            format!(
+                "admin routes answer only clients on this machine when no keys are configured, and client {client} is not one; add a key with `admin: true` under `keys:`, or set `server.admin_open: true` to open them to every client"
+            ),
+        ));
     }
     match crate::pipeline::gate::authenticate(state, &snapshot.keys, headers)? {
         Some(principal) if principal.admin => Ok(()),
@@ -241,9 +267,9 @@ fn require_admin(
 }
 
 /// `GET /admin/keys`: every key's name, admin flag, allowed models and quota usage (never the key).
-pub async fn keys(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+pub async fn keys(State(state): State<AppState>, peer: Peer, headers: http::HeaderMap) -> Response {
     let snapshot = state.snapshot();
-    if let Err(error) = require_admin(&state, &snapshot, &headers) {
+    if let Err(error) = require_admin(&state, &snapshot, peer, &headers) {
         return error_body::response(Protocol::OpenAi, &error);
     }
     let mut keys = Vec::new();

@@ -43,6 +43,7 @@ fn openai_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::InvalidRequest
         | ErrorKind::PayloadTooLarge
+        | ErrorKind::RequestTimeout
         | ErrorKind::UnsupportedMediaType
         | ErrorKind::PolicyViolation
         | ErrorKind::MethodNotAllowed => "invalid_request_error",
@@ -61,6 +62,7 @@ fn openai_type(kind: ErrorKind) -> &'static str {
 fn anthropic_type(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::InvalidRequest
+        | ErrorKind::RequestTimeout
         | ErrorKind::UnsupportedMediaType
         | ErrorKind::PolicyViolation
         | ErrorKind::MethodNotAllowed => "invalid_request_error",

@@ -21,7 +21,8 @@ use crate::protocol::{ApiRequest, Endpoint, Protocol};
 use crate::routing::health::Acquire;
 use crate::routing::instances::{InFlightGuard, InstanceState};
 use crate::state::{AppState, Snapshot};
-use crate::upstream::call::{self, CallSpec, Fault, Reply};
+use crate::upstream::call::{self, CallSpec, Fault, Reply, too_large};
+use crate::upstream::client::BodyReadError;
 use crate::upstream::relay::{Relay, Transform};
 
 use super::RequestCtx;
@@ -328,6 +329,7 @@ impl Exchange<'_> {
                 request_id: &ctx.id,
                 stream,
                 timeout: backend.timeout,
+                max_body_bytes: self.snapshot.config.server.max_upstream_body_bytes,
             },
         )
         .await;
@@ -478,14 +480,18 @@ impl Exchange<'_> {
                 &backend.name,
             ));
         }
+        let limit = self.snapshot.config.server.max_upstream_body_bytes;
         let upstream_body = match tokio::time::timeout(
             backend.timeout,
-            crate::upstream::client::read_body(response.into_body()),
+            crate::upstream::client::read_body(response.into_body(), limit),
         )
         .await
         {
             Err(_) => return Err(Fault::Timeout(backend.timeout).into()),
-            Ok(Err(detail)) => return Err(Fault::Broken(detail).into()),
+            Ok(Err(BodyReadError::TooLarge)) => {
+                return Err(Fault::Broken(too_large("the answer", limit)).into());
+            }
+            Ok(Err(BodyReadError::Failed(detail))) => return Err(Fault::Broken(detail).into()),
             Ok(Ok(body)) => body,
         };
         let converted = if client_protocol == target {

@@ -61,6 +61,16 @@ pub fn client_ip(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> 
     peer_ip
 }
 
+/// A client on this machine: a loopback peer whose request no proxy forwarded. A reverse proxy on the
+/// same host makes every client's connection come from loopback; it says so with `X-Forwarded-For`,
+/// `Forwarded` or `X-Real-IP`, and such a request is not taken for a local one.
+pub fn is_local_client(peer: Option<SocketAddr>, headers: &HeaderMap) -> bool {
+    peer.is_some_and(|peer| peer.ip().is_loopback())
+        && !headers.contains_key(crate::http::names::X_FORWARDED_FOR)
+        && !headers.contains_key(http::header::FORWARDED)
+        && !headers.contains_key("x-real-ip")
+}
+
 pub async fn admit(
     state: &AppState,
     snapshot: &Snapshot,
@@ -147,4 +157,27 @@ pub async fn admit(
         principal,
         admission: Some(admission),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_loopback_peer_that_no_proxy_forwarded_is_local() {
+        let none = HeaderMap::new();
+        let local = |addr: &str| is_local_client(Some(addr.parse().unwrap()), &none);
+        assert!(local("127.0.0.1:5000"));
+        assert!(local("[::1]:5000"));
+        assert!(!local("10.1.2.3:5000"));
+        assert!(!local("203.0.113.7:443"));
+        assert!(!local("[2001:db8::1]:5000"));
+        assert!(!is_local_client(None, &none));
+        for name in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, http::HeaderValue::from_static("127.0.0.1"));
+            let peer = Some("127.0.0.1:5000".parse().unwrap());
+            assert!(!is_local_client(peer, &headers), "{name}");
+        }
+    }
 }

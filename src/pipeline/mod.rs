@@ -255,7 +255,20 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     ))
 }
 
-/// Read the whole request body, bounded by `server.max_body_bytes`.
+/// The body timeout among an error's causes (an HTTP/2 body that stopped arriving).
+fn body_timeout(error: &(dyn std::error::Error + 'static)) -> Option<crate::error::BodyTimeout> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(timeout) = error.downcast_ref::<crate::error::BodyTimeout>() {
+            return Some(*timeout);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// Read the whole request body, bounded by `server.max_body_bytes` (and, for HTTP/2, in time by
+/// `server.body_timeout_s`: 408).
 pub async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -278,6 +291,10 @@ pub async fn read_body(
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) if let Some(timeout) = body_timeout(&*error) => Err(GatewayError::new(
+            ErrorKind::RequestTimeout,
+            timeout.to_string(),
+        )),
         Err(error) => Err(GatewayError::invalid(
             format!("could not read the request body: {error}"),
             None,

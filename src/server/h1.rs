@@ -9,8 +9,10 @@
 //! `Content-Length` or chunked coding (both at once, or an unknown coding, refused), `Content-Length` on
 //! whole responses and chunked coding on streams (HTTP/1.0 clients: until close), a `Date` header, and a
 //! client that leaves while its request is in flight cancels it (its upstream call is dropped). A head
-//! larger than 64 KiB gets 431, a malformed one 400, one that does not complete within 30 s of its first
-//! byte 408 — each in the OpenAI error shape, then the connection closes.
+//! larger than 64 KiB gets 431, a malformed one 400, one that does not complete within
+//! `server.header_timeout_s` of its first byte 408, a body with no byte for `server.body_timeout_s` 408
+//! — each in the OpenAI error shape, then the connection closes. A connection that waits with nothing
+//! of a request received is closed by `server::idle`'s sweeper.
 //!
 //! The request body is read whole before the application sees it (every route reads it whole anyway),
 //! bounded by `server.max_body_bytes`: a longer one is not read; the request goes on with an empty
@@ -19,7 +21,7 @@
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +33,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::idle::Flags;
 use crate::app::AppService;
 use crate::error::GatewayError;
 use crate::protocol::Protocol;
@@ -39,8 +42,6 @@ use crate::upstream::h1::{
     is_chunked, take_data,
 };
 
-/// Bound on the time from a head's first byte to its end (slow-header clients).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read ahead (pipelined requests) while a response is produced; past it the client is not
 /// watched until the response is out.
 const MAX_READ_AHEAD: usize = 64 * 1024;
@@ -49,15 +50,6 @@ const MAX_READ_AHEAD: usize = 64 * 1024;
 const COPY_LIMIT: usize = 16 * 1024;
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// What the connection's task and the shutdown watcher beside it share.
-#[derive(Default)]
-pub struct Flags {
-    /// Waiting for a request with nothing of it received: the connection may be closed at once.
-    pub idle: AtomicBool,
-    /// The server is stopping: no request after the one in flight.
-    pub stop: AtomicBool,
-}
 
 /// How serving a connection ended.
 pub enum Outcome {
@@ -76,7 +68,7 @@ pub async fn serve(io: &mut TcpStream, service: &AppService, flags: &Flags) -> O
     };
     let mut first = true;
     loop {
-        let head = match conn.read_head(flags, first).await {
+        let head = match conn.read_head(flags, service, first).await {
             Ok(Some(head)) => head,
             Ok(None) => return Outcome::Closed,
             Err(Failure::Http2) => return Outcome::Http2(conn.buf.split().freeze()),
@@ -132,9 +124,16 @@ enum ReadBody {
 }
 
 impl Conn<'_> {
-    /// Read until a whole head is buffered; `None` when the client closed (or the server is stopping)
-    /// between requests.
-    async fn read_head(&mut self, flags: &Flags, first: bool) -> Result<Option<Head>, Failure> {
+    /// Read until a whole head is buffered; `None` when the client closed (or the server is stopping,
+    /// or the sweeper closed an idle connection) between requests. A head not complete
+    /// `server.header_timeout_s` after its first byte gets 408; the wait for a head's first byte is
+    /// bounded by the sweeper (`server::idle`).
+    async fn read_head(
+        &mut self,
+        flags: &Flags,
+        service: &AppService,
+        first: bool,
+    ) -> Result<Option<Head>, Failure> {
         let mut deadline = None;
         loop {
             if !self.buf.is_empty() {
@@ -153,29 +152,40 @@ impl Conn<'_> {
                         "the request head is larger than 64 KiB",
                     ));
                 }
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+                deadline.get_or_insert_with(|| {
+                    let timeout = service.header_timeout();
+                    (tokio::time::Instant::now() + timeout, timeout)
+                });
             } else if flags.stop.load(Ordering::Relaxed) {
                 return Ok(None);
+            } else if !first {
+                // Nothing of the next request yet: the sweeper closes the connection after
+                // `server.idle_timeout_s` (a new one: `header_timeout_s` from its accept).
+                flags.idle_between_requests();
             }
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
                 self.buf.reserve(READ_SIZE);
             }
-            flags.idle.store(self.buf.is_empty(), Ordering::Relaxed);
             let read = match deadline {
                 None => self.io.read_buf(&mut self.buf).await,
-                Some(deadline) => {
+                Some((deadline, timeout)) => {
                     match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
                         Ok(read) => read,
                         Err(_) => {
                             return Err(reject(
                                 StatusCode::REQUEST_TIMEOUT,
-                                "the request head did not arrive within 30 s",
+                                format!(
+                                    "the request head did not arrive within {} s (server.header_timeout_s)",
+                                    timeout.as_secs_f64()
+                                ),
                             ));
                         }
                     }
                 }
             };
-            flags.idle.store(false, Ordering::Relaxed);
+            if !flags.busy() {
+                return Ok(None);
+            }
             match read {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
@@ -197,7 +207,7 @@ impl Conn<'_> {
         };
         let framing = body_framing(head.version, &head.headers)?;
         let limit = service.max_body_bytes();
-        let body = match self.read_body(framing, &head, limit).await? {
+        let body = match self.read_body(framing, &head, limit, service).await? {
             Some(ReadBody::Whole(bytes)) if bytes.is_empty() => Body::empty(),
             Some(ReadBody::Whole(bytes)) => Body::from(bytes),
             Some(ReadBody::TooLarge) => {
@@ -234,12 +244,16 @@ impl Conn<'_> {
     }
 
     /// The body of the request whose head was just read; `None` when the client left before it ended.
+    /// A body that stops arriving — no byte of it for `server.body_timeout_s` — gets 408.
     async fn read_body(
         &mut self,
         mut framing: Framing,
         head: &Head,
         limit: usize,
+        service: &AppService,
     ) -> Result<Option<ReadBody>, Failure> {
+        // Looked up only when a body needs more than the head's read.
+        let mut timeout = None;
         if framing == Framing::Length(0) {
             return Ok(Some(ReadBody::Whole(Bytes::new())));
         }
@@ -267,9 +281,9 @@ impl Conn<'_> {
             let length = usize::try_from(length).unwrap_or(usize::MAX);
             while self.buf.len() < length {
                 self.buf.reserve(length - self.buf.len());
-                match self.io.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(_) => {}
+                let timeout = *timeout.get_or_insert_with(|| service.body_timeout());
+                if !self.read_body_bytes(timeout).await? {
+                    return Ok(None);
                 }
             }
             return Ok(Some(ReadBody::Whole(self.buf.split_to(length).freeze())));
@@ -305,10 +319,26 @@ impl Conn<'_> {
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
                 self.buf.reserve(READ_SIZE);
             }
-            match self.io.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => {}
+            let timeout = *timeout.get_or_insert_with(|| service.body_timeout());
+            if !self.read_body_bytes(timeout).await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Read more of a request body, waiting at most `timeout`; `false` when the client closed the
+    /// connection (or it failed).
+    async fn read_body_bytes(&mut self, timeout: Duration) -> Result<bool, Failure> {
+        match tokio::time::timeout(timeout, self.io.read_buf(&mut self.buf)).await {
+            Ok(Ok(0) | Err(_)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Err(_) => Err(reject(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body stopped arriving: nothing of it came for {} s (server.body_timeout_s)",
+                    timeout.as_secs_f64()
+                ),
+            )),
         }
     }
 

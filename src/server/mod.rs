@@ -2,13 +2,18 @@
 //! in-flight requests and streams finish within `server.shutdown_grace_s`.
 //!
 //! One task per connection: HTTP/1.1 served by our own `h1` (the request path's connection handling),
-//! HTTP/2 by prior knowledge — told apart by its preface — handed to hyper, with `AppService` as the
-//! application either way.
+//! HTTP/2 by prior knowledge — told apart by its preface — handed to hyper (`h2`), with `AppService` as
+//! the application either way. The accept loop also sweeps idle connections (`idle`): one that sent
+//! nothing within `server.header_timeout_s`, or waited longer than `server.idle_timeout_s` between
+//! requests, is closed, and when accepting fails (out of file descriptors) the longest idle ones are.
 
 mod h1;
+mod h2;
+mod idle;
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -18,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::model::ServerConfig;
 use crate::state::AppState;
 
 pub async fn run(
@@ -26,23 +32,51 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.snapshot().config.server.shutdown_grace;
-    let app = crate::app::service(state);
+    let app = crate::app::service(state.clone());
     let builder = auto::Builder::new(TokioExecutor::new());
-    let connections = TaskTracker::new();
+    let tasks = TaskTracker::new();
+    let connections = idle::Connections::default();
     let stopping = CancellationToken::new();
     let mut shutdown = pin!(shutdown);
+    // The idle sweep: its pace follows the live config's timeouts (a reload changes them).
+    let mut sweep = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut next_id = 0u64;
+    let (mut last_shed_log, mut shed_since_log) = (None::<tokio::time::Instant>, 0);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
+            () = sweep.as_mut() => {
+                let timeouts = timeouts(&state.snapshot().config.server);
+                let closed = connections.sweep(timeouts);
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle connections");
+                }
+                sweep.as_mut().reset(tokio::time::Instant::now() + timeouts.sweep_interval());
+                continue;
+            }
             () = &mut shutdown => break,
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) if is_per_connection(&error) => continue,
             Err(error) => {
-                // Out of file descriptors and the like: wait for some to be released, then go on.
-                tracing::error!(%error, "cannot accept connections; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Out of file descriptors and the like: close the connections that waited longest
+                // for a request, and accept again once they are gone; with none to close, wait for
+                // some to be released.
+                let shed = connections.shed();
+                if shed > 0 {
+                    // One line a second at most: this repeats every few milliseconds under a flood.
+                    shed_since_log += shed;
+                    if last_shed_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(%error, shed = shed_since_log, "cannot accept connections; closed the longest idle ones");
+                        last_shed_log = Some(tokio::time::Instant::now());
+                        shed_since_log = 0;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    tracing::error!(%error, "cannot accept connections; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 continue;
             }
         };
@@ -50,16 +84,18 @@ pub async fn run(
         let service = app.for_peer(peer);
         let builder = builder.clone();
         let stopping = stopping.clone();
-        connections.spawn(async move {
+        let flags = connections.flags();
+        let task_flags = Arc::clone(&flags);
+        let task = tasks.spawn(async move {
+            let flags = task_flags;
             let mut tcp = tcp;
-            let flags = h1::Flags::default();
             let outcome = {
                 let mut connection = pin!(h1::serve(&mut tcp, &service, &flags));
                 tokio::select! {
                     outcome = connection.as_mut() => outcome,
                     () = stopping.cancelled() => {
                         flags.stop.store(true, Ordering::Relaxed);
-                        if flags.idle.load(Ordering::Relaxed) {
+                        if flags.is_idle() {
                             h1::Outcome::Closed
                         } else {
                             connection.await
@@ -70,7 +106,12 @@ pub async fn run(
             let h1::Outcome::Http2(read) = outcome else {
                 return;
             };
+            flags.switch_to_h2();
             let io = TokioIo::new(h1::Rewind { read, io: tcp });
+            let service = h2::H2Service {
+                app: service,
+                flags: Arc::clone(&flags),
+            };
             let mut connection = pin!(builder.serve_connection(io, service));
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -78,26 +119,47 @@ pub async fn run(
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
+                () = flags.closing() => {
+                    // Idle (no stream open): GOAWAY, and the connection ends — bounded, since a
+                    // client that never answers would keep it open, unless a stream opened meanwhile.
+                    connection.as_mut().graceful_shutdown();
+                    loop {
+                        let bound = tokio::time::sleep(Duration::from_secs(1));
+                        tokio::select! {
+                            result = connection.as_mut() => break result,
+                            () = bound => if flags.streams() == 0 {
+                                break Ok(());
+                            }
+                        }
+                    }
+                }
             };
             if let Err(error) = result {
                 tracing::trace!(%peer, error, "connection ended with an error");
             }
         });
+        connections.track(next_id, &flags, task.abort_handle());
+        next_id += 1;
     }
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
     drop(listener);
     stopping.cancel();
-    connections.close();
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!(
             grace_s = grace.as_secs_f64(),
             "grace period over; closing the connections still open"
         );
     }
     Ok(())
+}
+
+/// The idle timeouts of the live config.
+fn timeouts(server: &ServerConfig) -> idle::Timeouts {
+    idle::Timeouts {
+        header: server.header_timeout,
+        idle: server.idle_timeout,
+    }
 }
 
 /// An accept error that concerns one connection only (the client gave up before it was accepted).

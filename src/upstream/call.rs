@@ -12,7 +12,7 @@ use http::{HeaderValue, header};
 use crate::config::BackendKind;
 use crate::secret::Secret;
 
-use super::client::{Failure, HttpClient, Response, Target, read_body};
+use super::client::{BodyReadError, Failure, HttpClient, Response, Target, read_body};
 use super::h1::{HeaderSink, header_safe};
 
 /// Everything needed to send one attempt.
@@ -29,6 +29,8 @@ pub struct CallSpec<'a> {
     pub stream: bool,
     /// Bound on the wait for response headers.
     pub timeout: Duration,
+    /// Bound on an error body read whole (`server.max_upstream_body_bytes`).
+    pub max_body_bytes: usize,
 }
 
 /// Why one attempt failed in a way that counts against the instance.
@@ -119,12 +121,14 @@ pub async fn send(client: &HttpClient, mut spec: CallSpec<'_>) -> Result<Reply, 
     }
     // Boxed: the error body's read is rare, and inline its state would be copied with this
     // future on every call (a cold block under many connections).
-    Box::pin(unsuccessful(response, spec.timeout)).await
+    Box::pin(unsuccessful(response, spec.timeout, spec.max_body_bytes)).await
 }
 
-/// A non-2xx answer: its body read (within `timeout`), then a fault (429, 5xx, anything not 4xx) or a
-/// client error to relay.
-async fn unsuccessful(response: Response, timeout: Duration) -> Result<Reply, Fault> {
+/// A non-2xx answer: its body read (within `timeout`, at most `limit` bytes), then a fault (429, 5xx,
+/// anything not 4xx) or a client error to relay. A client error whose body is over the limit is not
+/// relayed — neither whole nor cut (a cut JSON body is no error body) — but is a broken answer naming
+/// the limit; a fault's over-large body is not read, its detail says so.
+async fn unsuccessful(response: Response, timeout: Duration, limit: usize) -> Result<Reply, Fault> {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -132,11 +136,25 @@ async fn unsuccessful(response: Response, timeout: Duration) -> Result<Reply, Fa
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let body = match tokio::time::timeout(timeout, read_body(response.into_body())).await {
+    let fault = status == 429 || !(400..500).contains(&status);
+    let body = match tokio::time::timeout(timeout, read_body(response.into_body(), limit)).await {
         Ok(Ok(body)) => body,
+        Ok(Err(BodyReadError::TooLarge)) if fault => {
+            return Err(Fault::Status {
+                status,
+                retry_after,
+                detail: format!("{}; not read", too_large("the error body", limit)),
+            });
+        }
+        Ok(Err(BodyReadError::TooLarge)) => {
+            return Err(Fault::Broken(format!(
+                "HTTP {status}: {}",
+                too_large("the error body", limit)
+            )));
+        }
         _ => Bytes::new(),
     };
-    if status == 429 || !(400..500).contains(&status) {
+    if fault {
         return Err(Fault::Status {
             status,
             retry_after,
@@ -148,6 +166,12 @@ async fn unsuccessful(response: Response, timeout: Duration) -> Result<Reply, Fa
         content_type,
         body,
     })
+}
+
+/// `<what> is larger than the limit of N bytes (server.max_upstream_body_bytes)`: how an upstream
+/// body that was not buffered is described.
+pub fn too_large(what: &str, limit: usize) -> String {
+    format!("{what} is larger than the limit of {limit} bytes (server.max_upstream_body_bytes)")
 }
 
 /// The headers of one upstream request: content type, accept, request id, the backend's credential (or
@@ -305,6 +329,7 @@ mod tests {
             request_id,
             stream: true,
             timeout: Duration::from_secs(1),
+            max_body_bytes: 1 << 20,
         };
         let cases = [
             (

@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -134,11 +135,29 @@ pub enum Failure {
 }
 
 /// The whole body of a response.
-pub async fn read_body(body: Body) -> Result<Bytes, String> {
-    body.collect()
-        .await
-        .map(http_body_util::Collected::to_bytes)
-        .map_err(|error| describe(&error))
+/// A whole upstream body, at most `limit` bytes (`server.max_upstream_body_bytes`): a longer one is
+/// not buffered — reading stops at the limit (at once when its `Content-Length` says so) and the body
+/// is dropped, which closes its connection.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyReadError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(BodyReadError::TooLarge);
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(BodyReadError::TooLarge)
+        }
+        Err(error) => Err(BodyReadError::Failed(describe(&*error))),
+    }
+}
+
+/// Why [`read_body`] returned no body.
+#[derive(Debug)]
+pub enum BodyReadError {
+    /// Longer than the limit.
+    TooLarge,
+    /// The body broke (described without the URL).
+    Failed(String),
 }
 
 /// An error with its chain of causes, `a: b: c`.

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use crate::support::client;
 use crate::support::mock::{Behavior, Mock};
-use crate::support::process::{binary, signal, spawn};
+use crate::support::process::{binary, signal, spawn, spawn_logged, spawn_wrapped};
 
 #[test]
 fn check_accepts_valid_configs_and_names_errors() {
@@ -75,11 +75,69 @@ async fn a_written_request_log_section_logs_and_check_says_so() {
     assert_eq!(response.status(), 200);
     // SIGTERM flushes the log before the process exits.
     assert!(signal(&child, "TERM"));
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
     let files: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
     assert_eq!(files.len(), 1);
     let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(text.contains("Echo: log me"), "{text}");
+}
+
+/// Issue 23 §7: a URL's password never shows in a config error — not in `check`, not in the log line
+/// of a rejected reload, not in the 400 of `POST /admin/reload`; the URL is shown with `*****`.
+#[tokio::test]
+async fn url_passwords_are_redacted_in_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "backends:\n  up: { type: openai, url: 'http://user:PASS@host:99999' }\n";
+    let bad_path = dir.path().join("bad.yaml");
+    std::fs::write(&bad_path, bad).unwrap();
+    let out = binary()
+        .args(["check", "--config"])
+        .arg(&bad_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backends.up.url"), "{stderr}");
+    assert!(stderr.contains("http://*****@host:99999"), "{stderr}");
+    assert!(!stderr.contains("PASS"), "{stderr}");
+
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, "backends:\n  local: { type: echo }\n").unwrap();
+    let (mut child, base, log) = spawn_logged(&path);
+    std::fs::write(&path, bad).unwrap();
+    let response = client()
+        .post(format!("{base}/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("http://*****@host:99999"), "{body}");
+    assert!(!body.contains("PASS"), "{body}");
+    // SIGTERM, not a kill: the log writer flushes what it holds before the process exits.
+    assert!(signal(&child, "TERM"));
+    let _ = child.wait();
+    // The child is gone: its log ends, and every line of it is read.
+    let lines: Vec<String> = log.iter().collect();
+    let rejected: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("config reload rejected"))
+        .collect();
+    assert!(
+        !rejected.is_empty(),
+        "no rejected reload logged: {lines:#?}"
+    );
+    assert!(
+        rejected
+            .iter()
+            .all(|line| line.contains("*****@host:99999")),
+        "{rejected:#?}"
+    );
+    assert!(
+        lines.iter().all(|line| !line.contains("PASS")),
+        "{lines:#?}"
+    );
 }
 
 #[test]
@@ -284,5 +342,55 @@ fn config_sources_follow_the_documented_order() {
             &[("CONFIG_FILE", "env.yaml")]
         )
         .contains("ai-gateway: flag.yaml:")
+    );
+}
+
+/// Issue 23 §7: out of file descriptors, the gateway closes the connections that waited longest for a
+/// request, so a real request still gets in. The binary runs with 128 descriptors; 200 connections
+/// that send nothing (timeouts far away) fill them and the listen queue, then a request comes.
+#[tokio::test]
+async fn idle_connections_are_shed_when_descriptors_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        "server: { header_timeout_s: 600, idle_timeout_s: 600 }\nbackends:\n  local: { type: echo }\n",
+    )
+    .unwrap();
+    let (mut child, base, log) = spawn_wrapped(&config, &["prlimit", "--nofile=128:128", "--"]);
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let response = client()
+        .get(format!("{base}/health"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await;
+    let status = response.map(|response| response.status().as_u16());
+    // Some of the idle connections were closed to make room.
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_millis(1),
+            tokio::io::AsyncReadExt::read(stream, &mut byte),
+        )
+        .await;
+        if matches!(read, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = log.iter().collect();
+    assert_eq!(status.ok(), Some(200), "{lines:#?}");
+    assert!(closed > 0, "no idle connection was closed");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("closed the longest idle ones")),
+        "{lines:#?}"
     );
 }

@@ -10,6 +10,7 @@ mod support;
 
 mod bad_input;
 mod binary;
+mod bounds;
 mod cache;
 mod conversion;
 mod count_tokens;

@@ -253,7 +253,8 @@ async fn three_gateway_processes_share_a_per_key_request_limit() {
     let mock = Mock::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    let keys = "keys:\n  - { name: shared, key: sk-shared, rate_limit: { requests: 100, window_s: 60 } }\nlogging: { access_log: false }\n";
+    // A long `header_timeout_s`: see `limits::concurrent_requests_on_one_key_admit_exactly_the_limit`.
+    let keys = "keys:\n  - { name: shared, key: sk-shared, rate_limit: { requests: 100, window_s: 60 } }\nlogging: { access_log: false }\nserver: { header_timeout_s: 600 }\n";
     std::fs::write(&path, config(&mock, &redis, "itproc", keys)).unwrap();
     // Three OS processes, each with its own memory and its own Redis connection.
     let mut children = Vec::new();

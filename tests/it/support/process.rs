@@ -7,7 +7,21 @@ use std::process::{Child, Command, Stdio};
 
 /// The binary with the config-selecting variables of the test environment removed.
 pub fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-gateway"));
+    wrapped(&[])
+}
+
+/// The binary run by `wrapper` (a command and its arguments, e.g. `prlimit --nofile=…`), with the
+/// config-selecting variables of the test environment removed.
+fn wrapped(wrapper: &[&str]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_ai-gateway");
+    let mut command = match wrapper {
+        [] => Command::new(binary),
+        [program, arguments @ ..] => {
+            let mut command = Command::new(program);
+            command.args(arguments).arg(binary);
+            command
+        }
+    };
     command
         .env_remove("CONFIG_FILE")
         .env_remove("PORT")
@@ -18,11 +32,27 @@ pub fn binary() -> Command {
 
 /// Start the binary with `--config config` on a free port; returns the child and its base URL.
 pub fn spawn(config: &Path) -> (Child, String) {
+    let (child, base, log) = spawn_logged(config);
+    // Drain the log so the pipe never fills.
+    std::thread::spawn(move || for _ in log {});
+    (child, base)
+}
+
+/// `spawn`, with the child's log lines (JSON) handed over as they come.
+pub fn spawn_logged(config: &Path) -> (Child, String, std::sync::mpsc::Receiver<String>) {
+    spawn_wrapped(config, &[])
+}
+
+/// `spawn_logged`, the binary run by `wrapper` (see `wrapped`).
+pub fn spawn_wrapped(
+    config: &Path,
+    wrapper: &[&str],
+) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let mut child = binary()
+    let mut child = wrapped(wrapper)
         .args(["--config"])
         .arg(config)
         .env("PORT", port.to_string())
@@ -31,9 +61,17 @@ pub fn spawn(config: &Path) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Drain the log so the pipe never fills; readiness is the port accepting, whatever the log level.
+    // The log is read all along so the pipe never fills; readiness is the port accepting, whatever
+    // the log level.
     let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // The receiver may be gone (the test no longer reads): keep draining anyway.
+            let _ = lines.send(line);
+        }
+    });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -48,7 +86,7 @@ pub fn spawn(config: &Path) -> (Child, String) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    (child, format!("http://127.0.0.1:{port}"))
+    (child, format!("http://127.0.0.1:{port}"), log)
 }
 
 /// Send a signal by name (`TERM`, `HUP`) to a child.
