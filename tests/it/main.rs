@@ -13,6 +13,7 @@ mod binary;
 mod cache;
 mod conversion;
 mod count_tokens;
+mod deploy;
 mod echo;
 mod health_checks;
 mod http1;
