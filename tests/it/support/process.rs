@@ -71,11 +71,6 @@ impl Running {
         }
     }
 
-    /// Everything logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
     /// The log up to the end of the first line containing `needle`, waiting up to 10 s for it.
     pub fn log_until(&self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
