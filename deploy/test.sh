@@ -4,10 +4,10 @@
 # a venv) and starts dockerd (`--iptables=false --bridge=none`) when none is running.
 #
 # Base images cannot be pulled here, so the image is built from the Dockerfile's `BINARY=context` stage —
-# the binary of the host's `cargo build --profile dist` — on a runtime base assembled offline from the
-# Debian packages that gcr.io/distroless/cc-debian12 is made of (glibc, libgcc, libstdc++, libgomp,
-# libssl, CA certificates, tzdata, netbase, base-files; user nonroot 65532), so the size measured is
-# the size users get. Every container uses the host's network and talks to 127.0.0.1 only, on free ports.
+# the binary of the host's `cargo build --profile dist` — on runtime bases assembled offline from the
+# Debian packages that gcr.io/distroless/base-nossl-debian12 and cc-debian12 are made of (glibc, CA
+# certificates, tzdata, netbase, base-files, user nonroot 65532; cc adds libgcc, libstdc++, libgomp and
+# OpenSSL), so the size measured is close to the size users get. Every container uses the host's network and talks to 127.0.0.1 only, on free ports.
 #
 #   bash deploy/test.sh          # ~ a few minutes once the dist binary is built
 # Cached between runs under $CARGO_TARGET_DIR/deploy-test: the Debian packages and the venv; the base
@@ -82,7 +82,7 @@ run() {
 
 chat() {
   curl -sS "http://127.0.0.1:$1/v1/chat/completions" -H 'content-type: application/json' \
-    -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$2\"}]${3:-}}"
+    -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$2\"}]}"
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # Debian's docker CLI (docker.io) has BuildKit built in, which the Dockerfile's BINARY=context needs to
-# skip the builder stage; a newer CLI without the buildx plugin would fall back to the legacy builder.
+# skip the builder stage; a newer CLI needs the buildx plugin for BuildKit, and that is not installed here.
 DOCKER=docker
 [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker
 export DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1
