@@ -8,6 +8,8 @@
 //! - `POST /v1/chat/completions`: OpenAI chat completion JSON; with `"stream": true` an exact OpenAI SSE
 //!   stream of 20 content chunks (role in the first), a finish chunk, a usage chunk when the request sets
 //!   `stream_options.include_usage`, and `data: [DONE]`;
+//! - `POST /v1/completions`: OpenAI (legacy) text completion JSON; with `"stream": true` 20 text chunks, a
+//!   finish chunk and `data: [DONE]` (llama.cpp's endpoint in seed 004);
 //! - `POST /v1/messages`: Anthropic message JSON; with `"stream": true` the exact Anthropic event sequence
 //!   (`message_start`, `content_block_start`, `ping`, 20 `text_delta`s, `content_block_stop`,
 //!   `message_delta`, `message_stop`);
@@ -81,6 +83,8 @@ struct Replies {
     openai_json: Bytes,
     openai_stream: Arc<[Bytes]>,
     openai_stream_usage: Arc<[Bytes]>,
+    completion_json: Bytes,
+    completion_stream: Arc<[Bytes]>,
     anthropic_json: Bytes,
     anthropic_stream: Arc<[Bytes]>,
     health: Bytes,
@@ -102,6 +106,8 @@ impl Replies {
             openai_json: Bytes::from(openai_json()),
             openai_stream: openai_stream(false).into_iter().map(Bytes::from).collect(),
             openai_stream_usage: openai_stream(true).into_iter().map(Bytes::from).collect(),
+            completion_json: Bytes::from(completion_json()),
+            completion_stream: completion_stream().into_iter().map(Bytes::from).collect(),
             anthropic_json: Bytes::from(anthropic_json()),
             anthropic_stream: anthropic_stream().into_iter().map(Bytes::from).collect(),
             health: Bytes::from_static(br#"{"status":"ok"}"#),
@@ -205,6 +211,37 @@ fn openai_stream(include_usage: bool) -> Vec<String> {
         });
         events.push(format!("data: {chunk}\n\n"));
     }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+fn completion_json() -> String {
+    serde_json::json!({
+        "id": "cmpl-mock",
+        "object": "text_completion",
+        "created": 1_700_000_000,
+        "model": "mock-model",
+        "choices": [{"text": full_text(), "index": 0, "logprobs": null, "finish_reason": "stop"}],
+        "usage": openai_usage()
+    })
+    .to_string()
+}
+
+fn completion_stream() -> Vec<String> {
+    let chunk = |text: &str, finish_reason: Option<&str>| {
+        let chunk = serde_json::json!({
+            "id": "cmpl-mock",
+            "object": "text_completion",
+            "created": 1_700_000_000,
+            "model": "mock-model",
+            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish_reason}]
+        });
+        format!("data: {chunk}\n\n")
+    };
+    let mut events: Vec<String> = (0..STREAM_CHUNKS)
+        .map(|index| chunk(&token(index), None))
+        .collect();
+    events.push(chunk("", Some("stop")));
     events.push("data: [DONE]\n\n".to_owned());
     events
 }
@@ -384,14 +421,23 @@ fn reply(
     response
 }
 
+/// The APIs the mock answers.
+#[derive(Clone, Copy)]
+enum Api {
+    Chat,
+    Completions,
+    Messages,
+}
+
 async fn handle(
     replies: Arc<Replies>,
     request: Request<Incoming>,
 ) -> Result<Response<MockBody>, Infallible> {
     let (parts, body) = request.into_parts();
     let route = match (&parts.method, parts.uri.path()) {
-        (&Method::POST, "/v1/chat/completions") => Some(false),
-        (&Method::POST, "/v1/messages") => Some(true),
+        (&Method::POST, "/v1/chat/completions") => Some(Api::Chat),
+        (&Method::POST, "/v1/completions") => Some(Api::Completions),
+        (&Method::POST, "/v1/messages") => Some(Api::Messages),
         (&Method::GET, "/health") => {
             return Ok(reply(
                 &replies,
@@ -407,7 +453,7 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let Some(anthropic) = route else {
+    let Some(api) = route else {
         return Ok(reply(
             &replies,
             StatusCode::NOT_FOUND,
@@ -416,14 +462,14 @@ async fn handle(
         ));
     };
     replies.mark_served();
-    let response = match (anthropic, wants_stream(&body)) {
-        (false, false) => reply(
+    let response = match (api, wants_stream(&body)) {
+        (Api::Chat, false) => reply(
             &replies,
             StatusCode::OK,
             "application/json",
             MockBody::Full(Some(replies.openai_json.clone())),
         ),
-        (false, true) => {
+        (Api::Chat, true) => {
             let events = if flag_is_true(&body, b"\"include_usage\"") {
                 replies.openai_stream_usage.clone()
             } else {
@@ -436,13 +482,25 @@ async fn handle(
                 replies.stream_body(events),
             )
         }
-        (true, false) => reply(
+        (Api::Completions, false) => reply(
+            &replies,
+            StatusCode::OK,
+            "application/json",
+            MockBody::Full(Some(replies.completion_json.clone())),
+        ),
+        (Api::Completions, true) => reply(
+            &replies,
+            StatusCode::OK,
+            "text/event-stream",
+            replies.stream_body(replies.completion_stream.clone()),
+        ),
+        (Api::Messages, false) => reply(
             &replies,
             StatusCode::OK,
             "application/json",
             MockBody::Full(Some(replies.anthropic_json.clone())),
         ),
-        (true, true) => reply(
+        (Api::Messages, true) => reply(
             &replies,
             StatusCode::OK,
             "text/event-stream",
@@ -541,6 +599,13 @@ mod tests {
         assert_eq!(openai.last().map(String::as_str), Some("data: [DONE]\n\n"));
         assert!(openai[0].contains(r#""role":"assistant""#));
         assert!(openai[STREAM_CHUNKS].contains(r#""finish_reason":"stop""#));
+        let completion = completion_stream();
+        assert_eq!(completion.len(), STREAM_CHUNKS + 2);
+        assert!(completion[STREAM_CHUNKS].contains(r#""finish_reason":"stop""#));
+        assert_eq!(
+            completion.last().map(String::as_str),
+            Some("data: [DONE]\n\n")
+        );
         let anthropic = anthropic_stream();
         let deltas = anthropic
             .iter()
@@ -607,7 +672,11 @@ mod tests {
 
     #[test]
     fn every_event_is_valid_json() {
-        for event in openai_stream(true).iter().chain(anthropic_stream().iter()) {
+        for event in openai_stream(true)
+            .iter()
+            .chain(completion_stream().iter())
+            .chain(anthropic_stream().iter())
+        {
             let data = event
                 .lines()
                 .find_map(|line| line.strip_prefix("data: "))
@@ -617,6 +686,7 @@ mod tests {
             }
         }
         serde_json::from_str::<serde_json::Value>(&openai_json()).unwrap();
+        serde_json::from_str::<serde_json::Value>(&completion_json()).unwrap();
         serde_json::from_str::<serde_json::Value>(&anthropic_json()).unwrap();
     }
 }

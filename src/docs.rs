@@ -478,14 +478,23 @@ pub mod schemas {
         pub instances: u32,
     }
 
-    /// `GET /health` and `GET /health/ready` response.
+    /// `GET /health` response.
     #[derive(Serialize, ToSchema)]
     pub struct HealthResponse {
-        /// `healthy`, or `unavailable` from `/health/ready` when a backend has no usable instance.
+        /// `healthy` while the process serves.
         pub status: String,
         pub version: String,
         pub uptime_seconds: u64,
         pub backends: BTreeMap<String, BackendHealth>,
+    }
+
+    /// `GET /health/ready` response.
+    #[derive(Serialize, ToSchema)]
+    pub struct ReadyResponse {
+        /// `ready`, or `not_ready` (503) when this replica cannot serve.
+        pub status: String,
+        /// Why not ready: Redis does not answer and `state.on_unavailable` is `fail_closed`.
+        pub reason: Option<String>,
     }
 
     /// Latency summary in milliseconds.
@@ -837,9 +846,9 @@ fn operations() -> Vec<Op> {
             path: "/health/ready",
             id: "ready",
             tag: "operations",
-            summary: "Readiness: 503 when a backend has no usable instance",
+            summary: "Readiness of this replica (config loaded, listening, Redis when fail_closed); not upstream health",
             request: None,
-            ok: vec![(json, Some("HealthResponse"))],
+            ok: vec![(json, Some("ReadyResponse"))],
             errors: &[],
             error_schema: Errors::OpenAi,
             secured: false,
@@ -919,8 +928,8 @@ fn build_operation(op: &Op) -> utoipa::openapi::path::Operation {
         builder = builder.response(
             "503",
             ResponseBuilder::new()
-                .description("a backend has no usable instance")
-                .content("application/json", json_ref("HealthResponse").build())
+                .description("this replica cannot serve: redis does not answer and state.on_unavailable is fail_closed")
+                .content("application/json", json_ref("ReadyResponse").build())
                 .build(),
         );
     }
@@ -987,6 +996,7 @@ pub fn openapi() -> OpenApi {
     collect::<CountTokensRequest>(&mut schemas);
     collect::<CountTokensResponse>(&mut schemas);
     collect::<HealthResponse>(&mut schemas);
+    collect::<ReadyResponse>(&mut schemas);
     collect::<StatsResponse>(&mut schemas);
     collect::<ReloadResponse>(&mut schemas);
     collect::<KeyList>(&mut schemas);
@@ -1166,6 +1176,7 @@ mod tests {
             ("/v1/models", "ModelList"),
             ("/v1/usage", "UsageReport"),
             ("/health", "HealthResponse"),
+            ("/health/ready", "ReadyResponse"),
             ("/stats", "StatsResponse"),
         ] {
             let res = &doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use ai_gateway::config::{self, Env};
 use ai_gateway::state::AppState;
+use ai_gateway::upstream::client::TrustRoots;
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -37,6 +38,10 @@ enum Command {
     Serve,
     /// Validate the config and exit: 0 when valid, 2 with the error otherwise.
     Check,
+    /// Ask the gateway this config describes (on loopback, at `server.port`) whether it is ready:
+    /// exit 0 when `GET /health/ready` answers 200, 1 otherwise. The container image's health check
+    /// (it has no shell or curl).
+    Health,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Some(Command::Health)) {
+        return probe_ready(&config.server.host, config.server.port);
+    }
     if matches!(cli.command, Some(Command::Check)) {
         eprintln!(
             "ai-gateway: {source}: config is valid ({} backends, {} model aliases)",
@@ -101,6 +109,7 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
     let shown = source.to_string();
     let features = config.features().join("; ");
     let state = AppState::new(config, source)?;
+    log_trust_roots(&state);
     // The tokenizer table takes ~150 ms and ~30 MB: load it before the first request, but only when
     // this config counts tokens (a limit or quota in tokens, or `max_input_tokens`).
     let snapshot = state.snapshot();
@@ -123,6 +132,76 @@ async fn serve(config: config::Config, source: config::Source) -> anyhow::Result
     state.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `ai-gateway health`: `GET /health/ready` on the gateway's own port, over loopback when it listens on
+/// every address; 0 for a 200, 1 for anything else or no answer within 3 s.
+fn probe_ready(host: &str, port: u16) -> ExitCode {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::ToSocketAddrs;
+    let host = match host.trim_matches(['[', ']']) {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "::" => "::1",
+        other => other,
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let status_line = (|| -> std::io::Result<String> {
+        let address = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
+        })?;
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "GET /health/ready HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut line = String::new();
+        BufReader::new(std::io::Read::take(stream, 1024)).read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    })();
+    match status_line {
+        Ok(line) if line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200") => {
+            eprintln!("ai-gateway: {host}:{port} is ready");
+            ExitCode::SUCCESS
+        }
+        Ok(line) => {
+            eprintln!("ai-gateway: {host}:{port} is not ready: {line}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("ai-gateway: cannot ask {host}:{port} whether it is ready: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Says so when `https://` upstreams are checked against the bundled roots because the system has no CA
+/// certificates: a warning when the config has such an upstream, a note otherwise.
+fn log_trust_roots(state: &AppState) {
+    let TrustRoots::Bundled(reason) = state.client().trust_roots() else {
+        return;
+    };
+    let snapshot = state.snapshot();
+    let https = snapshot
+        .config
+        .backends
+        .iter()
+        .flat_map(|backend| &backend.instances)
+        .any(|instance| instance.base_url.starts_with("https://"));
+    if https {
+        tracing::warn!(
+            reason = %reason,
+            "no system CA certificates: https upstreams are verified against the bundled Mozilla roots \
+             (webpki-roots); install ca-certificates or set SSL_CERT_FILE to use the system's own"
+        );
+    } else {
+        tracing::info!(
+            reason = %reason,
+            "no system CA certificates: https upstreams would be verified against the bundled Mozilla roots \
+             (webpki-roots)"
+        );
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -77,7 +77,7 @@ pub fn spawn(state: AppState) -> Result<Reloader, String> {
     let (tx, mut rx) = mpsc::channel::<ReloadTrigger>(8);
     let watcher = match state.source() {
         Source::File(path) => Some(config_watch::watch(path, tx.clone())?),
-        Source::Embedded => None,
+        Source::LlmUrl | Source::Embedded => None,
     };
     config_watch::watch_sighup(tx)?;
     tokio::spawn(async move {

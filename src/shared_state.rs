@@ -157,6 +157,27 @@ impl StateStore {
     pub fn is_shared(&self) -> bool {
         matches!(self, StateStore::Redis(_))
     }
+
+    /// Whether requests can be served as far as the state store goes, for `GET /health/ready`: an error
+    /// only when Redis does not answer a PING within `within` and `on_unavailable` is `fail_closed`
+    /// (then every limited request gets 503). With `fail_open`, or in memory, this replica serves
+    /// whatever Redis does.
+    pub async fn readiness(&self, within: Duration) -> Result<(), String> {
+        let StateStore::Redis(redis) = self else {
+            return Ok(());
+        };
+        if redis.fail_mode() == FailMode::FailOpen {
+            return Ok(());
+        }
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(within, redis.query::<String>(&ping)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "redis at {} does not answer and state.on_unavailable is fail_closed",
+                redis.inner.url_for_logs
+            )),
+        }
+    }
 }
 
 impl RedisStore {

@@ -232,6 +232,11 @@ impl AppState {
         &self.inner.client
     }
 
+    /// The state store (memory or Redis) limits, quotas and the cache use.
+    pub fn store(&self) -> &StateStore {
+        &self.inner.store
+    }
+
     pub fn started(&self) -> Instant {
         self.inner.started
     }

@@ -1,7 +1,7 @@
 //! Configuration: where it comes from, how it is parsed, interpolated, translated and validated.
 //!
 //! Pipeline: pick the source (`--config`, `CONFIG_FILE`, `config/${GATEWAY_ENV:-default}.{yaml,toml}`,
-//! `config.yaml`, `config.json5`, the embedded default) → parse by extension into a JSON value →
+//! `config.yaml`, `config.json5`, `/etc/ai-gateway/config.yaml`, `LLM_URL`, the embedded default) → parse by extension into a JSON value →
 //! expand `${VAR}` / `${VAR:-default}` in strings → translate seed dialects (`dialect`) → apply env
 //! overrides → decode `RawConfig` (errors carry the path) → validate into `Config`.
 
@@ -27,10 +27,26 @@ backends:
   local: { type: echo }
 ";
 
+/// Seed 004's setup, chosen by `LLM_URL` when no config file is found: its OpenAI-compatible server
+/// behind a token bucket (5/s, burst 10) and a response cache (64 entries, 300 s), on port 9001 unless
+/// `GATEWAY_PORT` (or another port override) says otherwise. `{url}` is the backend's base URL.
+const LLM_URL_TEMPLATE: &str = "\
+# LLM_URL with no config file (seed 004): one OpenAI-compatible backend, rate limit and cache as the seed.
+server: { host: 0.0.0.0, port: 9001, cors_allow_origin: \"*\" }
+default_backend: llm
+backends:
+  llm: { type: openai, url: {url} }
+rate_limit:
+  global: { requests: 5, window_s: 1, burst: 10, algorithm: token_bucket }
+cache: { enabled: true, ttl_s: 300, max_entries: 64 }
+";
+
 /// Where the config came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     File(PathBuf),
+    /// No file, `LLM_URL` set: seed 004's setup around that server.
+    LlmUrl,
     Embedded,
 }
 
@@ -38,9 +54,26 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::File(path) => write!(f, "{}", path.display()),
+            Source::LlmUrl => f.write_str("<LLM_URL, seed 004 setup>"),
             Source::Embedded => f.write_str("<embedded default config>"),
         }
     }
+}
+
+/// The config text for `LLM_URL`: seed 004's setup around that server.
+pub fn llm_url_config(llm_url: &str) -> String {
+    let base = Value::from(llm_base_url(llm_url)).to_string();
+    LLM_URL_TEMPLATE.replace("{url}", &base)
+}
+
+/// `LLM_URL` may name an endpoint, as seed 004's does (`http://h:8080/v1/completions`): the backend's
+/// base URL is what precedes it, and each request's own endpoint is appended to that.
+fn llm_base_url(url: &str) -> &str {
+    let url = url.trim().trim_end_matches('/');
+    ["/chat/completions", "/completions"]
+        .iter()
+        .find_map(|endpoint| url.strip_suffix(endpoint))
+        .unwrap_or(url)
 }
 
 /// A config that could not be loaded: which file, where inside it, and what was expected.
@@ -64,7 +97,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Pick the config source: an explicit path wins, then the environment, then well-known files.
+/// The system-wide config file, looked for after the working directory's: where the container image and
+/// the Kubernetes ConfigMap put it.
+pub const SYSTEM_CONFIG: &str = "/etc/ai-gateway/config.yaml";
+
+/// Pick the config source: an explicit path wins, then the environment, then well-known files, then
+/// `LLM_URL`, then the embedded default.
 pub fn locate(explicit: Option<&Path>, env: &Env) -> Source {
     if let Some(path) = explicit {
         return Source::File(path.to_owned());
@@ -79,11 +117,14 @@ pub fn locate(explicit: Option<&Path>, env: &Env) -> Source {
             return Source::File(candidate);
         }
     }
-    for name in ["config.yaml", "config.yml", "config.json5"] {
+    for name in ["config.yaml", "config.yml", "config.json5", SYSTEM_CONFIG] {
         let candidate = PathBuf::from(name);
         if candidate.is_file() {
             return Source::File(candidate);
         }
+    }
+    if env.get("LLM_URL").is_some() {
+        return Source::LlmUrl;
     }
     Source::Embedded
 }
@@ -99,6 +140,10 @@ pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
             })?;
             (text, Format::from_path(path))
         }
+        Source::LlmUrl => (
+            llm_url_config(env.get("LLM_URL").unwrap_or_default()),
+            Format::Yaml,
+        ),
         Source::Embedded => (EMBEDDED_DEFAULT.to_owned(), Format::Yaml),
     };
     // Any URL a message quotes loses its userinfo: config errors are printed by `check`, logged by a
@@ -239,8 +284,9 @@ fn expand(text: &str, env: &Env) -> Result<String, String> {
     Ok(out)
 }
 
-/// `PORT`/`HOST` (seed 003), `GATEWAY_SERVER_*`, `GATEWAY_LOGGING_*` and
-/// `GATEWAY_UPSTREAMS_<NAME>_API_KEY` (seed 002). The more specific `GATEWAY_*` names win.
+/// `GATEWAY_PORT` (seed 004), `PORT`/`HOST` (seed 003), `GATEWAY_SERVER_*`, `GATEWAY_LOGGING_*` and
+/// `GATEWAY_UPSTREAMS_<NAME>_API_KEY` (seed 002). Later ones win: `PORT` (what platforms set) over
+/// `GATEWAY_PORT`, the specific `GATEWAY_SERVER_*` names over both.
 fn apply_env_overrides(document: &mut Value, env: &Env) -> Result<(), (String, String)> {
     let Some(root) = document.as_object_mut() else {
         return Ok(());
@@ -269,6 +315,7 @@ fn apply_env_overrides(document: &mut Value, env: &Env) -> Result<(), (String, S
             }
             Ok(())
         };
+    set("server", "port", "GATEWAY_PORT", true)?;
     set("server", "port", "PORT", true)?;
     set("server", "host", "HOST", false)?;
     set("server", "port", "GATEWAY_SERVER_PORT", true)?;
@@ -338,6 +385,63 @@ mod tests {
         assert!(
             error.starts_with("server.max_upstream_body_bytes: must be"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn llm_url_is_seed_004s_setup_around_that_server() {
+        let load = |url: &str, vars: &[(&str, &str)]| {
+            parse_str(&llm_url_config(url), Format::Yaml, &env(vars)).unwrap()
+        };
+        let config = load("http://localhost:8080/v1/completions", &[]);
+        assert_eq!(config.server.port, 9001);
+        let backend = &config.backends[config.default_backend];
+        assert_eq!(backend.kind, BackendKind::OpenAi);
+        assert_eq!(backend.instances[0].base_url, "http://localhost:8080/v1");
+        assert!(config.cache.enabled);
+        assert_eq!(config.cache.max_entries, 64);
+        assert_eq!(config.cache.ttl_s, 300.0);
+        let global = config.rate_limit.global.as_ref().unwrap();
+        assert_eq!((global.requests, global.burst), (Some(5), Some(10)));
+        for (url, base) in [
+            (
+                "http://llama-server:8080/v1/chat/completions",
+                "http://llama-server:8080/v1",
+            ),
+            ("http://h:8000/v1/", "http://h:8000/v1"),
+            ("http://h:8000", "http://h:8000/v1"),
+            (
+                "https://x.io/openai/v1/completions",
+                "https://x.io/openai/v1",
+            ),
+        ] {
+            assert_eq!(
+                load(url, &[]).backends[0].instances[0].base_url,
+                base,
+                "{url}"
+            );
+        }
+        assert_eq!(
+            load("http://h:1", &[("GATEWAY_PORT", "9100")]).server.port,
+            9100
+        );
+        // PORT (what platforms set) wins over GATEWAY_PORT, GATEWAY_SERVER_PORT over both.
+        assert_eq!(
+            load("http://h:1", &[("GATEWAY_PORT", "9100"), ("PORT", "9200")])
+                .server
+                .port,
+            9200
+        );
+        let (path, message) = parse_str(
+            &llm_url_config("http://h:1"),
+            Format::Yaml,
+            &env(&[("GATEWAY_PORT", "nine")]),
+        )
+        .unwrap_err();
+        assert_eq!(path.as_deref(), Some("server.port"));
+        assert_eq!(
+            message,
+            "environment variable GATEWAY_PORT='nine' is not a port number"
         );
     }
 

@@ -65,31 +65,25 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// `GET /health/ready`: 503 when some backend has no usable instance (every breaker open).
+/// `GET /health/ready`: whether this replica can serve. That it answers means the config is loaded and
+/// the listener accepts; beyond that only Redis counts, when `state.on_unavailable` is `fail_closed`
+/// (unreachable, every limited request would get 503). Upstream health is deliberately not part of it:
+/// `/health` and the metrics carry it. A readiness probe that followed upstream health would take every
+/// replica out of the load balancer when one upstream dies, and with them the traffic that fallbacks and
+/// other backends could still serve.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let snapshot = state.snapshot();
-    let now = std::time::Instant::now();
-    let unusable: Vec<&str> = snapshot
-        .config
-        .backends
-        .iter()
-        .zip(&snapshot.backends)
-        .filter(|(backend, runtime)| {
-            backend.kind != BackendKind::Echo
-                && !runtime.instances.iter().any(|i| i.view(now).usable)
-        })
-        .map(|(backend, _)| backend.name.as_str())
-        .collect();
-    if unusable.is_empty() {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
-    } else {
-        (
+    match state.store().readiness(READY_REDIS_TIMEOUT).await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "unusable_backends": unusable})),
+            Json(json!({"status": "not_ready", "reason": reason})),
         )
-            .into_response()
+            .into_response(),
     }
 }
+
+/// How long `/health/ready` waits for Redis's PING (probes usually time out after 1–3 s).
+const READY_REDIS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// `GET /v1/models`: configured aliases and backend names, in OpenAI's list shape.
 pub async fn models(State(state): State<AppState>, headers: http::HeaderMap) -> Response {

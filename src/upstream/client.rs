@@ -28,16 +28,42 @@ pub type Response = http::Response<Body>;
 pub struct HttpClient {
     plain: Arc<Pool>,
     tls: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    roots: TrustRoots,
+}
+
+/// What `https://` upstreams' certificates are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustRoots {
+    /// The system's CA certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR` when set), through the platform
+    /// verifier.
+    System,
+    /// The system has none (a minimal container image): Mozilla's roots bundled in the binary
+    /// (`webpki-roots`). Holds why the system's could not be used.
+    Bundled(String),
 }
 
 impl HttpClient {
+    /// Never fails for want of CA certificates: a config without `https://` upstreams must start
+    /// anywhere, and one with them falls back to the bundled roots ([`TrustRoots::Bundled`]).
     pub fn new() -> anyhow::Result<HttpClient> {
         use rustls_platform_verifier::BuilderVerifierExt;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_platform_verifier()?
-            .with_no_client_auth();
+        let builder = || {
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+        };
+        let (tls, roots) = match builder()?.with_platform_verifier() {
+            Ok(config) => (config.with_no_client_auth(), TrustRoots::System),
+            Err(error) => {
+                let bundled = rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                let config = builder()?
+                    .with_root_certificates(bundled)
+                    .with_no_client_auth();
+                (config, TrustRoots::Bundled(error.to_string()))
+            }
+        };
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -57,7 +83,13 @@ impl HttpClient {
         Ok(HttpClient {
             plain: Arc::default(),
             tls,
+            roots,
         })
+    }
+
+    /// What `https://` upstreams are verified against.
+    pub fn trust_roots(&self) -> &TrustRoots {
+        &self.roots
     }
 
     /// Send one request (absolute URI); the error is described without the URL (it may carry

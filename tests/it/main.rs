@@ -14,6 +14,7 @@ mod bounds;
 mod cache;
 mod conversion;
 mod count_tokens;
+mod deploy;
 mod echo;
 mod health_checks;
 mod http1;
