@@ -8,7 +8,7 @@
 #   MODE=stream REQUESTS=500 bash bench/profile.sh to-anthropic.yaml
 #
 # Environment: MODE (json|stream), REQUESTS (2000), CONC (4), PATH_ (/v1/chat/completions),
-# BODY (openai), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1,
+# BODY (openai; or agent-250k etc., a coding-agent turn, see bench/agent_body.py), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1,
 # GATEWAY_BIN (another gateway binary, e.g. bench/pgo.sh's profile-guided build),
 # UNIQUE=1 (every request's body different: "__N__" in it becomes a counter, a cache-miss load),
 # VALGRIND_ARGS (extra callgrind options, e.g. "--cache-sim=yes --LL=1048576,16,64" to count misses of a
@@ -71,6 +71,19 @@ wait_ready "http://127.0.0.1:$GW_PORT/health"
 
 body=$BENCH/bodies/$BODY.json
 [[ $MODE == stream ]] && body=$BENCH/bodies/$BODY.stream.json
+if [[ ! -f $body && $BODY =~ ^agent(-anthropic)?-(50k|250k|1m)(-cold)?$ ]]; then
+	# A coding-agent turn (see bench/agent_body.py and scenarios.txt), written on first use.
+	shape=openai marker=last
+	case ${BASH_REMATCH[2]} in 50k) size=50000 ;; 250k) size=250000 ;; 1m) size=1000000 ;; esac
+	[[ -n ${BASH_REMATCH[1]} ]] && shape=anthropic
+	[[ -n ${BASH_REMATCH[3]} ]] && marker=all
+	stream_arg=()
+	[[ $MODE == stream ]] && stream_arg=(--stream)
+	mkdir -p "$OUT/bodies"
+	body=$OUT/bodies/$BODY.$MODE.json
+	[[ -f $body ]] || python3 "$BENCH/agent_body.py" --size "$size" --shape "$shape" --marker "$marker" \
+		"${stream_arg[@]}" --out "$body"
+fi
 args=(-s -o /dev/null -X POST -H 'content-type: application/json' --data-binary "@$body")
 [[ -n $HEADER ]] && args+=(-H "$HEADER")
 url=http://127.0.0.1:$GW_PORT$API_PATH

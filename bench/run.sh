@@ -206,6 +206,10 @@ http {
     scgi_temp_path $prefix/tmp/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
+    # Request bodies kept in memory up to 2 MiB (the default 16 KiB buffer spills agent-size bodies to
+    # temp files, ~1 ms each): a fair comparison for the gateway, which holds bodies in memory.
+    client_body_buffer_size 2m;
+    client_max_body_size 16m;
     upstream mock {
         server 127.0.0.1:$MOCK_PORT;
         keepalive 512;
@@ -382,6 +386,30 @@ preflight() {
 	echo "$result"
 }
 
+# The file of a scenario's body: bench/bodies/<body>[.stream].json, or a coding-agent turn (agent-<size>,
+# agent-<size>-cold, agent-anthropic-<size>[-cold]; size 50k, 250k or 1m) that bench/agent_body.py writes
+# into $OUT/bodies on first use (deterministic: the same bytes every run).
+body_path() {
+	local body=$1 mode=$2 suffix=.json
+	[[ $mode == stream ]] && suffix=.stream.json
+	if [[ -f $BENCH/bodies/$body$suffix ]]; then
+		echo "$BENCH/bodies/$body$suffix"
+		return
+	fi
+	[[ $body =~ ^agent(-anthropic)?-(50k|250k|1m)(-cold)?$ ]] || return 1
+	local shape=openai size marker=last file=$OUT/bodies/$body$suffix args=()
+	[[ -n ${BASH_REMATCH[1]} ]] && shape=anthropic
+	case ${BASH_REMATCH[2]} in 50k) size=50000 ;; 250k) size=250000 ;; 1m) size=1000000 ;; esac
+	[[ -n ${BASH_REMATCH[3]} ]] && marker=all
+	[[ $mode == stream ]] && args+=(--stream)
+	if [[ ! -f $file ]]; then
+		mkdir -p "$OUT/bodies"
+		python3 "$BENCH/agent_body.py" --size "$size" --shape "$shape" --marker "$marker" "${args[@]}" \
+			--out "$file" 2>/dev/null || return 1
+	fi
+	echo "$file"
+}
+
 RESULTS=$OUT/results.tsv
 TTFB_SAMPLES=${TTFB_SAMPLES:-50}
 
@@ -470,9 +498,8 @@ run_scenario() {
 	local mode conns
 	for mode in $modes; do
 		[[ " $MODES " == *" $mode "* ]] || continue
-		local body_file=$BENCH/bodies/$body.json
-		[[ $mode == stream ]] && body_file=$BENCH/bodies/$body.stream.json
-		[[ -f $body_file ]] || die "scenario $name: no body file $body_file"
+		local body_file
+		body_file=$(body_path "$body" "$mode") || die "scenario $name: no body file for $body ($mode)"
 		for conns in $CONNS; do
 			log "$name $mode c$conns"
 			# Fresh processes per cell: peak RSS and connection state belong to this cell alone.
