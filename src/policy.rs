@@ -86,12 +86,17 @@ impl Policy {
         self.max_input_tokens.is_none() && self.block.is_empty()
     }
 
-    /// Checks the prompt text (all message contents joined) and its estimated token count.
     /// True when `check` needs a token count (a `max_input_tokens` limit is set).
     pub fn needs_token_count(&self) -> bool {
         self.max_input_tokens.is_some()
     }
 
+    /// True when `check` reads the prompt's text (block patterns are set).
+    pub fn reads_text(&self) -> bool {
+        !self.block.is_empty()
+    }
+
+    /// Checks the prompt text (all message contents joined) and its estimated token count.
     pub fn check(&self, prompt_text: &str, input_tokens: u64) -> Result<(), PolicyViolation> {
         if let Some(max) = self.max_input_tokens
             && input_tokens > max

@@ -52,6 +52,8 @@ struct Inner {
     cache: ResponseCache,
     /// Stored Responses answers; long-lived like the cache.
     responses: ResponseStore,
+    /// Input-token counts by text, for estimates that do not recount a resent history.
+    tokens: crate::tokens::TokenCounter,
 }
 
 /// Everything derived from one config, swapped as a unit.
@@ -160,6 +162,7 @@ impl AppState {
         let store = store_for(&config.state);
         let cache = ResponseCache::new(&config.cache, store.clone());
         let responses = ResponseStore::new(&config.responses, store.clone());
+        let tokens = crate::tokens::TokenCounter::new(&store);
         let snapshot = Snapshot::new(config, &instances, &store).map_err(anyhow::Error::msg)?;
         let state = AppState {
             inner: Arc::new(Inner {
@@ -176,6 +179,7 @@ impl AppState {
                 store,
                 cache,
                 responses,
+                tokens,
             }),
         };
         tokio::spawn(active_health_checks(Arc::downgrade(&state.inner)));
@@ -256,6 +260,11 @@ impl AppState {
     /// Stored Responses answers (`previous_response_id`, `GET /v1/responses/{id}`).
     pub fn responses(&self) -> &ResponseStore {
         &self.inner.responses
+    }
+
+    /// Input-token estimates with counts cached by text (and shared through Redis).
+    pub fn tokens(&self) -> &crate::tokens::TokenCounter {
+        &self.inner.tokens
     }
 
     pub fn stats(&self) -> &Stats {

@@ -409,6 +409,17 @@ impl Exchange<'_> {
             } else {
                 let include_usage =
                     matches!(self.request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
+                // `message_start` carries the real input count when known: an estimate here (texts'
+                // counts cached, tool definitions included), replaced by the backend's own count when
+                // it reports one. Boxed: only converted Anthropic streams take this branch.
+                let anthropic_input_estimate = match self.request.as_ref() {
+                    ApiRequest::Chat(chat) if client_protocol == Protocol::Anthropic => {
+                        let tokens = self.state.tokens();
+                        Box::pin(tokens.estimate(self.request)).await
+                            + tokens.count_cached(&crate::protocol::anthropic::tools_text(chat))
+                    }
+                    _ => 0,
+                };
                 Transform::Convert(Box::new(StreamConverter::new(
                     target,
                     client_protocol,
@@ -421,16 +432,7 @@ impl Exchange<'_> {
                             .unwrap_or(&backend.name)
                             .to_owned(),
                         include_usage,
-                        // `message_start` carries the real input count when known: an estimate here,
-                        // replaced by the backend's own count when it reports one.
-                        input_tokens: match self.request.as_ref() {
-                            ApiRequest::Chat(chat) if client_protocol == Protocol::Anthropic => {
-                                crate::tokens::count(
-                                    &crate::protocol::anthropic::count_tokens_input(chat),
-                                )
-                            }
-                            _ => 0,
-                        },
+                        input_tokens: anthropic_input_estimate,
                         echo: self
                             .request
                             .responses()

@@ -76,7 +76,7 @@ pub async fn admit(
     snapshot: &Snapshot,
     headers: &HeaderMap,
     ip: IpAddr,
-    request: &ApiRequest,
+    request: &Arc<ApiRequest>,
     public_model: &str,
 ) -> Result<Admitted, GatewayError> {
     // One auth count per request: a valid key refused for the model counts as denied only.
@@ -97,15 +97,16 @@ pub async fn admit(
             admission: None,
         });
     }
-    // The prompt's text only when a policy reads it or a limit counts its tokens.
+    // The prompt's text only when a policy reads it; its tokens only when a limit or policy counts
+    // them (each text's count cached, so a resent history is not counted again).
     let counts_tokens = snapshot.limiter.counts_tokens() || snapshot.policy.needs_token_count();
-    let text = if policed || counts_tokens {
+    let text = if snapshot.policy.reads_text() {
         request.all_input_text()
     } else {
         String::new()
     };
     let estimated_tokens = if counts_tokens {
-        crate::tokens::count(&text)
+        state.tokens().estimate(request).await
     } else {
         0
     };

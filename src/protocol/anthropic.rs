@@ -1006,6 +1006,13 @@ pub fn message_stream(
 /// the tool definitions, which Anthropic also bills as input.
 pub fn count_tokens_input(req: &ChatRequest) -> String {
     let mut out = req.all_text();
+    out.push_str(&tools_text(req));
+    out
+}
+
+/// The tool definitions as [`count_tokens_input`] counts them (each after a newline).
+pub fn tools_text(req: &ChatRequest) -> String {
+    let mut out = String::new();
     for tool in &req.tools {
         out.push('\n');
         out.push_str(&tool.name);

@@ -132,6 +132,17 @@ impl ApiRequest {
     }
 
     /// All input text, for token estimates and prompt policies.
+    /// The texts an input-token estimate counts, in the order [`ApiRequest::all_input_text`] joins
+    /// them: each one counted (and its count cached) on its own, so a resent history costs no recount.
+    pub fn input_pieces(&self) -> Vec<&str> {
+        match self {
+            ApiRequest::Chat(r) => r.input_pieces(),
+            ApiRequest::Responses(r) => r.chat.input_pieces(),
+            ApiRequest::Completion(r) => r.prompt.iter().map(String::as_str).collect(),
+            ApiRequest::Embeddings(r) => r.input.iter().map(String::as_str).collect(),
+        }
+    }
+
     pub fn all_input_text(&self) -> String {
         match self {
             ApiRequest::Chat(r) => r.all_text(),
@@ -192,6 +203,22 @@ impl ChatRequest {
     }
 
     /// Every piece of text in the request (system, messages, tool arguments and results).
+    /// System parts, then each message's texts, tool results and tool-call arguments.
+    pub fn input_pieces(&self) -> Vec<&str> {
+        let mut pieces: Vec<&str> = self.system.iter().map(String::as_str).collect();
+        for message in &self.messages {
+            for part in &message.parts {
+                match part {
+                    Part::Text(text) => pieces.push(text),
+                    Part::ToolResult(result) => pieces.push(&result.content),
+                    Part::ToolCall(call) => pieces.push(&call.arguments),
+                    _ => {}
+                }
+            }
+        }
+        pieces
+    }
+
     pub fn all_text(&self) -> String {
         let mut out = self.system.join("\n");
         for message in &self.messages {

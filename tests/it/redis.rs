@@ -381,3 +381,72 @@ async fn responses_continue_on_any_replica() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// Issue 25: an agent's history is tokenized once for the whole fleet. A turn through one replica counts
+/// its texts; the same history resent through another replica (token limits on both) is estimated from
+/// the counts in Redis, and the next turn counts only its new text.
+#[tokio::test]
+async fn a_resent_history_is_not_counted_again_on_another_replica() {
+    let Some(redis) = TestRedis::start() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    let yaml = config(
+        &mock,
+        &redis,
+        "tok",
+        "keys:\n  - { name: a, key: ka, rate_limit: { tokens: 100000000, window_s: 60 } }\n",
+    );
+    let (one, two) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+    let history: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                   "content": format!("turn {i}: {}", "the quick brown fox jumps over the lazy dog ".repeat(10))})
+        })
+        .collect();
+    let turn = |messages: &[Value]| json!({"model": "m", "messages": messages});
+    let (status, _, _) = one
+        .send(
+            "/v1/chat/completions",
+            &turn(&history),
+            &[("x-api-key", "ka")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one.state.tokens().counted(), 20);
+    // Counts are published in the background: the second replica may race them, so wait for Redis.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys: Vec<String> = redis_keys(&redis, "tok:tok:*");
+        if keys.len() >= 20 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut next = history.clone();
+    next.push(
+        json!({"role": "user", "content": format!("and now: {}", "a new question ".repeat(10))}),
+    );
+    let (status, _, _) = two
+        .send("/v1/chat/completions", &turn(&next), &[("x-api-key", "ka")])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        two.state.tokens().counted(),
+        1,
+        "only the new message was counted"
+    );
+}
+
+/// Keys in the test's Redis matching `pattern`.
+fn redis_keys(redis: &TestRedis, pattern: &str) -> Vec<String> {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--raw", "keys", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
