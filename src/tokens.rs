@@ -47,8 +47,10 @@ pub fn count_messages<'a>(messages: impl IntoIterator<Item = &'a str>) -> u64 {
     })
 }
 
-/// Texts shorter than this are counted each time: hashing and a lookup would cost about as much.
-const CACHED_FROM_BYTES: usize = 64;
+/// Texts from this size are cached: every non-empty text. Even a short text costs the tokenizer
+/// microseconds (its regex runs per call), while a hash and a lookup cost tens of nanoseconds, and a
+/// history of hundreds of short tool-call arguments would otherwise be counted inline every turn.
+const CACHED_FROM_BYTES: usize = 1;
 
 /// Counts the cache keeps: 16 bytes of hash and 4 of count each, plus the list's links.
 const CACHED_COUNTS: usize = 1 << 17;
@@ -65,8 +67,7 @@ const SHARED_TTL_SECONDS: u64 = 3600;
 pub struct TokenCounter {
     local: Mutex<lru::LruCache<u128, u32>>,
     shared: Option<RedisStore>,
-    /// Texts of [`CACHED_FROM_BYTES`] or more counted so far (the tokenizer's work the cache did not
-    /// save).
+    /// Texts counted so far (the tokenizer's work the cache did not save).
     counted: std::sync::atomic::AtomicU64,
 }
 
@@ -91,7 +92,7 @@ impl TokenCounter {
         }
     }
 
-    /// Long texts counted so far (not found in a cache).
+    /// Texts counted so far (not found in a cache).
     pub fn counted(&self) -> u64 {
         self.counted.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -326,29 +327,37 @@ mod tests {
         let first = agent_turn(30, "what changed?");
         let expected: u64 = first.input_pieces().iter().map(|p| count(p)).sum();
         assert_eq!(counter.estimate(&first).await, expected);
-        let long = |request: &ApiRequest| {
-            let mut texts: Vec<&str> = request.input_pieces();
-            texts.retain(|text| text.len() >= CACHED_FROM_BYTES);
+        let distinct = |request: &ApiRequest| {
+            let mut texts: Vec<String> = request
+                .input_pieces()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
             texts.sort_unstable();
             texts.dedup();
-            texts.len()
+            texts
         };
         let cached = counter.lock().len();
-        assert_eq!(cached, long(&first));
+        assert_eq!(cached, distinct(&first).len());
         assert_eq!(counter.counted(), cached as u64);
-        assert!(cached > 30, "{cached}");
+        assert!(cached > 60, "{cached}");
         // The same turn again: all from the cache, same total, nothing counted.
         assert_eq!(counter.estimate(&first).await, expected);
         assert_eq!(counter.counted(), cached as u64);
-        // The next turn: two more texts in the history, one new last message.
+        // The next turn: one more tool call and result in the history, a new last message.
         let next = agent_turn(31, "and now?");
         let expected: u64 = next.input_pieces().iter().map(|p| count(p)).sum();
         assert_eq!(counter.estimate(&next).await, expected);
-        assert_eq!(long(&next), cached + 1);
+        let seen = distinct(&first);
+        let new = distinct(&next)
+            .into_iter()
+            .filter(|text| !seen.contains(text))
+            .count();
+        assert_eq!(new, 3);
         assert_eq!(
             counter.counted(),
-            cached as u64 + 1,
-            "only the new long text was counted"
+            cached as u64 + 3,
+            "only the new texts were counted"
         );
     }
 

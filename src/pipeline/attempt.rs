@@ -236,8 +236,9 @@ impl Exchange<'_> {
         }
     }
 
-    /// The body to send: as received when the protocols match (only `model` rewritten), else converted.
-    fn upstream_body(
+    /// The body to send: as received when the protocols match (only `model` rewritten), else converted
+    /// (off the runtime thread when the body is large).
+    async fn upstream_body(
         &self,
         backend: &BackendConfig,
         upstream_model: Option<&str>,
@@ -254,7 +255,7 @@ impl Exchange<'_> {
                 _ => Ok(self.body.clone()),
             };
         }
-        let Some(chat) = self.request.chat() else {
+        if self.request.chat().is_none() {
             return Err(AttemptError::Fatal(GatewayError::invalid(
                 format!(
                     "backend '{}' speaks the Anthropic Messages API, which has no {} endpoint; route this model to an OpenAI-compatible backend",
@@ -263,16 +264,26 @@ impl Exchange<'_> {
                 ),
                 Some("model".into()),
             )));
-        };
-        let options = RequestOptions {
-            model: upstream_model,
-            default_max_tokens: backend.max_tokens,
-        };
-        let encoded = match target {
-            Protocol::Anthropic => convert::encode_anthropic_request(chat, &options),
-            Protocol::OpenAi => convert::encode_openai_request(chat, &options),
-            Protocol::Responses => convert::encode_responses_request(chat, &options),
-        };
+        }
+        let request = Arc::clone(self.request);
+        let model = upstream_model.map(str::to_owned);
+        let default_max_tokens = backend.max_tokens;
+        let encoded = super::offload::run(self.body.len(), move || {
+            let Some(chat) = request.chat() else {
+                return Ok(Vec::new());
+            };
+            let options = RequestOptions {
+                model: model.as_deref(),
+                default_max_tokens,
+            };
+            match target {
+                Protocol::Anthropic => convert::encode_anthropic_request(chat, &options),
+                Protocol::OpenAi => convert::encode_openai_request(chat, &options),
+                Protocol::Responses => convert::encode_responses_request(chat, &options),
+            }
+        })
+        .await
+        .ok_or_else(|| AttemptError::Fatal(super::offload::cancelled()))?;
         encoded
             .map(Bytes::from)
             .map_err(|e| AttemptError::Fatal(GatewayError::invalid(e.message, e.param)))
@@ -290,7 +301,7 @@ impl Exchange<'_> {
         let instance = &backend.instances[index];
         let client_protocol = self.endpoint.protocol();
         let target = target_protocol(self.endpoint, backend);
-        let body = self.upstream_body(backend, upstream_model)?;
+        let body = self.upstream_body(backend, upstream_model).await?;
         let url = match (target, self.endpoint) {
             (Protocol::Anthropic, _) => &instance.urls.messages,
             (Protocol::Responses, _) => &instance.urls.responses,

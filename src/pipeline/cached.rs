@@ -25,6 +25,21 @@ use super::reply;
 
 const IGNORED: [&str; 5] = ["stream", "stream_options", "user", "metadata", "cache"];
 
+/// True when the client asked not to use the cache (`Cache-Control: no-cache` or `no-store`).
+pub fn bypassed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            // Directives are case-insensitive (RFC 9111 §5.2).
+            v.split(',').any(|directive| {
+                let directive = directive.trim();
+                directive.eq_ignore_ascii_case("no-cache")
+                    || directive.eq_ignore_ascii_case("no-store")
+            })
+        })
+}
+
 /// What the cache stage decided for one request.
 pub struct Plan {
     /// `None` when the request bypasses the cache (`Cache-Control: no-cache`, `"cache": false`).
@@ -35,17 +50,13 @@ pub struct Plan {
 }
 
 pub fn plan(endpoint: Endpoint, backend: &str, headers: &http::HeaderMap, body: &[u8]) -> Plan {
-    let mut bypass = headers
-        .get(http::header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            // Directives are case-insensitive (RFC 9111 §5.2).
-            v.split(',').any(|directive| {
-                let directive = directive.trim();
-                directive.eq_ignore_ascii_case("no-cache")
-                    || directive.eq_ignore_ascii_case("no-store")
-            })
-        });
+    plan_with(endpoint, backend, bypassed(headers), body)
+}
+
+/// [`plan`] with the client's `Cache-Control` already read ([`bypassed`]): what runs off the runtime
+/// thread for a large body.
+pub fn plan_with(endpoint: Endpoint, backend: &str, bypassed: bool, body: &[u8]) -> Plan {
+    let mut bypass = bypassed;
     // The canonical text is built whole and hashed once: a hasher fed piece by piece pays per piece.
     let mut text = Vec::with_capacity(body.len() + 64);
     text.extend_from_slice(endpoint.path().as_bytes());

@@ -8,6 +8,7 @@ mod cache_key;
 pub mod cached;
 pub mod ctx;
 pub mod gate;
+mod offload;
 pub mod reply;
 pub mod responses;
 
@@ -86,7 +87,11 @@ async fn run(
     let config = &snapshot.config;
     check_content_type(&inbound.headers)?;
     let mut body = read_body(inbound.body, &inbound.headers, config.server.max_body_bytes).await?;
-    let mut request = decode(inbound.endpoint, &body)?;
+    let endpoint = inbound.endpoint;
+    let decoded = body.clone();
+    let mut request = offload::run(body.len(), move || decode(endpoint, &decoded))
+        .await
+        .ok_or_else(offload::cancelled)??;
     // Responses: a continued conversation's history comes in before anything counts the input.
     let prepared = responses::prepare(state, &mut request, &mut body).await?;
     let request = Arc::new(request);
@@ -127,7 +132,13 @@ async fn run(
 
     let cache_on = state.cache().is_enabled();
     if cache_on {
-        let plan = cached::plan(inbound.endpoint, routed_name, &inbound.headers, &body);
+        let bypass = cached::bypassed(&inbound.headers);
+        let (keyed, backend_name) = (body.clone(), routed_name.to_owned());
+        let plan = offload::run(body.len(), move || {
+            cached::plan_with(endpoint, &backend_name, bypass, &keyed)
+        })
+        .await
+        .ok_or_else(offload::cancelled)?;
         if let Some(forward) = plan.forward {
             body = forward;
         }

@@ -8,6 +8,7 @@
 
 mod support;
 
+mod agent;
 mod bad_input;
 mod binary;
 mod bounds;

@@ -1,0 +1,77 @@
+//! CPU-heavy work on a large body — decoding it, hashing it for the cache key, converting it to another
+//! protocol — runs on a blocking thread, so one coding-agent request of a megabyte never holds up the
+//! other connections served by the same runtime thread (issue 25: no head-of-line blocking). Small
+//! bodies are handled in place: a thread hand-off costs more than their work.
+
+use std::sync::LazyLock;
+
+use tokio::sync::Semaphore;
+
+/// Bodies from this size are worked on off the runtime thread (their decode alone is about a
+/// millisecond per 250 KB).
+pub(crate) const OFFLOAD_FROM_BYTES: usize = 64 * 1024;
+
+/// Offloaded jobs running at once: one per core, plus one so a core is never idle between jobs.
+/// Others wait here without holding a thread (tokio would otherwise start up to 512 blocking threads,
+/// each with a large body in flight).
+static RUNNING: LazyLock<Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    Semaphore::new(cores + 1)
+});
+
+/// Run `work` (on a body of `bytes` bytes) in place when the body is small, else on a blocking thread.
+/// A panic in `work` resumes on the caller, as if it had run in place. `None` only when the runtime is
+/// shutting down and cancelled the job.
+pub(crate) async fn run<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if bytes < OFFLOAD_FROM_BYTES {
+        return Some(work());
+    }
+    // The semaphore is never closed, so acquiring cannot fail; without a permit the job still runs.
+    let _permit = RUNNING.acquire().await;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Some(value),
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => None,
+        },
+    }
+}
+
+/// The error of a job the shutting-down runtime cancelled.
+pub(crate) fn cancelled() -> crate::error::GatewayError {
+    crate::error::GatewayError::new(
+        crate::error::ErrorKind::ServiceUnavailable,
+        "the gateway is shutting down; retry on another instance",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large work runs on another thread (the runtime thread stays free), small work in place.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_work_leaves_the_runtime_thread() {
+        let here = std::thread::current().id();
+        let small = run(10, move || std::thread::current().id()).await;
+        assert_eq!(small, Some(here));
+        let large = run(OFFLOAD_FROM_BYTES, move || std::thread::current().id()).await;
+        assert!(large.is_some_and(|id| id != here));
+        // While a long job runs, the runtime thread serves other tasks.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let job = tokio::spawn(run(OFFLOAD_FROM_BYTES, move || rx.recv().is_ok()));
+        let other = tokio::spawn(async { 42 });
+        assert_eq!(other.await.unwrap_or(0), 42);
+        tx.send(()).unwrap_or(());
+        assert_eq!(job.await.ok().flatten(), Some(true));
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "boom")]
+    async fn a_panic_resumes_on_the_caller() {
+        let _: Option<()> = run(OFFLOAD_FROM_BYTES, || panic!("boom")).await;
+    }
+}
