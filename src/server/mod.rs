@@ -7,6 +7,10 @@
 
 mod h1;
 
+/// The HTTP/1 request reader without a socket, for the differential tests and fuzz targets.
+#[doc(hidden)]
+pub use h1::{DecodedEnd, DecodedRequest, decode_requests};
+
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
