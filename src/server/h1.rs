@@ -654,15 +654,16 @@ fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failur
     }
 }
 
-/// The request's transfer codings, all its `Transfer-Encoding` lines as one list (empty elements
-/// skipped, RFC 9110 §5.6.1), are exactly `chunked`.
+/// The request's transfer codings, all its `Transfer-Encoding` lines as one list, are exactly
+/// `chunked`. Empty list elements are skipped (RFC 9110 §5.6.1) but not at the end: `chunked,` does
+/// not end in chunked to a reader that splits on the last comma (hyper, and proxies like it), so a
+/// reader that skipped it would see a body where they see none.
 fn check_transfer_codings(headers: &HeaderMap) -> Result<(), Failure> {
     let mut codings = headers
         .get_all(TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|coding| !coding.is_empty());
+        .map(<[u8]>::trim_ascii);
     let is_chunked = |coding: &[u8]| coding.eq_ignore_ascii_case(b"chunked");
     match codings.next_back() {
         Some(last) if is_chunked(last) => {}
@@ -676,7 +677,7 @@ fn check_transfer_codings(headers: &HeaderMap) -> Result<(), Failure> {
             ));
         }
     }
-    match codings.next_back() {
+    match codings.rfind(|coding| !coding.is_empty()) {
         None => Ok(()),
         Some(coding) if is_chunked(coding) => Err(reject(
             StatusCode::BAD_REQUEST,

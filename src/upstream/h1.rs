@@ -33,7 +33,8 @@ pub(crate) const READ_SIZE: usize = 8 * 1024;
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Bound on one chunk-size line, extensions included (they carry nothing we use).
 const MAX_CHUNK_LINE: usize = 16 * 1024;
-/// Bound on a chunked body's trailer section (hyper's): its fields are read and dropped.
+/// Bound on a chunked body's trailer section (hyper's; it fits in a `u16`): its fields are read and
+/// dropped, at most [`MAX_HEADERS`] of them.
 const MAX_TRAILERS: usize = 16 * 1024;
 /// Bound on the number of header fields in a response head (hyper's default).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -108,7 +109,7 @@ impl Conn {
         *request = Vec::new();
         loop {
             if let Some(head) = final_head(&mut self.buf).map_err(ExchangeError::Failed)? {
-                return Ok(head.into_response(self));
+                return head.into_response(self).map_err(ExchangeError::Failed);
             }
             self.buf.reserve(READ_SIZE);
             match self.io.read_buf(&mut self.buf).await {
@@ -309,20 +310,21 @@ pub(crate) fn field_ranges<'a>(
 }
 
 impl Head {
-    fn into_response(self, conn: Conn) -> http::Response<ResponseBody> {
-        let (response, framing, reusable) = self.into_parts();
+    fn into_response(self, conn: Conn) -> Result<http::Response<ResponseBody>, String> {
+        let (response, framing, reusable) = self.into_parts()?;
         let mut body = ResponseBody {
             conn: Some(conn),
             framing,
             reusable,
         };
         body.settle();
-        response.map(|()| body)
+        Ok(response.map(|()| body))
     }
 
     /// The response without its body, how the body is delimited, and whether the connection may carry
-    /// another request after it.
-    fn into_parts(self) -> (http::Response<()>, Framing, bool) {
+    /// another request after it. `Err` when the framing cannot be trusted: then there is no response
+    /// (before its first byte, another upstream may still be tried).
+    fn into_parts(self) -> Result<(http::Response<()>, Framing, bool), String> {
         let mut headers = HeaderMap::with_capacity(self.fields.len());
         for (name, range) in self.fields {
             // httparse admits obs-text that `HeaderValue` refuses: such a field is left out.
@@ -330,39 +332,44 @@ impl Head {
                 headers.append(name, value);
             }
         }
-        let (framing, reusable) = framing(self.status, self.version, &headers);
+        let (framing, reusable) = framing(self.status, self.version, &headers)?;
         let mut response = http::Response::new(());
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
         *response.headers_mut() = headers;
-        (response, framing, reusable)
+        Ok((response, framing, reusable))
     }
 }
 
-/// How the body is delimited, and whether the connection may carry another request after it.
-fn framing(status: StatusCode, version: Version, headers: &HeaderMap) -> (Framing, bool) {
+/// How the body is delimited, and whether the connection may carry another request after it; `Err`
+/// when the head's framing cannot be trusted.
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), String> {
     let mut reusable = keeps_alive(version, headers);
     if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return (Framing::Length(0), reusable);
+        return Ok((Framing::Length(0), reusable));
     }
     if headers.contains_key(TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
             // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-            return (Framing::Invalid, false);
+            return Err("invalid HTTP response: transfer-encoding in an HTTP/1.0 response".into());
         }
         let chunked = is_chunked(headers);
         // With both codings named, transfer coding wins and the connection is not trusted again.
         reusable &= !headers.contains_key(CONTENT_LENGTH);
-        return if chunked {
+        return Ok(if chunked {
             (Framing::Chunked(Chunk::Size), reusable)
         } else {
             (Framing::UntilClose, false)
-        };
+        });
     }
     match content_length(headers) {
-        Err(()) => (Framing::Invalid, false),
-        Ok(Some(length)) => (Framing::Length(length), reusable),
-        Ok(None) => (Framing::UntilClose, false),
+        Err(()) => Err("invalid HTTP response: invalid or conflicting content-length".into()),
+        Ok(Some(length)) => Ok((Framing::Length(length), reusable)),
+        Ok(None) => Ok((Framing::UntilClose, false)),
     }
 }
 
@@ -420,9 +427,6 @@ pub(crate) enum Framing {
     Chunked(Chunk),
     /// No length: the body ends when the server closes the connection.
     UntilClose,
-    /// The head's framing cannot be trusted: an invalid or conflicting `Content-Length`, or
-    /// `Transfer-Encoding` in an HTTP/1.0 response.
-    Invalid,
     Done,
 }
 
@@ -434,9 +438,9 @@ pub(crate) enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data is next.
     DataEnd,
-    /// The last chunk was read: trailer field lines, then an empty line. This many bytes of trailer
-    /// fields were read (and dropped) so far.
-    Trailers(u32),
+    /// The last chunk was read: trailer field lines, then an empty line. So many bytes and fields of
+    /// them were read (and dropped) so far.
+    Trailers { bytes: u16, fields: u8 },
 }
 
 /// The error of a response body.
@@ -567,31 +571,38 @@ fn advance(framing: &mut Framing, buf: &mut BytesMut) -> Result<(), String> {
                 Some((used, size)) => {
                     buf.advance(used);
                     *framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers(0)
+                        Chunk::Trailers {
+                            bytes: 0,
+                            fields: 0,
+                        }
                     } else {
                         Chunk::Data(size)
                     });
                 }
                 None => return Ok(()),
             },
-            Framing::Chunked(Chunk::Trailers(seen)) => match trailer_line(buf, seen)? {
-                Some(0) => {
-                    buf.advance(2);
-                    *framing = Framing::Done;
+            Framing::Chunked(Chunk::Trailers { bytes, fields }) => {
+                match trailer_line(buf, bytes)? {
+                    Some(0) => {
+                        buf.advance(2);
+                        *framing = Framing::Done;
+                    }
+                    Some(_) if usize::from(fields) >= MAX_HEADERS => {
+                        return Err(format!(
+                            "invalid chunked body: more than {MAX_HEADERS} trailer fields"
+                        ));
+                    }
+                    Some(used) => {
+                        buf.advance(used);
+                        // `trailer_line` bounds `bytes + used` by MAX_TRAILERS (16 KiB), and fields
+                        // are at most MAX_HEADERS (100).
+                        *framing = Framing::Chunked(Chunk::Trailers {
+                            bytes: bytes + used as u16,
+                            fields: fields + 1,
+                        });
+                    }
+                    None => return Ok(()),
                 }
-                Some(used) => {
-                    buf.advance(used);
-                    // `trailer_line` bounds `seen + used` by MAX_TRAILERS.
-                    *framing = Framing::Chunked(Chunk::Trailers(seen + used as u32));
-                }
-                None => return Ok(()),
-            },
-            Framing::Invalid => {
-                return Err(
-                    "invalid HTTP response: invalid or conflicting content-length, or \
-                     transfer-encoding in HTTP/1.0"
-                        .into(),
-                );
             }
             Framing::Length(_)
             | Framing::Chunked(Chunk::Data(_))
@@ -678,8 +689,8 @@ fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
 /// One line of a trailer section at the start of `buf`, after `seen` bytes of earlier ones: `Some(0)`
 /// for the empty line that ends the section, else the field line's length (CRLF included); `None`
 /// while incomplete. Each line must end in CRLF and be `name: value` (RFC 9112 §7.1.2, §5).
-fn trailer_line(buf: &[u8], seen: u32) -> Result<Option<usize>, String> {
-    let room = MAX_TRAILERS.saturating_sub(seen as usize);
+fn trailer_line(buf: &[u8], seen: u16) -> Result<Option<usize>, String> {
+    let room = MAX_TRAILERS.saturating_sub(usize::from(seen));
     let line = &buf[..buf.len().min(room)];
     let Some(end) = memchr::memchr(b'\n', line) else {
         // What has arrived is checked already, so a bad line fails before its end.
@@ -808,7 +819,7 @@ pub fn decode_response(pieces: &[&[u8]]) -> Result<DecodedResponse, String> {
         };
         buf.extend_from_slice(piece);
     };
-    let (response, mut framing, mut reusable) = head.into_parts();
+    let (response, mut framing, mut reusable) = head.into_parts()?;
     let mut data = BytesMut::new();
     let body = loop {
         match take_data(&mut framing, &mut buf) {
@@ -885,13 +896,11 @@ mod tests {
     }
 
     #[test]
-    fn malformed_chunked_bodies_and_lengths_are_errors() {
+    fn malformed_chunked_bodies_are_errors() {
         for wire in [&b"zz\r\nabc\r\n"[..], b"3\r\nabcX\r\n0\r\n\r\n"] {
             let error = decode(Framing::Chunked(Chunk::Size), &[wire]).unwrap_err();
             assert!(error.starts_with("invalid chunked body"), "{error}");
         }
-        let error = decode(Framing::Invalid, &[b"abc"]).unwrap_err();
-        assert!(error.contains("content-length"), "{error}");
     }
 
     /// Issue 23: chunked framing read as RFC 9112 §7.1 writes it — every case here was taken before
@@ -953,6 +962,16 @@ mod tests {
         ]
         .concat();
         let error = decode(Framing::Chunked(Chunk::Size), &[&many_trailers]).unwrap_err();
+        assert!(error.contains("more than 100 trailer fields"), "{error}");
+        let long_trailers = [
+            &b"0\r\n"[..],
+            &[&b"x-trailer: "[..], &[b'a'; 1000], b"\r\n"]
+                .concat()
+                .repeat(17),
+            b"\r\n",
+        ]
+        .concat();
+        let error = decode(Framing::Chunked(Chunk::Size), &[&long_trailers]).unwrap_err();
         assert!(
             error.contains("trailer section longer than 16 KiB"),
             "{error}"
@@ -1010,7 +1029,8 @@ mod tests {
         (head, buf)
     }
 
-    fn framing_of(text: &str) -> (Framing, bool) {
+    /// How `text`'s body is framed; `None` when its framing cannot be trusted.
+    fn framing_of(text: &str) -> Option<(Framing, bool)> {
         let (head, _) = head(text);
         let mut headers = HeaderMap::new();
         for (name, range) in head.fields {
@@ -1019,7 +1039,7 @@ mod tests {
                 HeaderValue::from_maybe_shared(head.head.slice(range)).unwrap(),
             );
         }
-        framing(head.status, head.version, &headers)
+        framing(head.status, head.version, &headers).ok()
     }
 
     #[test]
@@ -1045,58 +1065,55 @@ mod tests {
         let cases = [
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
-                (Framing::Length(12), true),
+                Some((Framing::Length(12), true)),
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
-                (Framing::Length(5), false),
+                Some((Framing::Length(5), false)),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                (Framing::Chunked(Chunk::Size), true),
+                Some((Framing::Chunked(Chunk::Size), true)),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
-                (Framing::Chunked(Chunk::Size), false),
+                Some((Framing::Chunked(Chunk::Size), false)),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-                (Framing::UntilClose, false),
+                Some((Framing::UntilClose, false)),
             ),
-            ("HTTP/1.1 200 OK\r\n\r\n", (Framing::UntilClose, false)),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                Some((Framing::UntilClose, false)),
+            ),
             (
                 "HTTP/1.1 204 No Content\r\n\r\n",
-                (Framing::Length(0), true),
+                Some((Framing::Length(0), true)),
             ),
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
-                (Framing::Invalid, false),
+                None,
             ),
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
-                (Framing::Invalid, false),
-            ),
-            (
-                "HTTP/1.1 200 OK\r\ncontent-length: -3\r\n\r\n",
-                (Framing::Invalid, false),
-            ),
+            ("HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n", None),
+            ("HTTP/1.1 200 OK\r\ncontent-length: -3\r\n\r\n", None),
             (
                 "HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n",
-                (Framing::Length(3), false),
+                Some((Framing::Length(3), false)),
             ),
             (
                 "HTTP/1.0 200 OK\r\ncontent-length: 3\r\nConnection: Keep-Alive\r\n\r\n",
-                (Framing::Length(3), true),
+                Some((Framing::Length(3), true)),
             ),
             // `close` wins over `keep-alive` (RFC 9112 §9.3).
             (
                 "HTTP/1.0 200 OK\r\ncontent-length: 3\r\nConnection: keep-alive, close\r\n\r\n",
-                (Framing::Length(3), false),
+                Some((Framing::Length(3), false)),
             ),
             // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (hyper refuses it too).
             (
                 "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-                (Framing::Invalid, false),
+                None,
             ),
         ];
         for (text, expected) in cases {
