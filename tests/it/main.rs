@@ -25,3 +25,4 @@ mod ops_shutdown;
 mod passthrough;
 mod redis;
 mod resil;
+mod upstream_h1;

@@ -5,6 +5,7 @@ pub mod mock;
 pub mod mock_anthropic;
 pub mod process;
 pub mod prom;
+pub mod raw_upstream;
 pub mod redis;
 pub mod resil;
 
