@@ -618,23 +618,37 @@ fn advance(framing: &mut Framing, buf: &mut BytesMut) -> Result<(), String> {
 fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
     let line = &buf[..buf.len().min(MAX_CHUNK_LINE)];
     let mut size = 0u64;
-    let mut digits = 0;
-    for &byte in line {
+    let mut at = 0;
+    while let Some(&byte) = line.get(at) {
         let digit = match byte {
             b'0'..=b'9' => byte - b'0',
             b'a'..=b'f' => byte - b'a' + 10,
             b'A'..=b'F' => byte - b'A' + 10,
             _ => break,
         };
-        size = size
-            .checked_mul(16)
-            .and_then(|size| size.checked_add(u64::from(digit)))
-            .ok_or("invalid chunked body: invalid chunk size: larger than 64 bits")?;
-        digits += 1;
+        if size >> 60 != 0 {
+            return Err("invalid chunked body: invalid chunk size: larger than 64 bits".into());
+        }
+        size = size << 4 | u64::from(digit);
+        at += 1;
     }
-    let mut at = digits;
+    // The usual line: the size, then CRLF.
+    if at > 0 && line.get(at..at + 2) == Some(b"\r\n") {
+        return Ok(Some((at + 2, size)));
+    }
+    chunk_size_line_rest(buf, line, at, size)
+}
+
+/// [`chunk_size_line`] from `at`, after the size's digits, when CRLF does not follow them at once.
+#[cold]
+fn chunk_size_line_rest(
+    buf: &[u8],
+    line: &[u8],
+    mut at: usize,
+    size: u64,
+) -> Result<Option<(usize, u64)>, String> {
     if let Some(&byte) = line.get(at)
-        && digits == 0
+        && at == 0
     {
         return Err(format!(
             "invalid chunked body: invalid chunk size line: expected a hex digit, found {}",
