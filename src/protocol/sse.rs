@@ -145,30 +145,34 @@ impl SseDecoder {
     }
 }
 
-/// Position of the first blank line at or after `from`: `(frame_len, terminator_len)`.
+/// Position of the first blank line at or after `from`: `(frame_len, terminator_len)`. Lines end in
+/// CRLF, LF or CR (the WHATWG event-stream rules), so a blank line is two line ends in a row, whichever
+/// they are (`\n\r` followed by text included). `None` as well while it cannot be told yet: a CR that
+/// is the last byte so far may be the start of a CRLF.
 fn find_frame_end(buffer: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut i = from;
     while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buffer[i..]) {
         let at = i + offset;
-        let rest = &buffer[at..];
-        if rest.starts_with(b"\n\n") {
-            return Some((at, 2));
+        let first = line_end(buffer, at)?;
+        match line_end(buffer, at + first)? {
+            0 => i = at + first,
+            second => return Some((at, first + second)),
         }
-        if rest.starts_with(b"\r\n\r\n") {
-            return Some((at, 4));
-        }
-        if rest.starts_with(b"\n\r\n") {
-            return Some((at, 3));
-        }
-        if rest.starts_with(b"\r\n\n") {
-            return Some((at, 3));
-        }
-        if rest.starts_with(b"\r\r") {
-            return Some((at, 2));
-        }
-        i = at + 1;
     }
     None
+}
+
+/// The length of the line end at `at` (`0`: the byte there is not one); `None` when it cannot be
+/// told yet (nothing there, or a CR that is the last byte).
+fn line_end(buffer: &[u8], at: usize) -> Option<usize> {
+    match buffer.get(at)? {
+        b'\n' => Some(1),
+        b'\r' => match buffer.get(at + 1)? {
+            b'\n' => Some(2),
+            _ => Some(1),
+        },
+        _ => Some(0),
+    }
 }
 
 /// Parses the frame `raw[..len]` (lines of `field: value`); `raw` is the frame with its terminator. Works
@@ -337,6 +341,29 @@ mod tests {
         assert_eq!(decoder.next_event(), Ok(None));
         assert_eq!(decoder.buffered(), 11);
         assert_eq!(decoder.finish().unwrap().data.as_ref(), b"tail");
+    }
+
+    /// Found by the fuzz target `sse_decoder` (issue 23): `\n\r` before text (a line ended by LF, then a
+    /// blank line ended by CR) ends an event; it was read as part of the next one. Every pair of line
+    /// ends, at once or split anywhere, ends an event the same way.
+    #[test]
+    fn any_two_line_ends_end_an_event() {
+        for ends in [
+            "\n\n", "\n\r", "\n\r\n", "\r\n\n", "\r\n\r", "\r\n\r\n", "\r\r", "\r\r\n",
+        ] {
+            let stream = format!("data: a{ends}data: b\n\n");
+            let bytes = stream.as_bytes();
+            let expected = vec![(None, "a".to_owned()), (None, "b".to_owned())];
+            assert_eq!(decode_all(&[bytes]), expected, "{ends:?}");
+            for split in 1..bytes.len() {
+                let pieces = [&bytes[..split], &bytes[split..]];
+                assert_eq!(decode_all(&pieces), expected, "{ends:?} split at {split}");
+            }
+            let mut decoder = SseDecoder::default();
+            decoder.feed(bytes);
+            let first = decoder.next_event().unwrap().unwrap();
+            assert_eq!(first.raw.as_ref(), format!("data: a{ends}").as_bytes());
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!
 //! What a client sees is what hyper gave it: keep-alive by default for HTTP/1.1 and on request for
 //! HTTP/1.0, pipelined requests answered in order, `Expect: 100-continue` honoured, bodies framed by
-//! `Content-Length` or chunked coding (both at once, or an unknown coding, refused), `Content-Length` on
+//! `Content-Length` or chunked coding (both at once, or a coding but chunked, refused; the chunked
+//! coding read strictly, see `upstream::h1`), `Content-Length` on
 //! whole responses and chunked coding on streams (HTTP/1.0 clients: until close), a `Date` header, and a
 //! client that leaves while its request is in flight cancels it (its upstream call is dropped). A head
 //! larger than 64 KiB gets 431, a malformed one 400, one that does not complete within
@@ -15,9 +16,11 @@
 //! of a request received is closed by `server::idle`'s sweeper.
 //!
 //! The request body is read whole before the application sees it (every route reads it whole anyway),
-//! bounded by `server.max_body_bytes`: a longer one is not read; the request goes on with an empty
-//! body and its declared length (the API routes answer 413 from the length), and the connection closes
-//! after the answer. HTTP/2 by prior knowledge is recognised by its preface and handed to hyper.
+//! bounded by `server.max_body_bytes`: a longer one by its `Content-Length` is not read; the request
+//! goes on with an empty body and its declared length (the API routes answer 413 from the length), and
+//! the connection closes after the answer. A chunked one is answered 413 (OpenAI error shape, the same
+//! error) as soon as it passes the limit, then the connection closes. HTTP/2 by prior knowledge is
+//! recognised by its preface and handed to hyper.
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -35,11 +38,11 @@ use tokio::net::TcpStream;
 
 use super::idle::Flags;
 use crate::app::AppService;
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::Protocol;
 use crate::upstream::h1::{
-    Chunk, Framing, MAX_HEAD, MAX_HEADERS, READ_SIZE, content_length, field_ranges, has_token,
-    is_chunked, take_data,
+    Chunk, Framing, MAX_HEAD, MAX_HEADERS, READ_SIZE, content_length, field_ranges, keeps_alive,
+    take_data,
 };
 
 /// Bytes read ahead (pipelined requests) while a response is produced; past it the client is not
@@ -117,10 +120,86 @@ struct Head {
     headers: HeaderMap,
 }
 
-/// A request body as read: whole, or not read because it is longer than allowed.
+/// A request body as read: whole, or not read because its `Content-Length` is longer than allowed.
 enum ReadBody {
     Whole(Bytes),
     TooLarge,
+}
+
+/// A request body being taken out of the connection's read buffer as its bytes arrive.
+struct BodyReader {
+    framing: Framing,
+    limit: usize,
+    /// Chunked: the first piece (a body in one chunk is not copied) …
+    first: Option<Bytes>,
+    /// … and the pieces joined once there is more than one.
+    joined: BytesMut,
+    total: usize,
+}
+
+impl BodyReader {
+    fn new(framing: Framing, limit: usize) -> BodyReader {
+        BodyReader {
+            framing,
+            limit,
+            first: None,
+            joined: BytesMut::new(),
+            total: 0,
+        }
+    }
+
+    /// Use what `buf` holds: the body once it is complete (taken out of `buf`), `None` while more must
+    /// be read. A `Content-Length` body longer than the limit is not read; a chunked one is refused
+    /// (413) as soon as it is, a malformed one 400.
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<ReadBody>, Failure> {
+        if let Framing::Length(length) = self.framing {
+            if length == 0 {
+                return Ok(Some(ReadBody::Whole(Bytes::new())));
+            }
+            if length > self.limit as u64 {
+                return Ok(Some(ReadBody::TooLarge));
+            }
+            // Not more than `limit`, so it fits in memory.
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            if buf.len() < length {
+                return Ok(None);
+            }
+            return Ok(Some(ReadBody::Whole(buf.split_to(length).freeze())));
+        }
+        loop {
+            match take_data(&mut self.framing, buf) {
+                Err(error) => return Err(reject(StatusCode::BAD_REQUEST, error)),
+                Ok(Some(data)) => {
+                    self.total += data.len();
+                    if self.total > self.limit {
+                        return Err(reject(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
+                                "request body exceeds the limit of {} bytes (server.max_body_bytes)",
+                                self.limit
+                            ),
+                        ));
+                    }
+                    match self.first.take() {
+                        None if self.joined.is_empty() => self.first = Some(data),
+                        None => self.joined.extend_from_slice(&data),
+                        Some(earlier) => {
+                            self.joined.extend_from_slice(&earlier);
+                            self.joined.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Ok(None) if self.framing == Framing::Done => {
+                    let body = self
+                        .first
+                        .take()
+                        .unwrap_or_else(|| self.joined.split().freeze());
+                    return Ok(Some(ReadBody::Whole(body)));
+                }
+                Ok(None) => return Ok(None),
+            }
+        }
+    }
 }
 
 impl Conn<'_> {
@@ -201,10 +280,7 @@ impl Conn<'_> {
         service: &AppService,
         flags: &Flags,
     ) -> Result<bool, Failure> {
-        let mut keep_alive = match head.version {
-            Version::HTTP_10 => has_token(&head.headers, CONNECTION, "keep-alive"),
-            _ => !has_token(&head.headers, CONNECTION, "close"),
-        };
+        let mut keep_alive = keeps_alive(head.version, &head.headers);
         let framing = body_framing(head.version, &head.headers)?;
         let limit = service.max_body_bytes();
         let body = match self.read_body(framing, &head, limit, service).await? {
@@ -247,22 +323,19 @@ impl Conn<'_> {
     /// A body that stops arriving — no byte of it for `server.body_timeout_s` — gets 408.
     async fn read_body(
         &mut self,
-        mut framing: Framing,
+        framing: Framing,
         head: &Head,
         limit: usize,
         service: &AppService,
     ) -> Result<Option<ReadBody>, Failure> {
         // Looked up only when a body needs more than the head's read.
         let mut timeout = None;
-        if framing == Framing::Length(0) {
-            return Ok(Some(ReadBody::Whole(Bytes::new())));
+        let started = !self.buf.is_empty();
+        let mut body = BodyReader::new(framing, limit);
+        if let Some(read) = body.step(&mut self.buf)? {
+            return Ok(Some(read));
         }
-        if let Framing::Length(length) = framing
-            && length > limit as u64
-        {
-            return Ok(Some(ReadBody::TooLarge));
-        }
-        if self.buf.is_empty()
+        if !started
             && head.version == Version::HTTP_11
             && head
                 .headers
@@ -276,52 +349,20 @@ impl Conn<'_> {
         {
             return Ok(None);
         }
-        if let Framing::Length(length) = framing {
-            // Checked against `limit` above, so it fits in memory.
-            let length = usize::try_from(length).unwrap_or(usize::MAX);
-            while self.buf.len() < length {
-                self.buf.reserve(length - self.buf.len());
-                let timeout = *timeout.get_or_insert_with(|| service.body_timeout());
-                if !self.read_body_bytes(timeout).await? {
-                    return Ok(None);
-                }
-            }
-            return Ok(Some(ReadBody::Whole(self.buf.split_to(length).freeze())));
-        }
-        // Chunked: the pieces joined (a body in one chunk is not copied).
-        let mut first: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        let mut total = 0usize;
         loop {
-            match take_data(&mut framing, &mut self.buf) {
-                Err(error) => return Err(reject(StatusCode::BAD_REQUEST, error)),
-                Ok(Some(data)) => {
-                    total += data.len();
-                    if total > limit {
-                        return Ok(Some(ReadBody::TooLarge));
-                    }
-                    match first.take() {
-                        None if joined.is_empty() => first = Some(data),
-                        None => joined.extend_from_slice(&data),
-                        Some(earlier) => {
-                            joined.extend_from_slice(&earlier);
-                            joined.extend_from_slice(&data);
-                        }
-                    }
-                    continue;
-                }
-                Ok(None) if framing == Framing::Done => {
-                    let body = first.unwrap_or_else(|| joined.freeze());
-                    return Ok(Some(ReadBody::Whole(body)));
-                }
-                Ok(None) => {}
-            }
-            if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
+            if let Framing::Length(length) = framing {
+                // Checked against `limit` by `step`, so it fits in memory: room for all of it.
+                let length = usize::try_from(length).unwrap_or(usize::MAX);
+                self.buf.reserve(length.saturating_sub(self.buf.len()));
+            } else if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
                 self.buf.reserve(READ_SIZE);
             }
             let timeout = *timeout.get_or_insert_with(|| service.body_timeout());
             if !self.read_body_bytes(timeout).await? {
                 return Ok(None);
+            }
+            if let Some(read) = body.step(&mut self.buf)? {
+                return Ok(Some(read));
             }
         }
     }
@@ -491,10 +532,13 @@ impl Conn<'_> {
 
     /// Answer a malformed request (OpenAI error shape) and give up the connection.
     async fn reject(&mut self, status: StatusCode, message: String) {
-        let mut response = crate::http::error_body::response(
-            Protocol::OpenAi,
-            &GatewayError::invalid(message, None),
-        );
+        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorKind::PayloadTooLarge
+        } else {
+            ErrorKind::InvalidRequest
+        };
+        let mut response =
+            crate::http::error_body::response(Protocol::OpenAi, &GatewayError::new(kind, message));
         *response.status_mut() = status;
         let _ = self
             .write_response(response, false, Version::HTTP_11, false)
@@ -534,6 +578,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
     let mut request = httparse::Request::new(&mut storage);
     let length = match request.parse(buf) {
         Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(reject(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "the request head is larger than 64 KiB",
+            ));
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(reject(
@@ -604,8 +654,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, Failure> {
 }
 
 /// How a request's body is delimited (RFC 9112 §6.3): chunked coding, `Content-Length`, or none.
-/// Both at once, a coding other than chunked last, or a coding in HTTP/1.0 are refused — the
-/// ambiguities request smuggling lives on.
+/// Refused, as the ambiguities request smuggling lives on: both at once (§6.3 ¶3 lets a server
+/// refuse), a coding in HTTP/1.0 (§6.1), codings that do not end in chunked (§6.3 ¶4: 400), chunked
+/// twice (§6.1), and any coding but chunked (§6.1: 501, as we decode none) — so the body we read is
+/// the body the client meant, whatever a proxy in front of us made of the same bytes.
 fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failure> {
     if headers.contains_key(TRANSFER_ENCODING) {
         if version == Version::HTTP_10 {
@@ -620,12 +672,7 @@ fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failur
                 "invalid HTTP request: both transfer-encoding and content-length",
             ));
         }
-        if !is_chunked(headers) {
-            return Err(reject(
-                StatusCode::NOT_IMPLEMENTED,
-                "unsupported transfer-encoding: only chunked is understood",
-            ));
-        }
+        check_transfer_codings(headers)?;
         return Ok(Framing::Chunked(Chunk::Size));
     }
     match content_length(headers) {
@@ -634,6 +681,138 @@ fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, Failur
             StatusCode::BAD_REQUEST,
             "invalid HTTP request: invalid content-length",
         )),
+    }
+}
+
+/// The request's transfer codings, all its `Transfer-Encoding` lines as one list, are exactly
+/// `chunked`. Empty list elements are skipped (RFC 9110 §5.6.1) but not at the end: `chunked,` does
+/// not end in chunked to a reader that splits on the last comma (hyper, and proxies like it), so a
+/// reader that skipped it would see a body where they see none.
+fn check_transfer_codings(headers: &HeaderMap) -> Result<(), Failure> {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii);
+    let is_chunked = |coding: &[u8]| coding.eq_ignore_ascii_case(b"chunked");
+    match codings.next_back() {
+        Some(last) if is_chunked(last) => {}
+        last => {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid HTTP request: transfer-encoding {} does not end in chunked",
+                    quoted(last.unwrap_or_default())
+                ),
+            ));
+        }
+    }
+    match codings.rfind(|coding| !coding.is_empty()) {
+        None => Ok(()),
+        Some(coding) if is_chunked(coding) => Err(reject(
+            StatusCode::BAD_REQUEST,
+            "invalid HTTP request: transfer-encoding chunked applied more than once",
+        )),
+        Some(coding) => Err(reject(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "unsupported transfer-encoding {}: only chunked is understood",
+                quoted(coding)
+            ),
+        )),
+    }
+}
+
+/// A client's value for an error message: quoted, at most 64 bytes of it.
+fn quoted(value: &[u8]) -> String {
+    let shown = String::from_utf8_lossy(&value[..value.len().min(64)]);
+    let more = if value.len() > 64 { "…" } else { "" };
+    format!("'{shown}{more}'")
+}
+
+/// One request as the server side reads it, without a socket ([`decode_requests`]).
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub struct DecodedRequest {
+    pub method: Method,
+    pub uri: http::Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// `None`: longer than the limit by its `Content-Length`, not read.
+    pub body: Option<Bytes>,
+}
+
+/// How reading a connection's requests ended ([`decode_requests`]).
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub enum DecodedEnd {
+    /// The bytes ran out between requests.
+    Closed,
+    /// The bytes ran out inside a request (it is not in the list).
+    Truncated,
+    /// A request ended the connection: `Connection: close`, HTTP/1.0 without keep-alive, a body over
+    /// the limit. Bytes after it were not read.
+    Stopped,
+    /// A malformed request, answered with this status and message, then the connection closed.
+    Rejected(StatusCode, String),
+}
+
+/// What the server side reads from a client that sends `pieces` and then closes its side, every
+/// request answered at once: the same head parser, framing and body reader as [`serve`], without a
+/// socket — for the differential tests against hyper (`tests/it/h1_reference.rs`) and the fuzz
+/// targets (`fuzz/`). `max_body` stands for `server.max_body_bytes`.
+#[doc(hidden)]
+pub fn decode_requests(pieces: &[&[u8]], max_body: usize) -> (Vec<DecodedRequest>, DecodedEnd) {
+    let mut buf = BytesMut::new();
+    let mut pieces = pieces.iter();
+    let mut requests = Vec::new();
+    let mut more = |buf: &mut BytesMut| pieces.next().map(|piece| buf.extend_from_slice(piece));
+    loop {
+        let head = loop {
+            match parse_head(&mut buf) {
+                Err(failure) => return (requests, failure.into()),
+                Ok(Some(head)) => break head,
+                Ok(None) if more(&mut buf).is_some() => {}
+                Ok(None) if buf.is_empty() => return (requests, DecodedEnd::Closed),
+                Ok(None) => return (requests, DecodedEnd::Truncated),
+            }
+        };
+        let framing = match body_framing(head.version, &head.headers) {
+            Ok(framing) => framing,
+            Err(failure) => return (requests, failure.into()),
+        };
+        let keep_alive = keeps_alive(head.version, &head.headers);
+        let mut reader = BodyReader::new(framing, max_body);
+        let body = loop {
+            match reader.step(&mut buf) {
+                Err(failure) => return (requests, failure.into()),
+                Ok(Some(ReadBody::Whole(body))) => break Some(body),
+                Ok(Some(ReadBody::TooLarge)) => break None,
+                Ok(None) if more(&mut buf).is_some() => {}
+                Ok(None) => return (requests, DecodedEnd::Truncated),
+            }
+        };
+        let stop = !keep_alive || body.is_none();
+        requests.push(DecodedRequest {
+            method: head.method,
+            uri: head.uri,
+            version: head.version,
+            headers: head.headers,
+            body,
+        });
+        if stop {
+            return (requests, DecodedEnd::Stopped);
+        }
+    }
+}
+
+impl From<Failure> for DecodedEnd {
+    fn from(failure: Failure) -> DecodedEnd {
+        match failure {
+            Failure::Reject(status, message) => DecodedEnd::Rejected(status, message),
+            // Not told apart here: an HTTP/2 preface is a malformed HTTP/1 head to `parse_head`.
+            Failure::Http2 => DecodedEnd::Rejected(StatusCode::BAD_REQUEST, "http2".into()),
+        }
     }
 }
 

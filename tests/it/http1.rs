@@ -292,10 +292,24 @@ async fn malformed_and_ambiguous_heads_are_refused_by_name() {
             400,
             "both transfer-encoding and content-length",
         ),
+        // RFC 9112 §6.3: codings that do not end in chunked leave the length unknown — 400 (issue 23;
+        // it was 501 before).
         (
             "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".into(),
+            400,
+            "transfer-encoding 'gzip' does not end in chunked",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n".into(),
             501,
-            "only chunked is understood",
+            "unsupported transfer-encoding 'gzip': only chunked is understood",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+                .into(),
+            400,
+            "chunked applied more than once",
         ),
         (
             "POST /v1/chat/completions HTTP/1.1\r\ncontent-length: +5\r\n\r\nhello".into(),
@@ -312,6 +326,22 @@ async fn malformed_and_ambiguous_heads_are_refused_by_name() {
             "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".into(),
             400,
             "invalid chunk size",
+        ),
+        // Issue 23: an empty chunk-size line (httparse read it as the last chunk) and a bare LF in a
+        // chunk extension were taken; hyper and nginx refuse both.
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n\
+             \r\n5\r\nhello\r\n0\r\n\r\n"
+                .into(),
+            400,
+            "invalid chunk size line",
+        ),
+        (
+            "POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n\
+             5;ext\nhello\r\n0\r\n\r\n"
+                .into(),
+            400,
+            "bare LF",
         ),
         (
             format!("GET /health HTTP/1.1\r\n{many_fields}\r\n"),
@@ -350,6 +380,86 @@ async fn malformed_and_ambiguous_heads_are_refused_by_name() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["choices"][0]["message"]["content"], "Echo: still here");
+}
+
+/// Issue 23: a chunked body ended with `0\r\n\n` (bare LF) made the next request's head be read as
+/// trailers, and that request's body — a complete chat request of its own — was served. The framing
+/// error is now answered 400 and the connection closed: nothing after it is read or forwarded.
+#[tokio::test]
+async fn a_bare_lf_after_the_last_chunk_smuggles_no_request() {
+    let gateway = Gateway::start(ECHO).await;
+    let first = chat("first");
+    let inner = post(&chat("smuggled"), "");
+    let wire = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{first}\r\n0\r\n\n\
+         POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{inner}",
+        first.len(),
+        inner.len()
+    );
+    let mut client = Reader::connect(gateway.addr).await;
+    client.send(wire.as_bytes()).await;
+    let answer = client.answer(false).await;
+    assert_eq!(
+        answer.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let message = answer.json()["error"]["message"].clone();
+    assert!(
+        message.as_str().unwrap_or_default().contains("bare LF"),
+        "{message}"
+    );
+    assert!(answer.has("connection: close"), "{}", answer.head);
+    assert!(
+        client.closed().await,
+        "an answer followed the refused request: {:?}",
+        String::from_utf8_lossy(&client.buf)
+    );
+}
+
+/// Issue 23: a chunked body longer than `server.max_body_bytes` was answered 400 "request body is
+/// empty"; it gets the 413 a `Content-Length` body of that size gets, and the connection closes.
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_the_413_a_length_gets() {
+    let gateway =
+        Gateway::start("server: { max_body_bytes: 2048 }\nbackends:\n  local: { type: echo }\n")
+            .await;
+    let body = chat(&"x".repeat(3000));
+    let mut client = Reader::connect(gateway.addr).await;
+    client.send(post(&body, "").as_bytes()).await;
+    let by_length = client.answer(false).await;
+    assert_eq!(by_length.status, 413);
+
+    let mut chunked = String::from(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n",
+    );
+    for piece in body.as_bytes().chunks(1000) {
+        let piece = std::str::from_utf8(piece).unwrap();
+        chunked.push_str(&format!("{:x}\r\n{piece}\r\n", piece.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let mut client = Reader::connect(gateway.addr).await;
+    client.send(chunked.as_bytes()).await;
+    let answer = client.answer(false).await;
+    assert_eq!(
+        answer.status,
+        413,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["error"], by_length.json()["error"]);
+    assert!(
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("server.max_body_bytes")
+    );
+    assert!(answer.has("connection: close"), "{}", answer.head);
+    assert!(client.closed().await);
 }
 
 /// A head that stops arriving (a slow-header client) is answered 408 after 30 s and closed.

@@ -6,6 +6,7 @@ pub mod mock_anthropic;
 pub mod mock_responses;
 pub mod process;
 pub mod prom;
+pub mod raw_upstream;
 pub mod redis;
 pub mod resil;
 
