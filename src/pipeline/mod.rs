@@ -228,15 +228,7 @@ fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> 
 
 /// Decode the body in the endpoint's protocol into the canonical request.
 pub fn decode(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, GatewayError> {
-    if let Err(error) = std::str::from_utf8(body) {
-        return Err(GatewayError::invalid(
-            format!(
-                "request body is not valid UTF-8 (invalid byte at offset {})",
-                error.valid_up_to()
-            ),
-            None,
-        ));
-    }
+    // Every decoder checks the body's UTF-8 first (once: `openai::parse`) and names the offset.
     match endpoint.protocol() {
         Protocol::OpenAi | Protocol::Responses => openai::decode_request(endpoint, body),
         Protocol::Anthropic => anthropic::decode_request(body).map(ApiRequest::Chat),

@@ -8,6 +8,9 @@
 use super::json_text::{flat_field, int_i64, int_u64, read_str, tail};
 use super::{ChatRequest, Message, Part, Role};
 
+/// Bodies longer than this go to the typed decoder directly (see [`super::openai::decode_chat`]).
+pub(crate) const MAX_BODY: usize = 32 * 1024;
+
 /// `{"<field>":<value>,…}` with the fields below, in any order, each at most once:
 /// `model`, `user` (strings); `messages` (a non-empty array of `{"role":…,"content":"…"}` in either
 /// order, role `system`, `developer`, `user` or `assistant`); `stream`, `parallel_tool_calls`
