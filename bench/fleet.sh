@@ -22,9 +22,9 @@ DEFAULT_STRATEGIES=(
 	round_robin
 	least_connections
 	latency
-	"prefix_affinity={load_balancing: prefix_affinity}"
+	prefix_affinity
 	"affinity+engine={load_balancing: prefix_affinity, engine_load: {interval_s: 0.1}}"
-	"affinity+cap={load_balancing: prefix_affinity, max_in_flight: 8}"
+	"affinity+least_loaded={load_balancing: prefix_affinity, affinity: {placement: least_loaded}}"
 )
 if [[ -n "${STRATEGIES:-}" ]]; then
 	read -r -a STRATEGY_LIST <<<"$STRATEGIES"

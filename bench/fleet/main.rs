@@ -34,7 +34,10 @@ use sim::{Replica, SimConfig};
 use workload::{Identity, Outcome, Plan, Target, WorkloadConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "fleet", about = "Balancing strategies against simulated inference replicas")]
+#[command(
+    name = "fleet",
+    about = "Balancing strategies against simulated inference replicas"
+)]
 struct Cli {
     /// The gateway binary to test.
     #[arg(long, default_value = "target/release/ai-gateway")]
@@ -55,7 +58,7 @@ struct Cli {
     /// Prefix-cache capacity of each replica, in tokens.
     #[arg(long, default_value_t = 120_000)]
     cache_tokens: usize,
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 100.0)]
     prefill_us_per_token: f64,
     #[arg(long, default_value_t = 1000.0)]
     decode_us_per_token: f64,
@@ -75,20 +78,24 @@ struct Cli {
     #[arg(long, default_value = "50-200", value_parser = parse_range)]
     output_tokens: (u64, u64),
     /// Mean think time between a reply and the next turn (exponential).
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = 300.0)]
     think_ms: f64,
     /// Sessions start at uniform random offsets within this many seconds.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     arrival_s: f64,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     single_requests: usize,
     /// Single-turn requests per second (Poisson).
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 130.0)]
     single_rate: f64,
     #[arg(long, default_value = "100-1500", value_parser = parse_range)]
     single_user_tokens: (u64, u64),
     /// Workloads to run, in order: sessions, anonymous, single, kill.
-    #[arg(long, value_delimiter = ',', default_value = "sessions,anonymous,single,kill")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sessions,anonymous,single,kill"
+    )]
     workloads: Vec<String>,
     /// Strategies: `fixed` (no gateway), a `load_balancing` value, or `LABEL=YAML` where the YAML flow map
     /// is merged into the backend's config (e.g. `pa-prompt={load_balancing: prefix_affinity}`). Repeat
@@ -109,8 +116,14 @@ struct Cli {
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
     let (lo, hi) = text.split_once('-').unwrap_or((text, text));
-    let lo = lo.trim().parse::<u64>().map_err(|e| format!("'{text}': {e}"))?;
-    let hi = hi.trim().parse::<u64>().map_err(|e| format!("'{text}': {e}"))?;
+    let lo = lo
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| format!("'{text}': {e}"))?;
+    let hi = hi
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| format!("'{text}': {e}"))?;
     if hi < lo {
         return Err(format!("'{text}': the range is empty"));
     }
@@ -127,9 +140,15 @@ struct Strategy {
 
 fn strategies(cli: &Cli) -> Result<Vec<Strategy>, String> {
     let specs: Vec<String> = if cli.strategies.is_empty() {
-        ["fixed", "round_robin", "least_connections", "latency", "prefix_affinity"]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "fixed",
+            "round_robin",
+            "least_connections",
+            "latency",
+            "prefix_affinity",
+        ]
+        .map(str::to_owned)
+        .to_vec()
     } else {
         cli.strategies.clone()
     };
@@ -148,9 +167,12 @@ fn strategies(cli: &Cli) -> Result<Vec<Strategy>, String> {
                     backend: Some(json!({"load_balancing": spec})),
                 }),
                 Some((label, yaml)) => {
-                    let value: Value = yaml_serde::from_str(yaml).map_err(|e| format!("strategy '{label}': {e}"))?;
+                    let value: Value = yaml_serde::from_str(yaml)
+                        .map_err(|e| format!("strategy '{label}': {e}"))?;
                     if !value.is_object() {
-                        return Err(format!("strategy '{label}': expected a YAML map, got {yaml}"));
+                        return Err(format!(
+                            "strategy '{label}': expected a YAML map, got {yaml}"
+                        ));
                     }
                     Ok(Strategy {
                         label: label.to_owned(),
@@ -200,9 +222,16 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(cli: &Cli, strategy: &Strategy, backend: &Value, label: &str) -> Result<Gateway, String> {
+    async fn start(
+        cli: &Cli,
+        strategy: &Strategy,
+        backend: &Value,
+        label: &str,
+    ) -> Result<Gateway, String> {
         let mut backend = backend.clone();
-        if let (Some(map), Some(Value::Object(extra))) = (backend.as_object_mut(), &strategy.backend) {
+        if let (Some(map), Some(Value::Object(extra))) =
+            (backend.as_object_mut(), &strategy.backend)
+        {
             for (key, value) in extra {
                 map.insert(key.clone(), value.clone());
             }
@@ -214,9 +243,13 @@ impl Gateway {
             "backends": {"fleet": backend},
         });
         let path = cli.out.join(format!("{label}.yaml"));
-        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap_or_default())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let log = std::fs::File::create(cli.out.join(format!("{label}.log"))).map_err(|e| e.to_string())?;
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&config).unwrap_or_default(),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let log = std::fs::File::create(cli.out.join(format!("{label}.log")))
+            .map_err(|e| e.to_string())?;
         let child = std::process::Command::new(&cli.gateway)
             .arg("--config")
             .arg(&path)
@@ -268,13 +301,41 @@ async fn run_cell(
     // Every cell starts on fresh replicas: no request or connection left from the last cell.
     for replica in replicas {
         replica.kill();
-        replica.restart().await.map_err(|e| format!("replica {}: {e}", replica.index))?;
+        replica
+            .restart()
+            .await
+            .map_err(|e| format!("replica {}: {e}", replica.index))?;
         replica.reset();
     }
     let urls: Vec<String> = replicas
         .iter()
         .map(|r| format!("http://127.0.0.1:{}", r.port))
         .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // A fleet that has served this agent for a while holds its system prompt everywhere: one request
+    // per replica puts it there, then the counters start from zero.
+    for url in &urls {
+        let body = json!({"model": "sim", "max_tokens": 1, "messages": [
+            {"role": "system", "content": &*plan.system}, {"role": "user", "content": "warm-up"}]});
+        let warmed = async {
+            client
+                .post(format!("{url}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        };
+        warmed.await.map_err(|e| format!("warming up {url}: {e}"))?;
+    }
+    for replica in replicas {
+        replica.reset_stats();
+    }
     let backend = json!({
         "type": "openai",
         "instances": urls.iter().map(|u| json!({"url": format!("{u}/v1")})).collect::<Vec<_>>(),
@@ -291,11 +352,6 @@ async fn run_cell(
             Target::Gateway(format!("http://127.0.0.1:{}", cli.port_base))
         }
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .pool_max_idle_per_host(1024)
-        .build()
-        .map_err(|e| e.to_string())?;
     let identity = if workload == "anonymous" {
         Identity::Anonymous
     } else {
@@ -316,7 +372,9 @@ async fn run_cell(
         let _ = chaos.await;
     }
     drop(gateway.take());
-    Ok(summarize(workload, strategy, round, replicas, start, &outcomes))
+    Ok(summarize(
+        workload, strategy, round, replicas, start, &outcomes,
+    ))
 }
 
 fn summarize(
@@ -348,10 +406,18 @@ fn summarize(
         p50: percentile(&ttfts, 50.0),
         p90: percentile(&ttfts, 90.0),
         p99: percentile(&ttfts, 99.0),
-        hit: if prompt == 0 { 0.0 } else { cached as f64 / prompt as f64 },
+        hit: if prompt == 0 {
+            0.0
+        } else {
+            cached as f64 / prompt as f64
+        },
         makespan: last.duration_since(start).as_secs_f64(),
         spread: stats.iter().map(|s| s.requests).collect(),
-        queued: if served == 0 { 0.0 } else { queued as f64 / served as f64 },
+        queued: if served == 0 {
+            0.0
+        } else {
+            queued as f64 / served as f64
+        },
     }
 }
 
@@ -370,7 +436,11 @@ fn tsv_line(cell: &Cell) -> String {
         cell.hit,
         cell.makespan,
         cell.queued,
-        cell.spread.iter().map(u64::to_string).collect::<Vec<_>>().join("/"),
+        cell.spread
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("/"),
     )
 }
 
@@ -388,7 +458,9 @@ fn summary(cells: &[Cell], workloads: &[String], strategies: &[Strategy], rounds
                 .filter(|c| &c.workload == workload && c.strategy == label)
                 .collect()
         };
-        let med = |list: &[&Cell], f: fn(&Cell) -> f64| median(&mut list.iter().map(|c| f(c)).collect::<Vec<_>>());
+        let med = |list: &[&Cell], f: fn(&Cell) -> f64| {
+            median(&mut list.iter().map(|c| f(c)).collect::<Vec<_>>())
+        };
         let rr = of("round_robin");
         let fixed = of("fixed");
         let rr_p50 = med(&rr, |c| c.p50);
@@ -401,9 +473,11 @@ fn summary(cells: &[Cell], workloads: &[String], strategies: &[Strategy], rounds
             }
             let p50 = med(&list, |c| c.p50);
             let p99 = med(&list, |c| c.p99);
-            let (lo, hi) = list.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
-                (lo.min(c.p50), hi.max(c.p50))
-            });
+            let (lo, hi) = list
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
+                    (lo.min(c.p50), hi.max(c.p50))
+                });
             let ratio = |a: f64, b: f64| {
                 if b.is_finite() && b > 0.0 && a.is_finite() {
                     format!("{:.2}", a / b)
@@ -488,7 +562,13 @@ async fn run(cli: &Cli) -> Result<(), String> {
     let singles = Plan::singles(&workload_cfg);
     let mut header = format!(
         "fleet: {} replicas × {} slots, cache {} tokens each (blocks of {}), prefill {} µs/token, decode {} µs/token, overhead {} µs\n",
-        cli.replicas, cli.slots, cli.cache_tokens, cli.block_tokens, cli.prefill_us_per_token, cli.decode_us_per_token, cli.overhead_us
+        cli.replicas,
+        cli.slots,
+        cli.cache_tokens,
+        cli.block_tokens,
+        cli.prefill_us_per_token,
+        cli.decode_us_per_token,
+        cli.overhead_us
     );
     header.push_str(&format!(
         "sessions: {} × {} turns, system prompt {} tokens, user turns {}-{} tokens, replies {}-{} tokens, think {} ms (mean), arrivals over {} s; single: {} requests at {}/s, user {}-{} tokens\n",
@@ -512,7 +592,11 @@ async fn run(cli: &Cli) -> Result<(), String> {
             let plan = match workload.as_str() {
                 "sessions" | "anonymous" | "kill" => &sessions,
                 "single" => &singles,
-                other => return Err(format!("unknown workload '{other}'; expected sessions, anonymous, single or kill")),
+                other => {
+                    return Err(format!(
+                        "unknown workload '{other}'; expected sessions, anonymous, single or kill"
+                    ));
+                }
             };
             for strategy in &strategies {
                 if workload == "kill" && strategy.backend.is_none() {

@@ -85,7 +85,9 @@ struct PrefixCache {
 impl PrefixCache {
     fn new(capacity: usize) -> Self {
         PrefixCache {
-            blocks: lru::LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            blocks: lru::LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
         }
     }
 
@@ -215,7 +217,11 @@ impl Replica {
     /// Kills the replica: the port refuses connections, connections in use are closed, running and
     /// queued requests vanish. Returns false when it was already down.
     pub fn kill(&self) -> bool {
-        let token = self.life.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let token = self
+            .life
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         match token {
             Some(token) => {
                 token.cancel();
@@ -251,11 +257,20 @@ impl Replica {
         state.stats = ReplicaStats::default();
     }
 
+    /// Zeroes the counters and keeps the cache (after warming it up).
+    pub fn reset_stats(&self) {
+        self.lock().stats = ReplicaStats::default();
+    }
+
     pub fn stats(&self) -> ReplicaStats {
         self.lock().stats.clone()
     }
 
-    async fn handle(self: Arc<Self>, request: Request<Incoming>, token: CancellationToken) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        token: CancellationToken,
+    ) -> Response<Body> {
         let path = request.uri().path().to_owned();
         match (request.method(), path.as_str()) {
             (&Method::POST, "/v1/chat/completions") => {
@@ -270,7 +285,8 @@ impl Replica {
             (&Method::GET, "/metrics") => text(self.metrics(), "text/plain; version=0.0.4"),
             (&Method::GET, "/slots") => text(self.slots_json(), "application/json"),
             (&Method::GET, "/v1/models") => text(
-                r#"{"object":"list","data":[{"id":"sim","object":"model","owned_by":"fleet"}]}"#.to_owned(),
+                r#"{"object":"list","data":[{"id":"sim","object":"model","owned_by":"fleet"}]}"#
+                    .to_owned(),
                 "application/json",
             ),
             (&Method::GET, "/health") => text(r#"{"status":"ok"}"#.to_owned(), "application/json"),
@@ -295,11 +311,17 @@ impl Replica {
             ("vllm:num_requests_waiting", "gauge", waiting.to_string()),
             ("vllm:kv_cache_usage_perc", "gauge", format!("{usage:.4}")),
             ("vllm:gpu_cache_usage_perc", "gauge", format!("{usage:.4}")),
-            ("vllm:prefix_cache_queries_total", "counter", queries.to_string()),
+            (
+                "vllm:prefix_cache_queries_total",
+                "counter",
+                queries.to_string(),
+            ),
             ("vllm:prefix_cache_hits_total", "counter", hits.to_string()),
         ] {
             let family = name.trim_end_matches("_total");
-            out.push_str(&format!("# TYPE {family} {kind}\n{name}{{model_name=\"sim\"}} {value}\n"));
+            out.push_str(&format!(
+                "# TYPE {family} {kind}\n{name}{{model_name=\"sim\"}} {value}\n"
+            ));
         }
         for (name, value) in [
             ("llamacpp:requests_processing", running.to_string()),
@@ -330,7 +352,9 @@ impl Replica {
         let replica = Arc::clone(self);
         let stream = chat.stream;
         let work = async move {
-            let reply = replica.generate(rendered, output_tokens, stream, &sender).await;
+            let reply = replica
+                .generate(rendered, output_tokens, stream, &sender)
+                .await;
             if !stream {
                 let body = serde_json::json!({
                     "id": "chatcmpl-sim", "object": "chat.completion", "created": 1_700_000_000,
@@ -351,12 +375,17 @@ impl Replica {
         });
         let frames = tokio_stream::wrappers::ReceiverStream::new(receiver)
             .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-        let content_type = if stream { "text/event-stream" } else { "application/json" };
+        let content_type = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
         // Headers go at once (as vLLM's streaming responses do); the first event after queue and prefill.
         let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
         response
     }
 
@@ -377,7 +406,9 @@ impl Replica {
             let _waiting = Decrement(&self.waiting);
             self.slots.acquire().await
         };
-        let Ok(_permit) = permit else { return String::new() };
+        let Ok(_permit) = permit else {
+            return String::new();
+        };
         self.running.fetch_add(1, Ordering::Relaxed);
         let _running = Decrement(&self.running);
         let cached_tokens = {
@@ -393,14 +424,17 @@ impl Replica {
             stats.max_waiting = stats.max_waiting.max(waiting_now);
             cached
         };
-        self.queries_total.fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-        self.hits_total.fetch_add(cached_tokens as u64, Ordering::Relaxed);
+        self.queries_total
+            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+        self.hits_total
+            .fetch_add(cached_tokens as u64, Ordering::Relaxed);
         let prefill_us = self.cfg.overhead_us as f64
             + (prompt_tokens - cached_tokens) as f64 * self.cfg.prefill_us_per_token;
         let started = Instant::now();
         sleep_until(started, prefill_us).await;
         // The reply: pseudo-words drawn from the prompt's hash, so each conversation's replies differ.
-        let mut rng = crate::workload::Rng::new(hashes.last().copied().unwrap_or(rendered.len() as u64));
+        let mut rng =
+            crate::workload::Rng::new(hashes.last().copied().unwrap_or(rendered.len() as u64));
         let mut reply = String::new();
         let mut sent_tokens = 0u64;
         let mut elapsed_us = prefill_us;
@@ -423,7 +457,9 @@ impl Replica {
             sleep_until(started, elapsed_us).await;
         }
         if stream {
-            let _ = sender.send(chunk(&serde_json::json!({}), Some("length"))).await;
+            let _ = sender
+                .send(chunk(&serde_json::json!({}), Some("length")))
+                .await;
             let _ = sender.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
         }
         // The reply's KV stays cached too: the next turn renders prompt + this reply.
@@ -460,9 +496,10 @@ fn chunk(delta: &serde_json::Value, finish_reason: Option<&str>) -> Bytes {
 
 fn text(body: String, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -488,7 +525,6 @@ struct ChatMessage {
     #[serde(default)]
     content: String,
 }
-
 
 #[cfg(test)]
 mod tests {

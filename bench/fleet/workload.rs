@@ -171,7 +171,9 @@ impl Plan {
 }
 
 fn system_prompt(cfg: &WorkloadConfig) -> Arc<str> {
-    Rng::new(cfg.seed ^ 0xC0DE).text(cfg.system_tokens * BYTES_PER_TOKEN).into()
+    Rng::new(cfg.seed ^ 0xC0DE)
+        .text(cfg.system_tokens * BYTES_PER_TOKEN)
+        .into()
 }
 
 /// Where requests go: through the gateway, or straight to the replica a session hashes to (the
@@ -248,7 +250,8 @@ pub async fn drive(
             for turn in &session.turns {
                 messages.push(json!({"role": "user", "content": turn.user}));
                 let header = (identity == Identity::Header).then_some(session.id.as_str());
-                let (outcome, reply) = send(&client, &url, &messages, turn.max_tokens, header).await;
+                let (outcome, reply) =
+                    send(&client, &url, &messages, turn.max_tokens, header).await;
                 let ok = outcome.ok;
                 outcomes.push(outcome);
                 // A failed turn is retried by the agent as the next one: the history keeps what it had.
@@ -264,7 +267,10 @@ pub async fn drive(
     }
     for (i, single) in plan.singles.iter().enumerate() {
         let client = client.clone();
-        let url = format!("{}/v1/chat/completions", target.url_for(&format!("single-{i}")));
+        let url = format!(
+            "{}/v1/chat/completions",
+            target.url_for(&format!("single-{i}"))
+        );
         let single = single.clone();
         let system = Arc::clone(&plan.system);
         tasks.spawn(async move {
@@ -273,7 +279,11 @@ pub async fn drive(
                 json!({"role": "system", "content": &*system}),
                 json!({"role": "user", "content": single.user}),
             ];
-            vec![send(&client, &url, &messages, single.max_tokens, None).await.0]
+            vec![
+                send(&client, &url, &messages, single.max_tokens, None)
+                    .await
+                    .0,
+            ]
         });
     }
     let mut outcomes = Vec::new();
@@ -293,7 +303,8 @@ async fn send(
     max_tokens: u64,
     session: Option<&str>,
 ) -> (Outcome, String) {
-    let body = json!({"model": "sim", "messages": messages, "max_tokens": max_tokens, "stream": true});
+    let body =
+        json!({"model": "sim", "messages": messages, "max_tokens": max_tokens, "stream": true});
     let sent = Instant::now();
     let mut request = client.post(url).json(&body);
     if let Some(id) = session {
@@ -325,13 +336,17 @@ async fn send(
         pending.extend_from_slice(&piece);
         while let Some(end) = find(&pending, b"\n\n") {
             let event: Vec<u8> = pending.drain(..end + 2).collect();
-            let Some(data) = event.strip_prefix(b"data: ") else { continue };
+            let Some(data) = event.strip_prefix(b"data: ") else {
+                continue;
+            };
             let data = &data[..data.len() - 2];
             if data == b"[DONE]" {
                 outcome.ok = true;
                 break 'read;
             }
-            let Ok(chunk) = serde_json::from_slice::<Value>(data) else { continue };
+            let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+                continue;
+            };
             if chunk.get("error").is_some() {
                 break 'read;
             }
