@@ -85,6 +85,14 @@ pub struct RawBackend {
     pub anthropic_version: Option<String>,
     /// Echo only: pause between streamed chunks, for a visible typewriter effect.
     pub chunk_delay_ms: Option<u64>,
+    /// `prefix_affinity` settings (decoded by `routing::affinity`).
+    pub affinity: Option<Value>,
+    /// Scraping of the instances' own load metrics (decoded by `routing::engine_load`).
+    pub engine_load: Option<Value>,
+    /// Requests in flight per instance at most (instances may override it); beyond, requests wait.
+    pub max_in_flight: Option<u32>,
+    /// The wait for a slot when every instance is at its `max_in_flight` (decoded by `routing::admission`).
+    pub queue: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +103,7 @@ pub struct RawInstance {
     pub api_key: Option<String>,
     #[serde(alias = "model_name")]
     pub model: Option<String>,
+    pub max_in_flight: Option<u32>,
 }
 
 /// `alias: backend` or `alias: { backend, model }` (strings are normalized to the object form first).

@@ -14,6 +14,7 @@ mod cache;
 mod conversion;
 mod count_tokens;
 mod echo;
+mod fleet;
 mod health_checks;
 mod http1;
 mod limits;
