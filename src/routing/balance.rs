@@ -214,23 +214,17 @@ impl Balancer {
         }
     }
 
-    /// Fewest in-flight requests; among equals, a rotating cursor picks which one, so ties are shared
-    /// evenly instead of always landing on the lowest index.
+    /// Fewest requests on the instance (ours in flight, plus others' from its engine's metrics with
+    /// `engine_load`); among equals, a rotating cursor picks which one, so ties are shared evenly instead
+    /// of always landing on the lowest index.
     fn pick_least_connections(&self, usable: &[usize], views: &[InstanceView]) -> usize {
-        let min = usable
-            .iter()
-            .map(|&i| views[i].in_flight)
-            .min()
-            .unwrap_or(0);
-        let tied = usable
-            .iter()
-            .filter(|&&i| views[i].in_flight == min)
-            .count();
+        let min = usable.iter().map(|&i| views[i].load()).min().unwrap_or(0);
+        let tied = usable.iter().filter(|&&i| views[i].load() == min).count();
         let nth = self.next_cursor() % tied.max(1);
         usable
             .iter()
             .enumerate()
-            .filter(|&(_, &i)| views[i].in_flight == min)
+            .filter(|&(_, &i)| views[i].load() == min)
             .nth(nth)
             .map_or(0, |(pos, _)| pos)
     }
@@ -260,7 +254,7 @@ impl Balancer {
             } else {
                 default
             };
-            latency * (v.in_flight as f64 + f64::from(v.recent_errors) + 1.0)
+            latency * (v.load() as f64 + f64::from(v.recent_errors) + 1.0)
         };
         let a = self.random_below(len);
         let mut b = self.random_below(len - 1);
@@ -390,6 +384,21 @@ mod tests {
         views[1].in_flight = 1;
         views[2].in_flight = 2;
         assert_eq!(counts(&firsts(&b, &views, 9), 3), [0, 9, 0]);
+    }
+
+    #[test]
+    fn engine_load_from_other_clients_counts_as_connections() {
+        let b = Balancer::new(Strategy::LeastConnections, &[]);
+        let mut views = up(3);
+        views[1].in_flight = 1;
+        views[2].in_flight = 2;
+        // Instance 0 has none of ours but 5 requests of other clients in its engine's last reading.
+        views[0].engine = Some(EngineView {
+            running: 5,
+            external: 5,
+            ..EngineView::default()
+        });
+        assert_eq!(counts(&firsts(&b, &views, 6), 3), [0, 6, 0]);
     }
 
     #[test]
