@@ -9,7 +9,7 @@
 #   bash bench/fleet.sh --sessions 96 --think-ms 400    # any knob of the fleet binary (see --help)
 #
 # Results: a table on stdout and in $OUT/results.md, every cell in $OUT/results.tsv, the gateway's config
-# and log per cell in $OUT. The model and its knobs: BENCHMARKS.md, "The fleet".
+# and log per cell in $OUT. The model and its knobs: BENCHMARKS.md, "Fleet".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

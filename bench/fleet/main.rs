@@ -15,8 +15,7 @@
 //! requests at a Poisson rate), `kill` (`sessions` with the last replica killed at `--kill-at-s` and
 //! restarted, cold, at `--restart-at-s`).
 //!
-//! `bench/fleet.sh` builds and runs it; the model and its knobs are described in BENCHMARKS.md ("The
-//! fleet").
+//! `bench/fleet.sh` builds and runs it; the model and its knobs are described in BENCHMARKS.md ("Fleet").
 
 mod sim;
 mod workload;
