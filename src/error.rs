@@ -32,6 +32,9 @@ pub enum ErrorKind {
     UpstreamRateLimited,
     /// Shared state (Redis) unreachable while `fail_closed`.
     ServiceUnavailable,
+    /// Every instance of the backend was at its `max_in_flight` and the wait queue was full, or the wait
+    /// for a slot ran out.
+    Overloaded,
     Internal,
 }
 
@@ -103,7 +106,9 @@ impl GatewayError {
             }
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
-            ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ServiceUnavailable | ErrorKind::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -136,6 +141,7 @@ impl GatewayError {
             ErrorKind::UpstreamUnavailable => "upstream_unavailable",
             ErrorKind::UpstreamRateLimited => "upstream_rate_limited",
             ErrorKind::ServiceUnavailable => "service_unavailable",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Internal => "internal_error",
         }
     }

@@ -14,6 +14,8 @@ use crate::config::{Config, Source};
 use crate::limits::Limiter;
 use crate::policy::Policy;
 use crate::responses_store::ResponseStore;
+use crate::routing::admission::{Admission, Admissions};
+use crate::routing::affinity::{Affinity, SessionTables};
 use crate::routing::balance::Balancer;
 use crate::routing::health::{BreakerState, Transition};
 use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
@@ -37,6 +39,9 @@ struct Inner {
     source: Source,
     /// Per-instance breaker, in-flight and latency state; outlives snapshots so reloads keep it.
     instances: InstanceRegistry,
+    /// `prefix_affinity`'s moved sessions and the admission queues, per backend; reloads keep them.
+    sessions: SessionTables,
+    admissions: Admissions,
     metrics: Arc<Metrics>,
     stats: Stats,
     /// Replaced as a whole when a reload changes `request_log` or `policies` (the redactor); the one it
@@ -71,16 +76,30 @@ pub struct BackendRuntime {
     pub balancer: Balancer,
     /// Parallel to the backend's `instances`; shared with the registry, so they survive reloads.
     pub instances: Vec<Arc<InstanceState>>,
+    /// `load_balancing: prefix_affinity`: orders the instances instead of `balancer`.
+    pub affinity: Option<Affinity>,
+    /// Some instance has a `max_in_flight`: requests take a slot here first.
+    pub admission: Option<Arc<Admission>>,
+}
+
+/// The long-lived parts a snapshot's backends are built on.
+struct Shared<'a> {
+    registry: &'a InstanceRegistry,
+    sessions: &'a SessionTables,
+    admissions: &'a Admissions,
+    store: &'a StateStore,
 }
 
 impl Snapshot {
     /// Build the runtime parts of a config. Keys, limits and policies were validated when the config was
     /// loaded; an error here names what was refused all the same.
-    fn new(
-        config: Config,
-        registry: &InstanceRegistry,
-        store: &StateStore,
-    ) -> Result<Snapshot, String> {
+    fn new(config: Config, shared: &Shared<'_>) -> Result<Snapshot, String> {
+        let Shared {
+            registry,
+            sessions,
+            admissions,
+            store,
+        } = *shared;
         let keys = KeyStore::new(&config.keys)?;
         let limiter = Limiter::new(&config.rate_limit, &config.keys, store.clone())?;
         let policy = Policy::new(&config.policies)?;
@@ -89,22 +108,64 @@ impl Snapshot {
             .iter()
             .map(|backend| {
                 let weights: Vec<u32> = backend.instances.iter().map(|i| i.weight).collect();
+                let affinity = backend.affinity.as_ref().map(|cfg| {
+                    let urls: Vec<&str> = backend
+                        .instances
+                        .iter()
+                        .map(|i| i.display.as_str())
+                        .collect();
+                    Affinity::new(
+                        &backend.name,
+                        cfg,
+                        &urls,
+                        &weights,
+                        sessions.get_or_create(&backend.name, cfg.max_sessions),
+                        store,
+                        &config.state.key_prefix,
+                    )
+                });
+                let caps: Vec<Option<u32>> =
+                    backend.instances.iter().map(|i| i.max_in_flight).collect();
+                let admission = caps.iter().any(Option::is_some).then(|| {
+                    // An instance without a cap of its own counts for as many slots as the largest one.
+                    let largest = caps.iter().flatten().copied().max().unwrap_or(1);
+                    let slots = caps.iter().map(|c| c.unwrap_or(largest) as usize).sum();
+                    admissions.get_or_create(&backend.name, slots, &backend.queue)
+                });
                 BackendRuntime {
                     balancer: Balancer::new(backend.load_balancing, &weights),
                     instances: backend
                         .instances
                         .iter()
                         .map(|instance| {
-                            registry.get_or_create(
+                            let live = registry.get_or_create(
                                 &backend.name,
                                 &instance.base_url,
                                 &backend.health,
-                            )
+                            );
+                            live.set_cap(instance.max_in_flight);
+                            live
                         })
                         .collect(),
+                    affinity,
+                    admission,
                 }
             })
             .collect();
+        let with_affinity: Vec<&str> = config
+            .backends
+            .iter()
+            .filter(|b| b.affinity.is_some())
+            .map(|b| b.name.as_str())
+            .collect();
+        sessions.retain(&with_affinity);
+        let with_caps: Vec<&str> = backends
+            .iter()
+            .zip(&config.backends)
+            .filter(|(runtime, _)| runtime.admission.is_some())
+            .map(|(_, b)| b.name.as_str())
+            .collect();
+        admissions.retain(&with_caps);
         let live: Vec<(String, String)> = config
             .backends
             .iter()
@@ -159,11 +220,22 @@ impl AppState {
         let request_log = start_request_log(&config, &metrics).map_err(anyhow::Error::msg)?;
         let alerter = Alerter::start(&config.alerts, client.clone());
         let instances = InstanceRegistry::new();
+        let sessions = SessionTables::default();
+        let admissions = Admissions::default();
         let store = store_for(&config.state);
         let cache = ResponseCache::new(&config.cache, store.clone());
         let responses = ResponseStore::new(&config.responses, store.clone());
         let tokens = crate::tokens::TokenCounter::new(&store);
-        let snapshot = Snapshot::new(config, &instances, &store).map_err(anyhow::Error::msg)?;
+        let snapshot = Snapshot::new(
+            config,
+            &Shared {
+                registry: &instances,
+                sessions: &sessions,
+                admissions: &admissions,
+                store: &store,
+            },
+        )
+        .map_err(anyhow::Error::msg)?;
         let state = AppState {
             inner: Arc::new(Inner {
                 live: ArcSwap::from_pointee(snapshot),
@@ -171,6 +243,8 @@ impl AppState {
                 started: Instant::now(),
                 source,
                 instances,
+                sessions,
+                admissions,
                 metrics,
                 stats: Stats::new(),
                 request_log: ArcSwap::from_pointee(request_log),
@@ -183,7 +257,13 @@ impl AppState {
             }),
         };
         tokio::spawn(active_health_checks(Arc::downgrade(&state.inner)));
+        tokio::spawn(crate::routing::engine_load::scrape(state.downgrade()));
         Ok(state)
+    }
+
+    /// A handle that does not keep the state alive (for background tasks that end with it).
+    pub fn downgrade(&self) -> WeakAppState {
+        WeakAppState(Arc::downgrade(&self.inner))
     }
 
     /// The current snapshot; hold it for the whole request.
@@ -206,7 +286,15 @@ impl AppState {
         let alerter = (old.config.alerts != config.alerts)
             .then(|| Alerter::start(&config.alerts, self.inner.client.clone()));
         let metrics_enabled = config.metrics.enabled;
-        let snapshot = Snapshot::new(config, &self.inner.instances, &self.inner.store)?;
+        let snapshot = Snapshot::new(
+            config,
+            &Shared {
+                registry: &self.inner.instances,
+                sessions: &self.inner.sessions,
+                admissions: &self.inner.admissions,
+                store: &self.inner.store,
+            },
+        )?;
         if let Some(request_log) = request_log {
             let previous = self.inner.request_log.swap(Arc::new(request_log));
             self.retire(async move { previous.shutdown().await });
@@ -326,6 +414,51 @@ impl AppState {
     }
 }
 
+/// An [`AppState`] that background tasks hold without keeping it alive.
+#[derive(Clone)]
+pub struct WeakAppState(std::sync::Weak<Inner>);
+
+impl WeakAppState {
+    pub fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(|inner| AppState { inner })
+    }
+}
+
+/// A `GET` of `url` (a path under an instance) carrying the instance's credentials as a request of the
+/// backend would: its API key (Bearer, or `x-api-key` with `anthropic-version` for Anthropic), else the
+/// URL's userinfo. `None` when the URL does not parse.
+pub(crate) fn instance_get(
+    backend: &crate::config::BackendConfig,
+    instance: &crate::config::InstanceConfig,
+    url: &str,
+) -> Option<http::Request<bytes::Bytes>> {
+    let target = Target::parse(url).ok()?;
+    let mut request = http::Request::new(bytes::Bytes::new());
+    *request.uri_mut() = target.uri;
+    let headers = request.headers_mut();
+    let key = instance.api_key.as_ref().map(Secret::expose);
+    let anthropic = backend.kind == crate::config::BackendKind::Anthropic;
+    let credential = match (key, anthropic) {
+        (Some(key), true) => http::HeaderValue::from_str(key)
+            .ok()
+            .map(|value| (http::HeaderName::from_static("x-api-key"), value)),
+        (Some(key), false) => http::HeaderValue::from_str(&format!("Bearer {key}"))
+            .ok()
+            .map(|value| (http::header::AUTHORIZATION, value)),
+        (None, _) => target
+            .basic_auth
+            .map(|value| (http::header::AUTHORIZATION, value)),
+    };
+    if let Some((name, mut value)) = credential {
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if anthropic && let Ok(version) = http::HeaderValue::from_str(&backend.anthropic_version) {
+        headers.insert("anthropic-version", version);
+    }
+    Some(request)
+}
+
 /// Optional active health checks (`backends.X.health.check_interval_s`): `GET <base url>/models` on each
 /// instance every interval, the outcome fed to its breaker like a request's. Ends when the state is
 /// dropped; reads the current snapshot each round, so reloads take effect.
@@ -357,34 +490,11 @@ async fn active_health_checks(state: std::sync::Weak<Inner>) {
                 }
                 last_checked.insert(key, now);
                 let client = app.client().clone();
-                let Ok(target) = Target::parse(&format!("{}/models", instance.base_url)) else {
+                let Some(request) =
+                    instance_get(backend, instance, &format!("{}/models", instance.base_url))
+                else {
                     continue;
                 };
-                let mut request = http::Request::new(bytes::Bytes::new());
-                *request.uri_mut() = target.uri;
-                let headers = request.headers_mut();
-                let key = instance.api_key.as_ref().map(Secret::expose);
-                let anthropic = backend.kind == crate::config::BackendKind::Anthropic;
-                let credential = match (key, anthropic) {
-                    (Some(key), true) => http::HeaderValue::from_str(key)
-                        .ok()
-                        .map(|value| (http::HeaderName::from_static("x-api-key"), value)),
-                    (Some(key), false) => http::HeaderValue::from_str(&format!("Bearer {key}"))
-                        .ok()
-                        .map(|value| (http::header::AUTHORIZATION, value)),
-                    (None, _) => target
-                        .basic_auth
-                        .map(|value| (http::header::AUTHORIZATION, value)),
-                };
-                if let Some((name, mut value)) = credential {
-                    value.set_sensitive(true);
-                    headers.insert(name, value);
-                }
-                if anthropic
-                    && let Ok(version) = http::HeaderValue::from_str(&backend.anthropic_version)
-                {
-                    headers.insert("anthropic-version", version);
-                }
                 let live = Arc::clone(live);
                 let app = app.clone();
                 let timeout = interval.min(backend.timeout);

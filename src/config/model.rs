@@ -15,7 +15,10 @@ use crate::limits::RateLimitConfig;
 use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
 use crate::responses_store::ResponsesConfig;
+use crate::routing::admission::QueueConfig;
+use crate::routing::affinity::AffinityConfig;
 use crate::routing::balance::Strategy;
+use crate::routing::engine_load::EngineLoadConfig;
 use crate::routing::health::HealthConfig;
 use crate::secret::{Secret, redact_userinfo};
 use crate::shared_state::StateConfig;
@@ -126,6 +129,12 @@ pub struct BackendConfig {
     pub chunk_delay: Duration,
     /// Responses requests are passed through (`native_responses: true`; OpenAI-type backends only).
     pub native_responses: bool,
+    /// Set when `load_balancing` is `prefix_affinity` (defaults when the section is absent).
+    pub affinity: Option<AffinityConfig>,
+    /// Set when `engine_load:` is written and not disabled.
+    pub engine_load: Option<EngineLoadConfig>,
+    /// The wait for a slot; used when some instance has a `max_in_flight`.
+    pub queue: QueueConfig,
 }
 
 #[derive(Clone)]
@@ -138,6 +147,8 @@ pub struct InstanceConfig {
     pub weight: u32,
     pub api_key: Option<Secret>,
     pub model: Option<String>,
+    /// Requests in flight at most (the instance's own or the backend's `max_in_flight`).
+    pub max_in_flight: Option<u32>,
     /// Endpoint URLs parsed once at load, so no request pays for URL parsing.
     pub urls: EndpointUrls,
 }
@@ -149,6 +160,7 @@ impl std::fmt::Debug for InstanceConfig {
             .field("weight", &self.weight)
             .field("api_key", &self.api_key)
             .field("model", &self.model)
+            .field("max_in_flight", &self.max_in_flight)
             .field("urls", &self.urls)
             .finish()
     }
@@ -526,6 +538,7 @@ fn backend_from_raw(
                             .filter(|k| !k.is_empty())
                             .map(Secret::new),
                         model: instance.model.clone(),
+                        max_in_flight: instance.max_in_flight.or(raw.max_in_flight),
                     });
                 }
             }
@@ -543,6 +556,7 @@ fn backend_from_raw(
                         .filter(|k| !k.is_empty())
                         .map(Secret::new),
                     model: None,
+                    max_in_flight: raw.max_in_flight,
                 });
             }
             _ => {
@@ -561,10 +575,54 @@ fn backend_from_raw(
         Some(name) => serde_json::from_value::<Strategy>(Value::String(name.clone())).map_err(|_| {
             invalid(
                 format!("{path}.load_balancing"),
-                format!("unknown strategy '{name}'; expected round_robin, weighted, least_connections or latency"),
+                format!("unknown strategy '{name}'; expected round_robin, weighted, least_connections, latency or prefix_affinity"),
             )
         })?,
     };
+    let affinity = match (load_balancing, &raw.affinity) {
+        (Strategy::PrefixAffinity, value) => {
+            let cfg: AffinityConfig = section(&format!("{path}.affinity"), value.clone())?;
+            cfg.validate()
+                .map_err(|message| invalid(format!("{path}.affinity"), message))?;
+            Some(cfg)
+        }
+        (_, None | Some(Value::Null)) => None,
+        (other, Some(_)) => {
+            return Err(invalid(
+                format!("{path}.affinity"),
+                format!(
+                    "affinity settings apply to load_balancing: prefix_affinity, not {}",
+                    other.as_str()
+                ),
+            ));
+        }
+    };
+    let engine_load: Option<EngineLoadConfig> = match &raw.engine_load {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let cfg: EngineLoadConfig =
+                section(&format!("{path}.engine_load"), Some(value.clone()))?;
+            cfg.validate()
+                .map_err(|message| invalid(format!("{path}.engine_load"), message))?;
+            cfg.enabled.then_some(cfg)
+        }
+    };
+    if raw.max_in_flight == Some(0) || instances.iter().any(|i| i.max_in_flight == Some(0)) {
+        return Err(invalid(
+            format!("{path}.max_in_flight"),
+            "must be at least 1 (leave it out for no cap)",
+        ));
+    }
+    let queue: QueueConfig = section(&format!("{path}.queue"), raw.queue.clone())?;
+    queue
+        .validate()
+        .map_err(|message| invalid(format!("{path}.queue"), message))?;
+    if raw.queue.is_some() && instances.iter().all(|i| i.max_in_flight.is_none()) {
+        return Err(invalid(
+            format!("{path}.queue"),
+            "a queue needs max_in_flight on the backend or its instances (requests wait for a free slot)",
+        ));
+    }
     let health: HealthConfig = section(&format!("{path}.health"), raw.health.clone())?;
     health
         .validate()
@@ -619,6 +677,9 @@ fn backend_from_raw(
             .unwrap_or_else(|| "2023-06-01".into()),
         chunk_delay: Duration::from_millis(raw.chunk_delay_ms.unwrap_or(0)),
         native_responses,
+        affinity,
+        engine_load,
+        queue,
     })
 }
 

@@ -104,6 +104,14 @@ pub struct RawBackend {
     /// OpenAI only: the backend serves `/v1/responses` itself (OpenAI, recent vLLM), so Responses
     /// requests are passed through instead of converted to chat completions.
     pub native_responses: Option<bool>,
+    /// `prefix_affinity` settings (decoded by `routing::affinity`).
+    pub affinity: Option<Value>,
+    /// Scraping of the instances' own load metrics (decoded by `routing::engine_load`).
+    pub engine_load: Option<Value>,
+    /// Requests in flight per instance at most (instances may override it); beyond, requests wait.
+    pub max_in_flight: Option<u32>,
+    /// The wait for a slot when every instance is at its `max_in_flight` (decoded by `routing::admission`).
+    pub queue: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +122,7 @@ pub struct RawInstance {
     pub api_key: Option<String>,
     #[serde(alias = "model_name")]
     pub model: Option<String>,
+    pub max_in_flight: Option<u32>,
 }
 
 /// `alias: backend` or `alias: { backend, model }` (strings are normalized to the object form first).

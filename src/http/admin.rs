@@ -15,7 +15,8 @@ use crate::protocol::Protocol;
 use crate::state::AppState;
 
 /// `GET /health`: always 200 while the process serves; every backend's instances with their breaker
-/// state, in-flight count, recent errors and latency estimate.
+/// state, in-flight count, recent errors, latency estimate, `max_in_flight` and engine load reading; the
+/// backend's admission queue and the sessions `prefix_affinity` remembers.
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.snapshot();
     let now = std::time::Instant::now();
@@ -38,6 +39,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
                     "recent_errors": status.recent_errors,
                     "ewma_ttfb_ms": status.ewma_ttfb_ms,
                     "retry_in_s": status.retry_in_s,
+                    "max_in_flight": status.max_in_flight,
+                    "engine": status.engine,
                 })
             })
             .collect();
@@ -46,16 +49,25 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         } else {
             (healthy, instances.len())
         };
-        backends.insert(
-            backend.name.clone(),
-            json!({
-                "type": backend.kind.as_str(),
-                "load_balancing": backend.load_balancing.as_str(),
-                "healthy_instances": healthy,
-                "total_instances": total,
-                "instances": instances,
-            }),
-        );
+        let mut entry = json!({
+            "type": backend.kind.as_str(),
+            "load_balancing": backend.load_balancing.as_str(),
+            "healthy_instances": healthy,
+            "total_instances": total,
+            "instances": instances,
+        });
+        if let Some(affinity) = &runtime.affinity {
+            entry["affinity"] = json!({"sessions": affinity.remembered()});
+        }
+        if let Some(admission) = &runtime.admission {
+            entry["queue"] = json!({
+                "slots": admission.slots(),
+                "free_slots": admission.free(),
+                "waiting": admission.waiting(),
+                "max_waiting": admission.max_waiting(),
+            });
+        }
+        backends.insert(backend.name.clone(), entry);
     }
     Json(json!({
         "status": "healthy",

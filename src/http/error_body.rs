@@ -55,6 +55,7 @@ fn openai_type(kind: ErrorKind) -> &'static str {
         ErrorKind::UpstreamTimeout
         | ErrorKind::UpstreamUnavailable
         | ErrorKind::ServiceUnavailable
+        | ErrorKind::Overloaded
         | ErrorKind::Internal => "server_error",
     }
 }
@@ -74,7 +75,7 @@ fn anthropic_type(kind: ErrorKind) -> &'static str {
             "rate_limit_error"
         }
         ErrorKind::UpstreamTimeout => "timeout_error",
-        ErrorKind::ServiceUnavailable => "overloaded_error",
+        ErrorKind::ServiceUnavailable | ErrorKind::Overloaded => "overloaded_error",
         ErrorKind::UpstreamUnavailable | ErrorKind::Internal => "api_error",
     }
 }

@@ -1,7 +1,8 @@
-//! The attempt loop: candidates in order (the routed backend's instances as its balancer orders them,
-//! skipping open breakers unless none is usable, bounded by `retries`; then each fallback backend), one
-//! upstream call each, until one answers. Nothing has reached the client while this loop runs, so every
-//! fault may move on; the first byte to the client ends the loop.
+//! The attempt loop: candidates in order (the routed backend's instances as its balancer — or
+//! `prefix_affinity` — orders them, skipping open breakers unless none is usable, bounded by `retries`;
+//! then each fallback backend), one upstream call each, until one answers. A backend with `max_in_flight`
+//! first admits the request (a slot, or a bounded wait for one). Nothing has reached the client while this
+//! loop runs, so every fault may move on; the first byte to the client ends the loop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use crate::protocol::json_patch::{json_string, set_fields};
 use crate::protocol::responses_stream::ResponsesPassThrough;
 use crate::protocol::stream::{StreamConverter, StreamOptions, StreamTap};
 use crate::protocol::{ApiRequest, Endpoint, Protocol};
+use crate::routing::admission::{Admission, Refusal};
+use crate::routing::affinity::AffinityKey;
 use crate::routing::health::Acquire;
 use crate::routing::instances::{InFlightGuard, InstanceState};
 use crate::state::{AppState, Snapshot};
@@ -41,6 +44,10 @@ pub struct Exchange<'a> {
     /// Forward the client's credentials when a backend has no key of its own: only for an open gateway,
     /// where they are not gateway keys.
     pub forward_client_auth: bool,
+    /// The request's `prefix_affinity` key, when the routed backend uses it.
+    pub affinity_key: Option<AffinityKey>,
+    /// Its prompt's prefix block hashes, with `prompt: index`.
+    pub affinity_blocks: Option<crate::routing::affinity::PromptBlocks>,
 }
 
 /// The client's headers an upstream request may carry, taken out of the request's header map before
@@ -123,6 +130,7 @@ impl Exchange<'_> {
         let mut chain = vec![primary];
         chain.extend(config.backends[primary].fallback.iter().copied());
         let mut tried: Vec<Tried> = Vec::new();
+        let mut overloaded: Option<GatewayError> = None;
         for (position, &backend_index) in chain.iter().enumerate() {
             let backend = &config.backends[backend_index];
             if backend.kind == BackendKind::Echo {
@@ -135,10 +143,41 @@ impl Exchange<'_> {
                 return reply::echo(self.request, self.endpoint, backend, ctx);
             }
             let runtime = &self.snapshot.backends[backend_index];
+            // A slot somewhere in the backend, held while the request is in flight (its stream included).
+            let mut permit = match &runtime.admission {
+                Some(admission) => match self.admit(backend, admission).await {
+                    Ok(permit) => Some(permit),
+                    Err(error) => {
+                        overloaded.get_or_insert(error);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let now = Instant::now();
             let views: Vec<_> = runtime.instances.iter().map(|i| i.view(now)).collect();
             let any_usable = views.iter().any(|v| v.usable);
-            let order = runtime.balancer.order(&views, now);
+            let affinity = runtime.affinity.as_ref();
+            let key = affinity.and(self.affinity_key);
+            let blocks = affinity.and(self.affinity_blocks.as_ref());
+            let sticky = match affinity {
+                Some(affinity) => affinity.lookup(key, blocks, now).await,
+                None => None,
+            };
+            let mut order = match affinity {
+                Some(affinity) => {
+                    let (order, decision) = affinity.order(&views, now, key, sticky);
+                    self.state
+                        .metrics()
+                        .affinity(&backend.name, decision.as_str());
+                    order
+                }
+                None => runtime.balancer.order(&views, now),
+            };
+            if runtime.admission.is_some() {
+                // Instances at their cap go after the others (the permit means one of those has a slot).
+                order.sort_by_key(|&i| views[i].full() && views[i].is_usable(now));
+            }
             let budget = (1 + backend.retries as usize).min(order.len());
             let mut attempted = 0;
             for index in order {
@@ -168,12 +207,15 @@ impl Exchange<'_> {
                     .or(backend.model.as_deref());
                 let guard = instance.start();
                 match self
-                    .attempt(backend, index, guard, upstream_model, ctx)
+                    .attempt(backend, index, guard, &mut permit, upstream_model, ctx)
                     .await
                 {
                     Ok(response) => {
                         if position > 0 {
                             self.state.metrics().fallback();
+                        }
+                        if let Some(affinity) = affinity {
+                            affinity.served(key, blocks, sticky, index, Instant::now());
                         }
                         return Ok(response);
                     }
@@ -209,7 +251,45 @@ impl Exchange<'_> {
             ctx.backend = Some(last.backend.clone());
             ctx.instance = Some(last.instance.clone());
         }
-        Err(exhausted(&tried))
+        match overloaded {
+            Some(error) if tried.is_empty() => {
+                ctx.backend = Some(config.backends[primary].name.clone());
+                Err(error)
+            }
+            _ => Err(exhausted(&tried)),
+        }
+    }
+
+    /// Admission to a backend with `max_in_flight`: a slot, or a 503 with `Retry-After` when the queue
+    /// is full or the wait ran out.
+    async fn admit(
+        &self,
+        backend: &BackendConfig,
+        admission: &Admission,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+        let metrics = self.state.metrics();
+        let refusal = match admission
+            .acquire(|waiting| metrics.queue_waiting(&backend.name, waiting))
+            .await
+        {
+            Ok(permit) => return Ok(permit),
+            Err(refusal) => refusal,
+        };
+        metrics.queue_refused(&backend.name, refusal.as_str());
+        let message = match refusal {
+            Refusal::QueueFull => format!(
+                "backend '{}' is at capacity: every instance is at its max_in_flight and {} requests are already waiting (queue.max_waiting); retry later",
+                backend.name,
+                admission.max_waiting()
+            ),
+            Refusal::Timeout => format!(
+                "backend '{}' is at capacity: no instance freed a slot within {} s (queue.max_wait_s); retry later",
+                backend.name,
+                admission.max_wait().as_secs_f64()
+            ),
+        };
+        Err(GatewayError::new(ErrorKind::Overloaded, message)
+            .with_retry_after(Some(admission.retry_after())))
     }
 
     fn record_failure(&self, instance: &InstanceState, fault: &Fault) {
@@ -294,7 +374,8 @@ impl Exchange<'_> {
         &self,
         backend: &BackendConfig,
         index: usize,
-        guard: InFlightGuard,
+        mut guard: InFlightGuard,
+        permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
         upstream_model: Option<&str>,
         ctx: &mut RequestCtx,
     ) -> Result<Response, AttemptError> {
@@ -482,6 +563,8 @@ impl Exchange<'_> {
             ctx.backend = Some(backend.name.clone());
             ctx.instance = Some(instance.display.clone());
             ctx.ttft = Some(now.duration_since(ctx.started));
+            // The stream keeps the admission slot until its end.
+            guard.hold(permit.take());
             let detached = ctx.detach();
             return Ok(reply::stream(
                 first,

@@ -24,6 +24,7 @@ use http_body_util::BodyExt;
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::error_body;
 use crate::protocol::{ApiRequest, Endpoint, Protocol, anthropic, openai};
+use crate::routing::affinity::KeySource;
 use crate::routing::route;
 use crate::state::{AppState, Snapshot};
 
@@ -160,6 +161,13 @@ async fn run(
         }
     }
 
+    // `prefix_affinity` keys the request by a session header, the user field or the prompt's start.
+    let affinity = snapshot.backends[route.backend].affinity.as_ref();
+    let affinity_key = affinity.and_then(|affinity| affinity.rules.key(&inbound.headers, &request));
+    // With `prompt: index`, requests keyed by their prompt also carry its prefix blocks.
+    let affinity_blocks = affinity
+        .filter(|_| affinity_key.is_some_and(|key| key.source == KeySource::Prompt))
+        .and_then(|affinity| affinity.rules.blocks(&request));
     // The header map goes now, while it is still in the CPU's caches; the upstream call needs only a
     // few of its values.
     let forward_client_auth = snapshot.keys.is_open();
@@ -174,6 +182,8 @@ async fn run(
         headers: &forwarded,
         alias_model: route.alias_model,
         forward_client_auth,
+        affinity_key,
+        affinity_blocks,
     };
     let mut response = exchange.run(route.backend, ctx).await?;
     if cache_on {

@@ -1,4 +1,5 @@
-//! Instance selection within one backend: round robin, smooth weighted, least connections, latency (P2C).
+//! Instance selection within one backend: round robin, smooth weighted, least connections, latency (P2C);
+//! `prefix_affinity` is ordered by [`super::affinity`], which needs the request's key.
 //!
 //! Pure: the caller passes one [`InstanceView`] per instance and gets back the order in which to try them.
 //! The only state kept here is what a strategy needs between requests (cursor, weights, random seed).
@@ -10,6 +11,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::Deserialize;
+
+use crate::routing::engine_load::EngineView;
 
 /// `load_balancing:` of a backend. A closed set, dispatched by `match`.
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +31,14 @@ pub enum Strategy {
     /// Power of two choices over peak-EWMA time-to-first-byte × (in-flight + 1).
     #[serde(alias = "p2c", alias = "peak_ewma")]
     Latency,
+    /// Sessions and shared prompt prefixes stay on one instance (its KV cache), within a load bound
+    /// ([`super::affinity`]).
+    #[serde(
+        alias = "affinity",
+        alias = "session_affinity",
+        alias = "cache_affinity"
+    )]
+    PrefixAffinity,
 }
 
 impl Strategy {
@@ -37,6 +48,7 @@ impl Strategy {
             Self::Weighted => "weighted",
             Self::LeastConnections => "least_connections",
             Self::Latency => "latency",
+            Self::PrefixAffinity => "prefix_affinity",
         }
     }
 }
@@ -55,11 +67,41 @@ pub struct InstanceView {
     /// answered), so `latency` prices each as one more request in flight: a failing instance does not look
     /// as cheap as an unknown one.
     pub recent_errors: u32,
+    /// `max_in_flight` of the instance, when it has one.
+    pub cap: Option<u64>,
+    /// The engine's own load, from its metrics (fresh readings only).
+    pub engine: Option<EngineView>,
 }
 
 impl InstanceView {
-    fn is_usable(&self, now: Instant) -> bool {
+    pub(crate) fn is_usable(&self, now: Instant) -> bool {
         self.usable && self.retry_at.is_none_or(|t| t <= now)
+    }
+
+    /// Requests on the instance: ours in flight now, plus those of others (other gateways, other
+    /// clients) from the engine's last reading.
+    pub fn load(&self) -> u64 {
+        self.engine
+            .map_or(self.in_flight, |engine| engine.load(self.in_flight))
+    }
+
+    /// True when a new request would wait for a slot — or when nothing says it would not (no cap, no
+    /// engine reading).
+    pub fn busy(&self) -> bool {
+        if let Some(cap) = self.cap
+            && self.in_flight >= cap
+        {
+            return true;
+        }
+        match self.engine {
+            Some(engine) => engine.busy(self.in_flight),
+            None => self.cap.is_none(),
+        }
+    }
+
+    /// At its `max_in_flight`.
+    pub fn full(&self) -> bool {
+        self.cap.is_some_and(|cap| self.in_flight >= cap)
     }
 }
 
@@ -123,7 +165,10 @@ impl Balancer {
         match self.strategy {
             Strategy::RoundRobin => self.next_cursor() % usable.len(),
             Strategy::Weighted => self.pick_weighted(usable, views.len()),
-            Strategy::LeastConnections => self.pick_least_connections(usable, views),
+            // Ordered by `Affinity` when the request has gone through the pipeline; alone, by load.
+            Strategy::LeastConnections | Strategy::PrefixAffinity => {
+                self.pick_least_connections(usable, views)
+            }
             Strategy::Latency => self.pick_latency(usable, views),
         }
     }
@@ -169,23 +214,17 @@ impl Balancer {
         }
     }
 
-    /// Fewest in-flight requests; among equals, a rotating cursor picks which one, so ties are shared
-    /// evenly instead of always landing on the lowest index.
+    /// Fewest requests on the instance (ours in flight, plus others' from its engine's metrics with
+    /// `engine_load`); among equals, a rotating cursor picks which one, so ties are shared evenly instead
+    /// of always landing on the lowest index.
     fn pick_least_connections(&self, usable: &[usize], views: &[InstanceView]) -> usize {
-        let min = usable
-            .iter()
-            .map(|&i| views[i].in_flight)
-            .min()
-            .unwrap_or(0);
-        let tied = usable
-            .iter()
-            .filter(|&&i| views[i].in_flight == min)
-            .count();
+        let min = usable.iter().map(|&i| views[i].load()).min().unwrap_or(0);
+        let tied = usable.iter().filter(|&&i| views[i].load() == min).count();
         let nth = self.next_cursor() % tied.max(1);
         usable
             .iter()
             .enumerate()
-            .filter(|&(_, &i)| views[i].in_flight == min)
+            .filter(|&(_, &i)| views[i].load() == min)
             .nth(nth)
             .map_or(0, |(pos, _)| pos)
     }
@@ -215,7 +254,7 @@ impl Balancer {
             } else {
                 default
             };
-            latency * (v.in_flight as f64 + f64::from(v.recent_errors) + 1.0)
+            latency * (v.load() as f64 + f64::from(v.recent_errors) + 1.0)
         };
         let a = self.random_below(len);
         let mut b = self.random_below(len - 1);
@@ -283,6 +322,7 @@ mod tests {
             ("weighted", Strategy::Weighted),
             ("least_connections", Strategy::LeastConnections),
             ("latency", Strategy::Latency),
+            ("prefix_affinity", Strategy::PrefixAffinity),
         ] {
             let parsed: Strategy = serde_json::from_value(serde_json::json!(text)).unwrap();
             assert_eq!(parsed, expected);
@@ -344,6 +384,21 @@ mod tests {
         views[1].in_flight = 1;
         views[2].in_flight = 2;
         assert_eq!(counts(&firsts(&b, &views, 9), 3), [0, 9, 0]);
+    }
+
+    #[test]
+    fn engine_load_from_other_clients_counts_as_connections() {
+        let b = Balancer::new(Strategy::LeastConnections, &[]);
+        let mut views = up(3);
+        views[1].in_flight = 1;
+        views[2].in_flight = 2;
+        // Instance 0 has none of ours but 5 requests of other clients in its engine's last reading.
+        views[0].engine = Some(EngineView {
+            running: 5,
+            external: 5,
+            ..EngineView::default()
+        });
+        assert_eq!(counts(&firsts(&b, &views, 6), 3), [0, 6, 0]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Live per-instance state (breaker, in-flight count, latency estimate) that survives config reloads.
+//! Live per-instance state (breaker, in-flight count, latency estimate, engine load) that survives config
+//! reloads.
 //!
 //! The registry lives beside the config snapshot, not inside it: a reload builds a new snapshot and asks the
 //! registry for each configured (backend, url); instances that stay configured get the same `Arc` back, so
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::routing::balance::InstanceView;
+use crate::routing::engine_load::{EngineCell, EngineView};
 use crate::routing::health::{Breaker, BreakerState, HealthConfig};
 
 /// Decay time constant of the peak-EWMA: an old sample weighs 1/e after this long.
@@ -63,6 +65,10 @@ pub struct InstanceState {
     in_flight: AtomicU64,
     /// Uncontended in practice: updated once per request, read once per balancing decision.
     ttfb: Mutex<PeakEwma>,
+    /// `max_in_flight` (0: none); set from the config on every snapshot.
+    cap: AtomicU64,
+    /// The latest engine load reading (`engine_load:`).
+    pub engine: EngineCell,
 }
 
 impl fmt::Debug for InstanceState {
@@ -85,7 +91,18 @@ impl InstanceState {
             url: url.to_owned(),
             in_flight: AtomicU64::new(0),
             ttfb: Mutex::new(PeakEwma::default()),
+            cap: AtomicU64::new(0),
+            engine: EngineCell::default(),
         }
+    }
+
+    /// Applies the instance's `max_in_flight` (`None`: no cap).
+    pub fn set_cap(&self, cap: Option<u32>) {
+        self.cap.store(cap.map_or(0, u64::from), Ordering::Relaxed);
+    }
+
+    pub fn cap(&self) -> Option<u64> {
+        Some(self.cap.load(Ordering::Relaxed)).filter(|&c| c > 0)
     }
 
     pub fn backend(&self) -> &str {
@@ -107,6 +124,7 @@ impl InstanceState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             state: Arc::clone(self),
+            permit: None,
         }
     }
 
@@ -138,6 +156,11 @@ impl InstanceState {
             recent_errors: self.breaker.recent_errors(now),
             ewma_ttfb_ms: self.ewma_ttfb_us(now) / 1000.0,
             retry_in_s: retry_at.map(|t| t.saturating_duration_since(now).as_secs_f64()),
+            max_in_flight: self.cap(),
+            engine: self
+                .engine
+                .status(now)
+                .map(|(view, age_s, fresh)| EngineStatus { view, age_s, fresh }),
         }
     }
 
@@ -150,6 +173,8 @@ impl InstanceState {
             ewma_ttfb_us: self.ewma_ttfb_us(now),
             retry_at,
             recent_errors: self.breaker.recent_errors(now),
+            cap: self.cap(),
+            engine: self.engine.view(now),
         }
     }
 }
@@ -166,17 +191,39 @@ pub struct InstanceStatus {
     pub ewma_ttfb_ms: f64,
     /// Seconds until the instance is usable again (open breaker or Retry-After); absent when usable.
     pub retry_in_s: Option<f64>,
+    pub max_in_flight: Option<u64>,
+    /// The latest engine load reading, when scraped.
+    pub engine: Option<EngineStatus>,
 }
 
-/// Decrements the instance's in-flight count on drop.
+/// An engine load reading as `/health` shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EngineStatus {
+    #[serde(flatten)]
+    pub view: EngineView,
+    /// Seconds since the scrape.
+    pub age_s: f64,
+    /// False once it is too old to be used (three scrape intervals).
+    pub fresh: bool,
+}
+
+/// Decrements the instance's in-flight count on drop (and gives back the admission slot it holds).
 #[derive(Debug)]
 pub struct InFlightGuard {
     state: Arc<InstanceState>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl InFlightGuard {
     pub fn instance(&self) -> &Arc<InstanceState> {
         &self.state
+    }
+
+    /// Keeps the request's admission slot until the request ends (its stream included).
+    pub fn hold(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        if permit.is_some() {
+            self.permit = permit;
+        }
     }
 }
 

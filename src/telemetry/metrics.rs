@@ -142,6 +142,18 @@ struct InstanceLabels {
     instance: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AffinityLabels {
+    backend: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueRefusalLabels {
+    backend: String,
+    reason: &'static str,
+}
+
 /// Cache key of the token counters: both directions of one backend and model in one entry.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct BackendModel {
@@ -235,6 +247,27 @@ impl LabelKey<BackendLabels> for BackendRef<'_> {
 }
 
 #[derive(Hash)]
+struct AffinityRef<'a> {
+    backend: &'a str,
+    decision: &'static str,
+}
+
+impl Equivalent<AffinityLabels> for AffinityRef<'_> {
+    fn equivalent(&self, key: &AffinityLabels) -> bool {
+        self.backend == key.backend && self.decision == key.decision
+    }
+}
+
+impl LabelKey<AffinityLabels> for AffinityRef<'_> {
+    fn to_key(&self) -> AffinityLabels {
+        AffinityLabels {
+            backend: self.backend.to_owned(),
+            decision: self.decision,
+        }
+    }
+}
+
+#[derive(Hash)]
 struct BackendModelRef<'a> {
     backend: &'a str,
     model: &'a str,
@@ -295,6 +328,12 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cache_requests: Family<ResultLabels, Counter>,
     instance_state: Family<InstanceLabels, Gauge>,
+    engine_running: Family<InstanceLabels, Gauge>,
+    engine_waiting: Family<InstanceLabels, Gauge>,
+    engine_kv_usage: Family<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    affinity: Family<AffinityLabels, Counter>,
+    queue_waiting: Family<BackendLabels, Gauge>,
+    queue_refused: Family<QueueRefusalLabels, Counter>,
     fallbacks: Counter,
     config_reloads: Family<ResultLabels, Counter>,
     request_log_dropped: Counter,
@@ -312,6 +351,7 @@ pub struct Metrics {
     /// Input, output.
     token_handles: HandleCache<BackendModel, (Counter, Counter)>,
     cache_handles: HandleCache<ResultLabels, Counter>,
+    affinity_handles: HandleCache<AffinityLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -509,6 +549,43 @@ impl Metrics {
             "Circuit state of each upstream instance: 0 closed, 1 half-open, 2 open",
             instance_state.clone(),
         );
+        let engine_running = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "upstream_engine_requests_running",
+            "Requests the instance's engine reports running (engine_load scrapes)",
+            engine_running.clone(),
+        );
+        let engine_waiting = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "upstream_engine_requests_waiting",
+            "Requests the instance's engine reports queued (engine_load scrapes)",
+            engine_waiting.clone(),
+        );
+        let engine_kv_usage =
+            Family::<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "upstream_engine_kv_cache_usage",
+            "KV cache in use as the instance's engine reports it, 0 to 1 (engine_load scrapes)",
+            engine_kv_usage.clone(),
+        );
+        let affinity = Family::<AffinityLabels, Counter>::default();
+        registry.register(
+            "upstream_affinity_routed",
+            "prefix_affinity decisions: home, sticky (a moved session followed), overflow (load bound), failover (home ejected), unkeyed",
+            affinity.clone(),
+        );
+        let queue_waiting = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "upstream_queue_waiting",
+            "Requests waiting at the gateway for a free slot (max_in_flight)",
+            queue_waiting.clone(),
+        );
+        let queue_refused = Family::<QueueRefusalLabels, Counter>::default();
+        registry.register(
+            "upstream_queue_refused",
+            "Requests refused with 503 because the wait queue was full or the wait timed out",
+            queue_refused.clone(),
+        );
         let fallbacks = Counter::default();
         registry.register(
             "fallbacks",
@@ -547,6 +624,12 @@ impl Metrics {
             tokens,
             cache_requests,
             instance_state,
+            engine_running,
+            engine_waiting,
+            engine_kv_usage,
+            affinity,
+            queue_waiting,
+            queue_refused,
             fallbacks,
             config_reloads,
             request_log_dropped,
@@ -561,6 +644,7 @@ impl Metrics {
             ttft_handles: HandleCache::default(),
             token_handles: HandleCache::default(),
             cache_handles: HandleCache::default(),
+            affinity_handles: HandleCache::default(),
         }
     }
 
@@ -835,6 +919,68 @@ impl Metrics {
             .set(state);
     }
 
+    /// Records one engine load reading of an instance (once per scrape: straight to the families).
+    pub fn engine_load(
+        &self,
+        backend: &str,
+        instance: &str,
+        view: &crate::routing::engine_load::EngineView,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let labels = InstanceLabels {
+            backend: backend.to_owned(),
+            instance: instance.to_owned(),
+        };
+        self.engine_running
+            .get_or_create(&labels)
+            .set(i64::from(view.running));
+        self.engine_waiting
+            .get_or_create(&labels)
+            .set(i64::from(view.waiting));
+        if let Some(usage) = view.kv_cache_usage {
+            self.engine_kv_usage.get_or_create(&labels).set(usage);
+        }
+    }
+
+    /// Counts one `prefix_affinity` decision.
+    pub fn affinity(&self, backend: &str, decision: &'static str) {
+        if !self.enabled() {
+            return;
+        }
+        self.affinity_handles.with(
+            &AffinityRef { backend, decision },
+            |labels| self.affinity.get_or_create_owned(labels),
+            Counter::inc,
+        );
+    }
+
+    /// Sets how many requests wait for a slot of `backend` (only requests that wait call this).
+    pub fn queue_waiting(&self, backend: &str, waiting: usize) {
+        if !self.enabled() {
+            return;
+        }
+        self.queue_waiting
+            .get_or_create(&BackendLabels {
+                backend: backend.to_owned(),
+            })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request refused by the admission queue (`queue_full` or `timeout`).
+    pub fn queue_refused(&self, backend: &str, reason: &'static str) {
+        if !self.enabled() {
+            return;
+        }
+        self.queue_refused
+            .get_or_create(&QueueRefusalLabels {
+                backend: backend.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
     /// Counts a request that was served by a fallback backend.
     pub fn fallback(&self) {
         if !self.enabled() {
@@ -910,6 +1056,20 @@ mod tests {
         m.cache(true);
         m.cache(false);
         m.instance_state("vllm", "http://10.0.0.1:8000/v1", instance_state::OPEN);
+        m.engine_load(
+            "vllm",
+            "http://10.0.0.1:8000/v1",
+            &crate::routing::engine_load::EngineView {
+                running: 5,
+                waiting: 2,
+                slots: None,
+                kv_cache_usage: Some(0.5),
+                external: 0,
+            },
+        );
+        m.affinity("vllm", "home");
+        m.queue_waiting("vllm", 3);
+        m.queue_refused("vllm", "queue_full");
         m.fallback();
         m.config_reload(true);
         m.config_reload(false);
@@ -943,6 +1103,12 @@ mod tests {
             ("tokens_total", "counter"),
             ("cache_requests_total", "counter"),
             ("upstream_instance_state", "gauge"),
+            ("upstream_engine_requests_running", "gauge"),
+            ("upstream_engine_requests_waiting", "gauge"),
+            ("upstream_engine_kv_cache_usage", "gauge"),
+            ("upstream_affinity_routed_total", "counter"),
+            ("upstream_queue_waiting", "gauge"),
+            ("upstream_queue_refused_total", "counter"),
             ("fallbacks_total", "counter"),
             ("config_reloads_total", "counter"),
             ("request_log_dropped_total", "counter"),
@@ -1173,6 +1339,30 @@ mod tests {
                 instance: "http://10.0.0.1:8000/v1".to_owned(),
             })
             .set(instance_state::OPEN);
+        let instance = InstanceLabels {
+            backend: "vllm".to_owned(),
+            instance: "http://10.0.0.1:8000/v1".to_owned(),
+        };
+        m.engine_running.get_or_create(&instance).set(5);
+        m.engine_waiting.get_or_create(&instance).set(2);
+        m.engine_kv_usage.get_or_create(&instance).set(0.5);
+        m.affinity
+            .get_or_create(&AffinityLabels {
+                backend: "vllm".to_owned(),
+                decision: "home",
+            })
+            .inc();
+        m.queue_waiting
+            .get_or_create(&BackendLabels {
+                backend: "vllm".to_owned(),
+            })
+            .set(3);
+        m.queue_refused
+            .get_or_create(&QueueRefusalLabels {
+                backend: "vllm".to_owned(),
+                reason: "queue_full",
+            })
+            .inc();
         m.fallbacks.inc();
         for result in ["success", "failure"] {
             m.config_reloads

@@ -17,6 +17,7 @@ mod conversion;
 mod count_tokens;
 mod deploy;
 mod echo;
+mod fleet;
 mod h1_reference;
 mod health_checks;
 mod http1;

@@ -1,6 +1,7 @@
 //! Test support: start a gateway in process with a config string, and an HTTP client.
 
 pub mod canned;
+pub mod engine;
 pub mod mock;
 pub mod mock_anthropic;
 pub mod mock_responses;
