@@ -25,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod limits;
 pub mod logging;
+pub(crate) mod offload;
 pub mod pipeline;
 pub mod policy;
 pub mod protocol;

@@ -168,14 +168,12 @@ impl TokenCounter {
         let counted = if new_bytes >= OFFLOAD_FROM_BYTES {
             let shared_request = Arc::clone(request);
             let shared_indexes = indexes.clone();
-            match tokio::task::spawn_blocking(move || {
-                count_pieces(&shared_request, &shared_indexes)
-            })
-            .await
+            match crate::offload::off_thread(move || count_pieces(&shared_request, &shared_indexes))
+                .await
             {
-                Ok(counted) => counted,
+                Some(counted) => counted,
                 // No blocking thread (the runtime is shutting down): count here.
-                Err(_) => count_pieces(request, &indexes),
+                None => count_pieces(request, &indexes),
             }
         } else {
             count_pieces(request, &indexes)

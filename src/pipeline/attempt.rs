@@ -348,7 +348,7 @@ impl Exchange<'_> {
         let request = Arc::clone(self.request);
         let model = upstream_model.map(str::to_owned);
         let default_max_tokens = backend.max_tokens;
-        let encoded = super::offload::run(self.body.len(), move || {
+        let encoded = crate::offload::run(self.body.len(), move || {
             let Some(chat) = request.chat() else {
                 return Ok(Vec::new());
             };
@@ -363,7 +363,7 @@ impl Exchange<'_> {
             }
         })
         .await
-        .ok_or_else(|| AttemptError::Fatal(super::offload::cancelled()))?;
+        .ok_or_else(|| AttemptError::Fatal(crate::offload::cancelled()))?;
         encoded
             .map(Bytes::from)
             .map_err(|e| AttemptError::Fatal(GatewayError::invalid(e.message, e.param)))

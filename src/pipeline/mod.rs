@@ -8,7 +8,6 @@ mod cache_key;
 pub mod cached;
 pub mod ctx;
 pub mod gate;
-mod offload;
 pub mod reply;
 pub mod responses;
 
@@ -90,9 +89,9 @@ async fn run(
     let mut body = read_body(inbound.body, &inbound.headers, config.server.max_body_bytes).await?;
     let endpoint = inbound.endpoint;
     let decoded = body.clone();
-    let mut request = offload::run(body.len(), move || decode(endpoint, &decoded))
+    let mut request = crate::offload::run(body.len(), move || decode(endpoint, &decoded))
         .await
-        .ok_or_else(offload::cancelled)??;
+        .ok_or_else(crate::offload::cancelled)??;
     // Responses: a continued conversation's history comes in before anything counts the input.
     let prepared = responses::prepare(state, &mut request, &mut body).await?;
     let request = Arc::new(request);
@@ -135,11 +134,11 @@ async fn run(
     if cache_on {
         let bypass = cached::bypassed(&inbound.headers);
         let (keyed, backend_name) = (body.clone(), routed_name.to_owned());
-        let plan = offload::run(body.len(), move || {
+        let plan = crate::offload::run(body.len(), move || {
             cached::plan_with(endpoint, &backend_name, bypass, &keyed)
         })
         .await
-        .ok_or_else(offload::cancelled)?;
+        .ok_or_else(crate::offload::cancelled)?;
         if let Some(forward) = plan.forward {
             body = forward;
         }
