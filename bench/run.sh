@@ -417,10 +417,18 @@ TTFB_SAMPLES=${TTFB_SAMPLES:-50}
 # server, in µs (for streams: how soon the client sees the stream start; DESIGN: overhead ≤ 1 ms).
 idle_ttfb_us() {
 	local url=$1 body_file=$2 headers=$3 line urls=()
-	local args=(-s -w '%{time_starttransfer}\n' -H 'Content-Type: application/json' --max-time 10)
+	# No `Expect: 100-continue` (curl sends it for large bodies): its interim answer would be the first byte.
+	local args=(-s -w '%{time_starttransfer}\n' -H 'Content-Type: application/json' -H 'Expect:' --max-time 10)
 	while IFS= read -r line; do
 		[[ -n $line ]] && args+=(-H "$line")
 	done <<<"$headers"
+	if [[ $(stat -c %s "$body_file") -gt 65536 ]]; then
+		# curl's time_starttransfer is the upload's start for large bodies: bench/ttfb.py reads the answer.
+		local header_args=()
+		while IFS= read -r line; do [[ -n $line ]] && header_args+=("$line"); done <<<"$headers"
+		python3 "$BENCH/ttfb.py" "$url" "$body_file" "$TTFB_SAMPLES" "${header_args[@]}" 2>/dev/null || true
+		return
+	fi
 	for _ in $(seq "$TTFB_SAMPLES"); do urls+=(-o /dev/null "$url"); done
 	sed 's/__N__/ttfb/g' "$body_file" >"$OUT/ttfb.body"
 	curl "${args[@]}" --data-binary "@$OUT/ttfb.body" "${urls[@]}" 2>/dev/null |
@@ -522,8 +530,10 @@ run_scenario() {
 				break
 			fi
 			local note=${check#ok} ttfb=""
-			# Skipped for unique bodies: repeating one body would measure cache hits.
-			[[ $mode == stream && $unique == 0 ]] && ttfb=$(idle_ttfb_us "$url" "$body_file" "$headers")
+			# Skipped for unique bodies: repeating one body would measure cache hits — except the agent
+			# scenarios, which cache nothing (a repeated turn is a session's later turn, history counted).
+			[[ $mode == stream && ($unique == 0 || $name == *agent*) ]] &&
+				ttfb=$(idle_ttfb_us "$url" "$body_file" "$headers")
 			TTFB=$ttfb
 			run_cell "$name" "$target" "$mode" "$conns" "$url" "$body_file" "$unique" "$headers" "$baseline" "${note#; }"
 			stop_target
