@@ -368,8 +368,8 @@ preflight() {
 		if [[ $status != 2* ]]; then
 			echo "HTTP $status: $body"
 			return
-		elif [[ $mode == stream ]] && ! grep -q -e '^data: \[DONE\]' -e '^event: message_stop' "$OUT/preflight.body"; then
-			echo "stream did not end with [DONE] or message_stop"
+		elif [[ $mode == stream ]] && ! grep -q -e '^data: \[DONE\]' -e '^event: message_stop' -e '^event: response.completed' "$OUT/preflight.body"; then
+			echo "stream did not end with [DONE], message_stop or response.completed"
 			return
 		fi
 	done
