@@ -43,22 +43,11 @@ fn x_cache(headers: &http::HeaderMap) -> &str {
         .map_or("<none>", |v| v.to_str().unwrap())
 }
 
-async fn stats(gateway: &Gateway) -> Value {
-    client()
-        .get(gateway.url("/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Wait until the cache holds `n` entries (answers are stored in the background).
 async fn wait_cache_size(gateway: &Gateway, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let stats = stats(gateway).await;
+        let stats = gateway.get_json("/stats").await;
         if stats["cache_size"] == n {
             return;
         }
@@ -85,7 +74,7 @@ fn stream_text(body: &str) -> String {
 async fn second_identical_request_is_a_hit_and_stats_count_it() {
     let mock = Mock::start().await;
     let gateway = gateway(&mock).await;
-    let stats0 = stats(&gateway).await;
+    let stats0 = gateway.get_json("/stats").await;
     assert_eq!(stats0["cache_size"], 0, "{stats0}");
     assert_eq!(stats0["cache_capacity"], 50, "{stats0}");
 
@@ -114,7 +103,7 @@ async fn second_identical_request_is_a_hit_and_stats_count_it() {
     assert_eq!(x_cache(&headers), "MISS");
     assert_eq!(mock.requests().len(), 2);
 
-    let stats = stats(&gateway).await;
+    let stats = gateway.get_json("/stats").await;
     assert_eq!(stats["hits"], 1, "{stats}");
     assert_eq!(stats["misses"], 2, "{stats}");
 }

@@ -59,15 +59,7 @@ async fn chat(
     if let Some(session) = session {
         request = request.header("x-session-id", session);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::support::respond(request).await
 }
 
 /// Which engine served `marker` (a conversation's first user message), asserting it was exactly one.
@@ -81,28 +73,6 @@ fn home_of(engines: &[Engine], marker: &str) -> usize {
 
 fn served_count(engine: &Engine, marker: &str) -> usize {
     engine.served().iter().filter(|m| *m == marker).count()
-}
-
-async fn metrics_text(gateway: &Gateway) -> String {
-    client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-async fn health(gateway: &Gateway) -> Value {
-    client()
-        .get(gateway.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// A conversation of `turns` turns: the history grows as an agent's does.
@@ -153,14 +123,14 @@ async fn sessions_stay_on_one_instance_and_spread_over_all() {
         assert!(per_engine.iter().all(|&n| n >= 3), "{kind}: {per_engine:?}");
     }
     // Idle instances: every first and second turn went home, every third followed the table there.
-    let text = metrics_text(&gateway).await;
+    let text = gateway.get_text("/metrics").await;
     for series in [
         r#"upstream_affinity_routed_total{backend="fleet",decision="home"} 120"#,
         r#"upstream_affinity_routed_total{backend="fleet",decision="sticky"} 60"#,
     ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }
-    let health = health(&gateway).await;
+    let health = gateway.get_json("/health").await;
     assert_eq!(
         health["backends"]["fleet"]["load_balancing"],
         "prefix_affinity"
@@ -251,7 +221,7 @@ async fn engine_metrics_move_a_session_off_a_queueing_instance_and_show_in_healt
         "the gateway read engine 0's queue",
         Duration::from_secs(5),
         || async {
-            health(&gateway).await["backends"]["fleet"]["instances"][0]["engine"]["waiting"] == 10
+            gateway.get_json("/health").await["backends"]["fleet"]["instances"][0]["engine"]["waiting"] == 10
         },
     )
     .await;
@@ -264,7 +234,7 @@ async fn engine_metrics_move_a_session_off_a_queueing_instance_and_show_in_healt
         "the gateway read engine 0's empty queue",
         Duration::from_secs(5),
         || async {
-            health(&gateway).await["backends"]["fleet"]["instances"][0]["engine"]["waiting"] == 0
+            gateway.get_json("/health").await["backends"]["fleet"]["instances"][0]["engine"]["waiting"] == 0
         },
     )
     .await;
@@ -275,7 +245,7 @@ async fn engine_metrics_move_a_session_off_a_queueing_instance_and_show_in_healt
         "the moved session follows its cache"
     );
 
-    let health = health(&gateway).await;
+    let health = gateway.get_json("/health").await;
     let engine = &health["backends"]["fleet"]["instances"][0]["engine"];
     assert_eq!(engine["running"], 1, "{health}");
     assert_eq!(
@@ -284,7 +254,7 @@ async fn engine_metrics_move_a_session_off_a_queueing_instance_and_show_in_healt
     );
     assert_eq!(engine["kv_cache_usage"], 0.25, "{health}");
     assert_eq!(engine["fresh"], true, "{health}");
-    let text = metrics_text(&gateway).await;
+    let text = gateway.get_text("/metrics").await;
     let instance = format!("instance=\"{}/v1\"", engines[0].base());
     for series in [
         format!("upstream_engine_requests_running{{backend=\"fleet\",{instance}}} 1"),
@@ -311,11 +281,11 @@ async fn llama_cpp_slots_are_read_without_metrics() {
         "the gateway read the slots",
         Duration::from_secs(5),
         || async {
-            health(&gateway).await["backends"]["fleet"]["instances"][0]["engine"]["slots"] == 4
+            gateway.get_json("/health").await["backends"]["fleet"]["instances"][0]["engine"]["slots"] == 4
         },
     )
     .await;
-    let health = health(&gateway).await;
+    let health = gateway.get_json("/health").await;
     let engine = &health["backends"]["fleet"]["instances"][0]["engine"];
     assert_eq!(
         (engine["running"].clone(), engine["waiting"].clone()),
@@ -402,7 +372,7 @@ async fn a_killed_instance_moves_its_sessions_without_failures_and_few_move_back
         "the victim's breaker lets a probe through",
         Duration::from_secs(5),
         || async {
-            health(&gateway).await["backends"]["fleet"]["instances"][victim]["retry_in_s"].is_null()
+            gateway.get_json("/health").await["backends"]["fleet"]["instances"][victim]["retry_in_s"].is_null()
         },
     )
     .await;
@@ -453,14 +423,16 @@ async fn a_full_queue_is_refused_with_retry_after_and_waiters_are_served_in_orde
             eventually(
                 "the second request waits",
                 Duration::from_secs(5),
-                || async { health(&gateway).await["backends"]["fleet"]["queue"]["waiting"] == 1 },
+                || async {
+                    gateway.get_json("/health").await["backends"]["fleet"]["queue"]["waiting"] == 1
+                },
             )
             .await;
             ask("third").await
         };
         let refused = async {
             eventually("two requests wait", Duration::from_secs(5), || async {
-                health(&gateway).await["backends"]["fleet"]["queue"]["waiting"] == 2
+                gateway.get_json("/health").await["backends"]["fleet"]["queue"]["waiting"] == 2
             })
             .await;
             // The queue is full: refused at once, in each front door's error shape.
@@ -498,7 +470,7 @@ async fn a_full_queue_is_refused_with_retry_after_and_waiters_are_served_in_orde
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(engines[0].served(), ["first", "second", "third"]);
-    let text = metrics_text(&gateway).await;
+    let text = gateway.get_text("/metrics").await;
     assert!(
         text.contains(r#"upstream_queue_refused_total{backend="fleet",reason="queue_full"} 2"#),
         "{text}"
@@ -581,7 +553,7 @@ async fn gateway_replicas_share_moved_sessions_through_redis() {
     assert_eq!(status, 200);
     assert_eq!(home_of(&engines, "next turn"), moved_to);
     assert_eq!(
-        health(&second).await["backends"]["fleet"]["instances"][0]["healthy"],
+        second.get_json("/health").await["backends"]["fleet"]["instances"][0]["healthy"],
         true
     );
     // A session that never moved has no entry anywhere and both replicas send it home.

@@ -3,21 +3,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
+use crate::support::Gateway;
 use crate::support::mock::{Mock, refused_base};
-use crate::support::{Gateway, client};
-
-async fn health(gateway: &Gateway) -> Value {
-    client()
-        .get(gateway.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_dead_instance_is_ejected_by_active_checks_without_traffic() {
@@ -30,7 +17,7 @@ async fn a_dead_instance_is_ejected_by_active_checks_without_traffic() {
     .await;
     let mut states = (String::new(), String::new());
     for _ in 0..100 {
-        let body = health(&gateway).await;
+        let body = gateway.get_json("/health").await;
         let instances = &body["backends"]["pool"]["instances"];
         states = (
             instances[0]["state"]

@@ -34,15 +34,7 @@ async fn chat(gateway: &Gateway, text: &str, key: Option<&str>) -> (u16, http::H
     if let Some(key) = key {
         request = request.header("x-api-key", key);
     }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        headers,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::support::respond(request).await
 }
 
 /// 300 concurrent requests spread over the replicas: status counts.
@@ -133,17 +125,6 @@ async fn a_cache_entry_written_through_one_replica_is_a_hit_on_another() {
     assert_eq!(mock.requests().len(), 1);
 }
 
-async fn stats(gateway: &Gateway) -> Value {
-    client()
-        .get(gateway.url("/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn stats_on_one_gateway_counts_the_cache_entries_another_stored_in_redis() {
     let Some(redis) = TestRedis::start() else {
@@ -155,7 +136,7 @@ async fn stats_on_one_gateway_counts_the_cache_entries_another_stored_in_redis()
     let reader = Gateway::start(&config(&mock, &redis, "itsize", cache)).await;
     // Same Redis, another prefix: its entry is not this gateway's.
     let neighbour = Gateway::start(&config(&mock, &redis, "itsizeother", cache)).await;
-    let before = stats(&reader).await;
+    let before = reader.get_json("/stats").await;
     assert_eq!(before["cache_size"], 0, "{before}");
 
     const N: usize = 7;
@@ -177,7 +158,7 @@ async fn stats_on_one_gateway_counts_the_cache_entries_another_stored_in_redis()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let stats = stats(&reader).await;
+    let stats = reader.get_json("/stats").await;
     assert_eq!(stats["cache_size"], N, "{stats:#}");
     assert_eq!(stats["cache"]["size"], N, "{stats:#}");
     assert_eq!(stats["cache"]["size_source"], "redis", "{stats:#}");

@@ -118,6 +118,30 @@ impl Gateway {
         prom::Scrape::parse(response.text().await.unwrap())
     }
 
+    /// `GET path`, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path`, its body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn chat(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         let response = self.post("/v1/chat/completions", &body.to_string()).await;
         let status = response.status().as_u16();
@@ -131,6 +155,21 @@ impl Drop for Gateway {
             let _ = stop.send(());
         }
     }
+}
+
+/// Send `request`: its status, headers, and body as JSON (a body that is not JSON as a JSON string).
+pub async fn respond(
+    request: reqwest::RequestBuilder,
+) -> (u16, http::HeaderMap, serde_json::Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 pub fn client() -> reqwest::Client {

@@ -51,17 +51,6 @@ impl Gateway {
             reloader,
         )
     }
-
-    pub async fn get_json(&self, path: &str) -> Value {
-        super::client()
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 /// An OpenAI upstream that answers every chat request after `delay`, counting requests.
