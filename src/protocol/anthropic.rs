@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::openai::{self, missing, parse};
 use super::{
-    ChatRequest, ChatResponse, DecodeError, FinishReason, Image, Message, Part, Role,
+    ChatRequest, ChatResponse, DecodeError, FinishReason, Image, Message, Part, RawJson, Role,
     SamplingParams, Tool, ToolCall, ToolChoice, ToolResult, Usage,
 };
 
@@ -253,7 +253,7 @@ struct ToolWire {
     kind: Option<String>,
     name: Option<String>,
     description: Option<String>,
-    input_schema: Option<Value>,
+    input_schema: Option<RawJson>,
 }
 
 #[derive(Deserialize)]
@@ -422,7 +422,7 @@ struct ToolOut<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
-    input_schema: &'a Value,
+    input_schema: &'a RawJson,
 }
 
 #[derive(Serialize)]
@@ -1021,7 +1021,7 @@ pub fn tools_text(req: &ChatRequest) -> String {
             out.push_str(description);
         }
         out.push('\n');
-        out.push_str(&tool.parameters.to_string());
+        out.push_str(tool.parameters.get());
     }
     out
 }

@@ -336,8 +336,58 @@ pub struct ToolResult {
 pub struct Tool {
     pub name: String,
     pub description: Option<String>,
-    /// JSON schema of the parameters.
-    pub parameters: serde_json::Value,
+    /// JSON schema of the parameters, as the client wrote it.
+    pub parameters: RawJson,
+}
+
+/// A JSON value kept as its text: checked when read, written out as it came, made a tree only where a
+/// conversion puts it into one. A tool's parameter schema is most of a tool definition, and an agent
+/// sends dozens of them every turn that a pass-through never looks into.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The schema of a function that takes no arguments, for a tool that names none.
+    pub fn empty_object_schema() -> RawJson {
+        RawJson::from_value(&serde_json::json!({"type": "object", "properties": {}}))
+    }
+
+    pub fn from_value(value: &serde_json::Value) -> RawJson {
+        // A `Value` always serializes; the fallback only keeps this total.
+        RawJson(
+            serde_json::value::to_raw_value(value)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a tree.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Equal when the values are, whatever the spelling.
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+impl serde::Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawJson, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(deserializer).map(RawJson)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -10,8 +10,8 @@ use std::borrow::Cow;
 
 use super::{
     ApiRequest, ChatRequest, ChatResponse, CompletionRequest, DecodeError, EmbeddingsRequest,
-    Endpoint, FinishReason, Image, Message, Part, Role, SamplingParams, Tool, ToolCall, ToolChoice,
-    ToolResult, Usage,
+    Endpoint, FinishReason, Image, Message, Part, RawJson, Role, SamplingParams, Tool, ToolCall,
+    ToolChoice, ToolResult, Usage,
 };
 
 /// Decode an OpenAI-format request body for `endpoint` into its canonical form.
@@ -154,7 +154,7 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
             parameters: tool
                 .function
                 .parameters
-                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+                .unwrap_or_else(RawJson::empty_object_schema),
         });
     }
     request.tool_choice = match wire.tool_choice {
@@ -410,7 +410,7 @@ struct ToolWire {
 struct FunctionWire {
     name: String,
     description: Option<String>,
-    parameters: Option<Value>,
+    parameters: Option<RawJson>,
 }
 
 #[derive(Deserialize)]
@@ -841,7 +841,7 @@ pub fn encode_request(req: &ChatRequest, model: Option<&str>) -> Value {
                 if let Some(description) = &tool.description {
                     function.insert("description".into(), json!(description));
                 }
-                function.insert("parameters".into(), tool.parameters.clone());
+                function.insert("parameters".into(), tool.parameters.to_value());
                 json!({"type": "function", "function": function})
             })
             .collect();
@@ -1454,6 +1454,43 @@ impl<'a> ResponseOut<'a> {
 mod tests {
     use super::*;
 
+    /// A tool's schema is kept as the client wrote it (read, not rebuilt), a wrong field after the tools
+    /// is still named, and a conversion puts the same schema into the other protocol.
+    #[test]
+    fn tool_schemas_are_kept_as_text_and_errors_after_them_are_named() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{ "type": "object", "properties": {"b": {"type": "string"}, "a": {}} }}}],"temperature":"hot"}"#;
+        let error = super::decode_chat(body)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(error.starts_with("temperature: invalid type"), "{error}");
+
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{ "type": "object", "properties": {"b": {"type": "string"}, "a": {}} }}},{"type":"function","function":{"name":"g","parameters":null}}]}"#;
+        let request = super::decode_chat(body).unwrap();
+        assert_eq!(
+            request.tools[0].parameters.get(),
+            r#"{ "type": "object", "properties": {"b": {"type": "string"}, "a": {}} }"#
+        );
+        assert_eq!(
+            request.tools[1].parameters.to_value(),
+            serde_json::json!({"type": "object", "properties": {}})
+        );
+        let anthropic: serde_json::Value = serde_json::from_slice(
+            &crate::protocol::anthropic::encode_request_bytes(&request, Some("m"), 64).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            anthropic["tools"][0]["input_schema"],
+            serde_json::json!({"type": "object", "properties": {"b": {"type": "string"}, "a": {}}})
+        );
+        let keys: Vec<&String> = anthropic["tools"][0]["input_schema"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(keys, ["b", "a"]);
+    }
+
     /// The cache stores streamed answers through the direct writer: the same bytes as the tree.
     #[test]
     fn response_bytes_match_the_json_tree() {
@@ -1538,6 +1575,7 @@ mod tests {
 
 #[cfg(test)]
 mod exact_response_tests {
+
     use super::*;
     use crate::protocol::json_text::near_flat_value;
 

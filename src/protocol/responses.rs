@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 
 use super::openai::{image_from_url, missing, parse};
 use super::{
-    ChatRequest, ChatResponse, DecodeError, FinishReason, Image, Message, Part, ResponseFormat,
-    Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    ChatRequest, ChatResponse, DecodeError, FinishReason, Image, Message, Part, RawJson,
+    ResponseFormat, Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult, Usage,
 };
 
 /// Prefix of a reasoning item's `encrypted_content` that carries Anthropic redacted thinking (plain
@@ -598,7 +598,7 @@ struct ToolWire {
     kind: Option<String>,
     name: Option<String>,
     description: Option<String>,
-    parameters: Option<Value>,
+    parameters: Option<RawJson>,
     /// A chat-completions-style tool (`{"type":"function","function":{…}}`), accepted as well.
     function: Option<FunctionWire>,
 }
@@ -607,7 +607,7 @@ struct ToolWire {
 struct FunctionWire {
     name: Option<String>,
     description: Option<String>,
-    parameters: Option<Value>,
+    parameters: Option<RawJson>,
 }
 
 impl ToolWire {
@@ -623,9 +623,7 @@ impl ToolWire {
         Some(Tool {
             name: name?,
             description,
-            parameters: parameters
-                .filter(|p| !p.is_null())
-                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+            parameters: parameters.unwrap_or_else(RawJson::empty_object_schema),
         })
     }
 }
@@ -825,7 +823,7 @@ pub fn encode_request(req: &ChatRequest, model: Option<&str>) -> Value {
                 if let Some(description) = &tool.description {
                     out.insert("description".into(), json!(description));
                 }
-                out.insert("parameters".into(), tool.parameters.clone());
+                out.insert("parameters".into(), tool.parameters.to_value());
                 Value::Object(out)
             })
             .collect();
