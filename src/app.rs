@@ -25,7 +25,6 @@ use http::{HeaderValue, Method};
 use hyper::body::Incoming;
 use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, Any, Cors, CorsLayer};
 
 use crate::http::{RequestId, admin, api, names};
 use crate::pipeline::{self, Inbound};
@@ -33,11 +32,11 @@ use crate::protocol::{Endpoint, Protocol};
 use crate::state::AppState;
 
 /// The application for one connection: the five API routes called directly (no router, no request
-/// extensions), everything else through the router, behind CORS when the request has an `Origin`.
+/// extensions), everything else through the router, behind CORS when the request has an `Origin` (the
+/// CORS layer of the live snapshot, so a reload applies `server.cors_allow_origin`).
 #[derive(Clone)]
 pub struct AppService {
     plain: Router,
-    cors: Cors<Router>,
     state: AppState,
     peer: Option<SocketAddr>,
 }
@@ -147,8 +146,10 @@ impl AppService {
                 // Boxed: these paths are off the API hot path, and inline their futures (≈ 500 bytes)
                 // would make every `AppFuture` that large — hyper moves it into its per-connection
                 // slot on every request, ten cache lines under many connections.
+                // Browsers go through CORS as the live config describes it (a reload applies it).
                 let future: RouterFuture = if request.headers().contains_key(http::header::ORIGIN) {
-                    Box::pin(self.cors.clone().call(request))
+                    let mut cors = self.state.snapshot().cors.layer(self.plain.clone());
+                    Box::pin(cors.call(request))
                 } else {
                     Box::pin(self.plain.clone().call(request))
                 };
@@ -249,18 +250,6 @@ impl Future for AppFuture {
 }
 
 pub fn service(state: AppState) -> AppService {
-    let origin = state.snapshot().config.server.cors_allow_origin.clone();
-    let cors = if origin == "*" {
-        CorsLayer::new().allow_origin(Any)
-    } else {
-        match HeaderValue::from_str(&origin) {
-            Ok(value) => CorsLayer::new().allow_origin(AllowOrigin::exact(value)),
-            Err(_) => CorsLayer::new(),
-        }
-    }
-    .allow_methods(Any)
-    .allow_headers(Any)
-    .expose_headers(Any);
     let plain = Router::new()
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
@@ -288,7 +277,6 @@ pub fn service(state: AppState) -> AppService {
             panic_response(Protocol::OpenAi)
         }));
     AppService {
-        cors: cors.layer(plain.clone()),
         plain,
         state,
         peer: None,

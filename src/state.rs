@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub keys: KeyStore,
     pub limiter: Arc<Limiter>,
     pub policy: Policy,
+    /// `server.cors_allow_origin` as the layer browser requests go through.
+    pub cors: tower_http::cors::CorsLayer,
 }
 
 /// Per-backend live state for one snapshot.
@@ -176,12 +178,14 @@ impl Snapshot {
             })
             .collect();
         registry.retain(&live);
+        let cors = crate::http::cors::layer(&config.server.cors_allow_origin);
         Ok(Snapshot {
             config,
             backends,
             keys,
             limiter: Arc::new(limiter),
             policy,
+            cors,
         })
     }
 }
