@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::limits::{KeyRateLimitConfig, QuotaConfig};
+use crate::limit_rules::{KeyRateLimitConfig, QuotaConfig};
 use crate::secret::Secret;
 
 /// One `keys:` entry. `key` arrives with `${ENV}` already interpolated by the config loader.

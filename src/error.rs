@@ -1,5 +1,6 @@
 //! `GatewayError`: every failure the gateway itself reports, with its consequences (status, source,
-//! retryability, metrics kind). Rendering per front door lives in `http::error_body`.
+//! retryability, metrics kind). Rendering per front door lives in `http::error_body`. Also `describe`,
+//! any error with its chain of causes as one line.
 
 use std::time::Duration;
 
@@ -145,4 +146,19 @@ impl GatewayError {
             ErrorKind::Internal => "internal_error",
         }
     }
+}
+
+/// An error with its chain of causes, `a: b: c`.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -5,7 +5,8 @@
 //! - `http`: front-door handlers, request ids, error bodies per protocol;
 //! - `pipeline`: the request path (decode → route → attempts → reply → record);
 //! - `auth`, `limits`, `policy`, `cache`, `tokens`, `shared_state`: keys, rate limits and quotas, prompt
-//!   policies, response cache, token counting, Redis-backed shared state;
+//!   policies, response cache, token counting, Redis-backed shared state (`limit_rules`: the limit rules
+//!   as configured, shared by `auth` and `limits`);
 //! - `responses_store`: stored Responses answers (`previous_response_id`), in memory or Redis;
 //! - `routing`: model → backend, candidate order, balancing, circuit breakers, live instance state;
 //! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
@@ -23,6 +24,7 @@ pub mod config_watch;
 pub mod docs;
 pub mod error;
 pub mod http;
+pub mod limit_rules;
 pub mod limits;
 pub mod logging;
 pub(crate) mod offload;

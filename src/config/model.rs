@@ -11,7 +11,7 @@ use super::raw::{RawBackend, RawConfig};
 use crate::alerts::AlertsConfig;
 use crate::auth::KeyConfig;
 use crate::cache::CacheConfig;
-use crate::limits::RateLimitConfig;
+use crate::limit_rules::RateLimitConfig;
 use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
 use crate::responses_store::ResponsesConfig;

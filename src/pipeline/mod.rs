@@ -10,6 +10,7 @@ pub mod ctx;
 pub mod gate;
 pub mod reply;
 pub mod responses;
+mod streaming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
