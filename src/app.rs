@@ -27,8 +27,10 @@ use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::http::{RequestId, admin, api, names};
+use crate::limits::RateHeaders;
 use crate::pipeline::{self, Inbound};
 use crate::protocol::{Endpoint, Protocol};
+use crate::server::HeadLines;
 use crate::state::AppState;
 
 /// The application for one connection: the five API routes called directly (no router, no request
@@ -168,6 +170,16 @@ impl AppService {
     }
 }
 
+/// HTTP/1.1 heads take the `x-ratelimit-*` headers (a response's [`RateHeaders`] extension: an admitted
+/// request's, or a limit's refusal) as lines; HTTP/2 responses as header-map entries (`AppFuture`).
+impl HeadLines for AppService {
+    fn write_head_lines(&self, extensions: &http::Extensions, out: &mut Vec<u8>) {
+        if let Some(rate) = extensions.get::<RateHeaders>() {
+            rate.write_fields(out);
+        }
+    }
+}
+
 /// The router's future (with or without the CORS layer), boxed.
 type RouterFuture = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
 
@@ -202,7 +214,7 @@ pin_project_lite::pin_project! {
         path: &'static str,
         header: Option<HeaderValue>,
         // The `x-ratelimit-*` headers moved from the response's extensions into its header map (for a
-        // server that writes only the map; our HTTP/1.1 server writes them from the extension).
+        // server that writes only the map; our HTTP/1.1 server writes them as `HeadLines`).
         rate_headers_in_map: bool,
     }
 }
@@ -237,9 +249,7 @@ impl Future for AppFuture {
             response.headers_mut().insert(names::X_REQUEST_ID, header);
         }
         if *this.rate_headers_in_map
-            && let Some(rate) = response
-                .extensions_mut()
-                .remove::<crate::limits::RateHeaders>()
+            && let Some(rate) = response.extensions_mut().remove::<RateHeaders>()
         {
             for (name, value) in rate.pairs() {
                 response.headers_mut().insert(name, value);

@@ -65,8 +65,9 @@ pub struct GatewayError {
     pub param: Option<String>,
     /// Sent as `Retry-After` (seconds, rounded up).
     pub retry_after: Option<Duration>,
-    /// Extra response headers (e.g. `x-ratelimit-*`).
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the error's response carries in its extensions (a limit's refusal: its `x-ratelimit-*`
+    /// headers, which reach the wire the way an admitted request's do).
+    pub extensions: http::Extensions,
 }
 
 impl GatewayError {
@@ -76,7 +77,7 @@ impl GatewayError {
             message: message.into(),
             param: None,
             retry_after: None,
-            headers: Vec::new(),
+            extensions: http::Extensions::new(),
         }
     }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
@@ -151,10 +152,22 @@ pub struct Rejection {
     /// `"ip" | "key" | "key_model" | "global" | "quota" | "state"`.
     pub scope: &'static str,
     pub key_name: Option<Arc<str>>,
+    /// Sent as `retry-after` (whole seconds, rounded up, at least 1).
     pub retry_after: Duration,
-    /// `retry-after` plus the `x-ratelimit-*` headers.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `x-ratelimit-*` headers of the limits checked (empty when they could not be read).
+    pub rate: Box<RateHeaders>,
     pub message: String,
+}
+
+impl Rejection {
+    /// The response headers: `retry-after`, then the `x-ratelimit-*` headers.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let seconds = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let retry_after = (http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        std::iter::once(retry_after)
+            .chain(self.rate.pairs())
+            .collect()
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -463,9 +476,7 @@ impl Limiter {
             let probe: Vec<(&str, BucketKind, u64)> =
                 specs.iter().map(|s| (s.key.as_str(), s.kind, 0)).collect();
             if let Ok(outcomes) = self.check(&probe, now_us, false).await {
-                rejection
-                    .headers
-                    .extend(RateHeaders::of(&specs, &outcomes).pairs());
+                rejection.rate = Box::new(RateHeaders::of(&specs, &outcomes));
             }
             return Err(rejection);
         }
@@ -495,13 +506,7 @@ impl Limiter {
                 estimated_tokens: req.estimated_tokens,
             });
         }
-        Err(rejection(
-            &specs,
-            req,
-            &outcomes,
-            headers.to_vec(),
-            key_name,
-        ))
+        Err(rejection(&specs, req, &outcomes, headers, key_name))
     }
 
     /// Charges the difference between actual and estimated tokens (negative refunds) to every
@@ -599,7 +604,7 @@ impl Limiter {
                 scope: "state",
                 key_name,
                 retry_after: Duration::from_secs(1),
-                headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                rate: Box::default(),
                 message: "rate limits cannot be checked: shared state (redis) is unavailable and \
                           state.on_unavailable is fail_closed"
                     .to_owned(),
@@ -742,10 +747,7 @@ fn too_large(spec: &Spec<'_>, req: &LimitRequest<'_>, key_name: Option<Arc<str>>
         scope: spec.scope,
         key_name,
         retry_after,
-        headers: vec![(
-            http::header::RETRY_AFTER,
-            header_value(&retry_after.as_secs().to_string()),
-        )],
+        rate: Box::default(),
         message: format!(
             "request needs {} {}, more than the {what} of {} allows ({} {} {}); it can never be admitted",
             spec.cost,
@@ -762,7 +764,7 @@ fn rejection(
     specs: &[Spec<'_>],
     req: &LimitRequest<'_>,
     outcomes: &[Outcome],
-    mut headers: Vec<(HeaderName, HeaderValue)>,
+    rate: RateHeaders,
     key_name: Option<Arc<str>>,
 ) -> Rejection {
     // Report the quota if one is exhausted (it outlasts rate limits), else the longest wait.
@@ -773,20 +775,13 @@ fn rejection(
             scope: "global",
             key_name,
             retry_after: Duration::from_secs(1),
-            headers,
+            rate: Box::new(rate),
             message: "rate limit exceeded".to_owned(),
         };
     };
     let retry_after = Duration::from_micros(outcome.retry_after_us);
     let retry_s = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let retry_s = retry_s.max(1);
-    headers.insert(
-        0,
-        (
-            http::header::RETRY_AFTER,
-            header_value(&retry_s.to_string()),
-        ),
-    );
     let (kind, message) = if spec.quota {
         (
             RejectKind::QuotaExceeded,
@@ -816,7 +811,7 @@ fn rejection(
         scope: spec.scope,
         key_name,
         retry_after,
-        headers,
+        rate: Box::new(rate),
         message,
     }
 }
@@ -876,9 +871,9 @@ impl RateHeaders {
         self.units.iter().all(Option::is_none)
     }
 
-    /// The headers as HTTP/1.1 field lines (`name: value\r\n`), requests first: the same names and values
-    /// as [`pairs`](Self::pairs), written straight into a response head — no header value allocated and no
-    /// map insert for each of them.
+    /// The headers as HTTP/1.1 field lines (`name: value\r\n`), requests first — the one place they are
+    /// rendered: an HTTP/1.1 head takes the lines as they are (no header value allocated, no map
+    /// insert), a header map takes them through [`pairs`](Self::pairs).
     pub fn write_fields(&self, out: &mut Vec<u8>) {
         let mut digits = itoa::Buffer::new();
         for (unit, [limit, remaining, reset]) in self.units.iter().zip(&RATE_HEADER_NAMES) {
@@ -898,8 +893,9 @@ impl RateHeaders {
         }
     }
 
-    /// The headers, requests first.
-    pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    /// The headers as name and value, requests first: [`write_fields`](Self::write_fields) split up (the
+    /// values share one buffer).
+    pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + use<> {
         const fn names(unit: usize) -> [HeaderName; 3] {
             let [limit, remaining, reset] = RATE_HEADER_NAMES[unit];
             [
@@ -909,27 +905,26 @@ impl RateHeaders {
             ]
         }
         static NAMES: [[HeaderName; 3]; 2] = [names(0), names(1)];
-        self.units
-            .iter()
-            .zip(&NAMES)
-            .filter_map(|(unit, names)| unit.map(|unit| (unit, names)))
-            .flat_map(|(unit, [limit, remaining, reset])| {
-                [
-                    (limit.clone(), HeaderValue::from(unit.limit)),
-                    (remaining.clone(), HeaderValue::from(unit.remaining)),
-                    (reset.clone(), header_value(&go_duration(unit.reset_us))),
-                ]
-            })
+        let mut lines = Vec::with_capacity(192);
+        self.write_fields(&mut lines);
+        let mut rest = Bytes::from(lines);
+        std::iter::from_fn(move || {
+            let end = memchr::memmem::find(&rest, b"\r\n")?;
+            let line = rest.split_to(end + 2);
+            let colon = memchr::memchr(b':', &line)?;
+            let name = NAMES
+                .as_flattened()
+                .iter()
+                .find(|name| name.as_str().as_bytes() == &line[..colon])?;
+            let value = HeaderValue::from_maybe_shared(line.slice(colon + 2..end)).ok()?;
+            Some((name.clone(), value))
+        })
     }
 
     /// The headers as a list.
     pub fn to_vec(&self) -> Vec<(HeaderName, HeaderValue)> {
         self.pairs().collect()
     }
-}
-
-fn header_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Formats a duration like OpenAI's reset headers (Go style): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
