@@ -20,7 +20,7 @@ use crate::routing::balance::Balancer;
 use crate::routing::health::{BreakerState, Transition};
 use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
 use crate::secret::Secret;
-use crate::shared_state::{RedisStore, StateConfig, StateStore};
+use crate::store::{RedisStore, StateConfig, StateStore};
 use crate::telemetry::metrics::{Metrics, instance_state};
 use crate::telemetry::request_log::RequestLogger;
 use crate::telemetry::stats::Stats;

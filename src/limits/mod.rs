@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::auth::{KeyConfig, Principal};
 use crate::limit_rules::{Algorithm, LimitRule, Period, QuotaConfig, RateLimitConfig};
-use crate::shared_state::{FailMode, StateStore, StoreUnavailable};
+use crate::store::{FailMode, StateStore, StoreUnavailable};
 use engine::{BucketKind, Outcome};
 
 /// Source of the current time, injected so tests can move time without sleeping.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::auth::KeyStore;
-use crate::shared_state::test_redis::TestRedis;
-use crate::shared_state::{FailMode, RedisStore};
+use crate::store::test_redis::TestRedis;
+use crate::store::{FailMode, RedisStore};
 
 /// 2026-11-22T00:00:00Z, a window boundary for every window that divides a day.
 const T0: u64 = 1_795_305_600_000_000;
