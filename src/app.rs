@@ -25,19 +25,20 @@ use http::{HeaderValue, Method};
 use hyper::body::Incoming;
 use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, Any, Cors, CorsLayer};
 
 use crate::http::{RequestId, admin, api, names};
+use crate::limits::RateHeaders;
 use crate::pipeline::{self, Inbound};
 use crate::protocol::{Endpoint, Protocol};
+use crate::server::HeadLines;
 use crate::state::AppState;
 
 /// The application for one connection: the five API routes called directly (no router, no request
-/// extensions), everything else through the router, behind CORS when the request has an `Origin`.
+/// extensions), everything else through the router, behind CORS when the request has an `Origin` (the
+/// CORS layer of the live snapshot, so a reload applies `server.cors_allow_origin`).
 #[derive(Clone)]
 pub struct AppService {
     plain: Router,
-    cors: Cors<Router>,
     state: AppState,
     peer: Option<SocketAddr>,
 }
@@ -147,8 +148,10 @@ impl AppService {
                 // Boxed: these paths are off the API hot path, and inline their futures (≈ 500 bytes)
                 // would make every `AppFuture` that large — hyper moves it into its per-connection
                 // slot on every request, ten cache lines under many connections.
+                // Browsers go through CORS as the live config describes it (a reload applies it).
                 let future: RouterFuture = if request.headers().contains_key(http::header::ORIGIN) {
-                    Box::pin(self.cors.clone().call(request))
+                    let mut cors = self.state.snapshot().cors.layer(self.plain.clone());
+                    Box::pin(cors.call(request))
                 } else {
                     Box::pin(self.plain.clone().call(request))
                 };
@@ -163,6 +166,16 @@ impl AppService {
             path,
             header,
             rate_headers_in_map: false,
+        }
+    }
+}
+
+/// HTTP/1.1 heads take the `x-ratelimit-*` headers (a response's [`RateHeaders`] extension: an admitted
+/// request's, or a limit's refusal) as lines; HTTP/2 responses as header-map entries (`AppFuture`).
+impl HeadLines for AppService {
+    fn write_head_lines(&self, extensions: &http::Extensions, out: &mut Vec<u8>) {
+        if let Some(rate) = extensions.get::<RateHeaders>() {
+            rate.write_fields(out);
         }
     }
 }
@@ -201,7 +214,7 @@ pin_project_lite::pin_project! {
         path: &'static str,
         header: Option<HeaderValue>,
         // The `x-ratelimit-*` headers moved from the response's extensions into its header map (for a
-        // server that writes only the map; our HTTP/1.1 server writes them from the extension).
+        // server that writes only the map; our HTTP/1.1 server writes them as `HeadLines`).
         rate_headers_in_map: bool,
     }
 }
@@ -236,9 +249,7 @@ impl Future for AppFuture {
             response.headers_mut().insert(names::X_REQUEST_ID, header);
         }
         if *this.rate_headers_in_map
-            && let Some(rate) = response
-                .extensions_mut()
-                .remove::<crate::limits::RateHeaders>()
+            && let Some(rate) = response.extensions_mut().remove::<RateHeaders>()
         {
             for (name, value) in rate.pairs() {
                 response.headers_mut().insert(name, value);
@@ -249,18 +260,6 @@ impl Future for AppFuture {
 }
 
 pub fn service(state: AppState) -> AppService {
-    let origin = state.snapshot().config.server.cors_allow_origin.clone();
-    let cors = if origin == "*" {
-        CorsLayer::new().allow_origin(Any)
-    } else {
-        match HeaderValue::from_str(&origin) {
-            Ok(value) => CorsLayer::new().allow_origin(AllowOrigin::exact(value)),
-            Err(_) => CorsLayer::new(),
-        }
-    }
-    .allow_methods(Any)
-    .allow_headers(Any)
-    .expose_headers(Any);
     let plain = Router::new()
         .route("/v1/chat/completions", post(api::chat_completions))
         .route("/v1/completions", post(api::completions))
@@ -288,7 +287,6 @@ pub fn service(state: AppState) -> AppService {
             panic_response(Protocol::OpenAi)
         }));
     AppService {
-        cors: cors.layer(plain.clone()),
         plain,
         state,
         peer: None,

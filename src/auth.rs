@@ -14,7 +14,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::limits::{KeyRateLimitConfig, QuotaConfig};
+use crate::limit_rules::{KeyRateLimitConfig, QuotaConfig};
+use crate::secret::Secret;
 
 /// One `keys:` entry. `key` arrives with `${ENV}` already interpolated by the config loader.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,34 +41,6 @@ pub struct KeyConfig {
     /// Requests/tokens allowed per period for this key.
     #[serde(default)]
     pub quota: Option<QuotaConfig>,
-}
-
-/// A secret string whose Debug and Display print `*****`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself; call only where it is needed (hashing, upstream headers).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("*****")
-    }
 }
 
 /// An authenticated client key and what it may do.

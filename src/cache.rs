@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::shared_state::{RedisStore, StateStore, StoreUnavailable};
+use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `cache:` config section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -661,7 +661,7 @@ mod tests {
             assert!(!is_cacheable(body.as_bytes()), "{body}");
         }
     }
-    use crate::shared_state::{FailMode, test_redis::TestRedis};
+    use crate::store::{FailMode, test_redis::TestRedis};
 
     fn response(body: &str) -> CachedResponse {
         CachedResponse {

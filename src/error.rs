@@ -1,5 +1,6 @@
 //! `GatewayError`: every failure the gateway itself reports, with its consequences (status, source,
-//! retryability, metrics kind). Rendering per front door lives in `http::error_body`.
+//! retryability, metrics kind). Rendering per front door lives in `http::error_body`. Also `describe`,
+//! any error with its chain of causes as one line.
 
 use std::time::Duration;
 
@@ -64,8 +65,9 @@ pub struct GatewayError {
     pub param: Option<String>,
     /// Sent as `Retry-After` (seconds, rounded up).
     pub retry_after: Option<Duration>,
-    /// Extra response headers (e.g. `x-ratelimit-*`).
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the error's response carries in its extensions (a limit's refusal: its `x-ratelimit-*`
+    /// headers, which reach the wire the way an admitted request's do).
+    pub extensions: http::Extensions,
 }
 
 impl GatewayError {
@@ -75,7 +77,7 @@ impl GatewayError {
             message: message.into(),
             param: None,
             retry_after: None,
-            headers: Vec::new(),
+            extensions: http::Extensions::new(),
         }
     }
 
@@ -145,4 +147,19 @@ impl GatewayError {
             ErrorKind::Internal => "internal_error",
         }
     }
+}
+
+/// An error with its chain of causes, `a: b: c`.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

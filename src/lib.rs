@@ -4,9 +4,9 @@
 //! - `server`, `app`: listener, graceful shutdown, routes and layers;
 //! - `http`: front-door handlers, request ids, error bodies per protocol;
 //! - `pipeline`: the request path (decode → route → attempts → reply → record);
-//! - `auth`, `limits`, `policy`, `cache`, `tokens`, `shared_state`: keys, rate limits and quotas, prompt
-//!   policies, response cache, token counting, Redis-backed shared state;
-//! - `responses_store`: stored Responses answers (`previous_response_id`), in memory or Redis;
+//! - `auth`, `limits`, `policy`, `cache`, `tokens`, `store`: keys, rate limits and quotas, prompt
+//!   policies, response cache, token counting, the state store (process memory or a shared Redis);
+//!   `limit_rules`: the limit rules as configured, shared by `auth` and `limits`;
 //! - `routing`: model → backend, candidate order, balancing, circuit breakers, live instance state;
 //! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
 //! - `protocol`: pure wire formats and canonical types;
@@ -23,6 +23,7 @@ pub mod config_watch;
 pub mod docs;
 pub mod error;
 pub mod http;
+pub mod limit_rules;
 pub mod limits;
 pub mod logging;
 pub(crate) mod offload;
@@ -34,8 +35,8 @@ pub mod responses_store;
 pub mod routing;
 pub mod secret;
 pub mod server;
-pub mod shared_state;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;

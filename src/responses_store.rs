@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::shared_state::{RedisStore, StateStore, StoreUnavailable};
+use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `responses:` config section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -5,8 +5,10 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// An upstream or client key. Formatting prints `*****`; only `expose()` reveals the value, and it is
-/// called exactly where the key goes on the wire (an upstream request header) or is compared.
-#[derive(Clone, PartialEq, Eq)]
+/// called exactly where the key goes on the wire (an upstream request header), is hashed or is compared.
+/// Deserializes from a plain string (`keys[].key` in the config).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -94,5 +96,8 @@ mod tests {
         assert_eq!(format!("{secret:?} {secret}"), "***** *****");
         assert_eq!(serde_json::to_string(&secret).unwrap(), "\"*****\"");
         assert_eq!(secret.expose(), "sk-live-123");
+        let read: super::Secret = serde_json::from_str("\"sk-live-456\"").unwrap();
+        assert_eq!(read.expose(), "sk-live-456");
+        assert_eq!(format!("{read:?}"), "*****");
     }
 }

@@ -20,7 +20,7 @@ use crate::routing::balance::Balancer;
 use crate::routing::health::{BreakerState, Transition};
 use crate::routing::instances::{InstanceRegistry, InstanceState, redacted_url};
 use crate::secret::Secret;
-use crate::shared_state::{RedisStore, StateConfig, StateStore};
+use crate::store::{RedisStore, StateConfig, StateStore};
 use crate::telemetry::metrics::{Metrics, instance_state};
 use crate::telemetry::request_log::RequestLogger;
 use crate::telemetry::stats::Stats;
@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub keys: KeyStore,
     pub limiter: Arc<Limiter>,
     pub policy: Policy,
+    /// `server.cors_allow_origin` as the layer browser requests go through.
+    pub cors: tower_http::cors::CorsLayer,
 }
 
 /// Per-backend live state for one snapshot.
@@ -176,12 +178,14 @@ impl Snapshot {
             })
             .collect();
         registry.retain(&live);
+        let cors = crate::http::cors::layer(&config.server.cors_allow_origin);
         Ok(Snapshot {
             config,
             backends,
             keys,
             limiter: Arc::new(limiter),
             policy,
+            cors,
         })
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tiktoken_rs::CoreBPE;
 
 use crate::protocol::ApiRequest;
-use crate::shared_state::{RedisStore, StateStore};
+use crate::store::{RedisStore, StateStore};
 
 /// Tokens OpenAI adds per chat message for the role and separators.
 const PER_MESSAGE_OVERHEAD: u64 = 3;
@@ -373,10 +373,10 @@ mod tests {
     /// With Redis, a count made by one gateway is found by another (a fresh local cache).
     #[tokio::test]
     async fn counts_are_shared_through_redis() {
-        let Some(server) = crate::shared_state::test_redis::TestRedis::start() else {
+        let Some(server) = crate::store::test_redis::TestRedis::start() else {
             return;
         };
-        let config = crate::shared_state::StateConfig {
+        let config = crate::store::StateConfig {
             redis_url: Some(server.url()),
             key_prefix: "tok-test".into(),
             ..Default::default()

@@ -11,7 +11,7 @@ use super::raw::{RawBackend, RawConfig};
 use crate::alerts::AlertsConfig;
 use crate::auth::KeyConfig;
 use crate::cache::CacheConfig;
-use crate::limits::RateLimitConfig;
+use crate::limit_rules::RateLimitConfig;
 use crate::policy::PolicyConfig;
 use crate::protocol::Endpoint;
 use crate::responses_store::ResponsesConfig;
@@ -21,7 +21,7 @@ use crate::routing::balance::Strategy;
 use crate::routing::engine_load::EngineLoadConfig;
 use crate::routing::health::HealthConfig;
 use crate::secret::{Secret, redact_userinfo};
-use crate::shared_state::StateConfig;
+use crate::store::StateConfig;
 use crate::telemetry::metrics::MetricsConfig;
 use crate::telemetry::request_log::RequestLogConfig;
 use crate::upstream::client::Target;
@@ -329,12 +329,8 @@ impl Config {
         rate_limit
             .validate()
             .map_err(|message| invalid("rate_limit", message))?;
-        crate::limits::Limiter::new(
-            &rate_limit,
-            &keys,
-            crate::shared_state::StateStore::memory(),
-        )
-        .map_err(|message| invalid("keys", message))?;
+        crate::limits::Limiter::new(&rate_limit, &keys, crate::store::StateStore::memory())
+            .map_err(|message| invalid("keys", message))?;
         let cache: CacheConfig = section("cache", raw.cache.clone())?;
         cache
             .validate()

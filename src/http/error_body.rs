@@ -1,5 +1,5 @@
 //! Render a `GatewayError` in the client's protocol: OpenAI (and Responses) `{"error":{message,type,param,code}}` or
-//! Anthropic `{"type":"error","error":{type,message}}`, with `Retry-After` and extra headers.
+//! Anthropic `{"type":"error","error":{type,message}}`, with `Retry-After` and the error's extensions.
 
 use axum::body::Body;
 use axum::response::Response;
@@ -33,9 +33,7 @@ pub fn response(protocol: Protocol, error: &GatewayError) -> Response {
         let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
-    for (name, value) in &error.headers {
-        headers.insert(name.clone(), value.clone());
-    }
+    *response.extensions_mut() = error.extensions.clone();
     response
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod cors;
 pub mod error_body;
 
 use http::{HeaderMap, HeaderName};

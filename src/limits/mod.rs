@@ -22,147 +22,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::auth::{KeyConfig, Principal};
-use crate::shared_state::{FailMode, StateStore, StoreUnavailable};
+use crate::limit_rules::{Algorithm, LimitRule, Period, QuotaConfig, RateLimitConfig};
+use crate::store::{FailMode, StateStore, StoreUnavailable};
 use engine::{BucketKind, Outcome};
-
-/// The `rate_limit:` config section. A scope that is absent is not limited.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    pub per_ip: Option<LimitRule>,
-    /// Default for every key; `keys[].rate_limit` overrides it per key.
-    pub per_key: Option<LimitRule>,
-    pub per_key_model: Option<LimitRule>,
-    pub global: Option<LimitRule>,
-}
-
-/// One limit: requests and/or tokens per `window_s`.
-///
-/// With `token_bucket` the rate is `requests / window_s` per second and `burst` (default
-/// `requests`) is how many may arrive at once; the tokens bucket holds `tokens` and refills over
-/// `window_s`. Seed 004's "5/s, burst 10" is `{requests: 5, window_s: 1, burst: 10, algorithm: token_bucket}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitRule {
-    pub requests: Option<u64>,
-    pub tokens: Option<u64>,
-    pub window_s: f64,
-    pub algorithm: Algorithm,
-    pub burst: Option<u64>,
-}
-
-impl Default for LimitRule {
-    fn default() -> Self {
-        LimitRule {
-            requests: None,
-            tokens: None,
-            window_s: 60.0,
-            algorithm: Algorithm::SlidingWindow,
-            burst: None,
-        }
-    }
-}
-
-/// Per-key override from `keys[].rate_limit`.
-pub type KeyRateLimitConfig = LimitRule;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    #[default]
-    SlidingWindow,
-    TokenBucket,
-}
-
-/// `keys[].quota`: requests and/or tokens per calendar `period` (UTC) or per rolling `window_s`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QuotaConfig {
-    pub requests: Option<u64>,
-    pub tokens: Option<u64>,
-    pub period: Option<Period>,
-    pub window_s: Option<f64>,
-}
-
-/// Calendar periods in UTC; weeks start on Monday (ISO 8601).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Period {
-    Day,
-    Week,
-    Month,
-}
-
-impl RateLimitConfig {
-    /// Checks every rule, for config validation without building a limiter.
-    pub fn validate(&self) -> Result<(), String> {
-        for (rule, path) in [
-            (&self.per_ip, "rate_limit.per_ip"),
-            (&self.per_key, "rate_limit.per_key"),
-            (&self.per_key_model, "rate_limit.per_key_model"),
-            (&self.global, "rate_limit.global"),
-        ] {
-            if let Some(rule) = rule {
-                rule.validate(path)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl LimitRule {
-    /// Checks the rule; `path` (e.g. `rate_limit.per_ip`) is used in the error.
-    pub fn validate(&self, path: &str) -> Result<(), String> {
-        if self.requests.is_none() && self.tokens.is_none() {
-            return Err(format!("{path}: set requests and/or tokens"));
-        }
-        if self.requests == Some(0) || self.tokens == Some(0) {
-            return Err(format!("{path}: requests and tokens must be at least 1"));
-        }
-        if !(self.window_s.is_finite() && self.window_s > 0.0) {
-            return Err(format!(
-                "{path}.window_s must be a positive number of seconds, got {}",
-                self.window_s
-            ));
-        }
-        match (self.algorithm, self.burst) {
-            (Algorithm::SlidingWindow, Some(_)) => Err(format!(
-                "{path}.burst applies only to algorithm token_bucket"
-            )),
-            (_, Some(0)) => Err(format!("{path}.burst must be at least 1")),
-            (Algorithm::TokenBucket, Some(_)) if self.requests.is_none() => Err(format!(
-                "{path}.burst needs requests (it is the request burst)"
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl QuotaConfig {
-    /// Checks the quota; `path` (e.g. `keys[0].quota`) is used in the error.
-    pub fn validate(&self, path: &str) -> Result<(), String> {
-        if self.requests.is_none() && self.tokens.is_none() {
-            return Err(format!("{path}: set requests and/or tokens"));
-        }
-        if self.requests == Some(0) || self.tokens == Some(0) {
-            return Err(format!("{path}: requests and tokens must be at least 1"));
-        }
-        match (self.period, self.window_s) {
-            (Some(_), Some(_)) => Err(format!("{path}: set either period or window_s, not both")),
-            (None, None) => Err(format!(
-                "{path}: set period (day, week, month) or window_s (rolling)"
-            )),
-            (None, Some(w)) if !(w.is_finite() && w > 0.0) => Err(format!(
-                "{path}.window_s must be a positive number of seconds, got {w}"
-            )),
-            _ => Ok(()),
-        }
-    }
-}
 
 /// Source of the current time, injected so tests can move time without sleeping.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -285,10 +152,22 @@ pub struct Rejection {
     /// `"ip" | "key" | "key_model" | "global" | "quota" | "state"`.
     pub scope: &'static str,
     pub key_name: Option<Arc<str>>,
+    /// Sent as `retry-after` (whole seconds, rounded up, at least 1).
     pub retry_after: Duration,
-    /// `retry-after` plus the `x-ratelimit-*` headers.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The `x-ratelimit-*` headers of the limits checked (empty when they could not be read).
+    pub rate: Box<RateHeaders>,
     pub message: String,
+}
+
+impl Rejection {
+    /// The response headers: `retry-after`, then the `x-ratelimit-*` headers.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let seconds = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        let retry_after = (http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        std::iter::once(retry_after)
+            .chain(self.rate.pairs())
+            .collect()
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -597,9 +476,7 @@ impl Limiter {
             let probe: Vec<(&str, BucketKind, u64)> =
                 specs.iter().map(|s| (s.key.as_str(), s.kind, 0)).collect();
             if let Ok(outcomes) = self.check(&probe, now_us, false).await {
-                rejection
-                    .headers
-                    .extend(RateHeaders::of(&specs, &outcomes).pairs());
+                rejection.rate = Box::new(RateHeaders::of(&specs, &outcomes));
             }
             return Err(rejection);
         }
@@ -629,13 +506,7 @@ impl Limiter {
                 estimated_tokens: req.estimated_tokens,
             });
         }
-        Err(rejection(
-            &specs,
-            req,
-            &outcomes,
-            headers.to_vec(),
-            key_name,
-        ))
+        Err(rejection(&specs, req, &outcomes, headers, key_name))
     }
 
     /// Charges the difference between actual and estimated tokens (negative refunds) to every
@@ -733,7 +604,7 @@ impl Limiter {
                 scope: "state",
                 key_name,
                 retry_after: Duration::from_secs(1),
-                headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("1"))],
+                rate: Box::default(),
                 message: "rate limits cannot be checked: shared state (redis) is unavailable and \
                           state.on_unavailable is fail_closed"
                     .to_owned(),
@@ -876,10 +747,7 @@ fn too_large(spec: &Spec<'_>, req: &LimitRequest<'_>, key_name: Option<Arc<str>>
         scope: spec.scope,
         key_name,
         retry_after,
-        headers: vec![(
-            http::header::RETRY_AFTER,
-            header_value(&retry_after.as_secs().to_string()),
-        )],
+        rate: Box::default(),
         message: format!(
             "request needs {} {}, more than the {what} of {} allows ({} {} {}); it can never be admitted",
             spec.cost,
@@ -896,7 +764,7 @@ fn rejection(
     specs: &[Spec<'_>],
     req: &LimitRequest<'_>,
     outcomes: &[Outcome],
-    mut headers: Vec<(HeaderName, HeaderValue)>,
+    rate: RateHeaders,
     key_name: Option<Arc<str>>,
 ) -> Rejection {
     // Report the quota if one is exhausted (it outlasts rate limits), else the longest wait.
@@ -907,20 +775,13 @@ fn rejection(
             scope: "global",
             key_name,
             retry_after: Duration::from_secs(1),
-            headers,
+            rate: Box::new(rate),
             message: "rate limit exceeded".to_owned(),
         };
     };
     let retry_after = Duration::from_micros(outcome.retry_after_us);
     let retry_s = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let retry_s = retry_s.max(1);
-    headers.insert(
-        0,
-        (
-            http::header::RETRY_AFTER,
-            header_value(&retry_s.to_string()),
-        ),
-    );
     let (kind, message) = if spec.quota {
         (
             RejectKind::QuotaExceeded,
@@ -950,7 +811,7 @@ fn rejection(
         scope: spec.scope,
         key_name,
         retry_after,
-        headers,
+        rate: Box::new(rate),
         message,
     }
 }
@@ -1010,9 +871,9 @@ impl RateHeaders {
         self.units.iter().all(Option::is_none)
     }
 
-    /// The headers as HTTP/1.1 field lines (`name: value\r\n`), requests first: the same names and values
-    /// as [`pairs`](Self::pairs), written straight into a response head — no header value allocated and no
-    /// map insert for each of them.
+    /// The headers as HTTP/1.1 field lines (`name: value\r\n`), requests first — the one place they are
+    /// rendered: an HTTP/1.1 head takes the lines as they are (no header value allocated, no map
+    /// insert), a header map takes them through [`pairs`](Self::pairs).
     pub fn write_fields(&self, out: &mut Vec<u8>) {
         let mut digits = itoa::Buffer::new();
         for (unit, [limit, remaining, reset]) in self.units.iter().zip(&RATE_HEADER_NAMES) {
@@ -1032,8 +893,9 @@ impl RateHeaders {
         }
     }
 
-    /// The headers, requests first.
-    pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    /// The headers as name and value, requests first: [`write_fields`](Self::write_fields) split up (the
+    /// values share one buffer).
+    pub fn pairs(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + use<> {
         const fn names(unit: usize) -> [HeaderName; 3] {
             let [limit, remaining, reset] = RATE_HEADER_NAMES[unit];
             [
@@ -1043,27 +905,26 @@ impl RateHeaders {
             ]
         }
         static NAMES: [[HeaderName; 3]; 2] = [names(0), names(1)];
-        self.units
-            .iter()
-            .zip(&NAMES)
-            .filter_map(|(unit, names)| unit.map(|unit| (unit, names)))
-            .flat_map(|(unit, [limit, remaining, reset])| {
-                [
-                    (limit.clone(), HeaderValue::from(unit.limit)),
-                    (remaining.clone(), HeaderValue::from(unit.remaining)),
-                    (reset.clone(), header_value(&go_duration(unit.reset_us))),
-                ]
-            })
+        let mut lines = Vec::with_capacity(192);
+        self.write_fields(&mut lines);
+        let mut rest = Bytes::from(lines);
+        std::iter::from_fn(move || {
+            let end = memchr::memmem::find(&rest, b"\r\n")?;
+            let line = rest.split_to(end + 2);
+            let colon = memchr::memchr(b':', &line)?;
+            let name = NAMES
+                .as_flattened()
+                .iter()
+                .find(|name| name.as_str().as_bytes() == &line[..colon])?;
+            let value = HeaderValue::from_maybe_shared(line.slice(colon + 2..end)).ok()?;
+            Some((name.clone(), value))
+        })
     }
 
     /// The headers as a list.
     pub fn to_vec(&self) -> Vec<(HeaderName, HeaderValue)> {
         self.pairs().collect()
     }
-}
-
-fn header_value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Formats a duration like OpenAI's reset headers (Go style): `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use redis::Script;
 
 use super::engine::{BucketKind, Outcome};
-use crate::shared_state::{RedisStore, StoreUnavailable};
+use crate::store::{RedisStore, StoreUnavailable};
 
 const ADMIT_LUA: &str = r#"
 local apply = ARGV[1] == '1'

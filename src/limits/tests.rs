@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::auth::KeyStore;
-use crate::shared_state::test_redis::TestRedis;
-use crate::shared_state::{FailMode, RedisStore};
+use crate::store::test_redis::TestRedis;
+use crate::store::{FailMode, RedisStore};
 
 /// 2026-11-22T00:00:00Z, a window boundary for every window that divides a day.
 const T0: u64 = 1_795_305_600_000_000;
@@ -79,9 +79,9 @@ async fn sliding_window_per_ip_5_per_minute() {
     assert_eq!(rej.kind.status(), http::StatusCode::TOO_MANY_REQUESTS);
     // 5 admitted now: the next fits once they have left the trailing minute (exact window, issue 23).
     assert_eq!(rej.retry_after, Duration::from_secs(60));
-    assert_eq!(header(&rej.headers, "retry-after"), Some("60"));
+    assert_eq!(header(&rej.headers(), "retry-after"), Some("60"));
     assert_eq!(
-        header(&rej.headers, "x-ratelimit-remaining-requests"),
+        header(&rej.headers(), "x-ratelimit-remaining-requests"),
         Some("0")
     );
     assert!(
@@ -117,7 +117,7 @@ async fn token_bucket_rate_5_per_s_burst_10() {
     let rej = f.limiter.admit(&request(None, 0)).await.unwrap_err();
     assert_eq!(rej.scope, "global");
     assert_eq!(rej.retry_after, Duration::from_millis(200));
-    assert_eq!(header(&rej.headers, "retry-after"), Some("1"));
+    assert_eq!(header(&rej.headers(), "retry-after"), Some("1"));
     f.clock.advance(Duration::from_millis(400));
     assert!(f.limiter.admit(&request(None, 0)).await.is_ok());
     let adm = f.limiter.admit(&request(None, 0)).await.unwrap();
@@ -235,7 +235,7 @@ async fn token_limit_charges_estimate_and_reconciles() {
     f.limiter.reconcile(&adm2, 900).await;
     let rej = f.limiter.admit(&request(Some(&a), 1)).await.unwrap_err();
     assert_eq!(
-        header(&rej.headers, "x-ratelimit-remaining-tokens"),
+        header(&rej.headers(), "x-ratelimit-remaining-tokens"),
         Some("0")
     );
     assert!(
@@ -257,11 +257,11 @@ async fn too_large_request_names_the_limit() {
     );
     // The rejection still carries the limit's headers, and probing them charged nothing.
     assert_eq!(
-        header(&rej.headers, "x-ratelimit-limit-tokens"),
+        header(&rej.headers(), "x-ratelimit-limit-tokens"),
         Some("100")
     );
     assert_eq!(
-        header(&rej.headers, "x-ratelimit-remaining-tokens"),
+        header(&rej.headers(), "x-ratelimit-remaining-tokens"),
         Some("100")
     );
     assert!(f.limiter.admit(&request(None, 100)).await.is_ok());
@@ -578,7 +578,7 @@ async fn redis_all_or_nothing_reconcile_quota_and_usage() {
     // 900 of 1000 used in the current window: room for 200 comes 1/9 into the next window.
     let wait = rej.retry_after.as_secs_f64();
     assert!((6.6..=66.7).contains(&wait), "{wait}");
-    let header_s: f64 = header(&rej.headers, "retry-after")
+    let header_s: f64 = header(&rej.headers(), "retry-after")
         .unwrap()
         .parse()
         .unwrap();

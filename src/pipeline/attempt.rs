@@ -566,7 +566,7 @@ impl Exchange<'_> {
             // The stream keeps the admission slot until its end.
             guard.hold(permit.take());
             let detached = ctx.detach();
-            return Ok(reply::stream(
+            return Ok(super::streaming::stream(
                 first,
                 relay,
                 detached,

@@ -145,14 +145,13 @@ pub async fn admit(
                 }
                 RejectKind::Unavailable => ErrorKind::ServiceUnavailable,
             };
-            GatewayError {
-                kind,
-                message: rejection.message,
-                param: None,
-                retry_after: (kind != ErrorKind::ServiceUnavailable)
-                    .then_some(rejection.retry_after),
-                headers: rejection.headers,
+            let mut error = GatewayError::new(kind, rejection.message)
+                .with_retry_after(Some(rejection.retry_after));
+            // The `x-ratelimit-*` headers go with the response as an admitted request's do.
+            if !rejection.rate.is_empty() {
+                error.extensions.insert(*rejection.rate);
             }
+            error
         })?;
     Ok(Admitted {
         principal,

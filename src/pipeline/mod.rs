@@ -10,6 +10,7 @@ pub mod ctx;
 pub mod gate;
 pub mod reply;
 pub mod responses;
+mod streaming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,8 +227,9 @@ async fn store_and_mark(
     Response::from_parts(parts, Body::from(cached::mark_miss(bytes)))
 }
 
-/// The `x-ratelimit-*` headers go with the response as numbers (an extension): the HTTP/1.1 server writes
-/// them straight into the response head, and `AppFuture` turns them into header values for HTTP/2.
+/// The `x-ratelimit-*` headers go with the response as numbers (an extension), as a limit's refusal's do:
+/// `AppService` writes them straight into an HTTP/1.1 head (`server::HeadLines`) and turns them into
+/// header values for HTTP/2.
 fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> Response {
     if !headers.is_empty() {
         response.extensions_mut().insert(headers);

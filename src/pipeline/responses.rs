@@ -146,7 +146,7 @@ pub async fn store_final(state: &AppState, ctx: &mut RequestCtx, response: &[u8]
 }
 
 /// Store a complete answer already in hand (a JSON body, or a replayed stream with its whole body)
-/// before it is sent; streams relayed from an upstream store themselves as they end (`reply::stream`).
+/// before it is sent; streams relayed from an upstream store themselves as they end (`streaming::stream`).
 pub async fn store_complete(
     state: &AppState,
     ctx: &mut RequestCtx,

@@ -41,7 +41,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
 use crate::protocol::{ApiRequest, Part, Role};
 use crate::routing::balance::InstanceView;
-use crate::shared_state::StateStore;
+use crate::store::StateStore;
 
 /// Session headers read by default, in this order (the first present wins). Values longer than
 /// [`MAX_HEADER_VALUE`] bytes are ignored.

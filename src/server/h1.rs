@@ -36,6 +36,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::HeadLines;
 use super::idle::Flags;
 use crate::app::AppService;
 use crate::error::{ErrorKind, GatewayError};
@@ -315,7 +316,7 @@ impl Conn<'_> {
         let Ok(response) = response;
         keep_alive &= !flags.stop.load(Ordering::Relaxed);
         Ok(self
-            .write_response(response, is_head, version, keep_alive)
+            .write_response(response, Some(service), is_head, version, keep_alive)
             .await)
     }
 
@@ -399,10 +400,12 @@ impl Conn<'_> {
         .await
     }
 
-    /// Write `response`; `true` when the connection can carry another request.
+    /// Write `response`, with the header lines `lines` writes from its extensions; `true` when the
+    /// connection can carry another request.
     async fn write_response(
         &mut self,
         response: Response,
+        lines: Option<&impl HeadLines>,
         is_head: bool,
         version: Version,
         mut keep_alive: bool,
@@ -429,8 +432,8 @@ impl Conn<'_> {
             }
             write_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if let Some(rate) = parts.extensions.get::<crate::limits::RateHeaders>() {
-            rate.write_fields(out);
+        if let Some(lines) = lines {
+            lines.write_head_lines(&parts.extensions, out);
         }
         if let Some(length) = length
             && status != StatusCode::NO_CONTENT
@@ -541,7 +544,13 @@ impl Conn<'_> {
             crate::http::error_body::response(Protocol::OpenAi, &GatewayError::new(kind, message));
         *response.status_mut() = status;
         let _ = self
-            .write_response(response, false, Version::HTTP_11, false)
+            .write_response(
+                response,
+                None::<&AppService>,
+                false,
+                Version::HTTP_11,
+                false,
+            )
             .await;
         let _ = self.io.shutdown().await;
     }

@@ -17,6 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::error::describe;
+
 use super::h1::{self, HeaderSink};
 use super::pool::{Body, Pool};
 
@@ -190,21 +192,6 @@ pub enum BodyReadError {
     TooLarge,
     /// The body broke (described without the URL).
     Failed(String),
-}
-
-/// An error with its chain of causes, `a: b: c`.
-pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// An upstream URL ready to send to: the URI without credentials, and the `Basic` authorization its

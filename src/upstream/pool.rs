@@ -205,7 +205,7 @@ impl hyper::body::Body for Body {
                 polled.map(|data| data.map(|data| data.map(Frame::data)))
             }
             Inner::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map(|frame| {
-                frame.map(|frame| frame.map_err(|error| BodyError(super::client::describe(&error))))
+                frame.map(|frame| frame.map_err(|error| BodyError(crate::error::describe(&error))))
             }),
         }
     }

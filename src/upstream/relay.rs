@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use memchr::memmem::{Finder, FinderRev};
 
+use crate::error::describe;
 use crate::protocol::json_patch;
 use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
@@ -18,7 +19,7 @@ use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk, push_piec
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
 use super::call::Fault;
-use super::client::{Response, describe};
+use super::client::Response;
 
 /// The next data chunk of a response body (trailers are skipped).
 async fn next_data(body: &mut super::pool::Body) -> Option<Result<Bytes, super::pool::BodyError>> {

@@ -459,3 +459,78 @@ async fn a_configured_cors_origin_is_the_only_one_allowed() {
         );
     }
 }
+
+/// The allowed origin a browser sees in a preflight and in an API POST's answer.
+async fn allowed_origin(gateway: &Gateway, origin: &str) -> (String, String) {
+    let preflight = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            gateway.url("/v1/chat/completions"),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    let post = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .header("origin", origin)
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    let header = |response: &reqwest::Response| {
+        response.headers()["access-control-allow-origin"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    (header(&preflight), header(&post))
+}
+
+#[tokio::test]
+async fn a_reload_applies_a_new_cors_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let config = |origin: &str| {
+        format!(
+            "server: {{ cors_allow_origin: '{origin}' }}\ndefault_backend: local\nbackends:\n  local: {{ type: echo }}\n"
+        )
+    };
+    std::fs::write(&path, config("https://old.example")).unwrap();
+    let (gateway, _) = Gateway::start_from_file(&path, false).await;
+    let old = "https://old.example".to_owned();
+    assert_eq!(
+        allowed_origin(&gateway, "https://new.example").await,
+        (old.clone(), old)
+    );
+
+    std::fs::write(&path, config("https://new.example")).unwrap();
+    assert_eq!(gateway.admin_reload().await.status(), 200);
+    let new = "https://new.example".to_owned();
+    assert_eq!(
+        allowed_origin(&gateway, "https://new.example").await,
+        (new.clone(), new)
+    );
+
+    std::fs::write(&path, config("*")).unwrap();
+    assert_eq!(gateway.admin_reload().await.status(), 200);
+    let any = "*".to_owned();
+    assert_eq!(
+        allowed_origin(&gateway, "https://new.example").await,
+        (any.clone(), any)
+    );
+    // Clients that send no Origin still get no CORS headers.
+    let (status, headers, _) = gateway
+        .send(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("access-control-allow-origin").is_none());
+}

@@ -213,6 +213,60 @@ async fn rate_headers_reach_http1_and_http2_clients_alike() {
     );
 }
 
+/// A limit's refusal carries the same `x-ratelimit-*` headers as an admitted answer, once each, to
+/// HTTP/1.1 and HTTP/2 clients alike, with its `retry-after`.
+#[tokio::test]
+async fn a_refusal_carries_rate_headers_to_http1_and_http2_clients_alike() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&config(
+        &mock,
+        "rate_limit:\n  per_ip: { requests: 1, window_s: 60 }\n",
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let clients = [
+        (client(), reqwest::Version::HTTP_11, 200),
+        (client(), reqwest::Version::HTTP_11, 429),
+        (h2, reqwest::Version::HTTP_2, 429),
+    ];
+    for (i, (client, version, status)) in clients.into_iter().enumerate() {
+        let response = client
+            .post(gateway.url("/v1/chat/completions"))
+            .json(&chat_body("m", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.version(), version, "request {i}");
+        assert_eq!(response.status(), status, "request {i}");
+        let headers = response.headers();
+        assert_eq!(header(headers, "x-ratelimit-limit-requests"), "1");
+        assert_eq!(header(headers, "x-ratelimit-remaining-requests"), "0");
+        assert!(!header(headers, "x-ratelimit-reset-requests").is_empty());
+        for name in [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ] {
+            assert_eq!(
+                headers.get_all(name).iter().count(),
+                1,
+                "request {i}: one {name}"
+            );
+        }
+        if status == 429 {
+            let retry: u64 = header(headers, "retry-after").parse().unwrap();
+            assert!(
+                (1..=60).contains(&retry),
+                "request {i}: retry-after {retry}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn global_token_bucket_seed_004_admits_the_burst() {
     let mock = Mock::start().await;

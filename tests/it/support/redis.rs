@@ -1,5 +1,5 @@
 //! A child `redis-server` on a free loopback port for the shared-state tests. The library's unit tests
-//! include this same file with `#[path]` as `shared_state::test_redis`.
+//! include this same file with `#[path]` as `store::test_redis`.
 //! Without `redis-server` and without `REQUIRE_REDIS`, `start` prints a note and returns `None`.
 
 use std::process::{Child, Command, Stdio};
