@@ -68,23 +68,41 @@ pub enum StreamEnd {
     UpstreamError(String),
 }
 
+/// Where a relayed stream is: what may still happen to it.
+enum Phase {
+    /// Reading the upstream; nothing handed out yet, so an upstream whose very first event is an
+    /// error is still a fault the attempt loop can fail over from.
+    Opening,
+    /// Reading the upstream; output was handed out (it may have reached the client).
+    Streaming,
+    /// The upstream's last event is in the output: nothing more is read; what is ready goes out, then
+    /// the clean end. [`Relay::end`] says how it ended.
+    Finished(StreamEnd),
+    /// A fault met after some output was ready: that output goes out first, the fault on the next call.
+    Failing(Fault),
+    /// Ended by a fault (reported): nothing more comes.
+    Closed,
+}
+
+impl Phase {
+    /// The upstream is still read.
+    fn reading(&self) -> bool {
+        matches!(self, Phase::Opening | Phase::Streaming)
+    }
+}
+
+/// One upstream event stream on its way to the client, event by event; its [`Phase`] says what may
+/// still happen.
 pub struct Relay {
     upstream: super::pool::Body,
     decoder: SseDecoder,
     transform: Transform,
     idle: Duration,
-    ended: bool,
-    /// How the stream ended, once its last event was handed out (`None` while it runs and after a
-    /// fault, which `next_output` returns instead).
-    end: Option<StreamEnd>,
-    /// A fault met after some output was ready: that output is delivered first, the fault next.
-    pending_fault: Option<Fault>,
+    phase: Phase,
     /// Upstream events forwarded by a pass-through transform.
     forwarded: u64,
     /// A pass-through upstream's very first event was an error: its message.
     first_error: Option<String>,
-    /// Some output was handed out (so it may have reached the client).
-    delivered: bool,
     /// Full decode of pass-through events, only when the request log needs the assembled reply.
     tap: Option<StreamTap>,
     /// Assemble the reply text of pass-through streams (token accounting, cache storage).
@@ -109,12 +127,9 @@ impl Relay {
             decoder: SseDecoder::default(),
             transform,
             idle,
-            ended: false,
-            end: None,
-            pending_fault: None,
+            phase: Phase::Opening,
             forwarded: 0,
             first_error: None,
-            delivered: false,
             tap,
             collect_text,
             exact_prefix: Vec::new(),
@@ -128,8 +143,9 @@ impl Relay {
     /// An upstream whose very first event is an error event (it answered 200, then refused) is a
     /// fault while nothing has been handed out, so the attempt loop can still fail over.
     pub async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
+        let opening = matches!(self.phase, Phase::Opening);
         let output = self.next_client_bytes().await;
-        if !self.delivered {
+        if opening {
             let first_error = match &self.transform {
                 Transform::Convert(converter) => converter.first_event_error(),
                 Transform::ResponsesPassThrough(pass) => pass.first_error(),
@@ -138,12 +154,14 @@ impl Relay {
             if let Some(message) = first_error {
                 let fault =
                     Fault::Broken(format!("upstream stream began with an error: {message}"));
-                self.ended = true;
+                self.phase = Phase::Closed;
                 return Err(fault);
             }
         }
         if let Ok(Some(bytes)) = &output {
-            self.delivered = true;
+            if let Phase::Opening = self.phase {
+                self.phase = Phase::Streaming;
+            }
             self.count_delivered(bytes);
         }
         output
@@ -217,13 +235,15 @@ impl Relay {
     }
 
     async fn next_client_bytes(&mut self) -> Result<Option<Bytes>, Fault> {
-        if let Some(fault) = self.pending_fault.take() {
+        if let Phase::Failing(_) = self.phase
+            && let Phase::Failing(fault) = std::mem::replace(&mut self.phase, Phase::Closed)
+        {
             return Err(fault);
         }
         let mut out = BytesMut::new();
         let mut coalesced = 0usize;
         loop {
-            if self.ended {
+            if !self.phase.reading() {
                 return Ok((!out.is_empty()).then(|| out.freeze()));
             }
             let next = if out.is_empty() {
@@ -239,11 +259,10 @@ impl Relay {
             coalesced += 1;
             match next {
                 Err(_) => {
-                    self.ended = true;
+                    self.phase = Phase::Closed;
                     return Err(Fault::Timeout(self.idle));
                 }
                 Ok(Some(Err(error))) => {
-                    self.ended = true;
                     let fault =
                         Fault::Broken(format!("upstream stream failed: {}", describe(&error)));
                     return self.deliver_then(out, fault);
@@ -251,7 +270,6 @@ impl Relay {
                 Ok(Some(Ok(chunk))) => {
                     if let Transform::Convert(converter) = &mut self.transform {
                         if let Err(error) = converter.push(&chunk, &mut out) {
-                            self.ended = true;
                             let fault = Fault::Broken(error.to_string());
                             return self.deliver_then(out, fault);
                         }
@@ -267,13 +285,12 @@ impl Relay {
                     if let Err(fault) = self.drain(&mut out) {
                         return self.deliver_then(out, fault);
                     }
-                    if self.end.is_some() {
+                    if let Phase::Finished(_) = self.phase {
                         // The upstream's last event is in `out`; what may follow it is not relayed.
                         self.read_upstream_end().await;
                     }
                 }
                 Ok(None) => {
-                    self.ended = true;
                     if let Transform::Convert(converter) = &mut self.transform {
                         // A last event without its blank line may still be the upstream's own end.
                         let flushed = converter.flush(&mut out);
@@ -289,20 +306,20 @@ impl Relay {
                     if let Some(event) = self.decoder.finish() {
                         self.forward(&event, &mut out);
                     }
-                    if self.end.is_none() {
+                    if self.phase.reading() {
                         let openai = matches!(self.transform, Transform::OpenAiPassThrough { .. });
                         if let Transform::ResponsesPassThrough(pass) = &self.transform
                             && pass.terminal() == Terminal::Failed
                         {
                             // The upstream's own error event, relayed, ended it.
-                            self.end = Some(StreamEnd::UpstreamError(
+                            self.phase = Phase::Finished(StreamEnd::UpstreamError(
                                 "the upstream's response failed".to_owned(),
                             ));
                         } else if openai && self.facts.finish_reason.is_some() {
                             // The answer was finished; only the upstream's `[DONE]` was missing.
                             out.extend_from_slice(b"data: [DONE]\n\n");
                             self.facts.events += 1;
-                            self.end = Some(StreamEnd::Complete);
+                            self.phase = Phase::Finished(StreamEnd::Complete);
                         } else {
                             return self.deliver_then(out, cut());
                         }
@@ -315,32 +332,34 @@ impl Relay {
 
     /// A converted stream's upstream ended it: by its success end, or by its own error event.
     fn end_converted(&mut self) {
-        self.ended = true;
         self.take_summary();
-        if let Transform::Convert(converter) = &self.transform {
-            self.end = Some(match converter.upstream_error() {
+        self.phase = match &self.transform {
+            Transform::Convert(converter) => Phase::Finished(match converter.upstream_error() {
                 Some(message) => StreamEnd::UpstreamError(message.to_owned()),
                 None => StreamEnd::Complete,
-            });
-        }
+            }),
+            _ => Phase::Closed,
+        };
     }
 
     /// How the stream ended, once its last bytes have been handed out: the caller records the request
     /// then, not when the client next asks for more (a client that closes right after reading the
     /// stream's terminal event got the whole answer).
     pub fn end(&self) -> Option<&StreamEnd> {
-        if self.pending_fault.is_some() {
-            return None;
+        match &self.phase {
+            Phase::Finished(end) => Some(end),
+            _ => None,
         }
-        self.end.as_ref()
     }
 
-    /// Output already produced goes out first; the fault is reported on the next call.
+    /// The stream ends with `fault`: output already produced goes out first, and the fault is reported
+    /// on the next call.
     fn deliver_then(&mut self, out: BytesMut, fault: Fault) -> Result<Option<Bytes>, Fault> {
         if out.is_empty() {
+            self.phase = Phase::Closed;
             return Err(fault);
         }
-        self.pending_fault = Some(fault);
+        self.phase = Phase::Failing(fault);
         Ok(Some(out.freeze()))
     }
 
@@ -349,14 +368,12 @@ impl Relay {
             match self.decoder.next_event() {
                 Ok(Some(event)) => {
                     self.forward(&event, out);
-                    if self.end.is_some() {
-                        self.ended = true;
+                    if !self.phase.reading() {
                         return Ok(());
                     }
                 }
                 Ok(None) => return Ok(()),
                 Err(error) => {
-                    self.ended = true;
                     return Err(Fault::Broken(error.to_string()));
                 }
             }
@@ -376,7 +393,7 @@ impl Relay {
             // The stream ends at the upstream's final lifecycle event (an `error` event may still be
             // followed by its `response.failed`).
             if pass.finished() {
-                self.end = Some(match pass.terminal() {
+                self.phase = Phase::Finished(match pass.terminal() {
                     Terminal::Completed => StreamEnd::Complete,
                     Terminal::Failed | Terminal::Open => {
                         StreamEnd::UpstreamError("the upstream's response failed".to_owned())
@@ -406,7 +423,7 @@ impl Relay {
         match &self.transform {
             Transform::OpenAiPassThrough { id_json } => {
                 if event.is_done() {
-                    self.end = Some(StreamEnd::Complete);
+                    self.phase = Phase::Finished(StreamEnd::Complete);
                     out.extend_from_slice(&event.raw);
                 } else if event.data.first() == Some(&b'{') {
                     match &exact {
@@ -424,7 +441,7 @@ impl Relay {
                             {
                                 let message = error_message(event)
                                     .unwrap_or_else(|| "upstream stream error".to_owned());
-                                self.end = Some(StreamEnd::UpstreamError(message));
+                                self.phase = Phase::Finished(StreamEnd::UpstreamError(message));
                             }
                         }
                     }
@@ -453,13 +470,13 @@ impl Relay {
             Transform::AnthropicPassThrough => {
                 match event.event.as_deref() {
                     Some("message_stop") => {
-                        self.end = Some(StreamEnd::Complete);
+                        self.phase = Phase::Finished(StreamEnd::Complete);
                         self.facts.finish_reason.get_or_insert(FinishReason::Stop);
                     }
                     Some("error") => {
                         let message = error_message(event)
                             .unwrap_or_else(|| "upstream stream error".to_owned());
-                        self.end = Some(StreamEnd::UpstreamError(message));
+                        self.phase = Phase::Finished(StreamEnd::UpstreamError(message));
                     }
                     _ => {}
                 }
