@@ -22,7 +22,7 @@ use crate::upstream::call::{self, CallSpec, Fault, Reply, too_large};
 use crate::upstream::client::BodyReadError;
 use crate::upstream::relay::{Relay, Transform};
 
-use super::super::{RequestCtx, cached, reply};
+use super::super::{RequestCtx, cached, reply, streaming};
 use super::{AttemptError, Exchange, target_protocol};
 
 impl Exchange<'_> {
@@ -297,7 +297,7 @@ impl Call<'_> {
         self.answered(answer, timing, guard.instance(), ctx);
         guard.hold(permit.take());
         let detached = ctx.detach();
-        Ok(reply::stream(
+        Ok(streaming::stream(
             first,
             relay,
             detached,
