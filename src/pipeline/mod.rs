@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use crate::error::{ErrorKind, GatewayError};
 use crate::http::error_body;
 use crate::protocol::{ApiRequest, Endpoint, Protocol, anthropic, openai};
-use crate::routing::affinity::KeySource;
+use crate::routing::affinity::{AffinityKey, KeySource, PromptBlocks};
 use crate::routing::route;
 use crate::state::{AppState, Snapshot};
 
@@ -132,42 +132,24 @@ async fn run(
     ctx.admission = admission.filter(crate::limits::Admission::counts_tokens);
 
     let cache_on = state.cache().is_enabled();
-    if cache_on {
-        let bypass = cached::bypassed(&inbound.headers);
-        let (keyed, backend_name) = (body.clone(), routed_name.to_owned());
-        let plan = crate::offload::run(body.len(), move || {
-            cached::plan_with(endpoint, &backend_name, bypass, &keyed)
-        })
-        .await
-        .ok_or_else(crate::offload::cancelled)?;
-        if let Some(forward) = plan.forward {
-            body = forward;
-        }
-        if let Some(key) = plan.key {
-            if let Some(hit) = state.cache().get(&key).await {
-                let include_usage =
-                    matches!(request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
-                let echo = request.responses().map(|r| r.echo.as_str());
-                if let Some(response) =
-                    cached::answer(&hit, request.stream(), include_usage, echo, ctx)
-                {
-                    state.metrics().cache(true);
-                    let response = responses::store_complete(state, ctx, response).await;
-                    return Ok(with_headers(response, rate_headers));
-                }
-            }
-            state.metrics().cache(false);
-            ctx.cache_key = Some(key);
-        }
+    if cache_on
+        && let Some(hit) = cache_lookup(
+            state,
+            &inbound.headers,
+            endpoint,
+            routed_name,
+            &mut body,
+            &request,
+            ctx,
+        )
+        .await?
+    {
+        let response = responses::store_complete(state, ctx, hit).await;
+        return Ok(with_headers(response, rate_headers));
     }
 
-    // `prefix_affinity` keys the request by a session header, the user field or the prompt's start.
-    let affinity = snapshot.backends[route.backend].affinity.as_ref();
-    let affinity_key = affinity.and_then(|affinity| affinity.rules.key(&inbound.headers, &request));
-    // With `prompt: index`, requests keyed by their prompt also carry its prefix blocks.
-    let affinity_blocks = affinity
-        .filter(|_| affinity_key.is_some_and(|key| key.source == KeySource::Prompt))
-        .and_then(|affinity| affinity.rules.blocks(&request));
+    let (affinity_key, affinity_blocks) =
+        affinity_of(snapshot, route.backend, &inbound.headers, &request);
     // The header map goes now, while it is still in the CPU's caches; the upstream call needs only a
     // few of its values.
     let forward_client_auth = snapshot.keys.is_open();
@@ -197,6 +179,62 @@ async fn run(
     }
     let response = responses::store_complete(state, ctx, response).await;
     Ok(with_headers(response, rate_headers))
+}
+
+/// The cache stage before the call: a hit answered from the cache (`Some`), or, on a miss, the key put
+/// in the context for the answer to be stored under. A body with a `cache` field is forwarded without it.
+async fn cache_lookup(
+    state: &AppState,
+    headers: &HeaderMap,
+    endpoint: Endpoint,
+    backend_name: &str,
+    body: &mut Bytes,
+    request: &Arc<ApiRequest>,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Response>, GatewayError> {
+    let bypass = cached::bypassed(headers);
+    let (keyed, backend_name) = (body.clone(), backend_name.to_owned());
+    let plan = crate::offload::run(body.len(), move || {
+        cached::plan_with(endpoint, &backend_name, bypass, &keyed)
+    })
+    .await
+    .ok_or_else(crate::offload::cancelled)?;
+    if let Some(forward) = plan.forward {
+        *body = forward;
+    }
+    let Some(key) = plan.key else {
+        return Ok(None);
+    };
+    if let Some(hit) = state.cache().get(&key).await {
+        let include_usage =
+            matches!(request.as_ref(), ApiRequest::Chat(chat) if chat.include_usage);
+        let echo = request.responses().map(|r| r.echo.as_str());
+        if let Some(response) = cached::answer(&hit, request.stream(), include_usage, echo, ctx) {
+            state.metrics().cache(true);
+            return Ok(Some(response));
+        }
+    }
+    state.metrics().cache(false);
+    ctx.cache_key = Some(key);
+    Ok(None)
+}
+
+/// `prefix_affinity`'s key for the request (a session header, the user field or the prompt's start)
+/// and, with `prompt: index`, the prefix blocks of a request keyed by its prompt.
+fn affinity_of(
+    snapshot: &Snapshot,
+    backend: usize,
+    headers: &HeaderMap,
+    request: &ApiRequest,
+) -> (Option<AffinityKey>, Option<PromptBlocks>) {
+    let Some(affinity) = snapshot.backends[backend].affinity.as_ref() else {
+        return (None, None);
+    };
+    let key = affinity.rules.key(headers, request);
+    let blocks = key
+        .filter(|key| key.source == KeySource::Prompt)
+        .and_then(|_| affinity.rules.blocks(request));
+    (key, blocks)
 }
 
 /// Store a complete JSON answer in the cache and mark the body `"cached": false` (seed 004).
