@@ -268,6 +268,44 @@ pub fn store_json(state: &AppState, key: CacheKey, stored: Stored<'_>) {
     }
 }
 
+/// The cache stage after the call, for a complete JSON answer: stored under `key` (without making the
+/// answer wait), and the client's copy marked `"cached":false` (seed 004). The attempt calls it with the
+/// body it already holds; [`store_response`] for answers that did not come through an attempt.
+pub fn store_answer(state: &AppState, key: CacheKey, stored: Stored<'_>) -> Bytes {
+    let body = stored.body.clone();
+    store_json(state, key, stored);
+    mark_miss(body)
+}
+
+/// [`store_answer`] for a whole response (the echo backend's): its body collected, stored under the
+/// backend it names, and sent marked.
+pub async fn store_response(
+    state: &AppState,
+    key: CacheKey,
+    response: Response,
+    protocol: Protocol,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let backend = parts
+        .headers
+        .get(crate::http::names::X_GATEWAY_BACKEND)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let stored = Stored {
+        body: bytes,
+        backend: &backend,
+        protocol,
+        known_answer: false,
+    };
+    let marked = store_answer(state, key, stored);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(marked))
+}
+
 /// Store a finished stream as its complete JSON answer (text answers only).
 pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, ctx: &RequestCtx) {
     if ctx.endpoint == Endpoint::Embeddings

@@ -174,7 +174,8 @@ async fn run(
             && !request.stream()
             && response.status() == http::StatusCode::OK
         {
-            response = store_and_mark(state, key, response, inbound.endpoint.protocol()).await;
+            response =
+                cached::store_response(state, key, response, inbound.endpoint.protocol()).await;
         }
     }
     let response = responses::store_complete(state, ctx, response).await;
@@ -235,34 +236,6 @@ fn affinity_of(
         .filter(|key| key.source == KeySource::Prompt)
         .and_then(|_| affinity.rules.blocks(request));
     (key, blocks)
-}
-
-/// Store a complete JSON answer in the cache and mark the body `"cached": false` (seed 004).
-async fn store_and_mark(
-    state: &AppState,
-    key: crate::cache::CacheKey,
-    response: Response,
-    protocol: Protocol,
-) -> Response {
-    let (mut parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return Response::from_parts(parts, Body::empty());
-    };
-    let backend = parts
-        .headers
-        .get(crate::http::names::X_GATEWAY_BACKEND)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let stored = cached::Stored {
-        body: bytes.clone(),
-        backend: &backend,
-        protocol,
-        known_answer: false,
-    };
-    cached::store_json(state, key, stored);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(cached::mark_miss(bytes)))
 }
 
 /// The `x-ratelimit-*` headers go with the response as numbers (an extension), as a limit's refusal's do:

@@ -304,6 +304,17 @@ impl AffinityRules {
         if self.prompt == PromptKey::Off {
             return None;
         }
+        let (hash, pieces) = self.prompt_hash(request)?;
+        (pieces > 0).then_some(AffinityKey {
+            hash,
+            source: KeySource::Prompt,
+            fresh,
+        })
+    }
+
+    /// The hash of the prompt's leading content (system prompt, then the first `prompt_messages`
+    /// messages with their roles) and how many pieces went into it; `None` for embeddings.
+    fn prompt_hash(&self, request: &ApiRequest) -> Option<(u64, usize)> {
         let mut hasher = Xxh3::with_seed(SEED_PROMPT);
         let mut pieces = 0usize;
         match request {
@@ -360,11 +371,7 @@ impl AffinityRules {
             }
             ApiRequest::Embeddings(_) => return None,
         }
-        (pieces > 0).then(|| AffinityKey {
-            hash: hasher.digest(),
-            source: KeySource::Prompt,
-            fresh,
-        })
+        Some((hasher.digest(), pieces))
     }
 
     /// With `prompt: index`, the chained hashes of the prompt's leading full blocks (system prompt, then

@@ -475,13 +475,12 @@ impl Call<'_> {
             return body;
         };
         let stored = cached::Stored {
-            body: body.clone(),
+            body,
             backend: &self.backend.name,
             protocol: self.client,
             known_answer,
         };
-        cached::store_json(exchange.state, key, stored);
-        cached::mark_miss(body)
+        cached::store_answer(exchange.state, key, stored)
     }
 
     /// The one place an answer is recorded: a success for the instance (its breaker and latency) and
