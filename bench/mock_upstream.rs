@@ -15,6 +15,10 @@
 //!   `message_delta`, `message_stop`);
 //! - `GET /health`: `{"status":"ok"}`.
 //!
+//! `--answer tool-call` answers every chat and messages request with one function call instead of text (an
+//! agent's usual turn): OpenAI `tool_calls` (streamed as 20 argument pieces after a first chunk naming
+//! the function), Anthropic `tool_use` (streamed as 20 `input_json_delta`s).
+//!
 //! Streams are sent one SSE event per body frame with chunked transfer encoding, so they are finite and a
 //! load generator counts each one as a complete response. `--chunk-delay-ms N` waits N ms before each
 //! streamed event (a slow model: the slow-streams run holds thousands of streams open this way; JSON
@@ -65,6 +69,18 @@ struct Cli {
     /// Wait this many milliseconds before each streamed SSE event (0: none, the zero-delay mock).
     #[arg(long, default_value_t = 0)]
     chunk_delay_ms: u64,
+    /// What the chat and messages replies carry.
+    #[arg(long, value_enum, default_value_t = Answer::Text)]
+    answer: Answer,
+}
+
+/// What a chat or messages reply carries.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    /// 20 text tokens.
+    Text,
+    /// One function call whose arguments come in 20 pieces.
+    ToolCall,
 }
 
 /// One wait before a streamed event.
@@ -101,15 +117,34 @@ impl Replies {
         instance: Option<HeaderValue>,
         log_first_request: bool,
         pace: Option<WaitMaker>,
+        answer: Answer,
     ) -> Self {
+        let events = |events: Vec<String>| events.into_iter().map(Bytes::from).collect();
+        let tool = answer == Answer::ToolCall;
         Self {
-            openai_json: Bytes::from(openai_json()),
-            openai_stream: openai_stream(false).into_iter().map(Bytes::from).collect(),
-            openai_stream_usage: openai_stream(true).into_iter().map(Bytes::from).collect(),
+            openai_json: Bytes::from(if tool { openai_tool_json() } else { openai_json() }),
+            openai_stream: events(if tool {
+                openai_tool_stream(false)
+            } else {
+                openai_stream(false)
+            }),
+            openai_stream_usage: events(if tool {
+                openai_tool_stream(true)
+            } else {
+                openai_stream(true)
+            }),
             completion_json: Bytes::from(completion_json()),
-            completion_stream: completion_stream().into_iter().map(Bytes::from).collect(),
-            anthropic_json: Bytes::from(anthropic_json()),
-            anthropic_stream: anthropic_stream().into_iter().map(Bytes::from).collect(),
+            completion_stream: events(completion_stream()),
+            anthropic_json: Bytes::from(if tool {
+                anthropic_tool_json()
+            } else {
+                anthropic_json()
+            }),
+            anthropic_stream: events(if tool {
+                anthropic_tool_stream()
+            } else {
+                anthropic_stream()
+            }),
             health: Bytes::from_static(br#"{"status":"ok"}"#),
             not_found: Bytes::from_static(
                 br#"{"error":{"message":"mock: unknown route","type":"invalid_request_error","param":null,"code":"not_found"}}"#,
@@ -212,6 +247,113 @@ fn openai_stream(include_usage: bool) -> Vec<String> {
         events.push(format!("data: {chunk}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// The arguments of the `--answer tool-call` function call, sent whole or in [`STREAM_CHUNKS`] pieces.
+fn tool_arguments() -> String {
+    let args: Vec<String> = (0..STREAM_CHUNKS)
+        .map(|index| format!("line {index}"))
+        .collect();
+    serde_json::json!({"path": "src/lib.rs", "pattern": "fn main", "lines": args}).to_string()
+}
+
+/// [`tool_arguments`] cut into [`STREAM_CHUNKS`] pieces (ASCII, so any byte is a boundary).
+fn tool_argument_pieces() -> Vec<String> {
+    let whole = tool_arguments();
+    let size = whole.len().div_ceil(STREAM_CHUNKS);
+    whole
+        .as_bytes()
+        .chunks(size)
+        .map(|piece| String::from_utf8_lossy(piece).into_owned())
+        .collect()
+}
+
+fn openai_tool_json() -> String {
+    serde_json::json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "mock-model",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                "id": "call_mock", "type": "function",
+                "function": {"name": "grep", "arguments": tool_arguments()}
+            }]},
+            "logprobs": null,
+            "finish_reason": "tool_calls"
+        }],
+        "usage": openai_usage(),
+        "system_fingerprint": "fp_mock"
+    })
+    .to_string()
+}
+
+fn openai_tool_stream(include_usage: bool) -> Vec<String> {
+    let mut events = vec![openai_chunk(
+        &serde_json::json!({"role": "assistant", "content": null, "tool_calls": [{
+            "index": 0, "id": "call_mock", "type": "function",
+            "function": {"name": "grep", "arguments": ""}
+        }]}),
+        None,
+    )];
+    events.extend(tool_argument_pieces().iter().map(|piece| {
+        openai_chunk(
+            &serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        )
+    }));
+    let mut text = openai_stream(include_usage);
+    // The finish chunk, the usage chunk and `[DONE]` as the text stream has them, finishing with
+    // `tool_calls`.
+    let tail = text.split_off(STREAM_CHUNKS);
+    events.extend(tail.into_iter().map(|event| {
+        event.replace(
+            r#""finish_reason":"stop""#,
+            r#""finish_reason":"tool_calls""#,
+        )
+    }));
+    events
+}
+
+fn anthropic_tool_json() -> String {
+    let input: serde_json::Value =
+        serde_json::from_str(&tool_arguments()).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "id": "msg_mock",
+        "type": "message",
+        "role": "assistant",
+        "model": "mock-model",
+        "content": [{"type": "tool_use", "id": "toolu_mock", "name": "grep", "input": input}],
+        "stop_reason": "tool_use",
+        "stop_sequence": null,
+        "usage": {"input_tokens": 9, "output_tokens": STREAM_CHUNKS}
+    })
+    .to_string()
+}
+
+fn anthropic_tool_stream() -> Vec<String> {
+    let text = anthropic_stream();
+    // message_start, then the tool_use block in place of the text block, then the same ending.
+    let mut events = vec![text[0].clone()];
+    events.push(anthropic_event(
+        "content_block_start",
+        &serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_mock", "name": "grep", "input": {}}}),
+    ));
+    events.extend(tool_argument_pieces().iter().map(|piece| {
+        anthropic_event(
+            "content_block_delta",
+            &serde_json::json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": piece}}),
+        )
+    }));
+    events.extend(
+        text[text.len() - 3..].iter().map(|event| {
+            event.replace(r#""stop_reason":"end_turn""#, r#""stop_reason":"tool_use""#)
+        }),
+    );
     events
 }
 
@@ -520,7 +662,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     };
     let pace = (cli.chunk_delay_ms > 0)
         .then(|| sleep_before_each(Duration::from_millis(cli.chunk_delay_ms)));
-    let replies = Arc::new(Replies::new(instance, cli.log_first_request, pace));
+    let replies = Arc::new(Replies::new(
+        instance,
+        cli.log_first_request,
+        pace,
+        cli.answer,
+    ));
     let address = format!("{}:{}", cli.host, cli.port);
     let listener = TcpListener::bind(&address)
         .await
@@ -620,6 +767,63 @@ mod tests {
         );
     }
 
+    /// The tool-call answers carry one call whose streamed argument pieces join to the whole arguments,
+    /// and finish as a tool call in both wire formats.
+    #[test]
+    fn tool_call_answers_stream_the_whole_arguments() {
+        let whole = tool_arguments();
+        let field = |event: &str, pointer: &str| -> String {
+            let data = event.lines().find_map(|line| line.strip_prefix("data: "));
+            let value: serde_json::Value =
+                serde_json::from_str(data.unwrap_or("null")).unwrap_or_default();
+            value
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let openai = openai_tool_stream(true);
+        let joined: String = openai
+            .iter()
+            .map(|event| field(event, "/choices/0/delta/tool_calls/0/function/arguments"))
+            .collect();
+        assert_eq!(joined, whole);
+        assert!(
+            openai
+                .iter()
+                .any(|event| event.contains(r#""finish_reason":"tool_calls""#))
+        );
+        assert!(
+            openai
+                .iter()
+                .any(|event| event.contains(r#""choices":[],"usage""#))
+        );
+        assert_eq!(openai.last().map(String::as_str), Some("data: [DONE]\n\n"));
+        let anthropic = anthropic_tool_stream();
+        let joined: String = anthropic
+            .iter()
+            .map(|event| field(event, "/delta/partial_json"))
+            .collect();
+        assert_eq!(joined, whole);
+        assert!(
+            anthropic
+                .iter()
+                .any(|event| event.contains(r#""stop_reason":"tool_use""#))
+        );
+        assert!(anthropic[anthropic.len() - 1].starts_with("event: message_stop\n"));
+        let json: serde_json::Value = serde_json::from_str(&openai_tool_json()).unwrap_or_default();
+        assert_eq!(
+            json.pointer("/choices/0/message/tool_calls/0/function/arguments"),
+            Some(&serde_json::Value::String(whole.clone()))
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&anthropic_tool_json()).unwrap_or_default();
+        assert_eq!(
+            json.pointer("/content/0/input/path"),
+            Some(&serde_json::Value::String("src/lib.rs".into()))
+        );
+    }
+
     /// A paced stream waits before every event and still yields all of them, in order, then ends. The
     /// waits are released one at a time by the test (a semaphore), so no real time passes.
     #[tokio::test]
@@ -630,7 +834,7 @@ mod tests {
             let gate = released.clone();
             Box::pin(async move { gate.acquire().await.unwrap().forget() })
         });
-        let replies = Replies::new(None, false, Some(make));
+        let replies = Replies::new(None, false, Some(make), Answer::Text);
         for expected in [
             replies.openai_stream.clone(),
             replies.openai_stream_usage.clone(),
@@ -658,7 +862,7 @@ mod tests {
     /// Without `--chunk-delay-ms` a stream is ready at once, as before the option existed.
     #[tokio::test]
     async fn an_unpaced_stream_is_ready_at_once() {
-        let replies = Replies::new(None, false, None);
+        let replies = Replies::new(None, false, None, Answer::Text);
         let mut body = replies.stream_body(replies.openai_stream.clone());
         for event in replies.openai_stream.iter() {
             let frame = futures_util::poll!(body.frame());

@@ -9,6 +9,7 @@
 #
 # Environment: MODE (json|stream), REQUESTS (2000), CONC (4), PATH_ (/v1/chat/completions),
 # BODY (openai; or agent-250k etc., a coding-agent turn, see bench/agent_body.py), PORT_BASE (18200), TOP (40), HEADER (extra request header), SKIP_BUILD=1,
+# MOCK_ARGS (extra mock options, e.g. "--answer tool-call": every answer a function call),
 # GATEWAY_BIN (another gateway binary, e.g. bench/pgo.sh's profile-guided build),
 # UNIQUE=1 (every request's body different: "__N__" in it becomes a counter, a cache-miss load),
 # VALGRIND_ARGS (extra callgrind options, e.g. "--cache-sim=yes --LL=1048576,16,64" to count misses of a
@@ -56,7 +57,7 @@ wait_ready() {
 	exit 1
 }
 
-"$TARGET_DIR/release/examples/mock_upstream" --port "$MOCK_PORT" 2>"$OUT/mock.log" &
+"$TARGET_DIR/release/examples/mock_upstream" --port "$MOCK_PORT" ${MOCK_ARGS:-} 2>"$OUT/mock.log" &
 PIDS+=($!)
 wait_ready "http://127.0.0.1:$MOCK_PORT/health"
 
@@ -64,9 +65,15 @@ template=$BENCH/configs/$CONFIG
 [[ -f $CONFIG ]] && template=$CONFIG
 sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e "s|@OUT@|$OUT|g" \
 	"$template" >"$OUT/gateway.yaml"
-(cd "$OUT" && exec taskset -c "${GW_CORE:-0}" valgrind --tool=callgrind --instr-atstart=no ${VALGRIND_ARGS:-} --callgrind-out-file="$OUT/callgrind.out.%p" \
+# callgrind_control with no pid and the default vgdb prefix acts on every callgrind run on the machine:
+# this run's own prefix and pid keep a profile running elsewhere from switching or dumping this one.
+VGDB_PREFIX=/tmp/vgdb-profile-$$
+(cd "$OUT" && exec taskset -c "${GW_CORE:-0}" valgrind --tool=callgrind --instr-atstart=no \
+	--vgdb-prefix="$VGDB_PREFIX" ${VALGRIND_ARGS:-} --callgrind-out-file="$OUT/callgrind.out.%p" \
 	"$GATEWAY_BIN" --config "$OUT/gateway.yaml") >"$OUT/gateway.log" 2>&1 &
-PIDS+=($!)
+GW_PID=$!
+PIDS+=($GW_PID)
+control() { callgrind_control --vgdb-prefix="$VGDB_PREFIX" "$@" "$GW_PID" >/dev/null 2>&1; }
 wait_ready "http://127.0.0.1:$GW_PORT/health"
 
 body=$BENCH/bodies/$BODY.json
@@ -123,10 +130,10 @@ EOF
 }
 
 drive $((CONC * 50)) warm
-callgrind_control -i on >/dev/null 2>&1
+control -i on
 drive "$REQUESTS" measured
-callgrind_control -i off >/dev/null 2>&1
-callgrind_control -d >/dev/null 2>&1
+control -i off
+control -d
 # The explicit dump is part 1 (the dump at exit, after the trap's kill, is not wanted).
 file=
 for _ in $(seq 100); do
