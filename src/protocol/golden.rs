@@ -602,6 +602,8 @@ proptest! {
             serde_json::json!({"content": [{"type": "text", "text": v.clone()}, {"type": "thinking", "thinking": v.clone(), "signature": v.clone()}]}),
             serde_json::json!({"content": [{"type": v.clone(), "data": v.clone(), "text": "t"}, {"type": "redacted_thinking", "data": v.clone()}]}),
             serde_json::json!({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": v.clone()}], "stop_reason": "tool_use"}),
+            serde_json::json!({"content": [{"type": "tool_use", "id": v.clone(), "name": v.clone(), "input": {"q": v.clone(), "n": [1.5, -0.0, 12]}}, {"type": "text", "text": "after"}]}),
+            serde_json::json!({"content": [{"type": "tool_use", "id": "t", "name": "f"}, {"type": "tool_use", "id": "u", "name": "g", "input": null}]}),
         ] {
             let bytes = serde_json::to_vec(&body).unwrap();
             prop_assert_eq!(anthropic::decode_response(&bytes), anthropic::decode_response_value(&bytes));
