@@ -96,19 +96,9 @@ async fn run(
     // Responses: a continued conversation's history comes in before anything counts the input.
     let prepared = responses::prepare(state, &mut request, &mut body).await?;
     let request = Arc::new(request);
-    ctx.model = request.model().map(str::to_owned);
-    ctx.stream = request.stream();
-    if config.request_log.enabled {
-        ctx.request = Some(Arc::clone(&request));
-        // Only the `openai` layout logs the request's other fields. The body is a slice of the
-        // connection's read buffer: holding it to the end of a stream makes the server allocate a
-        // fresh buffer for the next request.
-        if config.request_log.format == crate::telemetry::request_log::LogFormat::OpenAi {
-            ctx.request_body = Some(body.clone());
-        }
-    }
+    note_request(config, ctx, &request, &body);
 
-    let route = route::resolve(config, inbound.endpoint, request.model());
+    let route = route::resolve(config, endpoint, request.model());
     let routed_name = config.backends[route.backend].name.as_str();
     let public_model = request.model().unwrap_or(routed_name);
     let ip = gate::client_ip(snapshot, inbound.peer, &inbound.headers);
@@ -122,14 +112,7 @@ async fn run(
     )
     .await?;
     responses::admitted(state, prepared, admitted.principal.as_deref(), ctx)?;
-    // The response takes the `x-ratelimit-*` headers; the context keeps what was charged only when
-    // tokens are reconciled at the end (every later use asks `counts_tokens` first).
-    let admission = admitted.admission;
-    let rate_headers = admission
-        .as_ref()
-        .map(|admission| admission.headers)
-        .unwrap_or_default();
-    ctx.admission = admission.filter(crate::limits::Admission::counts_tokens);
+    let rate_headers = charged(admitted.admission, ctx);
 
     let cache_on = state.cache().is_enabled();
     if cache_on
@@ -158,7 +141,7 @@ async fn run(
     let exchange = attempt::Exchange {
         state,
         snapshot,
-        endpoint: inbound.endpoint,
+        endpoint,
         request: &request,
         body: &body,
         headers: &forwarded,
@@ -167,19 +150,66 @@ async fn run(
         affinity_key,
         affinity_blocks,
     };
-    let mut response = exchange.run(route.backend, ctx).await?;
-    if cache_on {
-        response = cached::with_cache_header(response, false);
-        if let Some(key) = ctx.cache_key.take()
-            && !request.stream()
-            && response.status() == http::StatusCode::OK
-        {
-            response =
-                cached::store_response(state, key, response, inbound.endpoint.protocol()).await;
-        }
-    }
+    let response = exchange.run(route.backend, ctx).await?;
+    let response = cache_store(state, ctx, response, cache_on, &request, endpoint).await;
     let response = responses::store_complete(state, ctx, response).await;
     Ok(with_headers(response, rate_headers))
+}
+
+/// What the request log and the metrics need to know of the decoded request, in the context.
+fn note_request(
+    config: &crate::config::Config,
+    ctx: &mut RequestCtx,
+    request: &Arc<ApiRequest>,
+    body: &Bytes,
+) {
+    ctx.model = request.model().map(str::to_owned);
+    ctx.stream = request.stream();
+    if config.request_log.enabled {
+        ctx.request = Some(Arc::clone(request));
+        // Only the `openai` layout logs the request's other fields. The body is a slice of the
+        // connection's read buffer: holding it to the end of a stream makes the server allocate a
+        // fresh buffer for the next request.
+        if config.request_log.format == crate::telemetry::request_log::LogFormat::OpenAi {
+            ctx.request_body = Some(body.clone());
+        }
+    }
+}
+
+/// The `x-ratelimit-*` headers the response takes; the context keeps what was charged only when
+/// tokens are reconciled at the end (every later use asks `counts_tokens` first).
+fn charged(
+    admission: Option<crate::limits::Admission>,
+    ctx: &mut RequestCtx,
+) -> crate::limits::RateHeaders {
+    let rate_headers = admission
+        .as_ref()
+        .map(|admission| admission.headers)
+        .unwrap_or_default();
+    ctx.admission = admission.filter(crate::limits::Admission::counts_tokens);
+    rate_headers
+}
+
+/// The cache stage after the call: the answer marked as not cached and, when the lookup left a key
+/// for it, a complete non-stream answer stored.
+async fn cache_store(
+    state: &AppState,
+    ctx: &mut RequestCtx,
+    response: Response,
+    cache_on: bool,
+    request: &ApiRequest,
+    endpoint: Endpoint,
+) -> Response {
+    if !cache_on {
+        return response;
+    }
+    let response = cached::with_cache_header(response, false);
+    match ctx.cache_key.take() {
+        Some(key) if !request.stream() && response.status() == http::StatusCode::OK => {
+            cached::store_response(state, key, response, endpoint.protocol()).await
+        }
+        _ => response,
+    }
 }
 
 /// The cache stage before the call: a hit answered from the cache (`Some`), or, on a miss, the key put

@@ -85,73 +85,29 @@ pub fn echo(
     ctx: &mut RequestCtx,
 ) -> Result<Response, GatewayError> {
     let answer = echo::answer(request)?;
-    let created = jiff::Timestamp::now().as_second();
     let model = request.model().unwrap_or(&backend.name);
     let text_answer = TextAnswer {
         id: &ctx.id,
         model,
-        created,
+        created: jiff::Timestamp::now().as_second(),
         text: &answer.text,
         finish_reason: FinishReason::Stop,
         usage: answer.usage,
     };
-    ctx.status = 200;
-    ctx.usage = Some(answer.usage);
-    ctx.backend = Some(backend.name.clone());
-    ctx.ttft = Some(ctx.started.elapsed());
-    if ctx.request.is_some() {
-        ctx.reply = Some(ResponseSummary {
-            text: answer.text.clone(),
-            usage: Some(answer.usage),
-            finish_reason: Some(FinishReason::Stop),
-            ..ResponseSummary::default()
-        });
-    }
     let pieces = answer.pieces();
-    let stream = request.stream();
-    let value = match (endpoint.protocol(), request) {
-        (Protocol::Anthropic, _) if stream => {
-            let events =
-                anthropic::message_stream(&text_answer, &pieces, answer.usage.input_tokens);
-            let frames = events
-                .into_iter()
-                .map(|(name, data)| frame(Some(name), &data))
-                .collect();
-            return Ok(paced(
-                frames,
-                backend.chunk_delay,
-                ctx.detach(),
-                &backend.name,
-            ));
-        }
+    if request.stream()
+        && let Some(frames) = echo_frames(endpoint.protocol(), request, &text_answer, &pieces)
+    {
+        record_echo(ctx, backend, &answer);
+        return Ok(paced(
+            frames,
+            backend.chunk_delay,
+            ctx.detach(),
+            &backend.name,
+        ));
+    }
+    let mut value = match (endpoint.protocol(), request) {
         (Protocol::Anthropic, _) => anthropic::message_response(&text_answer),
-        (Protocol::OpenAi, ApiRequest::Chat(chat)) if stream => {
-            let mut frames: Vec<Bytes> =
-                openai::chat_chunks(&text_answer, &pieces, chat.include_usage)
-                    .iter()
-                    .map(|data| frame(None, data))
-                    .collect();
-            frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-            return Ok(paced(
-                frames,
-                backend.chunk_delay,
-                ctx.detach(),
-                &backend.name,
-            ));
-        }
-        (Protocol::OpenAi, ApiRequest::Completion(_)) if stream => {
-            let mut frames: Vec<Bytes> = openai::text_completion_chunks(&text_answer, &pieces)
-                .iter()
-                .map(|data| frame(None, data))
-                .collect();
-            frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-            return Ok(paced(
-                frames,
-                backend.chunk_delay,
-                ctx.detach(),
-                &backend.name,
-            ));
-        }
         (Protocol::OpenAi, ApiRequest::Chat(_)) => openai::chat_completion(&text_answer),
         (Protocol::OpenAi, ApiRequest::Completion(_)) => openai::text_completion(&text_answer),
         // Answered by `pipeline::responses::echo`; a request of another kind cannot come here.
@@ -170,7 +126,7 @@ pub fn echo(
             openai::embeddings(model, &vectors, answer.usage.input_tokens)
         }
     };
-    let mut value = value;
+    record_echo(ctx, backend, &answer);
     if let Some(object) = value.as_object_mut() {
         object.insert(
             "backend".into(),
@@ -178,6 +134,54 @@ pub fn echo(
         );
     }
     Ok(json(Bytes::from(value.to_string()), &backend.name))
+}
+
+/// The echo answer in the context, as an upstream's would be.
+fn record_echo(ctx: &mut RequestCtx, backend: &BackendConfig, answer: &echo::EchoAnswer) {
+    ctx.status = 200;
+    ctx.usage = Some(answer.usage);
+    ctx.backend = Some(backend.name.clone());
+    ctx.ttft = Some(ctx.started.elapsed());
+    if ctx.request.is_some() {
+        ctx.reply = Some(ResponseSummary {
+            text: answer.text.clone(),
+            usage: Some(answer.usage),
+            finish_reason: Some(FinishReason::Stop),
+            ..ResponseSummary::default()
+        });
+    }
+}
+
+/// The SSE frames of a streamed echo answer in the client's protocol; `None` for a request that has
+/// no stream form (embeddings), answered as JSON.
+fn echo_frames(
+    protocol: Protocol,
+    request: &ApiRequest,
+    answer: &TextAnswer<'_>,
+    pieces: &[&str],
+) -> Option<Vec<Bytes>> {
+    let data_frames = |chunks: Vec<serde_json::Value>| {
+        let mut frames: Vec<Bytes> = chunks.iter().map(|data| frame(None, data)).collect();
+        frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        frames
+    };
+    match (protocol, request) {
+        (Protocol::Anthropic, _) => Some(
+            anthropic::message_stream(answer, pieces, answer.usage.input_tokens)
+                .into_iter()
+                .map(|(name, data)| frame(Some(name), &data))
+                .collect(),
+        ),
+        (Protocol::OpenAi, ApiRequest::Chat(chat)) => Some(data_frames(openai::chat_chunks(
+            answer,
+            pieces,
+            chat.include_usage,
+        ))),
+        (Protocol::OpenAi, ApiRequest::Completion(_)) => {
+            Some(data_frames(openai::text_completion_chunks(answer, pieces)))
+        }
+        _ => None,
+    }
 }
 
 fn frame(event: Option<&str>, data: &serde_json::Value) -> Bytes {
