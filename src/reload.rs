@@ -25,16 +25,7 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
             for section in restart_only_changes(&old.config, &config) {
                 tracing::warn!("{section} changes take effect on restart");
             }
-            if let Err(message) = state.replace_config(config) {
-                state.metrics().config_reload(false);
-                let message = crate::secret::redact_userinfo(&message).into_owned();
-                tracing::error!(error = %message, "config reload rejected; the previous config keeps serving");
-                return Err(ConfigError {
-                    source: source.to_string(),
-                    path: None,
-                    message,
-                });
-            }
+            state.replace_config(config);
             state.metrics().config_reload(true);
             tracing::info!(config = %source, trigger = ?trigger, "config reloaded");
             Ok(())

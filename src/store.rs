@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
+use crate::config::Invalid;
 use crate::limits::memory::MemoryBuckets;
 
 /// The `state:` config section.
@@ -51,17 +52,20 @@ impl fmt::Debug for StateConfig {
 
 impl StateConfig {
     /// Checks what `connect` cannot report (it never fails): the URL must parse.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str()).map_err(|e| {
-                format!(
-                    "state.redis_url '{}' is not a valid redis url: {e}",
-                    redact_url(url)
+                Invalid::new(
+                    "state",
+                    format!(
+                        "state.redis_url '{}' is not a valid redis url: {e}",
+                        redact_url(url)
+                    ),
                 )
             })?;
         }
         if self.key_prefix.is_empty() {
-            return Err("state.key_prefix must not be empty".to_owned());
+            return Err(Invalid::new("state", "state.key_prefix must not be empty"));
         }
         Ok(())
     }
@@ -372,7 +376,7 @@ mod tests {
             redis_url: Some("nope://".to_owned()),
             ..StateConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("nope://"));
+        assert!(bad.validate().unwrap_err().to_string().contains("nope://"));
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::model::Invalid;
+use super::Invalid;
 
 /// Rewrite `document` in place into the native layout.
 pub fn to_native(document: &mut Value) -> Result<(), Invalid> {
