@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError, Env, Source};
-use crate::config_watch::{self, ReloadTrigger};
+use crate::config_watch::{self, ReloadTrigger, WatchError};
 use crate::state::AppState;
 
 /// Serializes reloads: a file-change reload and `POST /admin/reload` racing could otherwise each read a
@@ -64,7 +64,7 @@ pub struct Reloader {
 }
 
 /// Watch the config file (when there is one) and SIGHUP, reloading on each trigger.
-pub fn spawn(state: AppState) -> Result<Reloader, String> {
+pub fn spawn(state: AppState) -> Result<Reloader, WatchError> {
     let (tx, mut rx) = mpsc::channel::<ReloadTrigger>(8);
     let watcher = match state.source() {
         Source::File(path) => Some(config_watch::watch(path, tx.clone())?),

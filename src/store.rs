@@ -126,6 +126,14 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// Why this replica is not ready (`GET /health/ready` answers 503 with it): Redis, shown without its
+/// password, does not answer while `state.on_unavailable` is `fail_closed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("redis at {url} does not answer and state.on_unavailable is fail_closed")]
+pub struct NotReady {
+    url: String,
+}
+
 /// Redis could not be used for this operation; the caller applies the fail mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("shared state (redis) is unavailable")]
@@ -166,7 +174,7 @@ impl StateStore {
     /// only when Redis does not answer a PING within `within` and `on_unavailable` is `fail_closed`
     /// (then every limited request gets 503). With `fail_open`, or in memory, this replica serves
     /// whatever Redis does.
-    pub async fn readiness(&self, within: Duration) -> Result<(), String> {
+    pub async fn readiness(&self, within: Duration) -> Result<(), NotReady> {
         let StateStore::Redis(redis) = self else {
             return Ok(());
         };
@@ -176,10 +184,9 @@ impl StateStore {
         let ping = redis::cmd("PING");
         match tokio::time::timeout(within, redis.query::<String>(&ping)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(format!(
-                "redis at {} does not answer and state.on_unavailable is fail_closed",
-                redis.inner.url_for_logs
-            )),
+            _ => Err(NotReady {
+                url: redis.inner.url_for_logs.clone(),
+            }),
         }
     }
 }
