@@ -45,7 +45,7 @@ pub enum WatchError {
 }
 
 /// Keeps the file watch alive; dropping it stops watching.
-pub struct ConfigWatcher {
+pub(crate) struct ConfigWatcher {
     _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     path: PathBuf,
 }
@@ -58,15 +58,19 @@ impl fmt::Debug for ConfigWatcher {
     }
 }
 
+#[cfg(test)]
 impl ConfigWatcher {
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// Watches `path`'s directory and sends `FileChanged` (debounced) when the file is written, replaced,
 /// created or removed. When the channel is full a reload is already pending, so the extra one is dropped.
-pub fn watch(path: &Path, tx: mpsc::Sender<ReloadTrigger>) -> Result<ConfigWatcher, WatchError> {
+pub(crate) fn watch(
+    path: &Path,
+    tx: mpsc::Sender<ReloadTrigger>,
+) -> Result<ConfigWatcher, WatchError> {
     let name: OsString = path
         .file_name()
         .ok_or_else(|| WatchError::NoFileName(path.to_owned()))?
@@ -152,7 +156,7 @@ impl Fingerprint {
 
 /// Sends `Signal` on every SIGHUP. Must be called inside a tokio runtime; the handler is installed before
 /// this returns, so a SIGHUP sent afterwards can no longer kill the process. No-op off Unix.
-pub fn watch_sighup(tx: mpsc::Sender<ReloadTrigger>) -> Result<(), WatchError> {
+pub(crate) fn watch_sighup(tx: mpsc::Sender<ReloadTrigger>) -> Result<(), WatchError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -15,7 +15,7 @@ use crate::state::AppState;
 static RELOADING: Mutex<()> = Mutex::new(());
 
 /// Reload now from the source the gateway started with.
-pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigError> {
+pub(crate) fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigError> {
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
     let source = state.source().clone();
     let env = Env::from_process();

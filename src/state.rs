@@ -286,7 +286,7 @@ impl AppState {
     /// `request_log`, `alerts` and `metrics.enabled` apply too: a changed request log or alert section
     /// starts a new writer or alerter, swapped in before the snapshot, and the old one finishes what it
     /// holds in the background. (`server.host/port`, `cache` and `state` need a restart.)
-    pub fn replace_config(&self, mut config: Config) {
+    pub(crate) fn replace_config(&self, mut config: Config) {
         let old = self.snapshot();
         let parts = config.take_parts();
         let request_log = (old.config.request_log != config.request_log

@@ -130,7 +130,7 @@ impl fmt::Debug for RedisStore {
 /// password, does not answer while `state.on_unavailable` is `fail_closed`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("redis at {url} does not answer and state.on_unavailable is fail_closed")]
-pub struct NotReady {
+pub(crate) struct NotReady {
     url: String,
 }
 
@@ -174,7 +174,7 @@ impl StateStore {
     /// only when Redis does not answer a PING within `within` and `on_unavailable` is `fail_closed`
     /// (then every limited request gets 503). With `fail_open`, or in memory, this replica serves
     /// whatever Redis does.
-    pub async fn readiness(&self, within: Duration) -> Result<(), NotReady> {
+    pub(crate) async fn readiness(&self, within: Duration) -> Result<(), NotReady> {
         let StateStore::Redis(redis) = self else {
             return Ok(());
         };

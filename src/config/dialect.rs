@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use super::Invalid;
 
 /// Rewrite `document` in place into the native layout.
-pub fn to_native(document: &mut Value) -> Result<(), Invalid> {
+pub(crate) fn to_native(document: &mut Value) -> Result<(), Invalid> {
     let Some(root) = document.as_object_mut() else {
         return Err(Invalid {
             path: String::new(),

@@ -8,9 +8,9 @@ use std::fmt;
 /// located at their own section name (`health`); the caller that knows where the section sits moves it
 /// there with [`Invalid::under`]. An empty path means "not located yet" (or the whole document).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub path: String,
-    pub message: String,
+pub(crate) struct Invalid {
+    pub(crate) path: String,
+    pub(crate) message: String,
 }
 
 impl Invalid {

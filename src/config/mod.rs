@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 pub use env::Env;
-pub use error::{ConfigError, Invalid};
+pub use error::ConfigError;
+pub(crate) use error::Invalid;
 pub(crate) use model::Parts;
 pub use model::{BackendConfig, BackendKind, Config, InstanceConfig};
 

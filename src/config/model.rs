@@ -210,7 +210,7 @@ impl EndpointUrls {
 }
 
 impl Config {
-    pub fn try_from_raw(raw: RawConfig) -> Result<Config, Invalid> {
+    pub(crate) fn try_from_raw(raw: RawConfig) -> Result<Config, Invalid> {
         let names: Vec<String> = raw.backends.keys().cloned().collect();
         let index_of = |name: &str| names.iter().position(|n| n == name);
         if names.is_empty() {
@@ -460,7 +460,7 @@ impl Config {
 }
 
 /// Decode a section owned by another module; errors carry the path inside the section.
-pub fn section<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn section<T: serde::de::DeserializeOwned + Default>(
     name: &str,
     value: Option<Value>,
 ) -> Result<T, Invalid> {
