@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::routing::health::{BreakerState, Transition, secs};
 use crate::routing::instances::redacted_url;
 use crate::upstream::client::{Failure, HttpClient, Target};

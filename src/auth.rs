@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::limit_rules::{KeyRateLimitConfig, QuotaConfig};
 use crate::secret::Secret;
 

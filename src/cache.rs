@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `cache:` config section.

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 
 /// The `rate_limit:` config section. A scope that is absent is not limited.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -9,7 +9,7 @@ use std::fmt;
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 
 /// The `policies:` config section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `responses:` config section.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::limits::memory::MemoryBuckets;
 
 /// The `state:` config section.

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::Invalid;
+use crate::config_error::Invalid;
 
 /// Rewrite `document` in place into the native layout.
 pub(crate) fn to_native(document: &mut Value) -> Result<(), Invalid> {

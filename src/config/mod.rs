@@ -7,7 +7,6 @@
 
 pub mod dialect;
 pub mod env;
-mod error;
 pub mod model;
 pub mod raw;
 
@@ -16,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+pub use crate::config_error::ConfigError;
+use crate::config_error::Invalid;
 pub use env::Env;
-pub use error::ConfigError;
-pub(crate) use error::Invalid;
 pub(crate) use model::Parts;
 pub use model::{BackendConfig, BackendKind, Config, InstanceConfig};
 

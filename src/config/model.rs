@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Invalid;
 use super::raw::{RawBackend, RawConfig};
 use crate::alerts::AlertsConfig;
 use crate::auth::{KeyConfig, KeyStore};
 use crate::cache::CacheConfig;
+use crate::config_error::Invalid;
 use crate::limit_rules::RateLimitConfig;
 use crate::limits::LimitRules;
 use crate::policy::{Policy, PolicyConfig};

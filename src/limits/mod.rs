@@ -27,7 +27,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::auth::{KeyConfig, Principal};
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::limit_rules::{Algorithm, LimitRule, Period, QuotaConfig, RateLimitConfig};
 use crate::store::{FailMode, StateStore, StoreUnavailable};
 use engine::{BucketKind, Outcome};

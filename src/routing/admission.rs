@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 
 /// `queue:` of a backend whose instances have a `max_in_flight`.
 #[derive(Deserialize, Debug, Clone, PartialEq)]

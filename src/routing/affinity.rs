@@ -39,7 +39,7 @@ use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 use crate::protocol::{ApiRequest, Part, Role};
 use crate::routing::balance::InstanceView;
 use crate::store::StateStore;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 
 /// An engine's `/metrics` or `/slots` answer is read up to this size.
 const MAX_SCRAPE_BYTES: usize = 4 * 1024 * 1024;

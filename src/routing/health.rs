@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Invalid;
+use crate::config_error::Invalid;
 
 /// Upper bound for any configured duration, so `Instant + Duration` can never overflow.
 const MAX_CONFIG_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;

@@ -1,5 +1,9 @@
 //! Config errors: `Invalid` (one refused value: where it sits in the file and what is wrong) and
 //! `ConfigError` (a config that could not be loaded: which source, where inside it, what was expected).
+//!
+//! A leaf beside `config/`: the modules that own a config section (`auth`, `limits`, `routing::health`,
+//! …) return `Invalid` from their validators, and `config/` reads those modules, so the type lives in
+//! neither (no import cycle).
 
 use std::fmt;
 
@@ -72,7 +76,7 @@ impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {
-    use super::Invalid;
+    use crate::config_error::Invalid;
 
     #[test]
     fn under_places_a_section_below_its_parent() {
