@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::config_error::Invalid;
 use crate::routing::health::{BreakerState, Transition, secs};
 use crate::routing::instances::redacted_url;
 use crate::upstream::client::{Failure, HttpClient, Target};
@@ -73,25 +74,34 @@ impl fmt::Debug for AlertsConfig {
 }
 
 impl AlertsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if !(self.cooldown_s.is_finite() && self.cooldown_s >= 0.0) {
-            return Err(format!(
-                "alerts.cooldown_s is {}; it must be a number of seconds, 0 or more",
-                self.cooldown_s
+            return Err(Invalid::new(
+                "alerts",
+                format!(
+                    "alerts.cooldown_s is {}; it must be a number of seconds, 0 or more",
+                    self.cooldown_s
+                ),
             ));
         }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            return Err(format!(
-                "alerts.timeout_s is {}; it must be a number of seconds above 0",
-                self.timeout_s
+            return Err(Invalid::new(
+                "alerts",
+                format!(
+                    "alerts.timeout_s is {}; it must be a number of seconds above 0",
+                    self.timeout_s
+                ),
             ));
         }
         if let Some(url) = &self.webhook_url
             && url::Url::parse(url).is_err()
         {
-            return Err(format!(
-                "alerts.webhook_url '{}' is not a valid url",
-                redacted_url(url)
+            return Err(Invalid::new(
+                "alerts",
+                format!(
+                    "alerts.webhook_url '{}' is not a valid url",
+                    redacted_url(url)
+                ),
             ));
         }
         Ok(())
@@ -531,12 +541,22 @@ mod tests {
             cooldown_s: f64::NAN,
             ..AlertsConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("cooldown_s is NaN"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cooldown_s is NaN")
+        );
         let bad = AlertsConfig {
             timeout_s: 0.0,
             ..AlertsConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("timeout_s is 0"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("timeout_s is 0")
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config_error::Invalid;
 use crate::limit_rules::{KeyRateLimitConfig, QuotaConfig};
 use crate::secret::Secret;
 
@@ -98,48 +99,70 @@ impl fmt::Debug for KeyStore {
 
 impl KeyStore {
     /// Validates and indexes the keys; the error names the entry (by name or position) and the problem.
-    pub fn new(keys: &[KeyConfig]) -> Result<KeyStore, String> {
+    pub(crate) fn new(keys: &[KeyConfig]) -> Result<KeyStore, Invalid> {
         let mut by_digest = HashMap::with_capacity(keys.len());
         let mut ordered = Vec::with_capacity(keys.len());
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, entry) in keys.iter().enumerate() {
             let label = format!("keys[{i}] '{}'", entry.name);
             if entry.name.trim().is_empty() {
-                return Err(format!("keys[{i}]: name must not be empty"));
+                return Err(Invalid::new(
+                    "keys",
+                    format!("keys[{i}]: name must not be empty"),
+                ));
             }
             if let Some(first) = names.insert(&entry.name, i) {
-                return Err(format!(
-                    "{label}: duplicate key name, first used by keys[{first}]"
+                return Err(Invalid::new(
+                    "keys",
+                    format!("{label}: duplicate key name, first used by keys[{first}]"),
                 ));
             }
             let digest = match (&entry.key, &entry.key_sha256) {
                 (Some(_), Some(_)) => {
-                    return Err(format!("{label}: set either key or key_sha256, not both"));
+                    return Err(Invalid::new(
+                        "keys",
+                        format!("{label}: set either key or key_sha256, not both"),
+                    ));
                 }
-                (None, None) => return Err(format!("{label}: needs key or key_sha256")),
+                (None, None) => {
+                    return Err(Invalid::new(
+                        "keys",
+                        format!("{label}: needs key or key_sha256"),
+                    ));
+                }
                 (Some(secret), None) => {
                     let value = secret.expose();
                     if value.is_empty() {
-                        return Err(format!(
-                            "{label}: key is empty (is its environment variable set?)"
+                        return Err(Invalid::new(
+                            "keys",
+                            format!("{label}: key is empty (is its environment variable set?)"),
                         ));
                     }
                     if value.contains("${") {
-                        return Err(format!(
-                            "{label}: key still contains an uninterpolated ${{...}} variable"
+                        return Err(Invalid::new(
+                            "keys",
+                            format!(
+                                "{label}: key still contains an uninterpolated ${{...}} variable"
+                            ),
                         ));
                     }
                     sha256(value.as_bytes())
                 }
                 (None, Some(hex_digest)) => parse_digest(hex_digest).ok_or_else(|| {
-                    format!("{label}: key_sha256 '{hex_digest}' must be 64 hex characters")
+                    Invalid::new(
+                        "keys",
+                        format!("{label}: key_sha256 '{hex_digest}' must be 64 hex characters"),
+                    )
                 })?,
             };
             if let Some(models) = &entry.models
                 && models.is_empty()
             {
-                return Err(format!(
-                    "{label}: models is empty, so the key could use nothing; remove it to allow all"
+                return Err(Invalid::new(
+                    "keys",
+                    format!(
+                        "{label}: models is empty, so the key could use nothing; remove it to allow all"
+                    ),
                 ));
             }
             let principal = Principal {
@@ -151,7 +174,10 @@ impl KeyStore {
             };
             let principal = Arc::new(principal);
             if let Some(other) = by_digest.insert(digest, Arc::clone(&principal)) {
-                return Err(format!("{label}: same key as '{}'", other.name));
+                return Err(Invalid::new(
+                    "keys",
+                    format!("{label}: same key as '{}'", other.name),
+                ));
             }
             ordered.push(principal);
         }
@@ -383,7 +409,7 @@ mod tests {
         ];
         for (json, expected) in cases {
             let cfg: Vec<KeyConfig> = serde_json::from_str(json).unwrap();
-            let err = KeyStore::new(&cfg).unwrap_err();
+            let err = KeyStore::new(&cfg).unwrap_err().to_string();
             assert!(err.contains(expected), "{json}: {err}");
         }
         assert!(

@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config_error::Invalid;
 use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `cache:` config section.
@@ -53,17 +54,23 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if !(self.ttl_s.is_finite() && self.ttl_s > 0.0) {
-            return Err(format!(
-                "cache.ttl_s must be a positive number of seconds, got {}",
-                self.ttl_s
+            return Err(Invalid::new(
+                "cache",
+                format!(
+                    "cache.ttl_s must be a positive number of seconds, got {}",
+                    self.ttl_s
+                ),
             ));
         }
         if self.max_entries == 0 || self.max_bytes == 0 {
-            return Err(format!(
-                "cache.max_entries ({}) and cache.max_bytes ({}) must be at least 1",
-                self.max_entries, self.max_bytes
+            return Err(Invalid::new(
+                "cache",
+                format!(
+                    "cache.max_entries ({}) and cache.max_bytes ({}) must be at least 1",
+                    self.max_entries, self.max_bytes
+                ),
             ));
         }
         Ok(())
@@ -960,6 +967,7 @@ mod tests {
             CacheConfig { ttl_s: 0.0, ..cfg }
                 .validate()
                 .unwrap_err()
+                .to_string()
                 .contains("ttl_s")
         );
     }

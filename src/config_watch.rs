@@ -29,8 +29,23 @@ pub enum ReloadTrigger {
     Admin,
 }
 
+/// Why a reload trigger could not be installed (the gateway then serves without it, and says so).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch config path '{}': it names no file", .0.display())]
+    NoFileName(PathBuf),
+    #[error("cannot start the config file watcher: {0}")]
+    Start(#[source] notify::Error),
+    #[error("cannot watch directory '{}': {source}", dir.display())]
+    Directory { dir: PathBuf, source: notify::Error },
+    #[error("cannot listen for SIGHUP outside a tokio runtime: {0}")]
+    NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    #[error("cannot listen for SIGHUP: {0}")]
+    Sighup(#[source] std::io::Error),
+}
+
 /// Keeps the file watch alive; dropping it stops watching.
-pub struct ConfigWatcher {
+pub(crate) struct ConfigWatcher {
     _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     path: PathBuf,
 }
@@ -43,23 +58,22 @@ impl fmt::Debug for ConfigWatcher {
     }
 }
 
+#[cfg(test)]
 impl ConfigWatcher {
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// Watches `path`'s directory and sends `FileChanged` (debounced) when the file is written, replaced,
 /// created or removed. When the channel is full a reload is already pending, so the extra one is dropped.
-pub fn watch(path: &Path, tx: mpsc::Sender<ReloadTrigger>) -> Result<ConfigWatcher, String> {
+pub(crate) fn watch(
+    path: &Path,
+    tx: mpsc::Sender<ReloadTrigger>,
+) -> Result<ConfigWatcher, WatchError> {
     let name: OsString = path
         .file_name()
-        .ok_or_else(|| {
-            format!(
-                "cannot watch config path '{}': it names no file",
-                path.display()
-            )
-        })?
+        .ok_or_else(|| WatchError::NoFileName(path.to_owned()))?
         .to_owned();
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -91,11 +105,13 @@ pub fn watch(path: &Path, tx: mpsc::Sender<ReloadTrigger>) -> Result<ConfigWatch
             }
         }
     };
-    let mut debouncer = new_debouncer(DEBOUNCE, None, handler)
-        .map_err(|e| format!("cannot start the config file watcher: {e}"))?;
+    let mut debouncer = new_debouncer(DEBOUNCE, None, handler).map_err(WatchError::Start)?;
     debouncer
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch directory '{}': {e}", dir.display()))?;
+        .map_err(|source| WatchError::Directory {
+            dir: dir.clone(),
+            source,
+        })?;
     Ok(ConfigWatcher {
         _debouncer: debouncer,
         path: path.to_owned(),
@@ -140,14 +156,12 @@ impl Fingerprint {
 
 /// Sends `Signal` on every SIGHUP. Must be called inside a tokio runtime; the handler is installed before
 /// this returns, so a SIGHUP sent afterwards can no longer kill the process. No-op off Unix.
-pub fn watch_sighup(tx: mpsc::Sender<ReloadTrigger>) -> Result<(), String> {
+pub(crate) fn watch_sighup(tx: mpsc::Sender<ReloadTrigger>) -> Result<(), WatchError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        tokio::runtime::Handle::try_current()
-            .map_err(|e| format!("cannot listen for SIGHUP outside a tokio runtime: {e}"))?;
-        let mut hangups =
-            signal(SignalKind::hangup()).map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+        tokio::runtime::Handle::try_current().map_err(WatchError::NoRuntime)?;
+        let mut hangups = signal(SignalKind::hangup()).map_err(WatchError::Sighup)?;
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 if tx.send(ReloadTrigger::Signal).await.is_err() {
@@ -290,7 +304,7 @@ mod tests {
         let w = watch(Path::new("gw-test-nonexistent.yaml"), tx).unwrap();
         assert_eq!(w.path(), Path::new("gw-test-nonexistent.yaml"));
         let (tx, _rx) = mpsc::channel(1);
-        let err = watch(Path::new("/"), tx).unwrap_err();
+        let err = watch(Path::new("/"), tx).unwrap_err().to_string();
         assert!(err.contains("'/'"), "{err}");
     }
 

@@ -10,7 +10,8 @@
 //! - `routing`: model → backend, candidate order, balancing, circuit breakers, live instance state;
 //! - `upstream`: echo backend, HTTP calls and fault classification, stream relay;
 //! - `protocol`: pure wire formats and canonical types;
-//! - `config`, `config_watch`, `state`: validated config, reload triggers, the atomically swapped snapshot;
+//! - `config`, `config_error`, `config_watch`, `state`: validated config, its errors, reload triggers, the
+//!   atomically swapped snapshot;
 //! - `telemetry`, `docs`, `alerts`: metrics, request logs, stats, OpenAPI, state-change alerts;
 //! - `error`, `secret`, `logging`: cross-cutting pieces.
 
@@ -19,6 +20,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub(crate) mod config_error;
 pub mod config_watch;
 pub mod docs;
 pub mod error;

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_error::Invalid;
+
 /// The `rate_limit:` config section. A scope that is absent is not limited.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,8 +75,8 @@ pub enum Period {
 }
 
 impl RateLimitConfig {
-    /// Checks every rule, for config validation without building a limiter.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every rule; the error is located at `rate_limit` and names the rule.
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         for (rule, path) in [
             (&self.per_ip, "rate_limit.per_ip"),
             (&self.per_key, "rate_limit.per_key"),
@@ -82,7 +84,8 @@ impl RateLimitConfig {
             (&self.global, "rate_limit.global"),
         ] {
             if let Some(rule) = rule {
-                rule.validate(path)?;
+                rule.validate(path)
+                    .map_err(|error| error.under("rate_limit"))?;
             }
         }
         Ok(())
@@ -90,50 +93,66 @@ impl RateLimitConfig {
 }
 
 impl LimitRule {
-    /// Checks the rule; `path` (e.g. `rate_limit.per_ip`) is used in the error.
-    pub fn validate(&self, path: &str) -> Result<(), String> {
+    /// Checks the rule; `path` (e.g. `rate_limit.per_ip`) is named in the message, and the caller
+    /// locates the error in its section ([`Invalid::under`]).
+    pub(crate) fn validate(&self, path: &str) -> Result<(), Invalid> {
         if self.requests.is_none() && self.tokens.is_none() {
-            return Err(format!("{path}: set requests and/or tokens"));
+            return Err(Invalid::unlocated(format!(
+                "{path}: set requests and/or tokens"
+            )));
         }
         if self.requests == Some(0) || self.tokens == Some(0) {
-            return Err(format!("{path}: requests and tokens must be at least 1"));
+            return Err(Invalid::unlocated(format!(
+                "{path}: requests and tokens must be at least 1"
+            )));
         }
         if !(self.window_s.is_finite() && self.window_s > 0.0) {
-            return Err(format!(
+            return Err(Invalid::unlocated(format!(
                 "{path}.window_s must be a positive number of seconds, got {}",
                 self.window_s
-            ));
+            )));
         }
         match (self.algorithm, self.burst) {
-            (Algorithm::SlidingWindow, Some(_)) => Err(format!(
+            (Algorithm::SlidingWindow, Some(_)) => Err(Invalid::unlocated(format!(
                 "{path}.burst applies only to algorithm token_bucket"
-            )),
-            (_, Some(0)) => Err(format!("{path}.burst must be at least 1")),
-            (Algorithm::TokenBucket, Some(_)) if self.requests.is_none() => Err(format!(
-                "{path}.burst needs requests (it is the request burst)"
-            )),
+            ))),
+            (_, Some(0)) => Err(Invalid::unlocated(format!(
+                "{path}.burst must be at least 1"
+            ))),
+            (Algorithm::TokenBucket, Some(_)) if self.requests.is_none() => {
+                Err(Invalid::unlocated(format!(
+                    "{path}.burst needs requests (it is the request burst)"
+                )))
+            }
             _ => Ok(()),
         }
     }
 }
 
 impl QuotaConfig {
-    /// Checks the quota; `path` (e.g. `keys[0].quota`) is used in the error.
-    pub fn validate(&self, path: &str) -> Result<(), String> {
+    /// Checks the quota; `path` (e.g. `keys[0].quota`) is named in the message, and the caller locates
+    /// the error in its section ([`Invalid::under`]).
+    pub(crate) fn validate(&self, path: &str) -> Result<(), Invalid> {
         if self.requests.is_none() && self.tokens.is_none() {
-            return Err(format!("{path}: set requests and/or tokens"));
+            return Err(Invalid::unlocated(format!(
+                "{path}: set requests and/or tokens"
+            )));
         }
         if self.requests == Some(0) || self.tokens == Some(0) {
-            return Err(format!("{path}: requests and tokens must be at least 1"));
+            return Err(Invalid::unlocated(format!(
+                "{path}: requests and tokens must be at least 1"
+            )));
         }
         match (self.period, self.window_s) {
-            (Some(_), Some(_)) => Err(format!("{path}: set either period or window_s, not both")),
-            (None, None) => Err(format!(
+            (Some(_), Some(_)) => Err(Invalid::unlocated(format!(
+                "{path}: set either period or window_s, not both"
+            ))),
+            (None, None) => Err(Invalid::unlocated(format!(
                 "{path}: set period (day, week, month) or window_s (rolling)"
-            )),
-            (None, Some(w)) if !(w.is_finite() && w > 0.0) => Err(format!(
+            ))),
+            (None, Some(w)) if !(w.is_finite() && w > 0.0) => Err(Invalid::unlocated(format!(
                 "{path}.window_s must be a positive number of seconds, got {w}"
-            )),
+            ))),
             _ => Ok(()),
         }
     }

@@ -9,6 +9,8 @@ use std::fmt;
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
 
+use crate::config_error::Invalid;
+
 /// The `policies:` config section.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,8 +23,8 @@ pub struct PolicyConfig {
     pub redact_patterns: Vec<String>,
 }
 
-/// Compiled policies.
-#[derive(Debug, Clone)]
+/// Compiled policies (cheap to clone: the compiled regexes are shared). The default is no policy.
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     max_input_tokens: Option<u64>,
     /// One pass over the prompt tells whether (and which) pattern matched.
@@ -52,27 +54,37 @@ impl PolicyViolation {
 const REDACTED: &str = "[REDACTED]";
 
 impl Policy {
-    /// Compiles the patterns; the error names the offending pattern and its position.
-    pub fn new(cfg: &PolicyConfig) -> Result<Policy, String> {
+    /// Compiles the patterns; the error (at `policies`) names the offending pattern and its position.
+    pub(crate) fn new(cfg: &PolicyConfig) -> Result<Policy, Invalid> {
+        let invalid = |message: String| Invalid::new("policies", message);
         for (section, patterns) in [
             ("block_patterns", &cfg.block_patterns),
             ("redact_patterns", &cfg.redact_patterns),
         ] {
             for (i, pattern) in patterns.iter().enumerate() {
                 Regex::new(pattern).map_err(|e| {
-                    format!("policies.{section}[{i}] '{pattern}' is not a valid regex: {e}")
+                    invalid(format!(
+                        "policies.{section}[{i}] '{pattern}' is not a valid regex: {e}"
+                    ))
                 })?;
             }
         }
         if cfg.max_input_tokens == Some(0) {
-            return Err("policies.max_input_tokens must be at least 1, got 0".to_owned());
+            return Err(invalid(
+                "policies.max_input_tokens must be at least 1, got 0".to_owned(),
+            ));
         }
-        let block = RegexSet::new(&cfg.block_patterns)
-            .map_err(|e| format!("policies.block_patterns cannot be compiled together: {e}"))?;
+        let block = RegexSet::new(&cfg.block_patterns).map_err(|e| {
+            invalid(format!(
+                "policies.block_patterns cannot be compiled together: {e}"
+            ))
+        })?;
         let redact = cfg
             .redact_patterns
             .iter()
-            .map(|p| Regex::new(p).map_err(|e| format!("policies.redact_patterns '{p}': {e}")))
+            .map(|p| {
+                Regex::new(p).map_err(|e| invalid(format!("policies.redact_patterns '{p}': {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Policy {
             max_input_tokens: cfg.max_input_tokens,
@@ -200,7 +212,7 @@ mod tests {
             block_patterns: vec!["ok".into(), "(unclosed".into()],
             ..PolicyConfig::default()
         };
-        let err = Policy::new(&cfg).unwrap_err();
+        let err = Policy::new(&cfg).unwrap_err().to_string();
         assert!(
             err.contains("block_patterns[1]") && err.contains("(unclosed"),
             "{err}"

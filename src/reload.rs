@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError, Env, Source};
-use crate::config_watch::{self, ReloadTrigger};
+use crate::config_watch::{self, ReloadTrigger, WatchError};
 use crate::state::AppState;
 
 /// Serializes reloads: a file-change reload and `POST /admin/reload` racing could otherwise each read a
@@ -15,7 +15,7 @@ use crate::state::AppState;
 static RELOADING: Mutex<()> = Mutex::new(());
 
 /// Reload now from the source the gateway started with.
-pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigError> {
+pub(crate) fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigError> {
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(PoisonError::into_inner);
     let source = state.source().clone();
     let env = Env::from_process();
@@ -25,16 +25,7 @@ pub fn reload(state: &AppState, trigger: ReloadTrigger) -> Result<(), ConfigErro
             for section in restart_only_changes(&old.config, &config) {
                 tracing::warn!("{section} changes take effect on restart");
             }
-            if let Err(message) = state.replace_config(config) {
-                state.metrics().config_reload(false);
-                let message = crate::secret::redact_userinfo(&message).into_owned();
-                tracing::error!(error = %message, "config reload rejected; the previous config keeps serving");
-                return Err(ConfigError {
-                    source: source.to_string(),
-                    path: None,
-                    message,
-                });
-            }
+            state.replace_config(config);
             state.metrics().config_reload(true);
             tracing::info!(config = %source, trigger = ?trigger, "config reloaded");
             Ok(())
@@ -73,7 +64,7 @@ pub struct Reloader {
 }
 
 /// Watch the config file (when there is one) and SIGHUP, reloading on each trigger.
-pub fn spawn(state: AppState) -> Result<Reloader, String> {
+pub fn spawn(state: AppState) -> Result<Reloader, WatchError> {
     let (tx, mut rx) = mpsc::channel::<ReloadTrigger>(8);
     let watcher = match state.source() {
         Source::File(path) => Some(config_watch::watch(path, tx.clone())?),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::config_error::Invalid;
 use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `responses:` config section.
@@ -41,17 +42,23 @@ impl Default for ResponsesConfig {
 }
 
 impl ResponsesConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if !(self.ttl_s.is_finite() && self.ttl_s > 0.0) {
-            return Err(format!(
-                "responses.ttl_s must be a positive number of seconds, got {}",
-                self.ttl_s
+            return Err(Invalid::new(
+                "responses",
+                format!(
+                    "responses.ttl_s must be a positive number of seconds, got {}",
+                    self.ttl_s
+                ),
             ));
         }
         if self.max_entries == 0 || self.max_bytes == 0 {
-            return Err(format!(
-                "responses.max_entries ({}) and responses.max_bytes ({}) must be at least 1",
-                self.max_entries, self.max_bytes
+            return Err(Invalid::new(
+                "responses",
+                format!(
+                    "responses.max_entries ({}) and responses.max_bytes ({}) must be at least 1",
+                    self.max_entries, self.max_bytes
+                ),
             ));
         }
         Ok(())
@@ -307,7 +314,12 @@ mod tests {
             ttl_s: 0.0,
             ..ResponsesConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("responses.ttl_s"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("responses.ttl_s")
+        );
         assert!(
             serde_json::from_str::<ResponsesConfig>(r#"{"ttl":1}"#).is_err(),
             "unknown fields are refused"

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::alerts::{Alert, Alerter};
 use crate::auth::KeyStore;
 use crate::cache::ResponseCache;
-use crate::config::{Config, Source};
+use crate::config::{Config, Parts, Source};
 use crate::limits::Limiter;
 use crate::policy::Policy;
 use crate::responses_store::ResponseStore;
@@ -93,18 +93,23 @@ struct Shared<'a> {
 }
 
 impl Snapshot {
-    /// Build the runtime parts of a config. Keys, limits and policies were validated when the config was
-    /// loaded; an error here names what was refused all the same.
-    fn new(config: Config, shared: &Shared<'_>) -> Result<Snapshot, String> {
+    /// The runtime form of a validated config: takes the key store, limit rules and policy validation
+    /// built (`parts`, from `Config::take_parts`), binds the limit rules to the state store and the
+    /// backends to their live instance state. Cannot fail: everything was checked when the config was
+    /// loaded.
+    fn new(config: Config, parts: Parts, shared: &Shared<'_>) -> Snapshot {
         let Shared {
             registry,
             sessions,
             admissions,
             store,
         } = *shared;
-        let keys = KeyStore::new(&config.keys)?;
-        let limiter = Limiter::new(&config.rate_limit, &config.keys, store.clone())?;
-        let policy = Policy::new(&config.policies)?;
+        let Parts {
+            keys,
+            limits,
+            policy,
+        } = parts;
+        let limiter = Limiter::new(limits, store.clone());
         let backends: Vec<BackendRuntime> = config
             .backends
             .iter()
@@ -179,27 +184,26 @@ impl Snapshot {
             .collect();
         registry.retain(&live);
         let cors = crate::http::cors::layer(&config.server.cors_allow_origin);
-        Ok(Snapshot {
+        Snapshot {
             config,
             backends,
             keys,
             limiter: Arc::new(limiter),
             policy,
             cors,
-        })
+        }
     }
 }
 
-/// The request log writer for `config.request_log`, redacting with `policies.redact_patterns`; drops are
-/// counted in `request_log_dropped_total`.
-fn start_request_log(config: &Config, metrics: &Arc<Metrics>) -> Result<RequestLogger, String> {
+/// The request log writer for `config.request_log`, redacting with `policy` (the config's
+/// `policies.redact_patterns`); drops are counted in `request_log_dropped_total`.
+fn start_request_log(config: &Config, policy: Policy, metrics: &Arc<Metrics>) -> RequestLogger {
     let dropped = {
         let metrics = Arc::clone(metrics);
         Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
     };
-    let redactor = Policy::new(&config.policies)?;
-    let redact = crate::telemetry::request_log::redactor(move |text| redactor.redact(text));
-    Ok(RequestLogger::start(&config.request_log, redact, dropped))
+    let redact = crate::telemetry::request_log::redactor(move |text| policy.redact(text));
+    RequestLogger::start(&config.request_log, redact, dropped)
 }
 
 /// The state store for `state:`: Redis when `redis_url` is set (connects and reconnects in the
@@ -218,10 +222,11 @@ fn store_for(config: &StateConfig) -> StateStore {
 
 impl AppState {
     /// Build the state; starts the request-log writer and the alerter, so call it inside a runtime.
-    pub fn new(config: Config, source: Source) -> anyhow::Result<AppState> {
+    pub fn new(mut config: Config, source: Source) -> anyhow::Result<AppState> {
         let client = HttpClient::new()?;
         let metrics = Arc::new(Metrics::with_config(&config.metrics));
-        let request_log = start_request_log(&config, &metrics).map_err(anyhow::Error::msg)?;
+        let parts = config.take_parts();
+        let request_log = start_request_log(&config, parts.policy.clone(), &metrics);
         let alerter = Alerter::start(&config.alerts, client.clone());
         let instances = InstanceRegistry::new();
         let sessions = SessionTables::default();
@@ -232,14 +237,14 @@ impl AppState {
         let tokens = crate::tokens::TokenCounter::new(&store);
         let snapshot = Snapshot::new(
             config,
+            parts,
             &Shared {
                 registry: &instances,
                 sessions: &sessions,
                 admissions: &admissions,
                 store: &store,
             },
-        )
-        .map_err(anyhow::Error::msg)?;
+        );
         let state = AppState {
             inner: Arc::new(Inner {
                 live: ArcSwap::from_pointee(snapshot),
@@ -281,24 +286,25 @@ impl AppState {
     /// `request_log`, `alerts` and `metrics.enabled` apply too: a changed request log or alert section
     /// starts a new writer or alerter, swapped in before the snapshot, and the old one finishes what it
     /// holds in the background. (`server.host/port`, `cache` and `state` need a restart.)
-    pub fn replace_config(&self, config: Config) -> Result<(), String> {
+    pub(crate) fn replace_config(&self, mut config: Config) {
         let old = self.snapshot();
+        let parts = config.take_parts();
         let request_log = (old.config.request_log != config.request_log
             || old.config.policies != config.policies)
-            .then(|| start_request_log(&config, &self.inner.metrics))
-            .transpose()?;
+            .then(|| start_request_log(&config, parts.policy.clone(), &self.inner.metrics));
         let alerter = (old.config.alerts != config.alerts)
             .then(|| Alerter::start(&config.alerts, self.inner.client.clone()));
         let metrics_enabled = config.metrics.enabled;
         let snapshot = Snapshot::new(
             config,
+            parts,
             &Shared {
                 registry: &self.inner.instances,
                 sessions: &self.inner.sessions,
                 admissions: &self.inner.admissions,
                 store: &self.inner.store,
             },
-        )?;
+        );
         if let Some(request_log) = request_log {
             let previous = self.inner.request_log.swap(Arc::new(request_log));
             self.retire(async move { previous.shutdown().await });
@@ -309,7 +315,6 @@ impl AppState {
         }
         self.inner.metrics.set_enabled(metrics_enabled);
         self.inner.live.store(Arc::new(snapshot));
-        Ok(())
     }
 
     /// Runs the shutdown of a replaced writer or alerter in the background, remembered for `flush`.

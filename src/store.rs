@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
+use crate::config_error::Invalid;
 use crate::limits::memory::MemoryBuckets;
 
 /// The `state:` config section.
@@ -51,17 +52,20 @@ impl fmt::Debug for StateConfig {
 
 impl StateConfig {
     /// Checks what `connect` cannot report (it never fails): the URL must parse.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str()).map_err(|e| {
-                format!(
-                    "state.redis_url '{}' is not a valid redis url: {e}",
-                    redact_url(url)
+                Invalid::new(
+                    "state",
+                    format!(
+                        "state.redis_url '{}' is not a valid redis url: {e}",
+                        redact_url(url)
+                    ),
                 )
             })?;
         }
         if self.key_prefix.is_empty() {
-            return Err("state.key_prefix must not be empty".to_owned());
+            return Err(Invalid::new("state", "state.key_prefix must not be empty"));
         }
         Ok(())
     }
@@ -122,6 +126,14 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// Why this replica is not ready (`GET /health/ready` answers 503 with it): Redis, shown without its
+/// password, does not answer while `state.on_unavailable` is `fail_closed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("redis at {url} does not answer and state.on_unavailable is fail_closed")]
+pub(crate) struct NotReady {
+    url: String,
+}
+
 /// Redis could not be used for this operation; the caller applies the fail mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("shared state (redis) is unavailable")]
@@ -162,7 +174,7 @@ impl StateStore {
     /// only when Redis does not answer a PING within `within` and `on_unavailable` is `fail_closed`
     /// (then every limited request gets 503). With `fail_open`, or in memory, this replica serves
     /// whatever Redis does.
-    pub async fn readiness(&self, within: Duration) -> Result<(), String> {
+    pub(crate) async fn readiness(&self, within: Duration) -> Result<(), NotReady> {
         let StateStore::Redis(redis) = self else {
             return Ok(());
         };
@@ -172,10 +184,9 @@ impl StateStore {
         let ping = redis::cmd("PING");
         match tokio::time::timeout(within, redis.query::<String>(&ping)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(format!(
-                "redis at {} does not answer and state.on_unavailable is fail_closed",
-                redis.inner.url_for_logs
-            )),
+            _ => Err(NotReady {
+                url: redis.inner.url_for_logs.clone(),
+            }),
         }
     }
 }
@@ -372,7 +383,7 @@ mod tests {
             redis_url: Some("nope://".to_owned()),
             ..StateConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("nope://"));
+        assert!(bad.validate().unwrap_err().to_string().contains("nope://"));
     }
 
     #[tokio::test]

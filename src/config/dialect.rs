@@ -8,10 +8,10 @@
 
 use serde_json::{Map, Value, json};
 
-use super::model::Invalid;
+use crate::config_error::Invalid;
 
 /// Rewrite `document` in place into the native layout.
-pub fn to_native(document: &mut Value) -> Result<(), Invalid> {
+pub(crate) fn to_native(document: &mut Value) -> Result<(), Invalid> {
     let Some(root) = document.as_object_mut() else {
         return Err(Invalid {
             path: String::new(),

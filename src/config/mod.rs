@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+pub use crate::config_error::ConfigError;
+use crate::config_error::Invalid;
 pub use env::Env;
+pub(crate) use model::Parts;
 pub use model::{BackendConfig, BackendKind, Config, InstanceConfig};
 
 /// The config served when no file is found: one echo backend named `local` on port 8080.
@@ -75,27 +78,6 @@ fn llm_base_url(url: &str) -> &str {
         .find_map(|endpoint| url.strip_suffix(endpoint))
         .unwrap_or(url)
 }
-
-/// A config that could not be loaded: which file, where inside it, and what was expected.
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub source: String,
-    pub path: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.path {
-            Some(path) if !path.is_empty() => {
-                write!(f, "{}: {}: {}", self.source, path, self.message)
-            }
-            _ => write!(f, "{}: {}", self.source, self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The system-wide config file, looked for after the working directory's: where the container image and
 /// the Kubernetes ConfigMap put it.
@@ -191,15 +173,16 @@ pub fn parse_str(
     if document.is_null() {
         document = Value::Object(serde_json::Map::new());
     }
-    interpolate(&mut document, env, &mut String::new()).map_err(|(p, m)| (Some(p), m))?;
-    dialect::to_native(&mut document).map_err(|e| (Some(e.path), e.message))?;
-    apply_env_overrides(&mut document, env).map_err(|(p, m)| (Some(p), m))?;
+    let located = |error: Invalid| (Some(error.path), error.message);
+    interpolate(&mut document, env, &mut String::new()).map_err(located)?;
+    dialect::to_native(&mut document).map_err(located)?;
+    apply_env_overrides(&mut document, env).map_err(located)?;
     written_sections_are_on(&mut document);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(&document).map_err(|error| {
         let path = error.path().to_string();
         (Some(path), error.into_inner().to_string())
     })?;
-    Config::try_from_raw(raw).map_err(|e| (Some(e.path), e.message))
+    Config::try_from_raw(raw).map_err(located)
 }
 
 /// The optional sections that have an `enabled` switch.
@@ -224,15 +207,11 @@ fn written_sections_are_on(document: &mut Value) {
 
 /// Expand `${VAR}` and `${VAR:-default}` in every string value. A missing variable without a default is
 /// an error naming the variable and where it is used.
-fn interpolate(value: &mut Value, env: &Env, path: &mut String) -> Result<(), (String, String)> {
+fn interpolate(value: &mut Value, env: &Env, path: &mut String) -> Result<(), Invalid> {
     match value {
         Value::String(text) if text.contains("${") => {
-            *text = expand(text, env).map_err(|var| {
-                (
-                    path.clone(),
-                    format!("environment variable '{var}' is not set (use ${{{var}:-default}} for an optional value)"),
-                )
-            })?;
+            *text =
+                expand(text, env).map_err(|unset| Invalid::new(path.clone(), unset.to_string()))?;
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -258,7 +237,12 @@ fn interpolate(value: &mut Value, env: &Env, path: &mut String) -> Result<(), (S
     Ok(())
 }
 
-fn expand(text: &str, env: &Env) -> Result<String, String> {
+/// A `${VAR}` without a default whose variable is not set.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable '{0}' is not set (use ${{{0}:-default}} for an optional value)")]
+struct Unset(String);
+
+fn expand(text: &str, env: &Env) -> Result<String, Unset> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -276,7 +260,7 @@ fn expand(text: &str, env: &Env) -> Result<String, String> {
         match (env.get(name), default) {
             (Some(value), _) => out.push_str(value),
             (None, Some(default)) => out.push_str(default),
-            (None, None) => return Err(name.to_owned()),
+            (None, None) => return Err(Unset(name.to_owned())),
         }
         rest = &after[end + 1..];
     }
@@ -287,34 +271,33 @@ fn expand(text: &str, env: &Env) -> Result<String, String> {
 /// `GATEWAY_PORT` (seed 004), `PORT`/`HOST` (seed 003), `GATEWAY_SERVER_*`, `GATEWAY_LOGGING_*` and
 /// `GATEWAY_UPSTREAMS_<NAME>_API_KEY` (seed 002). Later ones win: `PORT` (what platforms set) over
 /// `GATEWAY_PORT`, the specific `GATEWAY_SERVER_*` names over both.
-fn apply_env_overrides(document: &mut Value, env: &Env) -> Result<(), (String, String)> {
+fn apply_env_overrides(document: &mut Value, env: &Env) -> Result<(), Invalid> {
     let Some(root) = document.as_object_mut() else {
         return Ok(());
     };
-    let mut set =
-        |section: &str, key: &str, var: &str, number: bool| -> Result<(), (String, String)> {
-            let Some(value) = env.get(var) else {
-                return Ok(());
-            };
-            let value = if number {
-                let port: u16 = value.parse().map_err(|_| {
-                    (
-                        format!("{section}.{key}"),
-                        format!("environment variable {var}='{value}' is not a port number"),
-                    )
-                })?;
-                Value::from(port)
-            } else {
-                Value::from(value)
-            };
-            let entry = root
-                .entry(section)
-                .or_insert_with(|| Value::Object(serde_json::Map::new()));
-            if let Some(object) = entry.as_object_mut() {
-                object.insert(key.to_owned(), value);
-            }
-            Ok(())
+    let mut set = |section: &str, key: &str, var: &str, number: bool| -> Result<(), Invalid> {
+        let Some(value) = env.get(var) else {
+            return Ok(());
         };
+        let value = if number {
+            let port: u16 = value.parse().map_err(|_| {
+                Invalid::new(
+                    format!("{section}.{key}"),
+                    format!("environment variable {var}='{value}' is not a port number"),
+                )
+            })?;
+            Value::from(port)
+        } else {
+            Value::from(value)
+        };
+        let entry = root
+            .entry(section)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(object) = entry.as_object_mut() {
+            object.insert(key.to_owned(), value);
+        }
+        Ok(())
+    };
     set("server", "port", "GATEWAY_PORT", true)?;
     set("server", "port", "PORT", true)?;
     set("server", "host", "HOST", false)?;

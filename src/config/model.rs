@@ -9,10 +9,12 @@ use serde_json::Value;
 
 use super::raw::{RawBackend, RawConfig};
 use crate::alerts::AlertsConfig;
-use crate::auth::KeyConfig;
+use crate::auth::{KeyConfig, KeyStore};
 use crate::cache::CacheConfig;
+use crate::config_error::Invalid;
 use crate::limit_rules::RateLimitConfig;
-use crate::policy::PolicyConfig;
+use crate::limits::LimitRules;
+use crate::policy::{Policy, PolicyConfig};
 use crate::protocol::Endpoint;
 use crate::responses_store::ResponsesConfig;
 use crate::routing::admission::QueueConfig;
@@ -27,7 +29,7 @@ use crate::telemetry::request_log::RequestLogConfig;
 use crate::upstream::client::Target;
 
 /// The whole validated config. Immutable; a reload builds a new one.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     pub server: ServerConfig,
     pub backends: Vec<BackendConfig>,
@@ -49,6 +51,17 @@ pub struct Config {
     pub policies: PolicyConfig,
     pub state: StateConfig,
     pub responses: ResponsesConfig,
+    /// Built from `keys`, `rate_limit` and `policies` while validating them; the snapshot takes them.
+    parts: Parts,
+}
+
+/// What validation builds from the config and the snapshot takes as is, so nothing is built twice:
+/// the key store, the compiled limit rules (bound to the state store by the snapshot) and the policy.
+#[derive(Debug, Default)]
+pub(crate) struct Parts {
+    pub(crate) keys: KeyStore,
+    pub(crate) limits: LimitRules,
+    pub(crate) policy: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +193,7 @@ impl EndpointUrls {
     fn new(path: &str, base: &str) -> Result<EndpointUrls, Invalid> {
         let parse = |suffix: &str| {
             Target::parse(&format!("{base}{suffix}")).map_err(|error| {
-                invalid(
+                Invalid::new(
                     path,
                     redact_userinfo(&format!("'{base}{suffix}' is not a valid URL ({error})")),
                 )
@@ -196,26 +209,12 @@ impl EndpointUrls {
     }
 }
 
-/// A validation failure: the path inside the file and what was expected.
-#[derive(Debug)]
-pub struct Invalid {
-    pub path: String,
-    pub message: String,
-}
-
-fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
 impl Config {
-    pub fn try_from_raw(raw: RawConfig) -> Result<Config, Invalid> {
+    pub(crate) fn try_from_raw(raw: RawConfig) -> Result<Config, Invalid> {
         let names: Vec<String> = raw.backends.keys().cloned().collect();
         let index_of = |name: &str| names.iter().position(|n| n == name);
         if names.is_empty() {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "backends",
                 "at least one backend is required, e.g. `backends: { local: { type: echo } }`",
             ));
@@ -226,7 +225,7 @@ impl Config {
         }
         let default_backend = match &raw.default_backend {
             Some(name) => index_of(name).ok_or_else(|| {
-                invalid(
+                Invalid::new(
                     "default_backend",
                     format!(
                         "unknown backend '{name}'; configured backends: {}",
@@ -240,7 +239,7 @@ impl Config {
         let mut model_names = Vec::new();
         for (alias, target) in &raw.models {
             let backend = index_of(&target.backend).ok_or_else(|| {
-                invalid(
+                Invalid::new(
                     format!("models.{alias}"),
                     format!(
                         "unknown backend '{}'; configured backends: {}",
@@ -267,7 +266,7 @@ impl Config {
                 "/v1/messages" => Endpoint::Messages,
                 "/v1/responses" => Endpoint::Responses,
                 other => {
-                    return Err(invalid(
+                    return Err(Invalid::new(
                         format!("routes[{i}].path"),
                         format!(
                             "unknown path '{other}'; expected /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages or /v1/responses"
@@ -276,7 +275,7 @@ impl Config {
                 }
             };
             let backend = index_of(&route.backend).ok_or_else(|| {
-                invalid(
+                Invalid::new(
                     format!("routes[{i}].backend"),
                     format!(
                         "unknown backend '{}'; configured backends: {}",
@@ -289,10 +288,13 @@ impl Config {
         }
         let server = &raw.server;
         if server.max_body_bytes == 0 {
-            return Err(invalid("server.max_body_bytes", "must be greater than 0"));
+            return Err(Invalid::new(
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ));
         }
         if server.max_upstream_body_bytes == 0 {
-            return Err(invalid(
+            return Err(Invalid::new(
                 "server.max_upstream_body_bytes",
                 "must be greater than 0",
             ));
@@ -300,7 +302,7 @@ impl Config {
         let mut trusted_proxies = Vec::new();
         for (i, proxy) in server.trusted_proxies.iter().enumerate() {
             trusted_proxies.push(proxy.parse::<IpAddr>().map_err(|_| {
-                invalid(
+                Invalid::new(
                     format!("server.trusted_proxies[{i}]"),
                     format!("'{proxy}' is not an IP address"),
                 )
@@ -315,42 +317,30 @@ impl Config {
         {
             alerts.webhook_url = None;
         }
-        alerts
-            .validate()
-            .map_err(|message| invalid("alerts", message))?;
+        alerts.validate()?;
         let request_log: RequestLogConfig = section("request_log", raw.request_log.clone())?;
         request_log
             .validate()
-            .map_err(|error| invalid("request_log", error.to_string()))?;
+            .map_err(|error| Invalid::new("request_log", error.to_string()))?;
         let metrics: MetricsConfig = section("metrics", raw.metrics.clone())?;
         let keys: Vec<KeyConfig> = section("keys", raw.keys.clone())?;
-        crate::auth::KeyStore::new(&keys).map_err(|message| invalid("keys", message))?;
+        let key_store = KeyStore::new(&keys)?;
         let rate_limit: RateLimitConfig = section("rate_limit", raw.rate_limit.clone())?;
-        rate_limit
-            .validate()
-            .map_err(|message| invalid("rate_limit", message))?;
-        crate::limits::Limiter::new(&rate_limit, &keys, crate::store::StateStore::memory())
-            .map_err(|message| invalid("keys", message))?;
+        let limits = LimitRules::new(&rate_limit, &keys)?;
         let cache: CacheConfig = section("cache", raw.cache.clone())?;
-        cache
-            .validate()
-            .map_err(|message| invalid("cache", message))?;
+        cache.validate()?;
         let policies: PolicyConfig = section("policies", raw.policies.clone())?;
-        crate::policy::Policy::new(&policies).map_err(|message| invalid("policies", message))?;
+        let policy = Policy::new(&policies)?;
         let state: StateConfig = section("state", raw.state.clone())?;
-        state
-            .validate()
-            .map_err(|message| invalid("state", message))?;
+        state.validate()?;
         let responses: ResponsesConfig = section("responses", raw.responses.clone())?;
-        responses
-            .validate()
-            .map_err(|message| invalid("responses", message))?;
+        responses.validate()?;
         let logging = &raw.logging;
         let json = match logging.format.as_str() {
             "json" => true,
             "pretty" | "text" | "compact" => false,
             other => {
-                return Err(invalid(
+                return Err(Invalid::new(
                     "logging.format",
                     format!("unknown format '{other}'; expected json or pretty"),
                 ));
@@ -370,7 +360,7 @@ impl Config {
                 trusted_proxies,
                 admin_open: server.admin_open,
                 workers: match server.workers {
-                    Some(0) => return Err(invalid("server.workers", "must be at least 1")),
+                    Some(0) => return Err(Invalid::new("server.workers", "must be at least 1")),
                     other => other,
                 },
             },
@@ -393,7 +383,18 @@ impl Config {
             policies,
             state,
             responses,
+            parts: Parts {
+                keys: key_store,
+                limits,
+                policy,
+            },
         })
+    }
+
+    /// The parts validation built, for the snapshot: called once, by `AppState` as it hands the config
+    /// to a new snapshot (empty parts are left behind).
+    pub(crate) fn take_parts(&mut self) -> Parts {
+        std::mem::take(&mut self.parts)
     }
 
     /// The optional features this config turns on, one `name: setting` per entry, for the start-up
@@ -459,7 +460,7 @@ impl Config {
 }
 
 /// Decode a section owned by another module; errors carry the path inside the section.
-pub fn section<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn section<T: serde::de::DeserializeOwned + Default>(
     name: &str,
     value: Option<Value>,
 ) -> Result<T, Invalid> {
@@ -472,7 +473,7 @@ pub fn section<T: serde::de::DeserializeOwned + Default>(
             } else {
                 format!("{name}.{inner}")
             };
-            invalid(path, error.into_inner().to_string())
+            Invalid::new(path, error.into_inner().to_string())
         }),
     }
 }
@@ -482,7 +483,7 @@ fn seconds(path: &str, value: f64) -> Result<Duration, Invalid> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
-            invalid(
+            Invalid::new(
                 path,
                 format!("expected a positive number of seconds, got {value}"),
             )
@@ -501,7 +502,7 @@ fn backend_from_raw(
         | "openai-chat" | "openai_compatible" => BackendKind::OpenAi,
         "anthropic" => BackendKind::Anthropic,
         other => {
-            return Err(invalid(
+            return Err(Invalid::new(
                 format!("{path}.type"),
                 format!(
                     "unknown backend type '{other}'; expected echo, openai or anthropic (aliases: local, http, vllm, remote, modal)"
@@ -517,7 +518,10 @@ fn backend_from_raw(
                     let ipath = format!("{path}.instances[{i}]");
                     let weight = instance.weight.unwrap_or(1);
                     if weight == 0 {
-                        return Err(invalid(format!("{ipath}.weight"), "must be at least 1"));
+                        return Err(Invalid::new(
+                            format!("{ipath}.weight"),
+                            "must be at least 1",
+                        ));
                     }
                     let (base_url, display) =
                         normalize_url(&format!("{ipath}.url"), &instance.url)?;
@@ -556,7 +560,7 @@ fn backend_from_raw(
                 });
             }
             _ => {
-                return Err(invalid(
+                return Err(Invalid::new(
                     path,
                     format!(
                         "a backend of type {} needs `url` or a non-empty `instances` list",
@@ -569,7 +573,7 @@ fn backend_from_raw(
     let load_balancing = match &raw.load_balancing {
         None => Strategy::default(),
         Some(name) => serde_json::from_value::<Strategy>(Value::String(name.clone())).map_err(|_| {
-            invalid(
+            Invalid::new(
                 format!("{path}.load_balancing"),
                 format!("unknown strategy '{name}'; expected round_robin, weighted, least_connections, latency or prefix_affinity"),
             )
@@ -578,13 +582,12 @@ fn backend_from_raw(
     let affinity = match (load_balancing, &raw.affinity) {
         (Strategy::PrefixAffinity, value) => {
             let cfg: AffinityConfig = section(&format!("{path}.affinity"), value.clone())?;
-            cfg.validate()
-                .map_err(|message| invalid(format!("{path}.affinity"), message))?;
+            cfg.validate().map_err(|error| error.under(&path))?;
             Some(cfg)
         }
         (_, None | Some(Value::Null)) => None,
         (other, Some(_)) => {
-            return Err(invalid(
+            return Err(Invalid::new(
                 format!("{path}.affinity"),
                 format!(
                     "affinity settings apply to load_balancing: prefix_affinity, not {}",
@@ -598,35 +601,30 @@ fn backend_from_raw(
         Some(value) => {
             let cfg: EngineLoadConfig =
                 section(&format!("{path}.engine_load"), Some(value.clone()))?;
-            cfg.validate()
-                .map_err(|message| invalid(format!("{path}.engine_load"), message))?;
+            cfg.validate().map_err(|error| error.under(&path))?;
             cfg.enabled.then_some(cfg)
         }
     };
     if raw.max_in_flight == Some(0) || instances.iter().any(|i| i.max_in_flight == Some(0)) {
-        return Err(invalid(
+        return Err(Invalid::new(
             format!("{path}.max_in_flight"),
             "must be at least 1 (leave it out for no cap)",
         ));
     }
     let queue: QueueConfig = section(&format!("{path}.queue"), raw.queue.clone())?;
-    queue
-        .validate()
-        .map_err(|message| invalid(format!("{path}.queue"), message))?;
+    queue.validate().map_err(|error| error.under(&path))?;
     if raw.queue.is_some() && instances.iter().all(|i| i.max_in_flight.is_none()) {
-        return Err(invalid(
+        return Err(Invalid::new(
             format!("{path}.queue"),
             "a queue needs max_in_flight on the backend or its instances (requests wait for a free slot)",
         ));
     }
     let health: HealthConfig = section(&format!("{path}.health"), raw.health.clone())?;
-    health
-        .validate()
-        .map_err(|message| invalid(format!("{path}.health"), message))?;
+    health.validate().map_err(|error| error.under(&path))?;
     let mut fallback = Vec::new();
     for (i, other) in raw.fallback.iter().enumerate() {
         let index = names.iter().position(|n| n == other).ok_or_else(|| {
-            invalid(
+            Invalid::new(
                 format!("{path}.fallback[{i}]"),
                 format!(
                     "unknown backend '{other}'; configured backends: {}",
@@ -635,7 +633,7 @@ fn backend_from_raw(
             )
         })?;
         if other == name {
-            return Err(invalid(
+            return Err(Invalid::new(
                 format!("{path}.fallback[{i}]"),
                 "a backend cannot fall back to itself",
             ));
@@ -644,7 +642,7 @@ fn backend_from_raw(
     }
     let native_responses = raw.native_responses.unwrap_or(false);
     if native_responses && kind != BackendKind::OpenAi {
-        return Err(invalid(
+        return Err(Invalid::new(
             format!("{path}.native_responses"),
             format!(
                 "only backends of type openai serve the Responses API; remove it from this {} backend",
@@ -685,7 +683,7 @@ fn normalize_url(path: &str, url: &str) -> Result<(String, String), Invalid> {
     // Error messages quote the URL with its userinfo hidden: it may hold a password.
     let shown = redact_userinfo(url);
     let mut parsed = url::Url::parse(url.trim()).map_err(|error| {
-        invalid(
+        Invalid::new(
             path,
             format!(
                 "'{shown}' is not a valid URL ({error}); expected e.g. http://127.0.0.1:8000/v1"
@@ -693,13 +691,13 @@ fn normalize_url(path: &str, url: &str) -> Result<(String, String), Invalid> {
         )
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid(
+        return Err(Invalid::new(
             path,
             format!("'{shown}' must start with http:// or https://"),
         ));
     }
     if parsed.host_str().is_none() {
-        return Err(invalid(path, format!("'{shown}' has no host")));
+        return Err(Invalid::new(path, format!("'{shown}' has no host")));
     }
     if parsed.path() == "/" || parsed.path().is_empty() {
         parsed.set_path("/v1");

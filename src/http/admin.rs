@@ -88,7 +88,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": reason})),
+            Json(json!({"status": "not_ready", "reason": reason.to_string()})),
         )
             .into_response(),
     }

@@ -27,6 +27,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 
 use crate::auth::{KeyConfig, Principal};
+use crate::config_error::Invalid;
 use crate::limit_rules::{Algorithm, LimitRule, Period, QuotaConfig, RateLimitConfig};
 use crate::store::{FailMode, StateStore, StoreUnavailable};
 use engine::{BucketKind, Outcome};
@@ -195,6 +196,18 @@ pub struct UsageCounter {
     pub remaining: u64,
     /// Seconds until the counter is back to zero (period end, or the rolling window draining).
     pub resets_in_s: f64,
+}
+
+/// The compiled limit rules of one config: built (and checked) once when the config is validated,
+/// then bound to the state store by [`Limiter::new`].
+#[derive(Debug, Default)]
+pub(crate) struct LimitRules {
+    global: Vec<RuleBucket>,
+    per_ip: Vec<RuleBucket>,
+    per_key: Vec<RuleBucket>,
+    per_key_model: Vec<RuleBucket>,
+    keys: HashMap<Arc<str>, KeyLimits>,
+    counts_tokens: bool,
 }
 
 /// Rate limiter and quota keeper for one config snapshot.
@@ -378,47 +391,28 @@ fn period_name(p: Period) -> &'static str {
     }
 }
 
-impl Limiter {
-    /// Builds the limiter for one config snapshot. Pass the same `StateStore` to every snapshot so
-    /// counters survive reloads. The error names the offending rule.
-    pub fn new(
-        cfg: &RateLimitConfig,
-        keys: &[KeyConfig],
-        store: StateStore,
-    ) -> Result<Limiter, String> {
-        Limiter::with_clock(cfg, keys, store, Arc::new(SystemClock))
-    }
-
-    /// Like `new`, with an injected clock (tests). In Redis mode rate windows use Redis' clock and
-    /// the injected clock only decides calendar quota periods.
-    pub fn with_clock(
-        cfg: &RateLimitConfig,
-        keys: &[KeyConfig],
-        store: StateStore,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Limiter, String> {
-        let compiled = |rule: &Option<LimitRule>, path: &str| -> Result<Vec<RuleBucket>, String> {
-            match rule {
-                Some(rule) => {
-                    rule.validate(path)?;
-                    Ok(compile_rule(rule))
-                }
-                None => Ok(Vec::new()),
-            }
-        };
-        let global = compiled(&cfg.global, "rate_limit.global")?;
-        let per_ip = compiled(&cfg.per_ip, "rate_limit.per_ip")?;
-        let per_key = compiled(&cfg.per_key, "rate_limit.per_key")?;
-        let per_key_model = compiled(&cfg.per_key_model, "rate_limit.per_key_model")?;
+impl LimitRules {
+    /// Checks and compiles `rate_limit` and the keys' own rules and quotas. The error is located at
+    /// `rate_limit` or `keys` and names the offending rule.
+    pub(crate) fn new(cfg: &RateLimitConfig, keys: &[KeyConfig]) -> Result<LimitRules, Invalid> {
+        cfg.validate()?;
+        let compiled =
+            |rule: &Option<LimitRule>| rule.as_ref().map(compile_rule).unwrap_or_default();
+        let global = compiled(&cfg.global);
+        let per_ip = compiled(&cfg.per_ip);
+        let per_key = compiled(&cfg.per_key);
+        let per_key_model = compiled(&cfg.per_key_model);
         let mut key_limits = HashMap::new();
         for (i, k) in keys.iter().enumerate() {
             let mut limits = KeyLimits::default();
             if let Some(rule) = &k.rate_limit {
-                rule.validate(&format!("keys[{i}] '{}'.rate_limit", k.name))?;
+                rule.validate(&format!("keys[{i}] '{}'.rate_limit", k.name))
+                    .map_err(|error| error.under("keys"))?;
                 limits.rate = Some(compile_rule(rule));
             }
             if let Some(q) = &k.quota {
-                q.validate(&format!("keys[{i}] '{}'.quota", k.name))?;
+                q.validate(&format!("keys[{i}] '{}'.quota", k.name))
+                    .map_err(|error| error.under("keys"))?;
                 limits.quota = compile_quota(q);
                 limits.period = Some(q.period.map_or("rolling", period_name));
             }
@@ -432,16 +426,49 @@ impl Limiter {
                 k.rate.as_deref().is_some_and(tokens)
                     || k.quota.iter().any(|q| q.unit == Unit::Tokens)
             });
-        Ok(Limiter {
+        Ok(LimitRules {
             global,
             per_ip,
             per_key,
             per_key_model,
             keys: key_limits,
             counts_tokens,
+        })
+    }
+}
+
+impl Limiter {
+    /// The limiter for one config snapshot. Pass the same `StateStore` to every snapshot so counters
+    /// survive reloads.
+    pub(crate) fn new(rules: LimitRules, store: StateStore) -> Limiter {
+        Limiter::with_clock(rules, store, Arc::new(SystemClock))
+    }
+
+    /// Like `new`, with an injected clock (tests). In Redis mode rate windows use Redis' clock and
+    /// the injected clock only decides calendar quota periods.
+    pub(crate) fn with_clock(
+        rules: LimitRules,
+        store: StateStore,
+        clock: Arc<dyn Clock>,
+    ) -> Limiter {
+        let LimitRules {
+            global,
+            per_ip,
+            per_key,
+            per_key_model,
+            keys,
+            counts_tokens,
+        } = rules;
+        Limiter {
+            global,
+            per_ip,
+            per_key,
+            per_key_model,
+            keys,
+            counts_tokens,
             store,
             clock,
-        })
+        }
     }
 
     /// True when some limit or quota counts tokens: only then is the input estimated before the call

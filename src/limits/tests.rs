@@ -31,8 +31,8 @@ struct Fixture {
 fn fixture(cfg: &str, key_json: &str) -> Fixture {
     let key_cfg = keys(key_json);
     let clock = Arc::new(ManualClock::new(T0));
-    let limiter =
-        Limiter::with_clock(&rate(cfg), &key_cfg, StateStore::memory(), clock.clone()).unwrap();
+    let rules = LimitRules::new(&rate(cfg), &key_cfg).unwrap();
+    let limiter = Limiter::with_clock(rules, StateStore::memory(), clock.clone());
     Fixture {
         limiter,
         clock,
@@ -328,9 +328,13 @@ async fn state_survives_a_new_limiter_on_the_same_store() {
     let store = StateStore::memory();
     let clock = Arc::new(ManualClock::new(T0));
     let cfg = rate(r#"{"per_ip": {"requests": 1}}"#);
-    let first = Limiter::with_clock(&cfg, &[], store.clone(), clock.clone()).unwrap();
+    let first = Limiter::with_clock(
+        LimitRules::new(&cfg, &[]).unwrap(),
+        store.clone(),
+        clock.clone(),
+    );
     first.admit(&request(None, 0)).await.unwrap();
-    let reloaded = Limiter::with_clock(&cfg, &[], store, clock).unwrap();
+    let reloaded = Limiter::with_clock(LimitRules::new(&cfg, &[]).unwrap(), store, clock);
     assert!(reloaded.admit(&request(None, 0)).await.is_err());
 }
 
@@ -338,7 +342,8 @@ async fn state_survives_a_new_limiter_on_the_same_store() {
 fn invalid_rules_name_their_path() {
     let err = rate(r#"{"global": {"window_s": 1}}"#)
         .validate()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rate_limit.global"), "{err}");
     assert!(rate(r#"{"per_ip": {"requests": 5}}"#).validate().is_ok());
     assert_eq!(truncate("héllo", 2), "h");
@@ -361,16 +366,18 @@ fn invalid_rules_name_their_path() {
         ),
     ];
     for (json, expected) in cases {
-        let err = Limiter::new(&rate(json), &[], StateStore::memory()).unwrap_err();
+        let err = LimitRules::new(&rate(json), &[]).unwrap_err().to_string();
         assert!(err.contains(expected), "{json}: {err}");
     }
     let k = keys(r#"[{"name": "a", "key": "k", "quota": {"requests": 1}}]"#);
-    let err = Limiter::new(&RateLimitConfig::default(), &k, StateStore::memory()).unwrap_err();
+    let err = LimitRules::new(&RateLimitConfig::default(), &k)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("keys[0] 'a'.quota"), "{err}");
     let k = keys(
         r#"[{"name": "a", "key": "k", "quota": {"requests": 1, "period": "day", "window_s": 5}}]"#,
     );
-    assert!(Limiter::new(&RateLimitConfig::default(), &k, StateStore::memory()).is_err());
+    assert!(LimitRules::new(&RateLimitConfig::default(), &k).is_err());
     assert!(serde_json::from_str::<RateLimitConfig>(r#"{"per_user": {}}"#).is_err());
     assert!(serde_json::from_str::<LimitRule>(r#"{"requests": 1, "algorithm": "leaky"}"#).is_err());
     let rule: LimitRule = serde_json::from_str(r#"{"requests": 1}"#).unwrap();
@@ -379,9 +386,11 @@ fn invalid_rules_name_their_path() {
         (60.0, Algorithm::SlidingWindow, None)
     );
     assert!(
-        Limiter::new(&RateLimitConfig::default(), &[], StateStore::memory())
-            .unwrap()
-            .is_noop()
+        Limiter::new(
+            LimitRules::new(&RateLimitConfig::default(), &[]).unwrap(),
+            StateStore::memory()
+        )
+        .is_noop()
     );
 }
 
@@ -470,7 +479,7 @@ fn redis_limiter(
         fail,
         Duration::from_millis(50),
     ));
-    Limiter::new(&rate(cfg), key_cfg, store).unwrap()
+    Limiter::new(LimitRules::new(&rate(cfg), key_cfg).unwrap(), store)
 }
 
 /// 300 concurrent requests spread over 3 limiters (3 replicas) sharing one Redis.

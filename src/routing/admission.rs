@@ -21,6 +21,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config_error::Invalid;
+
 /// `queue:` of a backend whose instances have a `max_in_flight`.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -44,17 +46,23 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if !(self.max_wait_s.is_finite() && self.max_wait_s >= 0.0 && self.max_wait_s <= 3600.0) {
-            return Err(format!(
-                "queue.max_wait_s is {}; it must be a number of seconds from 0 to 3600",
-                self.max_wait_s
+            return Err(Invalid::new(
+                "queue",
+                format!(
+                    "queue.max_wait_s is {}; it must be a number of seconds from 0 to 3600",
+                    self.max_wait_s
+                ),
             ));
         }
         if self.retry_after_s > 3600 {
-            return Err(format!(
-                "queue.retry_after_s is {}; it must be at most 3600",
-                self.retry_after_s
+            return Err(Invalid::new(
+                "queue",
+                format!(
+                    "queue.retry_after_s is {}; it must be at most 3600",
+                    self.retry_after_s
+                ),
             ));
         }
         Ok(())
@@ -272,6 +280,7 @@ mod tests {
             queue(1, -1.0)
                 .validate()
                 .unwrap_err()
+                .to_string()
                 .contains("queue.max_wait_s is -1")
         );
     }

@@ -39,6 +39,7 @@ use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use xxhash_rust::xxh3::{Xxh3, xxh3_64_with_seed};
 
+use crate::config_error::Invalid;
 use crate::protocol::{ApiRequest, Part, Role};
 use crate::routing::balance::InstanceView;
 use crate::store::StateStore;
@@ -156,45 +157,61 @@ const INDEX_HOLDERS: usize = 4;
 
 impl AffinityConfig {
     /// Checks what serde cannot; the error names the field and the bad value.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         for name in &self.headers {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(format!(
-                    "affinity.headers: '{name}' is not a valid header name"
+                return Err(Invalid::new(
+                    "affinity",
+                    format!("affinity.headers: '{name}' is not a valid header name"),
                 ));
             }
         }
         if !(self.load_factor.is_finite() && self.load_factor >= 1.0 && self.load_factor <= 100.0) {
-            return Err(format!(
-                "affinity.load_factor is {}; it must be a number from 1 to 100 (1.5: no new conversation on an instance above 1.5 × the mean load)",
-                self.load_factor
+            return Err(Invalid::new(
+                "affinity",
+                format!(
+                    "affinity.load_factor is {}; it must be a number from 1 to 100 (1.5: no new conversation on an instance above 1.5 × the mean load)",
+                    self.load_factor
+                ),
             ));
         }
         if !(self.session_load_factor.is_finite()
             && self.session_load_factor >= self.load_factor
             && self.session_load_factor <= 100.0)
         {
-            return Err(format!(
-                "affinity.session_load_factor is {}; it must be a number from load_factor ({}) to 100",
-                self.session_load_factor, self.load_factor
+            return Err(Invalid::new(
+                "affinity",
+                format!(
+                    "affinity.session_load_factor is {}; it must be a number from load_factor ({}) to 100",
+                    self.session_load_factor, self.load_factor
+                ),
             ));
         }
         if !(self.session_ttl_s.is_finite()
             && self.session_ttl_s > 0.0
             && self.session_ttl_s <= 30.0 * 86_400.0)
         {
-            return Err(format!(
-                "affinity.session_ttl_s is {}; it must be a number of seconds above 0 and at most 30 days",
-                self.session_ttl_s
+            return Err(Invalid::new(
+                "affinity",
+                format!(
+                    "affinity.session_ttl_s is {}; it must be a number of seconds above 0 and at most 30 days",
+                    self.session_ttl_s
+                ),
             ));
         }
         if self.max_sessions == 0 {
-            return Err("affinity.max_sessions is 0; it must be at least 1".to_owned());
+            return Err(Invalid::new(
+                "affinity",
+                "affinity.max_sessions is 0; it must be at least 1".to_owned(),
+            ));
         }
         if !(16..=1 << 20).contains(&self.prompt_bytes) {
-            return Err(format!(
-                "affinity.prompt_bytes is {}; it must be from 16 to 1048576",
-                self.prompt_bytes
+            return Err(Invalid::new(
+                "affinity",
+                format!(
+                    "affinity.prompt_bytes is {}; it must be from 16 to 1048576",
+                    self.prompt_bytes
+                ),
             ));
         }
         Ok(())

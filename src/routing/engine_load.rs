@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_error::Invalid;
+
 /// An engine's `/metrics` or `/slots` answer is read up to this size.
 const MAX_SCRAPE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -58,28 +60,35 @@ impl Default for EngineLoadConfig {
 }
 
 impl EngineLoadConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         for (name, value) in [
             ("interval_s", self.interval_s),
             ("timeout_s", self.timeout_s),
         ] {
             if !(value.is_finite() && (0.01..=3600.0).contains(&value)) {
-                return Err(format!(
-                    "engine_load.{name} is {value}; it must be a number of seconds from 0.01 to 3600"
+                return Err(Invalid::new(
+                    "engine_load",
+                    format!(
+                        "engine_load.{name} is {value}; it must be a number of seconds from 0.01 to 3600"
+                    ),
                 ));
             }
         }
         if !self.metrics_path.is_empty() && !self.metrics_path.starts_with('/') {
-            return Err(format!(
-                "engine_load.metrics_path '{}' must start with '/' (or be empty for none)",
-                self.metrics_path
+            return Err(Invalid::new(
+                "engine_load",
+                format!(
+                    "engine_load.metrics_path '{}' must start with '/' (or be empty for none)",
+                    self.metrics_path
+                ),
             ));
         }
         if self.metrics_path.is_empty() && !self.slots {
-            return Err(
+            return Err(Invalid::new(
+                "engine_load",
                 "engine_load reads nothing: set metrics_path (e.g. /metrics) or slots: true"
                     .to_owned(),
-            );
+            ));
         }
         Ok(())
     }
@@ -550,14 +559,16 @@ vllm:prefix_cache_hits_total{engine="0",model_name="m"} 1234.0
             ..EngineLoadConfig::default()
         }
         .validate()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("engine_load.interval_s is 0"), "{err}");
         let err = EngineLoadConfig {
             metrics_path: "metrics".into(),
             ..EngineLoadConfig::default()
         }
         .validate()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("'metrics'"), "{err}");
         assert_eq!(server_root("http://h:8000/v1"), "http://h:8000");
         assert_eq!(server_root("http://h:8080"), "http://h:8080");

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_error::Invalid;
+
 /// Upper bound for any configured duration, so `Instant + Duration` can never overflow.
 const MAX_CONFIG_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
@@ -48,9 +50,12 @@ impl Default for HealthConfig {
 
 impl HealthConfig {
     /// Checks the values a deserializer cannot: positive, finite durations and a non-zero threshold.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         if self.error_threshold == 0 {
-            return Err("health.error_threshold is 0; it must be at least 1".to_owned());
+            return Err(Invalid::new(
+                "health",
+                "health.error_threshold is 0; it must be at least 1".to_owned(),
+            ));
         }
         let durations = [
             ("error_window_s", Some(self.error_window_s)),
@@ -62,15 +67,21 @@ impl HealthConfig {
             if let Some(v) = value
                 && !(v.is_finite() && v > 0.0 && v <= MAX_CONFIG_SECS)
             {
-                return Err(format!(
-                    "health.{name} is {v}; it must be a number of seconds above 0 and at most {MAX_CONFIG_SECS}"
+                return Err(Invalid::new(
+                    "health",
+                    format!(
+                        "health.{name} is {v}; it must be a number of seconds above 0 and at most {MAX_CONFIG_SECS}"
+                    ),
                 ));
             }
         }
         if self.max_cooldown_s < self.cooldown_s {
-            return Err(format!(
-                "health.max_cooldown_s ({}) is below health.cooldown_s ({}); raise it or lower cooldown_s",
-                self.max_cooldown_s, self.cooldown_s
+            return Err(Invalid::new(
+                "health",
+                format!(
+                    "health.max_cooldown_s ({}) is below health.cooldown_s ({}); raise it or lower cooldown_s",
+                    self.max_cooldown_s, self.cooldown_s
+                ),
             ));
         }
         Ok(())
@@ -458,11 +469,17 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_value() {
-        let err = cfg(0, 60.0, 30.0, 300.0).validate().unwrap_err();
+        let err = cfg(0, 60.0, 30.0, 300.0)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("error_threshold"), "{err}");
-        let err = cfg(5, -1.0, 30.0, 300.0).validate().unwrap_err();
+        let err = cfg(5, -1.0, 30.0, 300.0)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("error_window_s is -1"), "{err}");
-        let err = cfg(5, 60.0, 30.0, 10.0).validate().unwrap_err();
+        let err = cfg(5, 60.0, 30.0, 10.0).validate().unwrap_err().to_string();
         assert!(err.contains("max_cooldown_s (10)"), "{err}");
     }
 
