@@ -15,7 +15,7 @@ use crate::error::describe;
 use crate::protocol::json_patch;
 use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
-use crate::protocol::stream::{StreamConverter, StreamTap, exact_chunk, push_piece};
+use crate::protocol::stream::{ExactChunk, StreamConverter, StreamTap, exact_chunk, push_piece};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
 use super::call::Fault;
@@ -388,22 +388,8 @@ impl Relay {
         if !matches!(self.transform, Transform::Convert(_)) && !event.is_comment() {
             self.facts.events += 1;
         }
-        if let Transform::ResponsesPassThrough(pass) = &mut self.transform {
-            pass.forward(event, out);
-            // The stream ends at the upstream's final lifecycle event (an `error` event may still be
-            // followed by its `response.failed`).
-            if pass.finished() {
-                self.phase = Phase::Finished(match pass.terminal() {
-                    Terminal::Completed => StreamEnd::Complete,
-                    Terminal::Failed | Terminal::Open => {
-                        StreamEnd::UpstreamError("the upstream's response failed".to_owned())
-                    }
-                });
-            }
-            if let Some(summary) = pass.summary() {
-                self.facts.usage = summary.usage;
-                self.facts.finish_reason = summary.finish_reason;
-            }
+        if matches!(self.transform, Transform::ResponsesPassThrough(_)) {
+            self.forward_responses(event, out);
             return;
         }
         // Most OpenAI chunks are read once, exactly, for everything below (facts, text, the tap);
@@ -421,68 +407,104 @@ impl Relay {
             }
         }
         match &self.transform {
-            Transform::OpenAiPassThrough { id_json } => {
-                if event.is_done() {
-                    self.phase = Phase::Finished(StreamEnd::Complete);
-                    out.extend_from_slice(&event.raw);
-                } else if event.data.first() == Some(&b'{') {
-                    match &exact {
-                        // An exact chunk carries no error and no usage.
-                        Some(chunk) => {
-                            if chunk.finish.is_some() {
-                                self.facts.finish_reason = chunk.finish;
-                            }
-                            if self.collect_text {
-                                push_piece(&mut self.facts.text, &chunk.text);
-                            }
-                        }
-                        None => {
-                            if observe_openai_chunk(&event.data, self.collect_text, &mut self.facts)
-                            {
-                                let message = error_message(event)
-                                    .unwrap_or_else(|| "upstream stream error".to_owned());
-                                self.phase = Phase::Finished(StreamEnd::UpstreamError(message));
-                            }
-                        }
-                    }
-                    if event.event.is_none()
-                        && let Some(rest) = after_plain_id(&event.data)
-                    {
-                        // What `set_fields` + `encode` write for it, without the copy between them.
-                        out.reserve(rest.len() + id_json.len() + 16);
-                        out.extend_from_slice(b"data: {\"id\":");
-                        out.extend_from_slice(id_json.as_bytes());
-                        out.extend_from_slice(rest);
-                        out.extend_from_slice(b"\n\n");
-                    } else {
-                        match json_patch::set_fields(&event.data, &[("id", id_json)]) {
-                            Ok(patched) => {
-                                crate::protocol::sse::encode(event.event.as_deref(), &patched, out)
-                            }
-                            Err(_) => out.extend_from_slice(&event.raw),
-                        }
-                    }
-                } else {
-                    out.extend_from_slice(&event.raw);
+            Transform::OpenAiPassThrough { .. } => self.forward_openai(event, exact.as_ref(), out),
+            Transform::Convert(_) | Transform::ResponsesPassThrough(_) => {}
+            Transform::AnthropicPassThrough => self.forward_anthropic(event, out),
+        }
+    }
+
+    /// A Responses pass-through event: forwarded by its own relay, which knows the lifecycle.
+    fn forward_responses(&mut self, event: &SseEvent, out: &mut BytesMut) {
+        let Transform::ResponsesPassThrough(pass) = &mut self.transform else {
+            return;
+        };
+        pass.forward(event, out);
+        // The stream ends at the upstream's final lifecycle event (an `error` event may still be
+        // followed by its `response.failed`).
+        if pass.finished() {
+            self.phase = Phase::Finished(match pass.terminal() {
+                Terminal::Completed => StreamEnd::Complete,
+                Terminal::Failed | Terminal::Open => {
+                    StreamEnd::UpstreamError("the upstream's response failed".to_owned())
+                }
+            });
+        }
+        if let Some(summary) = pass.summary() {
+            self.facts.usage = summary.usage;
+            self.facts.finish_reason = summary.finish_reason;
+        }
+    }
+
+    /// An OpenAI pass-through event: its facts noted (from the exact read when there is one) and the
+    /// chunk forwarded with the gateway's id.
+    fn forward_openai(
+        &mut self,
+        event: &SseEvent,
+        exact: Option<&ExactChunk<'_>>,
+        out: &mut BytesMut,
+    ) {
+        let Transform::OpenAiPassThrough { id_json } = &self.transform else {
+            return;
+        };
+        if event.is_done() {
+            self.phase = Phase::Finished(StreamEnd::Complete);
+            out.extend_from_slice(&event.raw);
+            return;
+        }
+        if event.data.first() != Some(&b'{') {
+            out.extend_from_slice(&event.raw);
+            return;
+        }
+        match exact {
+            // An exact chunk carries no error and no usage.
+            Some(chunk) => {
+                if chunk.finish.is_some() {
+                    self.facts.finish_reason = chunk.finish;
+                }
+                if self.collect_text {
+                    push_piece(&mut self.facts.text, &chunk.text);
                 }
             }
-            Transform::Convert(_) | Transform::ResponsesPassThrough(_) => {}
-            Transform::AnthropicPassThrough => {
-                match event.event.as_deref() {
-                    Some("message_stop") => {
-                        self.phase = Phase::Finished(StreamEnd::Complete);
-                        self.facts.finish_reason.get_or_insert(FinishReason::Stop);
-                    }
-                    Some("error") => {
-                        let message = error_message(event)
-                            .unwrap_or_else(|| "upstream stream error".to_owned());
-                        self.phase = Phase::Finished(StreamEnd::UpstreamError(message));
-                    }
-                    _ => {}
+            None => {
+                if observe_openai_chunk(&event.data, self.collect_text, &mut self.facts) {
+                    let message =
+                        error_message(event).unwrap_or_else(|| "upstream stream error".to_owned());
+                    self.phase = Phase::Finished(StreamEnd::UpstreamError(message));
                 }
-                out.extend_from_slice(&event.raw);
             }
         }
+        if event.event.is_none()
+            && let Some(rest) = after_plain_id(&event.data)
+        {
+            // What `set_fields` + `encode` write for it, without the copy between them.
+            out.reserve(rest.len() + id_json.len() + 16);
+            out.extend_from_slice(b"data: {\"id\":");
+            out.extend_from_slice(id_json.as_bytes());
+            out.extend_from_slice(rest);
+            out.extend_from_slice(b"\n\n");
+        } else {
+            match json_patch::set_fields(&event.data, &[("id", id_json)]) {
+                Ok(patched) => crate::protocol::sse::encode(event.event.as_deref(), &patched, out),
+                Err(_) => out.extend_from_slice(&event.raw),
+            }
+        }
+    }
+
+    /// An Anthropic pass-through event: forwarded as it came; `message_stop` and `error` end the stream.
+    fn forward_anthropic(&mut self, event: &SseEvent, out: &mut BytesMut) {
+        match event.event.as_deref() {
+            Some("message_stop") => {
+                self.phase = Phase::Finished(StreamEnd::Complete);
+                self.facts.finish_reason.get_or_insert(FinishReason::Stop);
+            }
+            Some("error") => {
+                let message =
+                    error_message(event).unwrap_or_else(|| "upstream stream error".to_owned());
+                self.phase = Phase::Finished(StreamEnd::UpstreamError(message));
+            }
+            _ => {}
+        }
+        out.extend_from_slice(&event.raw);
     }
 
     /// The answer's text so far: the converter's or the tap's when there is one (they collect it
