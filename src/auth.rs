@@ -51,8 +51,6 @@ pub struct Principal {
     pub admin: bool,
     /// `None` means every model is allowed.
     pub models: Option<Arc<[String]>>,
-    pub rate_limit: Option<KeyRateLimitConfig>,
-    pub quota: Option<QuotaConfig>,
 }
 
 /// Why a request could not be authenticated or authorized.
@@ -169,8 +167,6 @@ impl KeyStore {
                 name: Arc::from(entry.name.as_str()),
                 admin: entry.admin,
                 models: entry.models.as_ref().map(|m| Arc::from(m.as_slice())),
-                rate_limit: entry.rate_limit.clone(),
-                quota: entry.quota.clone(),
             };
             let principal = Arc::new(principal);
             if let Some(other) = by_digest.insert(digest, Arc::clone(&principal)) {
