@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::app::AppService;
 use crate::config::model::ServerConfig;
 use crate::state::AppState;
 
@@ -54,7 +55,7 @@ pub async fn run(
     // The idle sweep: its pace follows the live config's timeouts (a reload changes them).
     let mut sweep = pin!(tokio::time::sleep(Duration::ZERO));
     let mut next_id = 0u64;
-    let (mut last_shed_log, mut shed_since_log) = (None::<tokio::time::Instant>, 0);
+    let mut shedding = Shedding::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -73,84 +74,20 @@ pub async fn run(
             Ok(accepted) => accepted,
             Err(error) if is_per_connection(&error) => continue,
             Err(error) => {
-                // Out of file descriptors and the like: close the connections that waited longest
-                // for a request, and accept again once they are gone; with none to close, wait for
-                // some to be released.
-                let shed = connections.shed();
-                if shed > 0 {
-                    // One line a second at most: this repeats every few milliseconds under a flood.
-                    shed_since_log += shed;
-                    if last_shed_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        tracing::warn!(%error, shed = shed_since_log, "cannot accept connections; closed the longest idle ones");
-                        last_shed_log = Some(tokio::time::Instant::now());
-                        shed_since_log = 0;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                } else {
-                    tracing::error!(%error, "cannot accept connections; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                shedding.accept_failed(&error, &connections).await;
                 continue;
             }
         };
         let _ = tcp.set_nodelay(true);
-        let service = app.for_peer(peer);
-        let builder = builder.clone();
-        let stopping = stopping.clone();
         let flags = connections.flags();
-        let task_flags = Arc::clone(&flags);
-        let task = tasks.spawn(async move {
-            let flags = task_flags;
-            let mut tcp = tcp;
-            let outcome = {
-                let mut connection = pin!(h1::serve(&mut tcp, &service, &flags));
-                tokio::select! {
-                    outcome = connection.as_mut() => outcome,
-                    () = stopping.cancelled() => {
-                        flags.stop.store(true, Ordering::Relaxed);
-                        if flags.is_idle() {
-                            h1::Outcome::Closed
-                        } else {
-                            connection.await
-                        }
-                    }
-                }
-            };
-            let h1::Outcome::Http2(read) = outcome else {
-                return;
-            };
-            flags.switch_to_h2();
-            let io = TokioIo::new(h1::Rewind { read, io: tcp });
-            let service = h2::H2Service {
-                app: service,
-                flags: Arc::clone(&flags),
-            };
-            let mut connection = pin!(builder.serve_connection(io, service));
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopping.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-                () = flags.closing() => {
-                    // Idle (no stream open): GOAWAY, and the connection ends — bounded, since a
-                    // client that never answers would keep it open, unless a stream opened meanwhile.
-                    connection.as_mut().graceful_shutdown();
-                    loop {
-                        let bound = tokio::time::sleep(Duration::from_secs(1));
-                        tokio::select! {
-                            result = connection.as_mut() => break result,
-                            () = bound => if flags.streams() == 0 {
-                                break Ok(());
-                            }
-                        }
-                    }
-                }
-            };
-            if let Err(error) = result {
-                tracing::trace!(%peer, error, "connection ended with an error");
-            }
-        });
+        let task = tasks.spawn(serve_connection(
+            tcp,
+            peer,
+            app.for_peer(peer),
+            builder.clone(),
+            Arc::clone(&flags),
+            stopping.clone(),
+        ));
         connections.track(next_id, &flags, task.abort_handle());
         next_id += 1;
     }
@@ -165,6 +102,99 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// One connection's task: HTTP/1.1 by our server until it ends, or, when the client opened with the
+/// HTTP/2 preface, hyper's HTTP/2 server from there. On shutdown an idle connection closes at once and
+/// a busy one finishes what it is doing.
+async fn serve_connection(
+    mut tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    service: AppService,
+    builder: auto::Builder<TokioExecutor>,
+    flags: Arc<idle::Flags>,
+    stopping: CancellationToken,
+) {
+    let outcome = {
+        let mut connection = pin!(h1::serve(&mut tcp, &service, &flags));
+        tokio::select! {
+            outcome = connection.as_mut() => outcome,
+            () = stopping.cancelled() => {
+                flags.stop.store(true, Ordering::Relaxed);
+                if flags.is_idle() {
+                    h1::Outcome::Closed
+                } else {
+                    connection.await
+                }
+            }
+        }
+    };
+    let h1::Outcome::Http2(read) = outcome else {
+        return;
+    };
+    flags.switch_to_h2();
+    let io = TokioIo::new(h1::Rewind { read, io: tcp });
+    let service = h2::H2Service {
+        app: service,
+        flags: Arc::clone(&flags),
+    };
+    let mut connection = pin!(builder.serve_connection(io, service));
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = flags.closing() => {
+            // Idle (no stream open): GOAWAY, and the connection ends — bounded, since a client that
+            // never answers would keep it open, unless a stream opened meanwhile.
+            connection.as_mut().graceful_shutdown();
+            loop {
+                let bound = tokio::time::sleep(Duration::from_secs(1));
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    () = bound => if flags.streams() == 0 {
+                        break Ok(());
+                    }
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::trace!(%peer, error, "connection ended with an error");
+    }
+}
+
+/// What the accept loop does when accepting fails for the server as a whole (out of file descriptors
+/// and the like), and its log's pace.
+#[derive(Default)]
+struct Shedding {
+    last_log: Option<tokio::time::Instant>,
+    since_log: usize,
+}
+
+impl Shedding {
+    /// Close the connections that waited longest for a request and accept again once they are gone;
+    /// with none to close, wait for some to be released.
+    async fn accept_failed(&mut self, error: &std::io::Error, connections: &idle::Connections) {
+        let shed = connections.shed();
+        if shed == 0 {
+            tracing::error!(%error, "cannot accept connections; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+        // One line a second at most: this repeats every few milliseconds under a flood.
+        self.since_log += shed;
+        if self
+            .last_log
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(%error, shed = self.since_log, "cannot accept connections; closed the longest idle ones");
+            self.last_log = Some(tokio::time::Instant::now());
+            self.since_log = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The idle timeouts of the live config.
