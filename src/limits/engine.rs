@@ -174,127 +174,157 @@ pub(crate) fn evaluate(
     cost: u64,
     now: f64,
 ) -> (Outcome, Option<Update>) {
-    let cost_f = cost as f64;
     match kind {
-        BucketKind::Gcra { emission_us, burst } => {
-            let stored = match state {
-                Some(BucketState::Gcra { tat }) => *tat,
-                _ => now,
-            };
-            let tat = stored.max(now);
-            let new_tat = tat + emission_us * cost_f;
-            let allow_at = new_tat - emission_us * burst;
-            if allow_at > now + EPS {
-                let outcome = Outcome {
-                    allowed: false,
-                    retry_after_us: ceil_us(allow_at - now).max(1),
-                    remaining: floor_u(burst - (tat - now) / emission_us + EPS).min(burst as u64),
-                    reset_us: ceil_us(tat - now),
-                    mark: 0,
-                };
-                (outcome, None)
-            } else {
-                let outcome = Outcome {
-                    allowed: true,
-                    retry_after_us: 0,
-                    remaining: floor_u((now - allow_at) / emission_us + EPS),
-                    reset_us: ceil_us(new_tat - now),
-                    mark: 0,
-                };
-                (
-                    outcome,
-                    Some(Update::Set(BucketState::Gcra { tat: new_tat }, new_tat)),
-                )
-            }
-        }
-        BucketKind::Window { window_us, limit } => {
-            let empty = WindowLog::default();
-            let log = match state {
-                Some(BucketState::Window(log)) => log,
-                _ => &empty,
-            };
-            let used = log.total.max(0) as f64;
-            let empty_at = log.empty_at(window_us);
-            if used + cost_f <= limit {
-                let outcome = Outcome {
-                    allowed: true,
-                    retry_after_us: 0,
-                    remaining: floor_u(limit - used - cost_f),
-                    reset_us: if cost > 0 {
-                        ceil_us(window_us)
-                    } else {
-                        empty_at.map_or(0, |at| ceil_us(at - now))
-                    },
-                    mark: now as i64,
-                };
-                let update = Update::Record {
-                    at: now,
-                    units: cost as i64,
-                    expires: if cost > 0 {
-                        now + window_us
-                    } else {
-                        empty_at.unwrap_or(now)
-                    },
-                };
-                (outcome, Some(update))
-            } else {
-                // The earliest time enough of the oldest entries have left the window for `cost`.
-                let mut left = used;
-                let mut fits_at = None;
-                for &(at, units) in &log.entries {
-                    left -= units as f64;
-                    if left + cost_f <= limit {
-                        fits_at = Some(at + window_us);
-                        break;
-                    }
-                }
-                let outcome = Outcome {
-                    allowed: false,
-                    retry_after_us: ceil_us(fits_at.unwrap_or(now + window_us) - now).max(1),
-                    remaining: floor_u(limit - used),
-                    reset_us: empty_at.map_or(0, |at| ceil_us(at - now)),
-                    mark: now as i64,
-                };
-                (outcome, None)
-            }
-        }
+        BucketKind::Gcra { emission_us, burst } => gcra(emission_us, burst, state, cost, now),
+        BucketKind::Window { window_us, limit } => window(window_us, limit, state, cost, now),
         BucketKind::Fixed {
             limit,
             period_end_us,
-        } => {
-            let used = match state {
-                Some(BucketState::Fixed { used }) => *used,
-                _ => 0,
-            };
-            let left = ceil_us(period_end_us - now);
-            if used as f64 + cost_f <= limit {
-                let outcome = Outcome {
-                    allowed: true,
-                    retry_after_us: 0,
-                    remaining: floor_u(limit - used as f64 - cost_f),
-                    reset_us: left,
-                    mark: 0,
-                };
-                (
-                    outcome,
-                    Some(Update::Set(
-                        BucketState::Fixed {
-                            used: used + cost as i64,
-                        },
-                        period_end_us,
-                    )),
-                )
+        } => fixed(limit, period_end_us, state, cost, now),
+    }
+}
+
+/// A GCRA bucket: the theoretical arrival time moves on by `emission_us` per unit; a request fits
+/// while it stays within `burst` emissions of now.
+fn gcra(
+    emission_us: f64,
+    burst: f64,
+    state: Option<&BucketState>,
+    cost: u64,
+    now: f64,
+) -> (Outcome, Option<Update>) {
+    let cost_f = cost as f64;
+    let stored = match state {
+        Some(BucketState::Gcra { tat }) => *tat,
+        _ => now,
+    };
+    let tat = stored.max(now);
+    let new_tat = tat + emission_us * cost_f;
+    let allow_at = new_tat - emission_us * burst;
+    if allow_at > now + EPS {
+        let outcome = Outcome {
+            allowed: false,
+            retry_after_us: ceil_us(allow_at - now).max(1),
+            remaining: floor_u(burst - (tat - now) / emission_us + EPS).min(burst as u64),
+            reset_us: ceil_us(tat - now),
+            mark: 0,
+        };
+        (outcome, None)
+    } else {
+        let outcome = Outcome {
+            allowed: true,
+            retry_after_us: 0,
+            remaining: floor_u((now - allow_at) / emission_us + EPS),
+            reset_us: ceil_us(new_tat - now),
+            mark: 0,
+        };
+        (
+            outcome,
+            Some(Update::Set(BucketState::Gcra { tat: new_tat }, new_tat)),
+        )
+    }
+}
+
+/// A sliding window log: the units recorded in the last `window_us`, against `limit`.
+fn window(
+    window_us: f64,
+    limit: f64,
+    state: Option<&BucketState>,
+    cost: u64,
+    now: f64,
+) -> (Outcome, Option<Update>) {
+    let cost_f = cost as f64;
+    let empty = WindowLog::default();
+    let log = match state {
+        Some(BucketState::Window(log)) => log,
+        _ => &empty,
+    };
+    let used = log.total.max(0) as f64;
+    let empty_at = log.empty_at(window_us);
+    if used + cost_f <= limit {
+        let outcome = Outcome {
+            allowed: true,
+            retry_after_us: 0,
+            remaining: floor_u(limit - used - cost_f),
+            reset_us: if cost > 0 {
+                ceil_us(window_us)
             } else {
-                let outcome = Outcome {
-                    allowed: false,
-                    retry_after_us: left.max(1),
-                    remaining: floor_u(limit - used as f64),
-                    reset_us: left,
-                    mark: 0,
-                };
-                (outcome, None)
+                empty_at.map_or(0, |at| ceil_us(at - now))
+            },
+            mark: now as i64,
+        };
+        let update = Update::Record {
+            at: now,
+            units: cost as i64,
+            expires: if cost > 0 {
+                now + window_us
+            } else {
+                empty_at.unwrap_or(now)
+            },
+        };
+        (outcome, Some(update))
+    } else {
+        // The earliest time enough of the oldest entries have left the window for `cost`.
+        let mut left = used;
+        let mut fits_at = None;
+        for &(at, units) in &log.entries {
+            left -= units as f64;
+            if left + cost_f <= limit {
+                fits_at = Some(at + window_us);
+                break;
             }
         }
+        let outcome = Outcome {
+            allowed: false,
+            retry_after_us: ceil_us(fits_at.unwrap_or(now + window_us) - now).max(1),
+            remaining: floor_u(limit - used),
+            reset_us: empty_at.map_or(0, |at| ceil_us(at - now)),
+            mark: now as i64,
+        };
+        (outcome, None)
+    }
+}
+
+/// A fixed period (a quota): the units used until `period_end_us`, against `limit`.
+fn fixed(
+    limit: f64,
+    period_end_us: f64,
+    state: Option<&BucketState>,
+    cost: u64,
+    now: f64,
+) -> (Outcome, Option<Update>) {
+    let cost_f = cost as f64;
+    let used = match state {
+        Some(BucketState::Fixed { used }) => *used,
+        _ => 0,
+    };
+    let left = ceil_us(period_end_us - now);
+    if used as f64 + cost_f <= limit {
+        let outcome = Outcome {
+            allowed: true,
+            retry_after_us: 0,
+            remaining: floor_u(limit - used as f64 - cost_f),
+            reset_us: left,
+            mark: 0,
+        };
+        (
+            outcome,
+            Some(Update::Set(
+                BucketState::Fixed {
+                    used: used + cost as i64,
+                },
+                period_end_us,
+            )),
+        )
+    } else {
+        let outcome = Outcome {
+            allowed: false,
+            retry_after_us: left.max(1),
+            remaining: floor_u(limit - used as f64),
+            reset_us: left,
+            mark: 0,
+        };
+        (outcome, None)
     }
 }
 
