@@ -119,6 +119,22 @@ impl OpenAiDecoder {
             return Ok(());
         }
         if !self.value_only
+            && let Some(chunk) = exact_tool_args(&event.data, &mut self.prefix)
+        {
+            if !self.started {
+                self.started = true;
+                out.push(StreamEvent::Start { usage: None });
+            }
+            self.tool_call(chunk.index, None, None, Some(&chunk.arguments), out);
+            if let Some(reason) = chunk.finish {
+                out.push(StreamEvent::Finish {
+                    reason,
+                    stop_sequence: None,
+                });
+            }
+            return Ok(());
+        }
+        if !self.value_only
             && let Some(chunk) = fast_decode::<ChunkIn<'_>>(&event.data)
         {
             self.decode_fast(chunk, out);
@@ -342,17 +358,70 @@ pub(crate) struct ExactChunk<'a> {
 /// repeats the same id, model and timestamps): a chunk starting with the same bytes skips reading them
 /// again, since equal bytes read the same.
 pub(crate) fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<ExactChunk<'a>> {
-    const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"#;
     const ROLE: &[u8] = br#""role":"assistant","#;
     const CONTENT: &[u8] = br#""content":"#;
     const REFUSAL: &[u8] = br#","refusal":null"#;
-    const CHOICE_END: &[u8] = br#"},"logprobs":null,"finish_reason":"#;
-    let inner = data.strip_prefix(b"{")?.strip_suffix(b"}")?;
     // One pass, no search: flat fields up to the choice (or the cached ones), the delta, the finish
     // reason, flat fields after it.
+    let mut rest = exact_delta_start(data, prefix)?;
+    let mut text = Cow::Borrowed("");
+    if !rest.starts_with(b"}") {
+        rest = rest.strip_prefix(ROLE).unwrap_or(rest);
+        rest = rest.strip_prefix(CONTENT)?;
+        let (content, len) = super::json_text::read_str_bytes(rest)?;
+        text = content;
+        let after = &rest[len..];
+        rest = after.strip_prefix(REFUSAL).unwrap_or(after);
+    }
+    let finish = exact_choice_end(rest)?;
+    Some(ExactChunk { text, finish })
+}
+
+/// What [`exact_tool_args`] read from one OpenAI chunk: a piece of one tool call's arguments.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ExactToolArgs<'a> {
+    /// The call's `index` in the delta's `tool_calls`.
+    pub(crate) index: usize,
+    pub(crate) arguments: Cow<'a, str>,
+    pub(crate) finish: Option<FinishReason>,
+}
+
+/// A tool call's later chunks in the layout OpenAI and vLLM send (an agent's usual answer): the layout
+/// of [`exact_chunk`] with the delta `"tool_calls":[{"index":<n>,"function":{"arguments":"…"}}]` — no id
+/// and no name, which only a call's first chunk carries. Anything else returns `None` for the parsers.
+pub(crate) fn exact_tool_args<'a>(
+    data: &'a [u8],
+    prefix: &mut Vec<u8>,
+) -> Option<ExactToolArgs<'a>> {
+    const CALL_START: &[u8] = br#""tool_calls":[{"index":"#;
+    const ARGUMENTS: &[u8] = br#","function":{"arguments":"#;
+    const CALL_END: &[u8] = b"}}]";
+    let rest = exact_delta_start(data, prefix)?.strip_prefix(CALL_START)?;
+    let digits = rest.iter().take_while(|byte| byte.is_ascii_digit()).count();
+    // JSON allows no leading zero; a number beyond `usize` is left to the parser too.
+    if digits == 0 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let index: usize = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(ARGUMENTS)?;
+    let (arguments, len) = super::json_text::read_str_bytes(rest)?;
+    let finish = exact_choice_end(rest[len..].strip_prefix(CALL_END)?)?;
+    Some(ExactToolArgs {
+        index,
+        arguments,
+        finish,
+    })
+}
+
+/// The start of an exact chunk up to its delta's first field: `{<flat fields>,"choices":[{"index":0,
+/// "delta":{` (the fields checked for UTF-8 and cached in `prefix`, see [`exact_chunk`]); the rest
+/// after it, without the chunk's closing brace.
+fn exact_delta_start<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<&'a [u8]> {
+    const CHOICE_START: &[u8] = br#""choices":[{"index":0,"delta":{"#;
+    let inner = data.strip_prefix(b"{")?.strip_suffix(b"}")?;
     // UTF-8 is checked piecewise: the prefix when it is read, the text, the finish reason and the
     // fields after the choice; everything else is ASCII the reader matched itself.
-    let mut rest = match inner.strip_prefix(prefix.as_slice()) {
+    let rest = match inner.strip_prefix(prefix.as_slice()) {
         Some(rest) if !prefix.is_empty() && rest.starts_with(CHOICE_START) => rest,
         _ => {
             let mut rest = inner;
@@ -366,17 +435,14 @@ pub(crate) fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<Ex
             rest
         }
     };
-    rest = &rest[CHOICE_START.len()..];
-    let mut text = Cow::Borrowed("");
-    if !rest.starts_with(b"}") {
-        rest = rest.strip_prefix(ROLE).unwrap_or(rest);
-        rest = rest.strip_prefix(CONTENT)?;
-        let (content, len) = super::json_text::read_str_bytes(rest)?;
-        text = content;
-        let after = &rest[len..];
-        rest = after.strip_prefix(REFUSAL).unwrap_or(after);
-    }
-    rest = rest.strip_prefix(CHOICE_END)?;
+    Some(&rest[CHOICE_START.len()..])
+}
+
+/// The end of an exact chunk after its delta's fields: `},"logprobs":null,"finish_reason":<"…"|null>}]
+/// <,flat fields>` (the chunk's closing brace already taken off); the finish reason.
+fn exact_choice_end(rest: &[u8]) -> Option<Option<FinishReason>> {
+    const CHOICE_END: &[u8] = br#"},"logprobs":null,"finish_reason":"#;
+    let mut rest = rest.strip_prefix(CHOICE_END)?;
     let finish = if let Some(after) = rest.strip_prefix(b"null") {
         rest = after;
         None
@@ -393,7 +459,7 @@ pub(crate) fn exact_chunk<'a>(data: &'a [u8], prefix: &mut Vec<u8>) -> Option<Ex
         after = &after[flat_field_len(after)?..];
     }
     std::str::from_utf8(fields).ok()?;
-    Some(ExactChunk { text, finish })
+    Some(finish)
 }
 
 /// The length of one flat field `"key":value` at the start of `bytes`, for [`exact_chunk`]: a
@@ -2015,6 +2081,51 @@ mod tests {
         assert_eq!(fast, slow);
     }
 
+    /// A tool call's later pieces are read exactly (OpenAI's and vLLM's layout), its first chunk (id and
+    /// name) and anything unusual are not, and a stream of them decodes the same on both paths.
+    #[test]
+    fn exact_tool_args_reads_a_calls_later_pieces() {
+        let chunk = |delta: &str| {
+            format!(
+                r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":null}}]}}"#
+            )
+        };
+        let first = chunk(
+            r#"{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"grep","arguments":""}}]}"#,
+        );
+        let pieces = [r#"{\"pat"#, r#"h\":\"é\n"#, r#"\"}"#];
+        let mut events = vec![data_event(first.clone())];
+        assert_eq!(exact_tool_args(first.as_bytes(), &mut Vec::new()), None);
+        for piece in pieces {
+            let data = chunk(&format!(
+                r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":"{piece}"}}}}]}}"#
+            ));
+            let read = exact_tool_args(data.as_bytes(), &mut Vec::new());
+            let expected: String = serde_json::from_str(&format!("\"{piece}\"")).unwrap();
+            assert_eq!(
+                read.map(|read| (read.index, read.arguments.into_owned())),
+                Some((0, expected))
+            );
+            events.push(data_event(data));
+        }
+        for odd in [
+            r#"{"tool_calls":[{"index":01,"function":{"arguments":"x"}}]}"#,
+            r#"{"tool_calls":[{"index":0,"function":{"arguments":"x"}},{"index":1,"function":{"arguments":"y"}}]}"#,
+            r#"{"tool_calls":[{"index":0,"function":{"arguments":"x","name":"f"}}]}"#,
+            r#"{"tool_calls":[{"index":99999999999999999999999,"function":{"arguments":"x"}}]}"#,
+        ] {
+            let data = chunk(odd);
+            assert_eq!(
+                exact_tool_args(data.as_bytes(), &mut Vec::new()),
+                None,
+                "{odd}"
+            );
+            events.push(data_event(data));
+        }
+        let (fast, slow) = decode_both_ways(Protocol::OpenAi, &events);
+        assert_eq!(fast, slow);
+    }
+
     /// Cases the property below found: a content value that is not a string, and invalid UTF-8 in a
     /// field the borrowed decoder skips (the `Value` path rejects the event; so must the fast path).
     #[test]
@@ -2063,7 +2174,7 @@ mod tests {
             before in proptest::collection::vec(chunk_field(), 0..4),
             after in proptest::collection::vec(chunk_field(), 0..3),
             text in ".{0,12}",
-            delta in 0usize..5,
+            delta in 0usize..8,
             finish in proptest::option::of("stop|length|tool_calls|x\\\\y|"),
             cut in proptest::option::weighted(0.3, (0usize..200, proptest::prelude::any::<u8>())),
         ) {
@@ -2073,6 +2184,11 @@ mod tests {
                 1 => format!(r#"{{"role":"assistant","content":{content},"refusal":null}}"#),
                 2 => format!(r#"{{"role":"assistant","content":{content}}}"#),
                 3 => format!(r#"{{"content":{content},"refusal":null}}"#),
+                5 => format!(r#"{{"tool_calls":[{{"index":0,"function":{{"arguments":{content}}}}}]}}"#),
+                6 => format!(r#"{{"tool_calls":[{{"index":12,"function":{{"arguments":{content}}}}}]}}"#),
+                7 => format!(
+                    r#"{{"tool_calls":[{{"index":1,"id":"call_1","type":"function","function":{{"name":"f","arguments":{content}}}}}]}}"#
+                ),
                 _ => "{}".to_owned(),
             };
             let finish = finish.map_or("null".to_owned(), |f| serde_json::to_string(&f).unwrap());
@@ -2098,6 +2214,27 @@ mod tests {
                 let value = parsed.as_ref().unwrap();
                 let delta = &value["choices"][0]["delta"];
                 proptest::prop_assert_eq!(delta["content"].as_str().unwrap_or(""), read.text);
+                proptest::prop_assert_eq!(
+                    value["choices"][0]["finish_reason"].as_str().map(openai::finish_reason_from),
+                    read.finish
+                );
+            }
+            // The same for the tool-call reader: it answers only for a later piece of one call.
+            let mut prefix = Vec::new();
+            let _ = exact_tool_args(&whole, &mut prefix);
+            let cached = exact_tool_args(&data, &mut prefix);
+            proptest::prop_assert_eq!(&cached, &exact_tool_args(&data, &mut Vec::new()));
+            if let Some(read) = cached {
+                let value = parsed.as_ref().unwrap();
+                let calls = value["choices"][0]["delta"]["tool_calls"].as_array().unwrap();
+                proptest::prop_assert_eq!(calls.len(), 1);
+                proptest::prop_assert!(calls[0].get("id").is_none());
+                proptest::prop_assert!(calls[0]["function"].get("name").is_none());
+                proptest::prop_assert_eq!(calls[0]["index"].as_u64(), Some(read.index as u64));
+                proptest::prop_assert_eq!(
+                    calls[0]["function"]["arguments"].as_str(),
+                    Some(read.arguments.as_ref())
+                );
                 proptest::prop_assert_eq!(
                     value["choices"][0]["finish_reason"].as_str().map(openai::finish_reason_from),
                     read.finish
