@@ -2,6 +2,7 @@
 //!
 //! Modules in reading order, following a request:
 //! - `server`, `app`: listener, graceful shutdown, routes and layers;
+//! - `http1`: the HTTP/1.1 codec both sides share (framing, heads, request encoding), no I/O;
 //! - `http`: front-door handlers, request ids, error bodies per protocol;
 //! - `pipeline`: the request path (decode → route → attempts → reply → record);
 //! - `auth`, `limits`, `policy`, `cache`, `tokens`, `store`: keys, rate limits and quotas, prompt
@@ -25,6 +26,7 @@ pub mod config_watch;
 pub mod docs;
 pub mod error;
 pub mod http;
+pub mod http1;
 pub mod limit_rules;
 pub mod limits;
 pub mod logging;

@@ -1,5 +1,5 @@
-//! Fuzz target: our client's response reader (`ai_gateway::upstream::h1::decode_response`: the head
-//! parser, interim answers and body framing `upstream/h1.rs` reads upstream answers with) on arbitrary
+//! Fuzz target: our client's response reader (`ai_gateway::http1::decode_response`: the head parser,
+//! interim answers and body framing `upstream/h1.rs` reads upstream answers with) on arbitrary
 //! bytes. Whatever they are, it must not panic, and must read the same answer — status, headers, body,
 //! whether the connection could be reused — whether the bytes arrive at once or in pieces.
 //!
@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use ai_gateway::upstream::h1::decode_response;
+use ai_gateway::http1::decode_response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

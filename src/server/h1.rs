@@ -3,11 +3,12 @@
 //! through, a body channel between it and the service, a head parsed into its own buffers) was the
 //! largest piece of per-connection machinery left on the request path once the upstream side was ours
 //! (`upstream::h1`); with many connections each one's state is cold by the time its next request comes.
+//! The bytes are read and written here; bodies are framed by the codec both sides share (`crate::http1`).
 //!
 //! What a client sees is what hyper gave it: keep-alive by default for HTTP/1.1 and on request for
 //! HTTP/1.0, pipelined requests answered in order, `Expect: 100-continue` honoured, bodies framed by
 //! `Content-Length` or chunked coding (both at once, or a coding but chunked, refused; the chunked
-//! coding read strictly, see `upstream::h1`), `Content-Length` on
+//! coding read strictly, see `http1::framing`), `Content-Length` on
 //! whole responses and chunked coding on streams (HTTP/1.0 clients: until close), a `Date` header, and a
 //! client that leaves while its request is in flight cancels it (its upstream call is dropped). A head
 //! larger than 64 KiB gets 431, a malformed one 400, one that does not complete within
@@ -40,11 +41,11 @@ use super::HeadLines;
 use super::idle::Flags;
 use crate::app::AppService;
 use crate::error::{ErrorKind, GatewayError};
-use crate::protocol::Protocol;
-use crate::upstream::h1::{
+use crate::http1::{
     Chunk, Framing, MAX_HEAD, MAX_HEADERS, READ_SIZE, content_length, field_ranges, keeps_alive,
     take_data,
 };
+use crate::protocol::Protocol;
 
 /// Bytes read ahead (pipelined requests) while a response is produced; past it the client is not
 /// watched until the response is out.
@@ -169,7 +170,7 @@ impl BodyReader {
         }
         loop {
             match take_data(&mut self.framing, buf) {
-                Err(error) => return Err(reject(StatusCode::BAD_REQUEST, error)),
+                Err(error) => return Err(reject(StatusCode::BAD_REQUEST, error.to_string())),
                 Ok(Some(data)) => {
                     self.total += data.len();
                     if self.total > self.limit {
@@ -408,60 +409,22 @@ impl Conn<'_> {
         lines: Option<&impl HeadLines>,
         is_head: bool,
         version: Version,
-        mut keep_alive: bool,
+        keep_alive: bool,
     ) -> bool {
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        let bodiless = is_head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let declared = content_length(&parts.headers).ok().flatten();
-        let length = declared.or_else(|| body.size_hint().exact());
-        let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
-        if !bodiless && length.is_none() && !chunked {
-            // An HTTP/1.0 client without a length: the body ends when the connection does.
-            keep_alive = false;
+        let (parts, body) = response.into_parts();
+        let wire = WireFraming::of(&parts, &body, is_head, version, keep_alive);
+        self.out.clear();
+        write_head(&mut self.out, &parts, lines, &wire);
+        if wire.bodiless {
+            return self.io.write_all(&self.out).await.is_ok() && wire.keep_alive;
         }
-        let out = &mut self.out;
-        out.clear();
-        write_status_line(out, status);
-        for (name, value) in &parts.headers {
-            if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
-                continue;
-            }
-            write_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        if let Some(lines) = lines {
-            lines.write_head_lines(&parts.extensions, out);
-        }
-        if let Some(length) = length
-            && status != StatusCode::NO_CONTENT
-            && status != StatusCode::NOT_MODIFIED
-            && !status.is_informational()
-            && (!is_head || declared.is_some())
-        {
-            write_field(
-                out,
-                b"content-length",
-                itoa::Buffer::new().format(length).as_bytes(),
-            );
-        }
-        if chunked {
-            write_field(out, b"transfer-encoding", b"chunked");
-        }
-        if !parts.headers.contains_key(DATE) {
-            write_date(out);
-        }
-        if !keep_alive {
-            write_field(out, b"connection", b"close");
-        } else if version == Version::HTTP_10 {
-            write_field(out, b"connection", b"keep-alive");
-        }
-        out.extend_from_slice(b"\r\n");
-        if bodiless {
-            return self.io.write_all(&self.out).await.is_ok() && keep_alive;
-        }
+        self.write_body(body, &wire).await
+    }
+
+    /// Send `body` behind the head gathered in `out`, piece by piece as it is produced (in chunked
+    /// coding when `wire` says so), while watching the client; `true` when the connection can carry
+    /// another request.
+    async fn write_body(&mut self, mut body: Body, wire: &WireFraming) -> bool {
         let mut written = 0u64;
         loop {
             let Conn { io, buf, out } = self;
@@ -487,19 +450,7 @@ impl Conn<'_> {
                         continue;
                     }
                     written += data.len() as u64;
-                    if chunked {
-                        write_chunk_size(&mut self.out, data.len());
-                    }
-                    if data.len() <= COPY_LIMIT {
-                        self.out.extend_from_slice(&data);
-                    } else if self.flush().await.is_err() || self.io.write_all(&data).await.is_err()
-                    {
-                        return false;
-                    }
-                    if chunked {
-                        self.out.extend_from_slice(b"\r\n");
-                    }
-                    if self.out.len() >= MAX_READ_AHEAD && self.flush().await.is_err() {
+                    if !self.write_data(data, wire.chunked).await {
                         return false;
                     }
                 }
@@ -511,17 +462,35 @@ impl Conn<'_> {
                     return false;
                 }
                 Some(Next::Frame(None)) => {
-                    if chunked {
+                    if wire.chunked {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
                     if self.flush().await.is_err() {
                         return false;
                     }
                     // A body that did not match its declared length leaves the framing unknown.
-                    return keep_alive && declared.is_none_or(|declared| declared == written);
+                    return wire.keep_alive
+                        && wire.declared.is_none_or(|declared| declared == written);
                 }
             }
         }
+    }
+
+    /// One piece of a response body: gathered behind what is waiting in `out` when small, written from
+    /// where it is when large; `false` when the connection failed.
+    async fn write_data(&mut self, data: Bytes, chunked: bool) -> bool {
+        if chunked {
+            write_chunk_size(&mut self.out, data.len());
+        }
+        if data.len() <= COPY_LIMIT {
+            self.out.extend_from_slice(&data);
+        } else if self.flush().await.is_err() || self.io.write_all(&data).await.is_err() {
+            return false;
+        }
+        if chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        !(self.out.len() >= MAX_READ_AHEAD && self.flush().await.is_err())
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -823,6 +792,103 @@ impl From<Failure> for DecodedEnd {
             Failure::Http2 => DecodedEnd::Rejected(StatusCode::BAD_REQUEST, "http2".into()),
         }
     }
+}
+
+/// How a response is framed on the wire, decided from its status, headers and body before its head
+/// is written.
+struct WireFraming {
+    /// No body goes out: a HEAD request's answer, 1xx, 204, 304.
+    bodiless: bool,
+    /// The `Content-Length` the application set.
+    declared: Option<u64>,
+    /// The body's length, declared or known from the body itself.
+    length: Option<u64>,
+    /// The body goes in chunked coding (no length known, an HTTP/1.1 client).
+    chunked: bool,
+    /// The connection may carry another request after this response.
+    keep_alive: bool,
+    /// The answer to a HEAD request.
+    is_head: bool,
+    /// The client's HTTP version.
+    version: Version,
+}
+
+impl WireFraming {
+    fn of(
+        parts: &http::response::Parts,
+        body: &Body,
+        is_head: bool,
+        version: Version,
+        mut keep_alive: bool,
+    ) -> WireFraming {
+        let status = parts.status;
+        let bodiless = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = content_length(&parts.headers).ok().flatten();
+        let length = declared.or_else(|| body.size_hint().exact());
+        let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
+        if !bodiless && length.is_none() && !chunked {
+            // An HTTP/1.0 client without a length: the body ends when the connection does.
+            keep_alive = false;
+        }
+        WireFraming {
+            bodiless,
+            declared,
+            length,
+            chunked,
+            keep_alive,
+            is_head,
+            version,
+        }
+    }
+}
+
+/// A response's head into `out`: status line, the application's header fields but the framing ones,
+/// the lines `lines` writes from its extensions, then the framing fields `wire` calls for, `Date`
+/// unless the application set one, and `Connection` when it differs from the version's default.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    lines: Option<&impl HeadLines>,
+    wire: &WireFraming,
+) {
+    let status = parts.status;
+    write_status_line(out, status);
+    for (name, value) in &parts.headers {
+        if name == CONNECTION || name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+            continue;
+        }
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(lines) = lines {
+        lines.write_head_lines(&parts.extensions, out);
+    }
+    if let Some(length) = wire.length
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+        && !status.is_informational()
+        && (!wire.is_head || wire.declared.is_some())
+    {
+        write_field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(length).as_bytes(),
+        );
+    }
+    if wire.chunked {
+        write_field(out, b"transfer-encoding", b"chunked");
+    }
+    if !parts.headers.contains_key(DATE) {
+        write_date(out);
+    }
+    if !wire.keep_alive {
+        write_field(out, b"connection", b"close");
+    } else if wire.version == Version::HTTP_10 {
+        write_field(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {

@@ -13,7 +13,7 @@ use crate::config::BackendKind;
 use crate::secret::Secret;
 
 use super::client::{BodyReadError, Failure, HttpClient, Response, Target, read_body};
-use super::h1::{HeaderSink, header_safe};
+use crate::http1::{HeaderSink, header_safe};
 
 /// Everything needed to send one attempt.
 pub struct CallSpec<'a> {
@@ -365,7 +365,7 @@ mod tests {
         ];
         for (spec, expected) in cases {
             let mut wire = Vec::new();
-            write_headers(&spec, &mut super::super::h1::WireHeaders { out: &mut wire });
+            write_headers(&spec, &mut crate::http1::WireHeaders { out: &mut wire });
             let wire = String::from_utf8(wire).unwrap();
             assert_eq!(wire.trim_end().replace("\r\n", "|"), expected);
             let mut map = http::HeaderMap::new();

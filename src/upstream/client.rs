@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::describe;
 
-use super::h1::{self, HeaderSink};
 use super::pool::{Body, Pool};
+use crate::http1::{self, HeaderSink};
 
 /// A response whose body is still to be read or streamed.
 pub type Response = http::Response<Body>;
@@ -117,7 +117,7 @@ impl HttpClient {
     /// A `POST` of `body` to `uri` whose headers `headers` writes where they go: into the request's
     /// bytes for `http://` (no header map built and dropped), into a header map for `https://`.
     /// Bounded by `timeout` up to the response head.
-    pub fn post<'a>(
+    pub(crate) fn post<'a>(
         &'a self,
         uri: &'a Uri,
         headers: impl FnOnce(&mut dyn HeaderSink),
@@ -126,9 +126,9 @@ impl HttpClient {
     ) -> impl Future<Output = Result<Response, Failure>> + Send + 'a {
         let sent = if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
             let mut wire = Vec::with_capacity(512 + body.len());
-            h1::encode_request_line(&Method::POST, uri, false, &mut wire);
-            headers(&mut h1::WireHeaders { out: &mut wire });
-            h1::encode_request_end(&Method::POST, &body, &mut wire);
+            http1::encode_request_line(&Method::POST, uri, false, &mut wire);
+            headers(&mut http1::WireHeaders { out: &mut wire });
+            http1::encode_request_end(&Method::POST, &body, &mut wire);
             Either::Left(self.plain.send_encoded(uri, wire))
         } else {
             let mut request = Request::new(body);

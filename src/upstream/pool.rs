@@ -54,7 +54,7 @@ impl Pool {
     ) -> Result<http::Response<Body>, String> {
         let (parts, body) = request.into_parts();
         let mut wire = Vec::new();
-        super::h1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut wire);
+        crate::http1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut wire);
         drop(body);
         self.send_encoded(&parts.uri, wire).await
     }

@@ -17,8 +17,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ai_gateway::http1::decode_response;
 use ai_gateway::server::{DecodedEnd, DecodedRequest, decode_requests};
-use ai_gateway::upstream::h1::{Conn, decode_response};
+use ai_gateway::upstream::h1::Conn;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Empty, Full};

@@ -1,0 +1,32 @@
+//! The HTTP/1.1 codec both sides share, with no I/O: bytes in a buffer in, heads and body pieces out,
+//! and requests encoded into bytes. `server::h1` (our server connection) and `upstream::h1` (our client
+//! connection) do the reading and writing; what they read is framed here, the same way for both.
+//!
+//! - `framing.rs`: how a body is delimited ([`Framing`]) and the strict chunked-coding reader
+//!   ([`take_data`]); [`FramingError`] says why a body's end cannot be trusted.
+//! - `head.rs`: what both sides read from a head (field ranges, `Content-Length`, keep-alive, tokens).
+//! - `response.rs`: a response head as the client reads it, and its framing; [`decode_response`].
+//! - `encode.rs`: a request's bytes (request line, `Host`, headers, `Content-Length`) and
+//!   [`HeaderSink`], where the upstream call writes its headers.
+
+mod encode;
+mod framing;
+mod head;
+mod response;
+
+pub(crate) use encode::{
+    HeaderSink, WireHeaders, encode_request, encode_request_end, encode_request_line, header_safe,
+};
+pub use framing::FramingError;
+pub(crate) use framing::{Chunk, Framing, advance, take_data};
+pub(crate) use head::{content_length, field_ranges, keeps_alive};
+pub use response::{DecodedResponse, ResponseHeadError, decode_response};
+pub(crate) use response::{ResponseHead, final_head};
+
+/// Room made in the read buffer before each read.
+pub(crate) const READ_SIZE: usize = 8 * 1024;
+/// Bound on a head, request or response.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Bound on the number of header fields in a head (hyper's default), and on a chunked body's trailer
+/// fields.
+pub(crate) const MAX_HEADERS: usize = 100;
