@@ -1,4 +1,4 @@
-//! Fuzz target: our server side's request reader (`ai_gateway::server::decode_requests`: the head
+//! Fuzz target: our server side's request reader (`ai_gateway::http1::decode_requests`: the head
 //! parser, body framing and body reader `server/h1.rs` serves connections with) on arbitrary bytes.
 //! Whatever they are, it must not panic, must read the same requests whether the bytes arrive at once
 //! or in pieces of any size, and must never hand on a body longer than the limit.
@@ -7,7 +7,7 @@
 
 #![no_main]
 
-use ai_gateway::server::{DecodedEnd, decode_requests};
+use ai_gateway::http1::{DecodedEnd, decode_requests};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -5,6 +5,8 @@
 //! - `framing.rs`: how a body is delimited ([`Framing`]) and the strict chunked-coding reader
 //!   ([`take_data`]); [`FramingError`] says why a body's end cannot be trusted.
 //! - `head.rs`: what both sides read from a head (field ranges, `Content-Length`, keep-alive, tokens).
+//! - `request.rs`: a request as the server reads it (head, body framing, body) and [`Rejection`], what a
+//!   malformed one is answered with; [`decode_requests`].
 //! - `response.rs`: a response head as the client reads it, and its framing; [`decode_response`].
 //! - `encode.rs`: a request's bytes (request line, `Host`, headers, `Content-Length`) and
 //!   [`HeaderSink`], where the upstream call writes its headers.
@@ -12,6 +14,7 @@
 mod encode;
 mod framing;
 mod head;
+mod request;
 mod response;
 
 pub(crate) use encode::{
@@ -20,6 +23,8 @@ pub(crate) use encode::{
 pub use framing::FramingError;
 pub(crate) use framing::{Chunk, Framing, advance, take_data};
 pub(crate) use head::{content_length, field_ranges, keeps_alive};
+pub(crate) use request::{BodyReader, ReadBody, Rejection, RequestHead, body_framing, parse_head};
+pub use request::{DecodedEnd, DecodedRequest, decode_requests};
 pub use response::{DecodedResponse, ResponseHeadError, decode_response};
 pub(crate) use response::{ResponseHead, final_head};
 

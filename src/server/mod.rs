@@ -11,10 +11,6 @@ mod h1;
 mod h2;
 mod idle;
 
-/// The HTTP/1 request reader without a socket, for the differential tests and fuzz targets.
-#[doc(hidden)]
-pub use h1::{DecodedEnd, DecodedRequest, decode_requests};
-
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;

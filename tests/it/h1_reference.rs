@@ -1,6 +1,6 @@
 //! Differential tests of our HTTP/1.1 codec against hyper's (issue 23): the same generated requests —
 //! valid and malformed, framing headers in every combination, odd chunk sizes and extensions,
-//! trailers, pipelining after bad framing — go to our server side (`server::decode_requests`, the
+//! trailers, pipelining after bad framing — go to our server side (`http1::decode_requests`, the
 //! reader `server/h1.rs` serves connections with) and to hyper's HTTP/1 server; the same generated
 //! upstream answers go to our client (`upstream::h1::Conn`, over a socket) and to hyper's client.
 //!
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ai_gateway::http1::decode_response;
-use ai_gateway::server::{DecodedEnd, DecodedRequest, decode_requests};
+use ai_gateway::http1::{DecodedEnd, DecodedRequest, decode_requests};
 use ai_gateway::upstream::h1::Conn;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
