@@ -66,7 +66,8 @@ sed -e "s|@PORT@|$GW_PORT|g" -e "s|@MOCK_URL@|http://127.0.0.1:$MOCK_PORT|g" -e 
 	"$template" >"$OUT/gateway.yaml"
 (cd "$OUT" && exec taskset -c "${GW_CORE:-0}" valgrind --tool=callgrind --instr-atstart=no ${VALGRIND_ARGS:-} --callgrind-out-file="$OUT/callgrind.out.%p" \
 	"$GATEWAY_BIN" --config "$OUT/gateway.yaml") >"$OUT/gateway.log" 2>&1 &
-PIDS+=($!)
+GW_PID=$!
+PIDS+=($GW_PID)
 wait_ready "http://127.0.0.1:$GW_PORT/health"
 
 body=$BENCH/bodies/$BODY.json
@@ -123,17 +124,23 @@ EOF
 }
 
 drive $((CONC * 50)) warm
-callgrind_control -i on >/dev/null 2>&1
+# Only this gateway (by pid): other profiles may be running on the same machine.
+callgrind_control -i on "$GW_PID" >/dev/null 2>&1
 drive "$REQUESTS" measured
-callgrind_control -i off >/dev/null 2>&1
-callgrind_control -d >/dev/null 2>&1
+callgrind_control -i off "$GW_PID" >/dev/null 2>&1
+callgrind_control -d "$GW_PID" >/dev/null 2>&1
 # The explicit dump is part 1 (the dump at exit, after the trap's kill, is not wanted).
 file=
 for _ in $(seq 100); do
-	file=$(ls "$OUT"/callgrind.out.*.1 2>/dev/null | head -1)
+	file=$(ls "$OUT"/callgrind.out."$GW_PID".1 2>/dev/null | head -1)
 	[[ -n $file ]] && break
 	sleep 0.1
 done
+# A second part means someone else's `callgrind_control -d` (no pid) split the count: run again.
+if [[ -e $OUT/callgrind.out.$GW_PID.2 ]]; then
+	echo "profile: another callgrind_control dumped this gateway during the run; run again" >&2
+	exit 1
+fi
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "profile: $CONFIG $MODE: $total instructions over $REQUESTS requests = $((total / REQUESTS)) per request"
 callgrind_annotate --inclusive=yes "$file" 2>/dev/null | head -n "$((TOP + 25))" | tail -n "$TOP" || true
