@@ -32,7 +32,10 @@ pub fn response_id(request_id: &str) -> String {
     if request_id.starts_with("resp_") {
         request_id.to_owned()
     } else {
-        format!("resp_{request_id}")
+        let mut id = String::with_capacity(request_id.len() + 5);
+        id.push_str("resp_");
+        id.push_str(request_id);
+        id
     }
 }
 
@@ -257,7 +260,6 @@ fn compact(json: &str) -> Cow<'_, str> {
 /// The members of the response object that repeat the request, in OpenAI's order, written into one
 /// string.
 fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
-    use std::fmt::Write as _;
     let raw_len = |value: Option<&RawValue>| value.map_or(0, |v| v.get().len());
     let mut out = String::with_capacity(
         400 + raw_len(wire.instructions)
@@ -275,7 +277,16 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
         out.push(',');
     };
     let optional = |out: &mut String, key: &str, value: Option<String>| {
-        let _ = write!(out, "\"{key}\":{},", value.as_deref().unwrap_or("null"));
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(value.as_deref().unwrap_or("null"));
+        out.push(',');
+    };
+    let boolean = |out: &mut String, key: &str, value: bool| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str(if value { "\":true," } else { "\":false," });
     };
     let integer = |out: &mut String, key: &str, value: Option<u64>| {
         out.push('"');
@@ -290,10 +301,10 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
     raw(&mut out, "instructions", wire.instructions, "null");
     integer(&mut out, "max_output_tokens", wire.max_output_tokens);
     integer(&mut out, "max_tool_calls", wire.max_tool_calls);
-    let _ = write!(
-        out,
-        "\"parallel_tool_calls\":{},",
-        wire.parallel_tool_calls.unwrap_or(true)
+    boolean(
+        &mut out,
+        "parallel_tool_calls",
+        wire.parallel_tool_calls.unwrap_or(true),
     );
     optional(
         &mut out,
@@ -308,7 +319,7 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
         wire.reasoning,
         r#"{"effort":null,"summary":null}"#,
     );
-    let _ = write!(out, "\"store\":{},", wire.store.unwrap_or(true));
+    boolean(&mut out, "store", wire.store.unwrap_or(true));
     optional(&mut out, "temperature", wire.temperature.map(float_text));
     raw(&mut out, "text", wire.text, r#"{"format":{"type":"text"}}"#);
     raw(&mut out, "tool_choice", wire.tool_choice, r#""auto""#);
