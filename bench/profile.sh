@@ -137,10 +137,15 @@ control -d
 # The explicit dump is part 1 (the dump at exit, after the trap's kill, is not wanted).
 file=
 for _ in $(seq 100); do
-	file=$(ls "$OUT"/callgrind.out.*.1 2>/dev/null | head -1)
+	file=$(ls "$OUT"/callgrind.out."$GW_PID".1 2>/dev/null | head -1)
 	[[ -n $file ]] && break
 	sleep 0.1
 done
+# A second part means someone else's `callgrind_control -d` (no pid) split the count: run again.
+if [[ -e $OUT/callgrind.out.$GW_PID.2 ]]; then
+	echo "profile: another callgrind_control dumped this gateway during the run; run again" >&2
+	exit 1
+fi
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "profile: $CONFIG $MODE: $total instructions over $REQUESTS requests = $((total / REQUESTS)) per request"
 callgrind_annotate --inclusive=yes "$file" 2>/dev/null | head -n "$((TOP + 25))" | tail -n "$TOP" || true

@@ -31,7 +31,7 @@ pub fn encode_openai_request(
     req: &ChatRequest,
     opts: &RequestOptions<'_>,
 ) -> Result<Vec<u8>, DecodeError> {
-    to_bytes(&openai::encode_request(req, opts.model))
+    Ok(openai::encode_request_bytes(req, opts.model))
 }
 
 /// Render `req` as a Responses API body (for backends that speak it natively).

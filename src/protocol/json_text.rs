@@ -140,29 +140,70 @@ pub(crate) fn tail<'a>(whole: &'a str, rest: &[u8]) -> Option<&'a str> {
     whole.get(whole.len().checked_sub(rest.len())?..)
 }
 
+/// Where hand-written JSON goes: a `Vec<u8>` (answers) or a `BytesMut` (stream events).
+pub(crate) trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    fn put_byte(&mut self, byte: u8);
+    fn reserve_more(&mut self, additional: usize);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_byte(&mut self, byte: u8) {
+        self.push(byte);
+    }
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl Sink for bytes::BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_byte(&mut self, byte: u8) {
+        self.extend_from_slice(&[byte]);
+    }
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+/// Appends `n` as a JSON number (what `serde_json` writes for an integer).
+pub(crate) fn write_u64<S: Sink + ?Sized>(out: &mut S, n: u64) {
+    out.put(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends `n` as a JSON number.
+pub(crate) fn write_i64<S: Sink + ?Sized>(out: &mut S, n: i64) {
+    out.put(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// Appends `text` as a JSON string, byte for byte what `serde_json` writes (the same escapes: `\"`,
 /// `\\`, `\b \f \n \r \t`, `\u00xx` for other control characters, nothing else), copying the runs between
 /// escapes whole.
-pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn write_str<S: Sink + ?Sized>(out: &mut S, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rest = text.as_bytes();
-    out.reserve(rest.len() + 2);
-    out.push(b'"');
+    out.reserve_more(rest.len() + 2);
+    out.put_byte(b'"');
     loop {
         let run = plain_run(rest);
-        out.extend_from_slice(&rest[..run]);
+        out.put(&rest[..run]);
         let Some(&byte) = rest.get(run) else {
             break;
         };
         match byte {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
+            b'"' => out.put(b"\\\""),
+            b'\\' => out.put(b"\\\\"),
+            b'\n' => out.put(b"\\n"),
+            b'\r' => out.put(b"\\r"),
+            b'\t' => out.put(b"\\t"),
+            0x08 => out.put(b"\\b"),
+            0x0c => out.put(b"\\f"),
+            _ => out.put(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -173,7 +214,7 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
         }
         rest = &rest[run + 1..];
     }
-    out.push(b'"');
+    out.put_byte(b'"');
 }
 
 /// Tests only: JSON values around the flat-field grammar — the flat ones (plain strings, integers,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::json_text::{Sink, plain_run, write_i64, write_str, write_u64};
 use super::openai::{image_from_url, missing, parse};
 use super::{
     ChatRequest, ChatResponse, DecodeError, FinishReason, Image, Message, Part, RawJson,
@@ -31,7 +32,10 @@ pub fn response_id(request_id: &str) -> String {
     if request_id.starts_with("resp_") {
         request_id.to_owned()
     } else {
-        format!("resp_{request_id}")
+        let mut id = String::with_capacity(request_id.len() + 5);
+        id.push_str("resp_");
+        id.push_str(request_id);
+        id
     }
 }
 
@@ -39,7 +43,14 @@ pub fn response_id(request_id: &str) -> String {
 /// response id's own part and the index, so ids are unique and the same for the same answer.
 pub(crate) fn item_id(prefix: &str, response_id: &str, index: usize) -> String {
     let own = response_id.strip_prefix("resp_").unwrap_or(response_id);
-    format!("{prefix}_{own}_{index}")
+    let index = itoa::Buffer::new().format(index).to_owned();
+    let mut id = String::with_capacity(prefix.len() + own.len() + index.len() + 2);
+    id.push_str(prefix);
+    id.push('_');
+    id.push_str(own);
+    id.push('_');
+    id.push_str(&index);
+    id
 }
 
 /// What a Responses answer repeats from its request (`instructions`, `tools`, `text`, `reasoning`,
@@ -186,11 +197,19 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
         parallel_tool_calls: wire.parallel_tool_calls,
         ..ChatRequest::default()
     };
-    let items_text = match &input_items {
-        InputItems::Text(text) => text.as_str(),
-        InputItems::Span(_) => raw_input,
-    };
-    push_items(items_text.as_bytes(), "input", &mut chat)?;
+    match &input_items {
+        // A string is one user message: what `push_items` makes of its item, without reading the
+        // item back.
+        InputItems::Text(text) => match serde_json::from_str::<String>(raw_input) {
+            Ok(content) => chat.messages.push(Message {
+                role: Role::User,
+                parts: vec![Part::Text(content)],
+                name: None,
+            }),
+            Err(_) => push_items(text.as_bytes(), "input", &mut chat)?,
+        },
+        InputItems::Span(_) => push_items(raw_input.as_bytes(), "input", &mut chat)?,
+    }
     if let Some(tools) = wire.tools {
         let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
         for tool in tools {
@@ -241,7 +260,6 @@ fn compact(json: &str) -> Cow<'_, str> {
 /// The members of the response object that repeat the request, in OpenAI's order, written into one
 /// string.
 fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
-    use std::fmt::Write as _;
     let raw_len = |value: Option<&RawValue>| value.map_or(0, |v| v.get().len());
     let mut out = String::with_capacity(
         400 + raw_len(wire.instructions)
@@ -259,23 +277,34 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
         out.push(',');
     };
     let optional = |out: &mut String, key: &str, value: Option<String>| {
-        let _ = write!(out, "\"{key}\":{},", value.as_deref().unwrap_or("null"));
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(value.as_deref().unwrap_or("null"));
+        out.push(',');
+    };
+    let boolean = |out: &mut String, key: &str, value: bool| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str(if value { "\":true," } else { "\":false," });
+    };
+    let integer = |out: &mut String, key: &str, value: Option<u64>| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        match value {
+            Some(n) => out.push_str(itoa::Buffer::new().format(n)),
+            None => out.push_str("null"),
+        }
+        out.push(',');
     };
     raw(&mut out, "instructions", wire.instructions, "null");
-    optional(
+    integer(&mut out, "max_output_tokens", wire.max_output_tokens);
+    integer(&mut out, "max_tool_calls", wire.max_tool_calls);
+    boolean(
         &mut out,
-        "max_output_tokens",
-        wire.max_output_tokens.map(|n| n.to_string()),
-    );
-    optional(
-        &mut out,
-        "max_tool_calls",
-        wire.max_tool_calls.map(|n| n.to_string()),
-    );
-    let _ = write!(
-        out,
-        "\"parallel_tool_calls\":{},",
-        wire.parallel_tool_calls.unwrap_or(true)
+        "parallel_tool_calls",
+        wire.parallel_tool_calls.unwrap_or(true),
     );
     optional(
         &mut out,
@@ -290,16 +319,12 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
         wire.reasoning,
         r#"{"effort":null,"summary":null}"#,
     );
-    let _ = write!(out, "\"store\":{},", wire.store.unwrap_or(true));
-    optional(
-        &mut out,
-        "temperature",
-        wire.temperature.map(|n| n.to_string()),
-    );
+    boolean(&mut out, "store", wire.store.unwrap_or(true));
+    optional(&mut out, "temperature", wire.temperature.map(float_text));
     raw(&mut out, "text", wire.text, r#"{"format":{"type":"text"}}"#);
     raw(&mut out, "tool_choice", wire.tool_choice, r#""auto""#);
     raw(&mut out, "tools", wire.tools, "[]");
-    optional(&mut out, "top_p", wire.top_p.map(|n| n.to_string()));
+    optional(&mut out, "top_p", wire.top_p.map(float_text));
     raw(&mut out, "truncation", wire.truncation, r#""disabled""#);
     optional(
         &mut out,
@@ -309,6 +334,15 @@ fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
     raw(&mut out, "metadata", wire.metadata, "{}");
     out.pop();
     ResponseEcho(Arc::from(out))
+}
+
+/// `n` as `Display` writes it (`0`, `0.7`, `-0`), whole numbers without the float formatter.
+fn float_text(n: f64) -> String {
+    // Whole numbers below 2^53 convert to `i64` exactly.
+    if n.fract() == 0.0 && n.abs() < 9.0e15 && !(n == 0.0 && n.is_sign_negative()) {
+        return itoa::Buffer::new().format(n as i64).to_owned();
+    }
+    n.to_string()
 }
 
 /// Decode a field's raw JSON into `T`, naming the path inside the body when it does not fit.
@@ -458,14 +492,15 @@ pub(crate) fn push_items(
     let items: Vec<ItemWire> = parse_field(raw, field)?;
     chat.messages.reserve(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let path = format!("{field}[{index}]");
+        // Only errors name the item.
+        let path = || format!("{field}[{index}]");
         let kind = match (item.kind.as_deref(), item.role.is_some()) {
             (Some(kind), _) => kind,
             (None, true) => "message",
             (None, false) => {
                 return Err(DecodeError::new(
-                    format!("{path}: expected an item with a `type` or a `role`"),
-                    Some(path),
+                    format!("{}: expected an item with a `type` or a `role`", path()),
+                    Some(path()),
                 ));
             }
         };
@@ -478,12 +513,13 @@ pub(crate) fn push_items(
                     Some(other) => {
                         return Err(DecodeError::new(
                             format!(
-                                "{path}.role: unknown role '{other}'; expected user, assistant, system or developer"
+                                "{}.role: unknown role '{other}'; expected user, assistant, system or developer",
+                                path()
                             ),
-                            Some(format!("{path}.role")),
+                            Some(format!("{}.role", path())),
                         ));
                     }
-                    None => return Err(missing(&format!("{path}.role"))),
+                    None => return Err(missing(&format!("{}.role", path()))),
                 };
                 let parts = item
                     .content
@@ -510,10 +546,10 @@ pub(crate) fn push_items(
             }
             "function_call" => {
                 let Some(call_id) = item.call_id.or(item.id) else {
-                    return Err(missing(&format!("{path}.call_id")));
+                    return Err(missing(&format!("{}.call_id", path())));
                 };
                 let Some(name) = item.name else {
-                    return Err(missing(&format!("{path}.name")));
+                    return Err(missing(&format!("{}.name", path())));
                 };
                 let arguments = match item.arguments {
                     None | Some(Value::Null) => String::new(),
@@ -528,7 +564,7 @@ pub(crate) fn push_items(
             }
             "function_call_output" => {
                 let Some(call_id) = item.call_id else {
-                    return Err(missing(&format!("{path}.call_id")));
+                    return Err(missing(&format!("{}.call_id", path())));
                 };
                 chat.messages.push(Message {
                     role: Role::Tool,
@@ -1098,6 +1134,111 @@ impl<'a> ReasoningTextOut<'a> {
     }
 }
 
+/// `"text"` in quotes: the fixed names and values our writers use have nothing to escape.
+fn lit<S: Sink + ?Sized>(out: &mut S, text: &str) {
+    debug_assert_eq!(plain_run(text.as_bytes()), text.len());
+    out.put_byte(b'"');
+    out.put(text.as_bytes());
+    out.put_byte(b'"');
+}
+
+impl ItemOut<'_> {
+    /// The item's JSON, byte for byte what its `Serialize` derive writes (held to it by the tests): the
+    /// hand-written form skips serde's escaping of every member name.
+    pub(crate) fn write<S: Sink + ?Sized>(&self, out: &mut S) {
+        match self {
+            ItemOut::Reasoning {
+                id,
+                summary: _,
+                content,
+                encrypted_content,
+            } => {
+                out.put(br#"{"type":"reasoning","id":"#);
+                write_str(out, id);
+                out.put(br#","summary":[],"content":["#);
+                for (index, part) in content.iter().enumerate() {
+                    if index > 0 {
+                        out.put_byte(b',');
+                    }
+                    out.put(br#"{"type":"#);
+                    lit(out, part.kind);
+                    out.put(br#","text":"#);
+                    write_str(out, part.text);
+                    out.put_byte(b'}');
+                }
+                out.put_byte(b']');
+                if let Some(encrypted) = encrypted_content {
+                    out.put(br#","encrypted_content":"#);
+                    write_str(out, encrypted);
+                }
+                out.put_byte(b'}');
+            }
+            ItemOut::Message {
+                id,
+                status,
+                role,
+                content,
+            } => {
+                out.put(br#"{"type":"message","id":"#);
+                write_str(out, id);
+                out.put(br#","status":"#);
+                lit(out, status);
+                out.put(br#","role":"#);
+                lit(out, role);
+                out.put(br#","content":["#);
+                for (index, part) in content.iter().enumerate() {
+                    if index > 0 {
+                        out.put_byte(b',');
+                    }
+                    part.write(out);
+                }
+                out.put(b"]}");
+            }
+            ItemOut::FunctionCall {
+                id,
+                call_id,
+                name,
+                arguments,
+                status,
+            } => {
+                out.put(br#"{"type":"function_call","id":"#);
+                write_str(out, id);
+                out.put(br#","call_id":"#);
+                write_str(out, call_id);
+                out.put(br#","name":"#);
+                write_str(out, name);
+                out.put(br#","arguments":"#);
+                write_str(out, arguments);
+                out.put(br#","status":"#);
+                lit(out, status);
+                out.put_byte(b'}');
+            }
+        }
+    }
+}
+
+impl OutputTextOut<'_> {
+    /// As its `Serialize` derive writes it.
+    pub(crate) fn write<S: Sink + ?Sized>(&self, out: &mut S) {
+        out.put(br#"{"type":"#);
+        lit(out, self.kind);
+        out.put(br#","text":"#);
+        write_str(out, self.text);
+        out.put(br#","annotations":[],"logprobs":[]}"#);
+    }
+}
+
+impl ReasoningTextOut<'_> {
+    /// As its `Serialize` derive writes it.
+    pub(crate) fn write<S: Sink + ?Sized>(&self, out: &mut S) {
+        out.put(br#"{"type":"#);
+        lit(out, self.kind);
+        out.put(br#","text":"#);
+        write_str(out, self.text);
+        out.put_byte(b'}');
+    }
+}
+
 /// The kind of an output item, with what it holds.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ItemBody<S> {
@@ -1200,109 +1341,71 @@ pub(crate) struct ResponseHead<'a> {
     pub echo: &'a str,
 }
 
-#[derive(Serialize)]
-struct HeadOut<'a> {
-    id: &'a str,
-    object: &'static str,
-    created_at: i64,
-    status: &'static str,
-    background: bool,
-    error: Option<ErrorOut<'a>>,
-    incomplete_details: Option<IncompleteOut>,
-    model: &'a str,
-}
-
-#[derive(Serialize)]
-struct ErrorOut<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
-#[derive(Serialize)]
-struct IncompleteOut {
-    reason: &'static str,
-}
-
-/// Responses `usage`, as the API writes it.
-#[derive(Serialize)]
-pub(crate) struct UsageOut {
-    input_tokens: u64,
-    input_tokens_details: CachedOut,
-    output_tokens: u64,
-    output_tokens_details: ReasoningTokensOut,
-    total_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct CachedOut {
-    cached_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct ReasoningTokensOut {
-    reasoning_tokens: u64,
-}
-
-impl UsageOut {
-    pub(crate) fn new(usage: &Usage) -> UsageOut {
-        UsageOut {
-            input_tokens: usage.input_tokens,
-            input_tokens_details: CachedOut {
-                cached_tokens: usage.cache_read_tokens,
-            },
-            output_tokens: usage.output_tokens,
-            output_tokens_details: ReasoningTokensOut {
-                reasoning_tokens: usage.reasoning_tokens,
-            },
-            total_tokens: usage.input_tokens.saturating_add(usage.output_tokens),
-        }
-    }
+/// Write Responses `usage` as the API writes it (`UsageOut` in the tests is the serde form).
+pub(crate) fn write_usage<S: Sink + ?Sized>(out: &mut S, usage: &Usage) {
+    out.put(br#"{"input_tokens":"#);
+    write_u64(out, usage.input_tokens);
+    out.put(br#","input_tokens_details":{"cached_tokens":"#);
+    write_u64(out, usage.cache_read_tokens);
+    out.put(br#"},"output_tokens":"#);
+    write_u64(out, usage.output_tokens);
+    out.put(br#","output_tokens_details":{"reasoning_tokens":"#);
+    write_u64(out, usage.reasoning_tokens);
+    out.put(br#"},"total_tokens":"#);
+    write_u64(out, usage.input_tokens.saturating_add(usage.output_tokens));
+    out.put_byte(b'}');
 }
 
 /// Write a whole `response` object: the head, `output` (written by `output`, which gets the buffer
-/// right after `[`), the request's members and `usage`.
+/// right after `[`), the request's members and `usage`. Hand-written; the tests hold it to the serde
+/// form (`HeadOut`, `UsageOut`).
 pub(crate) fn write_response(
     out: &mut Vec<u8>,
     head: &ResponseHead<'_>,
     output: impl FnOnce(&mut Vec<u8>),
     usage: Option<&Usage>,
 ) {
-    let head_out = HeadOut {
-        id: head.id,
-        object: "response",
-        created_at: head.created_at,
-        status: head.status,
-        background: false,
-        error: head.error.map(|(code, message)| ErrorOut { code, message }),
-        incomplete_details: head
-            .incomplete_reason
-            .map(|reason| IncompleteOut { reason }),
-        model: head.model,
-    };
-    let start = out.len();
-    if serde_json::to_writer(&mut *out, &head_out).is_err() {
-        out.truncate(start);
-        out.extend_from_slice(b"{");
+    let echo = if head.echo.is_empty() {
+        DEFAULT_ECHO
     } else {
-        // Reopen the object: `…"model":"m"}` continues with `,"output":[`.
-        out.pop();
-        out.push(b',');
+        head.echo
+    };
+    out.reserve(256 + head.id.len() + head.model.len() + echo.len());
+    out.extend_from_slice(br#"{"id":"#);
+    write_str(out, head.id);
+    out.extend_from_slice(br#","object":"response","created_at":"#);
+    write_i64(out, head.created_at);
+    out.extend_from_slice(br#","status":"#);
+    lit(out, head.status);
+    out.extend_from_slice(br#","background":false,"error":"#);
+    match head.error {
+        Some((code, message)) => {
+            out.extend_from_slice(br#"{"code":"#);
+            write_str(out, code);
+            out.extend_from_slice(br#","message":"#);
+            write_str(out, message);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(br#""output":["#);
+    out.extend_from_slice(br#","incomplete_details":"#);
+    match head.incomplete_reason {
+        Some(reason) => {
+            out.extend_from_slice(br#"{"reason":"#);
+            lit(out, reason);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(br#","model":"#);
+    write_str(out, head.model);
+    out.extend_from_slice(br#","output":["#);
     output(out);
     out.extend_from_slice(b"],");
-    out.extend_from_slice(if head.echo.is_empty() {
-        DEFAULT_ECHO.as_bytes()
-    } else {
-        head.echo.as_bytes()
-    });
+    out.extend_from_slice(echo.as_bytes());
     out.extend_from_slice(br#","usage":"#);
     match usage {
-        Some(usage) => {
-            if serde_json::to_writer(&mut *out, &UsageOut::new(usage)).is_err() {
-                out.extend_from_slice(b"null");
-            }
-        }
+        Some(usage) => write_usage(out, usage),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
@@ -1314,11 +1417,7 @@ pub(crate) fn write_items<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item =
         if index > 0 {
             out.push(b',');
         }
-        let start = out.len();
-        if serde_json::to_writer(&mut *out, &item).is_err() {
-            out.truncate(start);
-            out.extend_from_slice(b"null");
-        }
+        item.write(out);
     }
 }
 
@@ -1411,6 +1510,137 @@ impl StoredView<'_> {
             .and_then(|response| response.output)
             .map_or("[]", RawValue::get);
         join_items(&[self.input.get(), output])
+    }
+}
+
+/// The serde forms the hand-written writers are held to.
+#[cfg(test)]
+pub(crate) mod oracle {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct HeadOut<'a> {
+        id: &'a str,
+        object: &'static str,
+        created_at: i64,
+        status: &'static str,
+        background: bool,
+        error: Option<ErrorOut<'a>>,
+        incomplete_details: Option<IncompleteOut>,
+        model: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub(crate) struct ErrorOut<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub(crate) struct IncompleteOut {
+        reason: &'static str,
+    }
+
+    /// Responses `usage`, as the API writes it.
+    #[derive(Serialize)]
+    pub(crate) struct UsageOut {
+        input_tokens: u64,
+        input_tokens_details: CachedOut,
+        output_tokens: u64,
+        output_tokens_details: ReasoningTokensOut,
+        total_tokens: u64,
+    }
+
+    #[derive(Serialize)]
+    pub(crate) struct CachedOut {
+        cached_tokens: u64,
+    }
+
+    #[derive(Serialize)]
+    pub(crate) struct ReasoningTokensOut {
+        reasoning_tokens: u64,
+    }
+
+    impl UsageOut {
+        pub(crate) fn new(usage: &Usage) -> UsageOut {
+            UsageOut {
+                input_tokens: usage.input_tokens,
+                input_tokens_details: CachedOut {
+                    cached_tokens: usage.cache_read_tokens,
+                },
+                output_tokens: usage.output_tokens,
+                output_tokens_details: ReasoningTokensOut {
+                    reasoning_tokens: usage.reasoning_tokens,
+                },
+                total_tokens: usage.input_tokens.saturating_add(usage.output_tokens),
+            }
+        }
+    }
+
+    /// Write a whole `response` object: the head, `output` (written by `output`, which gets the buffer
+    /// right after `[`), the request's members and `usage`.
+    pub(crate) fn write_response_serde(
+        out: &mut Vec<u8>,
+        head: &ResponseHead<'_>,
+        output: impl FnOnce(&mut Vec<u8>),
+        usage: Option<&Usage>,
+    ) {
+        let head_out = HeadOut {
+            id: head.id,
+            object: "response",
+            created_at: head.created_at,
+            status: head.status,
+            background: false,
+            error: head.error.map(|(code, message)| ErrorOut { code, message }),
+            incomplete_details: head
+                .incomplete_reason
+                .map(|reason| IncompleteOut { reason }),
+            model: head.model,
+        };
+        let start = out.len();
+        if serde_json::to_writer(&mut *out, &head_out).is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{");
+        } else {
+            // Reopen the object: `…"model":"m"}` continues with `,"output":[`.
+            out.pop();
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""output":["#);
+        output(out);
+        out.extend_from_slice(b"],");
+        out.extend_from_slice(if head.echo.is_empty() {
+            DEFAULT_ECHO.as_bytes()
+        } else {
+            head.echo.as_bytes()
+        });
+        out.extend_from_slice(br#","usage":"#);
+        match usage {
+            Some(usage) => {
+                if serde_json::to_writer(&mut *out, &UsageOut::new(usage)).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+
+    /// Items written one after another into an array being written.
+    pub(crate) fn write_items_serde<'a>(
+        out: &mut Vec<u8>,
+        items: impl IntoIterator<Item = ItemOut<'a>>,
+    ) {
+        for (index, item) in items.into_iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            let start = out.len();
+            if serde_json::to_writer(&mut *out, &item).is_err() {
+                out.truncate(start);
+                out.extend_from_slice(b"null");
+            }
+        }
     }
 }
 
@@ -1614,5 +1844,156 @@ mod tests {
         let value: Value = serde_json::from_str(&format!("{{{}}}", request.echo.as_str())).unwrap();
         assert_eq!(value["tools"][0]["name"], "f");
         assert_eq!(value["store"], true);
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::oracle::{write_items_serde, write_response_serde};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "(\\PC|[\"\\\\\n\\x01\\x7f]){0,12}"
+    }
+
+    fn part() -> impl Strategy<Value = Part> {
+        prop_oneof![
+            4 => text().prop_map(Part::Text),
+            2 => (text(), text(), text()).prop_map(|(id, name, arguments)| Part::ToolCall(ToolCall { id, name, arguments })),
+            1 => (text(), proptest::option::of(text())).prop_map(|(text, signature)| Part::Thinking { text, signature }),
+            1 => text().prop_map(|data| Part::RedactedThinking { data }),
+        ]
+    }
+
+    fn usage() -> impl Strategy<Value = Usage> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(input_tokens, output_tokens, cache_read_tokens, reasoning_tokens)| Usage {
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_creation_tokens: 0,
+                reasoning_tokens,
+            },
+        )
+    }
+
+    /// [`encode_response_bytes`] as it was written through serde (ids through `format!`).
+    fn encode_response_serde(response: &ChatResponse, created: i64, echo: &str) -> Vec<u8> {
+        let items = items_of(&response.parts);
+        let own = response.id.strip_prefix("resp_").unwrap_or(&response.id);
+        let ids: Vec<String> = items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| format!("{}_{own}_{index}", item.prefix()))
+            .collect();
+        let (status, incomplete_reason) = status_of(response.finish_reason);
+        let item_status = if status == "incomplete" {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let head = ResponseHead {
+            id: &response.id,
+            created_at: response.created.unwrap_or(created),
+            status,
+            error: None,
+            incomplete_reason,
+            model: &response.model,
+            echo,
+        };
+        let mut out = Vec::new();
+        write_response_serde(
+            &mut out,
+            &head,
+            |out| {
+                write_items_serde(
+                    out,
+                    items
+                        .iter()
+                        .zip(&ids)
+                        .map(|(item, id)| item.out(id, item_status, true)),
+                );
+            },
+            Some(&response.usage.unwrap_or_default()),
+        );
+        out
+    }
+
+    proptest! {
+        /// A whole answer is byte for byte what the serde form wrote.
+        #[test]
+        fn response_is_the_serde_form(
+            id in text(),
+            model in text(),
+            parts in proptest::collection::vec(part(), 0..5),
+            finish in proptest::option::of(prop_oneof![
+                Just(FinishReason::Stop), Just(FinishReason::Length), Just(FinishReason::ContentFilter), Just(FinishReason::ToolCalls),
+            ]),
+            usage in proptest::option::of(usage()),
+            created in proptest::option::of(any::<i64>()),
+            echo in prop_oneof![Just(String::new()), Just(r#""instructions":"x","metadata":{}"#.to_owned())],
+        ) {
+            let response = ChatResponse {
+                id: format!("resp_{id}"),
+                model,
+                created,
+                parts,
+                finish_reason: finish,
+                stop_sequence: None,
+                usage,
+            };
+            let written = encode_response_bytes(&response, 7, &echo);
+            let oracle = encode_response_serde(&response, 7, &echo);
+            prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(oracle).unwrap());
+        }
+
+        /// Heads with an error or an incomplete reason, items as they start, usage or none.
+        #[test]
+        fn head_and_items_are_the_serde_form(
+            id in text(),
+            model in text(),
+            error in proptest::option::of((text(), text())),
+            incomplete in proptest::option::of(prop_oneof![Just("max_output_tokens"), Just("content_filter")]),
+            status in prop_oneof![Just("in_progress"), Just("failed"), Just("completed")],
+            parts in proptest::collection::vec(part(), 0..4),
+            full in any::<bool>(),
+            usage in proptest::option::of(usage()),
+        ) {
+            let head = ResponseHead {
+                id: &id,
+                created_at: -3,
+                status,
+                error: error.as_ref().map(|(code, message)| (code.as_str(), message.as_str())),
+                incomplete_reason: incomplete,
+                model: &model,
+                echo: "",
+            };
+            let items = items_of(&parts);
+            let ids: Vec<String> = (0..items.len()).map(|index| item_id("x", &id, index)).collect();
+            let output = |write: fn(&mut Vec<u8>, Vec<ItemOut<'_>>)| {
+                let items = &items;
+                let ids = &ids;
+                move |out: &mut Vec<u8>| {
+                    write(out, items.iter().zip(ids).map(|(item, id)| item.out(id, status, full)).collect());
+                }
+            };
+            let mut written = Vec::new();
+            write_response(&mut written, &head, output(|out, items| write_items(out, items)), usage.as_ref());
+            let mut oracle = Vec::new();
+            write_response_serde(&mut oracle, &head, output(|out, items| write_items_serde(out, items)), usage.as_ref());
+            prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(oracle).unwrap());
+        }
+
+        #[test]
+        fn item_ids_are_the_formatted_ones(id in text(), index in any::<usize>()) {
+            let own = id.strip_prefix("resp_").unwrap_or(&id).to_owned();
+            prop_assert_eq!(item_id("msg", &id, index), format!("msg_{own}_{index}"));
+        }
+
+        #[test]
+        fn float_text_is_display(n in prop_oneof![any::<f64>(), Just(0.0), Just(-0.0), Just(2.0), Just(1e15), Just(-7.0)]) {
+            prop_assert_eq!(float_text(n), n.to_string());
+        }
     }
 }

@@ -17,14 +17,13 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::json_patch::set_fields;
+use super::json_text::{Sink, plain_run, write_str, write_u64};
 use super::responses::{
     ItemBody, ItemOut, OutputTextOut, REDACTED_PREFIX, ReasoningTextOut, ResponseHead, item_id,
     response_from_value, status_of, usage_from, write_items, write_response,
 };
 use super::sse::{self, SseEvent};
-use super::stream::{
-    StreamError, StreamEvent, StreamOptions, error_event, parse_event, write_event,
-};
+use super::stream::{StreamError, StreamEvent, StreamOptions, error_event, parse_event};
 use super::{ChatResponse, FinishReason, Part, ResponseSummary, Usage};
 
 // === Encoder ===
@@ -155,6 +154,161 @@ struct ErrorEventOut<'a> {
     param: Option<()>,
 }
 
+// Each event is written by hand (`write`): byte for byte what `write_event` makes of the struct's
+// `Serialize` derive (held to it by the tests), without serde escaping every member name.
+
+/// `event: <name>\ndata: {"type":"<name>","sequence_number":<seq>`: the start every event shares.
+fn event_start(out: &mut BytesMut, name: &str, seq: u64, more: usize) {
+    debug_assert_eq!(plain_run(name.as_bytes()), name.len());
+    out.reserve(2 * name.len() + more + 64);
+    out.put(b"event: ");
+    out.put(name.as_bytes());
+    out.put(b"\ndata: {\"type\":\"");
+    out.put(name.as_bytes());
+    out.put(b"\",\"sequence_number\":");
+    write_u64(out, seq);
+}
+
+/// `,"item_id":…,"output_index":…`.
+fn item_fields(out: &mut BytesMut, item_id: &str, output_index: usize) {
+    out.put(b",\"item_id\":");
+    write_str(out, item_id);
+    out.put(b",\"output_index\":");
+    write_u64(out, output_index as u64);
+}
+
+const EVENT_END: &[u8] = b"}\n\n";
+
+impl ItemEventOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, 128);
+        out.put(b",\"output_index\":");
+        write_u64(out, self.output_index as u64);
+        out.put(b",\"item\":");
+        self.item.write(out);
+        out.put(EVENT_END);
+    }
+}
+
+/// A content part as written inside an event.
+trait PartOut: Serialize {
+    fn write_part(&self, out: &mut BytesMut);
+}
+
+impl PartOut for OutputTextOut<'_> {
+    fn write_part(&self, out: &mut BytesMut) {
+        self.write(out);
+    }
+}
+
+impl PartOut for ReasoningTextOut<'_> {
+    fn write_part(&self, out: &mut BytesMut) {
+        self.write(out);
+    }
+}
+
+impl<P: PartOut> PartEventOut<'_, P> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, 128);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"content_index\":");
+        write_u64(out, u64::from(self.content_index));
+        out.put(b",\"part\":");
+        self.part.write_part(out);
+        out.put(EVENT_END);
+    }
+}
+
+impl TextDeltaOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, self.delta.len() + 96);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"content_index\":");
+        write_u64(out, u64::from(self.content_index));
+        out.put(b",\"delta\":");
+        write_str(out, self.delta);
+        out.put(b",\"logprobs\":[]");
+        out.put(EVENT_END);
+    }
+}
+
+impl TextDoneOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, self.text.len() + 96);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"content_index\":");
+        write_u64(out, u64::from(self.content_index));
+        out.put(b",\"text\":");
+        write_str(out, self.text);
+        out.put(b",\"logprobs\":[]");
+        out.put(EVENT_END);
+    }
+}
+
+impl ReasoningDeltaOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, self.delta.len() + 96);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"content_index\":");
+        write_u64(out, u64::from(self.content_index));
+        out.put(b",\"delta\":");
+        write_str(out, self.delta);
+        out.put(EVENT_END);
+    }
+}
+
+impl ReasoningDoneOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, self.text.len() + 96);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"content_index\":");
+        write_u64(out, u64::from(self.content_index));
+        out.put(b",\"text\":");
+        write_str(out, self.text);
+        out.put(EVENT_END);
+    }
+}
+
+impl ArgsDeltaOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(out, self.kind, self.sequence_number, self.delta.len() + 96);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"delta\":");
+        write_str(out, self.delta);
+        out.put(EVENT_END);
+    }
+}
+
+impl ArgsDoneOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        let more = self.name.len() + self.arguments.len() + 96;
+        event_start(out, self.kind, self.sequence_number, more);
+        item_fields(out, self.item_id, self.output_index);
+        out.put(b",\"name\":");
+        write_str(out, self.name);
+        out.put(b",\"arguments\":");
+        write_str(out, self.arguments);
+        out.put(EVENT_END);
+    }
+}
+
+impl ErrorEventOut<'_> {
+    fn write(&self, out: &mut BytesMut) {
+        event_start(
+            out,
+            self.kind,
+            self.sequence_number,
+            self.message.len() + 64,
+        );
+        out.put(b",\"code\":");
+        write_str(out, self.code);
+        out.put(b",\"message\":");
+        write_str(out, self.message);
+        out.put(b",\"param\":null");
+        out.put(EVENT_END);
+    }
+}
+
 /// The next sequence number.
 fn bump(seq: &mut u64) -> u64 {
     let now = *seq;
@@ -172,30 +326,24 @@ fn part_event(
     out: &mut BytesMut,
 ) {
     match &item.body {
-        ItemBody::Message { .. } => write_event(
-            out,
-            Some(name),
-            &PartEventOut {
-                kind: name,
-                sequence_number: seq,
-                item_id: &item.id,
-                output_index: at,
-                content_index: 0,
-                part: OutputTextOut::new(text),
-            },
-        ),
-        ItemBody::Reasoning { .. } => write_event(
-            out,
-            Some(name),
-            &PartEventOut {
-                kind: name,
-                sequence_number: seq,
-                item_id: &item.id,
-                output_index: at,
-                content_index: 0,
-                part: ReasoningTextOut::new(text),
-            },
-        ),
+        ItemBody::Message { .. } => PartEventOut {
+            kind: name,
+            sequence_number: seq,
+            item_id: &item.id,
+            output_index: at,
+            content_index: 0,
+            part: OutputTextOut::new(text),
+        }
+        .write(out),
+        ItemBody::Reasoning { .. } => PartEventOut {
+            kind: name,
+            sequence_number: seq,
+            item_id: &item.id,
+            output_index: at,
+            content_index: 0,
+            part: ReasoningTextOut::new(text),
+        }
+        .write(out),
         ItemBody::FunctionCall { .. } => {}
     }
 }
@@ -264,19 +412,16 @@ impl ResponsesEncoder {
                 }
                 let seq = self.next_seq();
                 let item = &self.items[at];
-                write_event(
-                    out,
-                    Some("response.output_text.delta"),
-                    &TextDeltaOut {
-                        kind: "response.output_text.delta",
-                        sequence_number: seq,
-                        item_id: &item.id,
-                        output_index: at,
-                        content_index: 0,
-                        delta: text,
-                        logprobs: [],
-                    },
-                );
+                TextDeltaOut {
+                    kind: "response.output_text.delta",
+                    sequence_number: seq,
+                    item_id: &item.id,
+                    output_index: at,
+                    content_index: 0,
+                    delta: text,
+                    logprobs: [],
+                }
+                .write(out);
             }
             StreamEvent::Thinking(text) => {
                 let at = self.ensure_item(Kind::Reasoning, opts, out);
@@ -285,18 +430,15 @@ impl ResponsesEncoder {
                 }
                 let seq = self.next_seq();
                 let item = &self.items[at];
-                write_event(
-                    out,
-                    Some("response.reasoning_text.delta"),
-                    &ReasoningDeltaOut {
-                        kind: "response.reasoning_text.delta",
-                        sequence_number: seq,
-                        item_id: &item.id,
-                        output_index: at,
-                        content_index: 0,
-                        delta: text,
-                    },
-                );
+                ReasoningDeltaOut {
+                    kind: "response.reasoning_text.delta",
+                    sequence_number: seq,
+                    item_id: &item.id,
+                    output_index: at,
+                    content_index: 0,
+                    delta: text,
+                }
+                .write(out);
             }
             StreamEvent::Signature(signature) => {
                 let at = self.ensure_item(Kind::Reasoning, opts, out);
@@ -340,17 +482,14 @@ impl ResponsesEncoder {
                     }
                     let seq = self.next_seq();
                     let item = &self.items[at];
-                    write_event(
-                        out,
-                        Some("response.function_call_arguments.delta"),
-                        &ArgsDeltaOut {
-                            kind: "response.function_call_arguments.delta",
-                            sequence_number: seq,
-                            item_id: &item.id,
-                            output_index: at,
-                            delta: arguments,
-                        },
-                    );
+                    ArgsDeltaOut {
+                        kind: "response.function_call_arguments.delta",
+                        sequence_number: seq,
+                        item_id: &item.id,
+                        output_index: at,
+                        delta: arguments,
+                    }
+                    .write(out);
                 }
             }
             StreamEvent::Finish { reason, .. } => self.finish = Some(*reason),
@@ -449,16 +588,13 @@ impl ResponsesEncoder {
         });
         let seq = self.next_seq();
         let item = &self.items[at];
-        write_event(
-            out,
-            Some("response.output_item.added"),
-            &ItemEventOut {
-                kind: "response.output_item.added",
-                sequence_number: seq,
-                output_index: at,
-                item: item.body.out(&item.id, "in_progress", false),
-            },
-        );
+        ItemEventOut {
+            kind: "response.output_item.added",
+            sequence_number: seq,
+            output_index: at,
+            item: item.body.out(&item.id, "in_progress", false),
+        }
+        .write(out);
         let has_part = !matches!(item.body, ItemBody::FunctionCall { .. })
             && !matches!(&item.body, ItemBody::Reasoning { encrypted: Some(e), .. } if e.starts_with(REDACTED_PREFIX));
         if has_part {
@@ -487,19 +623,16 @@ impl ResponsesEncoder {
         let item = &*item;
         match &item.body {
             ItemBody::Message { text } => {
-                write_event(
-                    out,
-                    Some("response.output_text.done"),
-                    &TextDoneOut {
-                        kind: "response.output_text.done",
-                        sequence_number: bump(seq),
-                        item_id: &item.id,
-                        output_index: at,
-                        content_index: 0,
-                        text,
-                        logprobs: [],
-                    },
-                );
+                TextDoneOut {
+                    kind: "response.output_text.done",
+                    sequence_number: bump(seq),
+                    item_id: &item.id,
+                    output_index: at,
+                    content_index: 0,
+                    text,
+                    logprobs: [],
+                }
+                .write(out);
                 part_event("response.content_part.done", bump(seq), at, item, text, out);
             }
             ItemBody::Reasoning { text, encrypted } => {
@@ -507,48 +640,39 @@ impl ResponsesEncoder {
                     .as_deref()
                     .is_some_and(|e| e.starts_with(REDACTED_PREFIX));
                 if !redacted {
-                    write_event(
-                        out,
-                        Some("response.reasoning_text.done"),
-                        &ReasoningDoneOut {
-                            kind: "response.reasoning_text.done",
-                            sequence_number: bump(seq),
-                            item_id: &item.id,
-                            output_index: at,
-                            content_index: 0,
-                            text,
-                        },
-                    );
+                    ReasoningDoneOut {
+                        kind: "response.reasoning_text.done",
+                        sequence_number: bump(seq),
+                        item_id: &item.id,
+                        output_index: at,
+                        content_index: 0,
+                        text,
+                    }
+                    .write(out);
                     part_event("response.content_part.done", bump(seq), at, item, text, out);
                 }
             }
             ItemBody::FunctionCall {
                 name, arguments, ..
             } => {
-                write_event(
-                    out,
-                    Some("response.function_call_arguments.done"),
-                    &ArgsDoneOut {
-                        kind: "response.function_call_arguments.done",
-                        sequence_number: bump(seq),
-                        item_id: &item.id,
-                        output_index: at,
-                        name,
-                        arguments,
-                    },
-                );
+                ArgsDoneOut {
+                    kind: "response.function_call_arguments.done",
+                    sequence_number: bump(seq),
+                    item_id: &item.id,
+                    output_index: at,
+                    name,
+                    arguments,
+                }
+                .write(out);
             }
         }
-        write_event(
-            out,
-            Some("response.output_item.done"),
-            &ItemEventOut {
-                kind: "response.output_item.done",
-                sequence_number: bump(seq),
-                output_index: at,
-                item: item.body.out(&item.id, item.status, true),
-            },
-        );
+        ItemEventOut {
+            kind: "response.output_item.done",
+            sequence_number: bump(seq),
+            output_index: at,
+            item: item.body.out(&item.id, item.status, true),
+        }
+        .write(out);
     }
 
     /// The whole `response` object with the items so far.
@@ -613,17 +737,14 @@ impl ResponsesEncoder {
     fn fail(&mut self, kind: &str, message: &str, opts: &StreamOptions, out: &mut BytesMut) {
         let code = error_code(kind);
         let seq = self.next_seq();
-        write_event(
-            out,
-            Some("error"),
-            &ErrorEventOut {
-                kind: "error",
-                sequence_number: seq,
-                code,
-                message,
-                param: None,
-            },
-        );
+        ErrorEventOut {
+            kind: "error",
+            sequence_number: seq,
+            code,
+            message,
+            param: None,
+        }
+        .write(out);
         if self.started {
             let response = self.response(
                 opts,
@@ -1122,17 +1243,14 @@ impl ResponsesPassThrough {
     /// upstream had announced the response).
     pub fn error_events(&mut self, message: &str, out: &mut BytesMut) {
         let seq = self.forwarded;
-        write_event(
-            out,
-            Some("error"),
-            &ErrorEventOut {
-                kind: "error",
-                sequence_number: seq,
-                code: "server_error",
-                message,
-                param: None,
-            },
-        );
+        ErrorEventOut {
+            kind: "error",
+            sequence_number: seq,
+            code: "server_error",
+            message,
+            param: None,
+        }
+        .write(out);
         if let Some(response) = &self.last_response {
             let error = serde_json::json!({"code": "server_error", "message": message}).to_string();
             if let Ok(failed) = set_fields(response, &[("status", "\"failed\""), ("error", &error)])
@@ -1303,5 +1421,67 @@ mod tests {
         pass.error_events("boom", &mut more);
         let events = events(&more);
         assert_eq!(events[0]["sequence_number"], 3);
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::super::stream::write_event;
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "(\\PC|[\"\\\\\n\\x01\\x7f]){0,12}"
+    }
+
+    /// `write` against `write_event` of the serde derive.
+    fn same<T: Serialize>(
+        kind: &str,
+        event: &T,
+        write: impl Fn(&T, &mut BytesMut),
+    ) -> Result<(), TestCaseError> {
+        let mut written = BytesMut::new();
+        write(event, &mut written);
+        let mut oracle = BytesMut::new();
+        write_event(&mut oracle, Some(kind), event);
+        prop_assert_eq!(
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&oracle)
+        );
+        Ok(())
+    }
+
+    proptest! {
+        /// Every event is byte for byte what `write_event` makes of its serde form.
+        #[test]
+        fn events_are_the_serde_form(
+            seq in any::<u64>(),
+            at in any::<usize>(),
+            id in text(),
+            a in text(),
+            b in text(),
+            status in prop_oneof![Just("in_progress"), Just("completed"), Just("incomplete")],
+            full in any::<bool>(),
+            encrypted in proptest::option::of(text()),
+        ) {
+            let kind = "response.x";
+            same(kind, &TextDeltaOut { kind, sequence_number: seq, item_id: &id, output_index: at, content_index: 0, delta: &a, logprobs: [] }, |e, out| e.write(out))?;
+            same(kind, &TextDoneOut { kind, sequence_number: seq, item_id: &id, output_index: at, content_index: 0, text: &a, logprobs: [] }, |e, out| e.write(out))?;
+            same(kind, &ReasoningDeltaOut { kind, sequence_number: seq, item_id: &id, output_index: at, content_index: 0, delta: &a }, |e, out| e.write(out))?;
+            same(kind, &ReasoningDoneOut { kind, sequence_number: seq, item_id: &id, output_index: at, content_index: 0, text: &a }, |e, out| e.write(out))?;
+            same(kind, &ArgsDeltaOut { kind, sequence_number: seq, item_id: &id, output_index: at, delta: &a }, |e, out| e.write(out))?;
+            same(kind, &ArgsDoneOut { kind, sequence_number: seq, item_id: &id, output_index: at, name: &a, arguments: &b }, |e, out| e.write(out))?;
+            same("error", &ErrorEventOut { kind: "error", sequence_number: seq, code: &a, message: &b, param: None }, |e, out| e.write(out))?;
+            same(kind, &PartEventOut { kind, sequence_number: seq, item_id: &id, output_index: at, content_index: 0, part: OutputTextOut::new(&a) }, |e, out| e.write(out))?;
+            same(kind, &PartEventOut { kind, sequence_number: seq, item_id: &id, output_index: at, content_index: 0, part: ReasoningTextOut::new(&a) }, |e, out| e.write(out))?;
+            let bodies = [
+                ItemBody::Message { text: a.clone() },
+                ItemBody::Reasoning { text: a.clone(), encrypted: encrypted.clone() },
+                ItemBody::FunctionCall { call_id: a.clone(), name: b.clone(), arguments: a.clone() },
+            ];
+            for body in &bodies {
+                same(kind, &ItemEventOut { kind, sequence_number: seq, output_index: at, item: body.out(&id, status, full) }, |e, out| e.write(out))?;
+            }
+        }
     }
 }
