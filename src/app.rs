@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ use crate::limits::RateHeaders;
 use crate::pipeline::{self, Inbound};
 use crate::protocol::{Endpoint, Protocol};
 use crate::server::HeadLines;
-use crate::state::AppState;
+use crate::state::{AppState, Snapshot};
 
 /// The application for one connection: the five API routes called directly (no router, no request
 /// extensions), everything else through the router, behind CORS when the request has an `Origin` (the
@@ -83,14 +84,31 @@ impl hyper::service::Service<http::Request<Incoming>> for AppService {
 
     /// HTTP/2 (hyper's connection).
     fn call(&self, request: http::Request<Incoming>) -> AppFuture {
-        self.serve_h2(request.map(Body::new))
+        self.serve_h2(self.scope(), request.map(Body::new))
+    }
+}
+
+/// The live config as one request sees it, taken once when its head is in: the server reads its body
+/// limits from it and hands it back with the request ([`AppService::serve_in`]), and the pipeline runs
+/// on it — a reload during the request changes nothing for it.
+pub struct RequestScope(Arc<Snapshot>);
+
+impl RequestScope {
+    /// `server.max_body_bytes`: the server side reads no longer body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.0.config.server.max_body_bytes
+    }
+
+    /// `server.body_timeout_s`: the longest wait for more of a request body.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        self.0.config.server.body_timeout
     }
 }
 
 impl AppService {
-    /// `server.max_body_bytes` of the live config: the server side reads no longer body.
-    pub fn max_body_bytes(&self) -> usize {
-        self.state.snapshot().config.server.max_body_bytes
+    /// The live config for a request whose head just came in.
+    pub fn scope(&self) -> RequestScope {
+        RequestScope(self.state.snapshot())
     }
 
     /// `server.header_timeout_s` of the live config: a head not complete this long after its first
@@ -99,20 +117,20 @@ impl AppService {
         self.state.snapshot().config.server.header_timeout
     }
 
-    /// `server.body_timeout_s` of the live config: the longest wait for more of a request body.
-    pub fn body_timeout(&self) -> std::time::Duration {
-        self.state.snapshot().config.server.body_timeout
-    }
-
     /// The response to one HTTP/2 request: the response's header map is all hyper writes.
-    pub fn serve_h2(&self, request: http::Request<Body>) -> AppFuture {
-        let mut future = self.serve(request);
+    pub fn serve_h2(&self, scope: RequestScope, request: http::Request<Body>) -> AppFuture {
+        let mut future = self.serve_in(scope, request);
         future.rate_headers_in_map = true;
         future
     }
 
-    /// The response to one request.
-    pub fn serve(&self, mut request: http::Request<Body>) -> AppFuture {
+    /// The response to one request, on the live config.
+    pub fn serve(&self, request: http::Request<Body>) -> AppFuture {
+        self.serve_in(self.scope(), request)
+    }
+
+    /// The response to one request, on the config its scope holds.
+    pub fn serve_in(&self, scope: RequestScope, mut request: http::Request<Body>) -> AppFuture {
         let started = Instant::now();
         let id = RequestId::from_headers(request.headers());
         let header = HeaderValue::from_str(&id.0).ok();
@@ -128,6 +146,7 @@ impl AppService {
                     body,
                     peer: self.peer.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
                     started,
+                    snapshot: scope.0,
                 };
                 let state = self.state.clone();
                 // The heap slot first, then the future written into it: `Box::pin(future)` built the
@@ -150,7 +169,7 @@ impl AppService {
                 // slot on every request, ten cache lines under many connections.
                 // Browsers go through CORS as the live config describes it (a reload applies it).
                 let future: RouterFuture = if request.headers().contains_key(http::header::ORIGIN) {
-                    let mut cors = self.state.snapshot().cors.layer(self.plain.clone());
+                    let mut cors = scope.0.cors.layer(self.plain.clone());
                     Box::pin(cors.call(request))
                 } else {
                     Box::pin(self.plain.clone().call(request))

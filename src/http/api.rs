@@ -42,6 +42,7 @@ async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Respons
             body,
             peer,
             started: std::time::Instant::now(),
+            snapshot: state.snapshot(),
         },
     )
     .await

@@ -39,11 +39,13 @@ pub struct Inbound {
     pub peer: SocketAddr,
     /// When the request's head was in: the start of its latency.
     pub started: std::time::Instant,
+    /// The live config when the request's head was in; the request runs on it to the end.
+    pub snapshot: Arc<Snapshot>,
 }
 
 /// Run one API request to completion (or to the start of its stream).
 pub async fn handle(state: &AppState, inbound: Inbound) -> Response {
-    let snapshot = state.snapshot();
+    let snapshot = Arc::clone(&inbound.snapshot);
     let protocol = inbound.endpoint.protocol();
     // A Responses answer's id is `resp_<request id>`; it names the answer everywhere (logs included).
     let id = match inbound.endpoint {

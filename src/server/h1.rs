@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 
 use super::HeadLines;
 use super::idle::Flags;
-use crate::app::AppService;
+use crate::app::{AppService, RequestScope};
 use crate::error::{ErrorKind, GatewayError};
 use crate::http1::{
     BodyReader, Framing, MAX_HEAD, READ_SIZE, ReadBody, Rejection, RequestHead, body_framing,
@@ -200,8 +200,8 @@ impl Conn<'_> {
     ) -> Result<bool, Failure> {
         let mut keep_alive = keeps_alive(head.version, &head.headers);
         let framing = body_framing(head.version, &head.headers)?;
-        let limit = service.max_body_bytes();
-        let body = match self.read_body(framing, &head, limit, service).await? {
+        let scope = service.scope();
+        let body = match self.read_body(framing, &head, &scope).await? {
             Some(ReadBody::Whole(bytes)) if bytes.is_empty() => Body::empty(),
             Some(ReadBody::Whole(bytes)) => Body::from(bytes),
             Some(ReadBody::TooLarge) => {
@@ -223,7 +223,7 @@ impl Conn<'_> {
         *request.uri_mut() = head.uri;
         *request.version_mut() = head.version;
         *request.headers_mut() = head.headers;
-        let mut future = std::pin::pin!(service.serve(request));
+        let mut future = std::pin::pin!(service.serve_in(scope, request));
         let Some(response) = self
             .unless_client_leaves(|cx| future.as_mut().poll(cx))
             .await
@@ -243,13 +243,12 @@ impl Conn<'_> {
         &mut self,
         framing: Framing,
         head: &RequestHead,
-        limit: usize,
-        service: &AppService,
+        scope: &RequestScope,
     ) -> Result<Option<ReadBody>, Failure> {
         // Looked up only when a body needs more than the head's read.
         let mut timeout = None;
         let started = !self.buf.is_empty();
-        let mut body = BodyReader::new(framing, limit);
+        let mut body = BodyReader::new(framing, scope.max_body_bytes());
         if let Some(read) = body.step(&mut self.buf)? {
             return Ok(Some(read));
         }
@@ -275,7 +274,7 @@ impl Conn<'_> {
             } else if self.buf.capacity() - self.buf.len() < READ_SIZE / 8 {
                 self.buf.reserve(READ_SIZE);
             }
-            let timeout = *timeout.get_or_insert_with(|| service.body_timeout());
+            let timeout = *timeout.get_or_insert_with(|| scope.body_timeout());
             if !self.read_body_bytes(timeout).await? {
                 return Ok(None);
             }

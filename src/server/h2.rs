@@ -35,10 +35,12 @@ impl hyper::service::Service<http::Request<Incoming>> for H2Service {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         let stream = OpenStream::new(Arc::clone(&self.flags));
-        let timeout = self.app.body_timeout();
-        let future = self
-            .app
-            .serve_h2(request.map(|body| Body::new(Timed::new(body, timeout))));
+        let scope = self.app.scope();
+        let timeout = scope.body_timeout();
+        let future = self.app.serve_h2(
+            scope,
+            request.map(|body| Body::new(Timed::new(body, timeout))),
+        );
         Box::pin(async move {
             let Ok(response) = future.await;
             // The stream stays open until hyper drops the response body (sent, or the stream reset).

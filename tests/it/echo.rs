@@ -534,3 +534,60 @@ async fn a_reload_applies_a_new_cors_origin() {
     assert_eq!(status, 200);
     assert!(headers.get("access-control-allow-origin").is_none());
 }
+
+/// A request runs on the config that was live when its head came in: a reload while its body is
+/// still on the way (here: after the server's `100 Continue`) does not move it to the new routes;
+/// the next request takes them.
+#[tokio::test]
+async fn a_request_keeps_the_config_its_head_came_in_under() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let config =
+        |name: &str| format!("default_backend: {name}\nbackends:\n  {name}: {{ type: echo }}\n");
+    std::fs::write(&path, config("before")).unwrap();
+    let (gateway, _) = Gateway::start_from_file(&path, false).await;
+
+    let body = json!({"messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !received.ends_with(b"\r\n\r\n") {
+        let n = client.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before 100 Continue");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        received.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+
+    std::fs::write(&path, config("after")).unwrap();
+    assert_eq!(gateway.admin_reload().await.status(), 200);
+    client.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("\"backend\"") {
+        let n = client.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""backend":"before""#), "{answer}");
+
+    let (status, _, next) = gateway
+        .send(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(next["backend"], "after");
+}
