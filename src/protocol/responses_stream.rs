@@ -179,6 +179,31 @@ fn item_fields(out: &mut BytesMut, item_id: &str, output_index: usize) {
 
 const EVENT_END: &[u8] = b"}\n\n";
 
+/// A text event of one content part (`response.output_text.delta`/`.done`, the reasoning ones):
+/// `,"content_index":…,"<field>":"<text>"` after the item's fields, then `,"logprobs":[]` for output
+/// text.
+fn content_text_event(
+    out: &mut BytesMut,
+    (kind, seq): (&str, u64),
+    (item_id, output_index, content_index): (&str, usize, u64),
+    field: &[u8],
+    text: &str,
+    logprobs: bool,
+) {
+    event_start(out, kind, seq, text.len() + 96);
+    item_fields(out, item_id, output_index);
+    out.put(b",\"content_index\":");
+    write_u64(out, content_index);
+    out.put(b",\"");
+    out.put(field);
+    out.put(b"\":");
+    write_str(out, text);
+    if logprobs {
+        out.put(b",\"logprobs\":[]");
+    }
+    out.put(EVENT_END);
+}
+
 impl ItemEventOut<'_> {
     fn write(&self, out: &mut BytesMut) {
         event_start(out, self.kind, self.sequence_number, 128);
@@ -221,51 +246,69 @@ impl<P: PartOut> PartEventOut<'_, P> {
 
 impl TextDeltaOut<'_> {
     fn write(&self, out: &mut BytesMut) {
-        event_start(out, self.kind, self.sequence_number, self.delta.len() + 96);
-        item_fields(out, self.item_id, self.output_index);
-        out.put(b",\"content_index\":");
-        write_u64(out, u64::from(self.content_index));
-        out.put(b",\"delta\":");
-        write_str(out, self.delta);
-        out.put(b",\"logprobs\":[]");
-        out.put(EVENT_END);
+        content_text_event(
+            out,
+            (self.kind, self.sequence_number),
+            (
+                self.item_id,
+                self.output_index,
+                u64::from(self.content_index),
+            ),
+            b"delta",
+            self.delta,
+            true,
+        );
     }
 }
 
 impl TextDoneOut<'_> {
     fn write(&self, out: &mut BytesMut) {
-        event_start(out, self.kind, self.sequence_number, self.text.len() + 96);
-        item_fields(out, self.item_id, self.output_index);
-        out.put(b",\"content_index\":");
-        write_u64(out, u64::from(self.content_index));
-        out.put(b",\"text\":");
-        write_str(out, self.text);
-        out.put(b",\"logprobs\":[]");
-        out.put(EVENT_END);
+        content_text_event(
+            out,
+            (self.kind, self.sequence_number),
+            (
+                self.item_id,
+                self.output_index,
+                u64::from(self.content_index),
+            ),
+            b"text",
+            self.text,
+            true,
+        );
     }
 }
 
 impl ReasoningDeltaOut<'_> {
     fn write(&self, out: &mut BytesMut) {
-        event_start(out, self.kind, self.sequence_number, self.delta.len() + 96);
-        item_fields(out, self.item_id, self.output_index);
-        out.put(b",\"content_index\":");
-        write_u64(out, u64::from(self.content_index));
-        out.put(b",\"delta\":");
-        write_str(out, self.delta);
-        out.put(EVENT_END);
+        content_text_event(
+            out,
+            (self.kind, self.sequence_number),
+            (
+                self.item_id,
+                self.output_index,
+                u64::from(self.content_index),
+            ),
+            b"delta",
+            self.delta,
+            false,
+        );
     }
 }
 
 impl ReasoningDoneOut<'_> {
     fn write(&self, out: &mut BytesMut) {
-        event_start(out, self.kind, self.sequence_number, self.text.len() + 96);
-        item_fields(out, self.item_id, self.output_index);
-        out.put(b",\"content_index\":");
-        write_u64(out, u64::from(self.content_index));
-        out.put(b",\"text\":");
-        write_str(out, self.text);
-        out.put(EVENT_END);
+        content_text_event(
+            out,
+            (self.kind, self.sequence_number),
+            (
+                self.item_id,
+                self.output_index,
+                u64::from(self.content_index),
+            ),
+            b"text",
+            self.text,
+            false,
+        );
     }
 }
 
