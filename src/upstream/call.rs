@@ -113,7 +113,7 @@ pub async fn send(client: &HttpClient, mut spec: CallSpec<'_>) -> Result<Reply, 
         .await;
     let response = match response {
         Err(Failure::Timeout) => return Err(Fault::Timeout(spec.timeout)),
-        Err(Failure::Connect(detail)) => return Err(Fault::Connect(detail)),
+        Err(Failure::Connect(detail)) => return Err(Fault::Connect(detail.to_string())),
         Ok(response) => response,
     };
     if response.status().is_success() {

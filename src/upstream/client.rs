@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::error::describe;
 
+pub use super::h1::SendError;
 use super::pool::{Body, Pool};
 use crate::http1::{self, HeaderSink};
 
@@ -103,14 +104,14 @@ impl HttpClient {
     pub fn send(
         &self,
         request: Request<Bytes>,
-    ) -> impl Future<Output = Result<Response, String>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response, SendError>> + Send + '_ {
         if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
             return Either::Left(self.plain.send(request));
         }
         Either::Right(self.tls.request(request.map(Full::new)).map(|result| {
             result
                 .map(|response| response.map(Body::unpooled))
-                .map_err(|error| describe(&error))
+                .map_err(|error| SendError::Client(describe(&error)))
         }))
     }
 
@@ -165,7 +166,7 @@ impl HttpClient {
 #[derive(Debug)]
 pub enum Failure {
     Timeout,
-    Connect(String),
+    Connect(SendError),
 }
 
 /// The whole body of a response.
@@ -216,10 +217,10 @@ impl std::fmt::Debug for Target {
 
 impl Target {
     /// Parse an absolute http(s) URL.
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let mut parsed = url::Url::parse(url).map_err(|error| error.to_string())?;
+    pub fn parse(url: &str) -> Result<Target, InvalidUrl> {
+        let mut parsed = url::Url::parse(url).map_err(InvalidUrl::Parse)?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err("the scheme must be http or https".into());
+            return Err(InvalidUrl::Scheme);
         }
         let basic_auth = if parsed.username().is_empty() && parsed.password().is_none() {
             None
@@ -237,18 +238,28 @@ impl Target {
             );
             let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
             let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-                .map_err(|_| "the credentials in the URL are not valid in a header".to_owned())?;
+                .map_err(|_| InvalidUrl::Credentials)?;
             value.set_sensitive(true);
             let _ = parsed.set_username("");
             let _ = parsed.set_password(None);
             Some(value)
         };
-        let uri = parsed
-            .as_str()
-            .parse::<Uri>()
-            .map_err(|error| error.to_string())?;
+        let uri = parsed.as_str().parse::<Uri>().map_err(InvalidUrl::Uri)?;
         Ok(Target { uri, basic_auth })
     }
+}
+
+/// Why a backend URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidUrl {
+    #[error("{0}")]
+    Parse(url::ParseError),
+    #[error("the scheme must be http or https")]
+    Scheme,
+    #[error("the credentials in the URL are not valid in a header")]
+    Credentials,
+    #[error("{0}")]
+    Uri(http::uri::InvalidUri),
 }
 
 #[cfg(test)]
@@ -281,7 +292,7 @@ mod tests {
         let request = Request::get(format!("http://{addr}/v1/models"))
             .body(Bytes::new())
             .unwrap();
-        let detail = client.send(request).await.unwrap_err();
+        let detail = client.send(request).await.unwrap_err().to_string();
         assert!(detail.contains("onnect"), "{detail}");
         assert!(detail.to_lowercase().contains("refused"), "{detail}");
         assert!(!detail.contains("/v1/models"), "{detail}");

@@ -39,10 +39,30 @@ pub enum ExchangeError {
     Failed(String),
 }
 
+/// Why a request got no response head from its upstream, other than time; the text never names the
+/// URL (it may carry credentials).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the upstream URL has no host")]
+    NoHost,
+    #[error("tcp connect error: connection timed out")]
+    ConnectTimeout,
+    #[error("tcp connect error: {0}")]
+    Connect(std::io::Error),
+    /// The exchange on a connection failed (`upstream::h1`'s account of it).
+    #[error("{0}")]
+    Exchange(String),
+    #[error("the upstream closed every pooled connection before the request was sent")]
+    AllClosed,
+    /// hyper-util's client (`https://`), described with its causes.
+    #[error("{0}")]
+    Client(String),
+}
+
 impl Conn {
     /// Open a TCP connection to `authority` (`[::1]` in a URL is `::1` to the resolver; port 80 when
     /// the URL names none), bounded by [`CONNECT_TIMEOUT`].
-    pub async fn connect(authority: &Authority) -> Result<Conn, String> {
+    pub async fn connect(authority: &Authority) -> Result<Conn, SendError> {
         let host = authority.host();
         let host = host
             .strip_prefix('[')
@@ -51,8 +71,8 @@ impl Conn {
         let port = authority.port_u16().unwrap_or(80);
         let io = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await
         {
-            Err(_) => return Err("tcp connect error: connection timed out".into()),
-            Ok(Err(error)) => return Err(format!("tcp connect error: {error}")),
+            Err(_) => return Err(SendError::ConnectTimeout),
+            Ok(Err(error)) => return Err(SendError::Connect(error)),
             Ok(Ok(io)) => io,
         };
         let _ = io.set_nodelay(true);

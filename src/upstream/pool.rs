@@ -20,7 +20,7 @@ use http::Request;
 use hyper::body::{Frame, Incoming, SizeHint};
 
 pub use super::h1::{BodyError, CONNECT_TIMEOUT};
-use super::h1::{Conn, ExchangeError, ResponseBody};
+use super::h1::{Conn, ExchangeError, ResponseBody, SendError};
 
 /// Idle connections older than this are not reused (hyper-util's `pool_idle_timeout` as configured).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -51,7 +51,7 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         request: Request<Bytes>,
-    ) -> Result<http::Response<Body>, String> {
+    ) -> Result<http::Response<Body>, SendError> {
         let (parts, body) = request.into_parts();
         let mut wire = Vec::new();
         crate::http1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut wire);
@@ -64,8 +64,8 @@ impl Pool {
         self: &Arc<Self>,
         uri: &http::Uri,
         mut wire: Vec<u8>,
-    ) -> Result<http::Response<Body>, String> {
-        let authority = uri.authority().ok_or("the upstream URL has no host")?;
+    ) -> Result<http::Response<Body>, SendError> {
+        let authority = uri.authority().ok_or(SendError::NoHost)?;
         // The pool key is the authority as written (`host:port`); host and port are parsed only to dial.
         let origin = self.origin(authority.as_str());
         // A reused connection may turn out closed before it could take the request: then once more on
@@ -86,11 +86,11 @@ impl Pool {
                 }
                 Err(ExchangeError::Unsent(_)) if reused => {}
                 Err(ExchangeError::Unsent(error) | ExchangeError::Failed(error)) => {
-                    return Err(error);
+                    return Err(SendError::Exchange(error));
                 }
             }
         }
-        Err("the upstream closed every pooled connection before the request was sent".into())
+        Err(SendError::AllClosed)
     }
 
     fn origin(&self, key: &str) -> Arc<Origin> {
@@ -401,7 +401,8 @@ mod tests {
         let error = pool
             .send(post(&format!("http://{addr}/x")))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("tcp connect error:"), "{error}");
         assert!(error.to_lowercase().contains("refused"), "{error}");
     }
@@ -486,13 +487,15 @@ mod tests {
         let error = pool
             .send(post(&format!("http://{addr}/a")))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(error, "connection closed before message completed");
         let addr = canned(vec![vec![b"HTTP/9 200 OK\r\n\r\n"]]).await;
         let error = pool
             .send(post(&format!("http://{addr}/a")))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("invalid HTTP response"), "{error}");
     }
 

@@ -817,7 +817,9 @@ type ClientRead = Result<(http::response::Parts, Result<Bytes, String>), String>
 
 async fn ours_reads(addr: std::net::SocketAddr) -> ClientRead {
     let authority = addr.to_string().parse().unwrap();
-    let conn = Conn::connect(&authority).await?;
+    let conn = Conn::connect(&authority)
+        .await
+        .map_err(|error| error.to_string())?;
     let mut request =
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\n{}".to_vec();
     let response = conn
