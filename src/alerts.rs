@@ -108,7 +108,7 @@ impl AlertsConfig {
     }
 
     /// Directory holding the hourly error logs: `<dir>/errors`.
-    pub fn errors_dir(&self) -> PathBuf {
+    pub(crate) fn errors_dir(&self) -> PathBuf {
         self.dir
             .as_deref()
             .unwrap_or_else(|| Path::new("data"))
@@ -137,7 +137,7 @@ impl AlertKind {
 
     /// The alert a breaker transition deserves: opening → down, closing → up; a failed probe re-opening a
     /// breaker that is already reported down raises nothing.
-    pub fn from_transition(t: Transition) -> Option<Self> {
+    pub(crate) fn from_transition(t: Transition) -> Option<Self> {
         match (t.from, t.to) {
             (BreakerState::Closed, BreakerState::Open) => Some(Self::InstanceDown),
             (BreakerState::Open | BreakerState::HalfOpen, BreakerState::Closed) => {
@@ -324,7 +324,7 @@ enum Msg {
 
 /// Handle to the alert task. Cheap to clone; share one per process.
 #[derive(Clone)]
-pub struct Alerter {
+pub(crate) struct Alerter {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
 }
@@ -361,7 +361,7 @@ impl Alerter {
     }
 
     /// Queues an alert. Never blocks or awaits; when the queue is full the alert is dropped and counted.
-    pub fn raise(&self, alert: Alert) {
+    pub(crate) fn raise(&self, alert: Alert) {
         if self.tx.try_send(Msg::Alert(alert)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

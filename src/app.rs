@@ -47,7 +47,7 @@ pub struct AppService {
 impl AppService {
     /// The same application for a connection from `peer` (its address reaches handlers as
     /// `ConnectInfo`).
-    pub fn for_peer(&self, peer: SocketAddr) -> AppService {
+    pub(crate) fn for_peer(&self, peer: SocketAddr) -> AppService {
         AppService {
             peer: Some(peer),
             ..self.clone()
@@ -113,12 +113,12 @@ impl AppService {
 
     /// `server.header_timeout_s` of the live config: a head not complete this long after its first
     /// byte gets 408.
-    pub fn header_timeout(&self) -> std::time::Duration {
+    pub(crate) fn header_timeout(&self) -> std::time::Duration {
         self.state.snapshot().config.server.header_timeout
     }
 
     /// The response to one HTTP/2 request: the response's header map is all hyper writes.
-    pub fn serve_h2(&self, scope: RequestScope, request: http::Request<Body>) -> AppFuture {
+    pub(crate) fn serve_h2(&self, scope: RequestScope, request: http::Request<Body>) -> AppFuture {
         let mut future = self.serve_in(scope, request);
         future.rate_headers_in_map = true;
         future
@@ -130,7 +130,11 @@ impl AppService {
     }
 
     /// The response to one request, on the config its scope holds.
-    pub fn serve_in(&self, scope: RequestScope, mut request: http::Request<Body>) -> AppFuture {
+    pub(crate) fn serve_in(
+        &self,
+        scope: RequestScope,
+        mut request: http::Request<Body>,
+    ) -> AppFuture {
         let started = Instant::now();
         let id = RequestId::from_headers(request.headers());
         let header = HeaderValue::from_str(&id.0).ok();

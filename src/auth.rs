@@ -181,7 +181,7 @@ impl KeyStore {
     }
 
     /// True when no keys are configured: the gateway is open and requests carry no principal.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.by_digest.is_empty()
     }
 
@@ -201,7 +201,7 @@ impl KeyStore {
     }
 
     /// Checks the key's model allow-list.
-    pub fn check_model(principal: &Principal, model: &str) -> Result<(), AuthError> {
+    pub(crate) fn check_model(principal: &Principal, model: &str) -> Result<(), AuthError> {
         let Some(models) = &principal.models else {
             return Ok(());
         };
@@ -226,7 +226,7 @@ impl KeyStore {
     }
 
     /// All principals, in config order.
-    pub fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
+    pub(crate) fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
         self.ordered.iter()
     }
 }

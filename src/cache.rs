@@ -141,7 +141,7 @@ pub enum SizeSource {
 }
 
 /// Longest `/stats` waits for a Redis count (including waiting for a count already running).
-pub const COUNT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const COUNT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Keys Redis examines per SCAN call: large enough for few round trips, small enough that one call
 /// never blocks Redis noticeably.
@@ -411,7 +411,7 @@ impl ResponseCache {
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.enabled
     }
 
@@ -459,7 +459,7 @@ impl ResponseCache {
 
     /// [`put`](Self::put) for a body the caller knows to be a complete answer (it wrote it, or read it
     /// exactly): only the size bound is checked.
-    pub async fn put_answer(&self, key: &CacheKey, value: CachedResponse) {
+    pub(crate) async fn put_answer(&self, key: &CacheKey, value: CachedResponse) {
         if let Some((key, value)) = self.put_answer_in_memory(*key, value) {
             self.put_answer_shared(&key, value).await;
         }
@@ -467,7 +467,7 @@ impl ResponseCache {
 
     /// [`put_answer`](Self::put_answer) done at once when the cache is in memory (or the entry is not
     /// stored); with Redis the entry comes back, to be written by an async call.
-    pub fn put_answer_in_memory(
+    pub(crate) fn put_answer_in_memory(
         &self,
         key: CacheKey,
         value: CachedResponse,
@@ -485,7 +485,7 @@ impl ResponseCache {
     }
 
     /// Writes an entry [`put_answer_in_memory`](Self::put_answer_in_memory) handed back.
-    pub async fn put_answer_shared(&self, key: &CacheKey, value: CachedResponse) {
+    pub(crate) async fn put_answer_shared(&self, key: &CacheKey, value: CachedResponse) {
         match &self.backend {
             Backend::Memory(memory) => memory.insert(*key, value),
             Backend::Redis { store, ttl_ms } => {

@@ -22,7 +22,7 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Why a reload was requested (for the reload log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadTrigger {
+pub(crate) enum ReloadTrigger {
     FileChanged,
     Signal,
     /// `POST /admin/reload`; sent by the lead's admin handler on the same channel.

@@ -77,7 +77,7 @@ pub mod schemas {
 
     /// `POST /v1/chat/completions` request. Unknown fields are forwarded unchanged to OpenAI-type backends.
     #[derive(Serialize, ToSchema)]
-    pub struct ChatCompletionRequest {
+    pub(crate) struct ChatCompletionRequest {
         /// A model alias, a backend name, or any model string (routed to the default backend).
         pub model: String,
         pub messages: Vec<ChatMessage>,
@@ -112,7 +112,7 @@ pub mod schemas {
 
     /// One choice of a chat completion.
     #[derive(Serialize, ToSchema)]
-    pub struct ChatChoice {
+    pub(crate) struct ChatChoice {
         pub index: u32,
         pub message: ChatMessage,
         /// `stop`, `length`, `tool_calls` or `content_filter`.
@@ -121,7 +121,7 @@ pub mod schemas {
 
     /// `POST /v1/chat/completions` response (non-streaming).
     #[derive(Serialize, ToSchema)]
-    pub struct ChatCompletionResponse {
+    pub(crate) struct ChatCompletionResponse {
         /// The request id (`X-Request-ID`).
         pub id: String,
         /// Always `chat.completion`.
@@ -138,7 +138,7 @@ pub mod schemas {
 
     /// The incremental message of a streamed choice.
     #[derive(Serialize, ToSchema)]
-    pub struct ChatDelta {
+    pub(crate) struct ChatDelta {
         pub role: Option<ChatRole>,
         pub content: Option<String>,
         pub tool_calls: Option<Vec<Value>>,
@@ -147,7 +147,7 @@ pub mod schemas {
 
     /// One streamed choice.
     #[derive(Serialize, ToSchema)]
-    pub struct ChatChunkChoice {
+    pub(crate) struct ChatChunkChoice {
         pub index: u32,
         pub delta: ChatDelta,
         pub finish_reason: Option<String>,
@@ -155,7 +155,7 @@ pub mod schemas {
 
     /// One `data:` event of a streamed chat completion.
     #[derive(Serialize, ToSchema)]
-    pub struct ChatCompletionChunk {
+    pub(crate) struct ChatCompletionChunk {
         pub id: String,
         /// Always `chat.completion.chunk`.
         pub object: String,
@@ -183,7 +183,7 @@ pub mod schemas {
 
     /// One choice of a text completion.
     #[derive(Serialize, ToSchema)]
-    pub struct CompletionChoice {
+    pub(crate) struct CompletionChoice {
         pub index: u32,
         pub text: String,
         pub finish_reason: Option<String>,
@@ -191,7 +191,7 @@ pub mod schemas {
 
     /// `POST /v1/completions` response.
     #[derive(Serialize, ToSchema)]
-    pub struct CompletionResponse {
+    pub(crate) struct CompletionResponse {
         pub id: String,
         /// Always `text_completion`.
         pub object: String,
@@ -204,7 +204,7 @@ pub mod schemas {
 
     /// `POST /v1/embeddings` request.
     #[derive(Serialize, ToSchema)]
-    pub struct EmbeddingRequest {
+    pub(crate) struct EmbeddingRequest {
         pub model: String,
         /// A string, an array of strings, or token arrays.
         pub input: Value,
@@ -216,7 +216,7 @@ pub mod schemas {
 
     /// One embedding vector.
     #[derive(Serialize, ToSchema)]
-    pub struct Embedding {
+    pub(crate) struct Embedding {
         /// Always `embedding`.
         pub object: String,
         pub index: u32,
@@ -225,14 +225,14 @@ pub mod schemas {
 
     /// Token counts of an embeddings response.
     #[derive(Serialize, ToSchema)]
-    pub struct EmbeddingUsage {
+    pub(crate) struct EmbeddingUsage {
         pub prompt_tokens: u64,
         pub total_tokens: u64,
     }
 
     /// `POST /v1/embeddings` response.
     #[derive(Serialize, ToSchema)]
-    pub struct EmbeddingResponse {
+    pub(crate) struct EmbeddingResponse {
         /// Always `list`.
         pub object: String,
         pub data: Vec<Embedding>,
@@ -242,7 +242,7 @@ pub mod schemas {
 
     /// One entry of `GET /v1/models`: a configured model alias or backend.
     #[derive(Serialize, ToSchema)]
-    pub struct Model {
+    pub(crate) struct Model {
         pub id: String,
         /// Always `model`.
         pub object: String,
@@ -252,7 +252,7 @@ pub mod schemas {
 
     /// `GET /v1/models` response.
     #[derive(Serialize, ToSchema)]
-    pub struct ModelList {
+    pub(crate) struct ModelList {
         /// Always `list`.
         pub object: String,
         pub data: Vec<Model>,
@@ -260,7 +260,7 @@ pub mod schemas {
 
     /// One Anthropic message.
     #[derive(Serialize, ToSchema)]
-    pub struct AnthropicMessage {
+    pub(crate) struct AnthropicMessage {
         /// `user` or `assistant`.
         pub role: String,
         /// A string or an array of content blocks (`text`, `image`, `tool_use`, `tool_result`, …).
@@ -269,7 +269,7 @@ pub mod schemas {
 
     /// `POST /v1/messages` request. Unknown fields are forwarded unchanged to Anthropic-type backends.
     #[derive(Serialize, ToSchema)]
-    pub struct MessagesRequest {
+    pub(crate) struct MessagesRequest {
         pub model: String,
         pub max_tokens: u32,
         pub messages: Vec<AnthropicMessage>,
@@ -290,7 +290,7 @@ pub mod schemas {
 
     /// A content block of an Anthropic response.
     #[derive(Serialize, ToSchema)]
-    pub struct ContentBlock {
+    pub(crate) struct ContentBlock {
         /// `text`, `thinking` or `tool_use`.
         #[serde(rename = "type")]
         pub kind: String,
@@ -304,14 +304,14 @@ pub mod schemas {
 
     /// Token counts of an Anthropic response.
     #[derive(Serialize, ToSchema)]
-    pub struct AnthropicUsage {
+    pub(crate) struct AnthropicUsage {
         pub input_tokens: u64,
         pub output_tokens: u64,
     }
 
     /// `POST /v1/messages` response (non-streaming).
     #[derive(Serialize, ToSchema)]
-    pub struct MessagesResponse {
+    pub(crate) struct MessagesResponse {
         pub id: String,
         /// Always `message`.
         #[serde(rename = "type")]
@@ -328,7 +328,7 @@ pub mod schemas {
 
     /// One Anthropic stream event (`event:` name and `data:` JSON with the same `type`).
     #[derive(Serialize, ToSchema)]
-    pub struct MessageStreamEvent {
+    pub(crate) struct MessageStreamEvent {
         /// `message_start`, `content_block_start`, `content_block_delta`, `content_block_stop`,
         /// `message_delta`, `message_stop`, `ping` or `error`.
         #[serde(rename = "type")]
@@ -374,7 +374,7 @@ pub mod schemas {
 
     /// Token counts of a Responses answer.
     #[derive(Serialize, ToSchema)]
-    pub struct ResponsesUsage {
+    pub(crate) struct ResponsesUsage {
         pub input_tokens: u64,
         /// `{"cached_tokens": N}`.
         pub input_tokens_details: Value,
@@ -386,7 +386,7 @@ pub mod schemas {
 
     /// A Responses API `response` object (`POST /v1/responses`, `GET /v1/responses/{id}`).
     #[derive(Serialize, ToSchema)]
-    pub struct ResponseObject {
+    pub(crate) struct ResponseObject {
         /// `resp_<request id>`.
         pub id: String,
         /// Always `response`.
@@ -413,7 +413,7 @@ pub mod schemas {
     /// One Responses stream event (`event:` name and `data:` JSON with the same `type`), numbered by
     /// `sequence_number` from 0.
     #[derive(Serialize, ToSchema)]
-    pub struct ResponseStreamEvent {
+    pub(crate) struct ResponseStreamEvent {
         /// `response.created`, `response.in_progress`, `response.output_item.added`,
         /// `response.content_part.added`, `response.output_text.delta`, `response.output_text.done`,
         /// `response.reasoning_text.delta`, `response.function_call_arguments.delta`,
@@ -433,7 +433,7 @@ pub mod schemas {
 
     /// `DELETE /v1/responses/{id}` response.
     #[derive(Serialize, ToSchema)]
-    pub struct ResponseDeleted {
+    pub(crate) struct ResponseDeleted {
         pub id: String,
         /// Always `response.deleted`.
         pub object: String,
@@ -442,7 +442,7 @@ pub mod schemas {
 
     /// `POST /v1/messages/count_tokens` request.
     #[derive(Serialize, ToSchema)]
-    pub struct CountTokensRequest {
+    pub(crate) struct CountTokensRequest {
         pub model: String,
         pub messages: Vec<AnthropicMessage>,
         pub system: Option<Value>,
@@ -451,14 +451,14 @@ pub mod schemas {
 
     /// `POST /v1/messages/count_tokens` response.
     #[derive(Serialize, ToSchema)]
-    pub struct CountTokensResponse {
+    pub(crate) struct CountTokensResponse {
         /// An estimate for backends without a public tokenizer.
         pub input_tokens: u64,
     }
 
     /// `GET /v1/usage` response: the calling key's consumption and limits.
     #[derive(Serialize, ToSchema)]
-    pub struct UsageReport {
+    pub(crate) struct UsageReport {
         /// The configured key name (absent when the gateway is open).
         pub key_name: Option<String>,
         pub requests: u64,
@@ -473,14 +473,14 @@ pub mod schemas {
 
     /// Health of one backend.
     #[derive(Serialize, ToSchema)]
-    pub struct BackendHealth {
+    pub(crate) struct BackendHealth {
         pub healthy_instances: u32,
         pub instances: u32,
     }
 
     /// `GET /health` response.
     #[derive(Serialize, ToSchema)]
-    pub struct HealthResponse {
+    pub(crate) struct HealthResponse {
         /// `healthy` while the process serves.
         pub status: String,
         pub version: String,
@@ -490,7 +490,7 @@ pub mod schemas {
 
     /// `GET /health/ready` response.
     #[derive(Serialize, ToSchema)]
-    pub struct ReadyResponse {
+    pub(crate) struct ReadyResponse {
         /// `ready`, or `not_ready` (503) when this replica cannot serve.
         pub status: String,
         /// Why not ready: Redis does not answer and `state.on_unavailable` is `fail_closed`.
@@ -499,7 +499,7 @@ pub mod schemas {
 
     /// Latency summary in milliseconds.
     #[derive(Serialize, ToSchema)]
-    pub struct LatencySummary {
+    pub(crate) struct LatencySummary {
         pub count: u64,
         pub mean: Option<f64>,
         pub p50: Option<f64>,
@@ -510,7 +510,7 @@ pub mod schemas {
 
     /// Per-backend counters of `/stats`.
     #[derive(Serialize, ToSchema)]
-    pub struct BackendStats {
+    pub(crate) struct BackendStats {
         pub requests: u64,
         pub errors: u64,
         pub latency_ms: LatencySummary,
@@ -518,7 +518,7 @@ pub mod schemas {
 
     /// `GET /stats` response.
     #[derive(Serialize, ToSchema)]
-    pub struct StatsResponse {
+    pub(crate) struct StatsResponse {
         pub uptime_seconds: u64,
         pub requests: u64,
         /// Responses with status >= 500.
@@ -543,7 +543,7 @@ pub mod schemas {
 
     /// `POST /admin/reload` response.
     #[derive(Serialize, ToSchema)]
-    pub struct ReloadResponse {
+    pub(crate) struct ReloadResponse {
         /// `reloaded` or `rejected` (the old config stays).
         pub status: String,
         /// What was wrong with the new config, when rejected.
@@ -552,7 +552,7 @@ pub mod schemas {
 
     /// A configured client key, without its secret.
     #[derive(Serialize, ToSchema)]
-    pub struct KeyInfo {
+    pub(crate) struct KeyInfo {
         pub name: String,
         /// Models the key may use (absent: all).
         pub models: Option<Vec<String>>,
@@ -562,13 +562,13 @@ pub mod schemas {
 
     /// `GET /admin/keys` response.
     #[derive(Serialize, ToSchema)]
-    pub struct KeyList {
+    pub(crate) struct KeyList {
         pub keys: Vec<KeyInfo>,
     }
 
     /// OpenAI-format error details.
     #[derive(Serialize, ToSchema)]
-    pub struct ErrorDetail {
+    pub(crate) struct ErrorDetail {
         pub message: String,
         #[serde(rename = "type")]
         pub kind: String,
@@ -578,13 +578,13 @@ pub mod schemas {
 
     /// Error body on OpenAI-format routes and operational routes.
     #[derive(Serialize, ToSchema)]
-    pub struct ErrorResponse {
+    pub(crate) struct ErrorResponse {
         pub error: ErrorDetail,
     }
 
     /// Anthropic-format error details.
     #[derive(Serialize, ToSchema)]
-    pub struct AnthropicErrorDetail {
+    pub(crate) struct AnthropicErrorDetail {
         #[serde(rename = "type")]
         pub kind: String,
         pub message: String,
@@ -592,7 +592,7 @@ pub mod schemas {
 
     /// Error body on `/v1/messages` routes.
     #[derive(Serialize, ToSchema)]
-    pub struct AnthropicErrorResponse {
+    pub(crate) struct AnthropicErrorResponse {
         /// Always `error`.
         #[serde(rename = "type")]
         pub kind: String,
@@ -1064,7 +1064,7 @@ pub fn openapi() -> OpenApi {
 }
 
 /// Serves `GET /openapi.json` and Swagger UI under `/docs` (assets embedded in the binary).
-pub fn docs_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn docs_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
 }
 

@@ -46,7 +46,7 @@ pub enum ErrorKind {
     "the request body stopped arriving: nothing of it came for {} s (server.body_timeout_s)",
     .0.as_secs_f64()
 )]
-pub struct BodyTimeout(pub Duration);
+pub(crate) struct BodyTimeout(pub Duration);
 
 /// Who caused an error: decides what is logged at which level and what is counted as an upstream fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl GatewayError {
         }
     }
 
-    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+    pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
         self
     }
@@ -126,7 +126,7 @@ impl GatewayError {
     }
 
     /// Stable short name, used as a metrics label and an error `code`.
-    pub fn kind_str(&self) -> &'static str {
+    pub(crate) fn kind_str(&self) -> &'static str {
         match self.kind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::PayloadTooLarge => "payload_too_large",
@@ -150,7 +150,7 @@ impl GatewayError {
 }
 
 /// An error with its chain of causes, `a: b: c`.
-pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -45,7 +45,7 @@ impl Default for LimitRule {
 }
 
 /// Per-key override from `keys[].rate_limit`.
-pub type KeyRateLimitConfig = LimitRule;
+pub(crate) type KeyRateLimitConfig = LimitRule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

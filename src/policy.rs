@@ -104,7 +104,7 @@ impl Policy {
     }
 
     /// True when `check` reads the prompt's text (block patterns are set).
-    pub fn reads_text(&self) -> bool {
+    pub(crate) fn reads_text(&self) -> bool {
         !self.block.is_empty()
     }
 

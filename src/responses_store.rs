@@ -201,7 +201,7 @@ impl ResponseStore {
     }
 
     /// Answers are kept (`responses.enabled`).
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.enabled
     }
 

@@ -16,7 +16,7 @@ impl Secret {
         Secret(value.into())
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -43,7 +43,7 @@ impl serde::Serialize for Secret {
 /// message that quotes a URL — valid or not — can be shown. A URL runs to the next whitespace or quote,
 /// and everything between `://` and its last `@` is hidden: a password with a raw `/` or `@` (which
 /// makes the URL invalid, and so quoted in an error) is hidden too.
-pub fn redact_userinfo(text: &str) -> Cow<'_, str> {
+pub(crate) fn redact_userinfo(text: &str) -> Cow<'_, str> {
     if !text.contains("://") || !text.contains('@') {
         return Cow::Borrowed(text);
     }

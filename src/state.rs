@@ -271,7 +271,7 @@ impl AppState {
     }
 
     /// A handle that does not keep the state alive (for background tasks that end with it).
-    pub fn downgrade(&self) -> WeakAppState {
+    pub(crate) fn downgrade(&self) -> WeakAppState {
         WeakAppState(Arc::downgrade(&self.inner))
     }
 
@@ -374,7 +374,7 @@ impl AppState {
     }
 
     /// Report a breaker transition: metrics gauge and, for down/up, an alert.
-    pub fn instance_transition(&self, instance: &InstanceState, transition: Transition) {
+    pub(crate) fn instance_transition(&self, instance: &InstanceState, transition: Transition) {
         let url = redacted_url(instance.url());
         let value = match transition.to {
             BreakerState::Closed => instance_state::CLOSED,

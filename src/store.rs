@@ -166,7 +166,7 @@ impl StateStore {
     }
 
     /// True when state is shared through Redis.
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         matches!(self, StateStore::Redis(_))
     }
 
@@ -239,7 +239,7 @@ impl RedisStore {
     }
 
     /// The configured behaviour while Redis is down.
-    pub fn fail_mode(&self) -> FailMode {
+    pub(crate) fn fail_mode(&self) -> FailMode {
         self.inner.fail_mode
     }
 

@@ -102,7 +102,7 @@ impl TokenCounter {
     }
 
     /// The tokens of one text, from the cache when it was counted before (this gateway's only).
-    pub fn count_cached(&self, text: &str) -> u64 {
+    pub(crate) fn count_cached(&self, text: &str) -> u64 {
         if text.len() < CACHED_FROM_BYTES {
             return count(text);
         }

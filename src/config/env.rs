@@ -54,7 +54,10 @@ impl Env {
     }
 
     /// Variables whose name starts with `prefix`.
-    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+    pub(crate) fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
         self.vars
             .iter()
             .filter(move |(key, _)| key.starts_with(prefix))

@@ -64,7 +64,7 @@ impl fmt::Display for Source {
 }
 
 /// The config text for `LLM_URL`: seed 004's setup around that server.
-pub fn llm_url_config(llm_url: &str) -> String {
+pub(crate) fn llm_url_config(llm_url: &str) -> String {
     let base = Value::from(llm_base_url(llm_url)).to_string();
     LLM_URL_TEMPLATE.replace("{url}", &base)
 }
@@ -81,7 +81,7 @@ fn llm_base_url(url: &str) -> &str {
 
 /// The system-wide config file, looked for after the working directory's: where the container image and
 /// the Kubernetes ConfigMap put it.
-pub const SYSTEM_CONFIG: &str = "/etc/ai-gateway/config.yaml";
+pub(crate) const SYSTEM_CONFIG: &str = "/etc/ai-gateway/config.yaml";
 
 /// Pick the config source: an explicit path wins, then the environment, then well-known files, then
 /// `LLM_URL`, then the embedded default.
@@ -146,7 +146,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn from_path(path: &Path) -> Format {
+    pub(crate) fn from_path(path: &Path) -> Format {
         match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => Format::Toml,
             Some("json" | "json5") => Format::Json5,

@@ -454,7 +454,7 @@ impl Config {
         features
     }
 
-    pub fn backend_index(&self, name: &str) -> Option<usize> {
+    pub(crate) fn backend_index(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.name == name)
     }
 }

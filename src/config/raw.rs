@@ -9,7 +9,7 @@ use serde_json::Value;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     pub default_backend: Option<String>,
@@ -34,7 +34,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     pub host: String,
     pub port: u16,
     pub max_body_bytes: usize,
@@ -128,7 +128,7 @@ pub struct RawInstance {
 /// `alias: backend` or `alias: { backend, model }` (strings are normalized to the object form first).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawModelTarget {
+pub(crate) struct RawModelTarget {
     pub backend: String,
     pub model: Option<String>,
 }
@@ -136,14 +136,14 @@ pub struct RawModelTarget {
 /// A per-endpoint default backend (seed 002's `[[routes]]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(crate) struct RawRoute {
     pub path: String,
     pub backend: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawLogging {
+pub(crate) struct RawLogging {
     pub level: String,
     pub format: String,
     /// One access line per request at info level.

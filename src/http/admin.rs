@@ -160,7 +160,7 @@ pub async fn not_found(request: Request) -> Response {
 }
 
 /// Known path, wrong method: 405 with a JSON error body.
-pub async fn method_not_allowed(request: Request) -> Response {
+pub(crate) async fn method_not_allowed(request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let error = GatewayError::new(
         ErrorKind::MethodNotAllowed,

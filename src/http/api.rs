@@ -11,7 +11,7 @@ use crate::pipeline::{self, Inbound};
 use crate::protocol::Endpoint;
 use crate::state::AppState;
 
-pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+pub(crate) async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
     serve(state, Endpoint::ChatCompletions, request).await
 }
 
@@ -57,7 +57,7 @@ pub async fn responses(State(state): State<AppState>, request: Request) -> Respo
 }
 
 /// `GET /v1/responses/{id}`.
-pub async fn get_response(
+pub(crate) async fn get_response(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -66,7 +66,7 @@ pub async fn get_response(
 }
 
 /// `DELETE /v1/responses/{id}`.
-pub async fn delete_response(
+pub(crate) async fn delete_response(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -12,14 +12,14 @@ use http::{HeaderMap, HeaderName};
 pub mod names {
     use super::HeaderName;
 
-    pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-    pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-    pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-    pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    pub const X_GATEWAY_BACKEND: HeaderName = HeaderName::from_static("x-gateway-backend");
-    pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-    pub const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-    pub const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+    pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+    pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub(crate) const X_GATEWAY_BACKEND: HeaderName = HeaderName::from_static("x-gateway-backend");
+    pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+    pub(crate) const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    pub(crate) const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 }
 
 /// The request id: the client's `X-Request-ID` (or `request-id`) when it is a sane token, else a new UUID v4.

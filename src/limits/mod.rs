@@ -105,7 +105,7 @@ struct TokenCharge {
 
 impl Admission {
     /// Tokens charged up front to each token bucket.
-    pub fn estimated_tokens(&self) -> u64 {
+    pub(crate) fn estimated_tokens(&self) -> u64 {
         self.estimated_tokens
     }
 
@@ -478,7 +478,7 @@ impl Limiter {
     }
 
     /// True when nothing is limited, so the caller can skip token estimation for limits.
-    pub fn is_noop(&self) -> bool {
+    pub(crate) fn is_noop(&self) -> bool {
         self.global.is_empty()
             && self.per_ip.is_empty()
             && self.per_key.is_empty()
@@ -538,7 +538,7 @@ impl Limiter {
 
     /// Charges the difference between actual and estimated tokens (negative refunds) to every
     /// token bucket the admission charged. Never rejects: the request already happened.
-    pub async fn reconcile(&self, admission: &Admission, actual_tokens: u64) {
+    pub(crate) async fn reconcile(&self, admission: &Admission, actual_tokens: u64) {
         let delta = i64::try_from(actual_tokens).unwrap_or(i64::MAX)
             - i64::try_from(admission.estimated_tokens).unwrap_or(i64::MAX);
         if delta == 0 || admission.token_charges.is_empty() {

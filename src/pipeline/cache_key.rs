@@ -262,7 +262,7 @@ mod tests {
 
         use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-        pub enum Node<'a> {
+        pub(crate) enum Node<'a> {
             Null,
             Bool(bool),
             Number(serde_json::Number),
@@ -386,7 +386,7 @@ mod tests {
         }
 
         /// The canonical text and the top-level `cache` field, or `None` for anything but an object.
-        pub fn canonical(body: &[u8], ignored: &[&str]) -> Option<(Vec<u8>, Option<bool>)> {
+        pub(crate) fn canonical(body: &[u8], ignored: &[&str]) -> Option<(Vec<u8>, Option<bool>)> {
             let Ok(Node::Object(mut fields)) = serde_json::from_slice::<Node<'_>>(body) else {
                 return None;
             };

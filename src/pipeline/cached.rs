@@ -26,7 +26,7 @@ use super::reply;
 const IGNORED: [&str; 5] = ["stream", "stream_options", "user", "metadata", "cache"];
 
 /// True when the client asked not to use the cache (`Cache-Control: no-cache` or `no-store`).
-pub fn bypassed(headers: &http::HeaderMap) -> bool {
+pub(crate) fn bypassed(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
@@ -271,7 +271,7 @@ pub fn store_json(state: &AppState, key: CacheKey, stored: Stored<'_>) {
 /// The cache stage after the call, for a complete JSON answer: stored under `key` (without making the
 /// answer wait), and the client's copy marked `"cached":false` (seed 004). The attempt calls it with the
 /// body it already holds; [`store_response`] for answers that did not come through an attempt.
-pub fn store_answer(state: &AppState, key: CacheKey, stored: Stored<'_>) -> Bytes {
+pub(crate) fn store_answer(state: &AppState, key: CacheKey, stored: Stored<'_>) -> Bytes {
     let body = stored.body.clone();
     store_json(state, key, stored);
     mark_miss(body)
@@ -279,7 +279,7 @@ pub fn store_answer(state: &AppState, key: CacheKey, stored: Stored<'_>) -> Byte
 
 /// [`store_answer`] for a whole response (the echo backend's): its body collected, stored under the
 /// backend it names, and sent marked.
-pub async fn store_response(
+pub(crate) async fn store_response(
     state: &AppState,
     key: CacheKey,
     response: Response,
@@ -307,7 +307,12 @@ pub async fn store_response(
 }
 
 /// Store a finished stream as its complete JSON answer (text answers only).
-pub fn store_stream(state: &AppState, key: CacheKey, summary: &ResponseSummary, ctx: &RequestCtx) {
+pub(crate) fn store_stream(
+    state: &AppState,
+    key: CacheKey,
+    summary: &ResponseSummary,
+    ctx: &RequestCtx,
+) {
     if ctx.endpoint == Endpoint::Embeddings
         || !summary.tool_calls.is_empty()
         || summary.finish_reason.is_none()

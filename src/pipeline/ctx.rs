@@ -84,7 +84,7 @@ impl RequestCtx {
     }
 
     /// Move the record out (into a response stream); `self` is left finished so it records nothing.
-    pub fn detach(&mut self) -> RequestCtx {
+    pub(crate) fn detach(&mut self) -> RequestCtx {
         let detached = RequestCtx {
             state: self.state.clone(),
             snapshot: Arc::clone(&self.snapshot),

@@ -38,7 +38,7 @@ pub fn authenticate(
     }
 }
 
-pub fn auth_error(error: AuthError) -> GatewayError {
+pub(crate) fn auth_error(error: AuthError) -> GatewayError {
     let kind = match error {
         AuthError::Forbidden { .. } => ErrorKind::Forbidden,
         AuthError::Missing | AuthError::Invalid => ErrorKind::Unauthorized,
@@ -64,7 +64,7 @@ pub fn client_ip(snapshot: &Snapshot, peer: SocketAddr, headers: &HeaderMap) -> 
 /// A client on this machine: a loopback peer whose request no proxy forwarded. A reverse proxy on the
 /// same host makes every client's connection come from loopback; it says so with `X-Forwarded-For`,
 /// `Forwarded` or `X-Real-IP`, and such a request is not taken for a local one.
-pub fn is_local_client(peer: Option<SocketAddr>, headers: &HeaderMap) -> bool {
+pub(crate) fn is_local_client(peer: Option<SocketAddr>, headers: &HeaderMap) -> bool {
     peer.is_some_and(|peer| peer.ip().is_loopback())
         && !headers.contains_key(crate::http::names::X_FORWARDED_FOR)
         && !headers.contains_key(http::header::FORWARDED)

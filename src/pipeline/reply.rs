@@ -45,7 +45,7 @@ pub fn json(body: Bytes, backend: &str) -> Response {
     with_backend(response, backend)
 }
 
-pub fn relayed_error(
+pub(crate) fn relayed_error(
     status: u16,
     content_type: Option<HeaderValue>,
     body: Bytes,
@@ -73,7 +73,7 @@ pub(super) fn sse_response(body: Body, backend: &str) -> Response {
 }
 
 /// A complete SSE body already in hand (cache replays).
-pub fn sse_bytes(body: Bytes, backend: &str) -> Response {
+pub(crate) fn sse_bytes(body: Bytes, backend: &str) -> Response {
     sse_response(Body::from(body), backend)
 }
 

@@ -130,7 +130,7 @@ pub fn admitted(
 
 /// Store the answer whose final `response` object is `response`, if this request stores one. Called
 /// before the answer's last bytes go to the client.
-pub async fn store_final(state: &AppState, ctx: &mut RequestCtx, response: &[u8]) {
+pub(crate) async fn store_final(state: &AppState, ctx: &mut RequestCtx, response: &[u8]) {
     let Some(pending) = ctx.responses.take() else {
         return;
     };

@@ -289,7 +289,7 @@ pub fn encode_request(
 }
 
 /// [`encode_request`] straight to bytes (no JSON tree on the way).
-pub fn encode_request_bytes(
+pub(crate) fn encode_request_bytes(
     req: &ChatRequest,
     model: Option<&str>,
     default_max_tokens: u64,
@@ -635,7 +635,7 @@ fn encode_block(part: &Part, index: usize) -> Result<Option<BlockOut<'_>>, Decod
 // === Responses ===
 
 /// Anthropic `stop_reason` for a canonical reason.
-pub fn stop_reason_str(reason: FinishReason) -> &'static str {
+pub(crate) fn stop_reason_str(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop => "end_turn",
         FinishReason::StopSequence => "stop_sequence",
@@ -657,7 +657,7 @@ pub fn finish_reason_from(stop_reason: &str) -> FinishReason {
 }
 
 /// Anthropic `usage` object for canonical usage (its `input_tokens` excludes cached tokens).
-pub fn usage_json(usage: &Usage) -> Value {
+pub(crate) fn usage_json(usage: &Usage) -> Value {
     json!({
         "input_tokens": usage
             .input_tokens
@@ -696,7 +696,7 @@ impl WireUsage {
         }
     }
 
-    pub fn canonical(self) -> Usage {
+    pub(crate) fn canonical(self) -> Usage {
         Usage {
             input_tokens: self
                 .input
@@ -965,7 +965,7 @@ pub fn error_body(error_type: &str, message: &str) -> Value {
 }
 
 /// Render the echo backend's answer as an Anthropic `message`.
-pub fn message_response(answer: &openai::TextAnswer<'_>) -> Value {
+pub(crate) fn message_response(answer: &openai::TextAnswer<'_>) -> Value {
     json!({
         "id": answer.id,
         "type": "message",
@@ -980,7 +980,7 @@ pub fn message_response(answer: &openai::TextAnswer<'_>) -> Value {
 
 /// Render the echo backend's answer as Anthropic stream events `(event name, data)`, one text delta per
 /// piece, in the exact order the Messages API uses.
-pub fn message_stream(
+pub(crate) fn message_stream(
     answer: &openai::TextAnswer<'_>,
     pieces: &[&str],
     input_tokens: u64,
@@ -1028,14 +1028,14 @@ pub fn message_stream(
 
 /// The text `/v1/messages/count_tokens` counts: system, messages (tool calls and results included) and
 /// the tool definitions, which Anthropic also bills as input.
-pub fn count_tokens_input(req: &ChatRequest) -> String {
+pub(crate) fn count_tokens_input(req: &ChatRequest) -> String {
     let mut out = req.all_text();
     out.push_str(&tools_text(req));
     out
 }
 
 /// The tool definitions as [`count_tokens_input`] counts them (each after a newline).
-pub fn tools_text(req: &ChatRequest) -> String {
+pub(crate) fn tools_text(req: &ChatRequest) -> String {
     let mut out = String::new();
     for tool in &req.tools {
         out.push('\n');

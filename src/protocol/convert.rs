@@ -11,7 +11,7 @@ use super::{ChatRequest, ChatResponse, DecodeError, Protocol, anthropic, openai,
 
 /// How to render a request for a backend.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequestOptions<'a> {
+pub(crate) struct RequestOptions<'a> {
     /// Model name sent upstream; `None` keeps the client's.
     pub model: Option<&'a str>,
     /// `max_tokens` for Anthropic backends when the client gave none (Anthropic requires it).
@@ -19,7 +19,7 @@ pub struct RequestOptions<'a> {
 }
 
 /// Render `req` as an Anthropic Messages body.
-pub fn encode_anthropic_request(
+pub(crate) fn encode_anthropic_request(
     req: &ChatRequest,
     opts: &RequestOptions<'_>,
 ) -> Result<Vec<u8>, DecodeError> {
@@ -27,7 +27,7 @@ pub fn encode_anthropic_request(
 }
 
 /// Render `req` as an OpenAI chat completions body.
-pub fn encode_openai_request(
+pub(crate) fn encode_openai_request(
     req: &ChatRequest,
     opts: &RequestOptions<'_>,
 ) -> Result<Vec<u8>, DecodeError> {
@@ -35,7 +35,7 @@ pub fn encode_openai_request(
 }
 
 /// Render `req` as a Responses API body (for backends that speak it natively).
-pub fn encode_responses_request(
+pub(crate) fn encode_responses_request(
     req: &ChatRequest,
     opts: &RequestOptions<'_>,
 ) -> Result<Vec<u8>, DecodeError> {
@@ -49,7 +49,7 @@ fn to_bytes(value: &Value) -> Result<Vec<u8>, DecodeError> {
 
 /// How to present a converted response to the client.
 #[derive(Debug, Clone, Copy)]
-pub struct ResponseOptions<'a> {
+pub(crate) struct ResponseOptions<'a> {
     /// The gateway's request id, shown as the response id.
     pub id: &'a str,
     /// Model name shown to the client; `None` keeps the backend's.
@@ -81,7 +81,7 @@ pub fn encode_response(protocol: Protocol, response: &ChatResponse, created: i64
 }
 
 /// Convert a complete (non-stream) success body from the backend's protocol to the client's.
-pub fn convert_response(
+pub(crate) fn convert_response(
     from: Protocol,
     to: Protocol,
     body: &[u8],
@@ -91,7 +91,7 @@ pub fn convert_response(
 }
 
 /// [`convert_response`] with an explicit `created` timestamp (deterministic tests, cache replays).
-pub fn convert_response_at(
+pub(crate) fn convert_response_at(
     from: Protocol,
     to: Protocol,
     body: &[u8],
@@ -114,7 +114,7 @@ pub fn convert_response_at(
 }
 
 /// [`encode_response`] written to bytes (OpenAI's without a JSON tree on the way).
-pub fn encode_response_bytes(
+pub(crate) fn encode_response_bytes(
     protocol: Protocol,
     response: &ChatResponse,
     created: i64,
@@ -128,7 +128,7 @@ pub fn encode_response_bytes(
 }
 
 /// Summarize a complete success body for logs and usage accounting.
-pub fn summarize_response(protocol: Protocol, body: &[u8]) -> Option<ResponseSummary> {
+pub(crate) fn summarize_response(protocol: Protocol, body: &[u8]) -> Option<ResponseSummary> {
     decode_response(protocol, body)
         .ok()
         .map(|response| ResponseSummary::from_response(&response))
@@ -157,7 +157,7 @@ const ERROR_TYPES: [&str; 9] = [
 ];
 
 /// The error type a status implies when the body does not say.
-pub fn error_type_for_status(status: u16) -> &'static str {
+pub(crate) fn error_type_for_status(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         403 => "permission_error",
@@ -204,7 +204,7 @@ fn normalize_error_name(kind: Option<&str>, status: u16) -> &'static str {
 
 /// An error body's parts, whichever protocol shaped it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ErrorInfo {
+pub(crate) struct ErrorInfo {
     pub kind: &'static str,
     pub message: String,
     pub param: Option<String>,
@@ -213,7 +213,7 @@ pub struct ErrorInfo {
 
 /// Read an error body (OpenAI or Anthropic shape; `_from` only documents intent since both are
 /// recognised); unknown shapes become a generic error naming the status.
-pub fn error_info(_from: Protocol, status: u16, body: &[u8]) -> ErrorInfo {
+pub(crate) fn error_info(_from: Protocol, status: u16, body: &[u8]) -> ErrorInfo {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let error = parsed.as_ref().and_then(|value| value.get("error"));
     let text = |key: &str| {
@@ -294,7 +294,7 @@ fn generic_message(status: u16, body: &[u8]) -> String {
 }
 
 /// Render error parts in `protocol`'s shape.
-pub fn render_error(protocol: Protocol, info: &ErrorInfo) -> Value {
+pub(crate) fn render_error(protocol: Protocol, info: &ErrorInfo) -> Value {
     match protocol {
         // The Responses API answers errors in the OpenAI shape.
         Protocol::OpenAi | Protocol::Responses => openai::error_body(
@@ -308,7 +308,7 @@ pub fn render_error(protocol: Protocol, info: &ErrorInfo) -> Value {
 }
 
 /// Convert an upstream error body to the client's protocol. Never fails.
-pub fn convert_error(from: Protocol, to: Protocol, status: u16, body: &[u8]) -> Vec<u8> {
+pub(crate) fn convert_error(from: Protocol, to: Protocol, status: u16, body: &[u8]) -> Vec<u8> {
     let info = error_info(from, status, body);
     serde_json::to_vec(&render_error(to, &info)).unwrap_or_default()
 }

@@ -122,7 +122,7 @@ impl ApiRequest {
     }
 
     /// The text the echo backend answers to and the word counts are taken from.
-    pub fn prompt_text(&self) -> String {
+    pub(crate) fn prompt_text(&self) -> String {
         match self {
             ApiRequest::Chat(r) => r.last_user_text().unwrap_or_default(),
             ApiRequest::Responses(r) => r.chat.last_user_text().unwrap_or_default(),
@@ -134,7 +134,7 @@ impl ApiRequest {
     /// All input text, for token estimates and prompt policies.
     /// The texts an input-token estimate counts, in the order [`ApiRequest::all_input_text`] joins
     /// them: each one counted (and its count cached) on its own, so a resent history costs no recount.
-    pub fn input_pieces(&self) -> Vec<&str> {
+    pub(crate) fn input_pieces(&self) -> Vec<&str> {
         match self {
             ApiRequest::Chat(r) => r.input_pieces(),
             ApiRequest::Responses(r) => r.chat.input_pieces(),
@@ -143,7 +143,7 @@ impl ApiRequest {
         }
     }
 
-    pub fn all_input_text(&self) -> String {
+    pub(crate) fn all_input_text(&self) -> String {
         match self {
             ApiRequest::Chat(r) => r.all_text(),
             ApiRequest::Responses(r) => r.chat.all_text(),
@@ -194,7 +194,7 @@ pub enum ResponseFormat {
 
 impl ChatRequest {
     /// Text of the last user message, its text parts joined by a newline.
-    pub fn last_user_text(&self) -> Option<String> {
+    pub(crate) fn last_user_text(&self) -> Option<String> {
         self.messages
             .iter()
             .rev()
@@ -204,7 +204,7 @@ impl ChatRequest {
 
     /// Every piece of text in the request (system, messages, tool arguments and results).
     /// System parts, then each message's texts, tool results and tool-call arguments.
-    pub fn input_pieces(&self) -> Vec<&str> {
+    pub(crate) fn input_pieces(&self) -> Vec<&str> {
         let mut pieces: Vec<&str> = self.system.iter().map(String::as_str).collect();
         for message in &self.messages {
             for part in &message.parts {
@@ -219,7 +219,7 @@ impl ChatRequest {
         pieces
     }
 
-    pub fn all_text(&self) -> String {
+    pub(crate) fn all_text(&self) -> String {
         let mut out = self.system.join("\n");
         for message in &self.messages {
             if !out.is_empty() {
@@ -348,11 +348,11 @@ pub struct RawJson(Box<serde_json::value::RawValue>);
 
 impl RawJson {
     /// The schema of a function that takes no arguments, for a tool that names none.
-    pub fn empty_object_schema() -> RawJson {
+    pub(crate) fn empty_object_schema() -> RawJson {
         RawJson::from_value(&serde_json::json!({"type": "object", "properties": {}}))
     }
 
-    pub fn from_value(value: &serde_json::Value) -> RawJson {
+    pub(crate) fn from_value(value: &serde_json::Value) -> RawJson {
         // A `Value` always serializes; the fallback only keeps this total.
         RawJson(
             serde_json::value::to_raw_value(value)
@@ -366,7 +366,7 @@ impl RawJson {
     }
 
     /// The value as a tree.
-    pub fn to_value(&self) -> serde_json::Value {
+    pub(crate) fn to_value(&self) -> serde_json::Value {
         serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
     }
 }
@@ -510,7 +510,7 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Count whitespace-separated words: the echo backend's token measure (seed 003: "Hello world" → 2).
-pub fn word_count(text: &str) -> u64 {
+pub(crate) fn word_count(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 

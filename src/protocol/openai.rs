@@ -186,7 +186,7 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
 }
 
 /// Decode a legacy `/v1/completions` body.
-pub fn decode_completion(body: &[u8]) -> Result<CompletionRequest, DecodeError> {
+pub(crate) fn decode_completion(body: &[u8]) -> Result<CompletionRequest, DecodeError> {
     let wire: CompletionWire = parse(body)?;
     let prompt = match wire.prompt {
         None => return Err(missing("prompt")),
@@ -211,7 +211,7 @@ pub fn decode_completion(body: &[u8]) -> Result<CompletionRequest, DecodeError> 
 }
 
 /// Decode a `/v1/embeddings` body.
-pub fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, DecodeError> {
+pub(crate) fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, DecodeError> {
     let wire: EmbeddingsWire = parse(body)?;
     let input = match wire.input {
         None => return Err(missing("input")),
@@ -483,7 +483,7 @@ impl Content {
 }
 
 /// `data:` URLs carry base64 images; anything else is a plain URL.
-pub fn image_from_url(url: String) -> Image {
+pub(crate) fn image_from_url(url: String) -> Image {
     if let Some(rest) = url.strip_prefix("data:")
         && let Some((media_type, data)) = rest.split_once(";base64,")
     {
@@ -524,7 +524,7 @@ impl<'de> Deserialize<'de> for Content {
 // === Encoding ===
 
 /// OpenAI `finish_reason` for a canonical reason.
-pub fn finish_reason_str(reason: FinishReason) -> &'static str {
+pub(crate) fn finish_reason_str(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Stop | FinishReason::StopSequence => "stop",
         FinishReason::Length => "length",
@@ -534,7 +534,7 @@ pub fn finish_reason_str(reason: FinishReason) -> &'static str {
 }
 
 #[derive(Serialize)]
-pub struct UsageWire {
+pub(crate) struct UsageWire {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
@@ -562,7 +562,7 @@ pub struct TextAnswer<'a> {
 }
 
 /// Render a `chat.completion` object.
-pub fn chat_completion(answer: &TextAnswer<'_>) -> Value {
+pub(crate) fn chat_completion(answer: &TextAnswer<'_>) -> Value {
     serde_json::json!({
         "id": answer.id,
         "object": "chat.completion",
@@ -597,7 +597,11 @@ pub fn text_completion(answer: &TextAnswer<'_>) -> Value {
 
 /// Render the SSE `data:` payloads of a streamed chat answer split into `pieces`: the role in the first
 /// chunk, one chunk per piece, an empty delta with the finish reason, then a usage chunk when asked.
-pub fn chat_chunks(answer: &TextAnswer<'_>, pieces: &[&str], include_usage: bool) -> Vec<Value> {
+pub(crate) fn chat_chunks(
+    answer: &TextAnswer<'_>,
+    pieces: &[&str],
+    include_usage: bool,
+) -> Vec<Value> {
     let chunk = |delta: Value, finish: Option<&str>| {
         let mut chunk = serde_json::json!({
             "id": answer.id,
@@ -637,7 +641,7 @@ pub fn chat_chunks(answer: &TextAnswer<'_>, pieces: &[&str], include_usage: bool
 }
 
 /// Render the SSE payloads of a streamed text completion.
-pub fn text_completion_chunks(answer: &TextAnswer<'_>, pieces: &[&str]) -> Vec<Value> {
+pub(crate) fn text_completion_chunks(answer: &TextAnswer<'_>, pieces: &[&str]) -> Vec<Value> {
     let chunk = |text: &str, finish: Option<&str>| {
         serde_json::json!({
             "id": answer.id,
@@ -688,7 +692,7 @@ pub fn finish_reason_from(reason: &str) -> FinishReason {
 
 /// OpenAI `usage` object; `prompt_tokens_details.cached_tokens` only when some were read from cache
 /// (cache writes have no OpenAI field and are only part of `prompt_tokens`).
-pub fn usage_json(usage: &Usage) -> Value {
+pub(crate) fn usage_json(usage: &Usage) -> Value {
     serde_json::to_value(UsageOut::new(usage)).unwrap_or_default()
 }
 
@@ -713,7 +717,7 @@ pub(crate) fn usage_from(value: &Value) -> Usage {
 /// streamed request always asks for usage so accounting works whatever the client asked. The body is
 /// the one [`encode_request`] (the `Value` form, kept as the tests' oracle) serializes to, member for
 /// member and in the same order; a tool's parameter schema is written as its text came.
-pub fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Vec<u8> {
+pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Vec<u8> {
     use super::json_text::{write_str, write_u64};
     let text_len: usize = req.system.iter().map(String::len).sum::<usize>()
         + req
@@ -1582,7 +1586,10 @@ pub fn encode_response(response: &ChatResponse, created: i64) -> Value {
 }
 
 /// [`encode_response`] straight to bytes (no JSON tree on the way).
-pub fn encode_response_bytes(response: &ChatResponse, created: i64) -> serde_json::Result<Vec<u8>> {
+pub(crate) fn encode_response_bytes(
+    response: &ChatResponse,
+    created: i64,
+) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec(&ResponseOut::new(response, created))
 }
 

@@ -24,11 +24,11 @@ use super::{
 
 /// Prefix of a reasoning item's `encrypted_content` that carries Anthropic redacted thinking (plain
 /// `encrypted_content` carries a thinking block's signature).
-pub const REDACTED_PREFIX: &str = "redacted_thinking:";
+pub(crate) const REDACTED_PREFIX: &str = "redacted_thinking:";
 
 /// The response id for a request id: `resp_<request id>` (an id that already starts with `resp_` is
 /// kept), so a response's id names the request that made it, as every other endpoint's `id` does.
-pub fn response_id(request_id: &str) -> String {
+pub(crate) fn response_id(request_id: &str) -> String {
     if request_id.starts_with("resp_") {
         request_id.to_owned()
     } else {
@@ -742,7 +742,11 @@ impl ResponsesRequest {
     /// the earlier output) come before this request's input items (`new_items`), and the canonical
     /// messages are rebuilt from the whole. Returns the whole conversation's items, what this answer
     /// stores as its input.
-    pub fn continue_from(&mut self, stored: &str, new_items: &str) -> Result<String, DecodeError> {
+    pub(crate) fn continue_from(
+        &mut self,
+        stored: &str,
+        new_items: &str,
+    ) -> Result<String, DecodeError> {
         let items = join_items(&[stored, new_items]);
         let mut chat = ChatRequest {
             system: self.instructions.clone(),
@@ -756,7 +760,7 @@ impl ResponsesRequest {
 }
 
 /// JSON arrays joined into one (`[a,b]` + `[c]` → `[a,b,c]`); empty arrays add nothing.
-pub fn join_items(arrays: &[&str]) -> String {
+pub(crate) fn join_items(arrays: &[&str]) -> String {
     let mut out = String::with_capacity(arrays.iter().map(|a| a.len()).sum::<usize>() + 2);
     out.push('[');
     for array in arrays {
@@ -1423,7 +1427,7 @@ pub(crate) fn write_items<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item =
 
 /// Render a canonical answer as a complete `response` object (`created` when it carries none, `echo`
 /// the request's members, or empty for the defaults).
-pub fn encode_response_bytes(response: &ChatResponse, created: i64, echo: &str) -> Vec<u8> {
+pub(crate) fn encode_response_bytes(response: &ChatResponse, created: i64, echo: &str) -> Vec<u8> {
     let items = items_of(&response.parts);
     let ids: Vec<String> = items
         .iter()
@@ -1467,7 +1471,7 @@ pub fn encode_response_bytes(response: &ChatResponse, created: i64, echo: &str) 
 
 /// A stored answer as the conversation store keeps it: who owns it (the client key's name, `null` on an
 /// open gateway), the whole conversation's input items, and the `response` object the client got.
-pub fn stored_entry(owner: Option<&str>, input_items: &[u8], response: &[u8]) -> Vec<u8> {
+pub(crate) fn stored_entry(owner: Option<&str>, input_items: &[u8], response: &[u8]) -> Vec<u8> {
     let owner = owner.map_or_else(|| "null".to_owned(), super::json_patch::json_string);
     let mut out = Vec::with_capacity(owner.len() + input_items.len() + response.len() + 32);
     out.extend_from_slice(br#"{"owner":"#);
@@ -1482,7 +1486,7 @@ pub fn stored_entry(owner: Option<&str>, input_items: &[u8], response: &[u8]) ->
 
 /// A stored answer, read without building a JSON tree.
 #[derive(Deserialize)]
-pub struct StoredView<'a> {
+pub(crate) struct StoredView<'a> {
     #[serde(borrow)]
     pub owner: Option<Cow<'a, str>>,
     #[serde(borrow)]

@@ -1103,7 +1103,7 @@ fn push_text(out: &mut Vec<StreamEvent>, make: fn(String) -> StreamEvent, text: 
 
 /// How a pass-through Responses stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Terminal {
+pub(crate) enum Terminal {
     /// Not yet.
     Open,
     /// `response.completed` or `response.incomplete`.
@@ -1128,7 +1128,7 @@ struct LifecycleIn<'a> {
 
 /// The `response` object of a complete Responses stream's terminal event (`response.completed` or
 /// `response.incomplete`), when it has one.
-pub fn final_response_of(stream: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn final_response_of(stream: &[u8]) -> Option<Vec<u8>> {
     let trimmed = stream.strip_suffix(b"\n\n")?;
     let start = memchr::memmem::rfind(trimmed, b"\n\n").map_or(0, |at| at + 2);
     let event = &trimmed[start..];
@@ -1147,7 +1147,7 @@ pub fn final_response_of(stream: &[u8]) -> Option<Vec<u8>> {
 /// `response.completed` is read once for the summary (logs, usage) and kept for the conversation store;
 /// deltas are not parsed.
 #[derive(Debug)]
-pub struct ResponsesPassThrough {
+pub(crate) struct ResponsesPassThrough {
     id_json: String,
     /// Events forwarded so far: the next `sequence_number` for an event of the gateway's own.
     forwarded: u64,
@@ -1187,12 +1187,12 @@ impl ResponsesPassThrough {
     }
 
     /// The message of an error that was the upstream's very first event (nothing was answered).
-    pub fn first_error(&self) -> Option<&str> {
+    pub(crate) fn first_error(&self) -> Option<&str> {
         self.first_error.as_deref()
     }
 
     /// The final `response` object, once `response.completed` (or `.incomplete`) passed.
-    pub fn completed_response(&self) -> Option<&[u8]> {
+    pub(crate) fn completed_response(&self) -> Option<&[u8]> {
         self.completed.as_deref()
     }
 
@@ -1284,7 +1284,7 @@ impl ResponsesPassThrough {
 
     /// The events that end the stream after a fault: `error`, then `response.failed` (when the
     /// upstream had announced the response).
-    pub fn error_events(&mut self, message: &str, out: &mut BytesMut) {
+    pub(crate) fn error_events(&mut self, message: &str, out: &mut BytesMut) {
         let seq = self.forwarded;
         ErrorEventOut {
             kind: "error",

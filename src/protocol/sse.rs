@@ -22,12 +22,12 @@ pub struct SseEvent {
 
 impl SseEvent {
     /// True for the OpenAI stream terminator `data: [DONE]`.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.data.as_ref() == b"[DONE]"
     }
 
     /// True when the frame carried neither data nor an event name (a comment or keep-alive).
-    pub fn is_comment(&self) -> bool {
+    pub(crate) fn is_comment(&self) -> bool {
         self.data.is_empty() && self.event.is_none()
     }
 }

@@ -47,7 +47,7 @@ pub enum StreamError {
 
 /// One step of a streamed answer, in canonical form.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StreamEvent {
+pub(crate) enum StreamEvent {
     /// The answer begins; Anthropic backends report the prompt usage here.
     Start {
         usage: Option<Usage>,
@@ -1624,7 +1624,7 @@ impl StreamConverter {
 
     /// A Responses client's final `response` object, once the stream ended with it (the
     /// conversation store keeps it).
-    pub fn completed_response(&self) -> Option<&[u8]> {
+    pub(crate) fn completed_response(&self) -> Option<&[u8]> {
         match &self.encoder {
             Encoder::Responses(encoder) => encoder.final_response.as_deref(),
             _ => None,
@@ -1666,18 +1666,18 @@ impl StreamConverter {
     /// True once the upstream ended its stream itself (`[DONE]`, `message_stop` or an error event). At
     /// EOF without it the upstream was cut off: call [`StreamConverter::abort`] instead of `finish` to
     /// tell the client, or `finish` to end it as if complete.
-    pub fn upstream_finished(&self) -> bool {
+    pub(crate) fn upstream_finished(&self) -> bool {
         self.upstream_ended
     }
 
     /// The message of the upstream's error event when that is how it ended its stream.
-    pub fn upstream_error(&self) -> Option<&str> {
+    pub(crate) fn upstream_error(&self) -> Option<&str> {
         self.upstream_error.as_deref()
     }
 
     /// The message of an error event that was the upstream's very first event (nothing was answered):
     /// the caller may still fail over if nothing reached the client.
-    pub fn first_event_error(&self) -> Option<&str> {
+    pub(crate) fn first_event_error(&self) -> Option<&str> {
         self.first_error.as_deref()
     }
 
@@ -1733,7 +1733,7 @@ impl StreamConverter {
     }
 
     /// Upstream fault mid-stream: a protocol-correct error event, then the end of the stream.
-    pub fn abort(&mut self, message: &str, out: &mut BytesMut) {
+    pub(crate) fn abort(&mut self, message: &str, out: &mut BytesMut) {
         self.encoder.emit(
             &StreamEvent::Error {
                 kind: "api_error".into(),
@@ -1757,7 +1757,7 @@ impl StreamConverter {
 /// Same-protocol pass-through observer: sees every upstream event and keeps the summary (text, reasoning,
 /// tool calls, usage, finish) without changing bytes.
 #[derive(Debug)]
-pub struct StreamTap {
+pub(crate) struct StreamTap {
     decoder: Decoder,
     events: Vec<StreamEvent>,
     summary: SummaryBuilder,

@@ -155,7 +155,7 @@ impl Admission {
         self.queue.max_waiting
     }
 
-    pub fn max_wait(&self) -> Duration {
+    pub(crate) fn max_wait(&self) -> Duration {
         Duration::from_secs_f64(self.queue.max_wait_s)
     }
 }
@@ -175,12 +175,12 @@ impl<F: Fn(usize)> Drop for Waiting<'_, F> {
 
 /// Admission state by backend name, kept across reloads while the backend's caps stay the same.
 #[derive(Debug, Default)]
-pub struct Admissions {
+pub(crate) struct Admissions {
     map: Mutex<HashMap<String, Arc<Admission>>>,
 }
 
 impl Admissions {
-    pub fn get_or_create(
+    pub(crate) fn get_or_create(
         &self,
         backend: &str,
         slots: usize,
@@ -198,7 +198,7 @@ impl Admissions {
         admission
     }
 
-    pub fn retain(&self, live: &[&str]) {
+    pub(crate) fn retain(&self, live: &[&str]) {
         self.map
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

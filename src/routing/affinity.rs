@@ -46,7 +46,7 @@ use crate::store::StateStore;
 
 /// Session headers read by default, in this order (the first present wins). Values longer than
 /// [`MAX_HEADER_VALUE`] bytes are ignored.
-pub const DEFAULT_SESSION_HEADERS: &[&str] = &[
+pub(crate) const DEFAULT_SESSION_HEADERS: &[&str] = &[
     // Generic; sent by OpenCode and many agent frameworks, hashed on by Caddy/nginx setups.
     "x-session-id",
     // Claude Code: one id per session, on every request.
@@ -63,7 +63,7 @@ pub const DEFAULT_SESSION_HEADERS: &[&str] = &[
 ];
 
 /// Longest session header value taken as a key (Bifrost's limit is 255 runes).
-pub const MAX_HEADER_VALUE: usize = 256;
+pub(crate) const MAX_HEADER_VALUE: usize = 256;
 
 /// How long a Redis lookup may take before the local table answers instead.
 const REDIS_LOOKUP_TIMEOUT: Duration = Duration::from_millis(50);
@@ -149,9 +149,9 @@ pub enum PromptKey {
 }
 
 /// Bytes of canonical prompt text per indexed block (`prompt: index`).
-pub const INDEX_BLOCK: usize = 1024;
+pub(crate) const INDEX_BLOCK: usize = 1024;
 /// Prompt bytes indexed at most.
-pub const INDEX_MAX_BYTES: usize = 128 * 1024;
+pub(crate) const INDEX_MAX_BYTES: usize = 128 * 1024;
 /// Instances remembered per indexed block; a block held by this many counts as shared by all.
 const INDEX_HOLDERS: usize = 4;
 
@@ -639,12 +639,12 @@ impl SessionTable {
 /// The session tables of every backend, by name; lives beside the instance registry so a reload keeps
 /// them.
 #[derive(Debug, Default)]
-pub struct SessionTables {
+pub(crate) struct SessionTables {
     tables: Mutex<HashMap<String, Arc<SessionTable>>>,
 }
 
 impl SessionTables {
-    pub fn get_or_create(&self, backend: &str, capacity: usize) -> Arc<SessionTable> {
+    pub(crate) fn get_or_create(&self, backend: &str, capacity: usize) -> Arc<SessionTable> {
         let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(table) = tables.get(backend) {
             table.resize(capacity);
@@ -656,7 +656,7 @@ impl SessionTables {
     }
 
     /// Forgets the tables of backends no longer configured (or no longer using affinity).
-    pub fn retain(&self, live: &[&str]) {
+    pub(crate) fn retain(&self, live: &[&str]) {
         self.tables
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -938,7 +938,7 @@ impl Affinity {
     }
 
     /// Sessions remembered by this process's table.
-    pub fn remembered(&self) -> usize {
+    pub(crate) fn remembered(&self) -> usize {
         self.table.len()
     }
 }

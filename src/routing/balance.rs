@@ -127,7 +127,7 @@ impl Balancer {
     }
 
     /// Like [`Balancer::new`] with a fixed random seed, for reproducible tests.
-    pub fn with_seed(strategy: Strategy, weights: &[u32], seed: u64) -> Self {
+    pub(crate) fn with_seed(strategy: Strategy, weights: &[u32], seed: u64) -> Self {
         Self {
             strategy,
             weights: weights.into(),

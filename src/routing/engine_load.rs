@@ -152,7 +152,7 @@ impl EngineCell {
     }
 
     /// The reading, unless it is older than three intervals.
-    pub fn view(&self, now: Instant) -> Option<EngineView> {
+    pub(crate) fn view(&self, now: Instant) -> Option<EngineView> {
         self.lock()
             .filter(|reading| now <= reading.valid_until)
             .map(|reading| reading.view)
@@ -190,11 +190,11 @@ impl EngineCell {
     }
 
     /// Claims the next scrape; false while one is still running.
-    pub fn begin_scrape(&self) -> bool {
+    pub(crate) fn begin_scrape(&self) -> bool {
         !self.scraping.swap(true, Ordering::Relaxed)
     }
 
-    pub fn end_scrape(&self) {
+    pub(crate) fn end_scrape(&self) {
         self.scraping.store(false, Ordering::Relaxed);
     }
 }
@@ -212,7 +212,7 @@ fn add(slot: &mut Option<f64>, value: f64) {
 }
 
 /// Reads the load gauges of vLLM, llama.cpp, SGLang and TGI from a Prometheus text exposition.
-pub fn parse_metrics(text: &str) -> Scraped {
+pub(crate) fn parse_metrics(text: &str) -> Scraped {
     let mut out = Scraped::default();
     for line in text.lines() {
         let line = line.trim_start();
@@ -277,7 +277,7 @@ fn labels_end(text: &str) -> Option<usize> {
 
 /// llama.cpp's `GET /slots`: (slots, busy slots). A slot is busy when `is_processing` is true (or, in
 /// older servers, `state` is not 0).
-pub fn parse_slots(body: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn parse_slots(body: &[u8]) -> Option<(u32, u32)> {
     let slots: Vec<serde_json::Value> = serde_json::from_slice(body).ok()?;
     let busy = slots
         .iter()
@@ -316,7 +316,7 @@ pub fn combine(metrics: Option<Scraped>, slots: Option<(u32, u32)>) -> Option<En
 }
 
 /// The server root of an instance's base URL: `http://h:8000/v1` → `http://h:8000`.
-pub fn server_root(base_url: &str) -> &str {
+pub(crate) fn server_root(base_url: &str) -> &str {
     base_url.strip_suffix("/v1").unwrap_or(base_url)
 }
 

@@ -162,7 +162,7 @@ pub enum Rejection {
 
 /// Answer of [`Breaker::try_acquire`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acquire {
+pub(crate) enum Acquire {
     /// Closed breaker: send the request.
     Allowed,
     /// Half-open: this request is the single probe; report its outcome with `on_success`/`on_failure`.
@@ -273,7 +273,7 @@ impl Breaker {
     }
 
     /// Applies a reloaded `health:` section while keeping the current state (open/closed, faults, backoff).
-    pub fn set_config(&self, cfg: &HealthConfig) {
+    pub(crate) fn set_config(&self, cfg: &HealthConfig) {
         let mut inner = self.lock();
         inner.timing = Timing::new(cfg);
         let threshold = inner.timing.threshold;
@@ -283,7 +283,7 @@ impl Breaker {
     }
 
     /// Asks whether a request may go to this instance now. At most one caller gets `Probe` per cooldown.
-    pub fn try_acquire(&self, now: Instant) -> Acquire {
+    pub(crate) fn try_acquire(&self, now: Instant) -> Acquire {
         let mut inner = self.lock();
         if let Some(until) = inner.rate_limit(now) {
             // Checked first so a rate-limited instance does not burn its half-open probe.
@@ -342,7 +342,7 @@ impl Breaker {
     }
 
     /// Records a fault (connect error, timeout, 5xx, 429). May open or re-open the breaker.
-    pub fn on_failure(&self, now: Instant) -> Option<Transition> {
+    pub(crate) fn on_failure(&self, now: Instant) -> Option<Transition> {
         let mut inner = self.lock();
         match inner.phase {
             Phase::Closed => {
@@ -385,7 +385,7 @@ impl Breaker {
     }
 
     /// Honours an upstream 429's Retry-After: the instance is skipped until `until`. Never shortens it.
-    pub fn rate_limited_until(&self, until: Instant) {
+    pub(crate) fn rate_limited_until(&self, until: Instant) {
         let mut inner = self.lock();
         inner.rate_limited_until = Some(inner.rate_limited_until.map_or(until, |t| t.max(until)));
     }

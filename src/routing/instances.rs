@@ -97,11 +97,11 @@ impl InstanceState {
     }
 
     /// Applies the instance's `max_in_flight` (`None`: no cap).
-    pub fn set_cap(&self, cap: Option<u32>) {
+    pub(crate) fn set_cap(&self, cap: Option<u32>) {
         self.cap.store(cap.map_or(0, u64::from), Ordering::Relaxed);
     }
 
-    pub fn cap(&self) -> Option<u64> {
+    pub(crate) fn cap(&self) -> Option<u64> {
         Some(self.cap.load(Ordering::Relaxed)).filter(|&c| c > 0)
     }
 
@@ -138,7 +138,7 @@ impl InstanceState {
     }
 
     /// Current peak-EWMA of time-to-first-byte in microseconds; 0 when unknown (no recent samples).
-    pub fn ewma_ttfb_us(&self, now: Instant) -> f64 {
+    pub(crate) fn ewma_ttfb_us(&self, now: Instant) -> f64 {
         self.ttfb
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -165,7 +165,7 @@ impl InstanceState {
     }
 
     /// The balancer's view of this instance at `now`.
-    pub fn view(&self, now: Instant) -> InstanceView {
+    pub(crate) fn view(&self, now: Instant) -> InstanceView {
         let retry_at = self.breaker.retry_at(now);
         InstanceView {
             usable: retry_at.is_none(),
@@ -255,7 +255,7 @@ impl InstanceRegistry {
     }
 
     /// Same (backend, url) → same `Arc`, with `cfg` applied to its breaker (state kept).
-    pub fn get_or_create(
+    pub(crate) fn get_or_create(
         &self,
         backend: &str,
         url: &str,
@@ -279,7 +279,7 @@ impl InstanceRegistry {
 
     /// Forgets instances no longer configured after a reload. Requests still holding their `Arc` finish
     /// normally; a later re-add of the same (backend, url) starts fresh.
-    pub fn retain(&self, live: &[(String, String)]) {
+    pub(crate) fn retain(&self, live: &[(String, String)]) {
         let keep: HashSet<(&str, &str)> =
             live.iter().map(|(b, u)| (b.as_str(), u.as_str())).collect();
         self.lock()
@@ -304,7 +304,7 @@ impl InstanceRegistry {
 
 /// An instance URL safe for logs, alerts and metrics: userinfo, query and fragment removed (they may hold
 /// credentials such as `https://user:pass@host` or `?key=...`).
-pub fn redacted_url(url: &str) -> String {
+pub(crate) fn redacted_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             // These setters only fail for cannot-be-a-base URLs, which have no userinfo to leak.

@@ -5,7 +5,7 @@ use crate::protocol::Endpoint;
 
 /// Where one request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route<'a> {
+pub(crate) struct Route<'a> {
     /// Index into `Config::backends`.
     pub backend: usize,
     /// Model name an alias sends upstream instead of the client's.
@@ -15,14 +15,18 @@ pub struct Route<'a> {
 
 /// Which routing rule matched (for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
+pub(crate) enum Via {
     Alias,
     BackendName,
     EndpointDefault,
     DefaultBackend,
 }
 
-pub fn resolve<'a>(config: &'a Config, endpoint: Endpoint, model: Option<&str>) -> Route<'a> {
+pub(crate) fn resolve<'a>(
+    config: &'a Config,
+    endpoint: Endpoint,
+    model: Option<&str>,
+) -> Route<'a> {
     if let Some(model) = model {
         if let Some(target) = config.models.get(model) {
             return Route {

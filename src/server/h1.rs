@@ -603,7 +603,7 @@ fn write_date(out: &mut Vec<u8>) {
 }
 
 /// The connection handed to hyper for HTTP/2, with the bytes already read from it first.
-pub struct Rewind {
+pub(crate) struct Rewind {
     pub read: Bytes,
     pub io: TcpStream,
 }

@@ -23,7 +23,7 @@ use crate::error::BodyTimeout;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `AppService` for one HTTP/2 connection.
-pub struct H2Service {
+pub(crate) struct H2Service {
     pub app: AppService,
     pub flags: Arc<Flags>,
 }

@@ -34,7 +34,7 @@ const BETWEEN: u64 = 2;
 const MAX_SHED: usize = 32;
 
 /// What one connection's task, the shutdown watcher beside it and the sweeper share.
-pub struct Flags {
+pub(crate) struct Flags {
     /// `BUSY`, `CLOSING`, or idle: `stamp_ms << 2 | kind`.
     state: AtomicU64,
     /// The server is stopping: no request after the one in flight.
@@ -50,12 +50,12 @@ pub struct Flags {
 
 impl Flags {
     /// Waiting for a request with nothing of it received: the connection may be closed at once.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.state.load(Ordering::Relaxed) != BUSY
     }
 
     /// The connection starts to wait for its next request.
-    pub fn idle_between_requests(&self) {
+    pub(crate) fn idle_between_requests(&self) {
         self.state
             .store(self.shared.stamp(BETWEEN), Ordering::Relaxed);
     }
@@ -67,14 +67,14 @@ impl Flags {
     }
 
     /// The connection turned out to speak HTTP/2: waiting for its first stream from now on.
-    pub fn switch_to_h2(&self) {
+    pub(crate) fn switch_to_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
         self.state
             .store(self.shared.stamp(FIRST), Ordering::Release);
     }
 
     /// An HTTP/2 stream opened.
-    pub fn stream_opened(&self) {
+    pub(crate) fn stream_opened(&self) {
         if self.streams.fetch_add(1, Ordering::AcqRel) == 0 {
             let _ = self
                 .state
@@ -85,7 +85,7 @@ impl Flags {
     }
 
     /// An HTTP/2 stream ended (its response body dropped, or its request abandoned).
-    pub fn stream_closed(&self) {
+    pub(crate) fn stream_closed(&self) {
         if self.streams.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
@@ -116,7 +116,7 @@ impl Flags {
 }
 
 /// Every connection of one server, for the sweeper.
-pub struct Connections {
+pub(crate) struct Connections {
     shared: Arc<Shared>,
 }
 
@@ -136,7 +136,7 @@ struct Entry {
 
 /// The timeouts a sweep applies.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// A new connection (or HTTP/2 connection with no stream yet) that sent nothing.
     pub header: Duration,
     /// Between requests (HTTP/2: no stream open).
@@ -146,7 +146,7 @@ pub struct Timeouts {
 impl Timeouts {
     /// How often to sweep: an eighth of the shorter timeout, within 10 ms – 1 s. A connection is
     /// closed between its timeout and its timeout plus two sweep intervals.
-    pub fn sweep_interval(&self) -> Duration {
+    pub(crate) fn sweep_interval(&self) -> Duration {
         (self.header.min(self.idle) / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
@@ -188,7 +188,7 @@ impl Connections {
     }
 
     /// Track a connection whose task is running; it is forgotten once its task dropped its flags.
-    pub fn track(&self, id: u64, flags: &Arc<Flags>, abort: AbortHandle) {
+    pub(crate) fn track(&self, id: u64, flags: &Arc<Flags>, abort: AbortHandle) {
         let entry = Entry {
             flags: Arc::downgrade(flags),
             abort,
@@ -197,7 +197,7 @@ impl Connections {
     }
 
     /// Close the connections that waited longer than their timeout; how many were closed.
-    pub fn sweep(&self, timeouts: Timeouts) -> usize {
+    pub(crate) fn sweep(&self, timeouts: Timeouts) -> usize {
         let now = self.tick();
         let slack = millis(timeouts.sweep_interval());
         let (header, idle) = (millis(timeouts.header), millis(timeouts.idle));
@@ -225,7 +225,7 @@ impl Connections {
     /// Out of file descriptors (or another resource accepting needs): close the connections that
     /// waited longest — up to an eighth of the idle ones, at least one, at most `MAX_SHED`. How many
     /// were closed; 0 when none was idle.
-    pub fn shed(&self) -> usize {
+    pub(crate) fn shed(&self) -> usize {
         self.tick();
         let entries = self.shared.entries();
         let mut idle: Vec<(u64, Arc<Flags>, u64, &Entry)> = entries

@@ -31,7 +31,7 @@ use crate::state::AppState;
 /// response head itself, from what it left in the response's extensions (values kept as numbers until
 /// the head is written, e.g. the rate-limit headers), after the header map's lines. The server knows
 /// nothing of what they say.
-pub trait HeadLines {
+pub(crate) trait HeadLines {
     /// Append `name: value\r\n` lines for the response whose extensions are `extensions`.
     fn write_head_lines(&self, extensions: &http::Extensions, out: &mut Vec<u8>);
 }

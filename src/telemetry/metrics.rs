@@ -291,11 +291,11 @@ impl LabelKey<BackendModel> for BackendModelRef<'_> {
 /// Circuit state of one upstream instance, as exported by `upstream_instance_state`.
 pub mod instance_state {
     /// The instance takes traffic.
-    pub const CLOSED: i64 = 0;
+    pub(crate) const CLOSED: i64 = 0;
     /// The instance is on probation after a cooldown.
-    pub const HALF_OPEN: i64 = 1;
+    pub(crate) const HALF_OPEN: i64 = 1;
     /// The instance is skipped until its cooldown ends.
-    pub const OPEN: i64 = 2;
+    pub(crate) const OPEN: i64 = 2;
 }
 
 /// All gateway metrics plus the registry that renders them.
@@ -441,7 +441,7 @@ impl Metrics {
     }
 
     /// Like [`Metrics::new`], recording only when `config.enabled`.
-    pub fn with_config(config: &MetricsConfig) -> Metrics {
+    pub(crate) fn with_config(config: &MetricsConfig) -> Metrics {
         let mut registry = Registry::default();
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -654,7 +654,7 @@ impl Metrics {
     }
 
     /// Applies a reloaded `metrics.enabled`; series recorded so far are kept.
-    pub fn set_enabled(&self, enabled: bool) {
+    pub(crate) fn set_enabled(&self, enabled: bool) {
         self.enabled
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
     }
@@ -672,7 +672,7 @@ impl Metrics {
 
     /// Renders the OpenMetrics text exposition (ends with `# EOF`), for scrapers that ask for it with
     /// `Accept: application/openmetrics-text`; serve it with [`Metrics::openmetrics_content_type`].
-    pub fn render_openmetrics(&self) -> String {
+    pub(crate) fn render_openmetrics(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         if let Err(err) = encode(&mut out, &self.registry) {
             // Writing into a String cannot fail; an encoder error would be a bug in a label encoder.
@@ -682,7 +682,7 @@ impl Metrics {
     }
 
     /// The content type matching [`Metrics::render_openmetrics`].
-    pub fn openmetrics_content_type() -> &'static str {
+    pub(crate) fn openmetrics_content_type() -> &'static str {
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     }
 
@@ -768,7 +768,7 @@ impl Metrics {
     /// Counts a failed upstream attempt; `error_type` is a closed kind: `connect`, `timeout`,
     /// `status_5xx`, `rate_limited` (429) or `broken_response`. An attempt that got a 5xx/429 response
     /// is also an upstream response and is counted by [`Metrics::upstream_response`] with its status.
-    pub fn upstream_error(&self, upstream: &str, error_type: &'static str) {
+    pub(crate) fn upstream_error(&self, upstream: &str, error_type: &'static str) {
         if !self.enabled() {
             return;
         }
@@ -783,7 +783,7 @@ impl Metrics {
     }
 
     /// Records one finished stream: events and bytes forwarded, and its duration.
-    pub fn stream_finished(
+    pub(crate) fn stream_finished(
         &self,
         provider: &'static str,
         events: u64,
@@ -824,7 +824,7 @@ impl Metrics {
     }
 
     /// Counts a rate-limit rejection for a configured key name (or a fixed name such as `anonymous`).
-    pub fn rate_limited(&self, key_name: &str) {
+    pub(crate) fn rate_limited(&self, key_name: &str) {
         if !self.enabled() {
             return;
         }
@@ -957,7 +957,7 @@ impl Metrics {
     }
 
     /// Sets how many requests wait for a slot of `backend` (only requests that wait call this).
-    pub fn queue_waiting(&self, backend: &str, waiting: usize) {
+    pub(crate) fn queue_waiting(&self, backend: &str, waiting: usize) {
         if !self.enabled() {
             return;
         }
@@ -969,7 +969,7 @@ impl Metrics {
     }
 
     /// Counts a request refused by the admission queue (`queue_full` or `timeout`).
-    pub fn queue_refused(&self, backend: &str, reason: &'static str) {
+    pub(crate) fn queue_refused(&self, backend: &str, reason: &'static str) {
         if !self.enabled() {
             return;
         }
@@ -990,7 +990,7 @@ impl Metrics {
     }
 
     /// Counts one configuration reload attempt (rare: straight to the family).
-    pub fn config_reload(&self, ok: bool) {
+    pub(crate) fn config_reload(&self, ok: bool) {
         if !self.enabled() {
             return;
         }
@@ -1001,7 +1001,7 @@ impl Metrics {
     }
 
     /// Counts one request log record dropped because the writer queue was full.
-    pub fn request_log_dropped(&self) {
+    pub(crate) fn request_log_dropped(&self) {
         if !self.enabled() {
             return;
         }

@@ -29,18 +29,20 @@ use super::uncached::Uncached;
 /// Applied by the writer thread to every piece of logged text (messages, reply, reasoning, tool call
 /// arguments, string request parameters), e.g. to mask keys or personal data.
 /// Text without a match comes back borrowed, so the common case copies nothing.
-pub type Redactor = Arc<RedactFn>;
+pub(crate) type Redactor = Arc<RedactFn>;
 
 /// The function behind a [`Redactor`].
-pub type RedactFn = dyn for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync;
+pub(crate) type RedactFn = dyn for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync;
 
 /// A [`Redactor`] from a function (the bound lets a closure's signature be inferred).
-pub fn redactor(f: impl for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync + 'static) -> Redactor {
+pub(crate) fn redactor(
+    f: impl for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync + 'static,
+) -> Redactor {
     Arc::new(f)
 }
 
 /// Called once per record dropped because the queue was full (or the logger was shut down).
-pub type DropHook = Arc<dyn Fn() + Send + Sync>;
+pub(crate) type DropHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A redactor that keeps text as it is.
 pub fn no_redaction() -> Redactor {
@@ -77,7 +79,7 @@ impl Default for RequestLogConfig {
 
 /// A `request_log` value outside its allowed range.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum RequestLogConfigError {
+pub(crate) enum RequestLogConfigError {
     #[error("request_log.sample_rate must be between 0 and 1, got {0}")]
     SampleRate(f64),
     #[error("request_log.queue_capacity must be at least 1, got {0}")]
@@ -86,7 +88,7 @@ pub enum RequestLogConfigError {
 
 impl RequestLogConfig {
     /// Checks the ranges serde cannot express; the config loader calls this once.
-    pub fn validate(&self) -> Result<(), RequestLogConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), RequestLogConfigError> {
         if !(0.0..=1.0).contains(&self.sample_rate) {
             return Err(RequestLogConfigError::SampleRate(self.sample_rate));
         }
@@ -258,7 +260,7 @@ impl RequestLogger {
     }
 
     /// Like [`RequestLogger::start`] with an explicit time zone for the file hour.
-    pub fn start_with_zone(
+    pub(crate) fn start_with_zone(
         cfg: &RequestLogConfig,
         redact: Redactor,
         dropped: DropHook,

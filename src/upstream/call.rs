@@ -48,11 +48,11 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn is_timeout(&self) -> bool {
+    pub(crate) fn is_timeout(&self) -> bool {
         matches!(self, Fault::Timeout(_))
     }
 
-    pub fn rate_limited(&self) -> Option<Option<Duration>> {
+    pub(crate) fn rate_limited(&self) -> Option<Option<Duration>> {
         match self {
             Fault::Status {
                 status: 429,
@@ -64,7 +64,7 @@ impl Fault {
     }
 
     /// Metrics label.
-    pub fn kind_str(&self) -> &'static str {
+    pub(crate) fn kind_str(&self) -> &'static str {
         match self {
             Fault::Timeout(_) => "timeout",
             Fault::Connect(_) => "connect",
@@ -170,7 +170,7 @@ async fn unsuccessful(response: Response, timeout: Duration, limit: usize) -> Re
 
 /// `<what> is larger than the limit of N bytes (server.max_upstream_body_bytes)`: how an upstream
 /// body that was not buffered is described.
-pub fn too_large(what: &str, limit: usize) -> String {
+pub(crate) fn too_large(what: &str, limit: usize) -> String {
     format!("{what} is larger than the limit of {limit} bytes (server.max_upstream_body_bytes)")
 }
 

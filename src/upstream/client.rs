@@ -149,7 +149,7 @@ impl HttpClient {
     }
 
     /// A request with a JSON or empty body, bounded by `timeout` up to the response head.
-    pub fn send_within(
+    pub(crate) fn send_within(
         &self,
         request: Request<Bytes>,
         timeout: Duration,

@@ -85,7 +85,7 @@ impl Conn {
     /// An idle connection can carry a request: nothing arrived on it since its last response (a
     /// server that closed it sent an end of file; anything else would be a protocol error). Costs no
     /// system call unless the socket was reported readable.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
@@ -173,7 +173,7 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     /// All of the body has been read.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.framing == Framing::Done
     }
 
@@ -187,7 +187,7 @@ impl ResponseBody {
     }
 
     /// The connection, once the body ended cleanly and it can carry another request.
-    pub fn take_reusable(&mut self) -> Option<Conn> {
+    pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
         if self.framing == Framing::Done && self.reusable {
             self.reusable = false;
             return self.conn.take().filter(|conn| conn.buf.is_empty());

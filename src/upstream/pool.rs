@@ -23,9 +23,9 @@ pub use super::h1::{BodyError, CONNECT_TIMEOUT};
 use super::h1::{Conn, ExchangeError, ResponseBody, SendError};
 
 /// Idle connections older than this are not reused (hyper-util's `pool_idle_timeout` as configured).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per origin; more are closed when they come back.
-pub const MAX_IDLE: usize = 1024;
+pub(crate) const MAX_IDLE: usize = 1024;
 
 /// The pool: idle connections per origin (`host:port` as written in the URL).
 #[derive(Default)]
@@ -165,7 +165,7 @@ impl std::fmt::Debug for Body {
 
 impl Body {
     /// A body that returns nothing to a pool (hyper-util's client keeps its own).
-    pub fn unpooled(inner: Incoming) -> Body {
+    pub(crate) fn unpooled(inner: Incoming) -> Body {
         Body {
             inner: Inner::Hyper(inner),
             origin: None,
@@ -173,7 +173,7 @@ impl Body {
     }
 
     /// The body is read from its socket by the task that polls it (no connection task in between).
-    pub fn reads_in_place(&self) -> bool {
+    pub(crate) fn reads_in_place(&self) -> bool {
         matches!(self.inner, Inner::Own(_))
     }
 

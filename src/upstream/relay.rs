@@ -36,7 +36,7 @@ async fn next_data(body: &mut super::pool::Body) -> Option<Result<Bytes, super::
 }
 
 /// How each upstream event becomes client bytes.
-pub enum Transform {
+pub(crate) enum Transform {
     /// OpenAI in, OpenAI out: rewrite the chunk `id` to the request id, keep everything else.
     OpenAiPassThrough { id_json: String },
     /// Anthropic in, Anthropic out: forward verbatim.
@@ -49,7 +49,7 @@ pub enum Transform {
 
 /// What the relay learned about the stream, for logs and token accounting.
 #[derive(Debug, Default, Clone)]
-pub struct StreamFacts {
+pub(crate) struct StreamFacts {
     pub events: u64,
     pub bytes: u64,
     pub text: String,
@@ -59,7 +59,7 @@ pub struct StreamFacts {
 
 /// How a relayed stream ended, once its last bytes are in hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// The stream's terminal success event (`[DONE]`, `message_stop`) is in the output: the request is
     /// complete, whatever the client does next.
     Complete,
@@ -93,7 +93,7 @@ impl Phase {
 
 /// One upstream event stream on its way to the client, event by event; its [`Phase`] says what may
 /// still happen.
-pub struct Relay {
+pub(crate) struct Relay {
     upstream: super::pool::Body,
     decoder: SseDecoder,
     transform: Transform,
@@ -142,7 +142,7 @@ impl Relay {
     ///
     /// An upstream whose very first event is an error event (it answered 200, then refused) is a
     /// fault while nothing has been handed out, so the attempt loop can still fail over.
-    pub async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
+    pub(crate) async fn next_output(&mut self) -> Result<Option<Bytes>, Fault> {
         let opening = matches!(self.phase, Phase::Opening);
         let output = self.next_client_bytes().await;
         if opening {
@@ -525,7 +525,7 @@ impl Relay {
     }
 
     /// A Responses client's final `response` object, once it went by (converted or passed through).
-    pub fn completed_response(&self) -> Option<&[u8]> {
+    pub(crate) fn completed_response(&self) -> Option<&[u8]> {
         match &self.transform {
             Transform::Convert(converter) => converter.completed_response(),
             Transform::ResponsesPassThrough(pass) => pass.completed_response(),
@@ -565,7 +565,7 @@ impl Relay {
     }
 
     /// The protocol-correct event that ends a stream after an upstream fault.
-    pub fn error_event(&mut self, message: &str) -> Bytes {
+    pub(crate) fn error_event(&mut self, message: &str) -> Bytes {
         let mut out = BytesMut::new();
         match &mut self.transform {
             Transform::Convert(converter) => converter.abort(message, &mut out),
@@ -642,7 +642,7 @@ fn after_plain_id(data: &[u8]) -> Option<&[u8]> {
 }
 
 /// Parse the `usage` object that follows the last `"usage":` key in `body` (OpenAI or Anthropic names).
-pub fn usage_after_key(body: &[u8]) -> Option<Usage> {
+pub(crate) fn usage_after_key(body: &[u8]) -> Option<Usage> {
     let at = USAGE_KEY_REV.rfind(body)?;
     let rest = &body[at + 7..];
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;

@@ -111,7 +111,7 @@ struct Tried {
     fault: Fault,
 }
 
-pub fn backend_protocol(kind: BackendKind) -> Protocol {
+pub(crate) fn backend_protocol(kind: BackendKind) -> Protocol {
     match kind {
         BackendKind::Anthropic => Protocol::Anthropic,
         BackendKind::OpenAi | BackendKind::Echo => Protocol::OpenAi,
