@@ -165,6 +165,8 @@ impl AppService {
             None => {
                 let extensions = request.extensions_mut();
                 extensions.insert(id);
+                // The API routes run the pipeline on this request's snapshot too (`http::api`).
+                extensions.insert(Arc::clone(&scope.0));
                 if let Some(peer) = self.peer {
                     extensions.insert(ConnectInfo(peer));
                 }

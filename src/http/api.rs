@@ -1,6 +1,7 @@
 //! API handlers: each extracts the request and hands it to `pipeline::handle`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::response::Response;
@@ -9,7 +10,7 @@ use http::HeaderMap;
 use crate::http::RequestId;
 use crate::pipeline::{self, Inbound};
 use crate::protocol::Endpoint;
-use crate::state::AppState;
+use crate::state::{AppState, Snapshot};
 
 pub(crate) async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
     serve(state, Endpoint::ChatCompletions, request).await
@@ -24,7 +25,7 @@ pub async fn embeddings(State(state): State<AppState>, request: Request) -> Resp
 }
 
 async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -42,7 +43,12 @@ async fn serve(state: AppState, endpoint: Endpoint, request: Request) -> Respons
             body,
             peer,
             started: std::time::Instant::now(),
-            snapshot: state.snapshot(),
+            // The snapshot `AppService` took for this request; the live one for a router built
+            // without it (tests calling the router directly).
+            snapshot: parts
+                .extensions
+                .remove::<Arc<Snapshot>>()
+                .unwrap_or_else(|| state.snapshot()),
         },
     )
     .await

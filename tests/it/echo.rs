@@ -540,6 +540,12 @@ async fn a_reload_applies_a_new_cors_origin() {
 /// the next request takes them.
 #[tokio::test]
 async fn a_request_keeps_the_config_its_head_came_in_under() {
+    a_request_keeps_its_config("").await;
+    // A browser's request (with `Origin`) goes through the router and CORS: the same holds.
+    a_request_keeps_its_config("origin: https://app.example\r\n").await;
+}
+
+async fn a_request_keeps_its_config(extra_header: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
@@ -551,7 +557,7 @@ async fn a_request_keeps_the_config_its_head_came_in_under() {
     let body = json!({"messages": [{"role": "user", "content": "hi"}]}).to_string();
     let mut client = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n{extra_header}\r\n",
         body.len()
     );
     client.write_all(head.as_bytes()).await.unwrap();
