@@ -96,16 +96,7 @@ impl LimitRule {
     /// Checks the rule; `path` (e.g. `rate_limit.per_ip`) is named in the message, and the caller
     /// locates the error in its section ([`Invalid::under`]).
     pub(crate) fn validate(&self, path: &str) -> Result<(), Invalid> {
-        if self.requests.is_none() && self.tokens.is_none() {
-            return Err(Invalid::unlocated(format!(
-                "{path}: set requests and/or tokens"
-            )));
-        }
-        if self.requests == Some(0) || self.tokens == Some(0) {
-            return Err(Invalid::unlocated(format!(
-                "{path}: requests and tokens must be at least 1"
-            )));
-        }
+        check_amounts(path, self.requests, self.tokens)?;
         if !(self.window_s.is_finite() && self.window_s > 0.0) {
             return Err(Invalid::unlocated(format!(
                 "{path}.window_s must be a positive number of seconds, got {}",
@@ -133,16 +124,7 @@ impl QuotaConfig {
     /// Checks the quota; `path` (e.g. `keys[0].quota`) is named in the message, and the caller locates
     /// the error in its section ([`Invalid::under`]).
     pub(crate) fn validate(&self, path: &str) -> Result<(), Invalid> {
-        if self.requests.is_none() && self.tokens.is_none() {
-            return Err(Invalid::unlocated(format!(
-                "{path}: set requests and/or tokens"
-            )));
-        }
-        if self.requests == Some(0) || self.tokens == Some(0) {
-            return Err(Invalid::unlocated(format!(
-                "{path}: requests and tokens must be at least 1"
-            )));
-        }
+        check_amounts(path, self.requests, self.tokens)?;
         match (self.period, self.window_s) {
             (Some(_), Some(_)) => Err(Invalid::unlocated(format!(
                 "{path}: set either period or window_s, not both"
@@ -156,4 +138,19 @@ impl QuotaConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// The checks a rate rule and a quota share: at least one amount, and none of them zero.
+fn check_amounts(path: &str, requests: Option<u64>, tokens: Option<u64>) -> Result<(), Invalid> {
+    if requests.is_none() && tokens.is_none() {
+        return Err(Invalid::unlocated(format!(
+            "{path}: set requests and/or tokens"
+        )));
+    }
+    if requests == Some(0) || tokens == Some(0) {
+        return Err(Invalid::unlocated(format!(
+            "{path}: requests and tokens must be at least 1"
+        )));
+    }
+    Ok(())
 }

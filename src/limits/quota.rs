@@ -4,7 +4,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 
-use super::Period;
+use crate::limit_rules::Period;
 
 /// The period containing `now_us`: an id used in bucket keys (`2026-11-22`, `w2026-11-16`,
 /// `2026-11`) and its end in µs since the epoch.

@@ -5,10 +5,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::headers::{Tightest, go_duration};
+use super::limiter::{ip_text, truncate};
 use super::*;
-use crate::auth::KeyStore;
+use crate::auth::{KeyConfig, KeyStore};
+use crate::limit_rules::{Algorithm, LimitRule, RateLimitConfig};
 use crate::store::test_redis::TestRedis;
-use crate::store::{FailMode, RedisStore};
+use crate::store::{FailMode, RedisStore, StateStore};
 
 /// 2026-11-22T00:00:00Z, a window boundary for every window that divides a day.
 const T0: u64 = 1_795_305_600_000_000;
