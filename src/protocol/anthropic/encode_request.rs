@@ -1,0 +1,406 @@
+//! Encoding a canonical chat request as an Anthropic Messages body: system parts lifted, turns merged,
+//! tool arguments as objects, a reasoning effort as a thinking budget.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::protocol::openai::missing;
+use crate::protocol::{ChatRequest, DecodeError, Image, Part, RawJson, Role, ToolChoice};
+
+/// Render a canonical request as an Anthropic Messages body.
+///
+/// Anthropic requires `max_tokens`, so `default_max_tokens` fills in when the client gave none. Later
+/// system messages join the top-level `system` (Anthropic has no system role inside `messages`),
+/// consecutive messages of the same role merge (tool results must share one user turn), and thinking
+/// without a signature is dropped (Anthropic rejects unsigned thinking blocks).
+pub fn encode_request(
+    req: &ChatRequest,
+    model: Option<&str>,
+    default_max_tokens: u64,
+) -> Result<Value, DecodeError> {
+    let body = RequestOut::new(req, model, default_max_tokens)?;
+    serde_json::to_value(body)
+        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))
+}
+
+/// [`encode_request`] straight to bytes (no JSON tree on the way).
+pub(crate) fn encode_request_bytes(
+    req: &ChatRequest,
+    model: Option<&str>,
+    default_max_tokens: u64,
+) -> Result<Vec<u8>, DecodeError> {
+    let body = RequestOut::new(req, model, default_max_tokens)?;
+    serde_json::to_vec(&body)
+        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))
+}
+
+/// A Messages request body as written: field order is the wire order.
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "SystemOut::is_empty")]
+    system: SystemOut<'a>,
+    messages: Vec<TurnOut<'a>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<MetadataOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<ToolOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<ToolChoiceOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<ThinkingOut>,
+}
+
+/// Extended thinking, asked for by a canonical `reasoning_effort`.
+#[derive(Serialize)]
+struct ThinkingOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u64,
+}
+
+/// The thinking budget for a reasoning effort (`None`: no thinking).
+fn thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "low" => Some(1024),
+        "medium" => Some(2048),
+        "high" => Some(4096),
+        "xhigh" => Some(8192),
+        _ => None,
+    }
+}
+
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: u64 = 1024;
+
+/// `system`: absent, one string, or text blocks when there are several.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SystemOut<'a> {
+    One(&'a str),
+    Blocks(Vec<BlockOut<'a>>),
+}
+
+impl SystemOut<'_> {
+    fn is_empty(&self) -> bool {
+        matches!(self, SystemOut::Blocks(blocks) if blocks.is_empty())
+    }
+}
+
+#[derive(Serialize)]
+struct TurnOut<'a> {
+    role: &'static str,
+    content: ContentOut<'a>,
+}
+
+/// A turn's content: a lone text block is sent as a plain string.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ContentOut<'a> {
+    Text(&'a str),
+    Blocks(Vec<BlockOut<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    Image {
+        source: ImageSourceOut<'a>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+    },
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSourceOut<'a> {
+    Url { url: &'a str },
+    Base64 { media_type: &'a str, data: &'a str },
+}
+
+#[derive(Serialize)]
+struct MetadataOut<'a> {
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ToolOut<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: &'a RawJson,
+}
+
+#[derive(Serialize)]
+struct ToolChoiceOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disable_parallel_tool_use: Option<bool>,
+}
+
+impl<'a> RequestOut<'a> {
+    fn new(
+        req: &'a ChatRequest,
+        model: Option<&'a str>,
+        default_max_tokens: u64,
+    ) -> Result<RequestOut<'a>, DecodeError> {
+        let Some(model) = model.or(req.model.as_deref()) else {
+            return Err(missing("model"));
+        };
+        let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
+        let mut turns: Vec<(&'static str, Vec<BlockOut<'a>>)> =
+            Vec::with_capacity(req.messages.len());
+        for (index, message) in req.messages.iter().enumerate() {
+            let role = match message.role {
+                Role::System => {
+                    for part in &message.parts {
+                        if let Part::Text(text) = part {
+                            system.push(text);
+                        }
+                    }
+                    continue;
+                }
+                Role::User | Role::Tool => "user",
+                Role::Assistant => "assistant",
+            };
+            let mut blocks = Vec::with_capacity(message.parts.len());
+            for part in &message.parts {
+                if let Some(block) = encode_block(part, index)? {
+                    blocks.push(block);
+                }
+            }
+            if blocks.is_empty() {
+                continue;
+            }
+            match turns.last_mut() {
+                Some((last_role, last_blocks)) if *last_role == role => {
+                    // Tool results must lead the user turn that answers the tool calls.
+                    if role == "user" && blocks.iter().any(is_tool_result) {
+                        let at = last_blocks.iter().take_while(|b| is_tool_result(b)).count();
+                        let rest: Vec<BlockOut<'a>> = last_blocks.drain(at..).collect();
+                        last_blocks.extend(blocks);
+                        last_blocks.extend(rest);
+                    } else {
+                        last_blocks.extend(blocks);
+                    }
+                }
+                _ => turns.push((role, blocks)),
+            }
+        }
+        let messages = turns
+            .into_iter()
+            .map(|(role, blocks)| TurnOut {
+                role,
+                content: match blocks.as_slice() {
+                    [BlockOut::Text { text }] => ContentOut::Text(text),
+                    _ => ContentOut::Blocks(blocks),
+                },
+            })
+            .collect();
+        let system = match system.as_slice() {
+            [only] => SystemOut::One(only),
+            many => SystemOut::Blocks(many.iter().map(|text| BlockOut::Text { text }).collect()),
+        };
+        let mut tool_choice = None;
+        if !req.tools.is_empty() {
+            let disable_parallel = req.parallel_tool_calls == Some(false);
+            let choice = |kind, name| ToolChoiceOut {
+                kind,
+                name,
+                disable_parallel_tool_use: None,
+            };
+            tool_choice = match &req.tool_choice {
+                None if !disable_parallel => None,
+                None | Some(ToolChoice::Auto) => Some(choice("auto", None)),
+                Some(ToolChoice::None) => Some(choice("none", None)),
+                Some(ToolChoice::Required) => Some(choice("any", None)),
+                Some(ToolChoice::Named(name)) => Some(choice("tool", Some(name.as_str()))),
+            };
+            if disable_parallel
+                && let Some(choice) = &mut tool_choice
+                && choice.kind != "none"
+            {
+                choice.disable_parallel_tool_use = Some(true);
+            }
+        }
+        // A reasoning effort asks for extended thinking, within `max_tokens` (which Anthropic counts
+        // thinking in): the client's limit bounds the budget (half of it at most, no thinking when that
+        // is under Anthropic's minimum); without one, the budget comes on top of the default. Anthropic refuses thinking with a forced tool choice and with sampling changes.
+        let forced_tool = matches!(
+            tool_choice.as_ref().map(|choice| choice.kind),
+            Some("any" | "tool")
+        );
+        let mut max_tokens = req.params.max_tokens.unwrap_or(default_max_tokens);
+        let thinking = req
+            .reasoning_effort
+            .as_deref()
+            .and_then(thinking_budget)
+            .filter(|_| !forced_tool)
+            .and_then(|budget| match req.params.max_tokens {
+                // At most half the client's limit, so thinking leaves room for the answer.
+                Some(limit) => {
+                    Some(budget.min(limit / 2)).filter(|budget| *budget >= MIN_THINKING_BUDGET)
+                }
+                None => {
+                    max_tokens = max_tokens.saturating_add(budget);
+                    Some(budget)
+                }
+            })
+            .map(|budget_tokens| ThinkingOut {
+                kind: "enabled",
+                budget_tokens,
+            });
+        let sampling = thinking.is_none();
+        Ok(RequestOut {
+            model,
+            max_tokens,
+            system,
+            messages,
+            stop_sequences: &req.params.stop,
+            temperature: req.params.temperature.filter(|_| sampling),
+            top_p: req.params.top_p.filter(|_| sampling),
+            top_k: req.params.top_k.filter(|_| sampling),
+            stream: req.stream,
+            metadata: req.user.as_deref().map(|user_id| MetadataOut { user_id }),
+            tools: req
+                .tools
+                .iter()
+                .map(|tool| ToolOut {
+                    name: &tool.name,
+                    description: tool.description.as_deref(),
+                    input_schema: &tool.parameters,
+                })
+                .collect(),
+            tool_choice,
+            thinking,
+        })
+    }
+}
+
+fn is_tool_result(block: &BlockOut<'_>) -> bool {
+    matches!(block, BlockOut::ToolResult { .. })
+}
+
+fn encode_block(part: &Part, index: usize) -> Result<Option<BlockOut<'_>>, DecodeError> {
+    Ok(Some(match part {
+        Part::Text(text) if text.is_empty() => return Ok(None),
+        Part::Text(text) => BlockOut::Text { text },
+        Part::Image(Image::Url(url)) => BlockOut::Image {
+            source: ImageSourceOut::Url { url },
+        },
+        Part::Image(Image::Base64 { media_type, data }) => BlockOut::Image {
+            source: ImageSourceOut::Base64 { media_type, data },
+        },
+        Part::ToolCall(call) => {
+            let input: Value = if call.arguments.trim().is_empty() {
+                Value::Object(Map::new())
+            } else {
+                match serde_json::from_str::<Value>(&call.arguments) {
+                    Ok(input @ Value::Object(_)) => input,
+                    _ => {
+                        let path = format!("messages[{index}].tool_calls");
+                        return Err(DecodeError::new(
+                            format!(
+                                "{path}: arguments of tool call '{}' are not a JSON object: {}",
+                                call.id, call.arguments
+                            ),
+                            Some(path),
+                        ));
+                    }
+                }
+            };
+            BlockOut::ToolUse {
+                id: &call.id,
+                name: &call.name,
+                input,
+            }
+        }
+        Part::ToolResult(result) => BlockOut::ToolResult {
+            tool_use_id: &result.tool_call_id,
+            content: &result.content,
+            is_error: result.is_error,
+        },
+        Part::Thinking {
+            text,
+            signature: Some(signature),
+        } => BlockOut::Thinking {
+            thinking: text,
+            signature,
+        },
+        Part::Thinking {
+            signature: None, ..
+        } => return Ok(None),
+        Part::RedactedThinking { data } => BlockOut::RedactedThinking { data },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::anthropic::count_tokens_input;
+    use crate::protocol::openai;
+    use serde_json::json;
+
+    #[test]
+    fn encodes_with_default_max_tokens_and_merged_tool_results() {
+        let request = openai::decode_chat(
+            br#"{"model":"gpt","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{}"}},{"id":"b","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]},
+            {"role":"tool","tool_call_id":"a","content":"1"},{"role":"tool","tool_call_id":"b","content":"2"}],"parallel_tool_calls":false,"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        )
+        .unwrap();
+        let body = encode_request(&request, None, 4096).unwrap();
+        assert_eq!(body["max_tokens"], 4096);
+        assert_eq!(body["system"], "s");
+        assert_eq!(body["messages"].as_array().unwrap().len(), 3);
+        assert_eq!(body["messages"][2]["content"][1]["tool_use_id"], "b");
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type":"auto","disable_parallel_tool_use":true})
+        );
+        let counted = count_tokens_input(&request);
+        assert!(counted.starts_with("s\nq"), "{counted}");
+        assert!(
+            counted.contains("{\"x\":1}") && counted.contains("\nf\n"),
+            "{counted}"
+        );
+        let no_model = ChatRequest::default();
+        assert_eq!(
+            encode_request(&no_model, None, 1).unwrap_err().message,
+            "missing required field 'model'"
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! Decoding OpenAI requests (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) into
+//! canonical requests: the wire structs and the typed path that defines the semantics.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::content::{Content, ThinkingBlockWire};
+use super::parse::{missing, parse, required_messages};
+use crate::protocol::{
+    ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint, Message,
+    Part, RawJson, Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult,
+};
+
+/// Decode an OpenAI-format request body for `endpoint` into its canonical form.
+pub fn decode_request(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, DecodeError> {
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Messages => decode_chat(body).map(ApiRequest::Chat),
+        Endpoint::Completions => decode_completion(body).map(ApiRequest::Completion),
+        Endpoint::Embeddings => decode_embeddings(body).map(ApiRequest::Embeddings),
+        Endpoint::Responses => crate::protocol::responses::decode_request(body)
+            .map(|request| ApiRequest::Responses(Box::new(request))),
+    }
+}
+
+/// Decode a `/v1/chat/completions` body.
+pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, DecodeError> {
+    // The exact reader pays off on the small requests most clients send; a large body is most often
+    // an agent's turn with tools, which it would read to the end only to give up on.
+    if body.len() <= crate::protocol::exact_request::MAX_BODY
+        && let Some(request) = crate::protocol::exact_request::chat(body)
+    {
+        return Ok(request);
+    }
+    decode_chat_typed(body)
+}
+
+/// The typed path of [`decode_chat`]: it defines the semantics and names what is wrong.
+pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError> {
+    let wire: ChatWire = parse(body)?;
+    let messages = required_messages(wire.messages)?;
+    let mut request = ChatRequest {
+        model: wire.model,
+        stream: wire.stream.unwrap_or(false),
+        include_usage: wire
+            .stream_options
+            .as_ref()
+            .and_then(|options| options.include_usage)
+            .unwrap_or(false),
+        params: SamplingParams {
+            max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            top_k: wire.top_k,
+            stop: stop_list(wire.stop.as_ref(), "stop")?,
+            seed: wire.seed,
+            presence_penalty: wire.presence_penalty,
+            frequency_penalty: wire.frequency_penalty,
+            n: wire.n,
+        },
+        user: wire.user,
+        parallel_tool_calls: wire.parallel_tool_calls,
+        ..ChatRequest::default()
+    };
+    let mut leading_system = true;
+    for (index, message) in messages.into_iter().enumerate() {
+        let role = match message.role.as_deref() {
+            Some("system" | "developer") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some("tool" | "function") => Role::Tool,
+            Some(other) => {
+                return Err(DecodeError::new(
+                    format!(
+                        "messages[{index}].role: unknown role '{other}'; expected system, developer, user, assistant or tool"
+                    ),
+                    Some(format!("messages[{index}].role")),
+                ));
+            }
+            None => return Err(missing(&format!("messages[{index}].role"))),
+        };
+        let mut parts = Vec::new();
+        let thinking_blocks = message.thinking_blocks.unwrap_or_default();
+        if thinking_blocks.is_empty() {
+            if let Some(reasoning) = message
+                .reasoning_content
+                .or(message.reasoning)
+                .filter(|text| !text.is_empty())
+            {
+                parts.push(Part::Thinking {
+                    text: reasoning,
+                    signature: None,
+                });
+            }
+        } else {
+            // `thinking_blocks` (a LiteLLM-style extension we also emit) carries Anthropic signatures and
+            // redacted thinking, which plain `reasoning_content` cannot; it wins when both are present.
+            parts.extend(
+                thinking_blocks
+                    .into_iter()
+                    .filter_map(ThinkingBlockWire::into_part),
+            );
+        }
+        if role == Role::Tool {
+            let text = message.content.map(Content::into_text).unwrap_or_default();
+            parts.push(Part::ToolResult(ToolResult {
+                tool_call_id: message.tool_call_id.unwrap_or_default(),
+                content: text,
+                is_error: false,
+            }));
+        } else if let Some(content) = message.content {
+            parts.extend(content.into_parts());
+        }
+        for call in message.tool_calls.unwrap_or_default() {
+            parts.push(Part::ToolCall(ToolCall {
+                id: call.id.unwrap_or_default(),
+                name: call.function.name,
+                arguments: call.function.arguments.unwrap_or_default(),
+            }));
+        }
+        if role == Role::System && leading_system {
+            request.system.push(
+                Message {
+                    role,
+                    parts,
+                    name: None,
+                }
+                .text(),
+            );
+            continue;
+        }
+        leading_system = false;
+        request.messages.push(Message {
+            role,
+            parts,
+            name: message.name,
+        });
+    }
+    for tool in wire.tools.unwrap_or_default() {
+        request.tools.push(Tool {
+            name: tool.function.name,
+            description: tool.function.description,
+            parameters: tool
+                .function
+                .parameters
+                .unwrap_or_else(RawJson::empty_object_schema),
+        });
+    }
+    request.tool_choice = match wire.tool_choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(choice)) => Some(match choice.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(DecodeError::new(
+                    format!(
+                        "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
+                    ),
+                    Some("tool_choice".into()),
+                ));
+            }
+        }),
+        Some(other) => match other.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => Some(ToolChoice::Named(name.to_owned())),
+            None => {
+                return Err(DecodeError::new(
+                    "tool_choice: expected {\"type\":\"function\",\"function\":{\"name\":…}}",
+                    Some("tool_choice".into()),
+                ));
+            }
+        },
+    };
+    Ok(request)
+}
+
+/// Decode a legacy `/v1/completions` body.
+pub(crate) fn decode_completion(body: &[u8]) -> Result<CompletionRequest, DecodeError> {
+    let wire: CompletionWire = parse(body)?;
+    let prompt = match wire.prompt {
+        None => return Err(missing("prompt")),
+        Some(prompt) => text_list(&prompt, "prompt")?,
+    };
+    Ok(CompletionRequest {
+        model: wire.model,
+        prompt,
+        stream: wire.stream.unwrap_or(false),
+        params: SamplingParams {
+            max_tokens: wire.max_tokens,
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            top_k: wire.top_k,
+            stop: stop_list(wire.stop.as_ref(), "stop")?,
+            seed: wire.seed,
+            presence_penalty: wire.presence_penalty,
+            frequency_penalty: wire.frequency_penalty,
+            n: wire.n,
+        },
+    })
+}
+
+/// Decode a `/v1/embeddings` body.
+pub(crate) fn decode_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, DecodeError> {
+    let wire: EmbeddingsWire = parse(body)?;
+    let input = match wire.input {
+        None => return Err(missing("input")),
+        Some(input) => text_list(&input, "input")?,
+    };
+    if input.is_empty() {
+        return Err(DecodeError::new(
+            "'input' must not be empty",
+            Some("input".into()),
+        ));
+    }
+    Ok(EmbeddingsRequest {
+        model: wire.model,
+        input,
+    })
+}
+
+fn stop_list(stop: Option<&Value>, field: &str) -> Result<Vec<String>, DecodeError> {
+    match stop {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(value) => text_list(value, field),
+    }
+}
+
+/// A string, or an array of strings (token arrays are rendered as their numbers).
+fn text_list(value: &Value, field: &str) -> Result<Vec<String>, DecodeError> {
+    match value {
+        Value::String(text) => Ok(vec![text.clone()]),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text.clone()),
+                Value::Number(number) => Ok(number.to_string()),
+                Value::Array(tokens) => Ok(tokens
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")),
+                _ => Err(DecodeError::new(
+                    format!("{field}: expected a string or an array of strings"),
+                    Some(field.to_owned()),
+                )),
+            })
+            .collect(),
+        _ => Err(DecodeError::new(
+            format!("{field}: expected a string or an array of strings"),
+            Some(field.to_owned()),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatWire {
+    model: Option<String>,
+    messages: Option<Vec<MessageWire>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptionsWire>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<u64>,
+    stop: Option<Value>,
+    seed: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    n: Option<u64>,
+    tools: Option<Vec<ToolWire>>,
+    tool_choice: Option<Value>,
+    user: Option<String>,
+    parallel_tool_calls: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptionsWire {
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct MessageWire {
+    role: Option<String>,
+    content: Option<Content>,
+    name: Option<String>,
+    tool_calls: Option<Vec<ToolCallWire>>,
+    tool_call_id: Option<String>,
+    reasoning_content: Option<String>,
+    reasoning: Option<String>,
+    thinking_blocks: Option<Vec<ThinkingBlockWire>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallWire {
+    id: Option<String>,
+    function: FunctionCallWire,
+}
+
+#[derive(Deserialize)]
+struct FunctionCallWire {
+    name: String,
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ToolWire {
+    function: FunctionWire,
+}
+
+#[derive(Deserialize)]
+struct FunctionWire {
+    name: String,
+    description: Option<String>,
+    parameters: Option<RawJson>,
+}
+
+#[derive(Deserialize)]
+struct CompletionWire {
+    model: Option<String>,
+    prompt: Option<Value>,
+    stream: Option<bool>,
+    max_tokens: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<u64>,
+    stop: Option<Value>,
+    seed: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    n: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsWire {
+    model: Option<String>,
+    input: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Image;
+
+    /// A tool's schema is kept as the client wrote it (read, not rebuilt), a wrong field after the tools
+    /// is still named, and a conversion puts the same schema into the other protocol.
+    #[test]
+    fn tool_schemas_are_kept_as_text_and_errors_after_them_are_named() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{ "type": "object", "properties": {"b": {"type": "string"}, "a": {}} }}}],"temperature":"hot"}"#;
+        let error = super::decode_chat(body)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(error.starts_with("temperature: invalid type"), "{error}");
+
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{ "type": "object", "properties": {"b": {"type": "string"}, "a": {}} }}},{"type":"function","function":{"name":"g","parameters":null}}]}"#;
+        let request = super::decode_chat(body).unwrap();
+        assert_eq!(
+            request.tools[0].parameters.get(),
+            r#"{ "type": "object", "properties": {"b": {"type": "string"}, "a": {}} }"#
+        );
+        assert_eq!(
+            request.tools[1].parameters.to_value(),
+            serde_json::json!({"type": "object", "properties": {}})
+        );
+        let anthropic: serde_json::Value = serde_json::from_slice(
+            &crate::protocol::anthropic::encode_request_bytes(&request, Some("m"), 64).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            anthropic["tools"][0]["input_schema"],
+            serde_json::json!({"type": "object", "properties": {"b": {"type": "string"}, "a": {}}})
+        );
+        let keys: Vec<&String> = anthropic["tools"][0]["input_schema"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(keys, ["b", "a"]);
+    }
+
+    fn err(body: &str) -> String {
+        decode_chat(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn decodes_a_typical_chat() {
+        let request = decode_chat(
+            br#"{"model":"m","stream":true,"messages":[
+                {"role":"system","content":"be brief"},
+                {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"42"},
+                {"role":"user","content":"again"}],
+              "stop":"x","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"auto"}"#,
+        )
+        .unwrap();
+        assert_eq!(request.model.as_deref(), Some("m"));
+        assert!(request.stream);
+        assert_eq!(request.system, vec!["be brief"]);
+        assert_eq!(request.messages.len(), 4);
+        assert_eq!(request.last_user_text().as_deref(), Some("again"));
+        assert_eq!(request.params.stop, vec!["x"]);
+        assert_eq!(request.tool_choice, Some(ToolChoice::Auto));
+        assert!(matches!(
+            request.messages[0].parts[1],
+            Part::Image(Image::Base64 { .. })
+        ));
+    }
+
+    #[test]
+    fn names_what_was_wrong() {
+        assert_eq!(err("{}"), "missing required field 'messages'");
+        assert_eq!(
+            err(r#"{"messages":[]}"#),
+            "'messages' must be a non-empty array of messages"
+        );
+        assert!(err(r#"{"messages":[{"role":"user","content":5}]}"#)
+            .starts_with("messages[0].content: invalid type: integer `5`, expected a string or an array of content parts"));
+        assert!(err(r#"{"messages":"hi"}"#).starts_with("messages: invalid type"));
+        assert!(
+            err(r#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#)
+                .starts_with("stream: invalid type")
+        );
+        assert!(
+            err(r#"{"messages":[{"role":"wizard","content":"x"}]}"#)
+                .contains("unknown role 'wizard'")
+        );
+        assert!(err("{\"messages\": [").starts_with("invalid JSON body"));
+        assert_eq!(err("[1]"), "request body must be a JSON object");
+        assert_eq!(err(""), "request body is empty; expected a JSON object");
+    }
+
+    #[test]
+    fn completion_and_embeddings_inputs() {
+        let completion = decode_completion(br#"{"prompt":["a","b"],"max_tokens":3}"#).unwrap();
+        assert_eq!(completion.prompt, vec!["a", "b"]);
+        assert!(decode_completion(b"{}").is_err());
+        let embeddings = decode_embeddings(br#"{"input":"hello"}"#).unwrap();
+        assert_eq!(embeddings.input, vec!["hello"]);
+        assert!(decode_embeddings(br#"{"input":[]}"#).is_err());
+    }
+}
