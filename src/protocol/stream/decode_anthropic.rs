@@ -164,15 +164,15 @@ impl AnthropicDecoder {
                 let Some(delta) = &fast.delta else {
                     return true;
                 };
-                let text =
-                    |text: &Option<Cow<'_, str>>| text.as_deref().unwrap_or_default().to_owned();
                 match delta.kind.as_deref() {
-                    Some("text_delta") => push_text(out, StreamEvent::Text, text(&delta.text)),
+                    Some("text_delta") => {
+                        push_text(out, StreamEvent::Text, owned_text(&delta.text))
+                    }
                     Some("thinking_delta") => {
-                        push_text(out, StreamEvent::Thinking, text(&delta.thinking));
+                        push_text(out, StreamEvent::Thinking, owned_text(&delta.thinking));
                     }
                     Some("signature_delta") => {
-                        push_text(out, StreamEvent::Signature, text(&delta.signature));
+                        push_text(out, StreamEvent::Signature, owned_text(&delta.signature));
                     }
                     Some("input_json_delta") => {
                         let block_index = fast.index.unwrap_or(0);
@@ -205,16 +205,14 @@ impl AnthropicDecoder {
                 let Some(block) = &fast.content_block else {
                     return true;
                 };
-                let text =
-                    |text: &Option<Cow<'_, str>>| text.as_deref().unwrap_or_default().to_owned();
                 match block.kind.as_deref() {
-                    Some("text") => push_text(out, StreamEvent::Text, text(&block.text)),
+                    Some("text") => push_text(out, StreamEvent::Text, owned_text(&block.text)),
                     Some("thinking") => {
-                        push_text(out, StreamEvent::Thinking, text(&block.thinking));
-                        push_text(out, StreamEvent::Signature, text(&block.signature));
+                        push_text(out, StreamEvent::Thinking, owned_text(&block.thinking));
+                        push_text(out, StreamEvent::Signature, owned_text(&block.signature));
                     }
                     Some("redacted_thinking") => {
-                        out.push(StreamEvent::RedactedThinking(text(&block.data)));
+                        out.push(StreamEvent::RedactedThinking(owned_text(&block.data)));
                     }
                     // A tool call's `input` is kept as raw JSON text: the `Value` path renders it.
                     Some("tool_use") => return false,
@@ -247,6 +245,12 @@ impl AnthropicDecoder {
             _ => false,
         }
     }
+}
+
+/// A borrowed view's text field as an owned string, empty when absent (the fast path's reading of what
+/// the `Value` path reads with `unwrap_or_default`).
+fn owned_text(text: &Option<Cow<'_, str>>) -> String {
+    text.as_deref().unwrap_or_default().to_owned()
 }
 
 // --- Borrowed views of the common event shapes (the fast path; see `stream`'s module doc) ---

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::exact::{exact_chunk, exact_tool_args};
 use super::{StreamError, StreamEvent, error_event, non_empty, parse_event, push_text};
 use crate::protocol::sse::SseEvent;
-use crate::protocol::{Obj, fast_decode, openai};
+use crate::protocol::{FinishReason, Obj, fast_decode, openai};
 
 #[derive(Debug, Default)]
 pub(super) struct OpenAiDecoder {
@@ -38,33 +38,17 @@ impl OpenAiDecoder {
         if !self.value_only
             && let Some(chunk) = exact_chunk(&event.data, &mut self.prefix)
         {
-            if !self.started {
-                self.started = true;
-                out.push(StreamEvent::Start { usage: None });
-            }
+            self.ensure_started(out);
             push_text(out, StreamEvent::Text, chunk.text.into_owned());
-            if let Some(reason) = chunk.finish {
-                out.push(StreamEvent::Finish {
-                    reason,
-                    stop_sequence: None,
-                });
-            }
+            push_finish(out, chunk.finish);
             return Ok(());
         }
         if !self.value_only
             && let Some(chunk) = exact_tool_args(&event.data, &mut self.prefix)
         {
-            if !self.started {
-                self.started = true;
-                out.push(StreamEvent::Start { usage: None });
-            }
+            self.ensure_started(out);
             self.tool_call(chunk.index, None, None, Some(&chunk.arguments), out);
-            if let Some(reason) = chunk.finish {
-                out.push(StreamEvent::Finish {
-                    reason,
-                    stop_sequence: None,
-                });
-            }
+            push_finish(out, chunk.finish);
             return Ok(());
         }
         if !self.value_only
@@ -78,10 +62,7 @@ impl OpenAiDecoder {
             out.push(error_event(error));
             return Ok(());
         }
-        if !self.started {
-            self.started = true;
-            out.push(StreamEvent::Start { usage: None });
-        }
+        self.ensure_started(out);
         let choices = value
             .get("choices")
             .and_then(Value::as_array)
@@ -103,12 +84,8 @@ impl OpenAiDecoder {
             {
                 out.push(StreamEvent::Text(text.to_owned()));
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-                out.push(StreamEvent::Finish {
-                    reason: openai::finish_reason_from(reason),
-                    stop_sequence: None,
-                });
-            }
+            let reason = choice.get("finish_reason").and_then(Value::as_str);
+            push_finish(out, reason.map(openai::finish_reason_from));
         }
         if let Some(usage) = value.get("usage").filter(|usage| usage.is_object()) {
             out.push(StreamEvent::Usage(openai::usage_from(usage)));
@@ -129,10 +106,7 @@ impl OpenAiDecoder {
                 Err(_) => {}
             }
         }
-        if !self.started {
-            self.started = true;
-            out.push(StreamEvent::Start { usage: None });
-        }
+        self.ensure_started(out);
         let choice = chunk
             .choices
             .iter()
@@ -173,18 +147,22 @@ impl OpenAiDecoder {
             if let Some(text) = non_empty(&choice.text) {
                 out.push(StreamEvent::Text(text.to_owned()));
             }
-            if let Some(reason) = &choice.finish_reason {
-                out.push(StreamEvent::Finish {
-                    reason: openai::finish_reason_from(reason),
-                    stop_sequence: None,
-                });
-            }
+            let reason = choice.finish_reason.as_deref();
+            push_finish(out, reason.map(openai::finish_reason_from));
         }
         if let Some(usage) = chunk.usage
             && let Ok(usage) = serde_json::from_str::<Value>(usage.get())
             && usage.is_object()
         {
             out.push(StreamEvent::Usage(openai::usage_from(&usage)));
+        }
+    }
+
+    /// The `Start` event, before the first chunk's events.
+    fn ensure_started(&mut self, out: &mut Vec<StreamEvent>) {
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start { usage: None });
         }
     }
 
@@ -250,6 +228,16 @@ impl OpenAiDecoder {
                 out,
             );
         }
+    }
+}
+
+/// The `Finish` event for a chunk's finish reason, if it has one (OpenAI chunks name no stop sequence).
+fn push_finish(out: &mut Vec<StreamEvent>, finish: Option<FinishReason>) {
+    if let Some(reason) = finish {
+        out.push(StreamEvent::Finish {
+            reason,
+            stop_sequence: None,
+        });
     }
 }
 
