@@ -15,7 +15,8 @@ use crate::error::describe;
 use crate::protocol::json_patch;
 use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
-use crate::protocol::stream::{ExactChunk, StreamConverter, StreamTap, exact_chunk, push_piece};
+use crate::protocol::stream::exact::{ExactChunk, exact_chunk};
+use crate::protocol::stream::{StreamConverter, StreamTap, push_piece};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
 
 mod observe;
