@@ -13,8 +13,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::convert::{self, RequestOptions, ResponseOptions};
+use super::responses::stream::{ResponsesPassThrough, final_response_of};
 use super::responses::{self, ResponseEcho};
-use super::responses_stream::{ResponsesPassThrough, final_response_of};
 use super::sse::SseDecoder;
 use super::stream::{StreamConverter, StreamOptions, StreamTap};
 use super::{ChatRequest, Part, Protocol, Role, anthropic, openai};

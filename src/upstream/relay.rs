@@ -13,7 +13,7 @@ use memchr::memmem::{Finder, FinderRev};
 
 use crate::error::describe;
 use crate::protocol::json_patch;
-use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
+use crate::protocol::responses::stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
 use crate::protocol::stream::{ExactChunk, StreamConverter, StreamTap, exact_chunk, push_piece};
 use crate::protocol::{FinishReason, ResponseSummary, Usage};
