@@ -15,8 +15,6 @@ pub mod openai;
 pub mod responses;
 // `stream.rs` names the Responses stream encoder and decoder by this path.
 pub(crate) use responses::stream as responses_stream;
-#[cfg(test)]
-mod responses_golden;
 pub mod sse;
 pub mod stream;
 
