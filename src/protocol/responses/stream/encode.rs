@@ -26,6 +26,41 @@ struct Item {
     status: &'static str,
 }
 
+/// Which text event of a content part: a piece, or the whole text once the part is done.
+#[derive(Debug, Clone, Copy)]
+enum TextEvent {
+    Delta,
+    Done,
+}
+
+impl Item {
+    /// The text event of this item's content part (a message's output text, with `logprobs`, or a
+    /// reasoning item's text); none for a function call.
+    fn text_event(&self, which: TextEvent, seq: u64, at: usize, text: &str, out: &mut BytesMut) {
+        let (kind, logprobs) = match (Kind::of(&self.body), which) {
+            (Some(Kind::Message), TextEvent::Delta) => ("response.output_text.delta", true),
+            (Some(Kind::Message), TextEvent::Done) => ("response.output_text.done", true),
+            (Some(Kind::Reasoning), TextEvent::Delta) => ("response.reasoning_text.delta", false),
+            (Some(Kind::Reasoning), TextEvent::Done) => ("response.reasoning_text.done", false),
+            (None, _) => return,
+        };
+        PartTextOut {
+            kind,
+            sequence_number: seq,
+            item_id: &self.id,
+            output_index: at,
+            content_index: 0,
+            field: match which {
+                TextEvent::Delta => "delta",
+                TextEvent::Done => "text",
+            },
+            text,
+            logprobs,
+        }
+        .write(out);
+    }
+}
+
 /// Writes the Responses event stream for canonical events.
 #[derive(Debug)]
 pub(crate) struct ResponsesEncoder {
@@ -126,23 +161,11 @@ impl ResponsesEncoder {
             }
             StreamEvent::Text(text) => {
                 let at = self.ensure_item(Kind::Message, opts, out);
-                let item = &mut self.items[at];
-                if let ItemBody::Message { text: all } = &mut item.body {
+                if let ItemBody::Message { text: all } = &mut self.items[at].body {
                     crate::protocol::stream::push_piece(all, text);
                 }
                 let seq = self.next_seq();
-                let item = &self.items[at];
-                PartTextOut {
-                    kind: "response.output_text.delta",
-                    sequence_number: seq,
-                    item_id: &item.id,
-                    output_index: at,
-                    content_index: 0,
-                    field: "delta",
-                    text,
-                    logprobs: true,
-                }
-                .write(out);
+                self.items[at].text_event(TextEvent::Delta, seq, at, text, out);
             }
             StreamEvent::Thinking(text) => {
                 let at = self.ensure_item(Kind::Reasoning, opts, out);
@@ -150,18 +173,7 @@ impl ResponsesEncoder {
                     all.push_str(text);
                 }
                 let seq = self.next_seq();
-                let item = &self.items[at];
-                PartTextOut {
-                    kind: "response.reasoning_text.delta",
-                    sequence_number: seq,
-                    item_id: &item.id,
-                    output_index: at,
-                    content_index: 0,
-                    field: "delta",
-                    text,
-                    logprobs: false,
-                }
-                .write(out);
+                self.items[at].text_event(TextEvent::Delta, seq, at, text, out);
             }
             StreamEvent::Signature(signature) => {
                 let at = self.ensure_item(Kind::Reasoning, opts, out);
@@ -346,17 +358,7 @@ impl ResponsesEncoder {
         let item = &*item;
         match &item.body {
             ItemBody::Message { text } => {
-                PartTextOut {
-                    kind: "response.output_text.done",
-                    sequence_number: bump(seq),
-                    item_id: &item.id,
-                    output_index: at,
-                    content_index: 0,
-                    field: "text",
-                    text,
-                    logprobs: true,
-                }
-                .write(out);
+                item.text_event(TextEvent::Done, bump(seq), at, text, out);
                 part_event("response.content_part.done", bump(seq), at, item, text, out);
             }
             ItemBody::Reasoning { text, encrypted } => {
@@ -364,17 +366,7 @@ impl ResponsesEncoder {
                     .as_deref()
                     .is_some_and(|e| e.starts_with(REDACTED_PREFIX));
                 if !redacted {
-                    PartTextOut {
-                        kind: "response.reasoning_text.done",
-                        sequence_number: bump(seq),
-                        item_id: &item.id,
-                        output_index: at,
-                        content_index: 0,
-                        field: "text",
-                        text,
-                        logprobs: false,
-                    }
-                    .write(out);
+                    item.text_event(TextEvent::Done, bump(seq), at, text, out);
                     part_event("response.content_part.done", bump(seq), at, item, text, out);
                 }
             }
