@@ -128,7 +128,7 @@ pub fn answer(
             ..Default::default()
         };
         let created = jiff::Timestamp::now().as_second();
-        let (events, _) = crate::protocol::responses_stream::replay(&decoded, &opts, created);
+        let (events, _) = crate::protocol::responses::stream::replay(&decoded, &opts, created);
         ctx.usage = decoded.usage;
         if ctx.request.is_some() {
             ctx.reply = Some(ResponseSummary::from_response(&decoded));

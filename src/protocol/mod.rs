@@ -13,9 +13,8 @@ pub mod json_patch;
 pub(crate) mod json_text;
 pub mod openai;
 pub mod responses;
-#[cfg(test)]
-mod responses_golden;
-pub mod responses_stream;
+// `stream.rs` names the Responses stream encoder and decoder by this path.
+pub(crate) use responses::stream as responses_stream;
 pub mod sse;
 pub mod stream;
 

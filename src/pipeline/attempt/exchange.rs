@@ -14,7 +14,7 @@ use crate::config::{BackendConfig, InstanceConfig};
 use crate::error::GatewayError;
 use crate::protocol::convert::{self, RequestOptions, ResponseOptions};
 use crate::protocol::json_patch::{json_string, set_fields};
-use crate::protocol::responses_stream::ResponsesPassThrough;
+use crate::protocol::responses::stream::ResponsesPassThrough;
 use crate::protocol::stream::{StreamConverter, StreamOptions, StreamTap};
 use crate::protocol::{ApiRequest, Endpoint, Protocol};
 use crate::routing::instances::{InFlightGuard, InstanceState};

@@ -13,7 +13,7 @@ use memchr::memmem::Finder;
 
 use crate::error::describe;
 use crate::protocol::json_patch;
-use crate::protocol::responses_stream::{ResponsesPassThrough, Terminal};
+use crate::protocol::responses::stream::{ResponsesPassThrough, Terminal};
 use crate::protocol::sse::{SseDecoder, SseEvent};
 use crate::protocol::stream::exact::{ExactChunk, exact_chunk};
 use crate::protocol::stream::{StreamConverter, StreamTap, push_piece};

@@ -1,4 +1,4 @@
-//! Golden fixture suite and property tests for every conversion (test-only).
+//! Golden fixtures and property tests for the chat-completions ⇄ Anthropic conversions (test-only).
 //!
 //! Each input in `fixtures/` is converted according to its name and compared with the file next to it
 //! named `<stem>.expected.<ext>`; `UPDATE_EXPECT=1` rewrites the expected files (review the diff).
@@ -11,15 +11,18 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::convert::{self, RequestOptions, ResponseOptions};
-use super::sse::SseDecoder;
-use super::stream::{StreamConverter, StreamOptions, StreamTap};
-use super::{Protocol, anthropic, openai};
+use crate::protocol::convert::{self, RequestOptions, ResponseOptions};
+use crate::protocol::sse::SseDecoder;
+use crate::protocol::stream::{StreamConverter, StreamOptions, StreamTap};
+use crate::protocol::{Protocol, anthropic, openai};
 
-const CREATED: i64 = 1_700_000_000;
+use super::harness::{
+    CREATED, arbitrary_json, classify, compare, content_lines, convert_in_pieces, expected_name,
+    inputs_in, mutated, pretty,
+};
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/fixtures")
+    super::harness::fixtures_dir("fixtures")
 }
 
 fn other(protocol: Protocol) -> Protocol {
@@ -27,18 +30,6 @@ fn other(protocol: Protocol) -> Protocol {
         Protocol::OpenAi => Protocol::Anthropic,
         Protocol::Anthropic | Protocol::Responses => Protocol::OpenAi,
     }
-}
-
-/// `(kind, from)` parsed from a fixture name like `stream_openai_x.sse`.
-fn classify(name: &str) -> (&str, Protocol) {
-    let mut parts = name.split('_');
-    let kind = parts.next().unwrap();
-    let from = match parts.next().unwrap() {
-        "openai" => Protocol::OpenAi,
-        "anthropic" => Protocol::Anthropic,
-        other => panic!("fixture {name}: unknown protocol {other}"),
-    };
-    (kind, from)
 }
 
 fn stream_options() -> StreamOptions {
@@ -52,26 +43,8 @@ fn stream_options() -> StreamOptions {
 }
 
 fn convert_stream(from: Protocol, input: &[u8], pieces: &[usize]) -> (Vec<u8>, StreamConverter) {
-    let mut converter =
-        StreamConverter::new(from, other(from), stream_options()).with_created(CREATED);
-    let mut out = BytesMut::new();
-    let mut rest = input;
-    for &size in pieces {
-        let size = size.min(rest.len());
-        let (head, tail) = rest.split_at(size);
-        converter.push(head, &mut out).unwrap();
-        rest = tail;
-    }
-    converter.push(rest, &mut out).unwrap();
-    converter.finish(&mut out).unwrap();
-    (out.to_vec(), converter)
-}
-
-fn pretty(bytes: &[u8]) -> Vec<u8> {
-    let value: Value = serde_json::from_slice(bytes).unwrap();
-    let mut text = serde_json::to_vec_pretty(&value).unwrap();
-    text.push(b'\n');
-    text
+    let converter = StreamConverter::new(from, other(from), stream_options()).with_created(CREATED);
+    convert_in_pieces(converter, input, pieces)
 }
 
 /// Convert one fixture input as its name says.
@@ -122,48 +95,15 @@ fn check(input_file: &Path, expected_file: &Path) -> Result<(), String> {
     let name = input_file.file_name().unwrap().to_str().unwrap();
     let input = std::fs::read(input_file).unwrap();
     let actual = convert_fixture(name, &input);
-    if std::env::var_os("UPDATE_EXPECT").is_some() {
-        std::fs::write(expected_file, &actual).unwrap();
-        return Ok(());
-    }
-    let expected = std::fs::read(expected_file)
-        .map_err(|error| format!("{}: {error}", expected_file.display()))?;
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name} differs from {}:\n--- expected\n{}\n--- actual\n{}",
-            expected_file.display(),
-            String::from_utf8_lossy(&expected),
-            String::from_utf8_lossy(&actual)
-        ))
-    }
+    compare(name, expected_file, &actual)
 }
 
 fn inputs() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            !path
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .contains(".expected.")
-        })
-        .collect();
-    files.sort();
-    files
+    inputs_in(&[fixtures_dir()])
 }
 
 fn expected_path(input: &Path) -> PathBuf {
-    let stem = input.file_stem().unwrap().to_str().unwrap();
-    let ext = match input.extension().unwrap().to_str().unwrap() {
-        "txt" => "json",
-        ext => ext,
-    };
-    input.with_file_name(format!("{stem}.expected.{ext}"))
+    input.with_file_name(expected_name(input, None))
 }
 
 #[test]
@@ -191,29 +131,8 @@ fn stream_fixtures() -> Vec<(Protocol, Vec<u8>)> {
 /// Tool calls, tool results, images and text survive a request's trip to the other protocol and back.
 #[test]
 fn requests_round_trip_their_content() {
-    use super::{Part, Role};
-    fn content(request: &super::ChatRequest) -> Vec<String> {
-        let mut out = request.system.clone();
-        for message in &request.messages {
-            for part in &message.parts {
-                match part {
-                    Part::Text(text) if message.role == Role::System => out.push(text.clone()),
-                    Part::Text(text) => out.push(format!("{}: {text}", message.role.as_str())),
-                    Part::Image(image) => out.push(format!("{image:?}")),
-                    Part::ToolCall(call) => {
-                        let args: Value = serde_json::from_str(&call.arguments).unwrap();
-                        out.push(format!("call {} {} {args}", call.id, call.name));
-                    }
-                    Part::ToolResult(result) => {
-                        out.push(format!("result {} {}", result.tool_call_id, result.content));
-                    }
-                    Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
-                }
-            }
-        }
-        out.sort();
-        out
-    }
+    let content =
+        |request: &crate::protocol::ChatRequest| content_lines(request.system.clone(), request);
     let opts = RequestOptions {
         model: None,
         default_max_tokens: 1024,
@@ -234,18 +153,7 @@ fn requests_round_trip_their_content() {
             }
             _ => continue,
         };
-        let normalize = |lines: Vec<String>| -> Vec<String> {
-            // Roles of tool results differ by design (OpenAI `tool` messages vs Anthropic user turns).
-            lines
-                .into_iter()
-                .map(|line| line.replace("tool: ", "user: "))
-                .collect()
-        };
-        assert_eq!(
-            normalize(content(&back)),
-            normalize(content(&original)),
-            "{name}"
-        );
+        assert_eq!(content(&back), content(&original), "{name}");
         assert_eq!(back.tools, original.tools, "{name}");
         assert_eq!(back.params.stop, original.params.stop, "{name}");
         assert_eq!(back.user, original.user, "{name}");
@@ -401,7 +309,10 @@ fn stream_summary_of_tool_use() {
         ),
         (2482, 89, 2000)
     );
-    assert_eq!(summary.finish_reason, Some(super::FinishReason::ToolCalls));
+    assert_eq!(
+        summary.finish_reason,
+        Some(crate::protocol::FinishReason::ToolCalls)
+    );
 }
 
 #[test]
@@ -429,7 +340,7 @@ fn tap_reads_legacy_completion_chunks() {
     assert_eq!(tap.summary().text, "Hi there");
     assert_eq!(
         tap.summary().finish_reason,
-        Some(super::FinishReason::Length)
+        Some(crate::protocol::FinishReason::Length)
     );
 }
 
@@ -496,11 +407,11 @@ fn echo_stream_events_are_in_order() {
         model: "echo",
         created: 0,
         text: "Echo: hi",
-        finish_reason: super::FinishReason::Stop,
-        usage: super::Usage {
+        finish_reason: crate::protocol::FinishReason::Stop,
+        usage: crate::protocol::Usage {
             input_tokens: 1,
             output_tokens: 2,
-            ..super::Usage::default()
+            ..crate::protocol::Usage::default()
         },
     };
     let names: Vec<&str> = anthropic::message_stream(&answer, &["Echo:", " hi"], 1)
@@ -525,7 +436,7 @@ fn echo_stream_events_are_in_order() {
     assert_eq!(body["stop_reason"], "end_turn");
 }
 
-fn sse_events(bytes: &[u8]) -> Vec<super::sse::SseEvent> {
+fn sse_events(bytes: &[u8]) -> Vec<crate::protocol::sse::SseEvent> {
     let mut decoder = SseDecoder::default();
     decoder.feed(bytes);
     let mut events = Vec::new();
@@ -543,7 +454,7 @@ fn fast_and_value_stream_decoders_agree_on_fixtures() {
     for (from, input) in fixtures {
         let events = sse_events(&input);
         assert!(!events.is_empty());
-        let (fast, slow) = super::stream::decode_both_ways(from, &events);
+        let (fast, slow) = crate::protocol::stream::decode_both_ways(from, &events);
         assert_eq!(fast, slow, "{from:?} fixture decoded differently");
     }
 }
@@ -656,7 +567,7 @@ proptest! {
                 sse.extend_from_slice(b"\n\n");
             }
             let events = sse_events(&sse);
-            let (fast, slow) = super::stream::decode_both_ways(protocol, &events);
+            let (fast, slow) = crate::protocol::stream::decode_both_ways(protocol, &events);
             prop_assert_eq!(fast, slow);
         }
     }
@@ -687,16 +598,7 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
     ) {
         let files = inputs();
-        let mut bytes = std::fs::read(&files[fixture % files.len()]).unwrap();
-        for (at, byte) in edits {
-            let at = at % (bytes.len() + 1);
-            if at < bytes.len() && byte % 2 == 0 {
-                bytes[at] = byte;
-            } else {
-                bytes.insert(at, byte);
-            }
-        }
-        fuzz_everything(&bytes);
+        fuzz_everything(&mutated(&files[fixture % files.len()], edits));
     }
 
     /// Arbitrary JSON values in the places the decoders look.
@@ -720,48 +622,6 @@ proptest! {
     }
 }
 
-pub(super) fn arbitrary_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        prop_oneof![
-            Just("text".to_owned()),
-            Just("tool_use".to_owned()),
-            Just("tool_result".to_owned()),
-            Just("thinking".to_owned()),
-            Just("user".to_owned()),
-            ".{0,8}"
-        ]
-        .prop_map(Value::from),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map(
-                prop_oneof![
-                    Just("type".to_owned()),
-                    Just("text".to_owned()),
-                    Just("content".to_owned()),
-                    Just("index".to_owned()),
-                    Just("id".to_owned()),
-                    Just("name".to_owned()),
-                    Just("input".to_owned()),
-                    Just("source".to_owned()),
-                    Just("tool_calls".to_owned()),
-                    Just("function".to_owned()),
-                    Just("arguments".to_owned()),
-                    "[a-z_]{1,6}",
-                ],
-                inner,
-                0..6
-            )
-            .prop_map(|map| Value::Object(map.into_iter().collect())),
-        ]
-    })
-}
-
 fn fuzz_everything(bytes: &[u8]) {
     let opts = RequestOptions {
         model: Some("m"),
@@ -780,7 +640,7 @@ fn fuzz_everything(bytes: &[u8]) {
     }
     let _ = openai::decode_completion(bytes);
     let _ = openai::decode_embeddings(bytes);
-    let _ = super::json_patch::set_fields(bytes, &[("model", "\"m\""), ("extra", "1")]);
+    let _ = crate::protocol::json_patch::set_fields(bytes, &[("model", "\"m\""), ("extra", "1")]);
     for from in [Protocol::OpenAi, Protocol::Anthropic] {
         for to in [Protocol::OpenAi, Protocol::Anthropic] {
             let response_opts = ResponseOptions {

@@ -12,38 +12,28 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::convert::{self, RequestOptions, ResponseOptions};
-use super::responses::{self, ResponseEcho};
-use super::responses_stream::{ResponsesPassThrough, final_response_of};
-use super::sse::SseDecoder;
-use super::stream::{StreamConverter, StreamOptions, StreamTap};
-use super::{ChatRequest, Part, Protocol, Role, anthropic, openai};
+use crate::protocol::convert::{self, RequestOptions, ResponseOptions};
+use crate::protocol::responses::stream::{ResponsesPassThrough, final_response_of};
+use crate::protocol::responses::{self, ResponseEcho};
+use crate::protocol::sse::SseDecoder;
+use crate::protocol::stream::{StreamConverter, StreamOptions, StreamTap};
+use crate::protocol::{ChatRequest, Protocol, anthropic, openai};
 
-const CREATED: i64 = 1_700_000_000;
+use super::harness::{
+    CREATED, arbitrary_json, chunks, classify, compare, content_lines, convert_in_pieces,
+    expected_name, fixtures_dir, inputs_in, mutated, pretty,
+};
 
 fn responses_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/fixtures_responses")
+    fixtures_dir("fixtures_responses")
 }
 
 fn shared_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocol/fixtures")
+    fixtures_dir("fixtures")
 }
 
 fn name_of(protocol: Protocol) -> &'static str {
     protocol.as_str()
-}
-
-/// `(kind, from)` of a fixture name like `stream_responses_text.sse`.
-fn classify(name: &str) -> (&str, Protocol) {
-    let mut parts = name.split('_');
-    let kind = parts.next().unwrap();
-    let from = match parts.next().unwrap() {
-        "openai" => Protocol::OpenAi,
-        "anthropic" => Protocol::Anthropic,
-        "responses" => Protocol::Responses,
-        other => panic!("fixture {name}: unknown protocol {other}"),
-    };
-    (kind, from)
 }
 
 /// What each input is converted to: Responses inputs to both other protocols, the others to Responses.
@@ -91,25 +81,8 @@ fn convert_stream(
     input: &[u8],
     pieces: &[usize],
 ) -> (Vec<u8>, StreamConverter) {
-    let mut converter = StreamConverter::new(from, to, stream_options()).with_created(CREATED);
-    let mut out = BytesMut::new();
-    let mut rest = input;
-    for &size in pieces {
-        let size = size.min(rest.len());
-        let (head, tail) = rest.split_at(size);
-        converter.push(head, &mut out).unwrap();
-        rest = tail;
-    }
-    converter.push(rest, &mut out).unwrap();
-    converter.finish(&mut out).unwrap();
-    (out.to_vec(), converter)
-}
-
-fn pretty(bytes: &[u8]) -> Vec<u8> {
-    let value: Value = serde_json::from_slice(bytes).unwrap();
-    let mut text = serde_json::to_vec_pretty(&value).unwrap();
-    text.push(b'\n');
-    text
+    let converter = StreamConverter::new(from, to, stream_options()).with_created(CREATED);
+    convert_in_pieces(converter, input, pieces)
 }
 
 fn convert_fixture(name: &str, to: Protocol, input: &[u8]) -> Vec<u8> {
@@ -133,33 +106,13 @@ fn convert_fixture(name: &str, to: Protocol, input: &[u8]) -> Vec<u8> {
     }
 }
 
-fn is_input(path: &Path) -> bool {
-    let name = path.file_name().unwrap().to_str().unwrap();
-    path.is_file() && !name.contains(".expected.")
-}
-
 /// Every input: this module's own, and the chat/Anthropic inputs of the shared fixtures.
 fn inputs() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in [responses_dir(), shared_dir()] {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if is_input(&path) {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+    inputs_in(&[responses_dir(), shared_dir()])
 }
 
 fn expected_path(input: &Path, to: Protocol) -> PathBuf {
-    let stem = input.file_stem().unwrap().to_str().unwrap();
-    let ext = match input.extension().unwrap().to_str().unwrap() {
-        "txt" => "json",
-        ext => ext,
-    };
-    responses_dir().join(format!("{stem}.{}.expected.{ext}", name_of(to)))
+    responses_dir().join(expected_name(input, Some(name_of(to))))
 }
 
 #[test]
@@ -175,19 +128,8 @@ fn golden_fixtures() {
             let expected_file = expected_path(input_file, to);
             let actual = convert_fixture(name, to, &input);
             checked += 1;
-            if std::env::var_os("UPDATE_EXPECT").is_some() {
-                std::fs::write(&expected_file, &actual).unwrap();
-                continue;
-            }
-            match std::fs::read(&expected_file) {
-                Ok(expected) if expected == actual => {}
-                Ok(expected) => failures.push(format!(
-                    "{name} → {to:?} differs from {}:\n--- expected\n{}\n--- actual\n{}",
-                    expected_file.display(),
-                    String::from_utf8_lossy(&expected),
-                    String::from_utf8_lossy(&actual)
-                )),
-                Err(error) => failures.push(format!("{}: {error}", expected_file.display())),
+            if let Err(failure) = compare(&format!("{name} → {to:?}"), &expected_file, &actual) {
+                failures.push(failure);
             }
         }
     }
@@ -482,7 +424,7 @@ fn chat_streams_keep_their_answer_through_responses() {
         assert_eq!(again.reasoning, original.reasoning, "{name}");
         assert_eq!(again.tool_calls, original.tool_calls, "{name}");
         // Responses has no field for cache writes; the other counts survive.
-        let counts = |usage: Option<super::Usage>| {
+        let counts = |usage: Option<crate::protocol::Usage>| {
             usage.map(|u| (u.input_tokens, u.output_tokens, u.cache_read_tokens))
         };
         assert_eq!(counts(again.usage), counts(original.usage), "{name}");
@@ -494,31 +436,11 @@ fn chat_streams_keep_their_answer_through_responses() {
 fn responses_requests_round_trip_their_content() {
     fn content(request: &ChatRequest) -> Vec<String> {
         // Responses has one `instructions` string: system parts are compared joined.
-        let mut out: Vec<String> = (!request.system.is_empty())
+        let system = (!request.system.is_empty())
             .then(|| request.system.join("\n"))
             .into_iter()
             .collect();
-        for message in &request.messages {
-            for part in &message.parts {
-                match part {
-                    Part::Text(text) if message.role == Role::System => out.push(text.clone()),
-                    Part::Text(text) => out.push(format!("{}: {text}", message.role.as_str())),
-                    Part::Image(image) => out.push(format!("{image:?}")),
-                    Part::ToolCall(call) => {
-                        let args: Value = serde_json::from_str(&call.arguments).unwrap();
-                        out.push(format!("call {} {} {args}", call.id, call.name));
-                    }
-                    Part::ToolResult(result) => {
-                        out.push(format!("result {} {}", result.tool_call_id, result.content));
-                    }
-                    Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
-                }
-            }
-        }
-        out.sort();
-        out.into_iter()
-            .map(|line| line.replace("tool: ", "user: "))
-            .collect()
+        content_lines(system, request)
     }
     for path in inputs() {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -651,14 +573,11 @@ proptest! {
             let mut decoder = SseDecoder::default();
             let mut pass = ResponsesPassThrough::new("resp_gw");
             let mut out = BytesMut::new();
-            let mut rest = &input[..];
-            for &size in pieces.iter().chain(std::iter::once(&usize::MAX)) {
-                let (head, tail) = rest.split_at(size.min(rest.len()));
-                decoder.feed(head);
+            for chunk in chunks(input, pieces) {
+                decoder.feed(chunk);
                 while let Ok(Some(event)) = decoder.next_event() {
                     pass.forward(&event, &mut out);
                 }
-                rest = tail;
             }
             (out, pass.completed_response().map(<[u8]>::to_vec), pass.terminal())
         };
@@ -679,21 +598,12 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
     ) {
         let files = inputs();
-        let mut bytes = std::fs::read(&files[fixture % files.len()]).unwrap();
-        for (at, byte) in edits {
-            let at = at % (bytes.len() + 1);
-            if at < bytes.len() && byte % 2 == 0 {
-                bytes[at] = byte;
-            } else {
-                bytes.insert(at, byte);
-            }
-        }
-        fuzz_responses(&bytes);
+        fuzz_responses(&mutated(&files[fixture % files.len()], edits));
     }
 
     /// Arbitrary JSON in the places the Responses decoders look.
     #[test]
-    fn arbitrary_json_never_panics(value in super::golden::arbitrary_json()) {
+    fn arbitrary_json_never_panics(value in arbitrary_json()) {
         let v = value;
         for wrapped in [
             v.clone(),
@@ -801,7 +711,7 @@ fn fuzz_responses(bytes: &[u8]) {
 fn encode_request_checked(
     to: Protocol,
     request: &ChatRequest,
-) -> Result<Vec<u8>, super::DecodeError> {
+) -> Result<Vec<u8>, crate::protocol::DecodeError> {
     let opts = RequestOptions {
         model: Some("m"),
         default_max_tokens: 16,

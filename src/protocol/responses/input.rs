@@ -1,0 +1,290 @@
+//! A Responses request's input items (messages, function calls and their outputs, reasoning) into
+//! canonical messages, and joining item arrays (a stored conversation followed by new input).
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::REDACTED_PREFIX;
+use super::request::parse_field;
+use crate::protocol::openai::{image_from_url, missing};
+use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
+
+/// One input item, as far as the canonical model reads it; unknown item types are skipped.
+#[derive(Deserialize)]
+struct ItemWire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    role: Option<String>,
+    content: Option<ContentWire>,
+    id: Option<String>,
+    call_id: Option<String>,
+    name: Option<String>,
+    arguments: Option<Value>,
+    output: Option<ContentWire>,
+    summary: Option<Vec<TextPartWire>>,
+    encrypted_content: Option<String>,
+}
+
+/// Message content or a tool output: a string or an array of typed parts.
+enum ContentWire {
+    Text(String),
+    Parts(Vec<PartWire>),
+}
+
+#[derive(Deserialize)]
+struct PartWire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+    refusal: Option<String>,
+    image_url: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct TextPartWire {
+    text: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ContentWire {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = ContentWire;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<ContentWire, E> {
+                Ok(ContentWire::Text(value.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, value: String) -> Result<ContentWire, E> {
+                Ok(ContentWire::Text(value))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ContentWire, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<PartWire>()? {
+                    parts.push(part);
+                }
+                Ok(ContentWire::Parts(parts))
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+impl ContentWire {
+    /// Canonical parts: text (`input_text`, `output_text`, `text`, a `refusal`) and images; files and
+    /// audio are dropped.
+    fn into_parts(self) -> Vec<Part> {
+        match self {
+            ContentWire::Text(text) => vec![Part::Text(text)],
+            ContentWire::Parts(parts) => parts
+                .into_iter()
+                .filter_map(|part| match part.kind.as_deref() {
+                    Some("input_text" | "output_text" | "text") => part.text.map(Part::Text),
+                    Some("refusal") => part.refusal.map(Part::Text),
+                    Some("input_image" | "image_url") => {
+                        let url = match part.image_url? {
+                            Value::String(url) => url,
+                            other => other.get("url")?.as_str()?.to_owned(),
+                        };
+                        Some(Part::Image(image_from_url(url)))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The text of a tool output: its text parts joined by a newline.
+    fn into_text(self) -> String {
+        match self {
+            ContentWire::Text(text) => text,
+            ContentWire::Parts(parts) => parts
+                .into_iter()
+                .filter_map(|part| part.text)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// Decode the JSON array of input items in `items` (named `field` in errors) and append them to
+/// `chat`: leading system/developer messages join `system`, an assistant's message, reasoning and
+/// function calls that follow one another form one assistant turn, and each `function_call_output`
+/// is a tool message. Unknown item types (hosted tool calls, item references) are skipped.
+pub(crate) fn push_items(
+    items: &[u8],
+    field: &str,
+    chat: &mut ChatRequest,
+) -> Result<(), DecodeError> {
+    let text = std::str::from_utf8(items)
+        .map_err(|_| DecodeError::new(format!("{field}: not valid UTF-8"), Some(field.into())))?;
+    let raw: &RawValue = serde_json::from_str(text).map_err(|error| {
+        DecodeError::new(
+            format!("{field}: invalid JSON: {error}"),
+            Some(field.into()),
+        )
+    })?;
+    let items: Vec<ItemWire> = parse_field(raw, field)?;
+    chat.messages.reserve(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        // Only errors name the item.
+        let path = || format!("{field}[{index}]");
+        let kind = match (item.kind.as_deref(), item.role.is_some()) {
+            (Some(kind), _) => kind,
+            (None, true) => "message",
+            (None, false) => {
+                return Err(DecodeError::new(
+                    format!("{}: expected an item with a `type` or a `role`", path()),
+                    Some(path()),
+                ));
+            }
+        };
+        match kind {
+            "message" => {
+                let role = match item.role.as_deref() {
+                    Some("user") => Role::User,
+                    Some("assistant") => Role::Assistant,
+                    Some("system" | "developer") => Role::System,
+                    Some(other) => {
+                        return Err(DecodeError::new(
+                            format!(
+                                "{}.role: unknown role '{other}'; expected user, assistant, system or developer",
+                                path()
+                            ),
+                            Some(format!("{}.role", path())),
+                        ));
+                    }
+                    None => return Err(missing(&format!("{}.role", path()))),
+                };
+                let parts = item
+                    .content
+                    .map(ContentWire::into_parts)
+                    .unwrap_or_default();
+                if role == Role::System && chat.messages.is_empty() {
+                    chat.system.push(
+                        Message {
+                            role,
+                            parts,
+                            name: None,
+                        }
+                        .text(),
+                    );
+                } else if role == Role::Assistant {
+                    assistant_turn(chat).extend(parts);
+                } else {
+                    chat.messages.push(Message {
+                        role,
+                        parts,
+                        name: None,
+                    });
+                }
+            }
+            "function_call" => {
+                let Some(call_id) = item.call_id.or(item.id) else {
+                    return Err(missing(&format!("{}.call_id", path())));
+                };
+                let Some(name) = item.name else {
+                    return Err(missing(&format!("{}.name", path())));
+                };
+                let arguments = match item.arguments {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(text)) => text,
+                    Some(other) => other.to_string(),
+                };
+                assistant_turn(chat).push(Part::ToolCall(ToolCall {
+                    id: call_id,
+                    name,
+                    arguments,
+                }));
+            }
+            "function_call_output" => {
+                let Some(call_id) = item.call_id else {
+                    return Err(missing(&format!("{}.call_id", path())));
+                };
+                chat.messages.push(Message {
+                    role: Role::Tool,
+                    parts: vec![Part::ToolResult(ToolResult {
+                        tool_call_id: call_id,
+                        content: item.output.map(ContentWire::into_text).unwrap_or_default(),
+                        is_error: false,
+                    })],
+                    name: None,
+                });
+            }
+            "reasoning" => {
+                let text = match item.content {
+                    Some(content) => content.into_text(),
+                    None => item
+                        .summary
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|part| part.text)
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                let part = match item.encrypted_content.filter(|e| !e.is_empty()) {
+                    Some(encrypted) => match encrypted.strip_prefix(REDACTED_PREFIX) {
+                        Some(data) => Part::RedactedThinking {
+                            data: data.to_owned(),
+                        },
+                        None => Part::Thinking {
+                            text,
+                            signature: Some(encrypted),
+                        },
+                    },
+                    None => Part::Thinking {
+                        text,
+                        signature: None,
+                    },
+                };
+                assistant_turn(chat).push(part);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The parts of the assistant turn being built: the last message when it is the assistant's, else a
+/// new one.
+fn assistant_turn(chat: &mut ChatRequest) -> &mut Vec<Part> {
+    if chat
+        .messages
+        .last()
+        .is_none_or(|message| message.role != Role::Assistant)
+    {
+        chat.messages.push(Message {
+            role: Role::Assistant,
+            parts: Vec::new(),
+            name: None,
+        });
+    }
+    let at = chat.messages.len() - 1;
+    &mut chat.messages[at].parts
+}
+
+/// JSON arrays joined into one (`[a,b]` + `[c]` → `[a,b,c]`); empty arrays add nothing.
+pub(crate) fn join_items(arrays: &[&str]) -> String {
+    let mut out = String::with_capacity(arrays.iter().map(|a| a.len()).sum::<usize>() + 2);
+    out.push('[');
+    for array in arrays {
+        let inner = array
+            .trim()
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or("")
+            .trim();
+        if inner.is_empty() {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(inner);
+    }
+    out.push(']');
+    out
+}

@@ -1,0 +1,599 @@
+//! Responses request decoding: a `POST /v1/responses` body into the canonical chat request plus what
+//! only this API has (`previous_response_id`, `store`, the echo of the request's members), tools,
+//! `tool_choice`, the text format and reasoning; and continuing a stored conversation.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::ResponseEcho;
+use super::input::{join_items, push_items};
+use crate::protocol::openai::{missing, parse};
+use crate::protocol::{
+    ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
+    ToolChoice,
+};
+
+/// A decoded `POST /v1/responses` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponsesRequest {
+    /// The conversation and parameters in canonical form (`instructions` lead `system`).
+    pub chat: ChatRequest,
+    pub previous_response_id: Option<String>,
+    /// `store` (default true): keep the answer so a later request can continue it.
+    pub store: bool,
+    /// `instructions` as system parts (not carried over to a continuation, as in OpenAI's API).
+    pub instructions: Vec<String>,
+    /// This request's `input` as items.
+    pub input_items: InputItems,
+    /// What the answer repeats from the request.
+    pub echo: ResponseEcho,
+}
+
+/// A request's `input` as a JSON array of items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputItems {
+    /// Where the `input` array sits in the request body (read from there: no copy).
+    Span(std::ops::Range<usize>),
+    /// A string `input` as one user message item.
+    Text(String),
+}
+
+impl InputItems {
+    /// The items' JSON text, from the body the request was decoded from.
+    pub fn bytes(&self, body: &bytes::Bytes) -> bytes::Bytes {
+        match self {
+            InputItems::Span(range) if range.end <= body.len() => body.slice(range.clone()),
+            InputItems::Span(_) => bytes::Bytes::from_static(b"[]"),
+            InputItems::Text(text) => bytes::Bytes::from(text.clone()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestWire<'a> {
+    model: Option<String>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    instructions: Option<&'a RawValue>,
+    stream: Option<bool>,
+    store: Option<bool>,
+    previous_response_id: Option<String>,
+    max_output_tokens: Option<u64>,
+    max_tool_calls: Option<u64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    #[serde(borrow)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_choice: Option<&'a RawValue>,
+    parallel_tool_calls: Option<bool>,
+    #[serde(borrow)]
+    text: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reasoning: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
+    user: Option<String>,
+    background: Option<bool>,
+    #[serde(borrow)]
+    conversation: Option<&'a RawValue>,
+    #[serde(borrow)]
+    truncation: Option<&'a RawValue>,
+}
+
+/// Decode a `POST /v1/responses` body.
+pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
+    let wire: RequestWire<'_> = parse(body)?;
+    if wire.background == Some(true) {
+        return Err(DecodeError::new(
+            "background: background responses are not supported by this gateway; send the request without it",
+            Some("background".into()),
+        ));
+    }
+    if wire.conversation.is_some() {
+        return Err(DecodeError::new(
+            "conversation: the Conversations API is not supported by this gateway; continue a conversation with previous_response_id",
+            Some("conversation".into()),
+        ));
+    }
+    let Some(input) = wire.input else {
+        return Err(missing("input"));
+    };
+    let echo = echo_members(&wire);
+    let raw_input = input.get();
+    let input_items = match raw_input.as_bytes().first() {
+        Some(b'"') => {
+            let mut items = String::with_capacity(raw_input.len() + 48);
+            items.push_str(r#"[{"type":"message","role":"user","content":"#);
+            items.push_str(raw_input);
+            items.push_str("}]");
+            InputItems::Text(items)
+        }
+        Some(b'[') => {
+            // The raw value borrows from `body`: its offset there.
+            let start = (raw_input.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+            InputItems::Span(start..start + raw_input.len())
+        }
+        _ => {
+            return Err(DecodeError::new(
+                "input: expected a string or an array of input items",
+                Some("input".into()),
+            ));
+        }
+    };
+    let instructions = match wire.instructions {
+        None => Vec::new(),
+        Some(raw) => instructions_text(raw)?,
+    };
+    let mut chat = ChatRequest {
+        model: wire.model,
+        system: instructions.clone(),
+        stream: wire.stream.unwrap_or(false),
+        params: SamplingParams {
+            max_tokens: wire.max_output_tokens,
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            ..SamplingParams::default()
+        },
+        user: wire.user.clone(),
+        parallel_tool_calls: wire.parallel_tool_calls,
+        ..ChatRequest::default()
+    };
+    match &input_items {
+        // A string is one user message: what `push_items` makes of its item, without reading the
+        // item back.
+        InputItems::Text(text) => match serde_json::from_str::<String>(raw_input) {
+            Ok(content) => chat.messages.push(Message {
+                role: Role::User,
+                parts: vec![Part::Text(content)],
+                name: None,
+            }),
+            Err(_) => push_items(text.as_bytes(), "input", &mut chat)?,
+        },
+        InputItems::Span(_) => push_items(raw_input.as_bytes(), "input", &mut chat)?,
+    }
+    if let Some(tools) = wire.tools {
+        let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
+        for tool in tools {
+            if let Some(tool) = tool.into_tool() {
+                chat.tools.push(tool);
+            }
+        }
+    }
+    if let Some(choice) = wire.tool_choice {
+        chat.tool_choice = tool_choice(choice)?;
+    }
+    if let Some(text) = wire.text {
+        let text: TextWire = parse_field(text, "text")?;
+        chat.response_format = text.format.and_then(FormatWire::into_format).map(Box::new);
+    }
+    if let Some(reasoning) = wire.reasoning {
+        let reasoning: ReasoningWire = parse_field(reasoning, "reasoning")?;
+        chat.reasoning_effort = reasoning.effort;
+    }
+    if let Some(metadata) = wire.metadata
+        && !matches!(metadata.get().as_bytes().first(), Some(b'{'))
+    {
+        return Err(DecodeError::new(
+            "metadata: expected an object of string values",
+            Some("metadata".into()),
+        ));
+    }
+    Ok(ResponsesRequest {
+        chat,
+        previous_response_id: wire.previous_response_id,
+        store: wire.store.unwrap_or(true),
+        instructions,
+        input_items,
+        echo,
+    })
+}
+
+/// JSON text with its line breaks made spaces: a line break in JSON text is whitespace between tokens
+/// (strings cannot hold a raw one), and an SSE `data:` line must not contain one.
+fn compact(json: &str) -> Cow<'_, str> {
+    if json.contains(['\n', '\r']) {
+        Cow::Owned(json.replace(['\n', '\r'], " "))
+    } else {
+        Cow::Borrowed(json)
+    }
+}
+
+/// The members of the response object that repeat the request, in OpenAI's order, written into one
+/// string.
+fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
+    let raw_len = |value: Option<&RawValue>| value.map_or(0, |v| v.get().len());
+    let mut out = String::with_capacity(
+        400 + raw_len(wire.instructions)
+            + raw_len(wire.tools)
+            + raw_len(wire.text)
+            + raw_len(wire.reasoning)
+            + raw_len(wire.tool_choice)
+            + raw_len(wire.metadata),
+    );
+    let raw = |out: &mut String, key: &str, value: Option<&RawValue>, default: &str| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(&value.map_or(Cow::Borrowed(default), |v| compact(v.get())));
+        out.push(',');
+    };
+    let optional = |out: &mut String, key: &str, value: Option<String>| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(value.as_deref().unwrap_or("null"));
+        out.push(',');
+    };
+    let boolean = |out: &mut String, key: &str, value: bool| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str(if value { "\":true," } else { "\":false," });
+    };
+    let integer = |out: &mut String, key: &str, value: Option<u64>| {
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        match value {
+            Some(n) => out.push_str(itoa::Buffer::new().format(n)),
+            None => out.push_str("null"),
+        }
+        out.push(',');
+    };
+    raw(&mut out, "instructions", wire.instructions, "null");
+    integer(&mut out, "max_output_tokens", wire.max_output_tokens);
+    integer(&mut out, "max_tool_calls", wire.max_tool_calls);
+    boolean(
+        &mut out,
+        "parallel_tool_calls",
+        wire.parallel_tool_calls.unwrap_or(true),
+    );
+    optional(
+        &mut out,
+        "previous_response_id",
+        wire.previous_response_id
+            .as_deref()
+            .map(crate::protocol::json_patch::json_string),
+    );
+    raw(
+        &mut out,
+        "reasoning",
+        wire.reasoning,
+        r#"{"effort":null,"summary":null}"#,
+    );
+    boolean(&mut out, "store", wire.store.unwrap_or(true));
+    optional(&mut out, "temperature", wire.temperature.map(float_text));
+    raw(&mut out, "text", wire.text, r#"{"format":{"type":"text"}}"#);
+    raw(&mut out, "tool_choice", wire.tool_choice, r#""auto""#);
+    raw(&mut out, "tools", wire.tools, "[]");
+    optional(&mut out, "top_p", wire.top_p.map(float_text));
+    raw(&mut out, "truncation", wire.truncation, r#""disabled""#);
+    optional(
+        &mut out,
+        "user",
+        wire.user
+            .as_deref()
+            .map(crate::protocol::json_patch::json_string),
+    );
+    raw(&mut out, "metadata", wire.metadata, "{}");
+    out.pop();
+    ResponseEcho(Arc::from(out))
+}
+
+/// `n` as `Display` writes it (`0`, `0.7`, `-0`), whole numbers without the float formatter.
+fn float_text(n: f64) -> String {
+    // Whole numbers below 2^53 convert to `i64` exactly.
+    if n.fract() == 0.0 && n.abs() < 9.0e15 && !(n == 0.0 && n.is_sign_negative()) {
+        return itoa::Buffer::new().format(n as i64).to_owned();
+    }
+    n.to_string()
+}
+
+/// Decode a field's raw JSON into `T`, naming the path inside the body when it does not fit.
+pub(super) fn parse_field<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    field: &str,
+) -> Result<T, DecodeError> {
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.path().to_string();
+        let path = if inner.is_empty() || inner == "." {
+            field.to_owned()
+        } else if inner.starts_with('[') {
+            format!("{field}{inner}")
+        } else {
+            format!("{field}.{inner}")
+        };
+        DecodeError::new(format!("{path}: {}", error.into_inner()), Some(path))
+    })
+}
+
+/// `instructions`: a string, or input items whose text becomes system parts.
+fn instructions_text(raw: &RawValue) -> Result<Vec<String>, DecodeError> {
+    if let Ok(text) = serde_json::from_str::<String>(raw.get()) {
+        return Ok(vec![text]);
+    }
+    let mut holder = ChatRequest::default();
+    push_items(raw.get().as_bytes(), "instructions", &mut holder)?;
+    let mut out = holder.system;
+    out.extend(holder.messages.iter().map(Message::text));
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct ToolWire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    parameters: Option<RawJson>,
+    /// A chat-completions-style tool (`{"type":"function","function":{…}}`), accepted as well.
+    function: Option<FunctionWire>,
+}
+
+#[derive(Deserialize)]
+struct FunctionWire {
+    name: Option<String>,
+    description: Option<String>,
+    parameters: Option<RawJson>,
+}
+
+impl ToolWire {
+    /// Function tools only: hosted tools (web search, file search, …) cannot run elsewhere.
+    fn into_tool(self) -> Option<Tool> {
+        if self.kind.as_deref() != Some("function") {
+            return None;
+        }
+        let (name, description, parameters) = match self.function {
+            Some(function) => (function.name, function.description, function.parameters),
+            None => (self.name, self.description, self.parameters),
+        };
+        Some(Tool {
+            name: name?,
+            description,
+            parameters: parameters.unwrap_or_else(RawJson::empty_object_schema),
+        })
+    }
+}
+
+fn tool_choice(raw: &RawValue) -> Result<Option<ToolChoice>, DecodeError> {
+    let value: Value = parse_field(raw, "tool_choice")?;
+    Ok(match &value {
+        Value::Null => None,
+        Value::String(choice) => Some(match choice.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(DecodeError::new(
+                    format!(
+                        "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
+                    ),
+                    Some("tool_choice".into()),
+                ));
+            }
+        }),
+        Value::Object(object) => match object.get("type").and_then(Value::as_str) {
+            Some("function") => match object.get("name").and_then(Value::as_str) {
+                Some(name) => Some(ToolChoice::Named(name.to_owned())),
+                None => return Err(missing("tool_choice.name")),
+            },
+            Some("allowed_tools") => match object.get("mode").and_then(Value::as_str) {
+                Some("required") => Some(ToolChoice::Required),
+                _ => Some(ToolChoice::Auto),
+            },
+            // A hosted tool (`{"type":"web_search"}`, …): no canonical form.
+            _ => None,
+        },
+        _ => {
+            return Err(DecodeError::new(
+                "tool_choice: expected a string or an object",
+                Some("tool_choice".into()),
+            ));
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct TextWire {
+    format: Option<FormatWire>,
+}
+
+#[derive(Deserialize)]
+struct FormatWire {
+    #[serde(rename = "type")]
+    kind: String,
+    name: Option<String>,
+    description: Option<String>,
+    schema: Option<Value>,
+    strict: Option<bool>,
+}
+
+impl FormatWire {
+    fn into_format(self) -> Option<ResponseFormat> {
+        match self.kind.as_str() {
+            "json_object" => Some(ResponseFormat::JsonObject),
+            "json_schema" => Some(ResponseFormat::JsonSchema {
+                name: self.name.unwrap_or_else(|| "response".to_owned()),
+                description: self.description,
+                schema: self.schema.unwrap_or_else(|| serde_json::json!({})),
+                strict: self.strict,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ReasoningWire {
+    effort: Option<String>,
+}
+
+impl ResponsesRequest {
+    /// Continue a stored conversation: its items (`stored`, a JSON array: the earlier input followed by
+    /// the earlier output) come before this request's input items (`new_items`), and the canonical
+    /// messages are rebuilt from the whole. Returns the whole conversation's items, what this answer
+    /// stores as its input.
+    pub(crate) fn continue_from(
+        &mut self,
+        stored: &str,
+        new_items: &str,
+    ) -> Result<String, DecodeError> {
+        let items = join_items(&[stored, new_items]);
+        let mut chat = ChatRequest {
+            system: self.instructions.clone(),
+            messages: Vec::new(),
+            ..std::mem::take(&mut self.chat)
+        };
+        push_items(items.as_bytes(), "input", &mut chat)?;
+        self.chat = chat;
+        Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn err(body: &str) -> String {
+        decode_request(body.as_bytes()).unwrap_err().message
+    }
+
+    #[test]
+    fn decodes_strings_items_tools_and_formats() {
+        let request = decode_request(
+            br#"{"model":"m","instructions":"be brief","input":[
+                {"role":"developer","content":"dev note"},
+                {"role":"user","content":[{"type":"input_text","text":"hi"},{"type":"input_image","image_url":"data:image/png;base64,AAAA"}]},
+                {"type":"reasoning","id":"rs_1","summary":[{"type":"summary_text","text":"think"}],"encrypted_content":"sig"},
+                {"type":"message","role":"assistant","content":[{"type":"output_text","text":"calling"}]},
+                {"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},
+                {"type":"function_call_output","call_id":"c1","output":"42"},
+                {"type":"web_search_call","id":"ws"},
+                {"role":"user","content":"again"}],
+              "tools":[{"type":"function","name":"f","parameters":{"type":"object"}},{"type":"web_search"}],
+              "tool_choice":{"type":"function","name":"f"},"max_output_tokens":50,"stream":true,
+              "text":{"format":{"type":"json_schema","name":"out","schema":{"type":"object"},"strict":true}},
+              "reasoning":{"effort":"high","summary":"auto"},"store":false,"metadata":{"k":"v"}}"#,
+        )
+        .unwrap();
+        let chat = &request.chat;
+        assert_eq!(chat.system, vec!["be brief", "dev note"]);
+        assert_eq!(chat.messages.len(), 4);
+        assert_eq!(chat.messages[1].role, Role::Assistant);
+        assert_eq!(
+            chat.messages[1].parts[0],
+            Part::Thinking {
+                text: "think".into(),
+                signature: Some("sig".into())
+            }
+        );
+        assert_eq!(chat.messages[1].parts.len(), 3);
+        assert_eq!(chat.messages[2].role, Role::Tool);
+        assert_eq!(chat.last_user_text().as_deref(), Some("again"));
+        assert_eq!(chat.tools.len(), 1);
+        assert_eq!(chat.tool_choice, Some(ToolChoice::Named("f".into())));
+        assert_eq!(chat.params.max_tokens, Some(50));
+        assert_eq!(chat.reasoning_effort.as_deref(), Some("high"));
+        assert!(matches!(
+            chat.response_format.as_deref(),
+            Some(ResponseFormat::JsonSchema { name, strict: Some(true), .. }) if name == "out"
+        ));
+        assert!(!request.store);
+        assert!(request.echo.as_str().contains(r#""metadata":{"k":"v"}"#));
+        let text = decode_request(br#"{"input":"Hello world"}"#).unwrap();
+        assert_eq!(text.chat.last_user_text().as_deref(), Some("Hello world"));
+        assert_eq!(
+            text.input_items,
+            InputItems::Text(
+                r#"[{"type":"message","role":"user","content":"Hello world"}]"#.into()
+            )
+        );
+        let body = bytes::Bytes::from_static(br#"{"input": [{"role":"user","content":"x"}] }"#);
+        let spanned = decode_request(&body).unwrap();
+        assert_eq!(
+            &spanned.input_items.bytes(&body)[..],
+            br#"[{"role":"user","content":"x"}]"#
+        );
+        assert!(text.store);
+    }
+
+    #[test]
+    fn names_what_was_wrong() {
+        assert_eq!(err("{}"), "missing required field 'input'");
+        assert_eq!(
+            err(r#"{"input":5}"#),
+            "input: expected a string or an array of input items"
+        );
+        assert_eq!(
+            err(r#"{"input":[{"role":"wizard","content":"x"}]}"#),
+            "input[0].role: unknown role 'wizard'; expected user, assistant, system or developer"
+        );
+        assert!(
+            err(r#"{"input":[{"role":"user","content":5}]}"#)
+                .starts_with("input[0].content: invalid type: integer `5`"),
+            "{}",
+            err(r#"{"input":[{"role":"user","content":5}]}"#)
+        );
+        assert_eq!(
+            err(r#"{"input":[{"type":"function_call_output","output":"x"}]}"#),
+            "missing required field 'input[0].call_id'"
+        );
+        assert_eq!(
+            err(r#"{"input":[{"content":"x"}]}"#),
+            "input[0]: expected an item with a `type` or a `role`"
+        );
+        assert!(err(r#"{"input":"x","tool_choice":"maybe"}"#).contains("unknown value 'maybe'"));
+        assert!(err(r#"{"input":"x","background":true}"#).starts_with("background:"));
+        assert!(
+            err(r#"{"input":"x","tools":[{"type":"function","name":5}]}"#)
+                .starts_with("tools[0].name: invalid type")
+        );
+        assert!(err(r#"{"input":"x","stream":"yes"}"#).starts_with("stream: invalid type"));
+        assert_eq!(err("[]"), "request body must be a JSON object");
+    }
+
+    #[test]
+    fn continuing_puts_the_stored_conversation_first() {
+        let body = bytes::Bytes::from_static(
+            br#"{"instructions":"new rules","input":[{"type":"function_call_output","call_id":"c1","output":"sunny"}]}"#,
+        );
+        let mut request = decode_request(&body).unwrap();
+        let stored = r#"[{"role":"user","content":"weather?"},{"type":"function_call","call_id":"c1","name":"w","arguments":"{}"}]"#;
+        let new_items = request.input_items.bytes(&body);
+        let items = request
+            .continue_from(stored, std::str::from_utf8(&new_items).unwrap())
+            .unwrap();
+        assert!(items.starts_with(r#"[{"role":"user","content":"weather?"}"#));
+        assert!(items.ends_with(r#""output":"sunny"}]"#));
+        let chat = &request.chat;
+        assert_eq!(chat.system, vec!["new rules"]);
+        assert_eq!(chat.messages.len(), 3);
+        assert_eq!(chat.messages[2].role, Role::Tool);
+        assert_eq!(join_items(&["[ ]", "[1]", " [2, 3] "]), "[1,2, 3]");
+    }
+
+    #[test]
+    fn pretty_printed_requests_echo_on_one_line() {
+        let request =
+            decode_request(b"{\n  \"input\": \"x\",\n  \"tools\": [\n    {\"type\": \"function\", \"name\": \"f\"}\n  ]\n}")
+                .unwrap();
+        assert!(!request.echo.as_str().contains('\n'));
+        let value: Value = serde_json::from_str(&format!("{{{}}}", request.echo.as_str())).unwrap();
+        assert_eq!(value["tools"][0]["name"], "f");
+        assert_eq!(value["store"], true);
+    }
+
+    proptest! {
+        #[test]
+        fn float_text_is_display(n in prop_oneof![any::<f64>(), Just(0.0), Just(-0.0), Just(2.0), Just(1e15), Just(-7.0)]) {
+            prop_assert_eq!(float_text(n), n.to_string());
+        }
+    }
+}
