@@ -14,7 +14,6 @@ pub(crate) mod json_text;
 pub mod openai;
 pub mod responses;
 // `stream.rs` names the Responses stream encoder and decoder by this path.
-pub(crate) use responses::stream as responses_stream;
 pub mod sse;
 pub mod stream;
 

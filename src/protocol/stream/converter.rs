@@ -8,7 +8,7 @@ use super::encode_openai::OpenAiEncoder;
 use super::summary::SummaryBuilder;
 use super::{Decoder, Encoder, ResponseSummary, StreamError, StreamEvent, StreamOptions};
 use crate::protocol::convert::unix_now;
-use crate::protocol::responses_stream::ResponsesEncoder;
+use crate::protocol::responses::stream::ResponsesEncoder;
 use crate::protocol::sse::{SseDecoder, SseEvent};
 use crate::protocol::{Protocol, Usage};
 

@@ -11,7 +11,7 @@
 //! - `converter.rs`: [`StreamConverter`], one upstream stream in the client's protocol.
 //! - `summary.rs`: the answer's summary, and [`StreamTap`], which only keeps it (pass-through).
 //! - `decode_openai.rs`, `decode_anthropic.rs`: upstream events → canonical events (the Responses
-//!   decoder and encoder live in `responses_stream.rs`).
+//!   decoder and encoder live in `responses/stream/`).
 //! - `exact.rs`: parser-free readers of the events most streams are made of.
 //! - `encode_openai.rs`, `encode_anthropic.rs`: canonical events → the client's SSE bytes.
 //!
@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 
 pub use super::ResponseSummary;
 use super::convert;
-use super::responses_stream::{ResponsesDecoder, ResponsesEncoder};
+use super::responses::stream::{ResponsesDecoder, ResponsesEncoder};
 use super::sse::{SseError, SseEvent};
 use super::{FinishReason, Protocol, Usage};
 pub use converter::StreamConverter;
