@@ -2,6 +2,7 @@
 //! (text, images), and the `thinking_blocks` extension of assistant messages.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -9,11 +10,30 @@ use serde_json::Value;
 
 use crate::protocol::{Image, Part};
 
-/// Message content: a string or an array of typed parts.
-pub(super) enum Content {
+/// Content in the OpenAI families' shape: a string or an array of typed parts `P`. Chat messages and
+/// Responses input items and tool outputs all take it; each reads its own part type.
+pub(crate) enum StringOrParts<P> {
     Text(String),
-    Parts(Vec<PartWire>),
+    Parts(Vec<P>),
 }
+
+impl<P> StringOrParts<P> {
+    /// The content as one text: the string, or the text of each part (`text` says which) joined by a
+    /// newline.
+    pub(crate) fn joined_text(self, text: impl FnMut(P) -> Option<String>) -> String {
+        match self {
+            StringOrParts::Text(text) => text,
+            StringOrParts::Parts(parts) => parts
+                .into_iter()
+                .filter_map(text)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// Chat message content.
+pub(super) type Content = StringOrParts<PartWire>;
 
 #[derive(Deserialize)]
 pub(super) struct PartWire {
@@ -25,20 +45,13 @@ pub(super) struct PartWire {
 
 impl Content {
     pub(super) fn into_text(self) -> String {
-        match self {
-            Content::Text(text) => text,
-            Content::Parts(parts) => parts
-                .into_iter()
-                .filter_map(|part| part.text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
+        self.joined_text(|part| part.text)
     }
 
     pub(super) fn into_parts(self) -> Vec<Part> {
         match self {
-            Content::Text(text) => vec![Part::Text(text)],
-            Content::Parts(parts) => parts
+            StringOrParts::Text(text) => vec![Part::Text(text)],
+            StringOrParts::Parts(parts) => parts
                 .into_iter()
                 .filter_map(|part| match part.kind.as_str() {
                     "text" | "input_text" => part.text.map(Part::Text),
@@ -69,29 +82,29 @@ pub(crate) fn image_from_url(url: String) -> Image {
     Image::Url(url)
 }
 
-impl<'de> Deserialize<'de> for Content {
+impl<'de, P: Deserialize<'de>> Deserialize<'de> for StringOrParts<P> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ContentVisitor;
-        impl<'de> Visitor<'de> for ContentVisitor {
-            type Value = Content;
+        struct ContentVisitor<P>(PhantomData<P>);
+        impl<'de, P: Deserialize<'de>> Visitor<'de> for ContentVisitor<P> {
+            type Value = StringOrParts<P>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or an array of content parts")
             }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Content, E> {
-                Ok(Content::Text(value.to_owned()))
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(StringOrParts::Text(value.to_owned()))
             }
-            fn visit_string<E: de::Error>(self, value: String) -> Result<Content, E> {
-                Ok(Content::Text(value))
+            fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
+                Ok(StringOrParts::Text(value))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut parts = Vec::new();
-                while let Some(part) = seq.next_element::<PartWire>()? {
+                while let Some(part) = seq.next_element::<P>()? {
                     parts.push(part);
                 }
-                Ok(Content::Parts(parts))
+                Ok(StringOrParts::Parts(parts))
             }
         }
-        deserializer.deserialize_any(ContentVisitor)
+        deserializer.deserialize_any(ContentVisitor(PhantomData))
     }
 }
 

@@ -11,7 +11,7 @@ mod response;
 
 pub use answer::{TextAnswer, embeddings, error_body, text_completion};
 pub(crate) use answer::{chat_chunks, chat_completion, text_completion_chunks};
-pub(crate) use content::image_from_url;
+pub(crate) use content::{StringOrParts, image_from_url};
 pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};

@@ -2,13 +2,12 @@
 //! canonical messages, and joining item arrays (a stored conversation followed by new input).
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::REDACTED_PREFIX;
 use super::request::parse_field;
-use crate::protocol::openai::{image_from_url, missing};
+use crate::protocol::openai::{StringOrParts, image_from_url, missing};
 use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
 
 /// One input item, as far as the canonical model reads it; unknown item types are skipped.
@@ -28,10 +27,7 @@ struct ItemWire {
 }
 
 /// Message content or a tool output: a string or an array of typed parts.
-enum ContentWire {
-    Text(String),
-    Parts(Vec<PartWire>),
-}
+type ContentWire = StringOrParts<PartWire>;
 
 #[derive(Deserialize)]
 struct PartWire {
@@ -47,39 +43,13 @@ struct TextPartWire {
     text: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for ContentWire {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ContentVisitor;
-        impl<'de> Visitor<'de> for ContentVisitor {
-            type Value = ContentWire;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or an array of content parts")
-            }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<ContentWire, E> {
-                Ok(ContentWire::Text(value.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, value: String) -> Result<ContentWire, E> {
-                Ok(ContentWire::Text(value))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ContentWire, A::Error> {
-                let mut parts = Vec::new();
-                while let Some(part) = seq.next_element::<PartWire>()? {
-                    parts.push(part);
-                }
-                Ok(ContentWire::Parts(parts))
-            }
-        }
-        deserializer.deserialize_any(ContentVisitor)
-    }
-}
-
 impl ContentWire {
     /// Canonical parts: text (`input_text`, `output_text`, `text`, a `refusal`) and images; files and
     /// audio are dropped.
     fn into_parts(self) -> Vec<Part> {
         match self {
-            ContentWire::Text(text) => vec![Part::Text(text)],
-            ContentWire::Parts(parts) => parts
+            StringOrParts::Text(text) => vec![Part::Text(text)],
+            StringOrParts::Parts(parts) => parts
                 .into_iter()
                 .filter_map(|part| match part.kind.as_deref() {
                     Some("input_text" | "output_text" | "text") => part.text.map(Part::Text),
@@ -99,14 +69,7 @@ impl ContentWire {
 
     /// The text of a tool output: its text parts joined by a newline.
     fn into_text(self) -> String {
-        match self {
-            ContentWire::Text(text) => text,
-            ContentWire::Parts(parts) => parts
-                .into_iter()
-                .filter_map(|part| part.text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
+        self.joined_text(|part| part.text)
     }
 }
 

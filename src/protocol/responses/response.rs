@@ -4,21 +4,14 @@
 use serde_json::Value;
 
 use super::REDACTED_PREFIX;
+use crate::protocol::openai::response_object;
 use crate::protocol::{ChatResponse, DecodeError, FinishReason, Part, ToolCall, Usage};
 
 /// Decode a complete `response` object into canonical form: reasoning items become thinking (their
 /// `encrypted_content` the signature), message items text, function calls tool calls; `incomplete`
 /// becomes a length (or content filter) stop.
 pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| DecodeError::new(format!("invalid JSON response: {error}"), None))?;
-    if !value.is_object() {
-        return Err(DecodeError::new(
-            "upstream response must be a JSON object",
-            None,
-        ));
-    }
-    Ok(response_from_value(&value))
+    Ok(response_from_value(&response_object(body)?))
 }
 
 /// [`decode_response`] of a parsed `response` object (streams' final events carry one).
