@@ -35,6 +35,13 @@ fn start_counted(
     (logger, dropped)
 }
 
+/// A logger with the test redactor in a fresh directory, hours in UTC, and its drop count.
+fn redacting_logger(format: LogFormat) -> (tempfile::TempDir, RequestLogger, Arc<AtomicU64>) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (logger, dropped) = start_counted(&cfg(dir.path(), format), redactor(), TimeZone::UTC);
+    (dir, logger, dropped)
+}
+
 fn cfg(dir: &Path, format: LogFormat) -> RequestLogConfig {
     RequestLogConfig {
         enabled: true,
@@ -146,12 +153,7 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn sharegpt_line_has_conversation_tool_calls_and_raw_utf8() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (logger, dropped) = start_counted(
-        &cfg(dir.path(), LogFormat::ShareGpt),
-        redactor(),
-        TimeZone::UTC,
-    );
+    let (dir, logger, dropped) = redacting_logger(LogFormat::ShareGpt);
     logger.log(rich());
     logger.shutdown().await;
     assert_eq!(dropped.load(Ordering::Relaxed), 0);
@@ -201,12 +203,7 @@ async fn sharegpt_line_has_conversation_tool_calls_and_raw_utf8() {
 
 #[tokio::test]
 async fn openai_line_has_request_fields_and_reply_appended() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (logger, _) = start_counted(
-        &cfg(dir.path(), LogFormat::OpenAi),
-        redactor(),
-        TimeZone::UTC,
-    );
+    let (dir, logger, _) = redacting_logger(LogFormat::OpenAi);
     logger.log(rich());
     let mut plain = simple("req-2", "2026-11-22T10:20:00Z");
     plain.model = "local-model".into();
