@@ -42,6 +42,20 @@ fn redacting_logger(format: LogFormat) -> (tempfile::TempDir, RequestLogger, Arc
     (dir, logger, dropped)
 }
 
+/// A logger whose writer takes the returned lock before each record (hold it to stall the writer),
+/// hours in UTC, and its drop count.
+fn start_gated(config: &RequestLogConfig) -> (RequestLogger, Arc<AtomicU64>, Arc<Mutex<()>>) {
+    let (hook, dropped) = counter_hook();
+    let gate = Arc::new(Mutex::new(()));
+    let options = WriterOptions {
+        zone: TimeZone::UTC,
+        gate: Some(gate.clone()),
+        wakeups: None,
+    };
+    let logger = RequestLogger::start_inner(config, no_redaction(), hook, options);
+    (logger, dropped, gate)
+}
+
 fn cfg(dir: &Path, format: LogFormat) -> RequestLogConfig {
     RequestLogConfig {
         enabled: true,
@@ -290,22 +304,12 @@ async fn files_rotate_by_hour_in_the_logger_time_zone() {
 #[tokio::test]
 async fn full_queue_drops_and_counts_and_never_blocks() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (hook, dropped) = counter_hook();
-    let gate = Arc::new(Mutex::new(()));
     let config = RequestLogConfig {
         queue_capacity: 8,
         ..cfg(dir.path(), LogFormat::ShareGpt)
     };
-    let logger = Arc::new(RequestLogger::start_inner(
-        &config,
-        no_redaction(),
-        hook,
-        WriterOptions {
-            zone: TimeZone::UTC,
-            gate: Some(gate.clone()),
-            wakeups: None,
-        },
-    ));
+    let (logger, dropped, gate) = start_gated(&config);
+    let logger = Arc::new(logger);
     let stall = gate.lock().unwrap_or_else(|e| panic!("{e}"));
 
     let total = 1_000u64;
@@ -373,18 +377,7 @@ async fn steady_records_wake_the_writer_once_per_batch() {
 #[tokio::test]
 async fn shutdown_flushes_ten_thousand_queued_records() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let (hook, dropped) = counter_hook();
-    let gate = Arc::new(Mutex::new(()));
-    let logger = RequestLogger::start_inner(
-        &cfg(dir.path(), LogFormat::OpenAi),
-        no_redaction(),
-        hook,
-        WriterOptions {
-            zone: TimeZone::UTC,
-            gate: Some(gate.clone()),
-            wakeups: None,
-        },
-    );
+    let (logger, dropped, gate) = start_gated(&cfg(dir.path(), LogFormat::OpenAi));
     let stall = gate.lock().unwrap_or_else(|e| panic!("{e}"));
     for i in 0..10_000 {
         logger.log(simple(&format!("r{i}"), "2026-11-22T10:00:00Z"));
