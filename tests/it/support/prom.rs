@@ -1,5 +1,5 @@
 //! A strict parser of the classic Prometheus text exposition, plus lookups for assertions. The unit tests
-//! in `src/telemetry/metrics.rs` include this same file with `#[path]`.
+//! in `src/telemetry/metrics/tests.rs` include this same file with `#[path]`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
