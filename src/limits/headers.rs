@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use super::engine::Outcome;
-use super::limiter::Spec;
+use super::rules::Spec;
 use super::rules::Unit;
 
 /// OpenAI's rate-limit header names: limit, remaining, reset — for requests, then tokens.

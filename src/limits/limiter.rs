@@ -9,7 +9,7 @@ use super::clock::{Clock, SystemClock};
 use super::engine::{BucketKind, Outcome};
 use super::headers::RateHeaders;
 use super::rejection::{rejection, too_large};
-use super::rules::{KeyLimits, LimitRules, QuotaBucket, QuotaMode, RuleBucket, Unit};
+use super::rules::{KeyLimits, LimitRules, QuotaBucket, QuotaMode, RuleBucket, Spec, Unit};
 use super::{
     Admission, KeyUsage, LimitRequest, RejectKind, Rejection, TokenCharge, UsageCounter, quota,
     redis_buckets,
@@ -28,20 +28,6 @@ pub struct Limiter {
     counts_tokens: bool,
     store: StateStore,
     clock: Arc<dyn Clock>,
-}
-
-/// One bucket of one request, ready for the store. Message text is built only on rejection.
-#[derive(Debug)]
-pub(super) struct Spec<'a> {
-    pub(super) key: String,
-    pub(super) kind: BucketKind,
-    pub(super) cost: u64,
-    pub(super) unit: Unit,
-    pub(super) limit: u64,
-    pub(super) scope: &'static str,
-    /// "per 60s", "per month": from the compiled rule.
-    pub(super) per: &'a str,
-    pub(super) quota: bool,
 }
 
 impl Limiter {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::engine::Outcome;
 use super::headers::{RateHeaders, go_duration};
-use super::limiter::Spec;
+use super::rules::Spec;
 use super::{LimitRequest, RejectKind, Rejection};
 
 /// Who a scope limits, for messages: "ip 10.0.0.1", "key 'team-a'", "the gateway (global)".

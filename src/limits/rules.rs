@@ -1,5 +1,6 @@
 //! The limit rules of one config compiled into buckets (per scope and unit), with the text their
-//! messages use; checked and built once when the config is validated.
+//! messages use; checked and built once when the config is validated. A request's own buckets
+//! ([`Spec`]) are made from them.
 
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -207,4 +208,18 @@ impl LimitRules {
             counts_tokens,
         })
     }
+}
+
+/// One bucket of one request, ready for the store. Message text is built only on rejection.
+#[derive(Debug)]
+pub(super) struct Spec<'a> {
+    pub(super) key: String,
+    pub(super) kind: BucketKind,
+    pub(super) cost: u64,
+    pub(super) unit: Unit,
+    pub(super) limit: u64,
+    pub(super) scope: &'static str,
+    /// "per 60s", "per month": from the compiled rule.
+    pub(super) per: &'a str,
+    pub(super) quota: bool,
 }

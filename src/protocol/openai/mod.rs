@@ -15,7 +15,7 @@ pub(crate) use content::{StringOrParts, image_from_url};
 pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};
-pub(crate) use parse::{missing, parse, required_messages, response_object};
+pub(crate) use parse::{missing, parse, parse_field, required_messages, response_object};
 pub use request::{decode_chat, decode_request};
 #[cfg(test)]
 pub(crate) use request::{decode_chat_typed, decode_completion, decode_embeddings};

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde::de;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::protocol::DecodeError;
 
@@ -95,4 +96,23 @@ pub(crate) fn response_object(body: &[u8]) -> Result<Value, DecodeError> {
         ));
     }
     Ok(value)
+}
+
+/// Decode a field's raw JSON into `T`, naming the path inside the body when it does not fit.
+pub(crate) fn parse_field<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    field: &str,
+) -> Result<T, DecodeError> {
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner = error.path().to_string();
+        let path = if inner.is_empty() || inner == "." {
+            field.to_owned()
+        } else if inner.starts_with('[') {
+            format!("{field}{inner}")
+        } else {
+            format!("{field}.{inner}")
+        };
+        DecodeError::new(format!("{path}: {}", error.into_inner()), Some(path))
+    })
 }

@@ -6,8 +6,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::REDACTED_PREFIX;
-use super::request::parse_field;
-use crate::protocol::openai::{StringOrParts, image_from_url, missing};
+use crate::protocol::openai::{StringOrParts, image_from_url, missing, parse_field};
 use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
 
 /// One input item, as far as the canonical model reads it; unknown item types are skipped.

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::ResponseEcho;
 use super::input::{join_items, push_items};
-use crate::protocol::openai::{missing, parse};
+use crate::protocol::openai::{missing, parse, parse_field};
 use crate::protocol::{
     ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
     ToolChoice,
@@ -292,25 +292,6 @@ fn float_text(n: f64) -> String {
         return itoa::Buffer::new().format(n as i64).to_owned();
     }
     n.to_string()
-}
-
-/// Decode a field's raw JSON into `T`, naming the path inside the body when it does not fit.
-pub(super) fn parse_field<'a, T: Deserialize<'a>>(
-    raw: &'a RawValue,
-    field: &str,
-) -> Result<T, DecodeError> {
-    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let inner = error.path().to_string();
-        let path = if inner.is_empty() || inner == "." {
-            field.to_owned()
-        } else if inner.starts_with('[') {
-            format!("{field}{inner}")
-        } else {
-            format!("{field}.{inner}")
-        };
-        DecodeError::new(format!("{path}: {}", error.into_inner()), Some(path))
-    })
 }
 
 /// `instructions`: a string, or input items whose text becomes system parts.

@@ -3,10 +3,11 @@
 
 use bytes::BytesMut;
 
+use super::dispatch::{Decoder, Encoder};
 use super::encode_anthropic::AnthropicEncoder;
 use super::encode_openai::OpenAiEncoder;
 use super::summary::SummaryBuilder;
-use super::{Decoder, Encoder, ResponseSummary, StreamError, StreamEvent, StreamOptions};
+use super::{ResponseSummary, StreamError, StreamEvent, StreamOptions};
 use crate::protocol::convert::unix_now;
 use crate::protocol::responses::stream::ResponsesEncoder;
 use crate::protocol::sse::{SseDecoder, SseEvent};

@@ -1,5 +1,5 @@
 //! Incremental stream conversion between the protocols, bytes in → bytes out: the canonical
-//! [`StreamEvent`], and each protocol's decoder and encoder behind one enum each.
+//! [`StreamEvent`], each protocol's decoder and encoder, and the converter choosing them.
 //!
 //! Upstream SSE bytes are cut into events by [`SseDecoder`](super::sse::SseDecoder) (only the
 //! current event is buffered), each event is decoded into canonical [`StreamEvent`]s, and an
@@ -9,7 +9,8 @@
 //! of the answer is kept on the side for logs and accounting.
 //!
 //! - `converter.rs`: [`StreamConverter`], one upstream stream in the client's protocol.
-//! - `summary.rs`: the answer's summary, and [`StreamTap`], which only keeps it (pass-through).
+//! - `dispatch.rs`: the decoder and encoder enums over every protocol (the Responses ones included).
+//! - `summary.rs`: the answer's summary; `tap.rs`: [`StreamTap`], which only keeps it (pass-through).
 //! - `decode_openai.rs`, `decode_anthropic.rs`: upstream events → canonical events (the Responses
 //!   decoder and encoder live in `responses/stream/`).
 //! - `exact.rs`: parser-free readers of the events most streams are made of.
@@ -26,10 +27,12 @@
 mod converter;
 mod decode_anthropic;
 mod decode_openai;
+mod dispatch;
 mod encode_anthropic;
 mod encode_openai;
 pub(crate) mod exact;
 mod summary;
+mod tap;
 
 use std::borrow::Cow;
 
@@ -39,15 +42,13 @@ use serde_json::{Value, json};
 
 pub use super::ResponseSummary;
 use super::convert;
-use super::responses::stream::{ResponsesDecoder, ResponsesEncoder};
 use super::sse::{SseError, SseEvent};
 use super::{FinishReason, Protocol, Usage};
 pub use converter::StreamConverter;
-use decode_anthropic::AnthropicDecoder;
-use decode_openai::OpenAiDecoder;
-use encode_anthropic::AnthropicEncoder;
-use encode_openai::OpenAiEncoder;
-pub(crate) use summary::{StreamTap, push_piece};
+#[cfg(test)]
+pub(crate) use dispatch::decode_both_ways;
+pub(crate) use summary::push_piece;
+pub(crate) use tap::StreamTap;
 
 /// How to present the converted stream.
 #[derive(Debug, Clone, Default)]
@@ -109,33 +110,6 @@ pub(crate) enum StreamEvent {
     Done,
 }
 
-// === Upstream decoders ===
-
-#[derive(Debug)]
-enum Decoder {
-    OpenAi(OpenAiDecoder),
-    Anthropic(AnthropicDecoder),
-    Responses(ResponsesDecoder),
-}
-
-impl Decoder {
-    fn new(protocol: Protocol) -> Self {
-        match protocol {
-            Protocol::OpenAi => Decoder::OpenAi(OpenAiDecoder::default()),
-            Protocol::Anthropic => Decoder::Anthropic(AnthropicDecoder::default()),
-            Protocol::Responses => Decoder::Responses(ResponsesDecoder::default()),
-        }
-    }
-
-    fn decode(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), StreamError> {
-        match self {
-            Decoder::OpenAi(decoder) => decoder.decode(event, out),
-            Decoder::Anthropic(decoder) => decoder.decode(event, out),
-            Decoder::Responses(decoder) => decoder.decode(event, out),
-        }
-    }
-}
-
 fn push_text(out: &mut Vec<StreamEvent>, make: fn(String) -> StreamEvent, text: String) {
     if !text.is_empty() {
         out.push(make(text));
@@ -170,36 +144,6 @@ fn non_empty<'s>(text: &'s Option<Cow<'_, str>>) -> Option<&'s str> {
 #[cfg(test)]
 pub(crate) type DecodedEvents = Vec<Result<Vec<StreamEvent>, String>>;
 
-/// Tests only: decodes `events` twice, with the borrowed fast path and with the `Value` path alone, so
-/// tests can check both give the same canonical events (and the same errors).
-#[cfg(test)]
-pub(crate) fn decode_both_ways(
-    protocol: Protocol,
-    events: &[SseEvent],
-) -> (DecodedEvents, DecodedEvents) {
-    let mut fast = Decoder::new(protocol);
-    let mut slow = Decoder::new(protocol);
-    match &mut slow {
-        Decoder::OpenAi(decoder) => decoder.value_only = true,
-        Decoder::Anthropic(decoder) => decoder.value_only = true,
-        // One path only: the Responses decoder reads every event through the parser.
-        Decoder::Responses(_) => {}
-    }
-    let run = |decoder: &mut Decoder| {
-        events
-            .iter()
-            .map(|event| {
-                let mut out = Vec::new();
-                decoder
-                    .decode(event, &mut out)
-                    .map(|()| out)
-                    .map_err(|error| error.to_string())
-            })
-            .collect::<Vec<_>>()
-    };
-    (run(&mut fast), run(&mut slow))
-}
-
 /// A data-only SSE event carrying `data` (tests).
 #[cfg(test)]
 pub(crate) fn data_event(data: impl Into<Vec<u8>>) -> SseEvent {
@@ -208,33 +152,6 @@ pub(crate) fn data_event(data: impl Into<Vec<u8>>) -> SseEvent {
         event: None,
         data: data.clone(),
         raw: data,
-    }
-}
-
-// === Client encoders ===
-
-#[derive(Debug)]
-enum Encoder {
-    OpenAi(OpenAiEncoder),
-    Anthropic(AnthropicEncoder),
-    Responses(ResponsesEncoder),
-}
-
-impl Encoder {
-    fn emit(&mut self, event: &StreamEvent, opts: &StreamOptions, out: &mut BytesMut) {
-        match self {
-            Encoder::OpenAi(encoder) => encoder.emit(event, opts, out),
-            Encoder::Anthropic(encoder) => encoder.emit(event, opts, out),
-            Encoder::Responses(encoder) => encoder.emit(event, opts, out),
-        }
-    }
-
-    fn ended(&self) -> bool {
-        match self {
-            Encoder::OpenAi(encoder) => encoder.ended,
-            Encoder::Anthropic(encoder) => encoder.ended,
-            Encoder::Responses(encoder) => encoder.ended,
-        }
     }
 }
 
