@@ -28,10 +28,10 @@ use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::http::{RequestId, admin, api, names};
+use crate::http1::HeadLines;
 use crate::limits::RateHeaders;
 use crate::pipeline::{self, Inbound};
 use crate::protocol::{Endpoint, Protocol};
-use crate::server::HeadLines;
 use crate::state::{AppState, Snapshot};
 
 /// The application for one connection: the five API routes called directly (no router, no request

@@ -9,7 +9,8 @@
 //!   malformed one is answered with; [`decode_requests`].
 //! - `response.rs`: a response head as the client reads it, and its framing; [`decode_response`].
 //! - `encode.rs`: a request's bytes (request line, `Host`, headers, `Content-Length`) and
-//!   [`HeaderSink`], where the upstream call writes its headers.
+//!   [`HeaderSink`], where the upstream call writes its headers; [`HeadLines`], through which the
+//!   application served adds header lines to a response head the server writes.
 
 mod encode;
 mod framing;
@@ -35,3 +36,12 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Bound on the number of header fields in a head (hyper's default), and on a chunked body's trailer
 /// fields.
 pub(crate) const MAX_HEADERS: usize = 100;
+
+/// What our HTTP/1.1 server asks of the application it serves, besides answers: header lines it renders into a
+/// response head itself, from what it left in the response's extensions (values kept as numbers until
+/// the head is written, e.g. the rate-limit headers), after the header map's lines. The server knows
+/// nothing of what they say.
+pub(crate) trait HeadLines {
+    /// Append `name: value\r\n` lines for the response whose extensions are `extensions`.
+    fn write_head_lines(&self, extensions: &http::Extensions, out: &mut Vec<u8>);
+}

@@ -43,7 +43,7 @@ pub struct RequestCtx {
     /// The reply is logged as far as it went: the stream was cut or the client left before its end.
     pub incomplete: bool,
     /// A Responses answer to keep in the conversation store once complete.
-    pub responses: Option<Box<super::responses::Pending>>,
+    pub responses: Option<Box<PendingResponse>>,
     finished: bool,
 }
 
@@ -327,6 +327,16 @@ impl Drop for RequestCtx {
             self.finish();
         }
     }
+}
+
+/// What an answer to a Responses request stores once it is complete (`pipeline::responses` fills and
+/// stores it).
+pub struct PendingResponse {
+    /// The whole conversation's input items (a JSON array; a slice of the request body when the
+    /// request continued nothing).
+    pub(super) input_items: Bytes,
+    /// The client key's name (`None` on an open gateway): only that key may read or continue it.
+    pub(super) owner: Option<String>,
 }
 
 #[cfg(test)]

@@ -271,7 +271,7 @@ fn affinity_of(
 }
 
 /// The `x-ratelimit-*` headers go with the response as numbers (an extension), as a limit's refusal's do:
-/// `AppService` writes them straight into an HTTP/1.1 head (`server::HeadLines`) and turns them into
+/// `AppService` writes them straight into an HTTP/1.1 head (`http1::HeadLines`) and turns them into
 /// header values for HTTP/2.
 fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> Response {
     if !headers.is_empty() {

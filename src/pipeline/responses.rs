@@ -22,16 +22,8 @@ use crate::protocol::{ApiRequest, ChatResponse, FinishReason, Part, Protocol, Re
 use crate::state::AppState;
 use crate::upstream::echo;
 
+use super::ctx::PendingResponse;
 use super::{RequestCtx, gate, reply};
-
-/// What an answer to a Responses request stores once it is complete.
-pub struct Pending {
-    /// The whole conversation's input items (a JSON array; a slice of the request body when the
-    /// request continued nothing).
-    input_items: Bytes,
-    /// The client key's name (`None` on an open gateway): only that key may read or continue it.
-    owner: Option<String>,
-}
 
 /// What [`prepare`] found, checked by [`admitted`] once the client's key is known.
 pub struct Prepared {
@@ -120,7 +112,7 @@ pub fn admitted(
         return Err(not_found(id));
     }
     if prepared.store && state.responses().is_enabled() {
-        ctx.responses = Some(Box::new(Pending {
+        ctx.responses = Some(Box::new(PendingResponse {
             input_items: prepared.input_items,
             owner,
         }));

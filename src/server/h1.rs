@@ -37,10 +37,10 @@ use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::HeadLines;
 use super::idle::Flags;
 use crate::app::{AppService, RequestScope};
 use crate::error::{ErrorKind, GatewayError};
+use crate::http1::HeadLines;
 use crate::http1::{
     BodyReader, Framing, MAX_HEAD, READ_SIZE, ReadBody, Rejection, RequestHead, body_framing,
     content_length, keeps_alive, parse_head,

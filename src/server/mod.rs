@@ -27,15 +27,6 @@ use crate::app::AppService;
 use crate::config::model::ServerConfig;
 use crate::state::AppState;
 
-/// What the HTTP/1.1 server asks of the application besides answers: header lines it renders into a
-/// response head itself, from what it left in the response's extensions (values kept as numbers until
-/// the head is written, e.g. the rate-limit headers), after the header map's lines. The server knows
-/// nothing of what they say.
-pub(crate) trait HeadLines {
-    /// Append `name: value\r\n` lines for the response whose extensions are `extensions`.
-    fn write_head_lines(&self, extensions: &http::Extensions, out: &mut Vec<u8>);
-}
-
 pub async fn run(
     listener: TcpListener,
     state: AppState,

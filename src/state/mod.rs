@@ -2,6 +2,8 @@
 //! (HTTP client, instance registry, metrics, stats, request logger, alerter). A request loads the snapshot
 //! once and uses it to the end; a reload swaps in a whole new snapshot, so no request sees half of one.
 
+mod engine_scrape;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -266,7 +268,7 @@ impl AppState {
             }),
         };
         tokio::spawn(active_health_checks(Arc::downgrade(&state.inner)));
-        tokio::spawn(crate::routing::engine_load::scrape(state.downgrade()));
+        tokio::spawn(engine_scrape::scrape(state.downgrade()));
         Ok(state)
     }
 
