@@ -21,6 +21,7 @@ mod fleet;
 mod h1_reference;
 mod health_checks;
 mod http1;
+mod layout;
 mod limits;
 mod ops_docs;
 mod ops_logs;
