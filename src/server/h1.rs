@@ -66,7 +66,7 @@ pub enum Outcome {
 /// Serve the HTTP/1 requests of one connection until the client closes it, an error ends it, or the
 /// server stops.
 pub async fn serve(io: &mut TcpStream, service: &AppService, flags: &Flags) -> Outcome {
-    let mut conn = Conn {
+    let mut conn = ClientConn {
         io,
         buf: BytesMut::new(),
         out: Vec::new(),
@@ -76,8 +76,8 @@ pub async fn serve(io: &mut TcpStream, service: &AppService, flags: &Flags) -> O
         let head = match conn.read_head(flags, service, first).await {
             Ok(Some(head)) => head,
             Ok(None) => return Outcome::Closed,
-            Err(Failure::Http2) => return Outcome::Http2(conn.buf.split().freeze()),
-            Err(Failure::Reject(status, message)) => {
+            Err(Stop::Http2) => return Outcome::Http2(conn.buf.split().freeze()),
+            Err(Stop::Reject(status, message)) => {
                 conn.reject(status, message).await;
                 return Outcome::Closed;
             }
@@ -86,33 +86,34 @@ pub async fn serve(io: &mut TcpStream, service: &AppService, flags: &Flags) -> O
         match conn.exchange(head, service, flags).await {
             Ok(true) => {}
             Ok(false) => return Outcome::Closed,
-            Err(Failure::Reject(status, message)) => {
+            Err(Stop::Reject(status, message)) => {
                 conn.reject(status, message).await;
                 return Outcome::Closed;
             }
-            Err(Failure::Http2) => return Outcome::Closed,
+            Err(Stop::Http2) => return Outcome::Closed,
         }
     }
 }
 
 /// Why a connection stops being served as HTTP/1.
-enum Failure {
+enum Stop {
     Http2,
     /// A malformed request: answered with this status and message, then the connection closes.
     Reject(StatusCode, String),
 }
 
-fn reject(status: StatusCode, message: impl Into<String>) -> Failure {
-    Failure::Reject(status, message.into())
+fn reject(status: StatusCode, message: impl Into<String>) -> Stop {
+    Stop::Reject(status, message.into())
 }
 
-impl From<Rejection> for Failure {
-    fn from(rejection: Rejection) -> Failure {
-        Failure::Reject(rejection.status, rejection.message)
+impl From<Rejection> for Stop {
+    fn from(rejection: Rejection) -> Stop {
+        Stop::Reject(rejection.status, rejection.message)
     }
 }
 
-struct Conn<'a> {
+/// One client connection as the server reads and writes it (the upstream side has `upstream::h1::Conn`).
+struct ClientConn<'a> {
     io: &'a mut TcpStream,
     /// Bytes read and not yet used: the rest of a head, a body, pipelined requests.
     buf: BytesMut,
@@ -120,7 +121,7 @@ struct Conn<'a> {
     out: Vec<u8>,
 }
 
-impl Conn<'_> {
+impl ClientConn<'_> {
     /// Read until a whole head is buffered; `None` when the client closed (or the server is stopping,
     /// or the sweeper closed an idle connection) between requests. A head not complete
     /// `server.header_timeout_s` after its first byte gets 408; the wait for a head's first byte is
@@ -130,7 +131,7 @@ impl Conn<'_> {
         flags: &Flags,
         service: &AppService,
         first: bool,
-    ) -> Result<Option<RequestHead>, Failure> {
+    ) -> Result<Option<RequestHead>, Stop> {
         let mut deadline = None;
         loop {
             if !self.buf.is_empty() {
@@ -138,7 +139,7 @@ impl Conn<'_> {
                     && H2_PREFACE.starts_with(&self.buf[..self.buf.len().min(H2_PREFACE.len())])
                 {
                     if self.buf.len() >= H2_PREFACE.len() {
-                        return Err(Failure::Http2);
+                        return Err(Stop::Http2);
                     }
                 } else if let Some(head) = parse_head(&mut self.buf)? {
                     return Ok(Some(head));
@@ -197,7 +198,7 @@ impl Conn<'_> {
         head: RequestHead,
         service: &AppService,
         flags: &Flags,
-    ) -> Result<bool, Failure> {
+    ) -> Result<bool, Stop> {
         let mut keep_alive = keeps_alive(head.version, &head.headers);
         let framing = body_framing(head.version, &head.headers)?;
         let scope = service.scope();
@@ -244,7 +245,7 @@ impl Conn<'_> {
         framing: Framing,
         head: &RequestHead,
         scope: &RequestScope,
-    ) -> Result<Option<ReadBody>, Failure> {
+    ) -> Result<Option<ReadBody>, Stop> {
         // Looked up only when a body needs more than the head's read.
         let mut timeout = None;
         let started = !self.buf.is_empty();
@@ -286,7 +287,7 @@ impl Conn<'_> {
 
     /// Read more of a request body, waiting at most `timeout`; `false` when the client closed the
     /// connection (or it failed).
-    async fn read_body_bytes(&mut self, timeout: Duration) -> Result<bool, Failure> {
+    async fn read_body_bytes(&mut self, timeout: Duration) -> Result<bool, Stop> {
         match tokio::time::timeout(timeout, self.io.read_buf(&mut self.buf)).await {
             Ok(Ok(0) | Err(_)) => Ok(false),
             Ok(Ok(_)) => Ok(true),
@@ -306,7 +307,7 @@ impl Conn<'_> {
         &mut self,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Option<T> {
-        let Conn { io, buf, .. } = self;
+        let ClientConn { io, buf, .. } = self;
         poll_fn(|cx| {
             if let Poll::Ready(value) = poll(cx) {
                 return Poll::Ready(Some(value));
@@ -342,7 +343,7 @@ impl Conn<'_> {
     async fn write_body(&mut self, mut body: Body, wire: &WireFraming) -> bool {
         let mut written = 0u64;
         loop {
-            let Conn { io, buf, out } = self;
+            let ClientConn { io, buf, out } = self;
             let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
                 Poll::Ready(frame) => Poll::Ready(Some(Next::Frame(frame))),
                 // Nothing ready: what is gathered goes out before waiting for more.
