@@ -55,13 +55,7 @@ impl Content {
                 .into_iter()
                 .filter_map(|part| match part.kind.as_str() {
                     "text" | "input_text" => part.text.map(Part::Text),
-                    "image_url" => {
-                        let url = match part.image_url? {
-                            Value::String(url) => url,
-                            other => other.get("url")?.as_str()?.to_owned(),
-                        };
-                        Some(Part::Image(image_from_url(url)))
-                    }
+                    "image_url" => image_part(part.image_url?),
                     _ => None,
                 })
                 .collect(),
@@ -69,8 +63,17 @@ impl Content {
     }
 }
 
+/// An image part's `image_url`: the URL as a string, or an object with a `url` member.
+pub(crate) fn image_part(image_url: Value) -> Option<Part> {
+    let url = match image_url {
+        Value::String(url) => url,
+        other => other.get("url")?.as_str()?.to_owned(),
+    };
+    Some(Part::Image(image_from_url(url)))
+}
+
 /// `data:` URLs carry base64 images; anything else is a plain URL.
-pub(crate) fn image_from_url(url: String) -> Image {
+fn image_from_url(url: String) -> Image {
     if let Some(rest) = url.strip_prefix("data:")
         && let Some((media_type, data)) = rest.split_once(";base64,")
     {

@@ -11,11 +11,12 @@ mod response;
 
 pub use answer::{TextAnswer, embeddings, error_body, text_completion};
 pub(crate) use answer::{chat_chunks, chat_completion, text_completion_chunks};
-pub(crate) use content::{StringOrParts, image_from_url};
+pub(crate) use content::{StringOrParts, image_part};
 pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};
 pub(crate) use parse::{missing, parse, parse_field, required_messages, response_object};
+pub(crate) use request::tool_choice_word;
 pub use request::{decode_chat, decode_request};
 #[cfg(test)]
 pub(crate) use request::{decode_chat_typed, decode_completion, decode_embeddings};

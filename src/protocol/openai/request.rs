@@ -147,19 +147,7 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
     }
     request.tool_choice = match wire.tool_choice {
         None | Some(Value::Null) => None,
-        Some(Value::String(choice)) => Some(match choice.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(DecodeError::new(
-                    format!(
-                        "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
-                    ),
-                    Some("tool_choice".into()),
-                ));
-            }
-        }),
+        Some(Value::String(choice)) => Some(tool_choice_word(&choice)?),
         Some(other) => match other.pointer("/function/name").and_then(Value::as_str) {
             Some(name) => Some(ToolChoice::Named(name.to_owned())),
             None => {
@@ -171,6 +159,23 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
         },
     };
     Ok(request)
+}
+
+/// A `tool_choice` given as a word (`auto`, `none`, `required`), in chat completions and Responses alike.
+pub(crate) fn tool_choice_word(choice: &str) -> Result<ToolChoice, DecodeError> {
+    Ok(match choice {
+        "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        other => {
+            return Err(DecodeError::new(
+                format!(
+                    "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
+                ),
+                Some("tool_choice".into()),
+            ));
+        }
+    })
 }
 
 /// Decode a legacy `/v1/completions` body.

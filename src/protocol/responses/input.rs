@@ -6,7 +6,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::REDACTED_PREFIX;
-use crate::protocol::openai::{StringOrParts, image_from_url, missing, parse_field};
+use crate::protocol::openai::{StringOrParts, image_part, missing, parse_field};
 use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
 
 /// One input item, as far as the canonical model reads it; unknown item types are skipped.
@@ -53,13 +53,7 @@ impl ContentWire {
                 .filter_map(|part| match part.kind.as_deref() {
                     Some("input_text" | "output_text" | "text") => part.text.map(Part::Text),
                     Some("refusal") => part.refusal.map(Part::Text),
-                    Some("input_image" | "image_url") => {
-                        let url = match part.image_url? {
-                            Value::String(url) => url,
-                            other => other.get("url")?.as_str()?.to_owned(),
-                        };
-                        Some(Part::Image(image_from_url(url)))
-                    }
+                    Some("input_image" | "image_url") => image_part(part.image_url?),
                     _ => None,
                 })
                 .collect(),

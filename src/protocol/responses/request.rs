@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use super::ResponseEcho;
 use super::input::{join_items, push_items};
-use crate::protocol::openai::{missing, parse, parse_field};
+use crate::protocol::openai::{missing, parse, parse_field, tool_choice_word};
 use crate::protocol::{
     ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
     ToolChoice,
@@ -346,19 +346,7 @@ fn tool_choice(raw: &RawValue) -> Result<Option<ToolChoice>, DecodeError> {
     let value: Value = parse_field(raw, "tool_choice")?;
     Ok(match &value {
         Value::Null => None,
-        Value::String(choice) => Some(match choice.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(DecodeError::new(
-                    format!(
-                        "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
-                    ),
-                    Some("tool_choice".into()),
-                ));
-            }
-        }),
+        Value::String(choice) => Some(tool_choice_word(choice)?),
         Value::Object(object) => match object.get("type").and_then(Value::as_str) {
             Some("function") => match object.get("name").and_then(Value::as_str) {
                 Some(name) => Some(ToolChoice::Named(name.to_owned())),
