@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::finish_reason_from;
 use super::request::decode_block;
 use super::usage::{UsageIn, WireUsage};
-use crate::protocol::openai::response_object;
+use crate::protocol::openai::{response_object, str_member};
 use crate::protocol::{ChatResponse, DecodeError, Part, ToolCall};
 
 /// Decode a complete Anthropic `message` response.
@@ -128,13 +128,7 @@ impl MessageIn<'_> {
 /// The general path of [`decode_response`], through a JSON tree; it defines the semantics.
 pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeError> {
     let value = response_object(body)?;
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let text = |key: &str| str_member(&value, key);
     let mut parts = Vec::new();
     for block in value
         .get("content")

@@ -15,7 +15,9 @@ pub(crate) use content::{StringOrParts, image_part};
 pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};
-pub(crate) use parse::{missing, parse, parse_field, required_messages, response_object};
+pub(crate) use parse::{
+    missing, parse, parse_field, required_messages, response_object, str_member,
+};
 pub(crate) use request::tool_choice_word;
 pub use request::{decode_chat, decode_request};
 #[cfg(test)]

@@ -116,3 +116,13 @@ pub(crate) fn parse_field<'a, T: Deserialize<'a>>(
         DecodeError::new(format!("{path}: {}", error.into_inner()), Some(path))
     })
 }
+
+/// The string member `key` of `value`, empty when absent or not a string (the `Value` oracles'
+/// reading of ids, models and names).
+pub(crate) fn str_member(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}

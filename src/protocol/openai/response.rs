@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::content::ThinkingBlockWire;
 use super::finish_reason_from;
-use super::parse::response_object;
+use super::parse::{response_object, str_member};
 use crate::protocol::{ChatResponse, DecodeError, Part, ToolCall, Usage, json_text};
 
 /// Canonical usage from an OpenAI `usage` object.
@@ -109,13 +109,7 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
             arguments: text("/function/arguments"),
         }));
     }
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let text = |key: &str| str_member(&value, key);
     Ok(ChatResponse {
         id: text("id"),
         model: text("model"),

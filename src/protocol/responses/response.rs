@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::REDACTED_PREFIX;
-use crate::protocol::openai::response_object;
+use crate::protocol::openai::{response_object, str_member};
 use crate::protocol::{ChatResponse, DecodeError, FinishReason, Part, ToolCall, Usage};
 
 /// Decode a complete `response` object into canonical form: reasoning items become thinking (their
@@ -16,13 +16,7 @@ pub fn decode_response(body: &[u8]) -> Result<ChatResponse, DecodeError> {
 
 /// [`decode_response`] of a parsed `response` object (streams' final events carry one).
 pub(crate) fn response_from_value(value: &Value) -> ChatResponse {
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let text = |key: &str| str_member(value, key);
     let mut parts = Vec::new();
     for item in value
         .get("output")
