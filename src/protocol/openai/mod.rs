@@ -16,9 +16,8 @@ pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};
 pub(crate) use parse::{
-    missing, parse, parse_field, required_messages, response_object, str_member,
+    missing, parse, parse_field, required_messages, response_object, str_member, tool_choice_word,
 };
-pub(crate) use request::tool_choice_word;
 pub use request::{decode_chat, decode_request};
 #[cfg(test)]
 pub(crate) use request::{decode_chat_typed, decode_completion, decode_embeddings};

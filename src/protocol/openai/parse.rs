@@ -6,7 +6,7 @@ use serde::de;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::protocol::DecodeError;
+use crate::protocol::{DecodeError, ToolChoice};
 
 pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, DecodeError> {
     // The body is read as text checked once as a whole (a few GB/s): from bytes, serde_json checks
@@ -125,4 +125,21 @@ pub(crate) fn str_member(value: &Value, key: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A `tool_choice` given as a word (`auto`, `none`, `required`), in chat completions and Responses alike.
+pub(crate) fn tool_choice_word(choice: &str) -> Result<ToolChoice, DecodeError> {
+    Ok(match choice {
+        "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        other => {
+            return Err(DecodeError::new(
+                format!(
+                    "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
+                ),
+                Some("tool_choice".into()),
+            ));
+        }
+    })
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::content::{Content, ThinkingBlockWire};
-use super::parse::{missing, parse, required_messages};
+use super::parse::{missing, parse, required_messages, tool_choice_word};
 use crate::protocol::{
     ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint, Message,
     Part, RawJson, Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult,
@@ -159,23 +159,6 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
         },
     };
     Ok(request)
-}
-
-/// A `tool_choice` given as a word (`auto`, `none`, `required`), in chat completions and Responses alike.
-pub(crate) fn tool_choice_word(choice: &str) -> Result<ToolChoice, DecodeError> {
-    Ok(match choice {
-        "auto" => ToolChoice::Auto,
-        "none" => ToolChoice::None,
-        "required" => ToolChoice::Required,
-        other => {
-            return Err(DecodeError::new(
-                format!(
-                    "tool_choice: unknown value '{other}'; expected auto, none, required or an object naming a function"
-                ),
-                Some("tool_choice".into()),
-            ));
-        }
-    })
 }
 
 /// Decode a legacy `/v1/completions` body.
