@@ -14,10 +14,35 @@ pub(crate) const OFFLOAD_FROM_BYTES: usize = 64 * 1024;
 /// Offloaded jobs running at once: one per core, plus one so a core is never idle between jobs.
 /// Others wait here without holding a thread (tokio would otherwise start up to 512 blocking threads,
 /// each with a large body in flight).
-static RUNNING: LazyLock<Semaphore> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    Semaphore::new(cores + 1)
-});
+static RUNNING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(cores() + 1));
+
+/// Large requests between their decode and their admission at once: twice the jobs that run. A large
+/// request waits for its turn here holding only its body. Without the bound, when the token counts are
+/// what the gateway waits on (an agent's first turns: every text new), each waiting request would hold
+/// its decoded copy as well — 256 cold turns in flight held two copies of their bodies each.
+static DECODED: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(decoded_bound()));
+
+fn decoded_bound() -> usize {
+    2 * (cores() + 1)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// A turn to decode and admit a request of `bytes` bytes, to hold until it is admitted: `None` (no
+/// wait) for a small body.
+pub(crate) async fn decode_turn(bytes: usize) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    turn_in(&DECODED, bytes).await
+}
+
+async fn turn_in(turns: &Semaphore, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    if bytes < OFFLOAD_FROM_BYTES {
+        return None;
+    }
+    // Never closed, so acquiring cannot fail.
+    turns.acquire().await.ok()
+}
 
 /// Run `work` (on a body of `bytes` bytes) in place when the body is small, else on a blocking thread.
 /// A panic in `work` resumes on the caller, as if it had run in place. `None` only when the runtime is
@@ -102,6 +127,25 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let most = most.load(Ordering::SeqCst);
         assert!((1..=cores + 1).contains(&most), "{most} jobs ran at once");
+    }
+
+    /// Large requests take turns to be decoded and admitted (twice as many as the jobs that run); a
+    /// small one never waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn large_requests_take_turns_between_decode_and_admission() {
+        let turns: &'static Semaphore = Box::leak(Box::new(Semaphore::new(decoded_bound())));
+        let mut held = Vec::new();
+        for _ in 0..decoded_bound() {
+            held.push(turn_in(turns, OFFLOAD_FROM_BYTES).await);
+        }
+        assert!(held.iter().all(Option::is_some));
+        assert!(turn_in(turns, OFFLOAD_FROM_BYTES - 1).await.is_none());
+        let waiting =
+            tokio::spawn(async move { turn_in(turns, OFFLOAD_FROM_BYTES).await.is_some() });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a turn beyond the bound waits");
+        held.pop();
+        assert!(waiting.await.unwrap_or(false));
     }
 
     #[tokio::test]

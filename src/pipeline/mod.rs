@@ -91,6 +91,8 @@ async fn run(
     check_content_type(&inbound.headers)?;
     let mut body = read_body(inbound.body, &inbound.headers, config.server.max_body_bytes).await?;
     let endpoint = inbound.endpoint;
+    // A large body waits for its turn before it is decoded, and keeps it until it is admitted.
+    let turn = crate::offload::decode_turn(body.len()).await;
     let decoded = body.clone();
     let mut request = crate::offload::run(body.len(), move || decode(endpoint, &decoded))
         .await
@@ -114,6 +116,7 @@ async fn run(
     )
     .await?;
     responses::admitted(state, prepared, admitted.principal.as_deref(), ctx)?;
+    drop(turn);
     let rate_headers = charged(admitted.admission, ctx);
 
     let cache_on = state.cache().is_enabled();
