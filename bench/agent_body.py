@@ -4,7 +4,7 @@
 A coding agent's turn is a long system prompt, a few dozen tool definitions and a history of hundreds of
 messages: the assistant's tool calls and the tool results (source files, logs, search hits, non-ASCII
 text), resent whole every turn. This writes such a body, deterministically (same arguments, same bytes),
-in the OpenAI chat-completions or the Anthropic messages shape, close to a target size.
+in the OpenAI chat-completions, the Anthropic messages or the OpenAI Responses shape, close to a target size.
 
 "__N__" placeholders are what bench/post.lua (BENCH_UNIQUE=1) and bench/profile.sh (UNIQUE=1) replace
 per request: with --marker last only the final user message changes between requests (a session's later
@@ -224,10 +224,40 @@ def anthropic_body(system, tools, turns, final, stream):
     return body
 
 
+def responses_body(system, tools, turns, final, stream):
+    """The Responses API shape a coding agent (Codex, the Agents SDK) sends: the history as input items,
+    nothing stored (`store: false`: the client resends it every turn)."""
+    items = []
+    for role, text, calls, answers in turns:
+        if role == "assistant":
+            if text:
+                items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]})
+            for cid, name, args in calls:
+                items.append({"type": "function_call", "call_id": cid, "name": name, "arguments": json.dumps(args)})
+        elif role == "tool":
+            items.append({"type": "function_call_output", "call_id": answers, "output": text})
+        else:
+            items.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    items.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": final}]})
+    body = {
+        "model": "mock-model",
+        "instructions": system,
+        "input": items,
+        "tools": [{"type": "function", **t} for t in tools],
+        "tool_choice": "auto",
+        "max_output_tokens": 1024,
+        "temperature": 0,
+        "store": False,
+    }
+    if stream:
+        body["stream"] = True
+    return body
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, required=True, help="target body size in bytes")
-    parser.add_argument("--shape", choices=["openai", "anthropic"], default="openai")
+    parser.add_argument("--shape", choices=["openai", "anthropic", "responses"], default="openai")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--marker", choices=["last", "all"], default="last")
     parser.add_argument("--tools", type=int, default=24, help="tool definitions (at most 30)")
@@ -240,7 +270,7 @@ def main():
     fixed = len(system) + len(json.dumps(tools)) + 500
     turns = history(rng, max(0, args.size - fixed), args.marker == "all", min(args.tools, len(TOOL_NAMES)))
     final = "Benchmark turn __N__: now run the tests again and summarize what changed."
-    build = openai_body if args.shape == "openai" else anthropic_body
+    build = {"openai": openai_body, "anthropic": anthropic_body, "responses": responses_body}[args.shape]
     text = json.dumps(build(system, tools, turns, final, args.stream), ensure_ascii=False, separators=(",", ":"))
     if args.out == "-":
         sys.stdout.write(text)

@@ -83,6 +83,15 @@ pub(crate) fn push_items(
             Some(field.into()),
         )
     })?;
+    push_raw_items(raw, field, chat)
+}
+
+/// [`push_items`] for items the request's own decode has already read as JSON.
+pub(crate) fn push_raw_items(
+    raw: &RawValue,
+    field: &str,
+    chat: &mut ChatRequest,
+) -> Result<(), DecodeError> {
     let items: Vec<ItemWire> = parse_field(raw, field)?;
     chat.messages.reserve(items.len());
     for (index, item) in items.into_iter().enumerate() {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ResponseEcho;
-use super::input::{join_items, push_items};
+use super::input::{join_items, push_items, push_raw_items};
 use crate::protocol::openai::{missing, parse, parse_field, tool_choice_word};
 use crate::protocol::{
     ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
@@ -155,7 +155,7 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
             }),
             Err(_) => push_items(text.as_bytes(), "input", &mut chat)?,
         },
-        InputItems::Span(_) => push_items(raw_input.as_bytes(), "input", &mut chat)?,
+        InputItems::Span(_) => push_raw_items(input, "input", &mut chat)?,
     }
     if let Some(tools) = wire.tools {
         let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
@@ -300,7 +300,7 @@ fn instructions_text(raw: &RawValue) -> Result<Vec<String>, DecodeError> {
         return Ok(vec![text]);
     }
     let mut holder = ChatRequest::default();
-    push_items(raw.get().as_bytes(), "instructions", &mut holder)?;
+    push_raw_items(raw, "instructions", &mut holder)?;
     let mut out = holder.system;
     out.extend(holder.messages.iter().map(Message::text));
     Ok(out)
