@@ -734,7 +734,7 @@ async fn bad_input_is_answered_in_the_responses_error_shape() {
     for (body, message, param) in [
         (
             json!({"input": 5}),
-            "input: expected a string or an array of input items",
+            "input: invalid type: integer `5`, expected a string or an array of input items at line 1 column 10",
             json!("input"),
         ),
         (

@@ -11,7 +11,7 @@ use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, T
 
 /// One input item, as far as the canonical model reads it; unknown item types are skipped.
 #[derive(Deserialize)]
-struct ItemWire {
+pub(crate) struct ItemWire {
     #[serde(rename = "type")]
     kind: Option<String>,
     role: Option<String>,
@@ -92,7 +92,50 @@ pub(crate) fn push_raw_items(
     field: &str,
     chat: &mut ChatRequest,
 ) -> Result<(), DecodeError> {
-    let items: Vec<ItemWire> = parse_field(raw, field)?;
+    push_item_list(parse_field(raw, field)?, field, chat)
+}
+
+/// A request's `input`: a string (one user message) or items, read in the body's own decode.
+pub(crate) enum InputWire {
+    Text(String),
+    Items(Vec<ItemWire>),
+}
+
+impl<'de> Deserialize<'de> for InputWire {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InputVisitor;
+        impl<'de> serde::de::Visitor<'de> for InputVisitor {
+            type Value = InputWire;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of input items")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<InputWire, E> {
+                Ok(InputWire::Text(text.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<InputWire, E> {
+                Ok(InputWire::Text(text))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<InputWire, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(InputWire::Items(items))
+            }
+        }
+        deserializer.deserialize_any(InputVisitor)
+    }
+}
+
+/// Appends decoded input items (named `field` in errors) to `chat`, as [`push_items`] describes.
+pub(crate) fn push_item_list(
+    items: Vec<ItemWire>,
+    field: &str,
+    chat: &mut ChatRequest,
+) -> Result<(), DecodeError> {
     chat.messages.reserve(items.len());
     for (index, item) in items.into_iter().enumerate() {
         // Only errors name the item.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ResponseEcho;
-use super::input::{join_items, push_items, push_raw_items};
+use super::input::{InputWire, join_items, push_item_list, push_items, push_raw_items};
 use crate::protocol::openai::{missing, parse, parse_field, tool_choice_word};
 use crate::protocol::{
     ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
@@ -40,6 +40,8 @@ pub enum InputItems {
     Span(std::ops::Range<usize>),
     /// A string `input` as one user message item.
     Text(String),
+    /// Not kept: nothing is stored and nothing continued (`store: false`, no `previous_response_id`).
+    NotKept,
 }
 
 impl InputItems {
@@ -47,7 +49,7 @@ impl InputItems {
     pub fn bytes(&self, body: &bytes::Bytes) -> bytes::Bytes {
         match self {
             InputItems::Span(range) if range.end <= body.len() => body.slice(range.clone()),
-            InputItems::Span(_) => bytes::Bytes::from_static(b"[]"),
+            InputItems::Span(_) | InputItems::NotKept => bytes::Bytes::from_static(b"[]"),
             InputItems::Text(text) => bytes::Bytes::from(text.clone()),
         }
     }
@@ -56,8 +58,7 @@ impl InputItems {
 #[derive(Deserialize)]
 struct RequestWire<'a> {
     model: Option<String>,
-    #[serde(borrow)]
-    input: Option<&'a RawValue>,
+    input: Option<InputWire>,
     #[serde(borrow)]
     instructions: Option<&'a RawValue>,
     stream: Option<bool>,
@@ -101,30 +102,9 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
             Some("conversation".into()),
         ));
     }
+    let echo = echo_members(&wire);
     let Some(input) = wire.input else {
         return Err(missing("input"));
-    };
-    let echo = echo_members(&wire);
-    let raw_input = input.get();
-    let input_items = match raw_input.as_bytes().first() {
-        Some(b'"') => {
-            let mut items = String::with_capacity(raw_input.len() + 48);
-            items.push_str(r#"[{"type":"message","role":"user","content":"#);
-            items.push_str(raw_input);
-            items.push_str("}]");
-            InputItems::Text(items)
-        }
-        Some(b'[') => {
-            // The raw value borrows from `body`: its offset there.
-            let start = (raw_input.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-            InputItems::Span(start..start + raw_input.len())
-        }
-        _ => {
-            return Err(DecodeError::new(
-                "input: expected a string or an array of input items",
-                Some("input".into()),
-            ));
-        }
     };
     let instructions = match wire.instructions {
         None => Vec::new(),
@@ -144,19 +124,30 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
         parallel_tool_calls: wire.parallel_tool_calls,
         ..ChatRequest::default()
     };
-    match &input_items {
-        // A string is one user message: what `push_items` makes of its item, without reading the
-        // item back.
-        InputItems::Text(text) => match serde_json::from_str::<String>(raw_input) {
-            Ok(content) => chat.messages.push(Message {
+    let input_items = match input {
+        InputWire::Text(content) => {
+            let mut items = Vec::with_capacity(content.len() + 52);
+            items.extend_from_slice(br#"[{"type":"message","role":"user","content":"#);
+            crate::protocol::json_text::write_str(&mut items, &content);
+            items.extend_from_slice(b"}]");
+            chat.messages.push(Message {
                 role: Role::User,
                 parts: vec![Part::Text(content)],
                 name: None,
-            }),
-            Err(_) => push_items(text.as_bytes(), "input", &mut chat)?,
-        },
-        InputItems::Span(_) => push_raw_items(input, "input", &mut chat)?,
-    }
+            });
+            InputItems::Text(String::from_utf8(items).unwrap_or_default())
+        }
+        InputWire::Items(items) => {
+            push_item_list(items, "input", &mut chat)?;
+            // The items as written are kept only for an answer that is stored or a conversation
+            // that is continued: finding them in the body is a second read of it.
+            if wire.store != Some(false) || wire.previous_response_id.is_some() {
+                InputItems::Span(input_span(body))
+            } else {
+                InputItems::NotKept
+            }
+        }
+    };
     if let Some(tools) = wire.tools {
         let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
         for tool in tools {
@@ -192,6 +183,23 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
         input_items,
         echo,
     })
+}
+
+/// Where the `input` array sits in `body`, a body `decode_request` has read.
+fn input_span(body: &[u8]) -> std::ops::Range<usize> {
+    #[derive(Deserialize)]
+    struct InputOnly<'a> {
+        #[serde(borrow)]
+        input: Option<&'a RawValue>,
+    }
+    match serde_json::from_slice::<InputOnly<'_>>(body) {
+        Ok(InputOnly { input: Some(raw) }) => {
+            // The raw value borrows from `body`: its offset there.
+            let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+            start..start + raw.get().len()
+        }
+        _ => 0..0,
+    }
 }
 
 /// JSON text with its line breaks made spaces: a line break in JSON text is whitespace between tokens
@@ -490,16 +498,28 @@ mod tests {
             &spanned.input_items.bytes(&body)[..],
             br#"[{"role":"user","content":"x"}]"#
         );
+        // Nothing stored, nothing continued: the items as written are not looked for.
+        let unkept =
+            decode_request(br#"{"input":[{"role":"user","content":"x"}],"store":false}"#).unwrap();
+        assert_eq!(unkept.input_items, InputItems::NotKept);
+        assert_eq!(unkept.chat.last_user_text().as_deref(), Some("x"));
+        let continued = bytes::Bytes::from_static(
+            br#"{"input":[{"role":"user","content":"y"}],"store":false,"previous_response_id":"resp_1"}"#,
+        );
+        let continued_request = decode_request(&continued).unwrap();
+        assert_eq!(
+            &continued_request.input_items.bytes(&continued)[..],
+            br#"[{"role":"user","content":"y"}]"#
+        );
         assert!(text.store);
     }
 
     #[test]
     fn names_what_was_wrong() {
         assert_eq!(err("{}"), "missing required field 'input'");
-        assert_eq!(
-            err(r#"{"input":5}"#),
-            "input: expected a string or an array of input items"
-        );
+        assert!(err(r#"{"input":5}"#).starts_with(
+            "input: invalid type: integer `5`, expected a string or an array of input items"
+        ));
         assert_eq!(
             err(r#"{"input":[{"role":"wizard","content":"x"}]}"#),
             "input[0].role: unknown role 'wizard'; expected user, assistant, system or developer"
