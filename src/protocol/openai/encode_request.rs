@@ -29,9 +29,13 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
         + req
             .tools
             .iter()
-            .map(|tool| tool.parameters.get().len() + 128)
+            .map(|tool| {
+                tool.parameters.get().len() + tool.description.as_ref().map_or(0, String::len) + 128
+            })
             .sum::<usize>();
-    let mut out = Vec::with_capacity(256 + text_len + 48 * req.messages.len());
+    // Room for the escapes too (an agent's texts are source code and logs: newlines and quotes), so
+    // a large body is written without growing — each growth copies all of it.
+    let mut out = Vec::with_capacity(256 + text_len + text_len / 8 + 48 * req.messages.len());
     out.push(b'{');
     if let Some(model) = model.or(req.model.as_deref()) {
         out.extend_from_slice(br#""model":"#);

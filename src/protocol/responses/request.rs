@@ -205,7 +205,7 @@ fn input_span(body: &[u8]) -> std::ops::Range<usize> {
 /// JSON text with its line breaks made spaces: a line break in JSON text is whitespace between tokens
 /// (strings cannot hold a raw one), and an SSE `data:` line must not contain one.
 fn compact(json: &str) -> Cow<'_, str> {
-    if json.contains(['\n', '\r']) {
+    if memchr::memchr2(b'\n', b'\r', json.as_bytes()).is_some() {
         Cow::Owned(json.replace(['\n', '\r'], " "))
     } else {
         Cow::Borrowed(json)
