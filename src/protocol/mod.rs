@@ -217,6 +217,34 @@ impl ChatRequest {
         pieces
     }
 
+    /// Room for this request written as a JSON body in any protocol: its texts, tool calls and
+    /// schemas, plus an eighth for escapes (an agent's texts are source code and logs: newlines and
+    /// quotes), so a large body is written without growing — each growth copies all of it.
+    pub(crate) fn encoded_len_hint(&self) -> usize {
+        let text_len: usize = self.system.iter().map(String::len).sum::<usize>()
+            + self
+                .messages
+                .iter()
+                .flat_map(|message| &message.parts)
+                .map(|part| match part {
+                    Part::Text(text) => text.len(),
+                    Part::ToolCall(call) => call.arguments.len() + 64,
+                    Part::ToolResult(result) => result.content.len() + 64,
+                    _ => 64,
+                })
+                .sum::<usize>()
+            + self
+                .tools
+                .iter()
+                .map(|tool| {
+                    tool.parameters.get().len()
+                        + tool.description.as_ref().map_or(0, String::len)
+                        + 128
+                })
+                .sum::<usize>();
+        256 + text_len + text_len / 8 + 48 * self.messages.len()
+    }
+
     pub(crate) fn all_text(&self) -> String {
         let mut out = self.system.join("\n");
         for message in &self.messages {

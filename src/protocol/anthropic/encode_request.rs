@@ -30,8 +30,10 @@ pub(crate) fn encode_request_bytes(
     default_max_tokens: u64,
 ) -> Result<Vec<u8>, DecodeError> {
     let body = RequestOut::new(req, model, default_max_tokens)?;
-    serde_json::to_vec(&body)
-        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))
+    let mut out = Vec::with_capacity(req.encoded_len_hint());
+    serde_json::to_writer(&mut out, &body)
+        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))?;
+    Ok(out)
 }
 
 /// A Messages request body as written: field order is the wire order.

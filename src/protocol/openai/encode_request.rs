@@ -14,28 +14,7 @@ use crate::protocol::{ChatRequest, Image, Part, ResponseFormat, Role, ToolCall, 
 /// member and in the same order; a tool's parameter schema is written as its text came.
 pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Vec<u8> {
     use crate::protocol::json_text::{write_i64, write_str, write_u64};
-    let text_len: usize = req.system.iter().map(String::len).sum::<usize>()
-        + req
-            .messages
-            .iter()
-            .flat_map(|message| &message.parts)
-            .map(|part| match part {
-                Part::Text(text) => text.len(),
-                Part::ToolCall(call) => call.arguments.len() + 64,
-                Part::ToolResult(result) => result.content.len() + 64,
-                _ => 64,
-            })
-            .sum::<usize>()
-        + req
-            .tools
-            .iter()
-            .map(|tool| {
-                tool.parameters.get().len() + tool.description.as_ref().map_or(0, String::len) + 128
-            })
-            .sum::<usize>();
-    // Room for the escapes too (an agent's texts are source code and logs: newlines and quotes), so
-    // a large body is written without growing — each growth copies all of it.
-    let mut out = Vec::with_capacity(256 + text_len + text_len / 8 + 48 * req.messages.len());
+    let mut out = Vec::with_capacity(req.encoded_len_hint());
     out.push(b'{');
     if let Some(model) = model.or(req.model.as_deref()) {
         out.extend_from_slice(br#""model":"#);
