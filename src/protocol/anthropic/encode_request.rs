@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::protocol::json_text::{write_str, write_u64};
 use crate::protocol::openai::missing;
 use crate::protocol::{ChatRequest, DecodeError, Image, Part, RawJson, Role, ToolChoice};
 
@@ -31,8 +32,7 @@ pub(crate) fn encode_request_bytes(
 ) -> Result<Vec<u8>, DecodeError> {
     let body = RequestOut::new(req, model, default_max_tokens)?;
     let mut out = Vec::with_capacity(req.encoded_len_hint());
-    serde_json::to_writer(&mut out, &body)
-        .map_err(|error| DecodeError::new(format!("cannot serialize body: {error}"), None))?;
+    body.write(&mut out);
     Ok(out)
 }
 
@@ -312,6 +312,194 @@ impl<'a> RequestOut<'a> {
     }
 }
 
+impl RequestOut<'_> {
+    /// The body as `serde_json` writes this struct (field order, skipped fields, internally tagged
+    /// blocks), written by hand: `serde_json` escapes a string a byte at a time, [`write_str`] copies
+    /// the runs between escapes whole — 2.1M of the 5.7M instructions of a 250 KB agent turn converted
+    /// the first way. The serde derive stays the oracle (`written_bytes_are_the_serde_form`).
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"model":"#);
+        write_str(out, self.model);
+        out.extend_from_slice(br#","max_tokens":"#);
+        write_u64(out, self.max_tokens);
+        match &self.system {
+            system if system.is_empty() => {}
+            SystemOut::One(text) => {
+                out.extend_from_slice(br#","system":"#);
+                write_str(out, text);
+            }
+            SystemOut::Blocks(blocks) => {
+                out.extend_from_slice(br#","system":"#);
+                write_blocks(out, blocks);
+            }
+        }
+        out.extend_from_slice(br#","messages":["#);
+        for (index, turn) in self.messages.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"role":"#);
+            write_str(out, turn.role);
+            out.extend_from_slice(br#","content":"#);
+            match &turn.content {
+                ContentOut::Text(text) => write_str(out, text),
+                ContentOut::Blocks(blocks) => write_blocks(out, blocks),
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+        if !self.stop_sequences.is_empty() {
+            out.extend_from_slice(br#","stop_sequences":["#);
+            for (index, stop) in self.stop_sequences.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_str(out, stop);
+            }
+            out.push(b']');
+        }
+        for (name, value) in [
+            (&br#","temperature":"#[..], self.temperature),
+            (br#","top_p":"#, self.top_p),
+        ] {
+            if let Some(value) = value {
+                out.extend_from_slice(name);
+                write_value(out, &value);
+            }
+        }
+        if let Some(top_k) = self.top_k {
+            out.extend_from_slice(br#","top_k":"#);
+            write_u64(out, top_k);
+        }
+        if self.stream {
+            out.extend_from_slice(br#","stream":true"#);
+        }
+        if let Some(metadata) = &self.metadata {
+            out.extend_from_slice(br#","metadata":{"user_id":"#);
+            write_str(out, metadata.user_id);
+            out.push(b'}');
+        }
+        if !self.tools.is_empty() {
+            out.extend_from_slice(br#","tools":["#);
+            for (index, tool) in self.tools.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#"{"name":"#);
+                write_str(out, tool.name);
+                if let Some(description) = tool.description {
+                    out.extend_from_slice(br#","description":"#);
+                    write_str(out, description);
+                }
+                out.extend_from_slice(br#","input_schema":"#);
+                out.extend_from_slice(tool.input_schema.get().as_bytes());
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        if let Some(choice) = &self.tool_choice {
+            out.extend_from_slice(br#","tool_choice":{"type":"#);
+            write_str(out, choice.kind);
+            if let Some(name) = choice.name {
+                out.extend_from_slice(br#","name":"#);
+                write_str(out, name);
+            }
+            if let Some(disable) = choice.disable_parallel_tool_use {
+                out.extend_from_slice(br#","disable_parallel_tool_use":"#);
+                out.extend_from_slice(if disable { b"true" } else { b"false" });
+            }
+            out.push(b'}');
+        }
+        if let Some(thinking) = &self.thinking {
+            out.extend_from_slice(br#","thinking":{"type":"#);
+            write_str(out, thinking.kind);
+            out.extend_from_slice(br#","budget_tokens":"#);
+            write_u64(out, thinking.budget_tokens);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+}
+
+/// Content blocks, each `{"type":…}` first as the internally tagged enum writes them.
+fn write_blocks(out: &mut Vec<u8>, blocks: &[BlockOut<'_>]) {
+    out.push(b'[');
+    for (index, block) in blocks.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        match block {
+            BlockOut::Text { text } => {
+                out.extend_from_slice(br#"{"type":"text","text":"#);
+                write_str(out, text);
+            }
+            BlockOut::Image {
+                source: ImageSourceOut::Url { url },
+            } => {
+                out.extend_from_slice(br#"{"type":"image","source":{"type":"url","url":"#);
+                write_str(out, url);
+                out.push(b'}');
+            }
+            BlockOut::Image {
+                source: ImageSourceOut::Base64 { media_type, data },
+            } => {
+                out.extend_from_slice(
+                    br#"{"type":"image","source":{"type":"base64","media_type":"#,
+                );
+                write_str(out, media_type);
+                out.extend_from_slice(br#","data":"#);
+                write_str(out, data);
+                out.push(b'}');
+            }
+            BlockOut::ToolUse { id, name, input } => {
+                out.extend_from_slice(br#"{"type":"tool_use","id":"#);
+                write_str(out, id);
+                out.extend_from_slice(br#","name":"#);
+                write_str(out, name);
+                out.extend_from_slice(br#","input":"#);
+                write_value(out, input);
+            }
+            BlockOut::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => {
+                out.extend_from_slice(br#"{"type":"tool_result","tool_use_id":"#);
+                write_str(out, tool_use_id);
+                out.extend_from_slice(br#","content":"#);
+                write_str(out, content);
+                if *is_error {
+                    out.extend_from_slice(br#","is_error":true"#);
+                }
+            }
+            BlockOut::Thinking {
+                thinking,
+                signature,
+            } => {
+                out.extend_from_slice(br#"{"type":"thinking","thinking":"#);
+                write_str(out, thinking);
+                out.extend_from_slice(br#","signature":"#);
+                write_str(out, signature);
+            }
+            BlockOut::RedactedThinking { data } => {
+                out.extend_from_slice(br#"{"type":"redacted_thinking","data":"#);
+                write_str(out, data);
+            }
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// A small value (a tool call's input, a float) as `serde_json` writes it.
+fn write_value(out: &mut Vec<u8>, value: &impl Serialize) {
+    // Writing into a `Vec` fails only for a value serde_json cannot represent, and these are a
+    // `Value` and finite-or-not floats (written as `null`), which it always can.
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
 fn is_tool_result(block: &BlockOut<'_>) -> bool {
     matches!(block, BlockOut::ToolResult { .. })
 }
@@ -374,7 +562,38 @@ mod tests {
     use super::*;
     use crate::protocol::anthropic::count_tokens_input;
     use crate::protocol::openai;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// The hand-written body is byte for byte what the serde derive writes.
+        #[test]
+        fn written_bytes_are_the_serde_form(
+            request in openai::any_chat_request(),
+            model in proptest::option::of("(\\PC|[\"\\\\\n]){0,6}"),
+            effort in proptest::option::of(prop_oneof![Just("low"), Just("high"), Just("other")]),
+            default_max_tokens in 0..10_000u64,
+        ) {
+            let mut request = request;
+            request.reasoning_effort = effort.map(str::to_owned);
+            // Most tool calls with arguments Anthropic takes (an object), the rest refused alike.
+            let mut calls = 0;
+            for part in request.messages.iter_mut().flat_map(|message| &mut message.parts) {
+                if let Part::ToolCall(call) = part {
+                    calls += 1;
+                    if calls % 3 != 0 {
+                        call.arguments = json!({"n": calls, "text": call.arguments, "f": 0.5}).to_string();
+                    }
+                }
+            }
+            if let Ok(body) = RequestOut::new(&request, model.as_deref(), default_max_tokens) {
+                let mut written = Vec::new();
+                body.write(&mut written);
+                let oracle = serde_json::to_vec(&body).unwrap();
+                prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(oracle).unwrap());
+            }
+        }
+    }
 
     #[test]
     fn encodes_with_default_max_tokens_and_merged_tool_results() {

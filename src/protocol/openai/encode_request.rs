@@ -450,7 +450,7 @@ fn response_format_json(format: &ResponseFormat) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::{Message, RawJson, SamplingParams, Tool, ToolResult};
     use proptest::prelude::*;
@@ -509,7 +509,8 @@ mod tests {
     }
 
     prop_compose! {
-        fn request()(
+        /// Any canonical chat request (the Anthropic writer's property test takes it too).
+        pub(crate) fn request()(
             model in proptest::option::of(text()),
             system in proptest::collection::vec(text(), 0..2),
             messages in proptest::collection::vec(message(), 0..5),

@@ -13,6 +13,8 @@ pub use answer::{TextAnswer, embeddings, error_body, text_completion};
 pub(crate) use answer::{chat_chunks, chat_completion, text_completion_chunks};
 pub(crate) use content::{StringOrParts, image_part};
 pub(crate) use encode_request::encode_request_bytes;
+#[cfg(test)]
+pub(crate) use encode_request::tests::request as any_chat_request;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};
 pub(crate) use parse::{
