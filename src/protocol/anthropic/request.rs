@@ -46,14 +46,17 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
             }
             None => return Err(missing(&format!("messages[{index}].role"))),
         };
-        let path = format!("messages[{index}].content");
+        // Paths are written only for an error: formatting one per block cost as much as a tenth
+        // of an agent turn's decode.
+        let path = || format!("messages[{index}].content");
         let parts = match message.content {
-            None => return Err(missing(&path)),
+            None => return Err(missing(&path())),
             Some(Value::String(text)) => vec![Part::Text(text)],
-            Some(Value::Array(blocks)) => {
+            Some(Value::Array(mut blocks)) => {
                 let mut parts = Vec::with_capacity(blocks.len());
-                for (position, block) in blocks.iter().enumerate() {
-                    if let Some(part) = decode_block(block, &format!("{path}[{position}]"))? {
+                for (position, block) in blocks.iter_mut().enumerate() {
+                    if let Some(part) = decode_block(block, &|| format!("{}[{position}]", path()))?
+                    {
                         parts.push(part);
                     }
                 }
@@ -61,8 +64,11 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
             }
             Some(_) => {
                 return Err(DecodeError::new(
-                    format!("{path}: expected a string or an array of content blocks"),
-                    Some(path),
+                    format!(
+                        "{}: expected a string or an array of content blocks",
+                        path()
+                    ),
+                    Some(path()),
                 ));
             }
         };
@@ -140,29 +146,38 @@ fn system_parts(system: Option<&Value>) -> Result<Vec<String>, DecodeError> {
     }
 }
 
-fn str_field(block: &Value, key: &str, path: &str) -> Result<String, DecodeError> {
-    match block.get(key) {
-        Some(Value::String(text)) => Ok(text.clone()),
-        None | Some(Value::Null) => Err(missing(&format!("{path}.{key}"))),
+/// The string `key` of `block`, taken out of it (the block is read once).
+fn str_field(
+    block: &mut Value,
+    key: &str,
+    path: &dyn Fn() -> String,
+) -> Result<String, DecodeError> {
+    match block.get_mut(key) {
+        Some(Value::String(text)) => Ok(std::mem::take(text)),
+        None | Some(Value::Null) => Err(missing(&format!("{}.{key}", path()))),
         Some(_) => Err(DecodeError::new(
-            format!("{path}.{key}: expected a string"),
-            Some(format!("{path}.{key}")),
+            format!("{}.{key}: expected a string", path()),
+            Some(format!("{}.{key}", path())),
         )),
     }
 }
 
-/// One content block; `Ok(None)` for block types the canonical model deliberately drops.
-pub(super) fn decode_block(block: &Value, path: &str) -> Result<Option<Part>, DecodeError> {
-    let kind = match block.get("type") {
-        Some(Value::String(kind)) => kind.as_str(),
-        _ => return Err(missing(&format!("{path}.type"))),
+/// One content block, its strings taken out of it; `Ok(None)` for block types the canonical model
+/// deliberately drops. `path` names the block in an error.
+pub(super) fn decode_block(
+    block: &mut Value,
+    path: &dyn Fn() -> String,
+) -> Result<Option<Part>, DecodeError> {
+    let kind = match block.get_mut("type") {
+        Some(Value::String(kind)) => std::mem::take(kind),
+        _ => return Err(missing(&format!("{}.type", path()))),
     };
-    Ok(Some(match kind {
+    Ok(Some(match kind.as_str() {
         "text" => Part::Text(str_field(block, "text", path)?),
         "image" => {
-            let source_path = format!("{path}.source");
-            let Some(source) = block.get("source") else {
-                return Err(missing(&source_path));
+            let source_path = || format!("{}.source", path());
+            let Some(source) = block.get_mut("source") else {
+                return Err(missing(&source_path()));
             };
             match source.get("type").and_then(Value::as_str) {
                 Some("base64") => Part::Image(Image::Base64 {
@@ -183,7 +198,7 @@ pub(super) fn decode_block(block: &Value, path: &str) -> Result<Option<Part>, De
         }),
         "tool_result" => Part::ToolResult(ToolResult {
             tool_call_id: str_field(block, "tool_use_id", path)?,
-            content: tool_result_text(block.get("content")),
+            content: tool_result_text(block.get_mut("content")),
             is_error: block.get("is_error").and_then(Value::as_bool) == Some(true),
         }),
         "thinking" => Part::Thinking {
@@ -203,9 +218,9 @@ pub(super) fn decode_block(block: &Value, path: &str) -> Result<Option<Part>, De
 }
 
 /// Tool result content: a string, or blocks whose text parts are joined (images are dropped).
-fn tool_result_text(content: Option<&Value>) -> String {
+fn tool_result_text(content: Option<&mut Value>) -> String {
     match content {
-        Some(Value::String(text)) => text.clone(),
+        Some(Value::String(text)) => std::mem::take(text),
         Some(Value::Array(blocks)) => blocks
             .iter()
             .filter_map(|block| block.get("text").and_then(Value::as_str))

@@ -127,16 +127,17 @@ impl MessageIn<'_> {
 
 /// The general path of [`decode_response`], through a JSON tree; it defines the semantics.
 pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeError> {
-    let value = response_object(body)?;
+    let mut value = response_object(body)?;
+    let mut content = value.get_mut("content").map(Value::take);
     let text = |key: &str| str_member(&value, key);
     let mut parts = Vec::new();
-    for block in value
-        .get("content")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
+    for block in content
+        .as_mut()
+        .and_then(Value::as_array_mut)
+        .map(Vec::as_mut_slice)
         .unwrap_or_default()
     {
-        if let Ok(Some(part)) = decode_block(block, "content") {
+        if let Ok(Some(part)) = decode_block(block, &|| "content".to_owned()) {
             parts.push(part);
         }
     }
