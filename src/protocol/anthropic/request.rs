@@ -2,6 +2,7 @@
 //! serves the `Value` path of response decoding.
 
 use serde::Deserialize;
+use serde::de;
 use serde_json::Value;
 
 use crate::protocol::openai::{missing, parse, required_messages};
@@ -51,10 +52,10 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
         let path = || format!("messages[{index}].content");
         let parts = match message.content {
             None => return Err(missing(&path())),
-            Some(Value::String(text)) => vec![Part::Text(text)],
-            Some(Value::Array(mut blocks)) => {
+            Some(MessageContent::Text(text)) => vec![Part::Text(text)],
+            Some(MessageContent::Blocks(blocks)) => {
                 let mut parts = Vec::with_capacity(blocks.len());
-                for (position, block) in blocks.iter_mut().enumerate() {
+                for (position, block) in blocks.into_iter().enumerate() {
                     if let Some(part) = decode_block(block, &|| format!("{}[{position}]", path()))?
                     {
                         parts.push(part);
@@ -62,7 +63,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
                 }
                 parts
             }
-            Some(_) => {
+            Some(MessageContent::Other) => {
                 return Err(DecodeError::new(
                     format!(
                         "{}: expected a string or an array of content blocks",
@@ -146,87 +147,302 @@ fn system_parts(system: Option<&Value>) -> Result<Vec<String>, DecodeError> {
     }
 }
 
-/// The string `key` of `block`, taken out of it (the block is read once).
-fn str_field(
-    block: &mut Value,
+/// A block member that must be a string.
+fn string(
+    value: Option<Loose>,
     key: &str,
     path: &dyn Fn() -> String,
 ) -> Result<String, DecodeError> {
-    match block.get_mut(key) {
-        Some(Value::String(text)) => Ok(std::mem::take(text)),
-        None | Some(Value::Null) => Err(missing(&format!("{}.{key}", path()))),
-        Some(_) => Err(DecodeError::new(
+    match value {
+        Some(Loose::Text(text)) => Ok(text),
+        None => Err(missing(&format!("{}.{key}", path()))),
+        Some(Loose::Other) => Err(DecodeError::new(
             format!("{}.{key}: expected a string", path()),
             Some(format!("{}.{key}", path())),
         )),
     }
 }
 
-/// One content block, its strings taken out of it; `Ok(None)` for block types the canonical model
-/// deliberately drops. `path` names the block in an error.
+/// One content block; `Ok(None)` for block types the canonical model deliberately drops. `path`
+/// names the block in an error.
 pub(super) fn decode_block(
-    block: &mut Value,
+    block: BlockItem,
     path: &dyn Fn() -> String,
 ) -> Result<Option<Part>, DecodeError> {
-    let kind = match block.get_mut("type") {
-        Some(Value::String(kind)) => std::mem::take(kind),
-        _ => return Err(missing(&format!("{}.type", path()))),
+    let BlockItem::Block(block) = block else {
+        return Err(missing(&format!("{}.type", path())));
+    };
+    let block = *block;
+    let Some(Loose::Text(kind)) = block.kind else {
+        return Err(missing(&format!("{}.type", path())));
     };
     Ok(Some(match kind.as_str() {
-        "text" => Part::Text(str_field(block, "text", path)?),
+        "text" => Part::Text(string(block.text, "text", path)?),
         "image" => {
             let source_path = || format!("{}.source", path());
-            let Some(source) = block.get_mut("source") else {
+            let Some(mut source) = block.source else {
                 return Err(missing(&source_path()));
             };
-            match source.get("type").and_then(Value::as_str) {
-                Some("base64") => Part::Image(Image::Base64 {
-                    media_type: str_field(source, "media_type", &source_path)?,
-                    data: str_field(source, "data", &source_path)?,
+            let mut member = |key: &str| match source.get_mut(key).map(Value::take) {
+                Some(Value::String(text)) => Some(Loose::Text(text)),
+                None | Some(Value::Null) => None,
+                Some(_) => Some(Loose::Other),
+            };
+            match member("type") {
+                Some(Loose::Text(kind)) if kind == "base64" => Part::Image(Image::Base64 {
+                    media_type: string(member("media_type"), "media_type", &source_path)?,
+                    data: string(member("data"), "data", &source_path)?,
                 }),
-                Some("url") => Part::Image(Image::Url(str_field(source, "url", &source_path)?)),
+                Some(Loose::Text(kind)) if kind == "url" => {
+                    Part::Image(Image::Url(string(member("url"), "url", &source_path)?))
+                }
                 _ => return Ok(None),
             }
         }
         "tool_use" => Part::ToolCall(ToolCall {
-            id: str_field(block, "id", path)?,
-            name: str_field(block, "name", path)?,
-            arguments: match block.get("input") {
+            id: string(block.id, "id", path)?,
+            name: string(block.name, "name", path)?,
+            arguments: match block.input {
                 None | Some(Value::Null) => "{}".to_owned(),
                 Some(input) => input.to_string(),
             },
         }),
         "tool_result" => Part::ToolResult(ToolResult {
-            tool_call_id: str_field(block, "tool_use_id", path)?,
-            content: tool_result_text(block.get_mut("content")),
-            is_error: block.get("is_error").and_then(Value::as_bool) == Some(true),
+            tool_call_id: string(block.tool_use_id, "tool_use_id", path)?,
+            content: match block.content {
+                Some(ResultContent::Text(text)) => text,
+                Some(ResultContent::Blocks(blocks)) => blocks
+                    .iter()
+                    .filter_map(|block| block.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Some(ResultContent::Other) | None => String::new(),
+            },
+            is_error: block.is_error.as_ref().and_then(Value::as_bool) == Some(true),
         }),
         "thinking" => Part::Thinking {
-            text: str_field(block, "thinking", path)?,
+            text: string(block.thinking, "thinking", path)?,
             // An empty signature (thinking that came from an OpenAI-format backend) is as good as none.
-            signature: block
-                .get("signature")
-                .and_then(Value::as_str)
-                .filter(|signature| !signature.is_empty())
-                .map(str::to_owned),
+            signature: match block.signature {
+                Some(Loose::Text(signature)) if !signature.is_empty() => Some(signature),
+                _ => None,
+            },
         },
         "redacted_thinking" => Part::RedactedThinking {
-            data: str_field(block, "data", path)?,
+            data: string(block.data, "data", path)?,
         },
         _ => return Ok(None),
     }))
 }
 
-/// Tool result content: a string, or blocks whose text parts are joined (images are dropped).
-fn tool_result_text(content: Option<&mut Value>) -> String {
-    match content {
-        Some(Value::String(text)) => std::mem::take(text),
-        Some(Value::Array(blocks)) => blocks
-            .iter()
-            .filter_map(|block| block.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
+/// A block member read as whatever it is, for the decoder to judge: a string, or anything else (`null`
+/// reads as absent, through `Option`).
+pub(super) enum Loose {
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LooseVisitor;
+        impl<'de> de::Visitor<'de> for LooseVisitor {
+            type Value = Loose;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Loose, E> {
+                Ok(Loose::Text(text.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Loose, E> {
+                Ok(Loose::Text(text))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Loose::Other)
+            }
+        }
+        deserializer.deserialize_any(LooseVisitor)
+    }
+}
+
+/// A content block as the decoder reads it: every member it looks at, each taken as it comes.
+#[derive(Deserialize)]
+pub(super) struct BlockWire {
+    #[serde(rename = "type")]
+    kind: Option<Loose>,
+    text: Option<Loose>,
+    source: Option<Value>,
+    id: Option<Loose>,
+    name: Option<Loose>,
+    input: Option<Value>,
+    tool_use_id: Option<Loose>,
+    content: Option<ResultContent>,
+    is_error: Option<Value>,
+    thinking: Option<Loose>,
+    signature: Option<Loose>,
+    data: Option<Loose>,
+}
+
+/// An element of a content array: a block (an object), or anything else, which has no `type`.
+pub(super) enum BlockItem {
+    Block(Box<BlockWire>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for BlockItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+        impl<'de> de::Visitor<'de> for ItemVisitor {
+            type Value = BlockItem;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a content block")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BlockItem, A::Error> {
+                BlockWire::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|block| BlockItem::Block(Box::new(block)))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<BlockItem, E> {
+                Ok(BlockItem::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<BlockItem, E> {
+                Ok(BlockItem::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<BlockItem, E> {
+                Ok(BlockItem::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<BlockItem, E> {
+                Ok(BlockItem::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<BlockItem, E> {
+                Ok(BlockItem::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<BlockItem, E> {
+                Ok(BlockItem::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<BlockItem, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(BlockItem::Other)
+            }
+        }
+        deserializer.deserialize_any(ItemVisitor)
+    }
+}
+
+/// A message's `content`: a string, content blocks, or anything else (an error).
+enum MessageContent {
+    Text(String),
+    Blocks(Vec<BlockItem>),
+    Other,
+}
+
+/// A tool result's `content`: a string, blocks (whose text is joined), or anything else (no text).
+enum ResultContent {
+    Text(String),
+    Blocks(Vec<Value>),
+    Other,
+}
+
+/// A string, an array of `T`, or anything else — the shape of both contents above.
+fn string_or_array<'de, D, T, R>(
+    deserializer: D,
+    text: fn(String) -> R,
+    array: fn(Vec<T>) -> R,
+    other: R,
+) -> Result<R, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ShapeVisitor<T, R> {
+        text: fn(String) -> R,
+        array: fn(Vec<T>) -> R,
+        other: R,
+    }
+    impl<'de, T: Deserialize<'de>, R> de::Visitor<'de> for ShapeVisitor<T, R> {
+        type Value = R;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string or an array")
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<R, E> {
+            Ok((self.text)(text.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, text: String) -> Result<R, E> {
+            Ok((self.text)(text))
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<R, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(item) = seq.next_element()? {
+                items.push(item);
+            }
+            Ok((self.array)(items))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<R, E> {
+            Ok(self.other)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<R, E> {
+            Ok(self.other)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<R, E> {
+            Ok(self.other)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<R, E> {
+            Ok(self.other)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<R, E> {
+            Ok(self.other)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<R, A::Error> {
+            while map
+                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(self.other)
+        }
+    }
+    deserializer.deserialize_any(ShapeVisitor { text, array, other })
+}
+
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        string_or_array(
+            deserializer,
+            MessageContent::Text,
+            MessageContent::Blocks,
+            MessageContent::Other,
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for ResultContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        string_or_array(
+            deserializer,
+            ResultContent::Text,
+            ResultContent::Blocks,
+            ResultContent::Other,
+        )
     }
 }
 
@@ -249,7 +465,7 @@ struct MessagesWire {
 #[derive(Deserialize)]
 struct MessageWire {
     role: Option<String>,
-    content: Option<Value>,
+    content: Option<MessageContent>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +559,46 @@ mod tests {
             err(r#"{"max_tokens":5,"messages":[{"role":"user","content":[{"type":"text"}]}]}"#),
             "missing required field 'messages[0].content[0].text'"
         );
+        assert_eq!(
+            err(r#"{"max_tokens":5,"messages":[{"role":"user","content":["x"]}]}"#),
+            "missing required field 'messages[0].content[0].type'"
+        );
+        assert_eq!(
+            err(
+                r#"{"max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":{"a":[1]}}]}]}"#
+            ),
+            "messages[0].content[0].text: expected a string"
+        );
+        assert_eq!(
+            err(
+                r#"{"max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{"type":"url","url":7}}]}]}"#
+            ),
+            "messages[0].content[0].source.url: expected a string"
+        );
         assert_eq!(err("[]"), "request body must be a JSON object");
+    }
+
+    /// Blocks are read member by member: unknown members and block types pass, a tool result's
+    /// blocks give their text.
+    #[test]
+    fn reads_blocks_member_by_member() {
+        let request = decode_request(
+            br#"{"max_tokens":5,"messages":[{"role":"user","content":[
+                {"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"a"},{"type":"image"},{"type":"text","text":"b"}],"is_error":true,"cache_control":{"type":"ephemeral"}},
+                {"type":"document","source":{"type":"text","data":"d"}},
+                {"type":"text","text":"x","citations":null}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            request.messages[0].parts,
+            vec![
+                Part::ToolResult(ToolResult {
+                    tool_call_id: "t".into(),
+                    content: "a\nb".into(),
+                    is_error: true
+                }),
+                Part::Text("x".into()),
+            ]
+        );
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::finish_reason_from;
-use super::request::decode_block;
+use super::request::{BlockItem, decode_block};
 use super::usage::{UsageIn, WireUsage};
 use crate::protocol::openai::{response_object, str_member};
 use crate::protocol::{ChatResponse, DecodeError, Part, ToolCall};
@@ -128,17 +128,18 @@ impl MessageIn<'_> {
 /// The general path of [`decode_response`], through a JSON tree; it defines the semantics.
 pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeError> {
     let mut value = response_object(body)?;
-    let mut content = value.get_mut("content").map(Value::take);
+    let content = value.get_mut("content").map(Value::take);
     let text = |key: &str| str_member(&value, key);
     let mut parts = Vec::new();
-    for block in content
-        .as_mut()
-        .and_then(Value::as_array_mut)
-        .map(Vec::as_mut_slice)
-        .unwrap_or_default()
-    {
-        if let Ok(Some(part)) = decode_block(block, &|| "content".to_owned()) {
-            parts.push(part);
+    if let Some(Value::Array(blocks)) = content {
+        for block in blocks {
+            // A block tree reads as any JSON does (`BlockItem` takes every shape).
+            let Ok(block) = serde_json::from_value::<BlockItem>(block) else {
+                continue;
+            };
+            if let Ok(Some(part)) = decode_block(block, &|| "content".to_owned()) {
+                parts.push(part);
+            }
         }
     }
     let usage = value
