@@ -333,11 +333,8 @@ impl RequestOut<'_> {
                 write_blocks(out, blocks);
             }
         }
-        out.extend_from_slice(br#","messages":["#);
-        for (index, turn) in self.messages.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
+        out.extend_from_slice(br#","messages":"#);
+        write_array(out, &self.messages, |out, turn| {
             out.extend_from_slice(br#"{"role":"#);
             write_str(out, turn.role);
             out.extend_from_slice(br#","content":"#);
@@ -346,17 +343,10 @@ impl RequestOut<'_> {
                 ContentOut::Blocks(blocks) => write_blocks(out, blocks),
             }
             out.push(b'}');
-        }
-        out.push(b']');
+        });
         if !self.stop_sequences.is_empty() {
-            out.extend_from_slice(br#","stop_sequences":["#);
-            for (index, stop) in self.stop_sequences.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
-                write_str(out, stop);
-            }
-            out.push(b']');
+            out.extend_from_slice(br#","stop_sequences":"#);
+            write_array(out, self.stop_sequences, |out, stop| write_str(out, stop));
         }
         for (name, value) in [
             (&br#","temperature":"#[..], self.temperature),
@@ -380,11 +370,8 @@ impl RequestOut<'_> {
             out.push(b'}');
         }
         if !self.tools.is_empty() {
-            out.extend_from_slice(br#","tools":["#);
-            for (index, tool) in self.tools.iter().enumerate() {
-                if index > 0 {
-                    out.push(b',');
-                }
+            out.extend_from_slice(br#","tools":"#);
+            write_array(out, &self.tools, |out, tool| {
                 out.extend_from_slice(br#"{"name":"#);
                 write_str(out, tool.name);
                 if let Some(description) = tool.description {
@@ -394,8 +381,7 @@ impl RequestOut<'_> {
                 out.extend_from_slice(br#","input_schema":"#);
                 out.extend_from_slice(tool.input_schema.get().as_bytes());
                 out.push(b'}');
-            }
-            out.push(b']');
+            });
         }
         if let Some(choice) = &self.tool_choice {
             out.extend_from_slice(br#","tool_choice":{"type":"#);
@@ -423,11 +409,7 @@ impl RequestOut<'_> {
 
 /// Content blocks, each `{"type":…}` first as the internally tagged enum writes them.
 fn write_blocks(out: &mut Vec<u8>, blocks: &[BlockOut<'_>]) {
-    out.push(b'[');
-    for (index, block) in blocks.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
-        }
+    write_array(out, blocks, |out, block| {
         match block {
             BlockOut::Text { text } => {
                 out.extend_from_slice(br#"{"type":"text","text":"#);
@@ -487,6 +469,17 @@ fn write_blocks(out: &mut Vec<u8>, blocks: &[BlockOut<'_>]) {
             }
         }
         out.push(b'}');
+    });
+}
+
+/// `[…]`, each item written by `item`.
+fn write_array<T>(out: &mut Vec<u8>, items: &[T], mut item: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (index, each) in items.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        item(out, each);
     }
     out.push(b']');
 }
