@@ -52,8 +52,8 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
         let path = || format!("messages[{index}].content");
         let parts = match message.content {
             None => return Err(missing(&path())),
-            Some(MessageContent::Text(text)) => vec![Part::Text(text)],
-            Some(MessageContent::Blocks(blocks)) => {
+            Some(Shape::Text(text)) => vec![Part::Text(text)],
+            Some(Shape::Array(blocks)) => {
                 let mut parts = Vec::with_capacity(blocks.len());
                 for (position, block) in blocks.into_iter().enumerate() {
                     if let Some(part) = decode_block(block, &|| format!("{}[{position}]", path()))?
@@ -63,7 +63,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
                 }
                 parts
             }
-            Some(MessageContent::Other) => {
+            Some(Shape::Other) => {
                 return Err(DecodeError::new(
                     format!(
                         "{}: expected a string or an array of content blocks",
@@ -210,13 +210,13 @@ pub(super) fn decode_block(
         "tool_result" => Part::ToolResult(ToolResult {
             tool_call_id: string(block.tool_use_id, "tool_use_id", path)?,
             content: match block.content {
-                Some(ResultContent::Text(text)) => text,
-                Some(ResultContent::Blocks(blocks)) => blocks
+                Some(Shape::Text(text)) => text,
+                Some(Shape::Array(blocks)) => blocks
                     .iter()
                     .filter_map(|block| block.get("text").and_then(Value::as_str))
                     .collect::<Vec<_>>()
                     .join("\n"),
-                Some(ResultContent::Other) | None => String::new(),
+                Some(Shape::Other) | None => String::new(),
             },
             is_error: block.is_error.as_ref().and_then(Value::as_bool) == Some(true),
         }),
@@ -233,6 +233,28 @@ pub(super) fn decode_block(
         },
         _ => return Ok(None),
     }))
+}
+
+/// The visits of the scalars other than strings (booleans, numbers, `null` outside an `Option`), each
+/// read as one value: `Other` for the loose readers below.
+macro_rules! scalars_read_as {
+    ($value:ty, $other:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
+            Ok($other)
+        }
+    };
 }
 
 /// A block member read as whatever it is, for the decoder to judge: a string, or anything else (`null`
@@ -256,21 +278,7 @@ impl<'de> Deserialize<'de> for Loose {
             fn visit_string<E: de::Error>(self, text: String) -> Result<Loose, E> {
                 Ok(Loose::Text(text))
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Loose, E> {
-                Ok(Loose::Other)
-            }
+            scalars_read_as!(Loose, Loose::Other);
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 Ok(Loose::Other)
@@ -326,21 +334,7 @@ impl<'de> Deserialize<'de> for BlockItem {
             fn visit_str<E: de::Error>(self, _: &str) -> Result<BlockItem, E> {
                 Ok(BlockItem::Other)
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<BlockItem, E> {
-                Ok(BlockItem::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<BlockItem, E> {
-                Ok(BlockItem::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<BlockItem, E> {
-                Ok(BlockItem::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<BlockItem, E> {
-                Ok(BlockItem::Other)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<BlockItem, E> {
-                Ok(BlockItem::Other)
-            }
+            scalars_read_as!(BlockItem, BlockItem::Other);
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<BlockItem, A::Error> {
                 while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 Ok(BlockItem::Other)
@@ -350,99 +344,48 @@ impl<'de> Deserialize<'de> for BlockItem {
     }
 }
 
-/// A message's `content`: a string, content blocks, or anything else (an error).
-enum MessageContent {
+/// A content member: a string, an array of `T`, or anything else. A message's `content` holds blocks
+/// (anything else is an error); a tool result's, blocks whose text is joined (anything else: no text).
+enum Shape<T> {
     Text(String),
-    Blocks(Vec<BlockItem>),
+    Array(Vec<T>),
     Other,
 }
 
-/// A tool result's `content`: a string, blocks (whose text is joined), or anything else (no text).
-enum ResultContent {
-    Text(String),
-    Blocks(Vec<Value>),
-    Other,
-}
+type MessageContent = Shape<BlockItem>;
+type ResultContent = Shape<Value>;
 
-/// A string, an array of `T`, or anything else — the shape of both contents above.
-fn string_or_array<'de, D, T, R>(
-    deserializer: D,
-    text: fn(String) -> R,
-    array: fn(Vec<T>) -> R,
-    other: R,
-) -> Result<R, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    struct ShapeVisitor<T, R> {
-        text: fn(String) -> R,
-        array: fn(Vec<T>) -> R,
-        other: R,
-    }
-    impl<'de, T: Deserialize<'de>, R> de::Visitor<'de> for ShapeVisitor<T, R> {
-        type Value = R;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a string or an array")
-        }
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<R, E> {
-            Ok((self.text)(text.to_owned()))
-        }
-        fn visit_string<E: de::Error>(self, text: String) -> Result<R, E> {
-            Ok((self.text)(text))
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<R, A::Error> {
-            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-            while let Some(item) = seq.next_element()? {
-                items.push(item);
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shape<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for ShapeVisitor<T> {
+            type Value = Shape<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array")
             }
-            Ok((self.array)(items))
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Shape<T>, E> {
+                Ok(Shape::Text(text.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Shape<T>, E> {
+                Ok(Shape::Text(text))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape<T>, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Shape::Array(items))
+            }
+            scalars_read_as!(Shape<T>, Shape::Other);
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shape<T>, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Shape::Other)
+            }
         }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<R, E> {
-            Ok(self.other)
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<R, E> {
-            Ok(self.other)
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<R, E> {
-            Ok(self.other)
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<R, E> {
-            Ok(self.other)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<R, E> {
-            Ok(self.other)
-        }
-        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<R, A::Error> {
-            while map
-                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                .is_some()
-            {}
-            Ok(self.other)
-        }
-    }
-    deserializer.deserialize_any(ShapeVisitor { text, array, other })
-}
-
-impl<'de> Deserialize<'de> for MessageContent {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        string_or_array(
-            deserializer,
-            MessageContent::Text,
-            MessageContent::Blocks,
-            MessageContent::Other,
-        )
-    }
-}
-
-impl<'de> Deserialize<'de> for ResultContent {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        string_or_array(
-            deserializer,
-            ResultContent::Text,
-            ResultContent::Blocks,
-            ResultContent::Other,
-        )
+        deserializer.deserialize_any(ShapeVisitor(std::marker::PhantomData))
     }
 }
 
