@@ -52,6 +52,12 @@ pub fn count_messages<'a>(messages: impl IntoIterator<Item = &'a str>) -> u64 {
 /// history of hundreds of short tool-call arguments would otherwise be counted inline every turn.
 const CACHED_FROM_BYTES: usize = 1;
 
+/// The key of a text's count, locally and in Redis: XXH3-128 (keys written by earlier versions, which
+/// used another implementation of it, stay valid).
+fn text_hash(text: &str) -> u128 {
+    twox_hash::XxHash3_128::oneshot(text.as_bytes())
+}
+
 /// Counts the cache keeps: 16 bytes of hash and 4 of count each, plus the list's links.
 const CACHED_COUNTS: usize = 1 << 17;
 
@@ -106,7 +112,7 @@ impl TokenCounter {
         if text.len() < CACHED_FROM_BYTES {
             return count(text);
         }
-        let hash = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+        let hash = text_hash(text);
         if let Some(&cached) = self.lock().get(&hash) {
             return u64::from(cached);
         }
@@ -135,7 +141,7 @@ impl TokenCounter {
                     total += count(piece);
                     continue;
                 }
-                let hash = xxhash_rust::xxh3::xxh3_128(piece.as_bytes());
+                let hash = text_hash(piece);
                 match local.get(&hash) {
                     Some(&cached) => total += u64::from(cached),
                     None => missing.push((index, hash)),
@@ -251,6 +257,23 @@ fn store_shared(store: &RedisStore, fresh: Vec<(u128, u32)>) {
 mod tests {
     use super::*;
     use crate::protocol::{ChatRequest, Message, Part, Role, ToolCall, ToolResult};
+
+    /// The count keys are XXH3-128 as the reference defines it, whatever the input's length (the
+    /// vector loop for long texts included): the keys replicas and earlier versions wrote to Redis.
+    #[test]
+    fn text_hashes_are_xxh3_128() {
+        let long: String = (0..5000)
+            .map(|n| char::from(b'a' + (n % 26) as u8))
+            .collect();
+        for len in [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 4999, 5000] {
+            let text = &long[..len];
+            assert_eq!(
+                text_hash(text),
+                xxhash_rust::xxh3::xxh3_128(text.as_bytes()),
+                "{len} bytes"
+            );
+        }
+    }
 
     #[test]
     fn counts_o200k_tokens() {
@@ -394,7 +417,7 @@ mod tests {
             .input_pieces()
             .iter()
             .filter(|p| p.len() >= CACHED_FROM_BYTES)
-            .map(|p| xxhash_rust::xxh3::xxh3_128(p.as_bytes()))
+            .map(|p| text_hash(p))
             .collect();
         let probe: Vec<(usize, u128)> = long.iter().map(|h| (0, *h)).collect();
         for _ in 0..200 {

@@ -280,13 +280,22 @@ fn log_message(message: Message) -> LogMessage {
     };
     let mut tool_calls = Vec::new();
     let mut tool_call_id = None;
-    let mut texts = Vec::new();
+    // One text part moves as it is; several are joined as `Message::text` joins them.
+    let mut text = String::new();
+    let mut add = |piece: String| {
+        if text.is_empty() {
+            text = piece;
+        } else {
+            text.push('\n');
+            text.push_str(&piece);
+        }
+    };
     for part in message.parts {
         match part {
-            Part::Text(text) => texts.push(text),
+            Part::Text(piece) => add(piece),
             Part::ToolResult(result) => {
                 tool_call_id = Some(result.tool_call_id);
-                texts.push(result.content);
+                add(result.content);
             }
             Part::ToolCall(call) => tool_calls.push(LogToolCall {
                 id: call.id,
@@ -296,19 +305,6 @@ fn log_message(message: Message) -> LogMessage {
             _ => {}
         }
     }
-    // One text part moves as it is; several are joined as `Message::text` joins them.
-    let text = if texts.len() == 1 {
-        texts.pop().unwrap_or_default()
-    } else {
-        let mut out = String::new();
-        for text in texts {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&text);
-        }
-        out
-    };
     LogMessage {
         role,
         text,

@@ -171,10 +171,11 @@ impl<'de> Visitor<'de> for SpanVisitor {
     }
 }
 
-/// Serialize a string as JSON text (quoted and escaped).
+/// Serialize a string as JSON text (quoted and escaped). For the short values set into bodies (ids,
+/// names): the eight-byte scan, which needs no room beyond the text's own.
 pub fn json_string(value: &str) -> String {
     let mut out = Vec::with_capacity(value.len() + 2);
-    super::json_text::write_str(&mut out, value);
+    super::json_text::write_str_swar(&mut out, value);
     // `write_str` copies UTF-8 text and writes ASCII escapes: the result is UTF-8.
     String::from_utf8(out).unwrap_or_else(|_| String::from("\"\""))
 }

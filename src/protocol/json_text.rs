@@ -145,6 +145,58 @@ pub(crate) trait Sink {
     fn put(&mut self, bytes: &[u8]);
     fn put_byte(&mut self, byte: u8);
     fn reserve_more(&mut self, additional: usize);
+    /// Appends `text` as a JSON string (see [`write_str`]).
+    fn put_json_str(&mut self, text: &str) {
+        write_str_swar(self, text);
+    }
+}
+
+/// Texts shorter than this are escaped eight bytes a step: names, ids, a chat turn, where setting up
+/// the SIMD escaper costs more than it saves.
+const SIMD_FROM_BYTES: usize = 8;
+
+/// The SIMD escaper's stores are speculative: it needs this much room past the end of its output
+/// buffer for a text of `len` bytes, whatever the text.
+pub(crate) fn simd_room(len: usize) -> usize {
+    len * 6 + 35
+}
+
+/// The longest piece of a text the SIMD escaper writes into the thread's scratch buffer at once,
+/// which bounds that buffer at [`simd_room`] of it.
+const SIMD_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `text` as a JSON string through sonic-rs's SIMD escaper (16 or 32 bytes a step, chosen at run
+/// time), which an agent's escape-dense texts (source, logs: a newline or quote every few dozen
+/// bytes) need: the eight-byte scan costs about four instructions a byte there. Straight into `out`
+/// when it has the escaper's room; otherwise piece by piece through a bounded scratch buffer, so a
+/// body sized to fit is not grown to six times a long text.
+fn write_str_simd(out: &mut Vec<u8>, text: &str) {
+    if out.capacity() - out.len() >= simd_room(text.len()) {
+        json_escape_simd::escape_into(text, out);
+        return;
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(SIMD_CHUNK);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            scratch.clear();
+            json_escape_simd::escape_into(piece, scratch);
+            // The escaper quotes each piece: its quotes are not part of the text.
+            out.extend_from_slice(&scratch[1..scratch.len() - 1]);
+            rest = tail;
+        }
+        out.push(b'"');
+    });
 }
 
 impl Sink for Vec<u8> {
@@ -156,6 +208,13 @@ impl Sink for Vec<u8> {
     }
     fn reserve_more(&mut self, additional: usize) {
         self.reserve(additional);
+    }
+    fn put_json_str(&mut self, text: &str) {
+        if text.len() < SIMD_FROM_BYTES {
+            write_str_swar(self, text);
+        } else {
+            write_str_simd(self, text);
+        }
     }
 }
 
@@ -182,9 +241,14 @@ pub(crate) fn write_i64<S: Sink + ?Sized>(out: &mut S, n: i64) {
 }
 
 /// Appends `text` as a JSON string, byte for byte what `serde_json` writes (the same escapes: `\"`,
-/// `\\`, `\b \f \n \r \t`, `\u00xx` for other control characters, nothing else), copying the runs between
-/// escapes whole.
+/// `\\`, `\b \f \n \r \t`, `\u00xx` for other control characters, nothing else).
 pub(crate) fn write_str<S: Sink + ?Sized>(out: &mut S, text: &str) {
+    out.put_json_str(text);
+}
+
+/// [`write_str`] eight bytes a step, copying the runs between escapes whole (sinks other than `Vec`,
+/// short texts).
+pub(crate) fn write_str_swar<S: Sink + ?Sized>(out: &mut S, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut rest = text.as_bytes();
     out.reserve_more(rest.len() + 2);
@@ -305,6 +369,25 @@ mod tests {
         }
     }
 
+    /// Texts longer than the SIMD escaper's piece, with characters of every width across the cuts,
+    /// into a buffer with the escaper's room and into one sized to the text: serde_json's bytes.
+    #[test]
+    fn long_texts_are_written_like_serde_json_whatever_the_room() {
+        let unit = "fn main() {\n\t\"日本\\ü\u{1}🎉 é\"}\r\n";
+        for repeat in [1, 500, 1000, 1500, 3000] {
+            for skew in 0..4 {
+                let text = format!("{}{}", "x".repeat(skew), unit.repeat(repeat));
+                let expected = serde_json::to_string(&text).unwrap();
+                let mut roomy = Vec::with_capacity(simd_room(text.len()) + 1);
+                write_str(&mut roomy, &text);
+                let mut tight = Vec::with_capacity(text.len() + 2);
+                write_str(&mut tight, &text);
+                assert_eq!(String::from_utf8(roomy).unwrap(), expected);
+                assert_eq!(String::from_utf8(tight).unwrap(), expected);
+            }
+        }
+    }
+
     #[test]
     fn read_str_reads_one_string_like_the_parser() {
         for (bytes, expected) in [
@@ -342,13 +425,27 @@ mod tests {
             proptest::prop_assert_eq!(plain_run(&bytes), expected);
         }
 
-        /// Any text is written exactly as `serde_json` writes it.
+        /// Any text, short or long enough for every vector width, with escapes sparse or dense, is
+        /// written exactly as `serde_json` writes it, by both sinks.
         #[test]
-        fn write_str_matches_serde_json(text in "(\\PC|[\\x00-\\x1f\"\\\\\\x7f])*") {
+        fn write_str_matches_serde_json(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => "[a-z ]{0,80}",
+                    2 => "\\PC{0,12}",
+                    2 => "[\\x00-\\x1f\"\\\\\\x7f/]{1,3}",
+                ],
+                0..40,
+            )
+        ) {
+            let text = pieces.concat();
+            let expected = format!("x{}", serde_json::to_string(&text).unwrap());
             let mut out = b"x".to_vec();
             write_str(&mut out, &text);
-            let expected = format!("x{}", serde_json::to_string(&text).unwrap());
-            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected.clone());
+            let mut out = bytes::BytesMut::from(&b"x"[..]);
+            write_str(&mut out, &text);
+            proptest::prop_assert_eq!(std::str::from_utf8(&out).unwrap(), expected.as_str());
         }
     }
 }

@@ -6,12 +6,13 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::{LogRecord, LogRole, LogToolCall, RedactFn};
-use crate::protocol::json_text::write_str;
+use crate::protocol::json_text::{simd_room, write_str};
 
 /// One `format: sharegpt` line (without the newline), written straight into `out`: the same bytes as
 /// serializing the `ShareGptLine` of the tests (field order, escapes, numbers, optional fields), without
 /// building it, and strings scanned eight bytes at a time.
 pub(super) fn write_sharegpt_line(out: &mut Vec<u8>, record: &LogRecord, redact: &RedactFn) {
+    reserve_for(out, record);
     out.extend_from_slice(b"{\"id\":");
     write_str(out, &record.id);
     // A timestamp's Display form (RFC 3339) has nothing to escape.
@@ -70,17 +71,44 @@ pub(super) fn write_sharegpt_line(out: &mut Vec<u8>, record: &LogRecord, redact:
     out.push(b'}');
 }
 
+/// Room for the whole line, escapes included, plus what the SIMD escaper needs past the end for the
+/// longest text, so each text is escaped straight into `out`. The writer reuses `out` from line to
+/// line: after the first large lines this reserves nothing.
+fn reserve_for(out: &mut Vec<u8>, record: &LogRecord) {
+    let texts = record
+        .messages
+        .iter()
+        .flat_map(|message| {
+            std::iter::once(message.text.len())
+                .chain(message.tool_calls.iter().map(|call| call.arguments.len()))
+        })
+        .chain(record.system.as_ref().map(String::len))
+        .chain([record.reply.len()])
+        .chain(record.reasoning.as_ref().map(String::len))
+        .chain(
+            record
+                .reply_tool_calls
+                .iter()
+                .map(|call| call.arguments.len()),
+        );
+    let (total, longest) = texts.fold((0, 0), |(total, longest), len| {
+        (total + len, longest.max(len))
+    });
+    out.reserve(1024 + total + total / 8 + 64 * record.messages.len() + simd_room(longest));
+}
+
 fn write_turn(
     out: &mut Vec<u8>,
-    from: &str,
+    from: &'static str,
     value: &str,
     tool_calls: &[LogToolCall],
     tool_call_id: Option<&str>,
     redact: &RedactFn,
 ) {
-    out.extend_from_slice(b"{\"from\":");
-    write_str(out, from);
-    out.extend_from_slice(b",\"value\":");
+    // `from` is one of four plain words: nothing to escape.
+    out.extend_from_slice(b"{\"from\":\"");
+    out.extend_from_slice(from.as_bytes());
+    out.extend_from_slice(b"\",\"value\":");
     write_str(out, value);
     if !tool_calls.is_empty() {
         out.extend_from_slice(b",\"tool_calls\":");
