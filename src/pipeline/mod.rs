@@ -94,9 +94,18 @@ async fn run(
     // A large body waits for its turn before it is decoded, and keeps it until it is admitted.
     let turn = crate::offload::decode_turn(body.len()).await;
     let decoded = body.clone();
-    let mut request = crate::offload::run(body.len(), move || decode(endpoint, &decoded))
-        .await
-        .ok_or_else(crate::offload::cancelled)??;
+    let unread = keeps_nothing(state, snapshot, endpoint, body.len());
+    let mut request = crate::offload::run(body.len(), move || {
+        if unread {
+            openai::decode_chat_unread(&decoded)
+                .map(ApiRequest::Chat)
+                .map_err(|error| GatewayError::invalid(error.message, error.param))
+        } else {
+            decode(endpoint, &decoded)
+        }
+    })
+    .await
+    .ok_or_else(crate::offload::cancelled)??;
     // Responses: a continued conversation's history comes in before anything counts the input.
     let prepared = responses::prepare(state, &mut request, &mut body).await?;
     let request = Arc::new(request);
@@ -281,6 +290,16 @@ fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> 
         response.extensions_mut().insert(headers);
     }
     response
+}
+
+/// A large chat body goes upstream as received and nothing on its way reads its conversation: it is
+/// checked, but its messages are not kept (held once, not twice, while in flight). Small bodies keep
+/// the exact reader, which is cheaper still.
+fn keeps_nothing(state: &AppState, snapshot: &Snapshot, endpoint: Endpoint, len: usize) -> bool {
+    endpoint == Endpoint::ChatCompletions
+        && len > crate::protocol::exact_request::MAX_BODY
+        && !snapshot.reads_messages
+        && !state.cache().is_enabled()
 }
 
 /// Decode the body in the endpoint's protocol into the canonical request.

@@ -174,6 +174,10 @@ pub struct ChatRequest {
     pub reasoning_effort: Option<String>,
     /// Structured output: Responses `text.format`, sent to OpenAI chat backends as `response_format`.
     pub response_format: Option<Box<ResponseFormat>>,
+    /// The body's messages, system prompt and tools were checked but not kept
+    /// ([`openai::decode_chat_unread`]): the request goes upstream as received, and nothing on its
+    /// route reads them. Whatever needs them decodes the body again.
+    pub messages_unread: bool,
 }
 
 /// What shape the answer's text must have.

@@ -73,6 +73,12 @@ pub struct Snapshot {
     pub policy: Policy,
     /// `server.cors_allow_origin` as the layer browser requests go through.
     pub cors: tower_http::cors::CorsLayer,
+    /// Something on a chat request's way reads its messages: the request log, a token count (limits,
+    /// quotas, a policy's input bound), a policy's patterns, prompt affinity, the echo backend or a
+    /// conversion to another protocol (any backend, fallbacks included). When nothing does, a large
+    /// chat body is checked but its conversation not kept (`openai::decode_chat_unread`); the response
+    /// cache, which keys on it, is asked per request.
+    pub reads_messages: bool,
 }
 
 /// Per-backend live state for one snapshot.
@@ -186,6 +192,13 @@ impl Snapshot {
             .collect();
         registry.retain(&live);
         let cors = crate::http::cors::layer(&config.server.cors_allow_origin);
+        let reads_messages = config.request_log.enabled
+            || limiter.counts_tokens()
+            || policy.needs_token_count()
+            || policy.reads_text()
+            || config.backends.iter().any(|backend| {
+                backend.kind != crate::config::BackendKind::OpenAi || backend.affinity.is_some()
+            });
         Snapshot {
             config,
             backends,
@@ -193,6 +206,7 @@ impl Snapshot {
             limiter: Arc::new(limiter),
             policy,
             cors,
+            reads_messages,
         }
     }
 }

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::support::mock::Mock;
+use crate::support::mock_anthropic::MockAnthropic;
 use crate::support::{Gateway, client};
 
 /// A chat history of about `bytes` bytes of tool output, all of it new to the tokenizer.
@@ -88,4 +89,131 @@ async fn a_large_first_turn_does_not_hold_up_the_runtime() {
         longest < elapsed / 4,
         "the runtime thread was held for {longest:?} of a {elapsed:?} request"
     );
+}
+
+/// A large turn on a plain pass-through route (nothing on it reads the conversation, so the gateway
+/// checks the body without keeping its messages): forwarded exactly as sent, and a wrong field deep
+/// in its history is still refused with its precise error, before anything goes upstream.
+#[tokio::test]
+async fn a_large_turn_on_a_plain_route_is_forwarded_as_sent_and_checked_as_ever() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\n",
+        mock.base()
+    ))
+    .await;
+    let turn = agent_turn(200_000);
+    let (status, answer) = gateway.chat(turn.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(mock.requests()[0].body, turn);
+
+    let deep = turn["messages"].as_array().unwrap().len() - 3;
+    let wrong = |field: &str, value: Value| {
+        let mut turn = turn.clone();
+        turn["messages"][deep][field] = value;
+        turn
+    };
+    let surrogate = turn.to_string().replace("now fix it", "now \\ud800 fix it");
+    for (body, expected) in [
+        (
+            wrong("role", json!("robot")).to_string(),
+            format!("messages[{deep}].role: unknown role 'robot'"),
+        ),
+        (
+            wrong("content", json!(7)).to_string(),
+            format!("messages[{deep}].content: invalid type: integer `7`"),
+        ),
+        (
+            wrong("tool_call_id", json!(["x"])).to_string(),
+            format!("messages[{deep}].tool_call_id: invalid type: sequence"),
+        ),
+        (
+            surrogate,
+            "invalid JSON body: unexpected end of hex escape".to_owned(),
+        ),
+    ] {
+        let response = gateway.post("/v1/chat/completions", &body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&expected), "{message}");
+    }
+    assert_eq!(mock.requests().len(), 1, "refused turns go nowhere");
+}
+
+/// Where something does read the conversation, a large turn keeps it whole: converted for an
+/// Anthropic fallback when the OpenAI primary is down, and written to the request log once a reload
+/// turns the log on for the same route.
+#[tokio::test]
+async fn a_large_turn_keeps_its_conversation_where_something_reads_it() {
+    let mock = Mock::start().await;
+    let anthropic = MockAnthropic::start().await;
+    let refused = crate::support::mock::refused_base().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let logs = dir.path().join("logs");
+    let config = |extra: &str| {
+        format!(
+            "default_backend: vllm\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  vllm: {{ type: openai, url: '{}', retries: 0 }}\n{extra}",
+            mock.base()
+        )
+    };
+    let turn = agent_turn(200_000);
+    let last = "now fix it";
+
+    // The OpenAI primary refuses connections; the Anthropic fallback gets the whole conversation.
+    let fallback = format!(
+        "default_backend: primary\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  primary: {{ type: openai, url: '{refused}/v1', retries: 0, fallback: [claude] }}\n  claude: {{ type: anthropic, url: '{}' }}\n",
+        anthropic.base()
+    );
+    let gateway = Gateway::start(&fallback).await;
+    let (status, answer) = gateway.chat(turn.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let converted = &anthropic.requests()[0];
+    assert_eq!(converted.path, "/v1/messages");
+    let messages = converted.body["messages"].as_array().unwrap();
+    assert!(converted.body.to_string().len() > 200_000);
+    let final_turn = messages.last().unwrap();
+    assert_eq!(final_turn["role"], "user");
+    assert!(
+        final_turn["content"].to_string().contains(last),
+        "{final_turn}"
+    );
+    drop(gateway);
+
+    std::fs::write(&path, config("")).unwrap();
+    let (gateway, _none) = Gateway::start_from_file(&path, false).await;
+    let (status, _) = gateway.chat(turn.clone()).await;
+    assert_eq!(status, 200);
+    std::fs::write(
+        &path,
+        config(&format!(
+            "request_log: {{ enabled: true, dir: '{}' }}\n",
+            logs.display()
+        )),
+    )
+    .unwrap();
+    let response = client()
+        .post(gateway.url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = gateway.chat(turn.clone()).await;
+    assert_eq!(status, 200);
+    gateway.state.flush().await;
+    let text: String = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one line: the turn after the reload"
+    );
+    let line: Value = serde_json::from_str(text.trim_end()).unwrap();
+    let conversation = line["conversations"].as_array().unwrap();
+    assert!(conversation.len() >= turn["messages"].as_array().unwrap().len() - 1);
+    assert!(text.len() > 200_000);
+    assert!(conversation.iter().any(|entry| entry["value"] == last));
 }

@@ -164,11 +164,21 @@ impl Call<'_> {
             )));
         }
         let request = Arc::clone(exchange.request);
+        let body = exchange.body.clone();
         let model = self.upstream_model.map(str::to_owned);
         let default_max_tokens = self.backend.max_tokens;
         let encoded = crate::offload::run(exchange.body.len(), move || {
             let Some(chat) = request.chat() else {
                 return Ok(Vec::new());
+            };
+            // A conversation read but not kept (`Snapshot::reads_messages` says no conversion is
+            // configured) is read again rather than sent empty.
+            let read;
+            let chat = if chat.messages_unread {
+                read = crate::protocol::openai::decode_chat_typed(&body)?;
+                &read
+            } else {
+                chat
             };
             let options = RequestOptions {
                 model: model.as_deref(),

@@ -10,10 +10,58 @@ use serde_json::Value;
 
 use crate::protocol::{Image, Part};
 
+/// A JSON string as a wire struct holds it: its text (`String`), or [`Unread`] where nothing reads it.
+pub(crate) trait WireText: for<'de> Deserialize<'de> {
+    /// Any JSON value in the same place (a tool's `parameters`): kept as written, or only checked.
+    type Raw: for<'de> Deserialize<'de>;
+    fn from_str(text: &str) -> Self;
+    fn from_string(text: String) -> Self;
+}
+
+impl WireText for String {
+    type Raw = crate::protocol::RawJson;
+    fn from_str(text: &str) -> String {
+        text.to_owned()
+    }
+    fn from_string(text: String) -> String {
+        text
+    }
+}
+
+/// A string nothing reads: the parser checks it is one (escapes included), and nothing is kept. A
+/// wire struct with these in place of its texts accepts exactly the bodies the `String` one does.
+pub(crate) struct Unread;
+
+impl WireText for Unread {
+    type Raw = de::IgnoredAny;
+    fn from_str(_: &str) -> Unread {
+        Unread
+    }
+    fn from_string(_: String) -> Unread {
+        Unread
+    }
+}
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Unread, D::Error> {
+        struct UnreadVisitor;
+        impl Visitor<'_> for UnreadVisitor {
+            type Value = Unread;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Unread, E> {
+                Ok(Unread)
+            }
+        }
+        deserializer.deserialize_str(UnreadVisitor)
+    }
+}
+
 /// Content in the OpenAI families' shape: a string or an array of typed parts `P`. Chat messages and
 /// Responses input items and tool outputs all take it; each reads its own part type.
-pub(crate) enum StringOrParts<P> {
-    Text(String),
+pub(crate) enum StringOrParts<P, T = String> {
+    Text(T),
     Parts(Vec<P>),
 }
 
@@ -33,13 +81,14 @@ impl<P> StringOrParts<P> {
 }
 
 /// Chat message content.
-pub(super) type Content = StringOrParts<PartWire>;
+pub(super) type Content<T = String> = StringOrParts<PartWire<T>, T>;
 
 #[derive(Deserialize)]
-pub(super) struct PartWire {
+#[serde(bound = "T: WireText")]
+pub(super) struct PartWire<T = String> {
     #[serde(rename = "type")]
     kind: String,
-    text: Option<String>,
+    text: Option<T>,
     image_url: Option<Value>,
 }
 
@@ -85,19 +134,19 @@ fn image_from_url(url: String) -> Image {
     Image::Url(url)
 }
 
-impl<'de, P: Deserialize<'de>> Deserialize<'de> for StringOrParts<P> {
+impl<'de, P: Deserialize<'de>, T: WireText> Deserialize<'de> for StringOrParts<P, T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ContentVisitor<P>(PhantomData<P>);
-        impl<'de, P: Deserialize<'de>> Visitor<'de> for ContentVisitor<P> {
-            type Value = StringOrParts<P>;
+        struct ContentVisitor<P, T>(PhantomData<(P, T)>);
+        impl<'de, P: Deserialize<'de>, T: WireText> Visitor<'de> for ContentVisitor<P, T> {
+            type Value = StringOrParts<P, T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or an array of content parts")
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-                Ok(StringOrParts::Text(value.to_owned()))
+                Ok(StringOrParts::Text(T::from_str(value)))
             }
             fn visit_string<E: de::Error>(self, value: String) -> Result<Self::Value, E> {
-                Ok(StringOrParts::Text(value))
+                Ok(StringOrParts::Text(T::from_string(value)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut parts = Vec::new();
@@ -113,12 +162,13 @@ impl<'de, P: Deserialize<'de>> Deserialize<'de> for StringOrParts<P> {
 
 /// One entry of the `thinking_blocks` extension on assistant messages and deltas.
 #[derive(Deserialize)]
-pub(crate) struct ThinkingBlockWire {
+#[serde(bound = "T: WireText")]
+pub(crate) struct ThinkingBlockWire<T = String> {
     #[serde(rename = "type")]
     kind: Option<String>,
-    thinking: Option<String>,
-    signature: Option<String>,
-    data: Option<String>,
+    thinking: Option<T>,
+    signature: Option<T>,
+    data: Option<T>,
 }
 
 impl ThinkingBlockWire {

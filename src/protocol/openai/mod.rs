@@ -20,9 +20,10 @@ pub(crate) use encode_response::{encode_response_bytes, usage_json};
 pub(crate) use parse::{
     missing, parse, parse_field, required_messages, response_object, str_member, tool_choice_word,
 };
-pub use request::{decode_chat, decode_request};
+pub(crate) use request::decode_chat_typed;
+pub use request::{decode_chat, decode_chat_unread, decode_request};
 #[cfg(test)]
-pub(crate) use request::{decode_chat_typed, decode_completion, decode_embeddings};
+pub(crate) use request::{decode_completion, decode_embeddings};
 pub use response::decode_response;
 #[cfg(test)]
 pub(crate) use response::decode_response_value;

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::content::{Content, ThinkingBlockWire};
+use super::content::{Content, ThinkingBlockWire, Unread, WireText};
 use super::parse::{missing, parse, required_messages, tool_choice_word};
 use crate::protocol::{
     ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint, Message,
@@ -36,48 +36,12 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 
 /// The typed path of [`decode_chat`]: it defines the semantics and names what is wrong.
 pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError> {
-    let wire: ChatWire = parse(body)?;
-    let messages = required_messages(wire.messages)?;
-    let mut request = ChatRequest {
-        model: wire.model,
-        stream: wire.stream.unwrap_or(false),
-        include_usage: wire
-            .stream_options
-            .as_ref()
-            .and_then(|options| options.include_usage)
-            .unwrap_or(false),
-        params: SamplingParams {
-            max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
-            temperature: wire.temperature,
-            top_p: wire.top_p,
-            top_k: wire.top_k,
-            stop: stop_list(wire.stop.as_ref(), "stop")?,
-            seed: wire.seed,
-            presence_penalty: wire.presence_penalty,
-            frequency_penalty: wire.frequency_penalty,
-            n: wire.n,
-        },
-        user: wire.user,
-        parallel_tool_calls: wire.parallel_tool_calls,
-        ..ChatRequest::default()
-    };
+    let mut wire: ChatWire = parse(body)?;
+    let messages = required_messages(wire.messages.take())?;
+    let mut request = head(&mut wire)?;
     let mut leading_system = true;
     for (index, message) in messages.into_iter().enumerate() {
-        let role = match message.role.as_deref() {
-            Some("system" | "developer") => Role::System,
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some("tool" | "function") => Role::Tool,
-            Some(other) => {
-                return Err(DecodeError::new(
-                    format!(
-                        "messages[{index}].role: unknown role '{other}'; expected system, developer, user, assistant or tool"
-                    ),
-                    Some(format!("messages[{index}].role")),
-                ));
-            }
-            None => return Err(missing(&format!("messages[{index}].role"))),
-        };
+        let role = role_at(index, message.role.as_deref())?;
         let mut parts = Vec::new();
         let thinking_blocks = message.thinking_blocks.unwrap_or_default();
         if thinking_blocks.is_empty() {
@@ -145,7 +109,82 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
                 .unwrap_or_else(RawJson::empty_object_schema),
         });
     }
-    request.tool_choice = match wire.tool_choice {
+    request.tool_choice = tool_choice(wire.tool_choice.take())?;
+    Ok(request)
+}
+
+/// [`decode_chat`] for a route where nothing reads the conversation (`Snapshot::reads_messages`: a
+/// plain pass-through, the body forwarded as received). The body is checked as the typed path checks
+/// it, but its messages, system prompt and tools are not kept: the request says `messages_unread`.
+/// Whatever this reading does not accept goes to the typed path, which names what is wrong.
+pub fn decode_chat_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
+    match chat_unread(body) {
+        Some(request) => Ok(request),
+        None => decode_chat_typed(body),
+    }
+}
+
+fn chat_unread(body: &[u8]) -> Option<ChatRequest> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut wire: ChatWire<Unread> = serde_json::from_str(text).ok()?;
+    let messages = required_messages(wire.messages.take()).ok()?;
+    let mut request = head(&mut wire).ok()?;
+    for (index, message) in messages.iter().enumerate() {
+        role_at(index, message.role.as_deref()).ok()?;
+    }
+    request.tool_choice = tool_choice(wire.tool_choice.take()).ok()?;
+    request.messages_unread = true;
+    Some(request)
+}
+
+/// The request's fields besides its conversation and tools, as both readings of a chat body take them.
+fn head<T: WireText>(wire: &mut ChatWire<T>) -> Result<ChatRequest, DecodeError> {
+    Ok(ChatRequest {
+        model: wire.model.take(),
+        stream: wire.stream.unwrap_or(false),
+        include_usage: wire
+            .stream_options
+            .as_ref()
+            .and_then(|options| options.include_usage)
+            .unwrap_or(false),
+        params: SamplingParams {
+            max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            top_k: wire.top_k,
+            stop: stop_list(wire.stop.as_ref(), "stop")?,
+            seed: wire.seed,
+            presence_penalty: wire.presence_penalty,
+            frequency_penalty: wire.frequency_penalty,
+            n: wire.n,
+        },
+        user: wire.user.take(),
+        parallel_tool_calls: wire.parallel_tool_calls,
+        ..ChatRequest::default()
+    })
+}
+
+/// The role of `messages[index]`.
+fn role_at(index: usize, role: Option<&str>) -> Result<Role, DecodeError> {
+    Ok(match role {
+        Some("system" | "developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool" | "function") => Role::Tool,
+        Some(other) => {
+            return Err(DecodeError::new(
+                format!(
+                    "messages[{index}].role: unknown role '{other}'; expected system, developer, user, assistant or tool"
+                ),
+                Some(format!("messages[{index}].role")),
+            ));
+        }
+        None => return Err(missing(&format!("messages[{index}].role"))),
+    })
+}
+
+fn tool_choice(choice: Option<Value>) -> Result<Option<ToolChoice>, DecodeError> {
+    Ok(match choice {
         None | Some(Value::Null) => None,
         Some(Value::String(choice)) => Some(tool_choice_word(&choice)?),
         Some(other) => match other.pointer("/function/name").and_then(Value::as_str) {
@@ -157,8 +196,7 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
                 ));
             }
         },
-    };
-    Ok(request)
+    })
 }
 
 /// Decode a legacy `/v1/completions` body.
@@ -239,10 +277,12 @@ fn text_list(value: &Value, field: &str) -> Result<Vec<String>, DecodeError> {
     }
 }
 
+/// A chat body as the parser reads it; `T` is how its texts are held (see [`WireText`]).
 #[derive(Deserialize)]
-struct ChatWire {
+#[serde(bound = "T: WireText")]
+struct ChatWire<T: WireText = String> {
     model: Option<String>,
-    messages: Option<Vec<MessageWire>>,
+    messages: Option<Vec<MessageWire<T>>>,
     stream: Option<bool>,
     stream_options: Option<StreamOptionsWire>,
     max_tokens: Option<u64>,
@@ -255,7 +295,7 @@ struct ChatWire {
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
     n: Option<u64>,
-    tools: Option<Vec<ToolWire>>,
+    tools: Option<Vec<ToolWire<T>>>,
     tool_choice: Option<Value>,
     user: Option<String>,
     parallel_tool_calls: Option<bool>,
@@ -267,39 +307,44 @@ struct StreamOptionsWire {
 }
 
 #[derive(Deserialize)]
-struct MessageWire {
+#[serde(bound = "T: WireText")]
+struct MessageWire<T> {
     role: Option<String>,
-    content: Option<Content>,
-    name: Option<String>,
-    tool_calls: Option<Vec<ToolCallWire>>,
-    tool_call_id: Option<String>,
-    reasoning_content: Option<String>,
-    reasoning: Option<String>,
-    thinking_blocks: Option<Vec<ThinkingBlockWire>>,
+    content: Option<Content<T>>,
+    name: Option<T>,
+    tool_calls: Option<Vec<ToolCallWire<T>>>,
+    tool_call_id: Option<T>,
+    reasoning_content: Option<T>,
+    reasoning: Option<T>,
+    thinking_blocks: Option<Vec<ThinkingBlockWire<T>>>,
 }
 
 #[derive(Deserialize)]
-struct ToolCallWire {
-    id: Option<String>,
-    function: FunctionCallWire,
+#[serde(bound = "T: WireText")]
+struct ToolCallWire<T> {
+    id: Option<T>,
+    function: FunctionCallWire<T>,
 }
 
 #[derive(Deserialize)]
-struct FunctionCallWire {
-    name: String,
-    arguments: Option<String>,
+#[serde(bound = "T: WireText")]
+struct FunctionCallWire<T> {
+    name: T,
+    arguments: Option<T>,
 }
 
 #[derive(Deserialize)]
-struct ToolWire {
-    function: FunctionWire,
+#[serde(bound = "T: WireText")]
+struct ToolWire<T: WireText> {
+    function: FunctionWire<T>,
 }
 
 #[derive(Deserialize)]
-struct FunctionWire {
-    name: String,
-    description: Option<String>,
-    parameters: Option<RawJson>,
+#[serde(bound = "T: WireText")]
+struct FunctionWire<T: WireText> {
+    name: T,
+    description: Option<T>,
+    parameters: Option<T::Raw>,
 }
 
 #[derive(Deserialize)]
@@ -426,5 +471,130 @@ mod tests {
         let embeddings = decode_embeddings(br#"{"input":"hello"}"#).unwrap();
         assert_eq!(embeddings.input, vec!["hello"]);
         assert!(decode_embeddings(br#"{"input":[]}"#).is_err());
+    }
+
+    /// Every place in a JSON tree, as a list of steps from the root.
+    fn places(value: &Value, at: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        out.push(at.clone());
+        let children: Vec<&Value> = match value {
+            Value::Array(items) => items.iter().collect(),
+            Value::Object(members) => members.values().collect(),
+            _ => Vec::new(),
+        };
+        for (index, child) in children.into_iter().enumerate() {
+            at.push(index);
+            places(child, at, out);
+            at.pop();
+        }
+    }
+
+    fn place_mut<'a>(value: &'a mut Value, steps: &[usize]) -> &'a mut Value {
+        match steps.split_first() {
+            None => value,
+            Some((&step, rest)) => match value {
+                Value::Array(items) => place_mut(&mut items[step], rest),
+                Value::Object(members) => place_mut(members.values_mut().nth(step).unwrap(), rest),
+                _ => unreachable!("places lists only containers' children"),
+            },
+        }
+    }
+
+    fn replacement() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            Just(serde_json::json!(0.5)),
+            Just(serde_json::json!(-1)),
+            prop_oneof![
+                Just("user"),
+                Just("tool"),
+                Just("system"),
+                Just("bogus"),
+                Just("auto"),
+                Just("redacted_thinking"),
+                Just("a \"quoted\" line\n\u{e9}"),
+            ]
+            .prop_map(Value::from),
+            Just(serde_json::json!([])),
+            Just(serde_json::json!(["x", 1])),
+            Just(serde_json::json!({})),
+            Just(serde_json::json!({"type": "text", "text": "x"})),
+            Just(serde_json::json!({"role": "user"})),
+            Just(serde_json::json!({"function": {"name": "f"}})),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The reading that keeps no conversation accepts exactly the bodies the typed path accepts,
+        /// agrees with it on everything it keeps, and gives the typed path's error for the others.
+        /// Bodies: any canonical request as written, with one value anywhere in it (or none) replaced
+        /// by a value of any type — most of those the typed path refuses.
+        #[test]
+        fn the_unread_reading_accepts_what_the_typed_path_accepts(
+            request in crate::protocol::openai::any_chat_request(),
+            pick in proptest::prelude::any::<usize>(),
+            new in replacement(),
+        ) {
+            let written = crate::protocol::openai::encode_request_bytes(&request, Some("m"));
+            let mut value: Value = serde_json::from_slice(&written).unwrap();
+            let mut all = Vec::new();
+            places(&value, &mut Vec::new(), &mut all);
+            if let Some(steps) = all.get(pick % (all.len() + 1)) {
+                *place_mut(&mut value, steps) = new;
+            }
+            let body = serde_json::to_vec(&value).unwrap();
+            let typed = decode_chat_typed(&body);
+            let unread = chat_unread(&body);
+            proptest::prop_assert_eq!(typed.is_ok(), unread.is_some(), "{}", String::from_utf8_lossy(&body));
+            match (typed, unread) {
+                (Ok(typed), Some(unread)) => {
+                    let kept = ChatRequest {
+                        system: Vec::new(),
+                        messages: Vec::new(),
+                        tools: Vec::new(),
+                        messages_unread: true,
+                        ..typed
+                    };
+                    proptest::prop_assert_eq!(kept, unread);
+                }
+                (Err(typed), _) => {
+                    let error = decode_chat_unread(&body).err().map(|e| (e.message, e.param));
+                    proptest::prop_assert_eq!(error, Some((typed.message, typed.param)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A request with an escaped control character, a lone surrogate or a stray byte inside an
+    /// unread text is refused as the typed path refuses it.
+    #[test]
+    fn unread_texts_are_still_checked() {
+        for body in [
+            &br#"{"model":"m","messages":[{"role":"user","content":"a\u0000b \n ok"}]}"#[..],
+            br#"{"model":"m","messages":[{"role":"user","content":"bad \ud800 surrogate"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"bad \q escape"}]}"#,
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"raw \x01 control\"}]}",
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"bad \xff byte\"}]}",
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"function":{"name":"f","parameters":{"a":}}}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":7}]}]}"#,
+        ] {
+            let typed = decode_chat_typed(body).map(|_| ()).map_err(|e| e.message);
+            let unread = decode_chat_unread(body).map(|_| ()).map_err(|e| e.message);
+            assert_eq!(typed, unread, "{}", String::from_utf8_lossy(body));
+        }
+        // The first is accepted by both (an escaped NUL is text); the others are refused by both.
+        assert!(
+            decode_chat_unread(
+                br#"{"model":"m","messages":[{"role":"user","content":"a\u0000b"}]}"#
+            )
+            .is_ok()
+        );
+        assert!(
+            decode_chat_unread(br#"{"model":"m","messages":[{"role":"user","content":"bad \q"}]}"#)
+                .is_err()
+        );
     }
 }
