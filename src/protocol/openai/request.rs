@@ -568,33 +568,53 @@ mod tests {
         }
     }
 
-    /// A request with an escaped control character, a lone surrogate or a stray byte inside an
-    /// unread text is refused as the typed path refuses it.
+    /// Skipped texts are checked as decoded ones are: an escaped NUL, a surrogate pair or an escaped
+    /// backslash before a `u` is text; a lone surrogate, a bad escape, a raw control character, a byte
+    /// that is not UTF-8, a broken schema or a part of the wrong type is refused — anywhere in the
+    /// conversation, and with the typed path's error.
     #[test]
     fn unread_texts_are_still_checked() {
-        for body in [
-            &br#"{"model":"m","messages":[{"role":"user","content":"a\u0000b \n ok"}]}"#[..],
+        let accepted: [&[u8]; 3] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"a\u0000b \n ok"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"pair \ud83d\ude00, \u0041 and \\u0041"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"\ud83d\ude00"}]}]}"#,
+        ];
+        let refused: [&[u8]; 12] = [
             br#"{"model":"m","messages":[{"role":"user","content":"bad \ud800 surrogate"}]}"#,
             br#"{"model":"m","messages":[{"role":"user","content":"bad \q escape"}]}"#,
             b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"raw \x01 control\"}]}",
             b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"bad \xff byte\"}]}",
             br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"function":{"name":"f","parameters":{"a":}}}]}"#,
             br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":7}]}]}"#,
-        ] {
-            let typed = decode_chat_typed(body).map(|_| ()).map_err(|e| e.message);
-            let unread = decode_chat_unread(body).map(|_| ()).map_err(|e| e.message);
-            assert_eq!(typed, unread, "{}", String::from_utf8_lossy(body));
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"\udc00"}]}]}"#,
+            br#"{"model":"m","messages":[{"role":"tool","tool_call_id":"a\ud800","content":"x"}]}"#,
+            br#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"\ud800\u0041"}}]}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":{"text":"x"}}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":true}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"function":{"name":7}}]}"#,
+        ];
+        for body in accepted {
+            assert!(
+                decode_chat_typed(body).is_ok(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(
+                chat_unread(body).is_some(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
-        // The first is accepted by both (an escaped NUL is text); the others are refused by both.
-        assert!(
-            decode_chat_unread(
-                br#"{"model":"m","messages":[{"role":"user","content":"a\u0000b"}]}"#
-            )
-            .is_ok()
-        );
-        assert!(
-            decode_chat_unread(br#"{"model":"m","messages":[{"role":"user","content":"bad \q"}]}"#)
-                .is_err()
-        );
+        for body in refused {
+            let typed = decode_chat_typed(body).map(|_| ()).map_err(|e| e.message);
+            assert!(typed.is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                chat_unread(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            let unread = decode_chat_unread(body).map(|_| ()).map_err(|e| e.message);
+            assert_eq!(typed, unread);
+        }
     }
 }
