@@ -84,13 +84,18 @@ pub(crate) fn encode_request_line(
 
 /// The end of a request's head (`Content-Length`, left out only for a bodiless GET or HEAD) and its body.
 pub(crate) fn encode_request_end(method: &Method, body: &[u8], out: &mut Vec<u8>) {
-    if !body.is_empty() || !matches!(*method, Method::GET | Method::HEAD) {
+    encode_head_end(method, body.len(), out);
+    out.extend_from_slice(body);
+}
+
+/// The end of a request's head for a body of `len` bytes sent after it.
+pub(crate) fn encode_head_end(method: &Method, len: usize, out: &mut Vec<u8>) {
+    if len != 0 || !matches!(*method, Method::GET | Method::HEAD) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }
 
 /// Encode a request with a complete body into `out`: request line in origin form, `Host` from

@@ -19,7 +19,8 @@ mod request;
 mod response;
 
 pub(crate) use encode::{
-    HeaderSink, WireHeaders, encode_request, encode_request_end, encode_request_line, header_safe,
+    HeaderSink, WireHeaders, encode_head_end, encode_request, encode_request_end,
+    encode_request_line, header_safe,
 };
 pub use framing::FramingError;
 pub(crate) use framing::{Chunk, Framing, advance, take_data};

@@ -126,10 +126,21 @@ impl HttpClient {
         timeout: Duration,
     ) -> impl Future<Output = Result<Response, Failure>> + Send + 'a {
         let sent = if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-            let mut wire = Vec::with_capacity(512 + body.len());
-            http1::encode_request_line(&Method::POST, uri, false, &mut wire);
-            headers(&mut http1::WireHeaders { out: &mut wire });
-            http1::encode_request_end(&Method::POST, &body, &mut wire);
+            // A large body is written after the head from its own buffer, not copied behind it.
+            let apart = body.len() >= super::pool::BODY_APART_FROM;
+            let mut head = Vec::with_capacity(512 + if apart { 0 } else { body.len() });
+            http1::encode_request_line(&Method::POST, uri, false, &mut head);
+            headers(&mut http1::WireHeaders { out: &mut head });
+            let wire = if apart {
+                http1::encode_head_end(&Method::POST, body.len(), &mut head);
+                super::pool::Wire { head, body }
+            } else {
+                http1::encode_request_end(&Method::POST, &body, &mut head);
+                super::pool::Wire {
+                    head,
+                    body: Bytes::new(),
+                }
+            };
             Either::Left(self.plain.send_encoded(uri, wire))
         } else {
             let mut request = Request::new(body);

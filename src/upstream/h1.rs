@@ -93,17 +93,17 @@ impl Conn {
         matches!(self.io.try_read(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
     }
 
-    /// Write `request` (a whole encoded request) and read the response head; the body is then read
-    /// from the returned [`ResponseBody`]. `reused`: the connection served an earlier request.
+    /// Write `request` and read the response head; the body is then read from the returned
+    /// [`ResponseBody`]. `reused`: the connection served an earlier request.
     /// Once written, `request` is freed (emptied): its memory goes back to the allocator while still in
     /// the CPU's caches, not after the upstream's answer. A request that could not be written is kept
     /// for another connection.
     pub async fn exchange(
         mut self,
-        request: &mut Vec<u8>,
+        request: &mut Wire,
         reused: bool,
     ) -> Result<http::Response<ResponseBody>, ExchangeError> {
-        if let Err(error) = self.io.write_all(request).await {
+        if let Err(error) = write_all(&mut self.io, &request.head, &request.body).await {
             let detail = format!("error writing the request: {error}");
             return Err(if reused {
                 ExchangeError::Unsent(detail)
@@ -111,7 +111,7 @@ impl Conn {
                 ExchangeError::Failed(detail)
             });
         }
-        *request = Vec::new();
+        *request = Wire::default();
         loop {
             let head = final_head(&mut self.buf).map_err(|error| failed(&error))?;
             if let Some(head) = head {
@@ -129,6 +129,37 @@ impl Conn {
             }
         }
     }
+}
+
+/// A request as it goes on a connection: its encoded head — with a small body copied in behind it —
+/// and a large body, written from its own buffer after the head (one `writev`) instead of being
+/// copied: a coding agent's turn is hundreds of KB.
+#[derive(Default)]
+pub struct Wire {
+    pub head: Vec<u8>,
+    pub body: Bytes,
+}
+
+/// Bodies from this size go in [`Wire::body`]; smaller ones are copied behind the head (one buffer,
+/// one `write`).
+pub(crate) const BODY_APART_FROM: usize = 16 * 1024;
+
+/// Write `head`, then `body`, gathering both into each `writev` while any of `head` is left.
+async fn write_all(io: &mut TcpStream, mut head: &[u8], mut body: &[u8]) -> std::io::Result<()> {
+    if body.is_empty() {
+        return io.write_all(head).await;
+    }
+    while !head.is_empty() || !body.is_empty() {
+        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+        let written = io.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        body = body.get(written - from_head..).unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// No response head: the exchange failed (the request was sent, so it does not go again).
@@ -285,13 +316,16 @@ mod tests {
         let conn = Conn::connect(&authority)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
+        let mut request = Wire {
+            head: b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            body: Bytes::new(),
+        };
         let response = conn
             .exchange(&mut request, false)
             .await
             .unwrap_or_else(|e| panic!("{e:?}"));
         // The request's bytes were freed once written, not held until the answer.
-        assert_eq!(request.capacity(), 0);
+        assert_eq!(request.head.capacity(), 0);
         let mut body = response.into_body();
         let first = std::future::poll_fn(|cx| body.poll_data(cx)).await;
         assert!(matches!(first, Some(Ok(data)) if data == "data: 1\n\n"));

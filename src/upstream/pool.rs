@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::{Frame, Incoming, SizeHint};
 
+pub(crate) use super::h1::{BODY_APART_FROM, Wire};
 pub use super::h1::{BodyError, CONNECT_TIMEOUT};
 use super::h1::{Conn, ExchangeError, ResponseBody, SendError};
 
@@ -53,9 +54,13 @@ impl Pool {
         request: Request<Bytes>,
     ) -> Result<http::Response<Body>, SendError> {
         let (parts, body) = request.into_parts();
-        let mut wire = Vec::new();
-        crate::http1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut wire);
+        let mut head = Vec::new();
+        crate::http1::encode_request(&parts.method, &parts.uri, &parts.headers, &body, &mut head);
         drop(body);
+        let wire = Wire {
+            head,
+            body: Bytes::new(),
+        };
         self.send_encoded(&parts.uri, wire).await
     }
 
@@ -63,7 +68,7 @@ impl Pool {
     pub async fn send_encoded(
         self: &Arc<Self>,
         uri: &http::Uri,
-        mut wire: Vec<u8>,
+        mut wire: Wire,
     ) -> Result<http::Response<Body>, SendError> {
         let authority = uri.authority().ok_or(SendError::NoHost)?;
         // The pool key is the authority as written (`host:port`); host and port are parsed only to dial.
@@ -376,6 +381,66 @@ mod tests {
             assert_eq!(pool.idle(&addr.to_string()), 1);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A body larger than the socket's buffers, written from its own buffer after the head (partial
+    /// `writev`s, the head's end and the body's start in one), arrives whole and in order, request
+    /// after request on one connection, and a small one behind it still arrives copied into the head.
+    #[tokio::test]
+    async fn a_large_body_goes_after_its_head_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = service_fn(|request: Request<Incoming>| async move {
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        let uri: http::Uri = format!("http://{addr}/echo").parse().unwrap();
+        let large: Bytes = (0..8_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        for body in [large.clone(), Bytes::from_static(b"{\"small\":1}"), large] {
+            let mut head = Vec::new();
+            crate::http1::encode_request_line(&http::Method::POST, &uri, false, &mut head);
+            let wire = if body.len() >= BODY_APART_FROM {
+                crate::http1::encode_head_end(&http::Method::POST, body.len(), &mut head);
+                Wire {
+                    head,
+                    body: body.clone(),
+                }
+            } else {
+                crate::http1::encode_request_end(&http::Method::POST, &body, &mut head);
+                Wire {
+                    head,
+                    body: Bytes::new(),
+                }
+            };
+            // Bounded: a body cut short would leave the server waiting for the rest.
+            let exchange = async {
+                let response = pool.send_encoded(&uri, wire).await.unwrap();
+                response.into_body().collect().await.unwrap().to_bytes()
+            };
+            let echoed = tokio::time::timeout(Duration::from_secs(60), exchange)
+                .await
+                .expect("the whole body arrived and came back");
+            assert!(
+                echoed == body,
+                "{} bytes back for {}",
+                echoed.len(),
+                body.len()
+            );
+        }
+        assert_eq!(pool.idle(&addr.to_string()), 1);
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ai_gateway::http1::decode_response;
 use ai_gateway::http1::{DecodedEnd, DecodedRequest, decode_requests};
-use ai_gateway::upstream::h1::Conn;
+use ai_gateway::upstream::h1::{Conn, Wire};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
@@ -820,8 +820,11 @@ async fn ours_reads(addr: std::net::SocketAddr) -> ClientRead {
     let conn = Conn::connect(&authority)
         .await
         .map_err(|error| error.to_string())?;
-    let mut request =
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+    let mut request = Wire {
+        head: b"POST /v1/chat/completions HTTP/1.1\r\nhost: up\r\ncontent-length: 2\r\n\r\n{}"
+            .to_vec(),
+        body: Bytes::new(),
+    };
     let response = conn
         .exchange(&mut request, false)
         .await
