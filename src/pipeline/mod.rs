@@ -90,6 +90,11 @@ async fn run(
     let config = &snapshot.config;
     check_content_type(&inbound.headers)?;
     let mut body = read_body(inbound.body, &inbound.headers, config.server.max_body_bytes).await?;
+    if config.request_log.enabled && state.request_log().behind() {
+        // A request log behind on writing holds new requests here, each with only its body.
+        let logger = arc_swap::Guard::into_inner(state.request_log());
+        logger.room().await;
+    }
     let endpoint = inbound.endpoint;
     // A large body waits for its turn before it is decoded, and keeps it until it is admitted.
     let turn = crate::offload::decode_turn(body.len()).await;

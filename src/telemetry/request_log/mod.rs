@@ -19,7 +19,7 @@ mod writer;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::Sender;
 use jiff::Timestamp;
@@ -67,6 +67,10 @@ pub struct RequestLogConfig {
     pub sample_rate: f64,
     /// Records that may wait for the writer; beyond this they are dropped, never waited for.
     pub queue_capacity: usize,
+    /// Bytes of text the waiting records may hold (a coding agent's record is its whole conversation,
+    /// hundreds of KB). Beyond this, new requests wait for the writer before their body is decoded:
+    /// memory stays bounded and no record is dropped for it.
+    pub queue_bytes: usize,
 }
 
 impl Default for RequestLogConfig {
@@ -77,6 +81,7 @@ impl Default for RequestLogConfig {
             format: LogFormat::default(),
             sample_rate: 1.0,
             queue_capacity: 10_000,
+            queue_bytes: 16 << 20,
         }
     }
 }
@@ -88,6 +93,8 @@ pub(crate) enum RequestLogConfigError {
     SampleRate(f64),
     #[error("request_log.queue_capacity must be at least 1, got {0}")]
     QueueCapacity(usize),
+    #[error("request_log.queue_bytes must be at least 1, got {0}")]
+    QueueBytes(usize),
 }
 
 impl RequestLogConfig {
@@ -98,6 +105,9 @@ impl RequestLogConfig {
         }
         if self.queue_capacity == 0 {
             return Err(RequestLogConfigError::QueueCapacity(self.queue_capacity));
+        }
+        if self.queue_bytes == 0 {
+            return Err(RequestLogConfigError::QueueBytes(self.queue_bytes));
         }
         Ok(())
     }
@@ -186,6 +196,56 @@ pub struct LogRecord {
     pub incomplete: bool,
 }
 
+impl LogRecord {
+    /// The bytes of its texts: what it holds while it waits for the writer.
+    pub(crate) fn text_bytes(&self) -> usize {
+        let calls = |calls: &[LogToolCall]| -> usize {
+            calls
+                .iter()
+                .map(|call| call.id.len() + call.name.len() + call.arguments.len())
+                .sum()
+        };
+        let messages: usize = self
+            .messages
+            .iter()
+            .map(|message| message.text.len() + calls(&message.tool_calls))
+            .sum();
+        self.system.as_ref().map_or(0, String::len)
+            + messages
+            + self.reply.len()
+            + self.reasoning.as_ref().map_or(0, String::len)
+            + calls(&self.reply_tool_calls)
+    }
+}
+
+/// The records waiting for the writer, in bytes of their texts ([`LogRecord::text_bytes`]), and the
+/// wake-up of the requests waiting for them to be written ([`RequestLogger::room`]).
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    bytes: AtomicUsize,
+    shrank: tokio::sync::Notify,
+    /// The writer is gone: nobody would wake a waiter again.
+    ended: AtomicBool,
+}
+
+impl Backlog {
+    /// A record of `bytes` was written (or failed to be): it no longer waits.
+    pub(super) fn written(&self, bytes: usize) {
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Wakes the requests waiting for room (the writer calls it after each batch).
+    pub(super) fn wake(&self) {
+        self.shrank.notify_waiters();
+    }
+
+    /// The writer stopped (however it stopped): waiters go on.
+    pub(super) fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+        self.shrank.notify_waiters();
+    }
+}
+
 /// Prompts and replies may carry personal data, so Debug shows only the metadata.
 impl std::fmt::Debug for LogRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -230,6 +290,9 @@ pub struct RequestLogger {
     on_drop: DropHook,
     dropped: AtomicU64,
     closed: AtomicBool,
+    backlog: Arc<Backlog>,
+    /// `queue_bytes`.
+    max_backlog: usize,
 }
 
 impl std::fmt::Debug for RequestLogger {
@@ -274,13 +337,16 @@ impl RequestLogger {
             on_drop,
             dropped: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            backlog: Arc::default(),
+            max_backlog: cfg.queue_bytes,
         };
         if !cfg.enabled {
             return logger;
         }
         let (tx, rx) = crossbeam_channel::bounded(cfg.queue_capacity.max(1));
         let (control, control_rx) = crossbeam_channel::unbounded();
-        match writer::spawn(cfg, redact, options, rx, control_rx) {
+        let backlog = Arc::clone(&logger.backlog);
+        match writer::spawn(cfg, redact, options, rx, control_rx, backlog) {
             Ok(()) => {
                 logger.tx = Some(tx);
                 logger.control = Some(control);
@@ -306,9 +372,38 @@ impl RequestLogger {
         if !self.sampler.keep() {
             return;
         }
+        let bytes = record.text_bytes();
+        self.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
         if tx.try_send(Box::new(record)).is_err() {
+            self.backlog.written(bytes);
             self.count_drop();
         }
+    }
+
+    /// Waits while the records waiting for the writer hold more than `queue_bytes` of text; at once
+    /// when they do not (or logging is off, or the writer is gone). The request path calls it before a
+    /// body is decoded, so when the disk or the writer's share of the CPU falls behind, new requests
+    /// wait holding only their bodies, instead of the backlog growing without bound or records being
+    /// dropped.
+    pub async fn room(&self) {
+        while self.behind() {
+            let shrank = self.backlog.shrank.notified();
+            let mut shrank = std::pin::pin!(shrank);
+            // Registered before the check, so a wake-up between the check and the wait is not lost.
+            shrank.as_mut().enable();
+            if !self.behind() {
+                return;
+            }
+            shrank.await;
+        }
+    }
+
+    /// The waiting records hold more than `queue_bytes` of text, and a writer is there to write them:
+    /// [`RequestLogger::room`] would wait.
+    pub fn behind(&self) -> bool {
+        self.tx.is_some()
+            && self.backlog.bytes.load(Ordering::Relaxed) > self.max_backlog
+            && !self.backlog.ended.load(Ordering::Relaxed)
     }
 
     fn count_drop(&self) {

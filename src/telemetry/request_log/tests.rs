@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde_json::{Map, Value};
@@ -486,4 +487,57 @@ fn debug_hides_message_text() {
         !shown.contains("Zürich") && !shown.contains("sk-secret"),
         "{shown}"
     );
+}
+
+/// Records holding more than `queue_bytes` of text while the writer is stalled make new requests
+/// wait for room (nothing is dropped for it); once the writer catches up they go on, and every
+/// record is written. A logger that is off, or shut down, never holds anyone.
+#[tokio::test]
+async fn a_backlog_over_its_bytes_holds_new_requests_until_written() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = RequestLogConfig {
+        queue_bytes: 1_000,
+        ..cfg(dir.path(), LogFormat::ShareGpt)
+    };
+    let (logger, dropped, gate) = start_gated(&config);
+    let logger = Arc::new(logger);
+    // The writer is stalled by a thread holding its gate until told to let go.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let _stall = gate.lock().unwrap_or_else(|e| panic!("{e}"));
+        let _ = locked_tx.send(());
+        let _ = release_rx.recv();
+    });
+    locked.recv().unwrap_or_else(|e| panic!("{e}"));
+    let turn = |id: &str| {
+        let mut record = simple(id, "2026-11-22T10:00:00Z");
+        record.messages = vec![LogMessage::text(LogRole::User, "x".repeat(600))];
+        record
+    };
+    logger.log(turn("first"));
+    assert!(!logger.behind(), "600 bytes wait, within the 1,000");
+    assert!(logger.room().now_or_never().is_some());
+    logger.log(turn("second"));
+    assert!(logger.behind(), "1,200 bytes wait");
+    let waiter = tokio::spawn({
+        let logger = Arc::clone(&logger);
+        async move { logger.room().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "room while the writer is stalled");
+    release.send(()).unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .unwrap_or_else(|e| panic!("still waiting once the writer went on: {e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!logger.behind());
+    logger.shutdown().await;
+    assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    assert_eq!(read_lines(dir.path(), "20261122_10.jsonl").len(), 2);
+
+    // Off: never behind. Shut down: never waits.
+    let off = RequestLogger::start(&RequestLogConfig::default(), redactor(), Arc::new(|| {}));
+    assert!(!off.behind());
+    assert!(logger.room().now_or_never().is_some());
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::openai_layout::openai_line;
 use super::sharegpt::write_sharegpt_line;
-use super::{LogFormat, LogRecord, Redactor, RequestLogConfig};
+use super::{Backlog, LogFormat, LogRecord, Redactor, RequestLogConfig};
 use crate::telemetry::uncached::Uncached;
 
 /// While records keep arriving, the writer naps this long between batches instead of being woken for
@@ -56,8 +56,10 @@ pub(super) fn spawn(
     options: WriterOptions,
     records: Receiver<Box<LogRecord>>,
     control: Receiver<oneshot::Sender<()>>,
+    backlog: Arc<Backlog>,
 ) -> std::io::Result<()> {
     let writer = Writer {
+        backlog,
         dir: cfg.dir.clone(),
         format: cfg.format,
         zone: options.zone,
@@ -119,8 +121,18 @@ struct Writer {
     line: Vec<u8>,
     /// Hours whose file could not be opened, so the failure is logged once rather than per record.
     failed_hours: HashSet<String>,
+    /// The logger's count of what waits for this thread.
+    backlog: Arc<Backlog>,
     #[cfg(test)]
     wakeups: Option<Arc<AtomicU64>>,
+}
+
+/// However the writer stops (shutdown, or a panic unwinding its thread), requests waiting for room
+/// go on.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.backlog.end();
+    }
 }
 
 impl Writer {
@@ -200,7 +212,9 @@ impl Writer {
         }
     }
 
+    /// Flushes the file and wakes the requests waiting for room: called after each batch.
     fn flush(&mut self) {
+        self.backlog.wake();
         if let Some(file) = &mut self.current
             && let Err(err) = file.out.flush()
         {
@@ -214,6 +228,7 @@ impl Writer {
     }
 
     fn write(&mut self, record: &LogRecord) {
+        self.backlog.written(record.text_bytes());
         let at = record.timestamp;
         let in_current = self
             .current
