@@ -102,9 +102,7 @@ async fn run(
     let unread = keeps_nothing(state, snapshot, endpoint, body.len());
     let mut request = crate::offload::run(body.len(), move || {
         if unread {
-            openai::decode_chat_unread(&decoded)
-                .map(ApiRequest::Chat)
-                .map_err(|error| GatewayError::invalid(error.message, error.param))
+            decode_unread(endpoint, &decoded)
         } else {
             decode(endpoint, &decoded)
         }
@@ -299,12 +297,24 @@ fn with_headers(mut response: Response, headers: crate::limits::RateHeaders) -> 
 
 /// A large chat body goes upstream as received and nothing on its way reads its conversation: it is
 /// checked, but its messages are not kept (held once, not twice, while in flight). Small bodies keep
-/// the exact reader, which is cheaper still.
+/// the exact reader (chat) or the typed one, which cost no more on them.
 fn keeps_nothing(state: &AppState, snapshot: &Snapshot, endpoint: Endpoint, len: usize) -> bool {
-    endpoint == Endpoint::ChatCompletions
-        && len > crate::protocol::exact_request::MAX_BODY
-        && !snapshot.reads_messages
-        && !state.cache().is_enabled()
+    let read = match endpoint {
+        Endpoint::ChatCompletions => snapshot.reads_messages.chat,
+        Endpoint::Messages => snapshot.reads_messages.messages,
+        _ => true,
+    };
+    !read && len > crate::protocol::exact_request::MAX_BODY && !state.cache().is_enabled()
+}
+
+/// [`decode`] for a body whose conversation nothing reads ([`keeps_nothing`]).
+pub fn decode_unread(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, GatewayError> {
+    match endpoint {
+        Endpoint::Messages => anthropic::decode_request_unread(body),
+        _ => openai::decode_chat_unread(body),
+    }
+    .map(ApiRequest::Chat)
+    .map_err(|error| GatewayError::invalid(error.message, error.param))
 }
 
 /// Decode the body in the endpoint's protocol into the canonical request.

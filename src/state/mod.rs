@@ -73,12 +73,21 @@ pub struct Snapshot {
     pub policy: Policy,
     /// `server.cors_allow_origin` as the layer browser requests go through.
     pub cors: tower_http::cors::CorsLayer,
-    /// Something on a chat request's way reads its messages: the request log, a token count (limits,
-    /// quotas, a policy's input bound), a policy's patterns, prompt affinity, the echo backend or a
-    /// conversion to another protocol (any backend, fallbacks included). When nothing does, a large
-    /// chat body is checked but its conversation not kept (`openai::decode_chat_unread`); the response
-    /// cache, which keys on it, is asked per request.
-    pub reads_messages: bool,
+    /// Whether something on a chat request's way reads its messages, per front door.
+    pub reads_messages: ReadsMessages,
+}
+
+/// Something on a chat request's way reads its messages: the request log, a token count (limits,
+/// quotas, a policy's input bound), a policy's patterns, prompt affinity, the echo backend or a
+/// conversion to another protocol (any backend, fallbacks included). When nothing does, a large body
+/// is checked but its conversation not kept (`openai::decode_chat_unread`,
+/// `anthropic::decode_request_unread`); the response cache, which keys on it, is asked per request.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadsMessages {
+    /// `/v1/chat/completions`: every backend an OpenAI-compatible one, or something reads them.
+    pub chat: bool,
+    /// `/v1/messages`: every backend an Anthropic one, or something reads them.
+    pub messages: bool,
 }
 
 /// Per-backend live state for one snapshot.
@@ -192,13 +201,19 @@ impl Snapshot {
             .collect();
         registry.retain(&live);
         let cors = crate::http::cors::layer(&config.server.cors_allow_origin);
-        let reads_messages = config.request_log.enabled
+        let read_anyway = config.request_log.enabled
             || limiter.counts_tokens()
             || policy.needs_token_count()
             || policy.reads_text()
-            || config.backends.iter().any(|backend| {
-                backend.kind != crate::config::BackendKind::OpenAi || backend.affinity.is_some()
-            });
+            || config
+                .backends
+                .iter()
+                .any(|backend| backend.affinity.is_some());
+        let converted_from = |kind| config.backends.iter().any(|backend| backend.kind != kind);
+        let reads_messages = ReadsMessages {
+            chat: read_anyway || converted_from(crate::config::BackendKind::OpenAi),
+            messages: read_anyway || converted_from(crate::config::BackendKind::Anthropic),
+        };
         Snapshot {
             config,
             backends,

@@ -28,6 +28,30 @@ fn agent_turn(bytes: usize) -> Value {
     json!({"model": "m", "messages": messages})
 }
 
+/// The same history as an Anthropic client sends it: tool calls and results as content blocks.
+fn anthropic_turn(bytes: usize) -> Value {
+    let mut messages = vec![json!({"role": "user", "content": "read the handlers"})];
+    let mut size = 0;
+    let mut i = 0;
+    while size < bytes {
+        let output = format!(
+            "file {i} \u{e9}: {}",
+            "fn handler(request: &Request) -> Result<Response, Error> { todo() }\n".repeat(40)
+        );
+        size += output.len();
+        messages.push(json!({"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "next file", "signature": "c2ln"},
+            {"type": "tool_use", "id": format!("toolu_{i}"), "name": "read_file", "input": {"path": format!("src/f{i}.rs")}}]}));
+        messages.push(json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": format!("toolu_{i}"),
+            "content": [{"type": "text", "text": output}]}]}));
+        i += 1;
+    }
+    messages.push(json!({"role": "user", "content": [{"type": "text", "text": "now fix it"}]}));
+    json!({"model": "claude", "max_tokens": 1024, "system": [{"type": "text", "text": "You are a coding agent."}],
+        "tools": [{"name": "read_file", "description": "Reads a file", "input_schema": {"type": "object"}}],
+        "messages": messages})
+}
+
 /// The gateway runs on this test's single-threaded runtime, as it does pinned to one core. While a
 /// 1 MB first turn is decoded and tokenized (token limits on), the runtime thread keeps serving: a
 /// heartbeat task on it never waits long, and a small request is answered before the large one.
@@ -216,4 +240,86 @@ async fn a_large_turn_keeps_its_conversation_where_something_reads_it() {
     assert!(conversation.len() >= turn["messages"].as_array().unwrap().len() - 1);
     assert!(text.len() > 200_000);
     assert!(conversation.iter().any(|entry| entry["value"] == last));
+}
+
+/// The Anthropic front door to Anthropic backends: a large turn goes upstream as sent, and is still
+/// checked block by block — a wrong role, content of the wrong type, a tool call without its id, a
+/// lone surrogate in a tool call's input, deep in the history — each refused with its precise 400 in
+/// Anthropic's error shape, nothing forwarded.
+#[tokio::test]
+async fn a_large_anthropic_turn_on_a_plain_route_is_forwarded_as_sent_and_checked_as_ever() {
+    let anthropic = MockAnthropic::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: claude\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  claude: {{ type: anthropic, url: '{}' }}\n",
+        anthropic.base()
+    ))
+    .await;
+    let turn = anthropic_turn(200_000);
+    let response = gateway.post("/v1/messages", &turn.to_string()).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert_eq!(anthropic.requests()[0].body, turn);
+
+    let deep = turn["messages"].as_array().unwrap().len() - 3;
+    assert_eq!(turn["messages"][deep]["role"], "assistant");
+    let wrong = |change: &dyn Fn(&mut Value)| {
+        let mut turn = turn.clone();
+        change(&mut turn["messages"][deep]);
+        turn.to_string()
+    };
+    let surrogate = wrong(&|message| message["content"][1]["input"]["path"] = json!("SURROGATE"))
+        .replace("SURROGATE", "\\ud800");
+    for (body, expected) in [
+        (
+            wrong(&|message| message["role"] = json!("system")),
+            format!("messages[{deep}].role: unknown role 'system'"),
+        ),
+        (
+            wrong(&|message| message["content"] = json!(7)),
+            format!("messages[{deep}].content: expected a string or an array of content blocks"),
+        ),
+        (
+            wrong(&|message| {
+                message["content"][1].as_object_mut().unwrap().remove("id");
+            }),
+            format!("missing required field 'messages[{deep}].content[1].id'"),
+        ),
+        (
+            surrogate,
+            "invalid JSON body: unexpected end of hex escape".to_owned(),
+        ),
+    ] {
+        let response = gateway.post("/v1/messages", &body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["type"], "error", "{error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&expected), "{message}");
+    }
+    assert_eq!(anthropic.requests().len(), 1, "refused turns go nowhere");
+}
+
+/// An Anthropic client's large turn keeps its conversation where it is converted: the Anthropic
+/// primary is down and the OpenAI fallback gets the whole history as chat messages.
+#[tokio::test]
+async fn a_large_anthropic_turn_is_converted_whole_for_an_openai_fallback() {
+    let mock = Mock::start().await;
+    let refused = crate::support::mock::refused_base().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: primary\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  primary: {{ type: anthropic, url: '{refused}', retries: 0, fallback: [vllm] }}\n  vllm: {{ type: openai, url: '{}' }}\n",
+        mock.base()
+    ))
+    .await;
+    let turn = anthropic_turn(200_000);
+    let response = gateway.post("/v1/messages", &turn.to_string()).await;
+    assert_eq!(response.status(), 200);
+    let converted = &mock.requests()[0];
+    let messages = converted.body["messages"].as_array().unwrap();
+    assert!(converted.body.to_string().len() > 200_000);
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(messages.last().unwrap()["content"], "now fix it");
+    let results = messages.iter().filter(|m| m["role"] == "tool").count();
+    let calls = turn["messages"].as_array().unwrap().len() / 2 - 1;
+    assert_eq!(results, calls, "every tool result is converted");
 }

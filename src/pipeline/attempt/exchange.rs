@@ -167,6 +167,7 @@ impl Call<'_> {
         let body = exchange.body.clone();
         let model = self.upstream_model.map(str::to_owned);
         let default_max_tokens = self.backend.max_tokens;
+        let endpoint = exchange.endpoint;
         let encoded = crate::offload::run(exchange.body.len(), move || {
             let Some(chat) = request.chat() else {
                 return Ok(Vec::new());
@@ -175,7 +176,7 @@ impl Call<'_> {
             // configured) is read again rather than sent empty.
             let read;
             let chat = if chat.messages_unread {
-                read = crate::protocol::openai::decode_chat_typed(&body)?;
+                read = reread(endpoint, &body)?;
                 &read
             } else {
                 chat
@@ -518,6 +519,17 @@ impl Call<'_> {
 }
 
 /// The upstream answered with an event stream.
+/// The conversation of a request decoded unread, read again in its front door's protocol.
+fn reread(
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<crate::protocol::ChatRequest, crate::protocol::DecodeError> {
+    match endpoint {
+        Endpoint::Messages => crate::protocol::anthropic::decode_request(body),
+        _ => crate::protocol::openai::decode_chat_typed(body),
+    }
+}
+
 fn is_event_stream(response: &crate::upstream::client::Response) -> bool {
     response
         .headers()

@@ -8,6 +8,7 @@ mod encode_response;
 mod request;
 mod response;
 mod usage;
+mod wire;
 
 pub use answer::error_body;
 pub(crate) use answer::{message_response, message_stream};
@@ -15,7 +16,7 @@ pub(crate) use count_tokens::{count_tokens_input, tools_text};
 pub use encode_request::encode_request;
 pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
-pub use request::decode_request;
+pub use request::{decode_request, decode_request_unread};
 pub(crate) use response::BlockIn;
 pub use response::decode_response;
 #[cfg(test)]

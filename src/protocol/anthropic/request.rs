@@ -1,59 +1,30 @@
-//! Decoding a `POST /v1/messages` body into a canonical chat request; its content-block reader also
-//! serves the `Value` path of response decoding.
+//! Decoding a `POST /v1/messages` body into a canonical chat request, typed or unread; its content-block
+//! reader also serves the `Value` path of response decoding.
 
-use serde::Deserialize;
-use serde::de;
 use serde_json::Value;
 
-use crate::protocol::openai::{missing, parse, required_messages};
+use super::wire::{BlockItem, Loose, MessageContent, MessagesWire, ToolChoiceWire, ToolWire};
+use crate::protocol::openai::{Unread, WireText, missing, parse, required_messages};
 use crate::protocol::{
-    ChatRequest, DecodeError, Image, Message, Part, RawJson, Role, SamplingParams, Tool, ToolCall,
+    ChatRequest, DecodeError, Image, Message, Part, Role, SamplingParams, Tool, ToolCall,
     ToolChoice, ToolResult,
 };
 
 /// Decode a `POST /v1/messages` body into a canonical chat request.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
-    let wire: MessagesWire = parse(body)?;
-    let Some(max_tokens) = wire.max_tokens else {
-        return Err(missing("max_tokens"));
-    };
-    let messages = required_messages(wire.messages)?;
-    let mut request = ChatRequest {
-        model: wire.model,
-        system: system_parts(wire.system.as_ref())?,
-        stream: wire.stream.unwrap_or(false),
-        params: SamplingParams {
-            max_tokens: Some(max_tokens),
-            temperature: wire.temperature,
-            top_p: wire.top_p,
-            top_k: wire.top_k,
-            stop: wire.stop_sequences.unwrap_or_default(),
-            ..SamplingParams::default()
-        },
-        user: wire.metadata.and_then(|metadata| metadata.user_id),
-        ..ChatRequest::default()
-    };
+    let mut wire: MessagesWire = parse(body)?;
+    let mut request = head(&mut wire)?;
+    let messages = required_messages(wire.messages.take())?;
+    request.system = system_parts(wire.system.as_ref())?;
     for (index, message) in messages.into_iter().enumerate() {
-        let role = match message.role.as_deref() {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some(other) => {
-                return Err(DecodeError::new(
-                    format!(
-                        "messages[{index}].role: unknown role '{other}'; expected user or assistant"
-                    ),
-                    Some(format!("messages[{index}].role")),
-                ));
-            }
-            None => return Err(missing(&format!("messages[{index}].role"))),
-        };
+        let role = role_at(index, message.role.as_deref())?;
         // Paths are written only for an error: formatting one per block cost as much as a tenth
         // of an agent turn's decode.
         let path = || format!("messages[{index}].content");
         let parts = match message.content {
             None => return Err(missing(&path())),
-            Some(Shape::Text(text)) => vec![Part::Text(text)],
-            Some(Shape::Array(blocks)) => {
+            Some(MessageContent::Text(text)) => vec![Part::Text(text)],
+            Some(MessageContent::Blocks(blocks)) => {
                 let mut parts = Vec::with_capacity(blocks.len());
                 for (position, block) in blocks.into_iter().enumerate() {
                     if let Some(part) = decode_block(block, &|| format!("{}[{position}]", path()))?
@@ -63,15 +34,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
                 }
                 parts
             }
-            Some(Shape::Other) => {
-                return Err(DecodeError::new(
-                    format!(
-                        "{}: expected a string or an array of content blocks",
-                        path()
-                    ),
-                    Some(path()),
-                ));
-            }
+            Some(MessageContent::Other) => return Err(not_content(&path())),
         };
         request.messages.push(Message {
             role,
@@ -79,47 +42,158 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
             name: None,
         });
     }
-    for (index, tool) in wire.tools.unwrap_or_default().into_iter().enumerate() {
-        // Server tools (web search, code execution, …) have a `type` and no schema: the other side cannot
-        // run them, so they are dropped.
-        let Some(schema) = tool.input_schema else {
-            if tool.kind.is_some() {
-                continue;
-            }
-            return Err(missing(&format!("tools[{index}].input_schema")));
-        };
-        let Some(name) = tool.name else {
-            return Err(missing(&format!("tools[{index}].name")));
-        };
-        request.tools.push(Tool {
-            name,
-            description: tool.description,
-            parameters: schema,
-        });
-    }
-    if let Some(choice) = wire.tool_choice {
-        request.tool_choice = Some(match choice.kind.as_str() {
-            "auto" => ToolChoice::Auto,
-            "any" => ToolChoice::Required,
-            "none" => ToolChoice::None,
-            "tool" => match choice.name {
-                Some(name) => ToolChoice::Named(name),
-                None => return Err(missing("tool_choice.name")),
-            },
-            other => {
-                return Err(DecodeError::new(
-                    format!(
-                        "tool_choice.type: unknown value '{other}'; expected auto, any, tool or none"
-                    ),
-                    Some("tool_choice.type".into()),
-                ));
-            }
-        });
-        if choice.disable_parallel_tool_use == Some(true) {
-            request.parallel_tool_calls = Some(false);
+    for (index, tool) in wire
+        .tools
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        if let Some((name, description, parameters)) = tool_at(index, tool)? {
+            request.tools.push(Tool {
+                name,
+                description,
+                parameters,
+            });
         }
     }
+    tool_choice(wire.tool_choice.take(), &mut request)?;
     Ok(request)
+}
+
+/// [`decode_request`] for a route where nothing reads the conversation (`Snapshot::reads_messages`: an
+/// Anthropic client's body forwarded as received to Anthropic backends). The body is checked as the
+/// typed path checks it — every block's type and required members, every string's escapes — but its
+/// messages and tools are not kept: the request says `messages_unread`. Whatever this reading does not
+/// accept goes to the typed path, which names what is wrong.
+pub fn decode_request_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
+    match request_unread(body) {
+        Some(request) => Ok(request),
+        None => decode_request(body),
+    }
+}
+
+fn request_unread(body: &[u8]) -> Option<ChatRequest> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut wire: MessagesWire<Unread> = serde_json::from_str(text).ok()?;
+    let mut request = head(&mut wire).ok()?;
+    let messages = required_messages(wire.messages.take()).ok()?;
+    system_parts(wire.system.as_ref()).ok()?;
+    let no_path = String::new;
+    for (index, message) in messages.into_iter().enumerate() {
+        role_at(index, message.role.as_deref()).ok()?;
+        match message.content? {
+            MessageContent::Text(Unread) => {}
+            MessageContent::Blocks(blocks) => {
+                for block in blocks {
+                    read_block(block, &no_path).ok()?;
+                }
+            }
+            MessageContent::Other => return None,
+        }
+    }
+    for (index, tool) in wire
+        .tools
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        tool_at(index, tool).ok()?;
+    }
+    tool_choice(wire.tool_choice.take(), &mut request).ok()?;
+    request.messages_unread = true;
+    Some(request)
+}
+
+/// The request's fields besides its conversation, system prompt and tools, as both readings take them.
+fn head<T: WireText>(wire: &mut MessagesWire<T>) -> Result<ChatRequest, DecodeError> {
+    let Some(max_tokens) = wire.max_tokens else {
+        return Err(missing("max_tokens"));
+    };
+    Ok(ChatRequest {
+        model: wire.model.take(),
+        stream: wire.stream.unwrap_or(false),
+        params: SamplingParams {
+            max_tokens: Some(max_tokens),
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            top_k: wire.top_k,
+            stop: wire.stop_sequences.take().unwrap_or_default(),
+            ..SamplingParams::default()
+        },
+        user: wire.metadata.take().and_then(|metadata| metadata.user_id),
+        ..ChatRequest::default()
+    })
+}
+
+/// The role of `messages[index]`.
+fn role_at(index: usize, role: Option<&str>) -> Result<Role, DecodeError> {
+    match role {
+        Some("user") => Ok(Role::User),
+        Some("assistant") => Ok(Role::Assistant),
+        Some(other) => Err(DecodeError::new(
+            format!("messages[{index}].role: unknown role '{other}'; expected user or assistant"),
+            Some(format!("messages[{index}].role")),
+        )),
+        None => Err(missing(&format!("messages[{index}].role"))),
+    }
+}
+
+fn not_content(path: &str) -> DecodeError {
+    DecodeError::new(
+        format!("{path}: expected a string or an array of content blocks"),
+        Some(path.to_owned()),
+    )
+}
+
+/// A tool's name, description and schema.
+type ToolAt<T> = (String, Option<T>, <T as WireText>::Raw);
+
+/// `tools[index]`: its name, description and schema, or `None` for a server tool (web search, code
+/// execution, …), which has a `type` and no schema: the other side cannot run it, so it is dropped.
+fn tool_at<T: WireText>(index: usize, tool: ToolWire<T>) -> Result<Option<ToolAt<T>>, DecodeError> {
+    let Some(schema) = tool.input_schema else {
+        if tool.kind.is_some() {
+            return Ok(None);
+        }
+        return Err(missing(&format!("tools[{index}].input_schema")));
+    };
+    let Some(name) = tool.name else {
+        return Err(missing(&format!("tools[{index}].name")));
+    };
+    Ok(Some((name, tool.description, schema)))
+}
+
+/// `tool_choice` into `request` (and `disable_parallel_tool_use` as `parallel_tool_calls: false`).
+fn tool_choice(
+    choice: Option<ToolChoiceWire>,
+    request: &mut ChatRequest,
+) -> Result<(), DecodeError> {
+    let Some(choice) = choice else {
+        return Ok(());
+    };
+    request.tool_choice = Some(match choice.kind.as_str() {
+        "auto" => ToolChoice::Auto,
+        "any" => ToolChoice::Required,
+        "none" => ToolChoice::None,
+        "tool" => match choice.name {
+            Some(name) => ToolChoice::Named(name),
+            None => return Err(missing("tool_choice.name")),
+        },
+        other => {
+            return Err(DecodeError::new(
+                format!(
+                    "tool_choice.type: unknown value '{other}'; expected auto, any, tool or none"
+                ),
+                Some("tool_choice.type".into()),
+            ));
+        }
+    });
+    if choice.disable_parallel_tool_use == Some(true) {
+        request.parallel_tool_calls = Some(false);
+    }
+    Ok(())
 }
 
 fn system_parts(system: Option<&Value>) -> Result<Vec<String>, DecodeError> {
@@ -148,11 +222,11 @@ fn system_parts(system: Option<&Value>) -> Result<Vec<String>, DecodeError> {
 }
 
 /// A block member that must be a string.
-fn string(
-    value: Option<Loose>,
+fn string<T: WireText>(
+    value: Option<Loose<T>>,
     key: &str,
     path: &dyn Fn() -> String,
-) -> Result<String, DecodeError> {
+) -> Result<T, DecodeError> {
     match value {
         Some(Loose::Text(text)) => Ok(text),
         None => Err(missing(&format!("{}.{key}", path()))),
@@ -163,12 +237,88 @@ fn string(
     }
 }
 
+/// A content block as both readings take it: what it is, with the members its type requires checked
+/// (`T = String` keeps their text, `T = Unread` only that they are strings).
+pub(super) enum BlockPart<T: WireText> {
+    Text(T),
+    Image(Image),
+    ToolUse {
+        id: T,
+        name: T,
+        input: Option<T::Any>,
+    },
+    ToolResult {
+        tool_use_id: T,
+        content: Option<T::Any>,
+        is_error: bool,
+    },
+    Thinking {
+        text: T,
+        signature: Option<Loose<T>>,
+    },
+    RedactedThinking {
+        data: T,
+    },
+}
+
+impl BlockPart<String> {
+    fn into_part(self) -> Part {
+        match self {
+            BlockPart::Text(text) => Part::Text(text),
+            BlockPart::Image(image) => Part::Image(image),
+            BlockPart::ToolUse { id, name, input } => Part::ToolCall(ToolCall {
+                id,
+                name,
+                arguments: match input {
+                    None | Some(Value::Null) => "{}".to_owned(),
+                    Some(input) => input.to_string(),
+                },
+            }),
+            BlockPart::ToolResult {
+                tool_use_id,
+                content,
+                is_error,
+            } => Part::ToolResult(ToolResult {
+                tool_call_id: tool_use_id,
+                content: match content {
+                    Some(Value::String(text)) => text,
+                    Some(Value::Array(blocks)) => blocks
+                        .iter()
+                        .filter_map(|block| block.get("text").and_then(Value::as_str))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    _ => String::new(),
+                },
+                is_error,
+            }),
+            BlockPart::Thinking { text, signature } => Part::Thinking {
+                text,
+                // An empty signature (thinking that came from an OpenAI-format backend) is as good as
+                // none.
+                signature: match signature {
+                    Some(Loose::Text(signature)) if !signature.is_empty() => Some(signature),
+                    _ => None,
+                },
+            },
+            BlockPart::RedactedThinking { data } => Part::RedactedThinking { data },
+        }
+    }
+}
+
 /// One content block; `Ok(None)` for block types the canonical model deliberately drops. `path`
 /// names the block in an error.
 pub(super) fn decode_block(
     block: BlockItem,
     path: &dyn Fn() -> String,
 ) -> Result<Option<Part>, DecodeError> {
+    Ok(read_block(block, path)?.map(BlockPart::into_part))
+}
+
+/// What [`decode_block`] reads, in either reading.
+fn read_block<T: WireText>(
+    block: BlockItem<T>,
+    path: &dyn Fn() -> String,
+) -> Result<Option<BlockPart<T>>, DecodeError> {
     let BlockItem::Block(block) = block else {
         return Err(missing(&format!("{}.type", path())));
     };
@@ -177,7 +327,7 @@ pub(super) fn decode_block(
         return Err(missing(&format!("{}.type", path())));
     };
     Ok(Some(match kind.as_str() {
-        "text" => Part::Text(string(block.text, "text", path)?),
+        "text" => BlockPart::Text(string(block.text, "text", path)?),
         "image" => {
             let source_path = || format!("{}.source", path());
             let Some(mut source) = block.source else {
@@ -189,248 +339,35 @@ pub(super) fn decode_block(
                 Some(_) => Some(Loose::Other),
             };
             match member("type") {
-                Some(Loose::Text(kind)) if kind == "base64" => Part::Image(Image::Base64 {
+                Some(Loose::Text(kind)) if kind == "base64" => BlockPart::Image(Image::Base64 {
                     media_type: string(member("media_type"), "media_type", &source_path)?,
                     data: string(member("data"), "data", &source_path)?,
                 }),
                 Some(Loose::Text(kind)) if kind == "url" => {
-                    Part::Image(Image::Url(string(member("url"), "url", &source_path)?))
+                    BlockPart::Image(Image::Url(string(member("url"), "url", &source_path)?))
                 }
                 _ => return Ok(None),
             }
         }
-        "tool_use" => Part::ToolCall(ToolCall {
+        "tool_use" => BlockPart::ToolUse {
             id: string(block.id, "id", path)?,
             name: string(block.name, "name", path)?,
-            arguments: match block.input {
-                None | Some(Value::Null) => "{}".to_owned(),
-                Some(input) => input.to_string(),
-            },
-        }),
-        "tool_result" => Part::ToolResult(ToolResult {
-            tool_call_id: string(block.tool_use_id, "tool_use_id", path)?,
-            content: match block.content {
-                Some(Shape::Text(text)) => text,
-                Some(Shape::Array(blocks)) => blocks
-                    .iter()
-                    .filter_map(|block| block.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                Some(Shape::Other) | None => String::new(),
-            },
-            is_error: block.is_error.as_ref().and_then(Value::as_bool) == Some(true),
-        }),
-        "thinking" => Part::Thinking {
-            text: string(block.thinking, "thinking", path)?,
-            // An empty signature (thinking that came from an OpenAI-format backend) is as good as none.
-            signature: match block.signature {
-                Some(Loose::Text(signature)) if !signature.is_empty() => Some(signature),
-                _ => None,
-            },
+            input: block.input,
         },
-        "redacted_thinking" => Part::RedactedThinking {
+        "tool_result" => BlockPart::ToolResult {
+            tool_use_id: string(block.tool_use_id, "tool_use_id", path)?,
+            content: block.content,
+            is_error: block.is_error.as_ref().and_then(Value::as_bool) == Some(true),
+        },
+        "thinking" => BlockPart::Thinking {
+            text: string(block.thinking, "thinking", path)?,
+            signature: block.signature,
+        },
+        "redacted_thinking" => BlockPart::RedactedThinking {
             data: string(block.data, "data", path)?,
         },
         _ => return Ok(None),
     }))
-}
-
-/// The visits of the scalars other than strings (booleans, numbers, `null` outside an `Option`), each
-/// read as one value: `Other` for the loose readers below.
-macro_rules! scalars_read_as {
-    ($value:ty, $other:expr) => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<$value, E> {
-            Ok($other)
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<$value, E> {
-            Ok($other)
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<$value, E> {
-            Ok($other)
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<$value, E> {
-            Ok($other)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<$value, E> {
-            Ok($other)
-        }
-    };
-}
-
-/// A block member read as whatever it is, for the decoder to judge: a string, or anything else (`null`
-/// reads as absent, through `Option`).
-pub(super) enum Loose {
-    Text(String),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Loose {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LooseVisitor;
-        impl<'de> de::Visitor<'de> for LooseVisitor {
-            type Value = Loose;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Loose, E> {
-                Ok(Loose::Text(text.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, text: String) -> Result<Loose, E> {
-                Ok(Loose::Text(text))
-            }
-            scalars_read_as!(Loose, Loose::Other);
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Loose, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(Loose::Other)
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Loose, A::Error> {
-                while map
-                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Loose::Other)
-            }
-        }
-        deserializer.deserialize_any(LooseVisitor)
-    }
-}
-
-/// A content block as the decoder reads it: every member it looks at, each taken as it comes.
-#[derive(Deserialize)]
-pub(super) struct BlockWire {
-    #[serde(rename = "type")]
-    kind: Option<Loose>,
-    text: Option<Loose>,
-    source: Option<Value>,
-    id: Option<Loose>,
-    name: Option<Loose>,
-    input: Option<Value>,
-    tool_use_id: Option<Loose>,
-    content: Option<ResultContent>,
-    is_error: Option<Value>,
-    thinking: Option<Loose>,
-    signature: Option<Loose>,
-    data: Option<Loose>,
-}
-
-/// An element of a content array: a block (an object), or anything else, which has no `type`.
-pub(super) enum BlockItem {
-    Block(Box<BlockWire>),
-    Other,
-}
-
-impl<'de> Deserialize<'de> for BlockItem {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ItemVisitor;
-        impl<'de> de::Visitor<'de> for ItemVisitor {
-            type Value = BlockItem;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a content block")
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BlockItem, A::Error> {
-                BlockWire::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(|block| BlockItem::Block(Box::new(block)))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<BlockItem, E> {
-                Ok(BlockItem::Other)
-            }
-            scalars_read_as!(BlockItem, BlockItem::Other);
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<BlockItem, A::Error> {
-                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-                Ok(BlockItem::Other)
-            }
-        }
-        deserializer.deserialize_any(ItemVisitor)
-    }
-}
-
-/// A content member: a string, an array of `T`, or anything else. A message's `content` holds blocks
-/// (anything else is an error); a tool result's, blocks whose text is joined (anything else: no text).
-enum Shape<T> {
-    Text(String),
-    Array(Vec<T>),
-    Other,
-}
-
-type MessageContent = Shape<BlockItem>;
-type ResultContent = Shape<Value>;
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shape<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ShapeVisitor<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for ShapeVisitor<T> {
-            type Value = Shape<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or an array")
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Shape<T>, E> {
-                Ok(Shape::Text(text.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, text: String) -> Result<Shape<T>, E> {
-                Ok(Shape::Text(text))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape<T>, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Shape::Array(items))
-            }
-            scalars_read_as!(Shape<T>, Shape::Other);
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shape<T>, A::Error> {
-                while map
-                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(Shape::Other)
-            }
-        }
-        deserializer.deserialize_any(ShapeVisitor(std::marker::PhantomData))
-    }
-}
-
-#[derive(Deserialize)]
-struct MessagesWire {
-    model: Option<String>,
-    max_tokens: Option<u64>,
-    messages: Option<Vec<MessageWire>>,
-    system: Option<Value>,
-    stream: Option<bool>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<u64>,
-    stop_sequences: Option<Vec<String>>,
-    tools: Option<Vec<ToolWire>>,
-    tool_choice: Option<ToolChoiceWire>,
-    metadata: Option<MetadataWire>,
-}
-
-#[derive(Deserialize)]
-struct MessageWire {
-    role: Option<String>,
-    content: Option<MessageContent>,
-}
-
-#[derive(Deserialize)]
-struct ToolWire {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    name: Option<String>,
-    description: Option<String>,
-    input_schema: Option<RawJson>,
-}
-
-#[derive(Deserialize)]
-struct ToolChoiceWire {
-    #[serde(rename = "type")]
-    kind: String,
-    name: Option<String>,
-    disable_parallel_tool_use: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct MetadataWire {
-    user_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -543,5 +480,100 @@ mod tests {
                 Part::Text("x".into()),
             ]
         );
+    }
+
+    proptest::proptest! {
+        /// The reading that keeps no conversation accepts exactly the bodies the typed path accepts,
+        /// agrees with it on everything it keeps, and gives the typed path's error for the others.
+        /// Bodies: any canonical request as the Anthropic writer writes it, with one value anywhere in
+        /// it (or none) replaced by a value of any type — most of those the typed path refuses.
+        #[test]
+        fn the_unread_reading_accepts_what_the_typed_path_accepts(
+            request in crate::protocol::openai::any_chat_request(),
+            pick in proptest::prelude::any::<usize>(),
+            new in crate::protocol::openai::replacement(),
+        ) {
+            let Ok(written) = super::super::encode_request_bytes(&request, Some("m"), 64) else {
+                return Ok(());
+            };
+            let body = crate::protocol::openai::with_one_value_replaced(&written, pick, new);
+            let typed = decode_request(&body);
+            let unread = request_unread(&body);
+            proptest::prop_assert_eq!(typed.is_ok(), unread.is_some(), "{}", String::from_utf8_lossy(&body));
+            match (typed, unread) {
+                (Ok(typed), Some(unread)) => {
+                    let kept = ChatRequest {
+                        system: Vec::new(),
+                        messages: Vec::new(),
+                        tools: Vec::new(),
+                        messages_unread: true,
+                        ..typed
+                    };
+                    proptest::prop_assert_eq!(kept, unread);
+                }
+                (Err(typed), _) => {
+                    let error = decode_request_unread(&body).err().map(|e| (e.message, e.param));
+                    proptest::prop_assert_eq!(error, Some((typed.message, typed.param)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Unread texts are checked as decoded ones are — a lone surrogate, a bad escape, a raw control
+    /// character, a byte that is not UTF-8 is refused in a text, a tool call's input, a tool result's
+    /// content (string or blocks) or the system prompt — and so are blocks missing what their type
+    /// requires; each with the typed path's error.
+    #[test]
+    fn unread_blocks_are_still_checked() {
+        let body = |messages: &str| {
+            format!(r#"{{"model":"m","max_tokens":5,"system":"s","messages":{messages}}}"#)
+                .into_bytes()
+        };
+        let accepted = [
+            body(r#"[{"role":"user","content":"a\u0000b \n ok \ud83d\ude00"}]"#),
+            body(
+                r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"k\u0041":["\ud83d\ude00",1e3,null]}}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"x"},5]},{"type":"document"},{"type":"image","source":"x"}]}]"#,
+            ),
+        ];
+        let refused = [
+            body(r#"[{"role":"user","content":"bad \ud800 surrogate"}]"#),
+            body(r#"[{"role":"user","content":[{"type":"text","text":"bad \q escape"}]}]"#),
+            body("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"raw \x01 control\"}]}]"),
+            body(r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"a":"\udc00"}}]}]"#),
+            body(r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"\ud800":1}}]}]"#),
+            body(r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":[1e999]}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"\ud800"}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"text":"\ud800"}]}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"tool_result","content":"x"}]}]"#),
+            body(r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","input":{}}]}]"#),
+            body(r#"[{"role":"assistant","content":[{"type":"thinking","thinking":7}]}]"#),
+            body(r#"[{"role":"assistant","content":[{"type":"redacted_thinking"}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"x"}}]}]"#),
+            body(r#"[{"role":"user","content":[{"text":"x"}]}]"#),
+            body(r#"[{"role":"user","content":{"text":"x"}}]"#),
+            body(r#"[{"role":"system","content":"x"}]"#),
+            br#"{"model":"m","max_tokens":5,"system":[{"type":"text"}],"messages":[{"role":"user","content":"x"}]}"#.to_vec(),
+            br#"{"model":"m","max_tokens":5,"system":"\ud800","messages":[{"role":"user","content":"x"}]}"#.to_vec(),
+            br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"f","input_schema":{"a":}}]}"#.to_vec(),
+            br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"f"}]}"#.to_vec(),
+            b"{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"bad \xff byte\"}]}".to_vec(),
+        ];
+        for body in &accepted {
+            let text = String::from_utf8_lossy(body);
+            assert!(decode_request(body).is_ok(), "{text}");
+            assert!(request_unread(body).is_some(), "{text}");
+        }
+        for body in &refused {
+            let text = String::from_utf8_lossy(body);
+            let typed = decode_request(body).map(|_| ()).map_err(|e| e.message);
+            assert!(typed.is_err(), "{text}");
+            assert!(request_unread(body).is_none(), "{text}");
+            let unread = decode_request_unread(body)
+                .map(|_| ())
+                .map_err(|e| e.message);
+            assert_eq!(typed, unread);
+        }
     }
 }

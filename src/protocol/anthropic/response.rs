@@ -8,8 +8,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::finish_reason_from;
-use super::request::{BlockItem, decode_block};
+use super::request::decode_block;
 use super::usage::{UsageIn, WireUsage};
+use super::wire::BlockItem;
 use crate::protocol::openai::{response_object, str_member};
 use crate::protocol::{ChatResponse, DecodeError, Part, ToolCall};
 

@@ -14,12 +14,16 @@ use crate::protocol::{Image, Part};
 pub(crate) trait WireText: for<'de> Deserialize<'de> {
     /// Any JSON value in the same place (a tool's `parameters`): kept as written, or only checked.
     type Raw: for<'de> Deserialize<'de>;
+    /// Any JSON value read as a tree where the text is kept (`Value`), so every string in it is checked
+    /// as a string: [`Checked`] checks the same without building the tree.
+    type Any: for<'de> Deserialize<'de>;
     fn from_str(text: &str) -> Self;
     fn from_string(text: String) -> Self;
 }
 
 impl WireText for String {
     type Raw = crate::protocol::RawJson;
+    type Any = Value;
     fn from_str(text: &str) -> String {
         text.to_owned()
     }
@@ -34,6 +38,7 @@ pub(crate) struct Unread;
 
 impl WireText for Unread {
     type Raw = de::IgnoredAny;
+    type Any = Checked;
     fn from_str(_: &str) -> Unread {
         Unread
     }
@@ -55,6 +60,50 @@ impl<'de> Deserialize<'de> for Unread {
             }
         }
         deserializer.deserialize_str(UnreadVisitor)
+    }
+}
+
+/// Any JSON value nothing reads, checked as a `Value` would read it: every string (map keys included)
+/// goes through the parser's string reader, which refuses what `Value` refuses (a lone surrogate, a bad
+/// escape), where `IgnoredAny` only skips to the closing quote. Numbers are read as `Value` reads them.
+pub(crate) struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Checked, D::Error> {
+        struct CheckedVisitor;
+        impl<'de> Visitor<'de> for CheckedVisitor {
+            type Value = Checked;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        deserializer.deserialize_any(CheckedVisitor)
     }
 }
 

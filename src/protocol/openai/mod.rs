@@ -11,7 +11,7 @@ mod response;
 
 pub use answer::{TextAnswer, embeddings, error_body, text_completion};
 pub(crate) use answer::{chat_chunks, chat_completion, text_completion_chunks};
-pub(crate) use content::{StringOrParts, image_part};
+pub(crate) use content::{StringOrParts, Unread, WireText, image_part};
 pub(crate) use encode_request::encode_request_bytes;
 #[cfg(test)]
 pub(crate) use encode_request::tests::request as any_chat_request;
@@ -21,6 +21,8 @@ pub(crate) use parse::{
     missing, parse, parse_field, required_messages, response_object, str_member, tool_choice_word,
 };
 pub(crate) use request::decode_chat_typed;
+#[cfg(test)]
+pub(crate) use request::tests::{replacement, with_one_value_replaced};
 pub use request::{decode_chat, decode_chat_unread, decode_request};
 #[cfg(test)]
 pub(crate) use request::{decode_completion, decode_embeddings};

@@ -370,7 +370,7 @@ struct EmbeddingsWire {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::Image;
 
@@ -499,7 +499,21 @@ mod tests {
         }
     }
 
-    fn replacement() -> impl proptest::strategy::Strategy<Value = Value> {
+    /// `written` (a JSON body) with the value at place `pick` of its tree (counted modulo the places,
+    /// one more for none) replaced by `new`.
+    pub(crate) fn with_one_value_replaced(written: &[u8], pick: usize, new: Value) -> Vec<u8> {
+        let mut value: Value = serde_json::from_slice(written).unwrap();
+        let mut all = Vec::new();
+        places(&value, &mut Vec::new(), &mut all);
+        if let Some(steps) = all.get(pick % (all.len() + 1)) {
+            *place_mut(&mut value, steps) = new;
+        }
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    /// A value of any JSON type to put in a request's place: the words both chat formats give
+    /// meaning to, and containers shaped like their parts.
+    pub(crate) fn replacement() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         prop_oneof![
             Just(Value::Null),
@@ -509,10 +523,19 @@ mod tests {
             Just(serde_json::json!(-1)),
             prop_oneof![
                 Just("user"),
+                Just("assistant"),
                 Just("tool"),
                 Just("system"),
                 Just("bogus"),
                 Just("auto"),
+                Just("any"),
+                Just("text"),
+                Just("image"),
+                Just("base64"),
+                Just("url"),
+                Just("tool_use"),
+                Just("tool_result"),
+                Just("thinking"),
                 Just("redacted_thinking"),
                 Just("a \"quoted\" line\n\u{e9}"),
             ]
@@ -521,6 +544,8 @@ mod tests {
             Just(serde_json::json!(["x", 1])),
             Just(serde_json::json!({})),
             Just(serde_json::json!({"type": "text", "text": "x"})),
+            Just(serde_json::json!({"type": "tool_use", "id": "t", "name": "f"})),
+            Just(serde_json::json!({"type": "url", "url": "http://x/i.png"})),
             Just(serde_json::json!({"role": "user"})),
             Just(serde_json::json!({"function": {"name": "f"}})),
         ]
@@ -538,13 +563,7 @@ mod tests {
             new in replacement(),
         ) {
             let written = crate::protocol::openai::encode_request_bytes(&request, Some("m"));
-            let mut value: Value = serde_json::from_slice(&written).unwrap();
-            let mut all = Vec::new();
-            places(&value, &mut Vec::new(), &mut all);
-            if let Some(steps) = all.get(pick % (all.len() + 1)) {
-                *place_mut(&mut value, steps) = new;
-            }
-            let body = serde_json::to_vec(&value).unwrap();
+            let body = with_one_value_replaced(&written, pick, new);
             let typed = decode_chat_typed(&body);
             let unread = chat_unread(&body);
             proptest::prop_assert_eq!(typed.is_ok(), unread.is_some(), "{}", String::from_utf8_lossy(&body));
