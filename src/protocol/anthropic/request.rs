@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::wire::{BlockItem, Loose, MessageContent, MessagesWire, ToolChoiceWire, ToolWire};
-use crate::protocol::openai::{Unread, WireText, missing, parse, required_messages};
+use crate::protocol::openai::{Unread, WireText, body_text, missing, parse, required_messages};
 use crate::protocol::{
     ChatRequest, DecodeError, Image, Message, Part, Role, SamplingParams, Tool, ToolCall,
     ToolChoice, ToolResult,
@@ -74,7 +74,7 @@ pub fn decode_request_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 }
 
 fn request_unread(body: &[u8]) -> Option<ChatRequest> {
-    let text = std::str::from_utf8(body).ok()?;
+    let text = body_text(body).ok()?;
     let mut wire: MessagesWire<Unread> = serde_json::from_str(text).ok()?;
     let mut request = head(&mut wire).ok()?;
     let messages = required_messages(wire.messages.take()).ok()?;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::content::{Content, ThinkingBlockWire, Unread, WireText};
-use super::parse::{missing, parse, required_messages, tool_choice_word};
+use super::parse::{body_text, missing, parse, required_messages, tool_choice_word};
 use crate::protocol::{
     ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint, Message,
     Part, RawJson, Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult,
@@ -125,7 +125,7 @@ pub fn decode_chat_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 }
 
 fn chat_unread(body: &[u8]) -> Option<ChatRequest> {
-    let text = std::str::from_utf8(body).ok()?;
+    let text = body_text(body).ok()?;
     let mut wire: ChatWire<Unread> = serde_json::from_str(text).ok()?;
     let messages = required_messages(wire.messages.take()).ok()?;
     let mut request = head(&mut wire).ok()?;
