@@ -302,7 +302,8 @@ fn keeps_nothing(state: &AppState, snapshot: &Snapshot, endpoint: Endpoint, len:
     let read = match endpoint {
         Endpoint::ChatCompletions => snapshot.reads_messages.chat,
         Endpoint::Messages => snapshot.reads_messages.messages,
-        _ => true,
+        Endpoint::Responses => snapshot.reads_messages.responses,
+        Endpoint::Completions | Endpoint::Embeddings => true,
     };
     !read && len > crate::protocol::exact_request::MAX_BODY && !state.cache().is_enabled()
 }
@@ -310,10 +311,11 @@ fn keeps_nothing(state: &AppState, snapshot: &Snapshot, endpoint: Endpoint, len:
 /// [`decode`] for a body whose conversation nothing reads ([`keeps_nothing`]).
 pub fn decode_unread(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, GatewayError> {
     match endpoint {
-        Endpoint::Messages => anthropic::decode_request_unread(body),
-        _ => openai::decode_chat_unread(body),
+        Endpoint::Messages => anthropic::decode_request_unread(body).map(ApiRequest::Chat),
+        Endpoint::Responses => crate::protocol::responses::decode_request_unread(body)
+            .map(|request| ApiRequest::Responses(Box::new(request))),
+        _ => openai::decode_chat_unread(body).map(ApiRequest::Chat),
     }
-    .map(ApiRequest::Chat)
     .map_err(|error| GatewayError::invalid(error.message, error.param))
 }
 

@@ -88,6 +88,9 @@ pub struct ReadsMessages {
     pub chat: bool,
     /// `/v1/messages`: every backend an Anthropic one, or something reads them.
     pub messages: bool,
+    /// `/v1/responses`: every backend one that speaks Responses (`native_responses`), or something
+    /// reads them.
+    pub responses: bool,
 }
 
 /// Per-backend live state for one snapshot.
@@ -213,6 +216,10 @@ impl Snapshot {
         let reads_messages = ReadsMessages {
             chat: read_anyway || converted_from(crate::config::BackendKind::OpenAi),
             messages: read_anyway || converted_from(crate::config::BackendKind::Anthropic),
+            responses: read_anyway
+                || config.backends.iter().any(|backend| {
+                    backend.kind != crate::config::BackendKind::OpenAi || !backend.native_responses
+                }),
         };
         Snapshot {
             config,

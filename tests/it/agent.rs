@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use crate::support::mock::Mock;
 use crate::support::mock_anthropic::MockAnthropic;
+use crate::support::mock_responses::MockResponses;
 use crate::support::{Gateway, client};
 
 /// A chat history of about `bytes` bytes of tool output, all of it new to the tokenizer.
@@ -50,6 +51,33 @@ fn anthropic_turn(bytes: usize) -> Value {
     json!({"model": "claude", "max_tokens": 1024, "system": [{"type": "text", "text": "You are a coding agent."}],
         "tools": [{"name": "read_file", "description": "Reads a file", "input_schema": {"type": "object"}}],
         "messages": messages})
+}
+
+/// The same history as a Responses client (Codex, the Agents SDK) sends it: input items.
+fn responses_turn(bytes: usize) -> Value {
+    let mut input = vec![json!({"role": "user", "content": "read the handlers"})];
+    let mut size = 0;
+    let mut i = 0;
+    while size < bytes {
+        let output = format!(
+            "file {i} \u{e9}: {}",
+            "fn handler(request: &Request) -> Result<Response, Error> { todo() }\n".repeat(40)
+        );
+        size += output.len();
+        input.push(
+            json!({"type": "reasoning", "summary": [], "encrypted_content": format!("gAAAA{i}")}),
+        );
+        input.push(
+            json!({"type": "function_call", "call_id": format!("call_{i}"), "name": "read_file",
+            "arguments": format!("{{\"path\":\"src/f{i}.rs\"}}")}),
+        );
+        input.push(json!({"type": "function_call_output", "call_id": format!("call_{i}"), "output": output}));
+        i += 1;
+    }
+    input.push(json!({"role": "user", "content": [{"type": "input_text", "text": "now fix it"}]}));
+    json!({"model": "m", "instructions": "You are a coding agent.",
+        "tools": [{"type": "function", "name": "read_file", "parameters": {"type": "object"}}],
+        "input": input})
 }
 
 /// The gateway runs on this test's single-threaded runtime, as it does pinned to one core. While a
@@ -322,4 +350,68 @@ async fn a_large_anthropic_turn_is_converted_whole_for_an_openai_fallback() {
     let results = messages.iter().filter(|m| m["role"] == "tool").count();
     let calls = turn["messages"].as_array().unwrap().len() / 2 - 1;
     assert_eq!(results, calls, "every tool result is converted");
+}
+
+/// A Responses client's large turn to backends that speak Responses: forwarded as sent, still checked
+/// item by item (a wrong role, a call output without its id, a lone surrogate in a call's arguments,
+/// deep in the input — each a 400 in the Responses error shape, nothing forwarded), and stored from
+/// the body as sent, so the next turn's `previous_response_id` gives the backend the whole history.
+#[tokio::test]
+async fn a_large_responses_turn_to_a_native_backend_is_forwarded_as_sent_stored_and_checked() {
+    let upstream = MockResponses::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: native\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  native: {{ type: openai, url: '{}', native_responses: true }}\n",
+        upstream.base()
+    ))
+    .await;
+    let turn = responses_turn(200_000);
+    let (status, _, text) =
+        crate::responses::post(&gateway, &turn, &[("x-request-id", "big-1")]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(upstream.requests()[0].body, turn);
+
+    let next = json!({"model": "m", "previous_response_id": "resp_big-1",
+        "input": [{"role": "user", "content": "and now?"}]});
+    let (status, _, text) = crate::responses::post(&gateway, &next, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let input = upstream.requests()[1].body["input"].clone();
+    let input = input.as_array().unwrap();
+    let sent = turn["input"].as_array().unwrap();
+    assert_eq!(input[..sent.len()], sent[..], "the stored turn comes first");
+    assert_eq!(input[sent.len()]["id"], "msg_up1", "then its answer");
+    assert_eq!(input.last().unwrap()["content"], "and now?");
+
+    let deep = sent.len() - 2;
+    assert_eq!(sent[deep]["type"], "function_call_output");
+    let wrong = |change: &dyn Fn(&mut Value)| {
+        let mut turn = turn.clone();
+        turn["store"] = json!(false);
+        change(&mut turn["input"][deep]);
+        turn.to_string()
+    };
+    let surrogate =
+        wrong(&|item| item["output"] = json!("SURROGATE")).replace("SURROGATE", "\\ud800");
+    for (body, expected) in [
+        (
+            wrong(&|item| *item = json!({"role": "robot", "content": "x"})),
+            format!("input[{deep}].role: unknown role 'robot'"),
+        ),
+        (
+            wrong(&|item| {
+                item.as_object_mut().unwrap().remove("call_id");
+            }),
+            format!("missing required field 'input[{deep}].call_id'"),
+        ),
+        (
+            surrogate,
+            "invalid JSON body: unexpected end of hex escape".to_owned(),
+        ),
+    ] {
+        let response = gateway.post("/v1/responses", &body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&expected), "{message}");
+    }
+    assert_eq!(upstream.requests().len(), 2, "refused turns go nowhere");
 }

@@ -526,6 +526,7 @@ fn reread(
 ) -> Result<crate::protocol::ChatRequest, crate::protocol::DecodeError> {
     match endpoint {
         Endpoint::Messages => crate::protocol::anthropic::decode_request(body),
+        Endpoint::Responses => crate::protocol::responses::decode_request(body).map(|r| r.chat),
         _ => crate::protocol::openai::decode_chat_typed(body),
     }
 }

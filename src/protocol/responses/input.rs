@@ -6,40 +6,44 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::REDACTED_PREFIX;
-use crate::protocol::openai::{StringOrParts, image_part, missing, parse_field};
+use crate::protocol::openai::{StringOrParts, WireText, image_part, missing, parse_field};
 use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
 
-/// One input item, as far as the canonical model reads it; unknown item types are skipped.
+/// One input item, as far as the canonical model reads it; unknown item types are skipped. Its texts
+/// are kept (`T = String`) or only checked (`T = Unread`).
 #[derive(Deserialize)]
-pub(crate) struct ItemWire {
+#[serde(bound = "T: WireText")]
+pub(crate) struct ItemWire<T: WireText = String> {
     #[serde(rename = "type")]
     kind: Option<String>,
     role: Option<String>,
-    content: Option<ContentWire>,
+    content: Option<ContentWire<T>>,
     id: Option<String>,
     call_id: Option<String>,
     name: Option<String>,
-    arguments: Option<Value>,
-    output: Option<ContentWire>,
-    summary: Option<Vec<TextPartWire>>,
-    encrypted_content: Option<String>,
+    arguments: Option<T::Any>,
+    output: Option<ContentWire<T>>,
+    summary: Option<Vec<TextPartWire<T>>>,
+    encrypted_content: Option<T>,
 }
 
 /// Message content or a tool output: a string or an array of typed parts.
-type ContentWire = StringOrParts<PartWire>;
+type ContentWire<T = String> = StringOrParts<PartWire<T>, T>;
 
 #[derive(Deserialize)]
-struct PartWire {
+#[serde(bound = "T: WireText")]
+struct PartWire<T: WireText = String> {
     #[serde(rename = "type")]
     kind: Option<String>,
-    text: Option<String>,
-    refusal: Option<String>,
+    text: Option<T>,
+    refusal: Option<T>,
     image_url: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct TextPartWire {
-    text: Option<String>,
+#[serde(bound = "T: WireText")]
+struct TextPartWire<T: WireText = String> {
+    text: Option<T>,
 }
 
 impl ContentWire {
@@ -96,29 +100,29 @@ pub(crate) fn push_raw_items(
 }
 
 /// A request's `input`: a string (one user message) or items, read in the body's own decode.
-pub(crate) enum InputWire {
-    Text(String),
-    Items(Vec<ItemWire>),
+pub(crate) enum InputWire<T: WireText = String> {
+    Text(T),
+    Items(Vec<ItemWire<T>>),
 }
 
-impl<'de> Deserialize<'de> for InputWire {
+impl<'de, T: WireText> Deserialize<'de> for InputWire<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct InputVisitor;
-        impl<'de> serde::de::Visitor<'de> for InputVisitor {
-            type Value = InputWire;
+        struct InputVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: WireText> serde::de::Visitor<'de> for InputVisitor<T> {
+            type Value = InputWire<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string or an array of input items")
             }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<InputWire, E> {
-                Ok(InputWire::Text(text.to_owned()))
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<InputWire<T>, E> {
+                Ok(InputWire::Text(T::from_str(text)))
             }
-            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<InputWire, E> {
-                Ok(InputWire::Text(text))
+            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<InputWire<T>, E> {
+                Ok(InputWire::Text(T::from_string(text)))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<InputWire, A::Error> {
+            ) -> Result<InputWire<T>, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
                 while let Some(item) = seq.next_element()? {
                     items.push(item);
@@ -126,8 +130,72 @@ impl<'de> Deserialize<'de> for InputWire {
                 Ok(InputWire::Items(items))
             }
         }
-        deserializer.deserialize_any(InputVisitor)
+        deserializer.deserialize_any(InputVisitor(std::marker::PhantomData))
     }
+}
+
+/// What an item is (`type`, or `message` for an item with only a `role`), checked as [`push_item_list`]
+/// checks it: a message's role, a function call's id and name, a function call output's id.
+fn item_kind<'a, T: WireText>(
+    item: &'a ItemWire<T>,
+    path: &dyn Fn() -> String,
+) -> Result<&'a str, DecodeError> {
+    let kind = match (item.kind.as_deref(), item.role.is_some()) {
+        (Some(kind), _) => kind,
+        (None, true) => "message",
+        (None, false) => {
+            return Err(DecodeError::new(
+                format!("{}: expected an item with a `type` or a `role`", path()),
+                Some(path()),
+            ));
+        }
+    };
+    match kind {
+        "message" => {
+            role_of(item.role.as_deref(), path)?;
+        }
+        "function_call" => {
+            if item.call_id.is_none() && item.id.is_none() {
+                return Err(missing(&format!("{}.call_id", path())));
+            }
+            if item.name.is_none() {
+                return Err(missing(&format!("{}.name", path())));
+            }
+        }
+        "function_call_output" if item.call_id.is_none() => {
+            return Err(missing(&format!("{}.call_id", path())));
+        }
+        _ => {}
+    }
+    Ok(kind)
+}
+
+fn role_of(role: Option<&str>, path: &dyn Fn() -> String) -> Result<Role, DecodeError> {
+    match role {
+        Some("user") => Ok(Role::User),
+        Some("assistant") => Ok(Role::Assistant),
+        Some("system" | "developer") => Ok(Role::System),
+        Some(other) => Err(DecodeError::new(
+            format!(
+                "{}.role: unknown role '{other}'; expected user, assistant, system or developer",
+                path()
+            ),
+            Some(format!("{}.role", path())),
+        )),
+        None => Err(missing(&format!("{}.role", path()))),
+    }
+}
+
+/// Input items read unread (`field` names them in errors): checked as [`push_item_list`] checks them,
+/// nothing kept.
+pub(crate) fn check_item_list<T: WireText>(
+    items: &[ItemWire<T>],
+    field: &str,
+) -> Result<(), DecodeError> {
+    for (index, item) in items.iter().enumerate() {
+        item_kind(item, &|| format!("{field}[{index}]"))?;
+    }
+    Ok(())
 }
 
 /// Appends decoded input items (named `field` in errors) to `chat`, as [`push_items`] describes.
@@ -140,33 +208,10 @@ pub(crate) fn push_item_list(
     for (index, item) in items.into_iter().enumerate() {
         // Only errors name the item.
         let path = || format!("{field}[{index}]");
-        let kind = match (item.kind.as_deref(), item.role.is_some()) {
-            (Some(kind), _) => kind,
-            (None, true) => "message",
-            (None, false) => {
-                return Err(DecodeError::new(
-                    format!("{}: expected an item with a `type` or a `role`", path()),
-                    Some(path()),
-                ));
-            }
-        };
+        let kind = item_kind(&item, &path)?;
         match kind {
             "message" => {
-                let role = match item.role.as_deref() {
-                    Some("user") => Role::User,
-                    Some("assistant") => Role::Assistant,
-                    Some("system" | "developer") => Role::System,
-                    Some(other) => {
-                        return Err(DecodeError::new(
-                            format!(
-                                "{}.role: unknown role '{other}'; expected user, assistant, system or developer",
-                                path()
-                            ),
-                            Some(format!("{}.role", path())),
-                        ));
-                    }
-                    None => return Err(missing(&format!("{}.role", path()))),
-                };
+                let role = role_of(item.role.as_deref(), &path)?;
                 let parts = item
                     .content
                     .map(ContentWire::into_parts)
@@ -191,11 +236,8 @@ pub(crate) fn push_item_list(
                 }
             }
             "function_call" => {
-                let Some(call_id) = item.call_id.or(item.id) else {
+                let (Some(call_id), Some(name)) = (item.call_id.or(item.id), item.name) else {
                     return Err(missing(&format!("{}.call_id", path())));
-                };
-                let Some(name) = item.name else {
-                    return Err(missing(&format!("{}.name", path())));
                 };
                 let arguments = match item.arguments {
                     None | Some(Value::Null) => String::new(),

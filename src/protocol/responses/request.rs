@@ -10,8 +10,12 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ResponseEcho;
-use super::input::{InputWire, join_items, push_item_list, push_items, push_raw_items};
-use crate::protocol::openai::{missing, parse, parse_field, tool_choice_word};
+use super::input::{
+    InputWire, check_item_list, join_items, push_item_list, push_items, push_raw_items,
+};
+use crate::protocol::openai::{
+    Unread, WireText, body_text, missing, parse, parse_field, tool_choice_word,
+};
 use crate::protocol::{
     ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
     ToolChoice,
@@ -56,9 +60,10 @@ impl InputItems {
 }
 
 #[derive(Deserialize)]
-struct RequestWire<'a> {
+#[serde(bound(deserialize = "'de: 'a, T: WireText"))]
+struct RequestWire<'a, T: WireText = String> {
     model: Option<String>,
-    input: Option<InputWire>,
+    input: Option<InputWire<T>>,
     #[serde(borrow)]
     instructions: Option<&'a RawValue>,
     stream: Option<bool>,
@@ -90,6 +95,75 @@ struct RequestWire<'a> {
 /// Decode a `POST /v1/responses` body.
 pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
     let wire: RequestWire<'_> = parse(body)?;
+    decode_wire(wire, |input, chat, keep| {
+        Ok(match input {
+            InputWire::Text(content) => {
+                let mut items = Vec::with_capacity(content.len() + 52);
+                items.extend_from_slice(br#"[{"type":"message","role":"user","content":"#);
+                crate::protocol::json_text::write_str(&mut items, &content);
+                items.extend_from_slice(b"}]");
+                chat.messages.push(Message {
+                    role: Role::User,
+                    parts: vec![Part::Text(content)],
+                    name: None,
+                });
+                InputItems::Text(String::from_utf8(items).unwrap_or_default())
+            }
+            InputWire::Items(items) => {
+                push_item_list(items, "input", chat)?;
+                // The items as written are kept only for an answer that is stored or a conversation
+                // that is continued: finding them in the body is a second read of it.
+                if keep {
+                    InputItems::Span(input_span(body))
+                } else {
+                    InputItems::NotKept
+                }
+            }
+        })
+    })
+}
+
+/// [`decode_request`] for a route where nothing reads the conversation (`Snapshot::reads_messages`: a
+/// body forwarded as received to backends that speak Responses). The body is checked as the typed path
+/// checks it, but its input items are not kept in the canonical request, which says `messages_unread`;
+/// an answer to store still finds them in the body. A string `input` or a `previous_response_id` (whose
+/// history joins the canonical request) goes to the typed path, as does whatever this reading does not
+/// accept, so errors are the typed path's.
+pub fn decode_request_unread(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
+    match request_unread(body) {
+        Some(request) => Ok(request),
+        None => decode_request(body),
+    }
+}
+
+fn request_unread(body: &[u8]) -> Option<ResponsesRequest> {
+    let text = body_text(body).ok()?;
+    let wire: RequestWire<'_, Unread> = serde_json::from_str(text).ok()?;
+    if wire.previous_response_id.is_some() {
+        return None;
+    }
+    let mut request = decode_wire(wire, |input, _, keep| match input {
+        InputWire::Text(Unread) => Err(missing("input")),
+        InputWire::Items(items) => {
+            check_item_list(&items, "input")?;
+            Ok(if keep {
+                InputItems::Span(input_span(body))
+            } else {
+                InputItems::NotKept
+            })
+        }
+    })
+    .ok()?;
+    request.chat.messages_unread = true;
+    Some(request)
+}
+
+/// Everything of a request but its `input`, which `read_input` reads into the canonical request and returns
+/// as items (`keep`: an answer is to be stored or a conversation continued).
+fn decode_wire<T: WireText>(
+    wire: RequestWire<'_, T>,
+    read_input: impl FnOnce(InputWire<T>, &mut ChatRequest, bool) -> Result<InputItems, DecodeError>,
+) -> Result<ResponsesRequest, DecodeError> {
     if wire.background == Some(true) {
         return Err(DecodeError::new(
             "background: background responses are not supported by this gateway; send the request without it",
@@ -124,30 +198,8 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
         parallel_tool_calls: wire.parallel_tool_calls,
         ..ChatRequest::default()
     };
-    let input_items = match input {
-        InputWire::Text(content) => {
-            let mut items = Vec::with_capacity(content.len() + 52);
-            items.extend_from_slice(br#"[{"type":"message","role":"user","content":"#);
-            crate::protocol::json_text::write_str(&mut items, &content);
-            items.extend_from_slice(b"}]");
-            chat.messages.push(Message {
-                role: Role::User,
-                parts: vec![Part::Text(content)],
-                name: None,
-            });
-            InputItems::Text(String::from_utf8(items).unwrap_or_default())
-        }
-        InputWire::Items(items) => {
-            push_item_list(items, "input", &mut chat)?;
-            // The items as written are kept only for an answer that is stored or a conversation
-            // that is continued: finding them in the body is a second read of it.
-            if wire.store != Some(false) || wire.previous_response_id.is_some() {
-                InputItems::Span(input_span(body))
-            } else {
-                InputItems::NotKept
-            }
-        }
-    };
+    let keep = wire.store != Some(false) || wire.previous_response_id.is_some();
+    let input_items = read_input(input, &mut chat, keep)?;
     if let Some(tools) = wire.tools {
         let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
         for tool in tools {
@@ -214,7 +266,7 @@ fn compact(json: &str) -> Cow<'_, str> {
 
 /// The members of the response object that repeat the request, in OpenAI's order, written into one
 /// string.
-fn echo_members(wire: &RequestWire<'_>) -> ResponseEcho {
+fn echo_members<T: WireText>(wire: &RequestWire<'_, T>) -> ResponseEcho {
     let raw_len = |value: Option<&RawValue>| value.map_or(0, |v| v.get().len());
     let mut out = String::with_capacity(
         400 + raw_len(wire.instructions)
@@ -583,6 +635,96 @@ mod tests {
         #[test]
         fn float_text_is_display(n in prop_oneof![any::<f64>(), Just(0.0), Just(-0.0), Just(2.0), Just(1e15), Just(-7.0)]) {
             prop_assert_eq!(float_text(n), n.to_string());
+        }
+    }
+
+    proptest! {
+        /// The reading that keeps no conversation accepts exactly the bodies the typed path accepts
+        /// (but for a string `input` or a `previous_response_id`, which it leaves to the typed path),
+        /// agrees with it on everything it keeps, and gives the typed path's error for the others.
+        /// Bodies: any canonical request as the Responses writer writes it, with one value anywhere in
+        /// it (or none) replaced by a value of any type.
+        #[test]
+        fn the_unread_reading_accepts_what_the_typed_path_accepts(
+            request in crate::protocol::openai::any_chat_request(),
+            pick in any::<usize>(),
+            new in crate::protocol::openai::replacement(),
+        ) {
+            let written = serde_json::to_vec(&super::super::encode_request(&request, Some("m"))).unwrap();
+            let body = crate::protocol::openai::with_one_value_replaced(&written, pick, new);
+            let typed = decode_request(&body);
+            let unread = request_unread(&body);
+            let text = String::from_utf8_lossy(&body);
+            match (typed, unread) {
+                (Ok(typed), Some(unread)) => {
+                    let kept = ResponsesRequest {
+                        chat: ChatRequest {
+                            system: typed.instructions.clone(),
+                            messages: Vec::new(),
+                            messages_unread: true,
+                            ..typed.chat.clone()
+                        },
+                        ..typed
+                    };
+                    prop_assert_eq!(kept, unread);
+                }
+                (Ok(typed), None) => prop_assert!(
+                    matches!(typed.input_items, InputItems::Text(_)) || typed.previous_response_id.is_some(),
+                    "{}", text
+                ),
+                (Err(typed), None) => {
+                    let error = decode_request_unread(&body).err().map(|e| (e.message, e.param));
+                    prop_assert_eq!(error, Some((typed.message, typed.param)));
+                }
+                (Err(typed), Some(_)) => prop_assert!(false, "unread accepted what the typed path refuses ({}): {}", typed.message, text),
+            }
+        }
+    }
+
+    /// Unread items are checked as decoded ones are: a lone surrogate or bad escape in a text, a
+    /// function call's arguments or an encrypted reasoning blob, an item without a type or role, a
+    /// message of an unknown role, a call without its id or name — each refused with the typed path's
+    /// error.
+    #[test]
+    fn unread_items_are_still_checked() {
+        let body =
+            |items: &str| format!(r#"{{"model":"m","store":false,"input":{items}}}"#).into_bytes();
+        let accepted = [body(
+            r#"[{"role":"user","content":"a\u0000b \ud83d\ude00"},{"type":"reasoning","summary":[{"text":"s"}],"encrypted_content":"e"},
+                {"type":"function_call","call_id":"c","name":"f","arguments":{"k":["\ud83d\ude00"]}},{"type":"function_call_output","call_id":"c","output":[{"type":"input_text","text":"x"}]},
+                {"type":"web_search_call"}]"#,
+        )];
+        let refused = [
+            body(r#"[{"role":"user","content":"bad \ud800 surrogate"}]"#),
+            body(r#"[{"role":"user","content":[{"type":"input_text","text":"bad \q escape"}]}]"#),
+            body(
+                r#"[{"type":"function_call","call_id":"c","name":"f","arguments":{"a":"\udc00"}}]"#,
+            ),
+            body(r#"[{"type":"reasoning","encrypted_content":"\ud800"}]"#),
+            body(r#"[{"type":"function_call_output","call_id":"c","output":"\ud800"}]"#),
+            body(r#"[{"content":"x"}]"#),
+            body(r#"[{"role":"robot","content":"x"}]"#),
+            body(r#"[{"type":"function_call","name":"f"}]"#),
+            body(r#"[{"type":"function_call","call_id":"c"}]"#),
+            body(r#"[{"type":"function_call_output","output":"x"}]"#),
+            body(r#"[{"role":"user","content":7}]"#),
+            body(r#"[{"role":"user","content":[{"type":"input_text","text":7}]}]"#),
+            body("[{\"role\":\"user\",\"content\":\"raw \x01 control\"}]"),
+        ];
+        for body in &accepted {
+            let text = String::from_utf8_lossy(body);
+            assert!(decode_request(body).is_ok(), "{text}");
+            assert!(request_unread(body).is_some(), "{text}");
+        }
+        for body in &refused {
+            let text = String::from_utf8_lossy(body);
+            let typed = decode_request(body).map(|_| ()).map_err(|e| e.message);
+            assert!(typed.is_err(), "{text}");
+            assert!(request_unread(body).is_none(), "{text}");
+            let unread = decode_request_unread(body)
+                .map(|_| ())
+                .map_err(|e| e.message);
+            assert_eq!(typed, unread);
         }
     }
 }
