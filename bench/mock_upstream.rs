@@ -103,6 +103,8 @@ struct Replies {
     completion_stream: Arc<[Bytes]>,
     anthropic_json: Bytes,
     anthropic_stream: Arc<[Bytes]>,
+    responses_json: Bytes,
+    responses_stream: Arc<[Bytes]>,
     health: Bytes,
     not_found: Bytes,
     instance: Option<HeaderValue>,
@@ -145,6 +147,8 @@ impl Replies {
             } else {
                 anthropic_stream()
             }),
+            responses_json: Bytes::from(responses_object("completed", &full_text()).to_string()),
+            responses_stream: events(responses_stream()),
             health: Bytes::from_static(br#"{"status":"ok"}"#),
             not_found: Bytes::from_static(
                 br#"{"error":{"message":"mock: unknown route","type":"invalid_request_error","param":null,"code":"not_found"}}"#,
@@ -447,6 +451,59 @@ fn anthropic_stream() -> Vec<String> {
     events
 }
 
+/// A Responses API `response` object (a backend with `native_responses`) with one message of `text`.
+fn responses_object(status: &str, text: &str) -> serde_json::Value {
+    let output = if text.is_empty() {
+        serde_json::json!([])
+    } else {
+        serde_json::json!([{"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}])
+    };
+    serde_json::json!({
+        "id": "resp_mock", "object": "response", "created_at": 1_700_000_000, "status": status,
+        "model": "mock-model", "output": output,
+        "usage": {"input_tokens": 9, "output_tokens": STREAM_CHUNKS, "total_tokens": 9 + STREAM_CHUNKS}
+    })
+}
+
+/// The Responses API's semantic events for the same answer, `sequence_number` in order.
+fn responses_stream() -> Vec<String> {
+    let item = |status: &str, text: &str| {
+        serde_json::json!({"type": "message", "id": "msg_mock", "status": status, "role": "assistant",
+            "content": if status == "completed" { serde_json::json!([{"type": "output_text", "text": text, "annotations": []}]) } else { serde_json::json!([]) }})
+    };
+    let part =
+        |text: &str| serde_json::json!({"type": "output_text", "text": text, "annotations": []});
+    let mut data = vec![
+        serde_json::json!({"type": "response.created", "response": responses_object("in_progress", "")}),
+        serde_json::json!({"type": "response.in_progress", "response": responses_object("in_progress", "")}),
+        serde_json::json!({"type": "response.output_item.added", "output_index": 0, "item": item("in_progress", "")}),
+        serde_json::json!({"type": "response.content_part.added", "item_id": "msg_mock", "output_index": 0,
+            "content_index": 0, "part": part("")}),
+    ];
+    data.extend((0..STREAM_CHUNKS).map(|index| {
+        serde_json::json!({"type": "response.output_text.delta", "item_id": "msg_mock", "output_index": 0,
+            "content_index": 0, "delta": token(index)})
+    }));
+    let text = full_text();
+    data.extend([
+        serde_json::json!({"type": "response.output_text.done", "item_id": "msg_mock", "output_index": 0,
+            "content_index": 0, "text": text}),
+        serde_json::json!({"type": "response.content_part.done", "item_id": "msg_mock", "output_index": 0,
+            "content_index": 0, "part": part(&text)}),
+        serde_json::json!({"type": "response.output_item.done", "output_index": 0, "item": item("completed", &text)}),
+        serde_json::json!({"type": "response.completed", "response": responses_object("completed", &text)}),
+    ]);
+    data.into_iter()
+        .enumerate()
+        .map(|(sequence, mut event)| {
+            event["sequence_number"] = serde_json::json!(sequence);
+            let name = event["type"].as_str().unwrap_or_default().to_owned();
+            format!("event: {name}\ndata: {event}\n\n")
+        })
+        .collect()
+}
+
 /// A response body that is either one pre-built buffer (sent with `content-length`) or a list of
 /// pre-built SSE events, one frame each (sent chunked, ending with the terminating chunk), optionally
 /// with a wait before each event.
@@ -569,6 +626,7 @@ enum Api {
     Chat,
     Completions,
     Messages,
+    Responses,
 }
 
 async fn handle(
@@ -580,6 +638,7 @@ async fn handle(
         (&Method::POST, "/v1/chat/completions") => Some(Api::Chat),
         (&Method::POST, "/v1/completions") => Some(Api::Completions),
         (&Method::POST, "/v1/messages") => Some(Api::Messages),
+        (&Method::POST, "/v1/responses") => Some(Api::Responses),
         (&Method::GET, "/health") => {
             return Ok(reply(
                 &replies,
@@ -647,6 +706,18 @@ async fn handle(
             StatusCode::OK,
             "text/event-stream",
             replies.stream_body(replies.anthropic_stream.clone()),
+        ),
+        (Api::Responses, false) => reply(
+            &replies,
+            StatusCode::OK,
+            "application/json",
+            MockBody::Full(Some(replies.responses_json.clone())),
+        ),
+        (Api::Responses, true) => reply(
+            &replies,
+            StatusCode::OK,
+            "text/event-stream",
+            replies.stream_body(replies.responses_stream.clone()),
         ),
     };
     Ok(response)
