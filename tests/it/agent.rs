@@ -80,6 +80,24 @@ fn responses_turn(bytes: usize) -> Value {
         "input": input})
 }
 
+/// Each body posted to `path` is refused with a 400 whose message starts as expected; the error bodies.
+async fn refused(
+    gateway: &Gateway,
+    path: &str,
+    cases: impl IntoIterator<Item = (String, String)>,
+) -> Vec<Value> {
+    let mut errors = Vec::new();
+    for (body, expected) in cases {
+        let response = gateway.post(path, &body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&expected), "{message}");
+        errors.push(error);
+    }
+    errors
+}
+
 /// The gateway runs on this test's single-threaded runtime, as it does pinned to one core. While a
 /// 1 MB first turn is decoded and tokenized (token limits on), the runtime thread keeps serving: a
 /// heartbeat task on it never waits long, and a small request is answered before the large one.
@@ -166,7 +184,7 @@ async fn a_large_turn_on_a_plain_route_is_forwarded_as_sent_and_checked_as_ever(
         turn
     };
     let surrogate = turn.to_string().replace("now fix it", "now \\ud800 fix it");
-    for (body, expected) in [
+    let cases = [
         (
             wrong("role", json!("robot")).to_string(),
             format!("messages[{deep}].role: unknown role 'robot'"),
@@ -183,13 +201,8 @@ async fn a_large_turn_on_a_plain_route_is_forwarded_as_sent_and_checked_as_ever(
             surrogate,
             "invalid JSON body: unexpected end of hex escape".to_owned(),
         ),
-    ] {
-        let response = gateway.post("/v1/chat/completions", &body).await;
-        assert_eq!(response.status(), 400);
-        let error: Value = response.json().await.unwrap();
-        let message = error["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.starts_with(&expected), "{message}");
-    }
+    ];
+    refused(&gateway, "/v1/chat/completions", cases).await;
     assert_eq!(mock.requests().len(), 1, "refused turns go nowhere");
 }
 
@@ -298,7 +311,7 @@ async fn a_large_anthropic_turn_on_a_plain_route_is_forwarded_as_sent_and_checke
     };
     let surrogate = wrong(&|message| message["content"][1]["input"]["path"] = json!("SURROGATE"))
         .replace("SURROGATE", "\\ud800");
-    for (body, expected) in [
+    let cases = [
         (
             wrong(&|message| message["role"] = json!("system")),
             format!("messages[{deep}].role: unknown role 'system'"),
@@ -317,13 +330,9 @@ async fn a_large_anthropic_turn_on_a_plain_route_is_forwarded_as_sent_and_checke
             surrogate,
             "invalid JSON body: unexpected end of hex escape".to_owned(),
         ),
-    ] {
-        let response = gateway.post("/v1/messages", &body).await;
-        assert_eq!(response.status(), 400);
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["type"], "error", "{error}");
-        let message = error["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.starts_with(&expected), "{message}");
+    ];
+    for error in refused(&gateway, "/v1/messages", cases).await {
+        assert_eq!(error["type"], "error", "Anthropic's error shape: {error}");
     }
     assert_eq!(anthropic.requests().len(), 1, "refused turns go nowhere");
 }
@@ -391,7 +400,7 @@ async fn a_large_responses_turn_to_a_native_backend_is_forwarded_as_sent_stored_
     };
     let surrogate =
         wrong(&|item| item["output"] = json!("SURROGATE")).replace("SURROGATE", "\\ud800");
-    for (body, expected) in [
+    let cases = [
         (
             wrong(&|item| *item = json!({"role": "robot", "content": "x"})),
             format!("input[{deep}].role: unknown role 'robot'"),
@@ -406,12 +415,7 @@ async fn a_large_responses_turn_to_a_native_backend_is_forwarded_as_sent_stored_
             surrogate,
             "invalid JSON body: unexpected end of hex escape".to_owned(),
         ),
-    ] {
-        let response = gateway.post("/v1/responses", &body).await;
-        assert_eq!(response.status(), 400);
-        let error: Value = response.json().await.unwrap();
-        let message = error["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.starts_with(&expected), "{message}");
-    }
+    ];
+    refused(&gateway, "/v1/responses", cases).await;
     assert_eq!(upstream.requests().len(), 2, "refused turns go nowhere");
 }

@@ -42,14 +42,8 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
             name: None,
         });
     }
-    for (index, tool) in wire
-        .tools
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        if let Some((name, description, parameters)) = tool_at(index, tool)? {
+    for tool in tools(&mut wire) {
+        if let Some((name, description, parameters)) = tool? {
             request.tools.push(Tool {
                 name,
                 description,
@@ -92,14 +86,8 @@ fn request_unread(body: &[u8]) -> Option<ChatRequest> {
             MessageContent::Other => return None,
         }
     }
-    for (index, tool) in wire
-        .tools
-        .take()
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        tool_at(index, tool).ok()?;
+    for tool in tools(&mut wire) {
+        tool.ok()?;
     }
     tool_choice(wire.tool_choice.take(), &mut request).ok()?;
     request.messages_unread = true;
@@ -149,6 +137,17 @@ fn not_content(path: &str) -> DecodeError {
 
 /// A tool's name, description and schema.
 type ToolAt<T> = (String, Option<T>, <T as WireText>::Raw);
+
+/// The request's tools, each as [`tool_at`] reads it.
+fn tools<T: WireText>(
+    wire: &mut MessagesWire<T>,
+) -> impl Iterator<Item = Result<Option<ToolAt<T>>, DecodeError>> {
+    let tools = wire.tools.take().unwrap_or_default();
+    tools
+        .into_iter()
+        .enumerate()
+        .map(|(index, tool)| tool_at(index, tool))
+}
 
 /// `tools[index]`: its name, description and schema, or `None` for a server tool (web search, code
 /// execution, …), which has a `type` and no schema: the other side cannot run it, so it is dropped.
@@ -560,20 +559,12 @@ mod tests {
             br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"f"}]}"#.to_vec(),
             b"{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"bad \xff byte\"}]}".to_vec(),
         ];
-        for body in &accepted {
-            let text = String::from_utf8_lossy(body);
-            assert!(decode_request(body).is_ok(), "{text}");
-            assert!(request_unread(body).is_some(), "{text}");
-        }
-        for body in &refused {
-            let text = String::from_utf8_lossy(body);
-            let typed = decode_request(body).map(|_| ()).map_err(|e| e.message);
-            assert!(typed.is_err(), "{text}");
-            assert!(request_unread(body).is_none(), "{text}");
-            let unread = decode_request_unread(body)
-                .map(|_| ())
-                .map_err(|e| e.message);
-            assert_eq!(typed, unread);
-        }
+        crate::protocol::openai::check_unread_table(
+            &accepted,
+            &refused,
+            decode_request,
+            request_unread,
+            decode_request_unread,
+        );
     }
 }

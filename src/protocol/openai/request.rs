@@ -473,6 +473,31 @@ pub(crate) mod tests {
         assert!(decode_embeddings(br#"{"input":[]}"#).is_err());
     }
 
+    /// The table check of every unread reading: `accepted` bodies pass the typed reading and the unread
+    /// one (`unread`, without its fallback); `refused` ones fail both, and the reading with its fallback
+    /// (`checked`) gives the typed reading's error.
+    pub(crate) fn check_unread_table<B: AsRef<[u8]>, T, U, V>(
+        accepted: &[B],
+        refused: &[B],
+        typed: impl Fn(&[u8]) -> Result<T, DecodeError>,
+        unread: impl Fn(&[u8]) -> Option<U>,
+        checked: impl Fn(&[u8]) -> Result<V, DecodeError>,
+    ) {
+        for body in accepted.iter().map(AsRef::as_ref) {
+            let text = String::from_utf8_lossy(body);
+            assert!(typed(body).is_ok(), "{text}");
+            assert!(unread(body).is_some(), "{text}");
+        }
+        for body in refused.iter().map(AsRef::as_ref) {
+            let text = String::from_utf8_lossy(body);
+            let typed = typed(body).map(|_| ()).map_err(|e| e.message);
+            assert!(typed.is_err(), "{text}");
+            assert!(unread(body).is_none(), "{text}");
+            let checked = checked(body).map(|_| ()).map_err(|e| e.message);
+            assert_eq!(typed, checked, "{text}");
+        }
+    }
+
     /// Every place in a JSON tree, as a list of steps from the root.
     fn places(value: &Value, at: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
         out.push(at.clone());
@@ -612,28 +637,12 @@ pub(crate) mod tests {
             br#"{"model":"m","messages":[{"role":"user","content":true}]}"#,
             br#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"function":{"name":7}}]}"#,
         ];
-        for body in accepted {
-            assert!(
-                decode_chat_typed(body).is_ok(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-            assert!(
-                chat_unread(body).is_some(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        for body in refused {
-            let typed = decode_chat_typed(body).map(|_| ()).map_err(|e| e.message);
-            assert!(typed.is_err(), "{}", String::from_utf8_lossy(body));
-            assert!(
-                chat_unread(body).is_none(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-            let unread = decode_chat_unread(body).map(|_| ()).map_err(|e| e.message);
-            assert_eq!(typed, unread);
-        }
+        check_unread_table(
+            &accepted,
+            &refused,
+            decode_chat_typed,
+            chat_unread,
+            decode_chat_unread,
+        );
     }
 }

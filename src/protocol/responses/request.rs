@@ -711,20 +711,12 @@ mod tests {
             body(r#"[{"role":"user","content":[{"type":"input_text","text":7}]}]"#),
             body("[{\"role\":\"user\",\"content\":\"raw \x01 control\"}]"),
         ];
-        for body in &accepted {
-            let text = String::from_utf8_lossy(body);
-            assert!(decode_request(body).is_ok(), "{text}");
-            assert!(request_unread(body).is_some(), "{text}");
-        }
-        for body in &refused {
-            let text = String::from_utf8_lossy(body);
-            let typed = decode_request(body).map(|_| ()).map_err(|e| e.message);
-            assert!(typed.is_err(), "{text}");
-            assert!(request_unread(body).is_none(), "{text}");
-            let unread = decode_request_unread(body)
-                .map(|_| ())
-                .map_err(|e| e.message);
-            assert_eq!(typed, unread);
-        }
+        crate::protocol::openai::check_unread_table(
+            &accepted,
+            &refused,
+            decode_request,
+            request_unread,
+            decode_request_unread,
+        );
     }
 }
