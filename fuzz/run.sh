@@ -16,7 +16,7 @@ seconds="${1:-120}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(server_request client_response sse_decoder)
+  targets=(server_request client_response sse_decoder request_unread)
 fi
 
 cargo +nightly fuzz build -O
