@@ -496,26 +496,20 @@ mod tests {
                 return Ok(());
             };
             let body = crate::protocol::openai::with_one_value_replaced(&written, pick, new);
-            let typed = decode_request(&body);
-            let unread = request_unread(&body);
-            proptest::prop_assert_eq!(typed.is_ok(), unread.is_some(), "{}", String::from_utf8_lossy(&body));
-            match (typed, unread) {
-                (Ok(typed), Some(unread)) => {
-                    let kept = ChatRequest {
-                        system: Vec::new(),
-                        messages: Vec::new(),
-                        tools: Vec::new(),
-                        messages_unread: true,
-                        ..typed
-                    };
-                    proptest::prop_assert_eq!(kept, unread);
-                }
-                (Err(typed), _) => {
-                    let error = decode_request_unread(&body).err().map(|e| (e.message, e.param));
-                    proptest::prop_assert_eq!(error, Some((typed.message, typed.param)));
-                }
-                _ => {}
-            }
+            crate::protocol::openai::unread_agrees(
+                &body,
+                decode_request(&body),
+                request_unread(&body),
+                decode_request_unread(&body),
+                |_| false,
+                |typed| ChatRequest {
+                    system: Vec::new(),
+                    messages: Vec::new(),
+                    tools: Vec::new(),
+                    messages_unread: true,
+                    ..typed
+                },
+            )?;
         }
     }
 

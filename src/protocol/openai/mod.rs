@@ -23,7 +23,9 @@ pub(crate) use parse::{
 };
 pub(crate) use request::decode_chat_typed;
 #[cfg(test)]
-pub(crate) use request::tests::{check_unread_table, replacement, with_one_value_replaced};
+pub(crate) use request::tests::{
+    check_unread_table, replacement, unread_agrees, with_one_value_replaced,
+};
 pub use request::{decode_chat, decode_chat_unread, decode_request};
 #[cfg(test)]
 pub(crate) use request::{decode_completion, decode_embeddings};

@@ -473,6 +473,36 @@ pub(crate) mod tests {
         assert!(decode_embeddings(br#"{"input":[]}"#).is_err());
     }
 
+    /// The property every unread reading holds on one body: it accepts what the typed reading accepts
+    /// (but for the requests it `declines`, leaving them to the typed reading), keeps what `kept` leaves
+    /// of the typed request, and where it refuses, the reading with its fallback (`checked`) gives the
+    /// typed reading's error.
+    pub(crate) fn unread_agrees<T: PartialEq + std::fmt::Debug>(
+        body: &[u8],
+        typed: Result<T, DecodeError>,
+        unread: Option<T>,
+        checked: Result<T, DecodeError>,
+        declines: impl Fn(&T) -> bool,
+        kept: impl FnOnce(T) -> T,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let text = String::from_utf8_lossy(body);
+        match (typed, unread) {
+            (Ok(typed), Some(unread)) => proptest::prop_assert_eq!(kept(typed), unread, "{}", text),
+            (Ok(typed), None) => proptest::prop_assert!(declines(&typed), "declined: {}", text),
+            (Err(typed), None) => {
+                let error = checked.err().map(|e| (e.message, e.param));
+                proptest::prop_assert_eq!(error, Some((typed.message, typed.param)));
+            }
+            (Err(typed), Some(_)) => proptest::prop_assert!(
+                false,
+                "accepted what the typed reading refuses ({}): {}",
+                typed.message,
+                text
+            ),
+        }
+        Ok(())
+    }
+
     /// The table check of every unread reading: `accepted` bodies pass the typed reading and the unread
     /// one (`unread`, without its fallback); `refused` ones fail both, and the reading with its fallback
     /// (`checked`) gives the typed reading's error.
@@ -589,26 +619,20 @@ pub(crate) mod tests {
         ) {
             let written = crate::protocol::openai::encode_request_bytes(&request, Some("m"));
             let body = with_one_value_replaced(&written, pick, new);
-            let typed = decode_chat_typed(&body);
-            let unread = chat_unread(&body);
-            proptest::prop_assert_eq!(typed.is_ok(), unread.is_some(), "{}", String::from_utf8_lossy(&body));
-            match (typed, unread) {
-                (Ok(typed), Some(unread)) => {
-                    let kept = ChatRequest {
-                        system: Vec::new(),
-                        messages: Vec::new(),
-                        tools: Vec::new(),
-                        messages_unread: true,
-                        ..typed
-                    };
-                    proptest::prop_assert_eq!(kept, unread);
-                }
-                (Err(typed), _) => {
-                    let error = decode_chat_unread(&body).err().map(|e| (e.message, e.param));
-                    proptest::prop_assert_eq!(error, Some((typed.message, typed.param)));
-                }
-                _ => {}
-            }
+            unread_agrees(
+                &body,
+                decode_chat_typed(&body),
+                chat_unread(&body),
+                decode_chat_unread(&body),
+                |_| false,
+                |typed| ChatRequest {
+                    system: Vec::new(),
+                    messages: Vec::new(),
+                    tools: Vec::new(),
+                    messages_unread: true,
+                    ..typed
+                },
+            )?;
         }
     }
 

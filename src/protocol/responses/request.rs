@@ -652,32 +652,22 @@ mod tests {
         ) {
             let written = serde_json::to_vec(&super::super::encode_request(&request, Some("m"))).unwrap();
             let body = crate::protocol::openai::with_one_value_replaced(&written, pick, new);
-            let typed = decode_request(&body);
-            let unread = request_unread(&body);
-            let text = String::from_utf8_lossy(&body);
-            match (typed, unread) {
-                (Ok(typed), Some(unread)) => {
-                    let kept = ResponsesRequest {
-                        chat: ChatRequest {
-                            system: typed.instructions.clone(),
-                            messages: Vec::new(),
-                            messages_unread: true,
-                            ..typed.chat.clone()
-                        },
-                        ..typed
-                    };
-                    prop_assert_eq!(kept, unread);
-                }
-                (Ok(typed), None) => prop_assert!(
-                    matches!(typed.input_items, InputItems::Text(_)) || typed.previous_response_id.is_some(),
-                    "{}", text
-                ),
-                (Err(typed), None) => {
-                    let error = decode_request_unread(&body).err().map(|e| (e.message, e.param));
-                    prop_assert_eq!(error, Some((typed.message, typed.param)));
-                }
-                (Err(typed), Some(_)) => prop_assert!(false, "unread accepted what the typed path refuses ({}): {}", typed.message, text),
-            }
+            crate::protocol::openai::unread_agrees(
+                &body,
+                decode_request(&body),
+                request_unread(&body),
+                decode_request_unread(&body),
+                |typed| matches!(typed.input_items, InputItems::Text(_)) || typed.previous_response_id.is_some(),
+                |typed| ResponsesRequest {
+                    chat: ChatRequest {
+                        system: typed.instructions.clone(),
+                        messages: Vec::new(),
+                        messages_unread: true,
+                        ..typed.chat.clone()
+                    },
+                    ..typed
+                },
+            )?;
         }
     }
 
