@@ -21,25 +21,13 @@ fuzz_target!(|input: &[u8]| {
             openai::decode_chat_unread(body),
             openai::decode_chat(body),
             |request| request.messages_unread,
-            |typed| ChatRequest {
-                system: Vec::new(),
-                messages: Vec::new(),
-                tools: Vec::new(),
-                messages_unread: true,
-                ..typed
-            },
+            chat_kept,
         ),
         1 => same(
             anthropic::decode_request_unread(body),
             anthropic::decode_request(body),
             |request| request.messages_unread,
-            |typed| ChatRequest {
-                system: Vec::new(),
-                messages: Vec::new(),
-                tools: Vec::new(),
-                messages_unread: true,
-                ..typed
-            },
+            chat_kept,
         ),
         _ => same(
             responses::decode_request_unread(body),
@@ -57,6 +45,17 @@ fuzz_target!(|input: &[u8]| {
         ),
     }
 });
+
+/// What a chat reading that keeps no conversation keeps of the typed request.
+fn chat_kept(typed: ChatRequest) -> ChatRequest {
+    ChatRequest {
+        system: Vec::new(),
+        messages: Vec::new(),
+        tools: Vec::new(),
+        messages_unread: true,
+        ..typed
+    }
+}
 
 /// `unread` and `typed` agree: both refuse with one error, or both accept — the same request when the
 /// unread reading fell back to the typed one (`is_unread` says it did not), else what `kept` leaves of

@@ -8,22 +8,31 @@ use crate::support::mock_anthropic::MockAnthropic;
 use crate::support::mock_responses::MockResponses;
 use crate::support::{Gateway, client};
 
-/// A chat history of about `bytes` bytes of tool output, all of it new to the tokenizer.
-fn agent_turn(bytes: usize) -> Value {
-    let mut messages = vec![json!({"role": "system", "content": "You are a coding agent."})];
+/// About `bytes` bytes of tool output (source files, non-ASCII text), numbered: the history of the
+/// agent turns below.
+fn tool_outputs(bytes: usize) -> Vec<(usize, String)> {
+    let mut outputs = Vec::new();
     let mut size = 0;
-    let mut i = 0;
     while size < bytes {
+        let i = outputs.len();
         let output = format!(
-            "file {i}: {}",
+            "file {i} \u{e9}: {}",
             "fn handler(request: &Request) -> Result<Response, Error> { todo() }\n".repeat(40)
         );
         size += output.len();
+        outputs.push((i, output));
+    }
+    outputs
+}
+
+/// A chat history of about `bytes` bytes of tool output, all of it new to the tokenizer.
+fn agent_turn(bytes: usize) -> Value {
+    let mut messages = vec![json!({"role": "system", "content": "You are a coding agent."})];
+    for (i, output) in tool_outputs(bytes) {
         messages.push(json!({"role": "assistant", "content": null, "tool_calls": [{"id": format!("call_{i}"),
             "type": "function", "function": {"name": "read_file", "arguments": format!("{{\"path\":\"src/f{i}.rs\"}}")}}]}));
         messages
             .push(json!({"role": "tool", "tool_call_id": format!("call_{i}"), "content": output}));
-        i += 1;
     }
     messages.push(json!({"role": "user", "content": "now fix it"}));
     json!({"model": "m", "messages": messages})
@@ -32,20 +41,12 @@ fn agent_turn(bytes: usize) -> Value {
 /// The same history as an Anthropic client sends it: tool calls and results as content blocks.
 fn anthropic_turn(bytes: usize) -> Value {
     let mut messages = vec![json!({"role": "user", "content": "read the handlers"})];
-    let mut size = 0;
-    let mut i = 0;
-    while size < bytes {
-        let output = format!(
-            "file {i} \u{e9}: {}",
-            "fn handler(request: &Request) -> Result<Response, Error> { todo() }\n".repeat(40)
-        );
-        size += output.len();
+    for (i, output) in tool_outputs(bytes) {
         messages.push(json!({"role": "assistant", "content": [
             {"type": "thinking", "thinking": "next file", "signature": "c2ln"},
             {"type": "tool_use", "id": format!("toolu_{i}"), "name": "read_file", "input": {"path": format!("src/f{i}.rs")}}]}));
         messages.push(json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": format!("toolu_{i}"),
             "content": [{"type": "text", "text": output}]}]}));
-        i += 1;
     }
     messages.push(json!({"role": "user", "content": [{"type": "text", "text": "now fix it"}]}));
     json!({"model": "claude", "max_tokens": 1024, "system": [{"type": "text", "text": "You are a coding agent."}],
@@ -56,14 +57,7 @@ fn anthropic_turn(bytes: usize) -> Value {
 /// The same history as a Responses client (Codex, the Agents SDK) sends it: input items.
 fn responses_turn(bytes: usize) -> Value {
     let mut input = vec![json!({"role": "user", "content": "read the handlers"})];
-    let mut size = 0;
-    let mut i = 0;
-    while size < bytes {
-        let output = format!(
-            "file {i} \u{e9}: {}",
-            "fn handler(request: &Request) -> Result<Response, Error> { todo() }\n".repeat(40)
-        );
-        size += output.len();
+    for (i, output) in tool_outputs(bytes) {
         input.push(
             json!({"type": "reasoning", "summary": [], "encrypted_content": format!("gAAAA{i}")}),
         );
@@ -72,7 +66,6 @@ fn responses_turn(bytes: usize) -> Value {
             "arguments": format!("{{\"path\":\"src/f{i}.rs\"}}")}),
         );
         input.push(json!({"type": "function_call_output", "call_id": format!("call_{i}"), "output": output}));
-        i += 1;
     }
     input.push(json!({"role": "user", "content": [{"type": "input_text", "text": "now fix it"}]}));
     json!({"model": "m", "instructions": "You are a coding agent.",
