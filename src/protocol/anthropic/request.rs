@@ -61,10 +61,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 /// messages and tools are not kept: the request says `messages_unread`. Whatever this reading does not
 /// accept goes to the typed path, which names what is wrong.
 pub fn decode_request_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
-    match request_unread(body) {
-        Some(request) => Ok(request),
-        None => decode_request(body),
-    }
+    request_unread(body).map_or_else(|| decode_request(body), Ok)
 }
 
 fn request_unread(body: &[u8]) -> Option<ChatRequest> {

@@ -118,10 +118,7 @@ pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError>
 /// it, but its messages, system prompt and tools are not kept: the request says `messages_unread`.
 /// Whatever this reading does not accept goes to the typed path, which names what is wrong.
 pub fn decode_chat_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
-    match chat_unread(body) {
-        Some(request) => Ok(request),
-        None => decode_chat_typed(body),
-    }
+    chat_unread(body).map_or_else(|| decode_chat_typed(body), Ok)
 }
 
 fn chat_unread(body: &[u8]) -> Option<ChatRequest> {

@@ -130,10 +130,7 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
 /// history joins the canonical request) goes to the typed path, as does whatever this reading does not
 /// accept, so errors are the typed path's.
 pub fn decode_request_unread(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
-    match request_unread(body) {
-        Some(request) => Ok(request),
-        None => decode_request(body),
-    }
+    request_unread(body).map_or_else(|| decode_request(body), Ok)
 }
 
 fn request_unread(body: &[u8]) -> Option<ResponsesRequest> {
