@@ -224,9 +224,10 @@ def anthropic_body(system, tools, turns, final, stream):
     return body
 
 
-def responses_body(system, tools, turns, final, stream):
+def responses_body(system, tools, turns, final, stream, store=False):
     """The Responses API shape a coding agent (Codex, the Agents SDK) sends: the history as input items,
-    nothing stored (`store: false`: the client resends it every turn)."""
+    resent every turn; nothing stored (`store: false`, as Codex sends it), or with `store` the answer
+    stored too (the API's default, which the Agents SDK keeps while resending its history)."""
     items = []
     for role, text, calls, answers in turns:
         if role == "assistant":
@@ -247,7 +248,7 @@ def responses_body(system, tools, turns, final, stream):
         "tool_choice": "auto",
         "max_output_tokens": 1024,
         "temperature": 0,
-        "store": False,
+        "store": store,
     }
     if stream:
         body["stream"] = True
@@ -257,7 +258,7 @@ def responses_body(system, tools, turns, final, stream):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, required=True, help="target body size in bytes")
-    parser.add_argument("--shape", choices=["openai", "anthropic", "responses"], default="openai")
+    parser.add_argument("--shape", choices=["openai", "anthropic", "responses", "responses-stored"], default="openai")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--marker", choices=["last", "all"], default="last")
     parser.add_argument("--tools", type=int, default=24, help="tool definitions (at most 30)")
@@ -270,7 +271,12 @@ def main():
     fixed = len(system) + len(json.dumps(tools)) + 500
     turns = history(rng, max(0, args.size - fixed), args.marker == "all", min(args.tools, len(TOOL_NAMES)))
     final = "Benchmark turn __N__: now run the tests again and summarize what changed."
-    build = {"openai": openai_body, "anthropic": anthropic_body, "responses": responses_body}[args.shape]
+    build = {
+        "openai": openai_body,
+        "anthropic": anthropic_body,
+        "responses": responses_body,
+        "responses-stored": lambda *a: responses_body(*a, store=True),
+    }[args.shape]
     text = json.dumps(build(system, tools, turns, final, args.stream), ensure_ascii=False, separators=(",", ":"))
     if args.out == "-":
         sys.stdout.write(text)

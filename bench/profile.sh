@@ -78,7 +78,7 @@ wait_ready "http://127.0.0.1:$GW_PORT/health"
 
 body=$BENCH/bodies/$BODY.json
 [[ $MODE == stream ]] && body=$BENCH/bodies/$BODY.stream.json
-if [[ ! -f $body && $BODY =~ ^agent(-anthropic|-responses)?-(50k|250k|1m)(-cold)?$ ]]; then
+if [[ ! -f $body && $BODY =~ ^agent(-anthropic|-responses-stored|-responses)?-(50k|250k|1m)(-cold)?$ ]]; then
 	# A coding-agent turn (see bench/agent_body.py and scenarios.txt), written on first use.
 	shape=openai marker=last
 	case ${BASH_REMATCH[2]} in 50k) size=50000 ;; 250k) size=250000 ;; 1m) size=1000000 ;; esac

@@ -387,7 +387,7 @@ preflight() {
 }
 
 # The file of a scenario's body: bench/bodies/<body>[.stream].json, or a coding-agent turn (agent-<size>,
-# agent-<size>-cold, agent-anthropic-<size>[-cold], agent-responses-<size>[-cold]; size 50k, 250k or 1m) that bench/agent_body.py writes
+# agent-<size>-cold, agent-anthropic-<size>[-cold], agent-responses[-stored]-<size>[-cold]; size 50k, 250k or 1m) that bench/agent_body.py writes
 # into $OUT/bodies on first use (deterministic: the same bytes every run).
 body_path() {
 	local body=$1 mode=$2 suffix=.json
@@ -396,7 +396,7 @@ body_path() {
 		echo "$BENCH/bodies/$body$suffix"
 		return
 	fi
-	[[ $body =~ ^agent(-anthropic|-responses)?-(50k|250k|1m)(-cold)?$ ]] || return 1
+	[[ $body =~ ^agent(-anthropic|-responses-stored|-responses)?-(50k|250k|1m)(-cold)?$ ]] || return 1
 	local shape=openai size marker=last file=$OUT/bodies/$body$suffix args=()
 	[[ -n ${BASH_REMATCH[1]} ]] && shape=${BASH_REMATCH[1]#-}
 	case ${BASH_REMATCH[2]} in 50k) size=50000 ;; 250k) size=250000 ;; 1m) size=1000000 ;; esac

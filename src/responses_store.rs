@@ -2,8 +2,9 @@
 //! memory, bounded by entries and bytes with a TTL, or in Redis when `state.redis_url` is set (then any
 //! replica continues any conversation).
 //!
-//! The store keeps opaque entries (`protocol::responses::stored_entry`: owner, the conversation's input
-//! items and the `response` object) under the response id. Like the response cache, it is built once at
+//! The store keeps each answer (`protocol::responses::StoredResponse`: owner, the conversation's input
+//! items and the `response` object) under the response id: in memory as its parts (nothing copied), in
+//! Redis as one JSON entry. Like the response cache, it is built once at
 //! startup and kept across reloads; its settings (`responses:`) apply from startup.
 
 use std::fmt;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::config_error::Invalid;
+use crate::protocol::responses::StoredResponse;
 use crate::store::{RedisStore, StateStore, StoreUnavailable};
 
 /// The `responses:` config section.
@@ -105,13 +107,13 @@ struct MemoryInner {
 
 #[derive(Clone)]
 struct Entry {
-    bytes: Bytes,
+    stored: StoredResponse,
     until: tokio::time::Instant,
 }
 
 /// An entry's weight against `max_bytes`.
 fn weight(id: &str, entry: &Entry) -> u64 {
-    entry.bytes.len() as u64 + id.len() as u64 + ENTRY_OVERHEAD
+    entry.stored.len() as u64 + id.len() as u64 + ENTRY_OVERHEAD
 }
 
 impl Memory {
@@ -133,19 +135,19 @@ impl Memory {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, id: &str) -> Option<Bytes> {
+    fn get(&self, id: &str) -> Option<StoredResponse> {
         let mut inner = self.lock();
         let entry = inner.entries.get(id)?;
         if entry.until <= tokio::time::Instant::now() {
             inner.remove(id);
             return None;
         }
-        Some(entry.bytes.clone())
+        Some(entry.stored.clone())
     }
 
-    fn insert(&self, id: &str, bytes: Bytes) {
+    fn insert(&self, id: &str, stored: StoredResponse) {
         let entry = Entry {
-            bytes,
+            stored,
             until: tokio::time::Instant::now() + self.ttl,
         };
         let mut inner = self.lock();
@@ -205,8 +207,9 @@ impl ResponseStore {
         self.enabled
     }
 
-    /// The entry stored under `id`; `Ok(None)` when there is none (or it expired).
-    pub async fn get(&self, id: &str) -> Result<Option<Bytes>, StoreUnavailable> {
+    /// The answer stored under `id`; `Ok(None)` when there is none (or it expired, or a Redis
+    /// entry under it cannot be read).
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<StoredResponse>, StoreUnavailable> {
         if !self.enabled {
             return Ok(None);
         }
@@ -215,22 +218,28 @@ impl ResponseStore {
             Backend::Redis { store, .. } => store
                 .query::<Option<Vec<u8>>>(&redis::Cmd::get(redis_key(store, id)))
                 .await
-                .map(|found| found.map(Bytes::from)),
+                .map(|found| {
+                    found.and_then(|entry| StoredResponse::from_json(&Bytes::from(entry)))
+                }),
         }
     }
 
-    /// Keep `entry` under `id` for the TTL (replacing an entry with the same id).
-    pub async fn put(&self, id: &str, entry: Bytes) -> Result<(), StoreUnavailable> {
+    /// Keep `stored` under `id` for the TTL (replacing an entry with the same id).
+    pub(crate) async fn put(
+        &self,
+        id: &str,
+        stored: StoredResponse,
+    ) -> Result<(), StoreUnavailable> {
         if !self.enabled {
             return Ok(());
         }
         match &self.backend {
             Backend::Memory(memory) => {
-                memory.insert(id, entry);
+                memory.insert(id, stored);
                 Ok(())
             }
             Backend::Redis { store, ttl_ms } => {
-                let cmd = redis::Cmd::pset_ex(redis_key(store, id), entry.as_ref(), *ttl_ms);
+                let cmd = redis::Cmd::pset_ex(redis_key(store, id), stored.to_json(), *ttl_ms);
                 store.query::<()>(&cmd).await
             }
         }
@@ -254,9 +263,23 @@ impl ResponseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::responses::StoredInput;
 
     fn memory(cfg: ResponsesConfig) -> ResponseStore {
         ResponseStore::new(&cfg, StateStore::memory())
+    }
+
+    /// An answer of about `len` bytes whose response says `text`.
+    fn answer(text: &'static str, len: usize) -> StoredResponse {
+        StoredResponse {
+            owner: None,
+            input: StoredInput::Items(Bytes::from(vec![b' '; len])),
+            response: Bytes::from_static(text.as_bytes()),
+        }
+    }
+
+    fn text(found: Option<StoredResponse>) -> Option<Bytes> {
+        found.map(|stored| stored.response)
     }
 
     #[tokio::test(start_paused = true)]
@@ -265,14 +288,14 @@ mod tests {
             ttl_s: 10.0,
             ..ResponsesConfig::default()
         });
-        store.put("resp_a", Bytes::from_static(b"a")).await.unwrap();
+        store.put("resp_a", answer("a", 0)).await.unwrap();
         assert_eq!(
-            store.get("resp_a").await.unwrap().as_deref(),
+            text(store.get("resp_a").await.unwrap()).as_deref(),
             Some(&b"a"[..])
         );
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(store.get("resp_a").await.unwrap(), None);
-        store.put("resp_b", Bytes::from_static(b"b")).await.unwrap();
+        store.put("resp_b", answer("b", 0)).await.unwrap();
         assert!(store.delete("resp_b").await.unwrap());
         assert!(!store.delete("resp_b").await.unwrap());
         assert_eq!(store.get("resp_b").await.unwrap(), None);
@@ -287,7 +310,7 @@ mod tests {
         });
         for i in 0..100 {
             store
-                .put(&format!("resp_{i}"), Bytes::from(vec![b'x'; 100]))
+                .put(&format!("resp_{i}"), answer("x", 100))
                 .await
                 .unwrap();
         }
@@ -300,11 +323,29 @@ mod tests {
         assert!((1..=10).contains(&kept), "{kept}");
         // The newest answer is the one a client continues: it is there.
         assert!(store.get("resp_99").await.unwrap().is_some());
+        // Weighed by what an answer holds: three of 40 KB fill 100 KB.
+        let by_bytes = memory(ResponsesConfig {
+            max_bytes: 100_000,
+            ..ResponsesConfig::default()
+        });
+        for i in 0..5 {
+            by_bytes
+                .put(&format!("resp_{i}"), answer("x", 40_000))
+                .await
+                .unwrap();
+        }
+        let mut kept = 0;
+        for i in 0..5 {
+            if by_bytes.get(&format!("resp_{i}")).await.unwrap().is_some() {
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, 2);
         let off = memory(ResponsesConfig {
             enabled: false,
             ..ResponsesConfig::default()
         });
-        off.put("resp_x", Bytes::from_static(b"x")).await.unwrap();
+        off.put("resp_x", answer("x", 0)).await.unwrap();
         assert_eq!(off.get("resp_x").await.unwrap(), None);
     }
 

@@ -328,9 +328,9 @@ impl Drop for RequestCtx {
 /// What an answer to a Responses request stores once it is complete (`pipeline::responses` fills and
 /// stores it).
 pub struct PendingResponse {
-    /// The whole conversation's input items (a JSON array; a slice of the request body when the
-    /// request continued nothing).
-    pub(super) input_items: Bytes,
+    /// The whole conversation's input items (the request body they are in when the request
+    /// continued nothing).
+    pub(super) input_items: crate::protocol::responses::StoredInput,
     /// The client key's name (`None` on an open gateway): only that key may read or continue it.
     pub(super) owner: Option<String>,
 }

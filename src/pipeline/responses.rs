@@ -3,12 +3,11 @@
 //! it), each answer is stored before the client can see it end (so the client's next turn finds it on
 //! any replica), the echo backend's Responses answers, and `GET`/`DELETE /v1/responses/{id}`.
 
-use std::borrow::Cow;
-
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::de::IgnoredAny;
 
 use crate::auth::Principal;
 use crate::config::BackendConfig;
@@ -16,7 +15,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::http::error_body;
 use crate::protocol::json_patch::{json_string, set_fields};
 use crate::protocol::responses::stream::{final_response_of, replay};
-use crate::protocol::responses::{StoredView, encode_response_bytes, stored_entry};
+use crate::protocol::responses::{StoredInput, StoredResponse, encode_response_bytes};
 use crate::protocol::stream::StreamOptions;
 use crate::protocol::{ApiRequest, ChatResponse, FinishReason, Part, Protocol, ResponseSummary};
 use crate::state::AppState;
@@ -27,7 +26,7 @@ use super::{RequestCtx, gate, reply};
 
 /// What [`prepare`] found, checked by [`admitted`] once the client's key is known.
 pub struct Prepared {
-    input_items: Bytes,
+    input_items: StoredInput,
     store: bool,
     /// The continued answer's id and owner.
     continued: Option<(String, Option<String>)>,
@@ -64,10 +63,9 @@ pub async fn prepare(
     let ApiRequest::Responses(request) = request else {
         return Ok(None);
     };
-    let new_items = request.input_items.bytes(body);
     let Some(previous) = request.previous_response_id.clone() else {
         return Ok(Some(Prepared {
-            input_items: new_items,
+            input_items: request.input_items.stored(body),
             store: request.store,
             continued: None,
         }));
@@ -77,20 +75,19 @@ pub async fn prepare(
         .await
         .map_err(|_| unavailable())?
         .ok_or_else(|| not_found(&previous))?;
-    let view = StoredView::read(&stored).ok_or_else(|| not_found(&previous))?;
-    let owner = view.owner.as_ref().map(|owner| owner.to_string());
+    let new_items = request.input_items.bytes(body);
     // The body was checked to be UTF-8 and the items are a span of it (or text of ours).
     let new_items = std::str::from_utf8(&new_items).unwrap_or("[]");
     let items = request
-        .continue_from(&view.conversation(), new_items)
+        .continue_from(&stored.conversation(), new_items)
         .map_err(|error| GatewayError::invalid(error.message, error.param))?;
     *body = set_fields(body, &[("input", &items), ("previous_response_id", "null")])
         .map(Bytes::from)
         .map_err(|error| GatewayError::invalid(error.message, error.param))?;
     Ok(Some(Prepared {
-        input_items: Bytes::from(items),
+        input_items: StoredInput::Items(Bytes::from(items)),
         store: request.store,
-        continued: Some((previous, owner)),
+        continued: Some((previous, stored.owner)),
     }))
 }
 
@@ -122,23 +119,23 @@ pub fn admitted(
 
 /// Store the answer whose final `response` object is `response`, if this request stores one. Called
 /// before the answer's last bytes go to the client.
-pub(crate) async fn store_final(state: &AppState, ctx: &mut RequestCtx, response: &[u8]) {
+pub(crate) async fn store_final(state: &AppState, ctx: &mut RequestCtx, response: Bytes) {
     let Some(pending) = ctx.responses.take() else {
         return;
     };
-    let entry = stored_entry(pending.owner.as_deref(), &pending.input_items, response);
-    if state
-        .responses()
-        .put(&ctx.id, Bytes::from(entry))
-        .await
-        .is_err()
-    {
+    let entry = StoredResponse {
+        owner: pending.owner,
+        input: pending.input_items.detached(),
+        response,
+    };
+    if state.responses().put(&ctx.id, entry).await.is_err() {
         tracing::warn!(id = %ctx.id, "conversation store unavailable; this response cannot be continued");
     }
 }
 
-/// Store a complete answer already in hand (a JSON body, or a replayed stream with its whole body)
-/// before it is sent; streams relayed from an upstream store themselves as they end (`streaming::stream`).
+/// Store a complete answer already in hand (a cache hit: a JSON body, or a replayed stream with its
+/// whole body) before it is sent, if nothing stored it yet: an upstream's JSON answer is stored where it
+/// is read (`attempt::exchange`), streams relayed from an upstream as they end (`streaming::stream`).
 pub async fn store_complete(
     state: &AppState,
     ctx: &mut RequestCtx,
@@ -166,13 +163,13 @@ async fn store_body(state: &AppState, ctx: &mut RequestCtx, response: Response) 
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return Response::from_parts(parts, Body::empty());
     };
-    let response: Option<Cow<'_, [u8]>> = if sse {
-        final_response_of(&bytes).map(Cow::Owned)
+    let response = if sse {
+        final_response_of(&bytes).map(Bytes::from)
     } else {
-        Some(Cow::Borrowed(&bytes[..]))
+        Some(bytes.clone())
     };
     if let Some(response) = response {
-        store_final(state, ctx, &response).await;
+        store_final(state, ctx, response).await;
     }
     Response::from_parts(parts, Body::from(bytes))
 }
@@ -216,7 +213,7 @@ pub async fn echo(
             ..StreamOptions::default()
         };
         let (events, last) = replay(&response, &opts, created);
-        store_final(&state, ctx, &last).await;
+        store_final(&state, ctx, Bytes::from(last)).await;
         let frames = split_events(events.freeze());
         return Ok(reply::paced(
             frames,
@@ -226,9 +223,10 @@ pub async fn echo(
         ));
     }
     let body = encode_response_bytes(&response, created, echo.as_str());
-    let body = set_fields(&body, &[("backend", &json_string(&backend.name))]).unwrap_or(body);
-    store_final(&state, ctx, &body).await;
-    Ok(reply::json(Bytes::from(body), &backend.name))
+    let body =
+        Bytes::from(set_fields(&body, &[("backend", &json_string(&backend.name))]).unwrap_or(body));
+    store_final(&state, ctx, body.clone()).await;
+    Ok(reply::json(body, &backend.name))
 }
 
 /// An SSE body cut into its events (each with its blank line).
@@ -255,20 +253,19 @@ fn json(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-/// The stored entry for `id` the calling key may see.
+/// The stored answer `id` the calling key may see.
 async fn owned_entry(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
-) -> Result<Bytes, GatewayError> {
+) -> Result<StoredResponse, GatewayError> {
     let snapshot = state.snapshot();
     let principal = gate::authenticate(state, &snapshot.keys, headers)?;
     let entry = state.responses().get(id).await.map_err(|_| unavailable())?;
     let missing = || GatewayError::new(ErrorKind::NotFound, format!("no stored response '{id}'"));
     let entry = entry.ok_or_else(missing)?;
-    let view = StoredView::read(&entry).ok_or_else(missing)?;
     let caller = principal.as_deref().map(|principal| &*principal.name);
-    if view.owner.as_deref() != caller {
+    if entry.owner.as_deref() != caller {
         return Err(missing());
     }
     Ok(entry)
@@ -277,16 +274,14 @@ async fn owned_entry(
 /// `GET /v1/responses/{id}`: the stored `response` object.
 pub async fn get(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
     match owned_entry(state, headers, id).await {
-        Ok(entry) => match StoredView::read(&entry) {
-            Some(view) => json(
-                StatusCode::OK,
-                Bytes::copy_from_slice(view.response.get().as_bytes()),
-            ),
-            None => error_body::response(
-                Protocol::Responses,
-                &GatewayError::new(ErrorKind::NotFound, format!("no stored response '{id}'")),
-            ),
-        },
+        // A response read back from Redis is checked before it is sent.
+        Ok(entry) if serde_json::from_slice::<IgnoredAny>(&entry.response).is_ok() => {
+            json(StatusCode::OK, entry.response)
+        }
+        Ok(_) => error_body::response(
+            Protocol::Responses,
+            &GatewayError::new(ErrorKind::NotFound, format!("no stored response '{id}'")),
+        ),
         Err(error) => error_body::response(Protocol::Responses, &error),
     }
 }

@@ -94,12 +94,12 @@ impl Streaming {
     /// (Boxed: rare, and inline its Redis call would grow every stream's state.)
     async fn store_response(&mut self) {
         if self.ctx.responses.is_some()
-            && let Some(last) = self.relay.completed_response().map(<[u8]>::to_vec)
+            && let Some(last) = self.relay.completed_response().map(Bytes::copy_from_slice)
         {
             Box::pin(super::responses::store_final(
                 &self.state,
                 &mut self.ctx,
-                &last,
+                last,
             ))
             .await;
         }

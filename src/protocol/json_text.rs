@@ -140,6 +140,91 @@ pub(crate) fn tail<'a>(whole: &'a str, rest: &[u8]) -> Option<&'a str> {
     whole.get(whole.len().checked_sub(rest.len())?..)
 }
 
+/// Where the value of member `name` of the JSON object in `json` sits (the first such member; a key
+/// written with escapes is compared by its text). Meant for documents a parser already accepted — a
+/// request body after its decode, a stored entry we wrote — where it is a second, cheap read: strings
+/// are skipped eight bytes a step, where `serde_json`'s `RawValue` skips them a byte at a time (its
+/// ignore path). On any other bytes it never panics; it may give `None` or a range the caller's own
+/// parse of it then refuses. Held to `RawValue`'s offsets by a property test.
+pub(crate) fn member_range(json: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
+    let mut at = skip_space(json, 0);
+    if json.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_space(json, at + 1);
+    if json.get(at) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        let (close, escaped) = string_end(json.get(at..)?)?;
+        let key = json.get(at..=at + close)?;
+        let found = if escaped {
+            serde_json::from_slice::<String>(key).ok()? == name
+        } else {
+            key.get(1..key.len() - 1)? == name.as_bytes()
+        };
+        at = skip_space(json, at + close + 1);
+        if json.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = skip_space(json, at + 1);
+        let end = value_end(json, start)?;
+        if found {
+            return Some(start..end);
+        }
+        at = skip_space(json, end);
+        if json.get(at) != Some(&b',') {
+            return None;
+        }
+        at = skip_space(json, at + 1);
+    }
+}
+
+/// The first index from `at` that is not JSON whitespace.
+fn skip_space(json: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = json.get(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Where the value starting at `start` ends (exclusive): a string by its closing quote, an array or
+/// object by its closing bracket (strings inside skipped whole), anything else at the next delimiter.
+fn value_end(json: &[u8], start: usize) -> Option<usize> {
+    match *json.get(start)? {
+        b'"' => Some(start + string_end(json.get(start..)?)?.0 + 1),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match *json.get(at)? {
+                    b'"' => {
+                        at += string_end(json.get(at..)?)?.0 + 1;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            let rest = json.get(start..)?;
+            let len = rest
+                .iter()
+                .position(|byte| matches!(byte, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len());
+            (len > 0).then_some(start + len)
+        }
+    }
+}
+
 /// Where hand-written JSON goes: a `Vec<u8>` (answers) or a `BytesMut` (stream events).
 pub(crate) trait Sink {
     fn put(&mut self, bytes: &[u8]);
@@ -351,6 +436,8 @@ pub(crate) fn with_stray_byte(
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
+
     use super::*;
 
     #[test]
@@ -454,5 +541,118 @@ mod tests {
             write_str(&mut out, &text);
             proptest::prop_assert_eq!(std::str::from_utf8(&out).unwrap(), expected.as_str());
         }
+
+        /// On any object as clients write one (any whitespace, keys written plainly or every
+        /// character escaped, any values), each member's range is where `RawValue` finds it, and a
+        /// name that is not there is `None`.
+        #[test]
+        fn member_range_finds_what_the_parser_finds(
+            object in member_object(),
+            absent in "[a-z]{1,3}",
+        ) {
+            let (text, keys) = object;
+            let parsed: std::collections::BTreeMap<String, &serde_json::value::RawValue> =
+                serde_json::from_str(&text).unwrap();
+            for key in &keys {
+                let raw = parsed[key].get();
+                let start = raw.as_ptr() as usize - text.as_ptr() as usize;
+                proptest::prop_assert_eq!(
+                    member_range(text.as_bytes(), key),
+                    Some(start..start + raw.len()),
+                    "{} in {}", key, text
+                );
+            }
+            if !parsed.contains_key(&absent) {
+                proptest::prop_assert_eq!(member_range(text.as_bytes(), &absent), None);
+            }
+        }
+
+        /// On any bytes — such an object with one stray byte anywhere, or noise — it never panics,
+        /// and a range it gives lies within the bytes.
+        #[test]
+        fn member_range_survives_any_bytes(
+            bytes in proptest::prop_oneof![
+                with_stray_byte(member_object().prop_map(|(text, _)| text)),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            ],
+            name in "[a-z]{1,3}",
+        ) {
+            if let Some(range) = member_range(&bytes, &name) {
+                proptest::prop_assert!(range.start <= range.end && range.end <= bytes.len());
+            }
+        }
+    }
+
+    /// A JSON object written with arbitrary whitespace, some keys escaped whole, and its keys.
+    fn member_object() -> impl proptest::strategy::Strategy<Value = (String, Vec<String>)> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            "(\\PC|[\"\\\\\\n\\x00-\\x1f{}\\[\\],:])*".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z\"]{0,3}", inner, 0..5)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        });
+        let space = prop_oneof![Just(""), Just(" "), Just("\n\t "), Just("\r\n")];
+        let member = (
+            "[a-z\"\\\\]{0,3}|\\PC{1,3}",
+            any::<bool>(),
+            value,
+            any::<bool>(),
+            space.clone(),
+            space,
+        );
+        proptest::collection::btree_map("[a-z]{1,3}", member, 0..6).prop_map(|members| {
+            let mut text = String::from("{");
+            let mut keys = Vec::new();
+            for (n, (prefix, (suffix, escape_key, value, pretty, before, after))) in
+                members.into_iter().enumerate()
+            {
+                // Unique keys: a short name (what lookups ask for) plus anything.
+                let key = if n % 2 == 0 {
+                    prefix
+                } else {
+                    format!("{prefix}{suffix}")
+                };
+                if keys.contains(&key) {
+                    continue;
+                }
+                if !keys.is_empty() {
+                    text.push(',');
+                }
+                text.push_str(before);
+                if escape_key {
+                    text.push('"');
+                    for unit in key.encode_utf16() {
+                        text.push_str(&format!("\\u{unit:04x}"));
+                    }
+                    text.push('"');
+                } else {
+                    text.push_str(&serde_json::to_string(&key).unwrap());
+                }
+                text.push_str(after);
+                text.push(':');
+                text.push_str(before);
+                let value = if pretty {
+                    serde_json::to_string_pretty(&value)
+                } else {
+                    serde_json::to_string(&value)
+                };
+                text.push_str(&value.unwrap());
+                text.push_str(after);
+                keys.push(key);
+            }
+            text.push('}');
+            (text, keys)
+        })
     }
 }

@@ -397,6 +397,15 @@ impl Call<'_> {
         drop(guard);
         let known_answer = self.summarize(&upstream_body, ctx);
         let body = self.store(body, known_answer, ctx);
+        if ctx.responses.is_some() {
+            // Stored here, where the answer's bytes are in hand (boxed: only Responses answers store).
+            Box::pin(crate::pipeline::responses::store_final(
+                self.exchange.state,
+                ctx,
+                body.clone(),
+            ))
+            .await;
+        }
         Ok(reply::json(body, &self.backend.name))
     }
 

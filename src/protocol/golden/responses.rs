@@ -654,7 +654,8 @@ fn fuzz_responses(bytes: &[u8]) {
         let _ = from;
     }
     let _ = responses::decode_response(bytes);
-    let _ = responses::StoredView::read(bytes).map(|view| view.conversation());
+    let _ = responses::StoredResponse::from_json(&bytes::Bytes::copy_from_slice(bytes))
+        .map(|stored| stored.conversation());
     let _ = responses::join_items(&[&String::from_utf8_lossy(bytes), "[1]"]);
     let _ = final_response_of(bytes);
     let response_opts = ResponseOptions {

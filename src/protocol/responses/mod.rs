@@ -24,7 +24,7 @@ pub use encode_request::encode_request;
 pub(crate) use input::join_items;
 pub use request::{InputItems, ResponsesRequest, decode_request, decode_request_unread};
 pub use response::decode_response;
-pub(crate) use stored::{StoredView, stored_entry};
+pub(crate) use stored::{StoredInput, StoredResponse};
 pub(crate) use write::encode_response_bytes;
 
 /// Prefix of a reasoning item's `encrypted_content` that carries Anthropic redacted thinking (plain

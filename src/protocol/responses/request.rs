@@ -40,8 +40,9 @@ pub struct ResponsesRequest {
 /// A request's `input` as a JSON array of items.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputItems {
-    /// Where the `input` array sits in the request body (read from there: no copy).
-    Span(std::ops::Range<usize>),
+    /// The `input` array of the request body (looked for there when needed: no copy, and no second
+    /// read of the body for an answer that is stored but never continued).
+    InBody,
     /// A string `input` as one user message item.
     Text(String),
     /// Not kept: nothing is stored and nothing continued (`store: false`, no `previous_response_id`).
@@ -52,9 +53,24 @@ impl InputItems {
     /// The items' JSON text, from the body the request was decoded from.
     pub fn bytes(&self, body: &bytes::Bytes) -> bytes::Bytes {
         match self {
-            InputItems::Span(range) if range.end <= body.len() => body.slice(range.clone()),
-            InputItems::Span(_) | InputItems::NotKept => bytes::Bytes::from_static(b"[]"),
+            InputItems::InBody => crate::protocol::json_text::member_range(body, "input")
+                .map_or_else(
+                    || bytes::Bytes::from_static(b"[]"),
+                    |range| body.slice(range),
+                ),
+            InputItems::NotKept => bytes::Bytes::from_static(b"[]"),
             InputItems::Text(text) => bytes::Bytes::from(text.clone()),
+        }
+    }
+
+    /// The items as an answer to the request stores them: the body they are in (copied when the
+    /// answer is stored, [`super::StoredInput::detached`]), or our items for a string `input`.
+    pub(crate) fn stored(&self, body: &bytes::Bytes) -> super::StoredInput {
+        match self {
+            InputItems::InBody => super::StoredInput::InBody(body.clone()),
+            InputItems::NotKept | InputItems::Text(_) => {
+                super::StoredInput::Items(self.bytes(body))
+            }
         }
     }
 }
@@ -112,9 +128,9 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
             InputWire::Items(items) => {
                 push_item_list(items, "input", chat)?;
                 // The items as written are kept only for an answer that is stored or a conversation
-                // that is continued: finding them in the body is a second read of it.
+                // that is continued.
                 if keep {
-                    InputItems::Span(input_span(body))
+                    InputItems::InBody
                 } else {
                     InputItems::NotKept
                 }
@@ -144,7 +160,7 @@ fn request_unread(body: &[u8]) -> Option<ResponsesRequest> {
         InputWire::Items(items) => {
             check_item_list(&items, "input")?;
             Ok(if keep {
-                InputItems::Span(input_span(body))
+                InputItems::InBody
             } else {
                 InputItems::NotKept
             })
@@ -232,23 +248,6 @@ fn decode_wire<T: WireText>(
         input_items,
         echo,
     })
-}
-
-/// Where the `input` array sits in `body`, a body `decode_request` has read.
-fn input_span(body: &[u8]) -> std::ops::Range<usize> {
-    #[derive(Deserialize)]
-    struct InputOnly<'a> {
-        #[serde(borrow)]
-        input: Option<&'a RawValue>,
-    }
-    match serde_json::from_slice::<InputOnly<'_>>(body) {
-        Ok(InputOnly { input: Some(raw) }) => {
-            // The raw value borrows from `body`: its offset there.
-            let start = (raw.get().as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-            start..start + raw.get().len()
-        }
-        _ => 0..0,
-    }
 }
 
 /// JSON text with its line breaks made spaces: a line break in JSON text is whitespace between tokens

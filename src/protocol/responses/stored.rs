@@ -1,42 +1,60 @@
 //! The stored-conversation layout: an answer as the conversation store keeps it (owner, the
-//! conversation's input items, the `response` object), and reading one back.
+//! conversation's input items, the `response` object), in memory as parts and in Redis as one JSON
+//! entry, and reading one back.
 
-use std::borrow::Cow;
-
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::join_items;
+use crate::protocol::json_text::{member_range, read_str};
 
 // === Stored conversations ===
 
-/// A stored answer as the conversation store keeps it: who owns it (the client key's name, `null` on an
-/// open gateway), the whole conversation's input items, and the `response` object the client got.
-pub(crate) fn stored_entry(owner: Option<&str>, input_items: &[u8], response: &[u8]) -> Vec<u8> {
-    let owner = owner.map_or_else(
-        || "null".to_owned(),
-        crate::protocol::json_patch::json_string,
-    );
-    let mut out = Vec::with_capacity(owner.len() + input_items.len() + response.len() + 32);
-    out.extend_from_slice(br#"{"owner":"#);
-    out.extend_from_slice(owner.as_bytes());
-    out.extend_from_slice(br#","input":"#);
-    out.extend_from_slice(input_items);
-    out.extend_from_slice(br#","response":"#);
-    out.extend_from_slice(response);
-    out.push(b'}');
-    out
+/// A stored answer: who owns it (the client key's name, `None` on an open gateway), the whole
+/// conversation's input items, and the `response` object the client got.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct StoredResponse {
+    pub owner: Option<String>,
+    pub input: StoredInput,
+    pub response: Bytes,
 }
 
-/// A stored answer, read without building a JSON tree.
-#[derive(Deserialize)]
-pub(crate) struct StoredView<'a> {
-    #[serde(borrow)]
-    pub owner: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    pub input: &'a RawValue,
-    #[serde(borrow)]
-    pub response: &'a RawValue,
+/// The conversation's input items as a stored answer holds them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum StoredInput {
+    /// The items' JSON array.
+    Items(Bytes),
+    /// A request body (a copy of it) whose `input` member is the items' array. It is looked for
+    /// when the answer is continued: most stored answers never are (a client that resends its
+    /// history stores every turn), and finding the array is a read of the whole body.
+    InBody(Bytes),
+}
+
+impl StoredInput {
+    /// The items' JSON array.
+    pub fn items(&self) -> Bytes {
+        match self {
+            StoredInput::Items(items) => items.clone(),
+            StoredInput::InBody(body) => member_range(body, "input")
+                .map_or_else(|| Bytes::from_static(b"[]"), |range| body.slice(range)),
+        }
+    }
+
+    /// Itself with a request body copied out of the buffer it came in: a body may share its
+    /// allocation with the connection's read buffer, which a stored answer must not hold for its TTL.
+    pub fn detached(self) -> StoredInput {
+        match self {
+            StoredInput::InBody(body) => StoredInput::InBody(Bytes::copy_from_slice(&body)),
+            items => items,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            StoredInput::Items(bytes) | StoredInput::InBody(bytes) => bytes.len(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -45,19 +63,60 @@ struct OutputOnly<'a> {
     output: Option<&'a RawValue>,
 }
 
-impl StoredView<'_> {
-    /// Read an entry written by [`stored_entry`].
-    pub fn read(bytes: &[u8]) -> Option<StoredView<'_>> {
-        serde_json::from_slice(bytes).ok()
+impl StoredResponse {
+    /// The bytes it holds (what the in-memory store weighs).
+    pub fn len(&self) -> usize {
+        self.owner.as_ref().map_or(0, String::len) + self.input.len() + self.response.len()
     }
 
     /// The conversation so far: the stored input items followed by the response's output items.
     pub fn conversation(&self) -> String {
-        let output = serde_json::from_str::<OutputOnly<'_>>(self.response.get())
+        let output = std::str::from_utf8(&self.response)
             .ok()
+            .and_then(|response| serde_json::from_str::<OutputOnly<'_>>(response).ok())
             .and_then(|response| response.output)
             .map_or("[]", RawValue::get);
-        join_items(&[self.input.get(), output])
+        let items = self.input.items();
+        join_items(&[&String::from_utf8_lossy(&items), output])
+    }
+
+    /// The entry as Redis keeps it: `{"owner":…,"input":[…],"response":{…}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let owner = self.owner.as_deref().map_or_else(
+            || "null".to_owned(),
+            crate::protocol::json_patch::json_string,
+        );
+        let input = self.input.items();
+        let mut out = Vec::with_capacity(owner.len() + input.len() + self.response.len() + 32);
+        out.extend_from_slice(br#"{"owner":"#);
+        out.extend_from_slice(owner.as_bytes());
+        out.extend_from_slice(br#","input":"#);
+        out.extend_from_slice(&input);
+        out.extend_from_slice(br#","response":"#);
+        out.extend_from_slice(&self.response);
+        out.push(b'}');
+        out
+    }
+
+    /// Read an entry written by [`StoredResponse::to_json`]; its parts are slices of `entry`. The
+    /// members are found by [`member_range`] (a conversation's entry holds its whole history, which
+    /// `RawValue` would skip a byte at a time); whoever uses `input` and `response` parses them (a
+    /// continuation reads the items, `GET` checks the response).
+    pub fn from_json(entry: &Bytes) -> Option<StoredResponse> {
+        let text = simdutf8::basic::from_utf8(entry).ok()?;
+        let member = |name| member_range(entry, name);
+        let owner = match text.get(member("owner")?)? {
+            "null" => None,
+            quoted => match read_str(quoted)? {
+                (owner, len) if len == quoted.len() => Some(owner.into_owned()),
+                _ => return None,
+            },
+        };
+        Some(StoredResponse {
+            owner,
+            input: StoredInput::Items(entry.slice(member("input")?)),
+            response: entry.slice(member("response")?),
+        })
     }
 }
 
@@ -66,16 +125,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_entries_read_back() {
-        let entry = stored_entry(
-            Some("team-a"),
-            br#"[{"role":"user","content":"hi"}]"#,
+    fn stored_answers_read_back_from_json() {
+        let response = Bytes::from_static(
             br#"{"id":"resp_1","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"yo"}]}]}"#,
         );
-        let view = StoredView::read(&entry).unwrap();
-        assert_eq!(view.owner.as_deref(), Some("team-a"));
-        let conversation = view.conversation();
-        assert!(conversation.starts_with(r#"[{"role":"user""#));
-        assert!(conversation.contains(r#""text":"yo""#));
+        for (owner, input) in [
+            (
+                Some("team \"a\""),
+                StoredInput::Items(Bytes::from_static(br#"[{"role":"user","content":"hi"}]"#)),
+            ),
+            (
+                None,
+                StoredInput::InBody(Bytes::from_static(
+                    br#"{"model":"m","input":[{"role":"user","content":"hi"}],"tools":[]}"#,
+                )),
+            ),
+        ] {
+            let stored = StoredResponse {
+                owner: owner.map(str::to_owned),
+                input,
+                response: response.clone(),
+            };
+            let read = StoredResponse::from_json(&Bytes::from(stored.to_json())).unwrap();
+            assert_eq!(read.owner.as_deref(), owner);
+            assert_eq!(&read.response[..], &response[..]);
+            assert_eq!(
+                &read.input.items()[..],
+                br#"[{"role":"user","content":"hi"}]"#
+            );
+            for conversation in [stored.conversation(), read.conversation()] {
+                assert!(conversation.starts_with(r#"[{"role":"user""#));
+                assert!(conversation.ends_with(r#""text":"yo"}]}]"#));
+            }
+        }
+        assert_eq!(
+            StoredResponse::from_json(&Bytes::from_static(b"{\"owner\":1")),
+            None
+        );
     }
 }
