@@ -12,6 +12,7 @@
 # MOCK_ARGS (extra mock options, e.g. "--answer tool-call": every answer a function call),
 # GATEWAY_BIN (another gateway binary, e.g. bench/pgo.sh's profile-guided build),
 # UNIQUE=1 (every request's body different: "__N__" in it becomes a counter, a cache-miss load),
+# SETUP (a command run before the warm-up, with GW_URL set; see below),
 # VALGRIND_ARGS (extra callgrind options, e.g. "--cache-sim=yes --LL=1048576,16,64" to count misses of a
 # simulated 1 MiB last-level cache, this machine's L2 per core; with CONC=256 it shows what a large number
 # of connections costs in memory).
@@ -75,6 +76,11 @@ GW_PID=$!
 PIDS+=($GW_PID)
 control() { callgrind_control --vgdb-prefix="$VGDB_PREFIX" "$@" "$GW_PID" >/dev/null 2>&1; }
 wait_ready "http://127.0.0.1:$GW_PORT/health"
+# SETUP: a command run once the gateway is up, before the warm-up (GW_URL is its base URL), e.g. a request
+# storing the Responses answer that the measured requests continue (`previous_response_id`).
+if [[ -n ${SETUP:-} ]]; then
+	GW_URL=http://127.0.0.1:$GW_PORT BENCH=$BENCH bash -c "$SETUP"
+fi
 
 body=$BENCH/bodies/$BODY.json
 [[ $MODE == stream ]] && body=$BENCH/bodies/$BODY.stream.json

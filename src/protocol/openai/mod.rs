@@ -18,8 +18,8 @@ pub(crate) use encode_request::tests::request as any_chat_request;
 pub use encode_response::encode_response;
 pub(crate) use encode_response::{encode_response_bytes, usage_json};
 pub(crate) use parse::{
-    body_text, missing, parse, parse_field, required_messages, response_object, str_member,
-    tool_choice_word,
+    body_text, missing, parse, parse_field, parse_field_text, required_messages, response_object,
+    str_member, tool_choice_word,
 };
 pub(crate) use request::decode_chat_typed;
 #[cfg(test)]

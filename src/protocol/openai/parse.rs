@@ -109,13 +109,27 @@ pub(crate) fn parse_field<'a, T: Deserialize<'a>>(
     raw: &'a RawValue,
     field: &str,
 ) -> Result<T, DecodeError> {
+    parse_field_text(raw.get(), field)
+}
+
+/// [`parse_field`] for JSON text not checked yet (a syntax error is named too).
+pub(crate) fn parse_field_text<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    field: &str,
+) -> Result<T, DecodeError> {
     // Fast path, as in `parse`: tracking the path costs several times the plain decode (two thirds
     // of a 250 KB Responses request's input items), and only a value that does not fit needs it.
-    if let Ok(value) = serde_json::from_str::<T>(raw.get()) {
+    if let Ok(value) = serde_json::from_str::<T>(text) {
         return Ok(value);
     }
-    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    let mut deserializer = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        if error.inner().is_syntax() || error.inner().is_eof() {
+            return DecodeError::new(
+                format!("{field}: invalid JSON: {}", error.into_inner()),
+                Some(field.into()),
+            );
+        }
         let inner = error.path().to_string();
         let path = if inner.is_empty() || inner == "." {
             field.to_owned()

@@ -6,7 +6,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::REDACTED_PREFIX;
-use crate::protocol::openai::{StringOrParts, WireText, image_part, missing, parse_field};
+use crate::protocol::openai::{
+    StringOrParts, WireText, image_part, missing, parse_field, parse_field_text,
+};
 use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
 
 /// One input item, as far as the canonical model reads it; unknown item types are skipped. Its texts
@@ -75,19 +77,12 @@ impl ContentWire {
 /// function calls that follow one another form one assistant turn, and each `function_call_output`
 /// is a tool message. Unknown item types (hosted tool calls, item references) are skipped.
 pub(crate) fn push_items(
-    items: &[u8],
+    items: &str,
     field: &str,
     chat: &mut ChatRequest,
 ) -> Result<(), DecodeError> {
-    let text = std::str::from_utf8(items)
-        .map_err(|_| DecodeError::new(format!("{field}: not valid UTF-8"), Some(field.into())))?;
-    let raw: &RawValue = serde_json::from_str(text).map_err(|error| {
-        DecodeError::new(
-            format!("{field}: invalid JSON: {error}"),
-            Some(field.into()),
-        )
-    })?;
-    push_raw_items(raw, field, chat)
+    // Read in one pass: checking it as a `RawValue` first would skip a long history a byte at a time.
+    push_item_list(parse_field_text(items, field)?, field, chat)
 }
 
 /// [`push_items`] for items the request's own decode has already read as JSON.

@@ -475,7 +475,7 @@ impl ResponsesRequest {
             messages: Vec::new(),
             ..std::mem::take(&mut self.chat)
         };
-        push_items(items.as_bytes(), "input", &mut chat)?;
+        push_items(&items, "input", &mut chat)?;
         self.chat = chat;
         Ok(items)
     }
@@ -614,6 +614,24 @@ mod tests {
         assert_eq!(chat.messages.len(), 3);
         assert_eq!(chat.messages[2].role, Role::Tool);
         assert_eq!(join_items(&["[ ]", "[1]", " [2, 3] "]), "[1,2, 3]");
+        // A stored conversation that is not JSON, or holds a wrong item, is named as the input.
+        let mut request = decode_request(&body).unwrap();
+        let error = request
+            .continue_from(r#"[{"role":"user",]"#, "[]")
+            .unwrap_err();
+        assert!(
+            error.message.starts_with("input: invalid JSON:"),
+            "{}",
+            error.message
+        );
+        let error = request
+            .continue_from(r#"[{"role":"wizard","content":"x"}]"#, "[]")
+            .unwrap_err();
+        assert!(
+            error.message.starts_with("input[0].role: unknown role"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

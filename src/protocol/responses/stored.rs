@@ -77,7 +77,8 @@ impl StoredResponse {
             .and_then(|response| response.output)
             .map_or("[]", RawValue::get);
         let items = self.input.items();
-        join_items(&[&String::from_utf8_lossy(&items), output])
+        // A request body's, checked when it was decoded, or an entry's, checked when it was read.
+        join_items(&[simdutf8::basic::from_utf8(&items).unwrap_or("[]"), output])
     }
 
     /// The entry as Redis keeps it: `{"owner":…,"input":[…],"response":{…}}`.
