@@ -11,6 +11,8 @@ pub(crate) mod exact_request;
 mod golden;
 pub mod json_patch;
 pub(crate) mod json_text;
+/// Public for the fuzz target that holds it to serde_json.
+pub use json_text::member_range;
 pub mod openai;
 pub mod responses;
 // `stream.rs` names the Responses stream encoder and decoder by this path.
