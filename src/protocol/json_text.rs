@@ -147,6 +147,28 @@ pub(crate) fn tail<'a>(whole: &'a str, rest: &[u8]) -> Option<&'a str> {
 /// ignore path). On any other bytes it never panics; it may give `None` or a range the caller's own
 /// parse of it then refuses. Held to `RawValue`'s offsets by a property test.
 pub fn member_range(json: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
+    let [range] = member_ranges(json, [name]);
+    range
+}
+
+/// [`member_range`] for several names in one read of the object: each name's range, `None` for a
+/// name not found before the object ends (or before bytes no parser would accept).
+pub(crate) fn member_ranges<const N: usize>(
+    json: &[u8],
+    names: [&str; N],
+) -> [Option<std::ops::Range<usize>>; N] {
+    let mut found = [const { None }; N];
+    let _ = find_members(json, &names, &mut found);
+    found
+}
+
+/// Fills `found` walking the object's members; stops (`None`) when every name is found, at the
+/// object's end, or at bytes it cannot read.
+fn find_members(
+    json: &[u8],
+    names: &[&str],
+    found: &mut [Option<std::ops::Range<usize>>],
+) -> Option<()> {
     let mut at = skip_space(json, 0);
     if json.get(at) != Some(&b'{') {
         return None;
@@ -155,13 +177,14 @@ pub fn member_range(json: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
     if json.get(at) == Some(&b'}') {
         return None;
     }
+    let mut missing = names.len();
     loop {
         let (close, escaped) = string_end(json.get(at..)?)?;
         let key = json.get(at..=at + close)?;
-        let found = if escaped {
-            serde_json::from_slice::<String>(key).ok()? == name
+        let key: std::borrow::Cow<'_, [u8]> = if escaped {
+            std::borrow::Cow::Owned(serde_json::from_slice::<String>(key).ok()?.into_bytes())
         } else {
-            key.get(1..key.len() - 1)? == name.as_bytes()
+            std::borrow::Cow::Borrowed(key.get(1..key.len() - 1)?)
         };
         at = skip_space(json, at + close + 1);
         if json.get(at) != Some(&b':') {
@@ -169,8 +192,14 @@ pub fn member_range(json: &[u8], name: &str) -> Option<std::ops::Range<usize>> {
         }
         let start = skip_space(json, at + 1);
         let end = value_end(json, start)?;
-        if found {
-            return Some(start..end);
+        for (name, slot) in names.iter().zip(found.iter_mut()) {
+            if slot.is_none() && name.as_bytes() == &*key {
+                *slot = Some(start..end);
+                missing -= 1;
+            }
+        }
+        if missing == 0 {
+            return None;
         }
         at = skip_space(json, end);
         if json.get(at) != Some(&b',') {
@@ -601,6 +630,14 @@ mod tests {
             }
             if !parsed.contains_key(&absent) {
                 proptest::prop_assert_eq!(member_range(text.as_bytes(), &absent), None);
+            }
+            // Several names in one read: each as alone.
+            if let [first, .., last] = keys.as_slice() {
+                let names = [last.as_str(), absent.as_str(), first.as_str()];
+                let together = member_ranges(text.as_bytes(), names);
+                for (name, range) in names.iter().zip(together) {
+                    proptest::prop_assert_eq!(range, member_range(text.as_bytes(), name));
+                }
             }
         }
 

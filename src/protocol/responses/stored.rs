@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::join_items;
-use crate::protocol::json_text::{member_range, read_str};
+use crate::protocol::json_text::{member_range, member_ranges, read_str};
 
 // === Stored conversations ===
 
@@ -105,8 +105,8 @@ impl StoredResponse {
     /// continuation reads the items, `GET` checks the response).
     pub fn from_json(entry: &Bytes) -> Option<StoredResponse> {
         let text = simdutf8::basic::from_utf8(entry).ok()?;
-        let member = |name| member_range(entry, name);
-        let owner = match text.get(member("owner")?)? {
+        let [owner, input, response] = member_ranges(entry, ["owner", "input", "response"]);
+        let owner = match text.get(owner?)? {
             "null" => None,
             quoted => match read_str(quoted)? {
                 (owner, len) if len == quoted.len() => Some(owner.into_owned()),
@@ -115,8 +115,8 @@ impl StoredResponse {
         };
         Some(StoredResponse {
             owner,
-            input: StoredInput::Items(entry.slice(member("input")?)),
-            response: entry.slice(member("response")?),
+            input: StoredInput::Items(entry.slice(input?)),
+            response: entry.slice(response?),
         })
     }
 }
