@@ -301,6 +301,23 @@ mod tests {
         assert_eq!(store.get("resp_b").await.unwrap(), None);
     }
 
+    /// Stores `count` answers of `len` bytes and counts how many are still there.
+    async fn kept_of(store: &ResponseStore, count: usize, len: usize) -> usize {
+        for i in 0..count {
+            store
+                .put(&format!("resp_{i}"), answer("x", len))
+                .await
+                .unwrap();
+        }
+        let mut kept = 0;
+        for i in 0..count {
+            if store.get(&format!("resp_{i}")).await.unwrap().is_some() {
+                kept += 1;
+            }
+        }
+        kept
+    }
+
     #[tokio::test]
     async fn the_bounds_hold() {
         let store = memory(ResponsesConfig {
@@ -308,39 +325,16 @@ mod tests {
             max_bytes: 100_000,
             ..ResponsesConfig::default()
         });
-        for i in 0..100 {
-            store
-                .put(&format!("resp_{i}"), answer("x", 100))
-                .await
-                .unwrap();
-        }
-        let mut kept = 0;
-        for i in 0..100 {
-            if store.get(&format!("resp_{i}")).await.unwrap().is_some() {
-                kept += 1;
-            }
-        }
+        let kept = kept_of(&store, 100, 100).await;
         assert!((1..=10).contains(&kept), "{kept}");
         // The newest answer is the one a client continues: it is there.
         assert!(store.get("resp_99").await.unwrap().is_some());
-        // Weighed by what an answer holds: three of 40 KB fill 100 KB.
+        // Weighed by what an answer holds: two of 40 KB fit in 100 KB, a third does not.
         let by_bytes = memory(ResponsesConfig {
             max_bytes: 100_000,
             ..ResponsesConfig::default()
         });
-        for i in 0..5 {
-            by_bytes
-                .put(&format!("resp_{i}"), answer("x", 40_000))
-                .await
-                .unwrap();
-        }
-        let mut kept = 0;
-        for i in 0..5 {
-            if by_bytes.get(&format!("resp_{i}")).await.unwrap().is_some() {
-                kept += 1;
-            }
-        }
-        assert_eq!(kept, 2);
+        assert_eq!(kept_of(&by_bytes, 5, 40_000).await, 2);
         let off = memory(ResponsesConfig {
             enabled: false,
             ..ResponsesConfig::default()
