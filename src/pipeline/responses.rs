@@ -118,7 +118,9 @@ pub fn admitted(
 }
 
 /// Store the answer whose final `response` object is `response`, if this request stores one. Called
-/// before the answer's last bytes go to the client.
+/// before the answer's last bytes go to the client. `response` is kept as it is: it must be its own
+/// allocation, not a slice of a larger buffer a stored answer would pin for its TTL (a cached answer's
+/// bytes are copied first, `store_body`).
 pub(crate) async fn store_final(state: &AppState, ctx: &mut RequestCtx, response: Bytes) {
     let Some(pending) = ctx.responses.take() else {
         return;
@@ -166,7 +168,8 @@ async fn store_body(state: &AppState, ctx: &mut RequestCtx, response: Response) 
     let response = if sse {
         final_response_of(&bytes).map(Bytes::from)
     } else {
-        Some(bytes.clone())
+        // A cache hit's bytes may be a slice of the cache's shared block.
+        Some(Bytes::copy_from_slice(&bytes))
     };
     if let Some(response) = response {
         store_final(state, ctx, response).await;
