@@ -5,6 +5,7 @@
 //! (hub-and-spoke: each wire format converts to and from the canonical model, never pairwise).
 
 pub mod anthropic;
+pub(crate) mod blank_strings;
 pub mod convert;
 pub(crate) mod exact_request;
 #[cfg(test)]

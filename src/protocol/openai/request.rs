@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::content::{Content, ThinkingBlockWire, Unread, WireText};
 use super::parse::{body_text, missing, parse, required_messages, tool_choice_word};
+use crate::protocol::blank_strings::blank_long_strings;
 use crate::protocol::{
     ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint, Message,
     Part, RawJson, Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult,
@@ -123,7 +124,11 @@ pub fn decode_chat_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 
 fn chat_unread(body: &[u8]) -> Option<ChatRequest> {
     let text = body_text(body).ok()?;
-    let mut wire: ChatWire<Unread> = serde_json::from_str(text).ok()?;
+    // Nothing kept comes from `messages` or `tools` but the roles, which a blanked string never
+    // passes for; their long texts are checked by the blanking, not read again.
+    let blanked = blank_long_strings(text, &["messages", "tools"]);
+    let mut wire: ChatWire<Unread> =
+        serde_json::from_str(blanked.as_deref().unwrap_or(text)).ok()?;
     let messages = required_messages(wire.messages.take()).ok()?;
     let mut request = head(&mut wire).ok()?;
     for (index, message) in messages.iter().enumerate() {
