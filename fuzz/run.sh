@@ -16,7 +16,7 @@ seconds="${1:-120}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(server_request client_response sse_decoder request_unread member_range)
+  targets=(server_request client_response sse_decoder request_unread member_range blank_strings)
 fi
 
 # Debug assertions on (`-a`): overflow checks in our code, and the SIMD JSON escaper (json-escape-simd)

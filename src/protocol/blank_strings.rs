@@ -15,15 +15,20 @@
 
 use wide::u8x16;
 
-/// Strings whose text (as written, escapes included) is longer than this are blanked; shorter ones —
-/// roles, part types, ids — are left to the typed reading, which needs the tags.
+/// Strings whose text (as written, escapes included) is longer than this are blanked; shorter ones
+/// (ids, names) are left to the typed reading.
 pub(crate) const LONG: usize = 16;
 
+/// Members whose values are never blanked, however long: the tags the readings tell parts, blocks
+/// and items apart by (an unknown block type is skipped, a known one checked) and roles. Nor are the
+/// values of keys written with escapes, which may read as one of these.
+const TAGS: [&str; 2] = ["type", "role"];
+
 /// `text` with every long string value inside the top-level members named in `members` written as
-/// `""`; `None` when nothing was blanked, or when anything is not as a valid body has it (a string
+/// `""` (but the values of [`TAGS`]); `None` when nothing was blanked, or when anything is not as a valid body has it (a string
 /// serde_json would refuse, a backslash outside a string, unbalanced brackets): the caller then reads
 /// the body itself and names what is wrong.
-pub(crate) fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
+pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
     let mut scan = Scan {
         text,
         members,
@@ -35,6 +40,7 @@ pub(crate) fn blank_long_strings(text: &str, members: &[&str]) -> Option<String>
         mark: 0,
         in_string: false,
         skip_to: 0,
+        tag: false,
     };
     let bytes = text.as_bytes();
     let mut blocks = bytes.chunks_exact(64);
@@ -95,6 +101,8 @@ struct Scan<'a> {
     in_string: bool,
     /// An escape's characters end here: specials before it are escaped.
     skip_to: usize,
+    /// The last key read was one of [`TAGS`].
+    tag: bool,
 }
 
 impl Scan<'_> {
@@ -142,12 +150,14 @@ impl Scan<'_> {
             .iter()
             .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
             == Some(&b':');
-        if self.depth == 1 {
-            if key {
-                let name = self.text.get(open + 1..close)?;
+        if key {
+            let name = self.text.get(open + 1..close)?;
+            // A key written with escapes may read as a tag: its value is kept too.
+            self.tag = TAGS.contains(&name) || name.contains('\\');
+            if self.depth == 1 {
                 self.inside = self.members.contains(&name);
             }
-        } else if self.depth >= 2 && self.inside && !key && close - open - 1 > LONG {
+        } else if self.depth >= 2 && self.inside && !self.tag && close - open - 1 > LONG {
             self.out.push_str(self.text.get(self.copied..=open)?);
             self.copied = close;
         }
@@ -425,6 +435,25 @@ mod tests {
                 assert_eq!(copy, r#"{"messages":[{"role":"user","content":""}]}"#);
             }
         }
+    }
+
+    /// The values of `type` and `role` (and of keys written with escapes) are kept however long: a
+    /// reading skips a block of an unknown type, and an empty one would pass for unknown.
+    #[test]
+    fn tags_are_kept_however_long() {
+        let long = "l".repeat(LONG + 1);
+        let body = format!(
+            r#"{{"messages":[{{"role":"{long}","content":[{{"type":"{long}","typ\u0065":"{long}","text":"{long}"}}]}}]}}"#
+        );
+        assert_eq!(
+            blank_long_strings(&body, &["messages"]).as_deref(),
+            Some(
+                format!(
+                    r#"{{"messages":[{{"role":"{long}","content":[{{"type":"{long}","typ\u0065":"{long}","text":""}}]}}]}}"#
+                )
+                .as_str()
+            )
+        );
     }
 
     /// Keys, short strings and strings outside the named members are kept; a body with nothing to

@@ -6,6 +6,8 @@
 
 pub mod anthropic;
 pub(crate) mod blank_strings;
+/// Public for the fuzz target that holds it to serde_json.
+pub use blank_strings::blank_long_strings;
 pub mod convert;
 pub(crate) mod exact_request;
 #[cfg(test)]

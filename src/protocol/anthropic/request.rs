@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::wire::{BlockItem, Loose, MessageContent, MessagesWire, ToolChoiceWire, ToolWire};
+use crate::protocol::blank_strings::blank_long_strings;
 use crate::protocol::openai::{Unread, WireText, body_text, missing, parse, required_messages};
 use crate::protocol::{
     ChatRequest, DecodeError, Image, Message, Part, Role, SamplingParams, Tool, ToolCall,
@@ -66,7 +67,11 @@ pub fn decode_request_unread(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 
 fn request_unread(body: &[u8]) -> Option<ChatRequest> {
     let text = body_text(body).ok()?;
-    let mut wire: MessagesWire<Unread> = serde_json::from_str(text).ok()?;
+    // Nothing kept comes from these members: their long texts are checked by the blanking, not
+    // read again (`blank_strings`).
+    let blanked = blank_long_strings(text, &["messages", "system", "tools"]);
+    let mut wire: MessagesWire<Unread> =
+        serde_json::from_str(blanked.as_deref().unwrap_or(text)).ok()?;
     let mut request = head(&mut wire).ok()?;
     let messages = required_messages(wire.messages.take()).ok()?;
     system_parts(wire.system.as_ref()).ok()?;

@@ -455,8 +455,13 @@ pub(crate) mod tests {
     use crate::protocol::{Message, RawJson, SamplingParams, Tool, ToolResult};
     use proptest::prelude::*;
 
+    /// Texts short and long: past `blank_strings::LONG` the readings that keep no conversation
+    /// check them by the blanking scan.
     fn text() -> impl Strategy<Value = String> {
-        "(\\PC|[\"\\\\\n\\x01\\x7f]){0,12}"
+        prop_oneof![
+            3 => "(\\PC|[\"\\\\\n\\x01\\x7f]){0,12}",
+            1 => "(\\PC|[\"\\\\\n\\x01\\x7f]){12,40}",
+        ]
     }
 
     fn part() -> impl Strategy<Value = Part> {

@@ -13,6 +13,7 @@ use super::ResponseEcho;
 use super::input::{
     InputWire, check_item_list, join_items, push_item_list, push_items, push_raw_items,
 };
+use crate::protocol::blank_strings::blank_long_strings;
 use crate::protocol::openai::{
     Unread, WireText, body_text, missing, parse, parse_field, tool_choice_word,
 };
@@ -151,7 +152,11 @@ pub fn decode_request_unread(body: &[u8]) -> Result<ResponsesRequest, DecodeErro
 
 fn request_unread(body: &[u8]) -> Option<ResponsesRequest> {
     let text = body_text(body).ok()?;
-    let wire: RequestWire<'_, Unread> = serde_json::from_str(text).ok()?;
+    // Only `input`: the response echoes `tools`, `instructions` and the others as written. A stored
+    // answer keeps the body itself.
+    let blanked = blank_long_strings(text, &["input"]);
+    let wire: RequestWire<'_, Unread> =
+        serde_json::from_str(blanked.as_deref().unwrap_or(text)).ok()?;
     if wire.previous_response_id.is_some() {
         return None;
     }
