@@ -22,10 +22,12 @@ pub(crate) const LONG: usize = 16;
 /// Members whose values are never blanked, however long: the tags the readings tell parts, blocks
 /// and items apart by (an unknown block type is skipped, a known one checked) and roles. Nor are the
 /// values of keys written with escapes, which may read as one of these.
-const TAGS: [&str; 2] = ["type", "role"];
+fn is_tag(key: &str) -> bool {
+    matches!(key.as_bytes(), b"type" | b"role")
+}
 
 /// `text` with every long string value inside the top-level members named in `members` written as
-/// `""` (but the values of [`TAGS`]); `None` when nothing was blanked, or when anything is not as a valid body has it (a string
+/// `""` (but the values of tags, [`is_tag`]); `None` when nothing was blanked, or when anything is not as a valid body has it (a string
 /// serde_json would refuse, a backslash outside a string, unbalanced brackets): the caller then reads
 /// the body itself and names what is wrong.
 pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
@@ -41,6 +43,7 @@ pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
         in_string: false,
         skip_to: 0,
         tag: false,
+        escaped: false,
     };
     let bytes = text.as_bytes();
     let mut blocks = bytes.chunks_exact(64);
@@ -101,8 +104,10 @@ struct Scan<'a> {
     in_string: bool,
     /// An escape's characters end here: specials before it are escaped.
     skip_to: usize,
-    /// The last key read was one of [`TAGS`].
+    /// The last key read was a tag ([`is_tag`]).
     tag: bool,
+    /// The string being read has an escape.
+    escaped: bool,
 }
 
 impl Scan<'_> {
@@ -119,7 +124,10 @@ impl Scan<'_> {
                 self.in_string = false;
                 self.close(at)?;
             }
-            (true, b'\\') => self.skip_to = escape_end(bytes, at)?,
+            (true, b'\\') => {
+                self.escaped = true;
+                self.skip_to = escape_end(bytes, at)?;
+            }
             // A control character in a string, a backslash outside one.
             (true, _) | (false, b'\\') => return None,
             (false, b'"') => {
@@ -131,6 +139,7 @@ impl Scan<'_> {
                     }
                 }
                 self.in_string = true;
+                self.escaped = false;
                 self.mark = at;
             }
             // Whitespace between tokens (or a stray control character the typed reading refuses).
@@ -153,7 +162,7 @@ impl Scan<'_> {
         if key {
             let name = self.text.get(open + 1..close)?;
             // A key written with escapes may read as a tag: its value is kept too.
-            self.tag = TAGS.contains(&name) || name.contains('\\');
+            self.tag = self.escaped || is_tag(name);
             if self.depth == 1 {
                 self.inside = self.members.contains(&name);
             }
