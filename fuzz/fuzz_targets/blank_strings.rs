@@ -1,7 +1,8 @@
 //! Fuzz target: `blank_long_strings`, the SIMD scan that checks a large body's long texts and blanks
 //! them before a typed reading that keeps none of them, against serde_json. On any bytes it must not
-//! panic; when it gives a copy, the copy must read (as a `Value`) exactly when the body reads, with
-//! the same shape, the members not named unchanged, and every string inside them the body's or empty.
+//! panic; when it gives a copy, the copy must read (as a `Value`) exactly when the body reads (but for
+//! serde_json's `RawValue` token as a key, below), with the same shape, the members not named
+//! unchanged, and every string inside them the body's or empty.
 //!
 //! Input: the body.
 
@@ -12,6 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 const MEMBERS: [&str; 2] = ["messages", "input"];
+
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 
 /// `blanked` is `body` with some strings emptied.
 fn same_or_emptied(body: &Value, blanked: &Value) -> bool {
@@ -51,6 +54,9 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         (Err(_), Err(_)) => {}
+        // serde_json reads a map whose key is its `RawValue` token by parsing the value's text as
+        // JSON, which an emptied text is not: the copy is refused and the caller reads the body.
+        (Ok(_), Err(_)) if text.contains(RAW_VALUE_TOKEN) => {}
         (body, blanked) => panic!(
             "body read {}, copy read {}: {text:?} / {copy:?}",
             body.is_ok(),

@@ -240,6 +240,16 @@ mod tests {
         }
     }
 
+    /// The one place a string's text decides whether serde_json reads a `Value`: under the `RawValue`
+    /// token as a key, it must itself be JSON. Blanked, the copy is refused (never the other way).
+    #[test]
+    fn the_raw_value_token_refuses_the_copy_not_the_body() {
+        let body = r#"{"messages":[{"$serde_json::private::RawValue":"                    8"}]}"#;
+        let copy = blank_long_strings(body, &["messages"]).unwrap_or_default();
+        assert!(serde_json::from_str::<Value>(body).is_ok());
+        assert!(serde_json::from_str::<Value>(&copy).is_err());
+    }
+
     /// `blanked` is `body` with some strings emptied.
     fn same_or_emptied(body: &Value, blanked: &Value) -> bool {
         match (body, blanked) {
@@ -273,6 +283,9 @@ mod tests {
         ) {
             (Ok(body), Ok(blanked)) => (body, blanked),
             (Err(_), Err(_)) => return Ok(()),
+            // serde_json reads a map keyed by its `RawValue` token by parsing the value's text, which
+            // an emptied one is not: the copy is refused, and the reading falls back to the body.
+            (Ok(_), Err(_)) if text.contains("$serde_json::private::RawValue") => return Ok(()),
             (body, blanked) => {
                 return Err(proptest::test_runner::TestCaseError::fail(format!(
                     "body read {}, copy read {}: {text} / {copy}",
