@@ -9,9 +9,9 @@
 //! copy of the body; keys, short strings and everything outside strings are copied as they are, so the
 //! copy has the body's structure and the typed reading refuses it wherever it refuses the body — save
 //! that a blanked string reads as empty. That is only sound where nothing the reading keeps comes from
-//! those strings and an empty string is refused wherever the body's string could be refused by its
-//! value (an enum tag, a role): the caller's to know. Held to serde_json by the tests below, the
-//! unread readings' property tests and the `request_unread` fuzz target.
+//! those strings and no string's value decides what it accepts but the tags' (`type`, `role`), which
+//! are never blanked: the caller's to know. Held to serde_json by the tests below, the
+//! unread readings' property tests and the `blank_strings` and `request_unread` fuzz targets.
 
 use wide::u8x16;
 
@@ -27,9 +27,9 @@ fn is_tag(key: &str) -> bool {
 }
 
 /// `text` with every long string value inside the top-level members named in `members` written as
-/// `""` (but the values of tags, [`is_tag`]); `None` when nothing was blanked, or when anything is not as a valid body has it (a string
-/// serde_json would refuse, a backslash outside a string, unbalanced brackets): the caller then reads
-/// the body itself and names what is wrong.
+/// `""` (but the values of tags, [`is_tag`]); `None` when nothing was blanked, or when anything is not
+/// as a valid body has it (a string serde_json would refuse, a backslash outside a string, unbalanced
+/// brackets): the caller then reads the body itself and names what is wrong.
 pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
     let mut scan = Scan {
         text,
@@ -49,11 +49,7 @@ pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
     let mut blocks = bytes.chunks_exact(64);
     let mut base = 0;
     for block in &mut blocks {
-        let mut bits = special_bits(block);
-        while bits != 0 {
-            scan.at(base + bits.trailing_zeros() as usize)?;
-            bits &= bits - 1;
-        }
+        scan.block(base, special_bits(block))?;
         base += 64;
     }
     let rest = blocks.remainder();
@@ -61,11 +57,7 @@ pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
         // Spaces matter to nothing the scan looks for.
         let mut last = [b' '; 64];
         last[..rest.len()].copy_from_slice(rest);
-        let mut bits = special_bits(&last) & (u64::MAX >> (64 - rest.len()));
-        while bits != 0 {
-            scan.at(base + bits.trailing_zeros() as usize)?;
-            bits &= bits - 1;
-        }
+        scan.block(base, special_bits(&last))?;
     }
     if scan.in_string || scan.copied == 0 {
         return None;
@@ -111,6 +103,16 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// The special bytes of the block at `base`, in order.
+    #[inline(always)]
+    fn block(&mut self, base: usize, mut bits: u64) -> Option<()> {
+        while bits != 0 {
+            self.at(base + bits.trailing_zeros() as usize)?;
+            bits &= bits - 1;
+        }
+        Some(())
+    }
+
     /// A quote, backslash or control character at `at`; `None` when the body is not as a valid one.
     // Inlined into the loop over a block's bits: the scan's state stays in registers.
     #[inline(always)]
@@ -119,7 +121,7 @@ impl Scan<'_> {
             return Some(());
         }
         let bytes = self.text.as_bytes();
-        match (self.in_string, bytes[at]) {
+        match (self.in_string, *bytes.get(at)?) {
             (true, b'"') => {
                 self.in_string = false;
                 self.close(at)?;
