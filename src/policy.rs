@@ -129,6 +129,11 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether any redact pattern is configured.
+    pub fn redacts(&self) -> bool {
+        !self.redact.is_empty()
+    }
+
     /// Text with every redact pattern match replaced by `[REDACTED]`; borrowed when nothing matched.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out = Cow::Borrowed(text);

@@ -144,11 +144,11 @@ impl TokenCounter {
         {
             let mut local = self.lock();
             for (index, piece) in pieces.iter().enumerate() {
-                if piece.len() < CACHED_FROM_BYTES {
+                if piece.written_len() < CACHED_FROM_BYTES {
                     total += count(piece);
                     continue;
                 }
-                let hash = text_hash(piece);
+                let hash = piece.hash128();
                 match local.get(&hash) {
                     Some(&cached) => total += u64::from(cached),
                     None => missing.push((index, hash)),
@@ -175,7 +175,10 @@ impl TokenCounter {
         }
         self.counted
             .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let new_bytes: usize = missing.iter().map(|(index, _)| pieces[*index].len()).sum();
+        let new_bytes: usize = missing
+            .iter()
+            .map(|(index, _)| pieces[*index].written_len())
+            .sum();
         let indexes: Vec<usize> = missing.iter().map(|(index, _)| *index).collect();
         drop(pieces);
         let counted = if new_bytes >= OFFLOAD_FROM_BYTES {
@@ -307,7 +310,7 @@ mod tests {
         let pieces = turn.input_pieces();
         assert!(pieces.len() > 60);
         for piece in pieces {
-            assert_eq!(count(piece), reference_count(piece), "{piece:?}");
+            assert_eq!(count(&piece), reference_count(&piece), "{piece:?}");
         }
     }
 
@@ -367,7 +370,8 @@ mod tests {
                     name: "read_file".into(),
                     arguments: format!(
                         "{{\"path\": \"src/module_{i}/with/a/long/path.rs\", \"lines\": 400}}"
-                    ),
+                    )
+                    .into(),
                 })],
                 name: None,
             });
@@ -375,7 +379,7 @@ mod tests {
                 role: Role::Tool,
                 parts: vec![Part::ToolResult(ToolResult {
                     tool_call_id: format!("call_{i}"),
-                    content: text(i),
+                    content: text(i).into(),
                     is_error: false,
                 })],
                 name: None,
@@ -383,7 +387,7 @@ mod tests {
         }
         messages.push(Message {
             role: Role::User,
-            parts: vec![Part::Text(last.to_owned())],
+            parts: vec![Part::Text(last.into())],
             name: None,
         });
         Arc::new(ApiRequest::Chat(ChatRequest {
@@ -405,7 +409,7 @@ mod tests {
             let mut texts: Vec<String> = request
                 .input_pieces()
                 .into_iter()
-                .map(str::to_owned)
+                .map(|piece| piece.to_string())
                 .collect();
             texts.sort_unstable();
             texts.dedup();

@@ -349,7 +349,7 @@ pub(crate) fn store_stream(
         id: ctx.id.clone(),
         model: ctx.model.clone().unwrap_or_default(),
         created: None,
-        parts: vec![Part::Text(summary.text.clone())],
+        parts: vec![Part::Text(summary.text.clone().into())],
         finish_reason: summary.finish_reason,
         stop_sequence: None,
         usage,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::{ApiRequest, Endpoint, Message, Part, ResponseSummary, Role, Usage};
+use crate::protocol::{ApiRequest, Endpoint, Message, Part, ResponseSummary, Role, Text, Usage};
 use crate::state::{AppState, Snapshot};
 use crate::telemetry::request_log::{LogMessage, LogRecord, LogRole, LogToolCall};
 
@@ -280,13 +280,14 @@ fn log_message(message: Message) -> LogMessage {
     };
     let mut tool_calls = Vec::new();
     let mut tool_call_id = None;
-    // One text part moves as it is; several are joined as `Message::text` joins them.
-    let mut text = String::new();
-    let mut add = |piece: String| {
+    // One text part moves as it is (a body's text stays a slice of it); several are joined as
+    // `Message::text` joins them.
+    let mut text = Text::default();
+    let mut add = |piece: Text| {
         if text.is_empty() {
             text = piece;
         } else {
-            text.push('\n');
+            text.push_str("\n");
             text.push_str(&piece);
         }
     };
@@ -343,7 +344,7 @@ mod tests {
     /// What a logged message says: the message's joined text, its tool calls, the call it answers.
     #[test]
     fn logged_messages_keep_text_calls_and_answers() {
-        let text = |t: &str| Part::Text(t.to_owned());
+        let text = |t: &str| Part::Text(t.into());
         let call = Part::ToolCall(ToolCall {
             id: "c1".into(),
             name: "f".into(),

@@ -320,8 +320,16 @@ pub fn decode_unread(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, Gate
 }
 
 /// Decode the body in the endpoint's protocol into the canonical request.
-pub fn decode(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, GatewayError> {
+pub fn decode(endpoint: Endpoint, body: &Bytes) -> Result<ApiRequest, GatewayError> {
     // Every decoder checks the body's UTF-8 first (once: `openai::parse`) and names the offset.
+    // A large chat body's texts are kept as slices of it (the exact reader takes the small ones).
+    if endpoint == Endpoint::ChatCompletions
+        && body.len() > crate::protocol::exact_request::MAX_BODY
+    {
+        return openai::decode_chat_sliced(body)
+            .map(ApiRequest::Chat)
+            .map_err(|error| GatewayError::invalid(error.message, error.param));
+    }
     match endpoint.protocol() {
         Protocol::OpenAi | Protocol::Responses => openai::decode_request(endpoint, body),
         Protocol::Anthropic => anthropic::decode_request(body).map(ApiRequest::Chat),

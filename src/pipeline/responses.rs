@@ -195,7 +195,7 @@ pub async fn echo(
         id: ctx.id.clone(),
         model,
         created: Some(created),
-        parts: vec![Part::Text(answer.text)],
+        parts: vec![Part::Text(answer.text.into())],
         finish_reason: Some(FinishReason::Stop),
         stop_sequence: None,
         usage: Some(answer.usage),

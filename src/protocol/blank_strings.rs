@@ -31,7 +31,78 @@ fn is_tag(key: &str) -> bool {
 /// as a valid body has it (a string serde_json would refuse, a backslash outside a string, unbalanced
 /// brackets): the caller then reads the body itself and names what is wrong.
 pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
+    blank_and_map(text, members).map(|blanked| blanked.text)
+}
+
+/// The copy [`blank_long_strings`] gives, and where its blanked strings were in the body: a reading of
+/// the copy can take a string's or a value's place back to the body ([`Blanked::body_offset`]).
+pub(crate) struct Blanked {
+    pub(crate) text: String,
+    /// In order: each blanked string's opening quote in the copy (`at`, where it reads `""`) and its
+    /// quotes in the body.
+    blanks: Vec<Blank>,
+}
+
+#[derive(Clone, Copy)]
+struct Blank {
+    at: usize,
+    open: usize,
+    close: usize,
+    escaped: bool,
+}
+
+impl Blanked {
+    /// The index of the first blank at or after the copy's byte `at`. A reading asks in the copy's
+    /// order: `hint` (the last answer) is most often the answer or just before it.
+    fn next_blank(&self, at: usize, hint: usize) -> usize {
+        let mut next = hint.min(self.blanks.len());
+        if next > 0
+            && self
+                .blanks
+                .get(next - 1)
+                .is_some_and(|blank| blank.at >= at)
+        {
+            return self.blanks.partition_point(|blank| blank.at < at);
+        }
+        while self.blanks.get(next).is_some_and(|blank| blank.at < at) {
+            next += 1;
+        }
+        next
+    }
+
+    /// The body offset of the copy's byte `at`: the same byte (or, for a blanked string's closing
+    /// quote, the closing quote of the string it stood for). The end of a value maps as its last
+    /// byte's successor. `hint` as for [`Blanked::blanked_at`].
+    pub(crate) fn body_offset(&self, at: usize, hint: &mut usize) -> usize {
+        let next = self.next_blank(at, *hint);
+        *hint = next;
+        if let Some(blank) = self.blanks.get(next)
+            && blank.at == at
+        {
+            return blank.open;
+        }
+        match next.checked_sub(1).and_then(|last| self.blanks.get(last)) {
+            // After a blanked string: shifted by the text it dropped.
+            Some(blank) => at - (blank.at + 1) + blank.close,
+            None => at,
+        }
+    }
+
+    /// The body's quotes of the blanked string whose (empty) text starts at `at` in the copy, and
+    /// whether it has escapes. `hint` is where the last search ended (a reading's cursor).
+    pub(crate) fn blanked_at(&self, at: usize, hint: &mut usize) -> Option<(usize, usize, bool)> {
+        let before = at.checked_sub(1)?;
+        let next = self.next_blank(before, *hint);
+        *hint = next;
+        let blank = self.blanks.get(next).filter(|blank| blank.at == before)?;
+        Some((blank.open, blank.close, blank.escaped))
+    }
+}
+
+/// [`blank_long_strings`] with the place of each blanked string.
+pub(crate) fn blank_and_map(text: &str, members: &[&str]) -> Option<Blanked> {
     let mut scan = Scan {
+        blanks: Vec::new(),
         text,
         members,
         // An agent's turn is mostly long texts: its copy is a fraction of it.
@@ -63,7 +134,10 @@ pub fn blank_long_strings(text: &str, members: &[&str]) -> Option<String> {
         return None;
     }
     scan.out.push_str(text.get(scan.copied..)?);
-    Some(scan.out)
+    Some(Blanked {
+        text: scan.out,
+        blanks: scan.blanks,
+    })
 }
 
 /// One bit per byte of a 64-byte block: set for a quote, a backslash or a control character.
@@ -86,6 +160,7 @@ struct Scan<'a> {
     members: &'a [&'a str],
     /// The copy, up to `copied` of `text`.
     out: String,
+    blanks: Vec<Blank>,
     copied: usize,
     /// Brackets open outside strings, up to `mark`.
     depth: usize,
@@ -170,6 +245,12 @@ impl Scan<'_> {
             }
         } else if self.depth >= 2 && self.inside && !self.tag && close - open - 1 > LONG {
             self.out.push_str(self.text.get(self.copied..=open)?);
+            self.blanks.push(Blank {
+                at: self.out.len() - 1,
+                open,
+                close,
+                escaped: self.escaped,
+            });
             self.copied = close;
         }
         Some(())
@@ -366,6 +447,34 @@ mod tests {
                 proptest::prop_assert_eq!(&body["model"], &copy["model"]);
                 proptest::prop_assert_eq!(&body["user"], &copy["user"]);
             }
+        }
+
+        /// The map takes every byte of the copy back to the body: each blanked string to the body's
+        /// string (its escapes as the scan saw them), every other byte to the same byte, whatever hint
+        /// a look-up starts from.
+        #[test]
+        fn the_map_takes_the_copy_back_to_the_body(
+            body in agent_body(),
+            hints in proptest::collection::vec(proptest::prelude::any::<usize>(), 1..8),
+        ) {
+            let Some(blanked) = blank_and_map(&body, &["messages", "tools"]) else { return Ok(()) };
+            let copy = blanked.text.as_bytes();
+            let mut hint = hints[0];
+            for (at, &byte) in copy.iter().enumerate() {
+                hint = if at % 7 == 0 { hints[at % hints.len()] } else { hint };
+                let in_body = blanked.body_offset(at, &mut hint);
+                proptest::prop_assert_eq!(body.as_bytes()[in_body], byte, "at {}", at);
+                if let Some((open, close, escaped)) = blanked.blanked_at(at + 1, &mut hint) {
+                    proptest::prop_assert_eq!(byte, b'"');
+                    proptest::prop_assert_eq!(open, in_body);
+                    let string: Value = serde_json::from_str(&body[open..=close]).unwrap_or_default();
+                    proptest::prop_assert!(string.as_str().is_some_and(|s| !s.is_empty()));
+                    proptest::prop_assert_eq!(escaped, body[open..=close].contains('\\'));
+                    proptest::prop_assert_eq!(&blanked.text[at..at + 2], "\"\"");
+                }
+            }
+            // The end of the copy is the end of the body.
+            proptest::prop_assert_eq!(blanked.body_offset(copy.len(), &mut hint), body.len());
         }
 
         /// With a stray byte anywhere (a broken escape, a raw control character, a quote, a bracket), or

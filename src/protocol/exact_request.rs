@@ -138,7 +138,7 @@ fn read_messages(whole: &str, bytes: &[u8], request: &mut ChatRequest) -> Option
             leading_system = false;
             request.messages.push(Message {
                 role,
-                parts: vec![Part::Text(text)],
+                parts: vec![Part::Text(text.into())],
                 name: None,
             });
         }

@@ -19,8 +19,11 @@ pub use json_text::member_range;
 pub mod openai;
 pub mod responses;
 // `stream.rs` names the Responses stream encoder and decoder by this path.
+pub(crate) mod sliced;
 pub mod sse;
 pub mod stream;
+pub mod text;
+pub use text::Text;
 
 use std::fmt;
 
@@ -137,12 +140,12 @@ impl ApiRequest {
     /// All input text, for token estimates and prompt policies.
     /// The texts an input-token estimate counts, in the order [`ApiRequest::all_input_text`] joins
     /// them: each one counted (and its count cached) on its own, so a resent history costs no recount.
-    pub(crate) fn input_pieces(&self) -> Vec<&str> {
+    pub(crate) fn input_pieces(&self) -> Vec<Piece<'_>> {
         match self {
             ApiRequest::Chat(r) => r.input_pieces(),
             ApiRequest::Responses(r) => r.chat.input_pieces(),
-            ApiRequest::Completion(r) => r.prompt.iter().map(String::as_str).collect(),
-            ApiRequest::Embeddings(r) => r.input.iter().map(String::as_str).collect(),
+            ApiRequest::Completion(r) => r.prompt.iter().map(|p| Piece::Str(p)).collect(),
+            ApiRequest::Embeddings(r) => r.input.iter().map(|p| Piece::Str(p)).collect(),
         }
     }
 
@@ -211,14 +214,14 @@ impl ChatRequest {
 
     /// Every piece of text in the request (system, messages, tool arguments and results).
     /// System parts, then each message's texts, tool results and tool-call arguments.
-    pub(crate) fn input_pieces(&self) -> Vec<&str> {
-        let mut pieces: Vec<&str> = self.system.iter().map(String::as_str).collect();
+    pub(crate) fn input_pieces(&self) -> Vec<Piece<'_>> {
+        let mut pieces: Vec<Piece<'_>> = self.system.iter().map(|p| Piece::Str(p)).collect();
         for message in &self.messages {
             for part in &message.parts {
                 match part {
-                    Part::Text(text) => pieces.push(text),
-                    Part::ToolResult(result) => pieces.push(&result.content),
-                    Part::ToolCall(call) => pieces.push(&call.arguments),
+                    Part::Text(text) => pieces.push(Piece::Text(text)),
+                    Part::ToolResult(result) => pieces.push(Piece::Text(&result.content)),
+                    Part::ToolCall(call) => pieces.push(Piece::Text(&call.arguments)),
                     _ => {}
                 }
             }
@@ -236,9 +239,9 @@ impl ChatRequest {
                 .iter()
                 .flat_map(|message| &message.parts)
                 .map(|part| match part {
-                    Part::Text(text) => text.len(),
-                    Part::ToolCall(call) => call.arguments.len() + 64,
-                    Part::ToolResult(result) => result.content.len() + 64,
+                    Part::Text(text) => text.written_len(),
+                    Part::ToolCall(call) => call.arguments.written_len() + 64,
+                    Part::ToolResult(result) => result.content.written_len() + 64,
                     _ => 64,
                 })
                 .sum::<usize>()
@@ -268,6 +271,56 @@ impl ChatRequest {
             }
         }
         out
+    }
+}
+
+/// One text of a request's input ([`ApiRequest::input_pieces`]): a string, or a conversation
+/// [`Text`], which is hashed and measured without being read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Piece<'a> {
+    Str(&'a str),
+    Text(&'a Text),
+}
+
+impl Piece<'_> {
+    /// About the text's length in bytes (a body's text as written, escapes included).
+    pub(crate) fn written_len(&self) -> usize {
+        match self {
+            Piece::Str(text) => text.len(),
+            Piece::Text(text) => text.written_len(),
+        }
+    }
+
+    /// Appends the text as a JSON string ([`Text::write_json`]).
+    pub(crate) fn write_json<S: json_text::Sink + ?Sized>(&self, out: &mut S) {
+        match self {
+            Piece::Str(text) => json_text::write_str(out, text),
+            Piece::Text(text) => text.write_json(out),
+        }
+    }
+
+    /// [`Text::hash128`]: a plain string hashes as a plain text.
+    pub(crate) fn hash128(&self) -> u128 {
+        match self {
+            Piece::Str(text) => twox_hash::XxHash3_128::oneshot(text.as_bytes()),
+            Piece::Text(text) => text.hash128(),
+        }
+    }
+}
+
+impl serde::Serialize for Piece<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self)
+    }
+}
+
+impl std::ops::Deref for Piece<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Piece::Str(text) => text,
+            Piece::Text(text) => text.as_str(),
+        }
     }
 }
 
@@ -333,7 +386,7 @@ impl Message {
 /// One piece of message content.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Part {
-    Text(String),
+    Text(Text),
     Image(Image),
     ToolCall(ToolCall),
     ToolResult(ToolResult),
@@ -357,13 +410,13 @@ pub struct ToolCall {
     pub id: String,
     pub name: String,
     /// JSON text of the arguments, exactly as the model produced it.
-    pub arguments: String,
+    pub arguments: Text,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolResult {
     pub tool_call_id: String,
-    pub content: String,
+    pub content: Text,
     pub is_error: bool,
 }
 
@@ -385,6 +438,10 @@ impl RawJson {
     /// The schema of a function that takes no arguments, for a tool that names none.
     pub(crate) fn empty_object_schema() -> RawJson {
         RawJson::from_value(&serde_json::json!({"type": "object", "properties": {}}))
+    }
+
+    pub(crate) fn from_raw(raw: Box<serde_json::value::RawValue>) -> RawJson {
+        RawJson(raw)
     }
 
     pub(crate) fn from_value(value: &serde_json::Value) -> RawJson {

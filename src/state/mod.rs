@@ -240,7 +240,12 @@ fn start_request_log(config: &Config, policy: Policy, metrics: &Arc<Metrics>) ->
         let metrics = Arc::clone(metrics);
         Arc::new(move || metrics.request_log_dropped()) as Arc<dyn Fn() + Send + Sync>
     };
-    let redact = crate::telemetry::request_log::redactor(move |text| policy.redact(text));
+    // Without patterns nothing is redacted, and the log writes a body's texts as the body wrote them.
+    let redact = if policy.redacts() {
+        crate::telemetry::request_log::redactor(move |text| policy.redact(text))
+    } else {
+        crate::telemetry::request_log::no_redaction()
+    };
     RequestLogger::start(&config.request_log, redact, dropped)
 }
 

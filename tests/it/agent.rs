@@ -237,6 +237,30 @@ async fn a_large_turn_keeps_its_conversation_where_something_reads_it() {
         final_turn["content"].to_string().contains(last),
         "{final_turn}"
     );
+    // Every tool output arrives whole (its newlines, quotes and accents as the client wrote them),
+    // and every call's arguments.
+    let outputs: Vec<String> = tool_outputs(200_000)
+        .into_iter()
+        .map(|(_, output)| output)
+        .collect();
+    let blocks: Vec<&Value> = messages
+        .iter()
+        .filter_map(|message| message["content"].as_array())
+        .flatten()
+        .collect();
+    let results: Vec<&str> = blocks
+        .iter()
+        .filter(|block| block["type"] == "tool_result")
+        .map(|block| block["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, outputs);
+    let inputs: Vec<&Value> = blocks
+        .iter()
+        .filter(|block| block["type"] == "tool_use")
+        .map(|block| &block["input"])
+        .collect();
+    assert_eq!(inputs.len(), outputs.len());
+    assert_eq!(inputs[7], &json!({"path": "src/f7.rs"}));
     drop(gateway);
 
     std::fs::write(&path, config("")).unwrap();
@@ -274,6 +298,21 @@ async fn a_large_turn_keeps_its_conversation_where_something_reads_it() {
     assert!(conversation.len() >= turn["messages"].as_array().unwrap().len() - 1);
     assert!(text.len() > 200_000);
     assert!(conversation.iter().any(|entry| entry["value"] == last));
+    // The log holds the conversation as sent: each tool output, each call's arguments.
+    let logged: Vec<&str> = conversation
+        .iter()
+        .filter(|entry| entry["from"] == "tool")
+        .map(|entry| entry["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(logged, outputs);
+    let arguments: Vec<&str> = conversation
+        .iter()
+        .filter_map(|entry| entry["tool_calls"].as_array())
+        .flatten()
+        .map(|call| call["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments.len(), outputs.len());
+    assert_eq!(arguments[7], r#"{"path":"src/f7.rs"}"#);
 }
 
 /// The Anthropic front door to Anthropic backends: a large turn goes upstream as sent, and is still

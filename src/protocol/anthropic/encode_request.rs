@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::protocol::json_text::{write_str, write_u64};
 use crate::protocol::openai::missing;
-use crate::protocol::{ChatRequest, DecodeError, Image, Part, RawJson, Role, ToolChoice};
+use crate::protocol::{
+    ChatRequest, DecodeError, Image, Part, Piece, RawJson, Role, Text, ToolChoice,
+};
 
 /// Render a canonical request as an Anthropic Messages body.
 ///
@@ -110,7 +112,7 @@ struct TurnOut<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum ContentOut<'a> {
-    Text(&'a str),
+    Text(Piece<'a>),
     Blocks(Vec<BlockOut<'a>>),
 }
 
@@ -118,7 +120,7 @@ enum ContentOut<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BlockOut<'a> {
     Text {
-        text: &'a str,
+        text: Piece<'a>,
     },
     Image {
         source: ImageSourceOut<'a>,
@@ -130,7 +132,7 @@ enum BlockOut<'a> {
     },
     ToolResult {
         tool_use_id: &'a str,
-        content: &'a str,
+        content: &'a Text,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         is_error: bool,
     },
@@ -227,14 +229,20 @@ impl<'a> RequestOut<'a> {
             .map(|(role, blocks)| TurnOut {
                 role,
                 content: match blocks.as_slice() {
-                    [BlockOut::Text { text }] => ContentOut::Text(text),
+                    [BlockOut::Text { text }] => ContentOut::Text(*text),
                     _ => ContentOut::Blocks(blocks),
                 },
             })
             .collect();
         let system = match system.as_slice() {
             [only] => SystemOut::One(only),
-            many => SystemOut::Blocks(many.iter().map(|text| BlockOut::Text { text }).collect()),
+            many => SystemOut::Blocks(
+                many.iter()
+                    .map(|text| BlockOut::Text {
+                        text: Piece::Str(text),
+                    })
+                    .collect(),
+            ),
         };
         let mut tool_choice = None;
         if !req.tools.is_empty() {
@@ -339,7 +347,7 @@ impl RequestOut<'_> {
             write_str(out, turn.role);
             out.extend_from_slice(br#","content":"#);
             match &turn.content {
-                ContentOut::Text(text) => write_str(out, text),
+                ContentOut::Text(text) => text.write_json(out),
                 ContentOut::Blocks(blocks) => write_blocks(out, blocks),
             }
             out.push(b'}');
@@ -413,7 +421,7 @@ fn write_blocks(out: &mut Vec<u8>, blocks: &[BlockOut<'_>]) {
         match block {
             BlockOut::Text { text } => {
                 out.extend_from_slice(br#"{"type":"text","text":"#);
-                write_str(out, text);
+                text.write_json(out);
             }
             BlockOut::Image {
                 source: ImageSourceOut::Url { url },
@@ -449,7 +457,7 @@ fn write_blocks(out: &mut Vec<u8>, blocks: &[BlockOut<'_>]) {
                 out.extend_from_slice(br#"{"type":"tool_result","tool_use_id":"#);
                 write_str(out, tool_use_id);
                 out.extend_from_slice(br#","content":"#);
-                write_str(out, content);
+                content.write_json(out);
                 if *is_error {
                     out.extend_from_slice(br#","is_error":true"#);
                 }
@@ -500,7 +508,9 @@ fn is_tool_result(block: &BlockOut<'_>) -> bool {
 fn encode_block(part: &Part, index: usize) -> Result<Option<BlockOut<'_>>, DecodeError> {
     Ok(Some(match part {
         Part::Text(text) if text.is_empty() => return Ok(None),
-        Part::Text(text) => BlockOut::Text { text },
+        Part::Text(text) => BlockOut::Text {
+            text: Piece::Text(text),
+        },
         Part::Image(Image::Url(url)) => BlockOut::Image {
             source: ImageSourceOut::Url { url },
         },
@@ -575,7 +585,7 @@ mod tests {
                 if let Part::ToolCall(call) = part {
                     calls += 1;
                     if calls % 3 != 0 {
-                        call.arguments = json!({"n": calls, "text": call.arguments, "f": 0.5}).to_string();
+                        call.arguments = json!({"n": calls, "text": call.arguments, "f": 0.5}).to_string().into();
                     }
                 }
             }

@@ -24,7 +24,7 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
         let path = || format!("messages[{index}].content");
         let parts = match message.content {
             None => return Err(missing(&path())),
-            Some(MessageContent::Text(text)) => vec![Part::Text(text)],
+            Some(MessageContent::Text(text)) => vec![Part::Text(text.into())],
             Some(MessageContent::Blocks(blocks)) => {
                 let mut parts = Vec::with_capacity(blocks.len());
                 for (position, block) in blocks.into_iter().enumerate() {
@@ -265,14 +265,14 @@ pub(super) enum BlockPart<T: WireText> {
 impl BlockPart<String> {
     fn into_part(self) -> Part {
         match self {
-            BlockPart::Text(text) => Part::Text(text),
+            BlockPart::Text(text) => Part::Text(text.into()),
             BlockPart::Image(image) => Part::Image(image),
             BlockPart::ToolUse { id, name, input } => Part::ToolCall(ToolCall {
                 id,
                 name,
                 arguments: match input {
-                    None | Some(Value::Null) => "{}".to_owned(),
-                    Some(input) => input.to_string(),
+                    None | Some(Value::Null) => "{}".into(),
+                    Some(input) => input.to_string().into(),
                 },
             }),
             BlockPart::ToolResult {
@@ -289,7 +289,8 @@ impl BlockPart<String> {
                         .collect::<Vec<_>>()
                         .join("\n"),
                     _ => String::new(),
-                },
+                }
+                .into(),
                 is_error,
             }),
             BlockPart::Thinking { text, signature } => Part::Thinking {

@@ -78,7 +78,7 @@ impl MessageIn<'_> {
             // A block the `Value` path would refuse (a required field missing) is skipped there too.
             let part = match block.kind.as_deref() {
                 None => continue,
-                Some("text") => owned(&block.text).map(Part::Text),
+                Some("text") => owned(&block.text).map(|text| Part::Text(text.into())),
                 Some("thinking") => owned(&block.thinking).map(|text| Part::Thinking {
                     text,
                     signature: block
@@ -96,10 +96,11 @@ impl MessageIn<'_> {
                         id: id.clone().into_owned(),
                         name: name.clone().into_owned(),
                         arguments: match block.input {
-                            None => "{}".to_owned(),
-                            Some(input) => {
-                                serde_json::from_str::<Value>(input.get()).ok()?.to_string()
-                            }
+                            None => "{}".into(),
+                            Some(input) => serde_json::from_str::<Value>(input.get())
+                                .ok()?
+                                .to_string()
+                                .into(),
                         },
                     })),
                     _ => None,

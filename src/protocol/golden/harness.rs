@@ -141,7 +141,7 @@ pub(super) fn content_lines(system: Vec<String>, request: &ChatRequest) -> Vec<S
     for message in &request.messages {
         for part in &message.parts {
             match part {
-                Part::Text(text) if message.role == Role::System => out.push(text.clone()),
+                Part::Text(text) if message.role == Role::System => out.push(text.to_string()),
                 Part::Text(text) => out.push(format!("{}: {text}", message.role.as_str())),
                 Part::Image(image) => out.push(format!("{image:?}")),
                 Part::ToolCall(call) => {

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::protocol::{Image, Part};
+use crate::protocol::sliced::{Sliced, SlicedRaw, SlicedValue};
+use crate::protocol::{Image, Part, RawJson, Text};
 
 /// A JSON string as a wire struct holds it: its text (`String`), or [`Unread`] where nothing reads it.
 pub(crate) trait WireText: for<'de> Deserialize<'de> {
@@ -29,6 +30,62 @@ impl WireText for String {
     }
     fn from_string(text: String) -> String {
         text
+    }
+}
+
+/// A string of a large body inside a sliced reading (`protocol::sliced`): a slice of the body.
+impl WireText for Sliced {
+    type Raw = SlicedRaw;
+    type Any = SlicedValue;
+    fn from_str(text: &str) -> Sliced {
+        Sliced::of(text)
+    }
+    fn from_string(text: String) -> Sliced {
+        Sliced(Text::from(text))
+    }
+}
+
+/// A [`WireText`] a reading keeps: what the canonical request is built from.
+pub(crate) trait KeptText: WireText {
+    fn into_text(self) -> Text;
+    fn into_string(self) -> String {
+        self.into_text().into_string()
+    }
+    fn is_empty(&self) -> bool;
+    fn raw_json(raw: Self::Raw) -> RawJson;
+    fn any_value(any: Self::Any) -> Value;
+}
+
+impl KeptText for String {
+    fn into_text(self) -> Text {
+        Text::from(self)
+    }
+    fn into_string(self) -> String {
+        self
+    }
+    fn is_empty(&self) -> bool {
+        str::is_empty(self)
+    }
+    fn raw_json(raw: RawJson) -> RawJson {
+        raw
+    }
+    fn any_value(any: Value) -> Value {
+        any
+    }
+}
+
+impl KeptText for Sliced {
+    fn into_text(self) -> Text {
+        self.0
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn raw_json(raw: SlicedRaw) -> RawJson {
+        raw.0
+    }
+    fn any_value(any: SlicedValue) -> Value {
+        any.0
     }
 }
 
@@ -134,26 +191,36 @@ pub(super) type Content<T = String> = StringOrParts<PartWire<T>, T>;
 
 #[derive(Deserialize)]
 #[serde(bound = "T: WireText")]
-pub(super) struct PartWire<T = String> {
+pub(super) struct PartWire<T: WireText = String> {
     #[serde(rename = "type")]
     kind: String,
     text: Option<T>,
-    image_url: Option<Value>,
+    image_url: Option<T::Any>,
 }
 
-impl Content {
-    pub(super) fn into_text(self) -> String {
-        self.joined_text(|part| part.text)
+impl<T: KeptText> Content<T> {
+    /// The content as one text: the string (as it is: a body's slice stays one), or the parts' texts
+    /// joined by a newline.
+    pub(super) fn into_text(self) -> Text {
+        match self {
+            StringOrParts::Text(text) => text.into_text(),
+            StringOrParts::Parts(parts) => parts
+                .into_iter()
+                .filter_map(|part| part.text.map(T::into_text))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+        }
     }
 
     pub(super) fn into_parts(self) -> Vec<Part> {
         match self {
-            StringOrParts::Text(text) => vec![Part::Text(text)],
+            StringOrParts::Text(text) => vec![Part::Text(text.into_text())],
             StringOrParts::Parts(parts) => parts
                 .into_iter()
                 .filter_map(|part| match part.kind.as_str() {
-                    "text" | "input_text" => part.text.map(Part::Text),
-                    "image_url" => image_part(part.image_url?),
+                    "text" | "input_text" => part.text.map(|text| Part::Text(text.into_text())),
+                    "image_url" => image_part(T::any_value(part.image_url?)),
                     _ => None,
                 })
                 .collect(),
@@ -220,14 +287,19 @@ pub(crate) struct ThinkingBlockWire<T = String> {
     data: Option<T>,
 }
 
-impl ThinkingBlockWire {
+impl<T: KeptText> ThinkingBlockWire<T> {
     pub(super) fn into_part(self) -> Option<Part> {
         if self.kind.as_deref() == Some("redacted_thinking") {
-            return self.data.map(|data| Part::RedactedThinking { data });
+            return self.data.map(|data| Part::RedactedThinking {
+                data: data.into_string(),
+            });
         }
         Some(Part::Thinking {
-            text: self.thinking.unwrap_or_default(),
-            signature: self.signature.filter(|signature| !signature.is_empty()),
+            text: self.thinking.map(T::into_string).unwrap_or_default(),
+            signature: self
+                .signature
+                .filter(|signature| !signature.is_empty())
+                .map(T::into_string),
         })
     }
 }

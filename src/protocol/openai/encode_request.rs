@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::protocol::{ChatRequest, Image, Part, ResponseFormat, Role, ToolCall, ToolChoice};
+use crate::protocol::{ChatRequest, Image, Part, ResponseFormat, Role, Text, ToolCall, ToolChoice};
 
 /// Render a canonical request as an OpenAI chat completions body, written straight to bytes.
 ///
@@ -36,11 +36,13 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
     }
     let mut content: Vec<&Part> = Vec::new();
     let mut tool_calls: Vec<&ToolCall> = Vec::new();
-    let mut text = String::new();
+    // An assistant turn's text parts, written as one text (most often there is one: a body's text is
+    // then written as the body wrote it).
+    let mut texts: Vec<&Text> = Vec::new();
     for message in &req.messages {
         content.clear();
         tool_calls.clear();
-        text.clear();
+        texts.clear();
         for part in &message.parts {
             match part {
                 Part::ToolResult(result) => {
@@ -48,15 +50,14 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
                     out.extend_from_slice(br#"{"role":"tool","tool_call_id":"#);
                     write_str(&mut out, &result.tool_call_id);
                     out.extend_from_slice(br#","content":"#);
-                    write_str(&mut out, &result.content);
+                    result.content.write_json(&mut out);
                     out.push(b'}');
                 }
                 Part::ToolCall(call) => tool_calls.push(call),
                 Part::Text(piece) if message.role == Role::Assistant => {
-                    if !text.is_empty() && !piece.is_empty() {
-                        text.push('\n');
+                    if !piece.is_empty() {
+                        texts.push(piece);
                     }
-                    text.push_str(piece);
                 }
                 Part::Text(_) | Part::Image(_) => content.push(part),
                 Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
@@ -65,15 +66,18 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
         match message.role {
             Role::Tool => continue,
             Role::Assistant => {
-                if text.is_empty() && tool_calls.is_empty() {
+                if texts.is_empty() && tool_calls.is_empty() {
                     continue;
                 }
                 next(&mut out);
                 out.extend_from_slice(br#"{"role":"assistant","content":"#);
-                if text.is_empty() {
-                    out.extend_from_slice(b"null");
-                } else {
-                    write_str(&mut out, &text);
+                match texts.as_slice() {
+                    [] => out.extend_from_slice(b"null"),
+                    [only] => only.write_json(&mut out),
+                    many => {
+                        let joined: Vec<&str> = many.iter().map(|text| text.as_str()).collect();
+                        write_str(&mut out, &joined.join("\n"));
+                    }
                 }
                 if !tool_calls.is_empty() {
                     out.extend_from_slice(br#","tool_calls":["#);
@@ -86,7 +90,7 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
                         out.extend_from_slice(br#","type":"function","function":{"name":"#);
                         write_str(&mut out, &call.name);
                         out.extend_from_slice(br#","arguments":"#);
-                        write_str(&mut out, &call.arguments);
+                        call.arguments.write_json(&mut out);
                         out.extend_from_slice(b"}}");
                     }
                     out.push(b']');
@@ -101,7 +105,7 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
                 out.extend_from_slice(message.role.as_str().as_bytes());
                 out.extend_from_slice(br#"","content":"#);
                 match content.as_slice() {
-                    [Part::Text(only)] => write_str(&mut out, only),
+                    [Part::Text(only)] => only.write_json(&mut out),
                     parts => {
                         out.push(b'[');
                         let mut first_part = true;
@@ -115,7 +119,7 @@ pub(crate) fn encode_request_bytes(req: &ChatRequest, model: Option<&str>) -> Ve
                                 Part::Text(text) => {
                                     start(&mut out, &mut first_part);
                                     out.extend_from_slice(br#"{"type":"text","text":"#);
-                                    write_str(&mut out, text);
+                                    text.write_json(&mut out);
                                     out.push(b'}');
                                 }
                                 Part::Image(Image::Url(url)) => {
@@ -466,11 +470,11 @@ pub(crate) mod tests {
 
     fn part() -> impl Strategy<Value = Part> {
         prop_oneof![
-            4 => text().prop_map(Part::Text),
+            4 => text().prop_map(|text| Part::Text(text.into())),
             1 => text().prop_map(|url| Part::Image(Image::Url(url))),
             1 => (text(), text()).prop_map(|(media_type, data)| Part::Image(Image::Base64 { media_type, data })),
-            2 => (text(), text(), text()).prop_map(|(id, name, arguments)| Part::ToolCall(ToolCall { id, name, arguments })),
-            2 => (text(), text()).prop_map(|(tool_call_id, content)| Part::ToolResult(ToolResult { tool_call_id, content, is_error: false })),
+            2 => (text(), text(), text()).prop_map(|(id, name, arguments)| Part::ToolCall(ToolCall { id, name, arguments: arguments.into() })),
+            2 => (text(), text()).prop_map(|(tool_call_id, content)| Part::ToolResult(ToolResult { tool_call_id, content: content.into(), is_error: false })),
             1 => text().prop_map(|text| Part::Thinking { text, signature: None }),
             1 => text().prop_map(|data| Part::RedactedThinking { data }),
         ]

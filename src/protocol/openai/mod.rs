@@ -26,7 +26,7 @@ pub(crate) use request::decode_chat_typed;
 pub(crate) use request::tests::{
     check_unread_table, replacement, unread_agrees, with_one_value_replaced,
 };
-pub use request::{decode_chat, decode_chat_unread, decode_request};
+pub use request::{decode_chat, decode_chat_sliced, decode_chat_unread, decode_request};
 #[cfg(test)]
 pub(crate) use request::{decode_completion, decode_embeddings};
 pub use response::decode_response;

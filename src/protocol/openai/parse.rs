@@ -83,12 +83,17 @@ pub(crate) fn missing(field: &str) -> DecodeError {
 pub(crate) fn required_messages<T>(messages: Option<Vec<T>>) -> Result<Vec<T>, DecodeError> {
     match messages {
         None => Err(missing("messages")),
-        Some(messages) if messages.is_empty() => Err(DecodeError::new(
-            "'messages' must be a non-empty array of messages",
-            Some("messages".into()),
-        )),
+        Some(messages) if messages.is_empty() => Err(empty_messages()),
         Some(messages) => Ok(messages),
     }
+}
+
+/// An empty `messages` array.
+pub(crate) fn empty_messages() -> DecodeError {
+    DecodeError::new(
+        "'messages' must be a non-empty array of messages",
+        Some("messages".into()),
+    )
 }
 
 /// An upstream answer as a JSON tree, which must be an object.

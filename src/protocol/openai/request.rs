@@ -4,9 +4,14 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::content::{Content, ThinkingBlockWire, Unread, WireText};
-use super::parse::{body_text, missing, parse, required_messages, tool_choice_word};
+use bytes::Bytes;
+
+use super::content::{Content, KeptText, ThinkingBlockWire, Unread, WireText};
+use super::parse::{
+    body_text, empty_messages, missing, parse, required_messages, tool_choice_word,
+};
 use crate::protocol::blank_strings::blank_long_strings;
+use crate::protocol::sliced::Sliced;
 use crate::protocol::{
     ApiRequest, ChatRequest, CompletionRequest, DecodeError, EmbeddingsRequest, Endpoint, Message,
     Part, RawJson, Role, SamplingParams, Tool, ToolCall, ToolChoice, ToolResult,
@@ -37,81 +42,156 @@ pub fn decode_chat(body: &[u8]) -> Result<ChatRequest, DecodeError> {
 
 /// The typed path of [`decode_chat`]: it defines the semantics and names what is wrong.
 pub(crate) fn decode_chat_typed(body: &[u8]) -> Result<ChatRequest, DecodeError> {
-    let mut wire: ChatWire = parse(body)?;
-    let messages = required_messages(wire.messages.take())?;
+    build(parse::<ChatWire<String, ReadMessages<String>>>(body)?)
+}
+
+/// [`decode_chat`] for a large body held as `Bytes`: its conversation's texts are slices of the body
+/// (`protocol::sliced`), read neither by serde_json nor copied; what that reading does not accept goes
+/// to the typed path, which names what is wrong.
+pub fn decode_chat_sliced(body: &Bytes) -> Result<ChatRequest, DecodeError> {
+    chat_sliced(body).map_or_else(|| decode_chat_typed(body), Ok)
+}
+
+fn chat_sliced(body: &Bytes) -> Option<ChatRequest> {
+    let text = body_text(body).ok()?;
+    // Every string `build` keeps from these members is a `Sliced` (or a raw value taken back from
+    // the body); only the roles and part types are read from the copy, and those are never blanked.
+    let wire: ChatWire<Sliced, ReadMessages<Sliced>> =
+        crate::protocol::sliced::read(body, text, &["messages", "tools"])?;
+    build(wire).ok()
+}
+
+/// The canonical request of a chat body's wire struct, whatever holds its texts.
+fn build<T: KeptText>(mut wire: ChatWire<T, ReadMessages<T>>) -> Result<ChatRequest, DecodeError> {
+    let read = match wire.messages.take() {
+        None => return Err(missing("messages")),
+        Some(read) if read.count == 0 => return Err(empty_messages()),
+        Some(read) => read,
+    };
     let mut request = head(&mut wire)?;
-    let mut leading_system = true;
-    for (index, message) in messages.into_iter().enumerate() {
-        let role = role_at(index, message.role.as_deref())?;
-        let mut parts = Vec::new();
-        let thinking_blocks = message.thinking_blocks.unwrap_or_default();
-        if thinking_blocks.is_empty() {
-            if let Some(reasoning) = message
-                .reasoning_content
-                .or(message.reasoning)
-                .filter(|text| !text.is_empty())
-            {
-                parts.push(Part::Thinking {
-                    text: reasoning,
-                    signature: None,
-                });
-            }
-        } else {
-            // `thinking_blocks` (a LiteLLM-style extension we also emit) carries Anthropic signatures and
-            // redacted thinking, which plain `reasoning_content` cannot; it wins when both are present.
-            parts.extend(
-                thinking_blocks
-                    .into_iter()
-                    .filter_map(ThinkingBlockWire::into_part),
-            );
-        }
-        if role == Role::Tool {
-            let text = message.content.map(Content::into_text).unwrap_or_default();
-            parts.push(Part::ToolResult(ToolResult {
-                tool_call_id: message.tool_call_id.unwrap_or_default(),
-                content: text,
-                is_error: false,
-            }));
-        } else if let Some(content) = message.content {
-            parts.extend(content.into_parts());
-        }
-        for call in message.tool_calls.unwrap_or_default() {
-            parts.push(Part::ToolCall(ToolCall {
-                id: call.id.unwrap_or_default(),
-                name: call.function.name,
-                arguments: call.function.arguments.unwrap_or_default(),
-            }));
-        }
-        if role == Role::System && leading_system {
-            request.system.push(
-                Message {
-                    role,
-                    parts,
-                    name: None,
-                }
-                .text(),
-            );
-            continue;
-        }
-        leading_system = false;
-        request.messages.push(Message {
-            role,
-            parts,
-            name: message.name,
-        });
+    if let Some(error) = read.error {
+        return Err(error);
     }
+    let mut messages = read.messages.into_iter().peekable();
+    // Leading system and developer messages are the system prompt.
+    while let Some(system) = messages.next_if(|message| message.role == Role::System) {
+        request.system.push(system.text());
+    }
+    request.messages = messages.collect();
     for tool in wire.tools.unwrap_or_default() {
         request.tools.push(Tool {
-            name: tool.function.name,
-            description: tool.function.description,
+            name: tool.function.name.into_string(),
+            description: tool.function.description.map(T::into_string),
             parameters: tool
                 .function
                 .parameters
-                .unwrap_or_else(RawJson::empty_object_schema),
+                .map_or_else(RawJson::empty_object_schema, T::raw_json),
         });
     }
     request.tool_choice = tool_choice(wire.tool_choice.take())?;
     Ok(request)
+}
+
+/// `messages[index]` made canonical.
+fn message_of<T: KeptText>(index: usize, message: MessageWire<T>) -> Result<Message, DecodeError> {
+    let role = role_at(index, message.role.as_deref())?;
+    let mut parts = Vec::new();
+    let thinking_blocks = message.thinking_blocks.unwrap_or_default();
+    if thinking_blocks.is_empty() {
+        if let Some(reasoning) = message
+            .reasoning_content
+            .or(message.reasoning)
+            .filter(|text| !text.is_empty())
+        {
+            parts.push(Part::Thinking {
+                text: reasoning.into_string(),
+                signature: None,
+            });
+        }
+    } else {
+        // `thinking_blocks` (a LiteLLM-style extension we also emit) carries Anthropic signatures and
+        // redacted thinking, which plain `reasoning_content` cannot; it wins when both are present.
+        parts.extend(
+            thinking_blocks
+                .into_iter()
+                .filter_map(ThinkingBlockWire::into_part),
+        );
+    }
+    if role == Role::Tool {
+        let text = message.content.map(Content::into_text).unwrap_or_default();
+        parts.push(Part::ToolResult(ToolResult {
+            tool_call_id: message.tool_call_id.map(T::into_string).unwrap_or_default(),
+            content: text,
+            is_error: false,
+        }));
+    } else if let Some(content) = message.content {
+        parts.extend(content.into_parts());
+    }
+    for call in message.tool_calls.unwrap_or_default() {
+        parts.push(Part::ToolCall(ToolCall {
+            id: call.id.map(T::into_string).unwrap_or_default(),
+            name: call.function.name.into_string(),
+            arguments: call
+                .function
+                .arguments
+                .map(T::into_text)
+                .unwrap_or_default(),
+        }));
+    }
+    Ok(Message {
+        name: message.name.map(T::into_string),
+        role,
+        parts,
+    })
+}
+
+/// `messages` as the typed readings take it: each message made canonical as soon as it is read, so
+/// a long conversation is never held as wire structs and canonical messages at once. The first message
+/// whose role is wrong is named after the whole body was read, as the body's other errors come first.
+struct ReadMessages<T> {
+    messages: Vec<Message>,
+    count: usize,
+    error: Option<DecodeError>,
+    texts: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: KeptText> Deserialize<'de> for ReadMessages<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(MessagesOf(std::marker::PhantomData))
+    }
+}
+
+/// How the typed readings read `messages`, with texts held as `T`.
+struct MessagesOf<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: KeptText> serde::de::Visitor<'de> for MessagesOf<T> {
+    type Value = ReadMessages<T>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<ReadMessages<T>, A::Error> {
+        let mut read = ReadMessages {
+            messages: Vec::new(),
+            count: 0,
+            error: None,
+            texts: std::marker::PhantomData,
+        };
+        while let Some(message) = seq.next_element::<MessageWire<T>>()? {
+            let index = read.count;
+            read.count += 1;
+            if read.error.is_some() {
+                continue;
+            }
+            match message_of(index, message) {
+                Ok(message) => read.messages.push(message),
+                Err(error) => read.error = Some(error),
+            }
+        }
+        Ok(read)
+    }
 }
 
 /// [`decode_chat`] for a route where nothing reads the conversation (`Snapshot::reads_messages`: a
@@ -140,7 +220,7 @@ fn chat_unread(body: &[u8]) -> Option<ChatRequest> {
 }
 
 /// The request's fields besides its conversation and tools, as both readings of a chat body take them.
-fn head<T: WireText>(wire: &mut ChatWire<T>) -> Result<ChatRequest, DecodeError> {
+fn head<T: WireText, M>(wire: &mut ChatWire<T, M>) -> Result<ChatRequest, DecodeError> {
     Ok(ChatRequest {
         model: wire.model.take(),
         stream: wire.stream.unwrap_or(false),
@@ -279,12 +359,13 @@ fn text_list(value: &Value, field: &str) -> Result<Vec<String>, DecodeError> {
     }
 }
 
-/// A chat body as the parser reads it; `T` is how its texts are held (see [`WireText`]).
+/// A chat body as the parser reads it; `T` is how its texts are held (see [`WireText`]), `M` its
+/// messages (the typed readings' [`ReadMessages`]).
 #[derive(Deserialize)]
-#[serde(bound = "T: WireText")]
-struct ChatWire<T: WireText = String> {
+#[serde(bound = "T: WireText, M: Deserialize<'de>")]
+struct ChatWire<T: WireText = String, M = Vec<MessageWire<T>>> {
     model: Option<String>,
-    messages: Option<Vec<MessageWire<T>>>,
+    messages: Option<M>,
     stream: Option<bool>,
     stream_options: Option<StreamOptionsWire>,
     max_tokens: Option<u64>,
@@ -310,7 +391,7 @@ struct StreamOptionsWire {
 
 #[derive(Deserialize)]
 #[serde(bound = "T: WireText")]
-struct MessageWire<T> {
+struct MessageWire<T: WireText> {
     role: Option<String>,
     content: Option<Content<T>>,
     name: Option<T>,
@@ -636,6 +717,79 @@ pub(crate) mod tests {
                 },
             )?;
         }
+    }
+
+    /// Both writers' JSON for `request`, as trees: what a conversion sends upstream.
+    fn written_values(request: &ChatRequest) -> (Value, Option<Value>) {
+        let openai = crate::protocol::openai::encode_request_bytes(request, Some("m"));
+        let anthropic =
+            crate::protocol::anthropic::encode_request_bytes(request, Some("m"), 64).ok();
+        (
+            serde_json::from_slice(&openai).unwrap_or(Value::Null),
+            anthropic.map(|body| serde_json::from_slice(&body).unwrap_or(Value::Null)),
+        )
+    }
+
+    proptest::proptest! {
+        /// The sliced reading (texts kept as slices of the body) accepts exactly the bodies the typed
+        /// path accepts, reads the same request from them (every text, name, schema and image equal),
+        /// which both writers write as the same JSON, and gives the typed path's error for the others.
+        /// It declines only bodies with nothing to blank. Bodies as for the unread reading above.
+        #[test]
+        fn the_sliced_reading_reads_what_the_typed_path_reads(
+            request in crate::protocol::openai::any_chat_request(),
+            pick in proptest::prelude::any::<usize>(),
+            new in replacement(),
+        ) {
+            let written = crate::protocol::openai::encode_request_bytes(&request, Some("m"));
+            let body = Bytes::from(with_one_value_replaced(&written, pick, new));
+            let sliced = chat_sliced(&body);
+            if let (Ok(typed), Some(sliced)) = (decode_chat_typed(&body), &sliced) {
+                proptest::prop_assert_eq!(written_values(&typed), written_values(sliced));
+            }
+            let nothing_blanked = std::str::from_utf8(&body)
+                .map_or(true, |text| blank_long_strings(text, &["messages", "tools"]).is_none());
+            unread_agrees(
+                &body,
+                decode_chat_typed(&body),
+                sliced,
+                decode_chat_sliced(&body),
+                |_| nothing_blanked,
+                |typed| typed,
+            )?;
+        }
+    }
+
+    /// The unread table holds for the sliced reading too, and what it reads from the accepted bodies
+    /// is what the typed path reads.
+    #[test]
+    fn sliced_texts_are_checked_and_read_as_typed() {
+        let accepted: [&[u8]; 3] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"a\u0000b \n ok, and more than sixteen bytes"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"pair \ud83d\ude00, \u0041 and \\u0041"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"\ud83d\ude00 long enough to be blanked"}]}]}"#,
+        ];
+        for body in accepted {
+            let body = Bytes::from_static(body);
+            assert_eq!(
+                chat_sliced(&body).ok_or(()),
+                decode_chat_typed(&body).map_err(|_| ())
+            );
+        }
+        let refused: [&[u8]; 5] = [
+            br#"{"model":"m","messages":[{"role":"user","content":"bad \ud800 surrogate in a long text"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"bad \q escape in a long text"}]}"#,
+            b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"raw \x01 control in a long text\"}]}",
+            br#"{"model":"m","messages":[{"role":"user","content":"a long enough text"}],"tools":[{"function":{"name":"f","parameters":{"a":}}}]}"#,
+            br#"{"model":"m","messages":[{"role":"wizard","content":"a long enough text"}]}"#,
+        ];
+        check_unread_table(
+            &[] as &[&[u8]],
+            &refused,
+            decode_chat_typed,
+            |body| chat_sliced(&Bytes::copy_from_slice(body)),
+            |body| decode_chat_sliced(&Bytes::copy_from_slice(body)),
+        );
     }
 
     /// Skipped texts are checked as decoded ones are: an escaped NUL, a surrogate pair or an escaped

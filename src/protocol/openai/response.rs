@@ -50,7 +50,7 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
     match field("thinking_blocks").and_then(Value::as_array) {
         Some(blocks) if !blocks.is_empty() => {
             for block in blocks {
-                if let Ok(block) = ThinkingBlockWire::deserialize(block)
+                if let Ok(block) = ThinkingBlockWire::<String>::deserialize(block)
                     && let Some(part) = block.into_part()
                 {
                     parts.push(part);
@@ -71,24 +71,26 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
         }
     }
     match field("content") {
-        Some(Value::String(text)) if !text.is_empty() => parts.push(Part::Text(text.clone())),
+        Some(Value::String(text)) if !text.is_empty() => {
+            parts.push(Part::Text(text.clone().into()))
+        }
         Some(Value::Array(items)) => {
             for item in items {
                 if let Some(text) = item.get("text").and_then(Value::as_str) {
-                    parts.push(Part::Text(text.to_owned()));
+                    parts.push(Part::Text(text.to_owned().into()));
                 }
             }
         }
         _ => {
             if let Some(refusal) = field("refusal").and_then(Value::as_str) {
-                parts.push(Part::Text(refusal.to_owned()));
+                parts.push(Part::Text(refusal.to_owned().into()));
             } else if let Some(text) = choice
                 .and_then(|choice| choice.get("text"))
                 .and_then(Value::as_str)
                 .filter(|text| !text.is_empty())
             {
                 // A legacy `text_completion` answer.
-                parts.push(Part::Text(text.to_owned()));
+                parts.push(Part::Text(text.to_owned().into()));
             }
         }
     }
@@ -106,7 +108,7 @@ pub(crate) fn decode_response_value(body: &[u8]) -> Result<ChatResponse, DecodeE
         parts.push(Part::ToolCall(ToolCall {
             id: text("/id"),
             name: text("/function/name"),
-            arguments: text("/function/arguments"),
+            arguments: text("/function/arguments").into(),
         }));
     }
     let text = |key: &str| str_member(&value, key);
@@ -173,7 +175,7 @@ pub(crate) fn exact_response(body: &[u8]) -> Option<ChatResponse> {
             };
             response.finish_reason = reason.map(finish_reason_from);
             if !text.is_empty() {
-                response.parts.push(Part::Text(text.into_owned()));
+                response.parts.push(Part::Text(text.into_owned().into()));
             }
             rest = after.strip_prefix(b"}]")?;
         } else if let Some(mut after) = rest.strip_prefix(USAGE_START) {
@@ -359,12 +361,12 @@ impl ResponseIn<'_> {
                 .map(str::to_owned)
         };
         match message.and_then(|message| non_empty(&message.content)) {
-            Some(text) => parts.push(Part::Text(text)),
+            Some(text) => parts.push(Part::Text(text.into())),
             None => {
                 if let Some(refusal) = message.and_then(|message| message.refusal.as_deref()) {
-                    parts.push(Part::Text(refusal.to_owned()));
+                    parts.push(Part::Text(refusal.to_owned().into()));
                 } else if let Some(text) = choice.and_then(|choice| non_empty(&choice.text)) {
-                    parts.push(Part::Text(text));
+                    parts.push(Part::Text(text.into()));
                 }
             }
         }
@@ -378,7 +380,7 @@ impl ResponseIn<'_> {
             parts.push(Part::ToolCall(ToolCall {
                 id: text(call.id.as_ref()),
                 name: text(function.and_then(|function| function.name.as_ref())),
-                arguments: text(function.and_then(|function| function.arguments.as_ref())),
+                arguments: text(function.and_then(|function| function.arguments.as_ref())).into(),
             }));
         }
         let usage = self.usage.as_ref().map(|usage| Usage {

@@ -53,12 +53,14 @@ impl ContentWire {
     /// audio are dropped.
     fn into_parts(self) -> Vec<Part> {
         match self {
-            StringOrParts::Text(text) => vec![Part::Text(text)],
+            StringOrParts::Text(text) => vec![Part::Text(text.into())],
             StringOrParts::Parts(parts) => parts
                 .into_iter()
                 .filter_map(|part| match part.kind.as_deref() {
-                    Some("input_text" | "output_text" | "text") => part.text.map(Part::Text),
-                    Some("refusal") => part.refusal.map(Part::Text),
+                    Some("input_text" | "output_text" | "text") => {
+                        part.text.map(|text| Part::Text(text.into()))
+                    }
+                    Some("refusal") => part.refusal.map(|text| Part::Text(text.into())),
                     Some("input_image" | "image_url") => image_part(part.image_url?),
                     _ => None,
                 })
@@ -242,7 +244,7 @@ pub(crate) fn push_item_list(
                 assistant_turn(chat).push(Part::ToolCall(ToolCall {
                     id: call_id,
                     name,
-                    arguments,
+                    arguments: arguments.into(),
                 }));
             }
             "function_call_output" => {
@@ -253,7 +255,11 @@ pub(crate) fn push_item_list(
                     role: Role::Tool,
                     parts: vec![Part::ToolResult(ToolResult {
                         tool_call_id: call_id,
-                        content: item.output.map(ContentWire::into_text).unwrap_or_default(),
+                        content: item
+                            .output
+                            .map(ContentWire::into_text)
+                            .unwrap_or_default()
+                            .into(),
                         is_error: false,
                     })],
                     name: None,

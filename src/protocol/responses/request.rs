@@ -121,7 +121,7 @@ pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
                 items.extend_from_slice(b"}]");
                 chat.messages.push(Message {
                     role: Role::User,
-                    parts: vec![Part::Text(content)],
+                    parts: vec![Part::Text(content.into())],
                     name: None,
                 });
                 InputItems::Text(String::from_utf8(items).unwrap_or_default())

@@ -92,15 +92,15 @@ pub(crate) fn item_parts(item: &Value) -> Vec<Part> {
             .unwrap_or_default()
             .iter()
             .filter_map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("output_text") => Some(Part::Text(str_of(part, "text"))),
-                Some("refusal") => Some(Part::Text(str_of(part, "refusal"))),
+                Some("output_text") => Some(Part::Text(str_of(part, "text").into())),
+                Some("refusal") => Some(Part::Text(str_of(part, "refusal").into())),
                 _ => None,
             })
             .collect(),
         Some("function_call") => vec![Part::ToolCall(ToolCall {
             id: str_of(item, "call_id"),
             name: str_of(item, "name"),
-            arguments: str_of(item, "arguments"),
+            arguments: str_of(item, "arguments").into(),
         })],
         Some("reasoning") => {
             let mut text = texts("content", "text");

@@ -443,8 +443,8 @@ mod writer_tests {
 
     fn part() -> impl Strategy<Value = Part> {
         prop_oneof![
-            4 => text().prop_map(Part::Text),
-            2 => (text(), text(), text()).prop_map(|(id, name, arguments)| Part::ToolCall(ToolCall { id, name, arguments })),
+            4 => text().prop_map(|text| Part::Text(text.into())),
+            2 => (text(), text(), text()).prop_map(|(id, name, arguments)| Part::ToolCall(ToolCall { id, name, arguments: arguments.into() })),
             1 => (text(), proptest::option::of(text())).prop_map(|(text, signature)| Part::Thinking { text, signature }),
             1 => text().prop_map(|data| Part::RedactedThinking { data }),
         ]

@@ -3,7 +3,7 @@
 
 use super::exact::ExactChunk;
 use super::{ResponseSummary, StreamEvent};
-use crate::protocol::ToolCall;
+use crate::protocol::{Text, ToolCall};
 
 #[derive(Debug, Default)]
 pub(super) struct SummaryBuilder {
@@ -44,7 +44,7 @@ impl SummaryBuilder {
                 summary.tool_calls.push(ToolCall {
                     id: id.clone(),
                     name: name.clone(),
-                    arguments: String::new(),
+                    arguments: Text::default(),
                 });
             }
             StreamEvent::ToolCallArgs { index, arguments } => {

@@ -64,7 +64,7 @@ fn chat(system: &str, messages: &[(Role, &str)]) -> ApiRequest {
             .iter()
             .map(|(role, text)| Message {
                 role: *role,
-                parts: vec![Part::Text((*text).to_owned())],
+                parts: vec![Part::Text((*text).into())],
                 name: None,
             })
             .collect(),

@@ -30,10 +30,13 @@ use tokio::sync::oneshot;
 
 use writer::WriterOptions;
 
+use crate::protocol::Text;
+
 /// Applied by the writer thread to every piece of logged text (messages, reply, reasoning, tool call
 /// arguments, string request parameters), e.g. to mask keys or personal data.
-/// Text without a match comes back borrowed, so the common case copies nothing.
-pub(crate) type Redactor = Arc<RedactFn>;
+/// Text without a match comes back borrowed, so the common case copies nothing. None where nothing is
+/// redacted: texts taken from the request body are then written as the body wrote them, unread.
+pub(crate) type Redactor = Option<Arc<RedactFn>>;
 
 /// The function behind a [`Redactor`].
 pub(crate) type RedactFn = dyn for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync;
@@ -42,7 +45,12 @@ pub(crate) type RedactFn = dyn for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync
 pub(crate) fn redactor(
     f: impl for<'a> Fn(&'a str) -> Cow<'a, str> + Send + Sync + 'static,
 ) -> Redactor {
-    Arc::new(f)
+    Some(Arc::new(f))
+}
+
+/// Text kept as it is (the OpenAI layout's redaction where none is configured).
+fn keep_text(text: &str) -> Cow<'_, str> {
+    Cow::Borrowed(text)
 }
 
 /// Called once per record dropped because the queue was full (or the logger was shut down).
@@ -50,7 +58,7 @@ pub(crate) type DropHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A redactor that keeps text as it is.
 pub fn no_redaction() -> Redactor {
-    redactor(|text| Cow::Borrowed(text))
+    None
 }
 
 /// The `request_log` config section.
@@ -141,7 +149,7 @@ pub struct LogToolCall {
     pub id: String,
     pub name: String,
     /// The arguments as the model produced them (a JSON text, not parsed).
-    pub arguments: String,
+    pub arguments: Text,
 }
 
 /// One message of the conversation sent to the model.
@@ -149,7 +157,7 @@ pub struct LogToolCall {
 pub struct LogMessage {
     pub role: LogRole,
     /// The text content (parts concatenated); empty for an assistant turn that only calls tools.
-    pub text: String,
+    pub text: Text,
     /// Tool calls of an assistant turn.
     pub tool_calls: Vec<LogToolCall>,
     /// For a `Tool` message: the call it answers.
@@ -158,7 +166,7 @@ pub struct LogMessage {
 
 impl LogMessage {
     /// A plain text message.
-    pub fn text(role: LogRole, text: impl Into<String>) -> LogMessage {
+    pub fn text(role: LogRole, text: impl Into<Text>) -> LogMessage {
         LogMessage {
             role,
             text: text.into(),
@@ -202,13 +210,13 @@ impl LogRecord {
         let calls = |calls: &[LogToolCall]| -> usize {
             calls
                 .iter()
-                .map(|call| call.id.len() + call.name.len() + call.arguments.len())
+                .map(|call| call.id.len() + call.name.len() + call.arguments.written_len())
                 .sum()
         };
         let messages: usize = self
             .messages
             .iter()
-            .map(|message| message.text.len() + calls(&message.tool_calls))
+            .map(|message| message.text.written_len() + calls(&message.tool_calls))
             .sum();
         self.system.as_ref().map_or(0, String::len)
             + messages

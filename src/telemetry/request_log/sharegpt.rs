@@ -6,12 +6,17 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::{LogRecord, LogRole, LogToolCall, RedactFn};
+use crate::protocol::Text;
 use crate::protocol::json_text::{simd_room, write_str};
 
 /// One `format: sharegpt` line (without the newline), written straight into `out`: the same bytes as
 /// serializing the `ShareGptLine` of the tests (field order, escapes, numbers, optional fields), without
 /// building it, and strings scanned eight bytes at a time.
-pub(super) fn write_sharegpt_line(out: &mut Vec<u8>, record: &LogRecord, redact: &RedactFn) {
+pub(super) fn write_sharegpt_line(
+    out: &mut Vec<u8>,
+    record: &LogRecord,
+    redact: Option<&RedactFn>,
+) {
     reserve_for(out, record);
     out.extend_from_slice(b"{\"id\":");
     write_str(out, &record.id);
@@ -39,27 +44,29 @@ pub(super) fn write_sharegpt_line(out: &mut Vec<u8>, record: &LogRecord, redact:
     write_number(out, record.ttft_ms);
     out.extend_from_slice(b",\"conversations\":[");
     if let Some(system) = &record.system {
-        write_turn(out, "system", &redact(system), &[], None, redact);
+        turn_head(out, "system");
+        write_redacted(out, system, redact);
+        turn_tail(out, &[], None, redact);
         out.push(b',');
     }
     for message in &record.messages {
-        let from = sharegpt_from(message.role);
-        let id = message.tool_call_id.as_deref();
-        write_turn(
+        turn_head(out, sharegpt_from(message.role));
+        write_text(out, &message.text, redact);
+        turn_tail(
             out,
-            from,
-            &redact(&message.text),
             &message.tool_calls,
-            id,
+            message.tool_call_id.as_deref(),
             redact,
         );
         out.push(b',');
     }
-    write_turn(out, "gpt", &redact(&record.reply), &[], None, redact);
+    turn_head(out, "gpt");
+    write_redacted(out, &record.reply, redact);
+    turn_tail(out, &[], None, redact);
     out.push(b']');
     if let Some(reasoning) = &record.reasoning {
         out.extend_from_slice(b",\"reasoning\":");
-        write_str(out, &redact(reasoning));
+        write_redacted(out, reasoning, redact);
     }
     if !record.reply_tool_calls.is_empty() {
         out.extend_from_slice(b",\"tool_calls\":");
@@ -71,6 +78,23 @@ pub(super) fn write_sharegpt_line(out: &mut Vec<u8>, record: &LogRecord, redact:
     out.push(b'}');
 }
 
+/// `text` as a JSON string, redacted.
+fn write_redacted(out: &mut Vec<u8>, text: &str, redact: Option<&RedactFn>) {
+    match redact {
+        Some(redact) => write_str(out, &redact(text)),
+        None => write_str(out, text),
+    }
+}
+
+/// A conversation text as a JSON string, redacted; without redaction, a text taken from the request
+/// body is written as the body wrote it, never unescaped (the same value).
+fn write_text(out: &mut Vec<u8>, text: &Text, redact: Option<&RedactFn>) {
+    match redact {
+        Some(redact) => write_str(out, &redact(text)),
+        None => text.write_json(out),
+    }
+}
+
 /// Room for the whole line, escapes included, plus what the SIMD escaper needs past the end for the
 /// longest text, so each text is escaped straight into `out`. The writer reuses `out` from line to
 /// line: after the first large lines this reserves nothing.
@@ -79,8 +103,12 @@ fn reserve_for(out: &mut Vec<u8>, record: &LogRecord) {
         .messages
         .iter()
         .flat_map(|message| {
-            std::iter::once(message.text.len())
-                .chain(message.tool_calls.iter().map(|call| call.arguments.len()))
+            std::iter::once(message.text.written_len()).chain(
+                message
+                    .tool_calls
+                    .iter()
+                    .map(|call| call.arguments.written_len()),
+            )
         })
         .chain(record.system.as_ref().map(String::len))
         .chain([record.reply.len()])
@@ -89,7 +117,7 @@ fn reserve_for(out: &mut Vec<u8>, record: &LogRecord) {
             record
                 .reply_tool_calls
                 .iter()
-                .map(|call| call.arguments.len()),
+                .map(|call| call.arguments.written_len()),
         );
     let (total, longest) = texts.fold((0, 0), |(total, longest), len| {
         (total + len, longest.max(len))
@@ -97,19 +125,21 @@ fn reserve_for(out: &mut Vec<u8>, record: &LogRecord) {
     out.reserve(1024 + total + total / 8 + 64 * record.messages.len() + simd_room(longest));
 }
 
-fn write_turn(
-    out: &mut Vec<u8>,
-    from: &'static str,
-    value: &str,
-    tool_calls: &[LogToolCall],
-    tool_call_id: Option<&str>,
-    redact: &RedactFn,
-) {
+/// A turn up to its value: `{"from":…,"value":`.
+fn turn_head(out: &mut Vec<u8>, from: &'static str) {
     // `from` is one of four plain words: nothing to escape.
     out.extend_from_slice(b"{\"from\":\"");
     out.extend_from_slice(from.as_bytes());
     out.extend_from_slice(b"\",\"value\":");
-    write_str(out, value);
+}
+
+/// A turn after its value: its tool calls, the call it answers, the closing brace.
+fn turn_tail(
+    out: &mut Vec<u8>,
+    tool_calls: &[LogToolCall],
+    tool_call_id: Option<&str>,
+    redact: Option<&RedactFn>,
+) {
     if !tool_calls.is_empty() {
         out.extend_from_slice(b",\"tool_calls\":");
         write_tool_calls(out, tool_calls, redact);
@@ -121,7 +151,7 @@ fn write_turn(
     out.push(b'}');
 }
 
-fn write_tool_calls(out: &mut Vec<u8>, calls: &[LogToolCall], redact: &RedactFn) {
+fn write_tool_calls(out: &mut Vec<u8>, calls: &[LogToolCall], redact: Option<&RedactFn>) {
     out.push(b'[');
     for (n, call) in calls.iter().enumerate() {
         if n > 0 {
@@ -132,7 +162,7 @@ fn write_tool_calls(out: &mut Vec<u8>, calls: &[LogToolCall], redact: &RedactFn)
         out.extend_from_slice(b",\"name\":");
         write_str(out, &call.name);
         out.extend_from_slice(b",\"arguments\":");
-        write_str(out, &redact(&call.arguments));
+        write_text(out, &call.arguments, redact);
         out.push(b'}');
     }
     out.push(b']');
@@ -221,7 +251,8 @@ mod tests {
             .collect()
     }
 
-    fn sharegpt_line<'a>(record: &'a LogRecord, redact: &RedactFn) -> ShareGptLine<'a> {
+    fn sharegpt_line<'a>(record: &'a LogRecord, redact: Option<&RedactFn>) -> ShareGptLine<'a> {
+        let redact = redact.unwrap_or(&super::super::keep_text);
         let mut conversations = Vec::with_capacity(record.messages.len() + 2);
         if let Some(system) = &record.system {
             conversations.push(Turn {
@@ -267,7 +298,7 @@ mod tests {
     }
 
     /// The hand-written sharegpt writer gives exactly the serde model's bytes.
-    fn assert_sharegpt_bytes(record: &LogRecord, redact: &RedactFn) {
+    fn assert_sharegpt_bytes(record: &LogRecord, redact: Option<&RedactFn>) {
         let mut written = Vec::new();
         write_sharegpt_line(&mut written, record, redact);
         let expected = serde_json::to_vec(&sharegpt_line(record, redact)).unwrap();
@@ -280,7 +311,7 @@ mod tests {
     #[test]
     fn sharegpt_writer_matches_the_serde_model() {
         let mut record = rich();
-        assert_sharegpt_bytes(&record, &*redactor());
+        assert_sharegpt_bytes(&record, redactor().as_deref());
         record.instance = None;
         record.ttft_ms = None;
         record.latency_ms = f64::NAN;
@@ -288,7 +319,7 @@ mod tests {
         record.reasoning = None;
         record.reply_tool_calls.clear();
         record.timestamp = ts("2026-01-02T03:04:05.000000001Z");
-        assert_sharegpt_bytes(&record, &*no_redaction());
+        assert_sharegpt_bytes(&record, no_redaction().as_deref());
     }
 
     proptest::proptest! {
@@ -307,7 +338,7 @@ mod tests {
             let call = LogToolCall {
                 id: texts[0].clone(),
                 name: texts[1].clone(),
-                arguments: texts[2].clone(),
+                arguments: texts[2].clone().into(),
             };
             let record = LogRecord {
                 id: texts[3].clone(),
@@ -325,13 +356,13 @@ mod tests {
                     LogMessage::text(LogRole::User, texts[0].clone()),
                     LogMessage {
                         role: LogRole::Assistant,
-                        text: String::new(),
+                        text: Text::default(),
                         tool_calls: vec![call.clone(), call.clone()],
                         tool_call_id: None,
                     },
                     LogMessage {
                         role: LogRole::Tool,
-                        text: texts[4].clone(),
+                        text: texts[4].clone().into(),
                         tool_calls: Vec::new(),
                         tool_call_id: Some(texts[5].clone()),
                     },
@@ -343,8 +374,8 @@ mod tests {
                 incomplete: numbers.0 % 2 == 1,
             };
             let mut written = Vec::new();
-            write_sharegpt_line(&mut written, &record, &*redactor());
-            let expected = serde_json::to_vec(&sharegpt_line(&record, &*redactor())).unwrap();
+            write_sharegpt_line(&mut written, &record, redactor().as_deref());
+            let expected = serde_json::to_vec(&sharegpt_line(&record, redactor().as_deref())).unwrap();
             proptest::prop_assert_eq!(written, expected);
         }
     }

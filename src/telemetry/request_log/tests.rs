@@ -120,7 +120,7 @@ pub(super) fn rich() -> LogRecord {
             LogMessage::text(LogRole::User, "Wetter in Zürich? 日本語 🚀"),
             LogMessage {
                 role: LogRole::Assistant,
-                text: String::new(),
+                text: String::new().into(),
                 tool_calls: vec![call.clone()],
                 tool_call_id: None,
             },

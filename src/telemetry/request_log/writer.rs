@@ -277,11 +277,12 @@ impl Writer {
         self.line.clear();
         let result = match self.format {
             LogFormat::ShareGpt => {
-                write_sharegpt_line(&mut self.line, record, &*self.redact);
+                write_sharegpt_line(&mut self.line, record, self.redact.as_deref());
                 Ok(())
             }
             LogFormat::OpenAi => {
-                serde_json::to_writer(&mut self.line, &openai_line(record, &*self.redact))
+                let redact = self.redact.as_deref().unwrap_or(&super::keep_text);
+                serde_json::to_writer(&mut self.line, &openai_line(record, redact))
             }
         };
         if let Err(err) = result {

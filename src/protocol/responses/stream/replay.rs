@@ -49,7 +49,7 @@ pub fn replay(
                 encoder.emit(
                     &StreamEvent::ToolCallArgs {
                         index,
-                        arguments: call.arguments.clone(),
+                        arguments: call.arguments.to_string(),
                     },
                     opts,
                     &mut out,
