@@ -391,7 +391,7 @@ mod tests {
             name: None,
         });
         Arc::new(ApiRequest::Chat(ChatRequest {
-            system: vec!["You are a coding agent. ".repeat(30)],
+            system: vec!["You are a coding agent. ".repeat(30).into()],
             messages,
             ..ChatRequest::default()
         }))

@@ -3,20 +3,27 @@
 //! route reads the conversation) against the typed readings that define the semantics. On any bytes,
 //! each must accept exactly what its typed reading accepts, refuse the rest with the typed reading's
 //! error, and agree with it on everything it keeps — an unread reading that accepted a body the typed
-//! one refuses would forward it upstream.
+//! one refuses would forward it upstream. The sliced chat reading (`decode_chat_sliced`, a large body's
+//! texts kept as slices of it) must read exactly what the typed reading reads, or refuse with its error.
 //!
-//! Input: one byte choosing the front door, then the body.
+//! Input: one byte choosing the front door (or the sliced reading), then the body.
 
 #![no_main]
 
-use ai_gateway::protocol::{ChatRequest, DecodeError, anthropic, openai, responses};
+use ai_gateway::protocol::{ChatRequest, DecodeError, Text, anthropic, openai, responses};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
     let [door, body @ ..] = input else {
         return;
     };
-    match door % 3 {
+    match door % 4 {
+        3 => same(
+            openai::decode_chat_sliced(&bytes::Bytes::copy_from_slice(body)),
+            openai::decode_chat(body),
+            |_| false,
+            |typed| typed,
+        ),
         0 => same(
             openai::decode_chat_unread(body),
             openai::decode_chat(body),
@@ -35,7 +42,7 @@ fuzz_target!(|input: &[u8]| {
             |request| request.chat.messages_unread,
             |typed| responses::ResponsesRequest {
                 chat: ChatRequest {
-                    system: typed.instructions.clone(),
+                    system: typed.instructions.iter().map(Text::from).collect(),
                     messages: Vec::new(),
                     messages_unread: true,
                     ..typed.chat.clone()

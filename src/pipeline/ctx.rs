@@ -210,7 +210,7 @@ impl RequestCtx {
                 let system = match chat.system.len() {
                     0 => None,
                     1 => chat.system.into_iter().next(),
-                    _ => Some(chat.system.join("\n")),
+                    _ => Some(chat.system.join("\n").into()),
                 };
                 let messages = chat.messages.into_iter().map(log_message).collect();
                 (system, messages)

@@ -133,7 +133,7 @@ fn read_messages(whole: &str, bytes: &[u8], request: &mut ChatRequest) -> Option
     loop {
         let (role, text, used) = read_message(whole, rest)?;
         if role == Role::System && leading_system {
-            request.system.push(text);
+            request.system.push(text.into());
         } else {
             leading_system = false;
             request.messages.push(Message {

@@ -165,7 +165,7 @@ pub struct ChatRequest {
     pub model: Option<String>,
     /// System prompt parts, in order. OpenAI `system`/`developer` messages land here only when they lead
     /// the conversation; later ones stay in `messages` with `Role::System`.
-    pub system: Vec<String>,
+    pub system: Vec<Text>,
     pub messages: Vec<Message>,
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`.
@@ -233,7 +233,7 @@ impl ChatRequest {
     /// schemas, plus an eighth for escapes (an agent's texts are source code and logs: newlines and
     /// quotes), so a large body is written without growing — each growth copies all of it.
     pub(crate) fn encoded_len_hint(&self) -> usize {
-        let text_len: usize = self.system.iter().map(String::len).sum::<usize>()
+        let text_len: usize = self.system.iter().map(Text::written_len).sum::<usize>()
             + self
                 .messages
                 .iter()
@@ -365,6 +365,27 @@ pub struct Message {
 }
 
 impl Message {
+    /// [`Message::text`] as a [`Text`]: a lone text moves as it is (a body's text stays a slice).
+    pub(crate) fn into_text(self) -> Text {
+        let mut texts = self.parts.into_iter().filter_map(|part| match part {
+            Part::Text(text) => Some(text),
+            Part::ToolResult(result) => Some(result.content),
+            _ => None,
+        });
+        let Some(first) = texts.next() else {
+            return Text::default();
+        };
+        let Some(second) = texts.next() else {
+            return first;
+        };
+        let mut joined = first.into_string();
+        for text in std::iter::once(second).chain(texts) {
+            joined.push('\n');
+            joined.push_str(&text);
+        }
+        joined.into()
+    }
+
     /// The message's text parts joined by a newline (tool results included as text).
     pub fn text(&self) -> String {
         let mut out = String::new();

@@ -184,7 +184,7 @@ impl<'a> RequestOut<'a> {
         let Some(model) = model.or(req.model.as_deref()) else {
             return Err(missing("model"));
         };
-        let mut system: Vec<&str> = req.system.iter().map(String::as_str).collect();
+        let mut system: Vec<&str> = req.system.iter().map(Text::as_str).collect();
         let mut turns: Vec<(&'static str, Vec<BlockOut<'a>>)> =
             Vec::with_capacity(req.messages.len());
         for (index, message) in req.messages.iter().enumerate() {

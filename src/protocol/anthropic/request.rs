@@ -7,7 +7,7 @@ use super::wire::{BlockItem, Loose, MessageContent, MessagesWire, ToolChoiceWire
 use crate::protocol::blank_strings::blank_long_strings;
 use crate::protocol::openai::{Unread, WireText, body_text, missing, parse, required_messages};
 use crate::protocol::{
-    ChatRequest, DecodeError, Image, Message, Part, Role, SamplingParams, Tool, ToolCall,
+    ChatRequest, DecodeError, Image, Message, Part, Role, SamplingParams, Text, Tool, ToolCall,
     ToolChoice, ToolResult,
 };
 
@@ -197,10 +197,10 @@ fn tool_choice(
     Ok(())
 }
 
-fn system_parts(system: Option<&Value>) -> Result<Vec<String>, DecodeError> {
+fn system_parts(system: Option<&Value>) -> Result<Vec<Text>, DecodeError> {
     match system {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(text)) => Ok(vec![text.clone()]),
+        Some(Value::String(text)) => Ok(vec![text.into()]),
         Some(Value::Array(blocks)) => blocks
             .iter()
             .enumerate()
@@ -209,7 +209,7 @@ fn system_parts(system: Option<&Value>) -> Result<Vec<String>, DecodeError> {
                 block
                     .get("text")
                     .and_then(Value::as_str)
-                    .map(str::to_owned)
+                    .map(Text::from)
                     .ok_or_else(|| {
                         DecodeError::new(format!("{path}: expected a string"), Some(path))
                     })

@@ -131,8 +131,12 @@ fn stream_fixtures() -> Vec<(Protocol, Vec<u8>)> {
 /// Tool calls, tool results, images and text survive a request's trip to the other protocol and back.
 #[test]
 fn requests_round_trip_their_content() {
-    let content =
-        |request: &crate::protocol::ChatRequest| content_lines(request.system.clone(), request);
+    let content = |request: &crate::protocol::ChatRequest| {
+        content_lines(
+            request.system.iter().map(ToString::to_string).collect(),
+            request,
+        )
+    };
     let opts = RequestOptions {
         model: None,
         default_max_tokens: 1024,

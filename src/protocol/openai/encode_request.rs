@@ -539,7 +539,7 @@ pub(crate) mod tests {
             let (max_tokens, temperature, top_p, top_k, seed, presence_penalty, frequency_penalty, n) = numbers;
             ChatRequest {
                 model,
-                system,
+                system: system.into_iter().map(Text::from).collect(),
                 messages,
                 stream,
                 params: SamplingParams { max_tokens, temperature, top_p, top_k, stop, seed, presence_penalty, frequency_penalty, n },

@@ -75,7 +75,7 @@ fn build<T: KeptText>(mut wire: ChatWire<T, ReadMessages<T>>) -> Result<ChatRequ
     let mut messages = read.messages.into_iter().peekable();
     // Leading system and developer messages are the system prompt.
     while let Some(system) = messages.next_if(|message| message.role == Role::System) {
-        request.system.push(system.text());
+        request.system.push(system.into_text());
     }
     request.messages = messages.collect();
     for tool in wire.tools.unwrap_or_default() {

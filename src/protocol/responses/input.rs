@@ -220,7 +220,7 @@ pub(crate) fn push_item_list(
                             parts,
                             name: None,
                         }
-                        .text(),
+                        .into_text(),
                     );
                 } else if role == Role::Assistant {
                     assistant_turn(chat).extend(parts);

@@ -18,8 +18,8 @@ use crate::protocol::openai::{
     Unread, WireText, body_text, missing, parse, parse_field, tool_choice_word,
 };
 use crate::protocol::{
-    ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Tool,
-    ToolChoice,
+    ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Text,
+    Tool, ToolChoice,
 };
 
 /// A decoded `POST /v1/responses` request.
@@ -204,7 +204,7 @@ fn decode_wire<T: WireText>(
     };
     let mut chat = ChatRequest {
         model: wire.model,
-        system: instructions.clone(),
+        system: instructions.iter().map(Text::from).collect(),
         stream: wire.stream.unwrap_or(false),
         params: SamplingParams {
             max_tokens: wire.max_output_tokens,
@@ -362,7 +362,7 @@ fn instructions_text(raw: &RawValue) -> Result<Vec<String>, DecodeError> {
     }
     let mut holder = ChatRequest::default();
     push_raw_items(raw, "instructions", &mut holder)?;
-    let mut out = holder.system;
+    let mut out: Vec<String> = holder.system.into_iter().map(Text::into_string).collect();
     out.extend(holder.messages.iter().map(Message::text));
     Ok(out)
 }
@@ -476,7 +476,7 @@ impl ResponsesRequest {
     ) -> Result<String, DecodeError> {
         let items = join_items(&[stored, new_items]);
         let mut chat = ChatRequest {
-            system: self.instructions.clone(),
+            system: self.instructions.iter().map(Text::from).collect(),
             messages: Vec::new(),
             ..std::mem::take(&mut self.chat)
         };
@@ -679,7 +679,7 @@ mod tests {
                 |typed| matches!(typed.input_items, InputItems::Text(_)) || typed.previous_response_id.is_some(),
                 |typed| ResponsesRequest {
                     chat: ChatRequest {
-                        system: typed.instructions.clone(),
+                        system: typed.instructions.iter().map(Text::from).collect(),
                         messages: Vec::new(),
                         messages_unread: true,
                         ..typed.chat.clone()

@@ -58,7 +58,7 @@ fn chat(system: &str, messages: &[(Role, &str)]) -> ApiRequest {
         system: if system.is_empty() {
             vec![]
         } else {
-            vec![system.to_owned()]
+            vec![system.into()]
         },
         messages: messages
             .iter()

@@ -192,7 +192,7 @@ pub struct LogRecord {
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
     /// A top-level system prompt (Anthropic `system`); OpenAI system messages may stay in `messages`.
-    pub system: Option<String>,
+    pub system: Option<Text>,
     pub messages: Vec<LogMessage>,
     pub reply: String,
     pub reasoning: Option<String>,
@@ -218,7 +218,7 @@ impl LogRecord {
             .iter()
             .map(|message| message.text.written_len() + calls(&message.tool_calls))
             .sum();
-        self.system.as_ref().map_or(0, String::len)
+        self.system.as_ref().map_or(0, Text::written_len)
             + messages
             + self.reply.len()
             + self.reasoning.as_ref().map_or(0, String::len)

@@ -45,7 +45,7 @@ pub(super) fn write_sharegpt_line(
     out.extend_from_slice(b",\"conversations\":[");
     if let Some(system) = &record.system {
         turn_head(out, "system");
-        write_redacted(out, system, redact);
+        write_text(out, system, redact);
         turn_tail(out, &[], None, redact);
         out.push(b',');
     }
@@ -110,7 +110,7 @@ fn reserve_for(out: &mut Vec<u8>, record: &LogRecord) {
                     .map(|call| call.arguments.written_len()),
             )
         })
-        .chain(record.system.as_ref().map(String::len))
+        .chain(record.system.as_ref().map(Text::written_len))
         .chain([record.reply.len()])
         .chain(record.reasoning.as_ref().map(String::len))
         .chain(
@@ -351,7 +351,7 @@ mod tests {
                 completion_tokens: numbers.2,
                 latency_ms: latency,
                 ttft_ms: ttft,
-                system: optional[1].then(|| texts[2].clone()),
+                system: optional[1].then(|| texts[2].clone().into()),
                 messages: vec![
                     LogMessage::text(LogRole::User, texts[0].clone()),
                     LogMessage {
