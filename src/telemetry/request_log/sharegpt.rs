@@ -308,6 +308,40 @@ mod tests {
         );
     }
 
+    /// Texts taken from a request body (with escapes or without) are written as the body wrote them
+    /// where nothing is redacted — the same values — and redacted like any text where something is.
+    #[test]
+    fn body_texts_are_written_as_sent_or_redacted() {
+        let escaped = r#""key sk-secret\n\u00e9 \"quoted\"""#;
+        let plain = "key sk-secret and more";
+        let mut record = rich();
+        record.messages = vec![
+            LogMessage::text(
+                LogRole::User,
+                Text::escaped(bytes::Bytes::from_static(escaped.as_bytes())),
+            ),
+            LogMessage::text(
+                LogRole::Tool,
+                Text::verbatim(bytes::Bytes::from_static(plain.as_bytes())),
+            ),
+        ];
+        let values = |redact: Option<&RedactFn>| {
+            let mut written = Vec::new();
+            write_sharegpt_line(&mut written, &record, redact);
+            let line: serde_json::Value = serde_json::from_slice(&written).unwrap();
+            (
+                line["conversations"][1]["value"].clone(),
+                line["conversations"][2]["value"].clone(),
+            )
+        };
+        let (first, second) = values(None);
+        assert_eq!(first, "key sk-secret\n\u{e9} \"quoted\"");
+        assert_eq!(second, plain);
+        let (first, second) = values(redactor().as_deref());
+        assert_eq!(first, "key [REDACTED]\n\u{e9} \"quoted\"");
+        assert_eq!(second, "key [REDACTED] and more");
+    }
+
     #[test]
     fn sharegpt_writer_matches_the_serde_model() {
         let mut record = rich();
