@@ -215,7 +215,7 @@ impl ChatRequest {
     /// Every piece of text in the request (system, messages, tool arguments and results).
     /// System parts, then each message's texts, tool results and tool-call arguments.
     pub(crate) fn input_pieces(&self) -> Vec<Piece<'_>> {
-        let mut pieces: Vec<Piece<'_>> = self.system.iter().map(|p| Piece::Str(p)).collect();
+        let mut pieces: Vec<Piece<'_>> = self.system.iter().map(Piece::Text).collect();
         for message in &self.messages {
             for part in &message.parts {
                 match part {
