@@ -151,12 +151,16 @@ fn unescape(quoted: &[u8]) -> String {
 }
 
 fn unescape_checked(quoted: &[u8]) -> Option<String> {
-    let inner = quoted.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    let mut out: Vec<u8> = Vec::with_capacity(inner.len());
+    // UTF-8 checked once, on the input (SIMD); the runs between escapes are its slices and every
+    // escape a `char`, so the output is never checked again.
+    let quoted = simdutf8::basic::from_utf8(quoted).ok()?;
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
     let mut rest = inner;
-    while let Some(at) = memchr::memchr(b'\\', rest) {
-        out.extend_from_slice(rest.get(..at)?);
-        let (ch, len) = match *rest.get(at + 1)? {
+    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(rest.get(..at)?);
+        let escape = rest.as_bytes();
+        let (ch, len) = match *escape.get(at + 1)? {
             b'"' => ('"', 2),
             b'\\' => ('\\', 2),
             b'/' => ('/', 2),
@@ -166,12 +170,12 @@ fn unescape_checked(quoted: &[u8]) -> Option<String> {
             b'r' => ('\r', 2),
             b't' => ('\t', 2),
             b'u' => {
-                let high = hex4(rest.get(at + 2..at + 6)?)?;
+                let high = hex4(escape.get(at + 2..at + 6)?)?;
                 if (0xD800..0xDC00).contains(&high) {
-                    if rest.get(at + 6..at + 8)? != b"\\u" {
+                    if escape.get(at + 6..at + 8)? != b"\\u" {
                         return None;
                     }
-                    let low = hex4(rest.get(at + 8..at + 12)?)?;
+                    let low = hex4(escape.get(at + 8..at + 12)?)?;
                     if !(0xDC00..0xE000).contains(&low) {
                         return None;
                     }
@@ -183,11 +187,11 @@ fn unescape_checked(quoted: &[u8]) -> Option<String> {
             }
             _ => return None,
         };
-        out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+        out.push(ch);
         rest = rest.get(at + len..)?;
     }
-    out.extend_from_slice(rest);
-    String::from_utf8(out).ok()
+    out.push_str(rest);
+    Some(out)
 }
 
 /// Four hex digits.
