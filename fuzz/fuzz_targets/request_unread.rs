@@ -4,7 +4,8 @@
 //! each must accept exactly what its typed reading accepts, refuse the rest with the typed reading's
 //! error, and agree with it on everything it keeps — an unread reading that accepted a body the typed
 //! one refuses would forward it upstream. The sliced chat reading (`decode_chat_sliced`, a large body's
-//! texts kept as slices of it) must read exactly what the typed reading reads, or refuse with its error.
+//! texts kept as slices of it) and the sliced Responses reading (`responses::decode_request_sliced`) must
+//! read exactly what their typed readings read, or refuse with their errors.
 //!
 //! Input: one byte choosing the front door (or the sliced reading), then the body.
 
@@ -17,10 +18,16 @@ fuzz_target!(|input: &[u8]| {
     let [door, body @ ..] = input else {
         return;
     };
-    match door % 4 {
+    match door % 5 {
         3 => same(
             openai::decode_chat_sliced(&bytes::Bytes::copy_from_slice(body)),
             openai::decode_chat(body),
+            |_| false,
+            |typed| typed,
+        ),
+        4 => same(
+            responses::decode_request_sliced(&bytes::Bytes::copy_from_slice(body)),
+            responses::decode_request(body),
             |_| false,
             |typed| typed,
         ),

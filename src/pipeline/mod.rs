@@ -322,13 +322,22 @@ pub fn decode_unread(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, Gate
 /// Decode the body in the endpoint's protocol into the canonical request.
 pub fn decode(endpoint: Endpoint, body: &Bytes) -> Result<ApiRequest, GatewayError> {
     // Every decoder checks the body's UTF-8 first (once: `openai::parse`) and names the offset.
-    // A large chat body's texts are kept as slices of it (the exact reader takes the small ones).
-    if endpoint == Endpoint::ChatCompletions
-        && body.len() > crate::protocol::exact_request::MAX_BODY
-    {
-        return openai::decode_chat_sliced(body)
-            .map(ApiRequest::Chat)
-            .map_err(|error| GatewayError::invalid(error.message, error.param));
+    // A large chat or Responses body's texts are kept as slices of it (the exact reader takes the
+    // small chat ones).
+    if body.len() > crate::protocol::exact_request::MAX_BODY {
+        let sliced = match endpoint {
+            Endpoint::ChatCompletions => {
+                Some(openai::decode_chat_sliced(body).map(ApiRequest::Chat))
+            }
+            Endpoint::Responses => Some(
+                crate::protocol::responses::decode_request_sliced(body)
+                    .map(|request| ApiRequest::Responses(Box::new(request))),
+            ),
+            _ => None,
+        };
+        if let Some(decoded) = sliced {
+            return decoded.map_err(|error| GatewayError::invalid(error.message, error.param));
+        }
     }
     match endpoint.protocol() {
         Protocol::OpenAi | Protocol::Responses => openai::decode_request(endpoint, body),

@@ -12,6 +12,7 @@
 //! the length of one synchronous reading ([`read`]); outside one, a [`Sliced`] reads as a plain string.
 
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 
 use bytes::Bytes;
 use serde::de::{self, Deserializer, Visitor};
@@ -49,6 +50,17 @@ impl Drop for Clear {
 /// wrong. Sound where the blanking is (see `blank_strings`): every string `T` keeps from `members` is
 /// a [`Sliced`] (or a raw value, [`SlicedRaw`], [`SlicedValue`]).
 pub(crate) fn read<T: DeserializeOwned>(body: &Bytes, text: &str, members: &[&str]) -> Option<T> {
+    read_with(body, text, members, |copy| serde_json::from_str(copy).ok())
+}
+
+/// [`read`] for a reading that borrows from the copy (`read_copy` is given it, and runs inside the
+/// sliced reading): whatever it keeps must own its data or be taken back to the body.
+pub(crate) fn read_with<R>(
+    body: &Bytes,
+    text: &str,
+    members: &[&str],
+    read_copy: impl FnOnce(&str) -> Option<R>,
+) -> Option<R> {
     let blanked = blank_and_map(text, members)?;
     let _clear = Clear;
     READING.with_borrow_mut(|reading| {
@@ -58,10 +70,7 @@ pub(crate) fn read<T: DeserializeOwned>(body: &Bytes, text: &str, members: &[&st
             cursor: Cell::new(0),
         });
     });
-    READING.with_borrow(|reading| {
-        let copy = &reading.as_ref()?.blanked.text;
-        serde_json::from_str(copy).ok()
-    })
+    READING.with_borrow(|reading| read_copy(&reading.as_ref()?.blanked.text))
 }
 
 impl Reading {
@@ -86,15 +95,44 @@ impl Reading {
         })
     }
 
-    /// The body's JSON text of a value serde_json read from the copy.
-    fn raw(&self, raw: &str) -> Option<&str> {
+    /// The body's range of a value serde_json read from the copy.
+    fn range(&self, raw: &str) -> Option<Range<usize>> {
         let at = self.offset(raw)?;
         let mut cursor = self.cursor.get();
         let start = self.blanked.body_offset(at, &mut cursor);
         let end = self.blanked.body_offset(at + raw.len(), &mut cursor);
         self.cursor.set(cursor);
-        simdutf8::basic::from_utf8(self.body.get(start..end)?).ok()
+        Some(start..end)
     }
+
+    /// The body's JSON text of a value serde_json read from the copy.
+    fn raw(&self, raw: &str) -> Option<&str> {
+        simdutf8::basic::from_utf8(self.body.get(self.range(raw)?)?).ok()
+    }
+
+    /// A value serde_json read from the copy as a [`SlicedValue`]: a blanked string as the body's, a
+    /// short one read as serde_json reads it, anything else as a tree.
+    fn value(&self, raw: &str) -> Option<SlicedValue> {
+        if raw == "\"\"" {
+            // The (empty) text between the copy's quotes, where a blanked string is looked up.
+            if let Some(text) = raw.get(1..1).and_then(|text| self.blanked(text)) {
+                return Some(SlicedValue::Text(text));
+            }
+        }
+        let body = self.raw(raw)?;
+        if body.starts_with('"') {
+            return serde_json::from_str::<String>(body)
+                .ok()
+                .map(|text| SlicedValue::Text(Text::from(text)));
+        }
+        serde_json::from_str(body).ok().map(SlicedValue::Value)
+    }
+}
+
+/// The body's range of a value serde_json read from the copy inside a sliced reading (`raw`, its JSON
+/// text in the copy): where the body wrote it, blanked strings and all.
+pub(crate) fn body_range(raw: &str) -> Option<Range<usize>> {
+    READING.with_borrow(|reading| reading.as_ref()?.range(raw))
 }
 
 /// A string serde_json read: a blanked one taken from the body, any other (short: an id, a name, a
@@ -151,18 +189,28 @@ impl<'de> Deserialize<'de> for SlicedRaw {
     }
 }
 
-/// Any JSON value of the body read as a tree (an image part's `image_url`), inside a sliced reading.
-pub(crate) struct SlicedValue(pub(crate) Value);
+/// Any JSON value of the body inside a sliced reading (an image part's `image_url`, a function call's
+/// `arguments`): a string as a [`Text`] (a long one a slice of the body), anything else as a tree.
+pub(crate) enum SlicedValue {
+    Text(Text),
+    Value(Value),
+}
+
+impl SlicedValue {
+    /// The value as a tree.
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            SlicedValue::Text(text) => Value::String(text.into_string()),
+            SlicedValue::Value(value) => value,
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for SlicedValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SlicedValue, D::Error> {
         let raw = <&'de RawValue>::deserialize(deserializer)?;
         READING
-            .with_borrow(|reading| {
-                serde_json::from_str(reading.as_ref()?.raw(raw.get())?)
-                    .ok()
-                    .map(SlicedValue)
-            })
+            .with_borrow(|reading| reading.as_ref()?.value(raw.get()))
             .ok_or_else(|| de::Error::custom("a value outside the sliced reading"))
     }
 }

@@ -54,6 +54,9 @@ pub(crate) trait KeptText: WireText {
     fn is_empty(&self) -> bool;
     fn raw_json(raw: Self::Raw) -> RawJson;
     fn any_value(any: Self::Any) -> Value;
+    /// Any JSON value as text: a string's text, `null` empty, anything else its JSON (a function
+    /// call's `arguments` written as an object).
+    fn any_text(any: Self::Any) -> Text;
 }
 
 impl KeptText for String {
@@ -72,6 +75,13 @@ impl KeptText for String {
     fn any_value(any: Value) -> Value {
         any
     }
+    fn any_text(any: Value) -> Text {
+        match any {
+            Value::Null => Text::default(),
+            Value::String(text) => Text::from(text),
+            other => Text::from(other.to_string()),
+        }
+    }
 }
 
 impl KeptText for Sliced {
@@ -85,7 +95,13 @@ impl KeptText for Sliced {
         raw.0
     }
     fn any_value(any: SlicedValue) -> Value {
-        any.0
+        any.into_value()
+    }
+    fn any_text(any: SlicedValue) -> Text {
+        match any {
+            SlicedValue::Text(text) => text,
+            SlicedValue::Value(value) => String::any_text(value),
+        }
     }
 }
 
@@ -169,21 +185,6 @@ impl<'de> Deserialize<'de> for Checked {
 pub(crate) enum StringOrParts<P, T = String> {
     Text(T),
     Parts(Vec<P>),
-}
-
-impl<P> StringOrParts<P> {
-    /// The content as one text: the string, or the text of each part (`text` says which) joined by a
-    /// newline.
-    pub(crate) fn joined_text(self, text: impl FnMut(P) -> Option<String>) -> String {
-        match self {
-            StringOrParts::Text(text) => text,
-            StringOrParts::Parts(parts) => parts
-                .into_iter()
-                .filter_map(text)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
 }
 
 /// Chat message content.

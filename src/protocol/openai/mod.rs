@@ -11,7 +11,7 @@ mod response;
 
 pub use answer::{TextAnswer, embeddings, error_body, text_completion};
 pub(crate) use answer::{chat_chunks, chat_completion, text_completion_chunks};
-pub(crate) use content::{StringOrParts, Unread, WireText, image_part};
+pub(crate) use content::{KeptText, StringOrParts, Unread, WireText, image_part};
 pub(crate) use encode_request::encode_request_bytes;
 #[cfg(test)]
 pub(crate) use encode_request::tests::request as any_chat_request;

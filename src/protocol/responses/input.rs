@@ -2,14 +2,13 @@
 //! canonical messages, and joining item arrays (a stored conversation followed by new input).
 
 use serde::Deserialize;
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::REDACTED_PREFIX;
 use crate::protocol::openai::{
-    StringOrParts, WireText, image_part, missing, parse_field, parse_field_text,
+    KeptText, StringOrParts, WireText, image_part, missing, parse_field, parse_field_text,
 };
-use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, ToolCall, ToolResult};
+use crate::protocol::{ChatRequest, DecodeError, Message, Part, Role, Text, ToolCall, ToolResult};
 
 /// One input item, as far as the canonical model reads it; unknown item types are skipped. Its texts
 /// are kept (`T = String`) or only checked (`T = Unread`).
@@ -39,7 +38,7 @@ struct PartWire<T: WireText = String> {
     kind: Option<String>,
     text: Option<T>,
     refusal: Option<T>,
-    image_url: Option<Value>,
+    image_url: Option<T::Any>,
 }
 
 #[derive(Deserialize)]
@@ -48,29 +47,38 @@ struct TextPartWire<T: WireText = String> {
     text: Option<T>,
 }
 
-impl ContentWire {
+impl<T: KeptText> ContentWire<T> {
     /// Canonical parts: text (`input_text`, `output_text`, `text`, a `refusal`) and images; files and
     /// audio are dropped.
     fn into_parts(self) -> Vec<Part> {
         match self {
-            StringOrParts::Text(text) => vec![Part::Text(text.into())],
+            StringOrParts::Text(text) => vec![Part::Text(text.into_text())],
             StringOrParts::Parts(parts) => parts
                 .into_iter()
                 .filter_map(|part| match part.kind.as_deref() {
                     Some("input_text" | "output_text" | "text") => {
-                        part.text.map(|text| Part::Text(text.into()))
+                        part.text.map(|text| Part::Text(text.into_text()))
                     }
-                    Some("refusal") => part.refusal.map(|text| Part::Text(text.into())),
-                    Some("input_image" | "image_url") => image_part(part.image_url?),
+                    Some("refusal") => part.refusal.map(|text| Part::Text(text.into_text())),
+                    Some("input_image" | "image_url") => image_part(T::any_value(part.image_url?)),
                     _ => None,
                 })
                 .collect(),
         }
     }
 
-    /// The text of a tool output: its text parts joined by a newline.
-    fn into_text(self) -> String {
-        self.joined_text(|part| part.text)
+    /// The text of a tool output: the string as it is (a body's slice stays one), or its parts' texts
+    /// joined by a newline.
+    fn into_text(self) -> Text {
+        match self {
+            StringOrParts::Text(text) => text.into_text(),
+            StringOrParts::Parts(parts) => parts
+                .into_iter()
+                .filter_map(|part| part.text.map(T::into_string))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+        }
     }
 }
 
@@ -84,7 +92,7 @@ pub(crate) fn push_items(
     chat: &mut ChatRequest,
 ) -> Result<(), DecodeError> {
     // Read in one pass: checking it as a `RawValue` first would skip a long history a byte at a time.
-    push_item_list(parse_field_text(items, field)?, field, chat)
+    push_item_list::<String>(parse_field_text(items, field)?, field, chat)
 }
 
 /// [`push_items`] for items the request's own decode has already read as JSON.
@@ -93,7 +101,7 @@ pub(crate) fn push_raw_items(
     field: &str,
     chat: &mut ChatRequest,
 ) -> Result<(), DecodeError> {
-    push_item_list(parse_field(raw, field)?, field, chat)
+    push_item_list::<String>(parse_field(raw, field)?, field, chat)
 }
 
 /// A request's `input`: a string (one user message) or items, read in the body's own decode.
@@ -196,8 +204,8 @@ pub(crate) fn check_item_list<T: WireText>(
 }
 
 /// Appends decoded input items (named `field` in errors) to `chat`, as [`push_items`] describes.
-pub(crate) fn push_item_list(
-    items: Vec<ItemWire>,
+pub(crate) fn push_item_list<T: KeptText>(
+    items: Vec<ItemWire<T>>,
     field: &str,
     chat: &mut ChatRequest,
 ) -> Result<(), DecodeError> {
@@ -236,15 +244,10 @@ pub(crate) fn push_item_list(
                 let (Some(call_id), Some(name)) = (item.call_id.or(item.id), item.name) else {
                     return Err(missing(&format!("{}.call_id", path())));
                 };
-                let arguments = match item.arguments {
-                    None | Some(Value::Null) => String::new(),
-                    Some(Value::String(text)) => text,
-                    Some(other) => other.to_string(),
-                };
                 assistant_turn(chat).push(Part::ToolCall(ToolCall {
-                    id: call_id,
-                    name,
-                    arguments: arguments.into(),
+                    id: call_id.into_string(),
+                    name: name.into_string(),
+                    arguments: item.arguments.map(T::any_text).unwrap_or_default(),
                 }));
             }
             "function_call_output" => {
@@ -254,12 +257,8 @@ pub(crate) fn push_item_list(
                 chat.messages.push(Message {
                     role: Role::Tool,
                     parts: vec![Part::ToolResult(ToolResult {
-                        tool_call_id: call_id,
-                        content: item
-                            .output
-                            .map(ContentWire::into_text)
-                            .unwrap_or_default()
-                            .into(),
+                        tool_call_id: call_id.into_string(),
+                        content: item.output.map(ContentWire::into_text).unwrap_or_default(),
                         is_error: false,
                     })],
                     name: None,
@@ -267,16 +266,20 @@ pub(crate) fn push_item_list(
             }
             "reasoning" => {
                 let text = match item.content {
-                    Some(content) => content.into_text(),
+                    Some(content) => content.into_text().into_string(),
                     None => item
                         .summary
                         .unwrap_or_default()
                         .into_iter()
-                        .filter_map(|part| part.text)
+                        .filter_map(|part| part.text.map(T::into_string))
                         .collect::<Vec<_>>()
                         .join("\n"),
                 };
-                let part = match item.encrypted_content.filter(|e| !e.is_empty()) {
+                let part = match item
+                    .encrypted_content
+                    .filter(|e| !e.is_empty())
+                    .map(T::into_string)
+                {
                     Some(encrypted) => match encrypted.strip_prefix(REDACTED_PREFIX) {
                         Some(data) => Part::RedactedThinking {
                             data: data.to_owned(),

@@ -22,7 +22,9 @@ mod write;
 
 pub use encode_request::encode_request;
 pub(crate) use input::join_items;
-pub use request::{InputItems, ResponsesRequest, decode_request, decode_request_unread};
+pub use request::{
+    InputItems, ResponsesRequest, decode_request, decode_request_sliced, decode_request_unread,
+};
 pub use response::decode_response;
 pub(crate) use stored::{StoredInput, StoredResponse};
 pub(crate) use write::encode_response_bytes;

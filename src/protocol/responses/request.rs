@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -15,8 +17,9 @@ use super::input::{
 };
 use crate::protocol::blank_strings::blank_long_strings;
 use crate::protocol::openai::{
-    Unread, WireText, body_text, missing, parse, parse_field, tool_choice_word,
+    KeptText, Unread, WireText, body_text, missing, parse, parse_field, tool_choice_word,
 };
+use crate::protocol::sliced::Sliced;
 use crate::protocol::{
     ChatRequest, DecodeError, Message, Part, RawJson, ResponseFormat, Role, SamplingParams, Text,
     Tool, ToolChoice,
@@ -112,31 +115,60 @@ struct RequestWire<'a, T: WireText = String> {
 /// Decode a `POST /v1/responses` body.
 pub fn decode_request(body: &[u8]) -> Result<ResponsesRequest, DecodeError> {
     let wire: RequestWire<'_> = parse(body)?;
-    decode_wire(wire, |input, chat, keep| {
-        Ok(match input {
-            InputWire::Text(content) => {
-                let mut items = Vec::with_capacity(content.len() + 52);
-                items.extend_from_slice(br#"[{"type":"message","role":"user","content":"#);
-                crate::protocol::json_text::write_str(&mut items, &content);
-                items.extend_from_slice(b"}]");
-                chat.messages.push(Message {
-                    role: Role::User,
-                    parts: vec![Part::Text(content.into())],
-                    name: None,
-                });
-                InputItems::Text(String::from_utf8(items).unwrap_or_default())
-            }
-            InputWire::Items(items) => {
-                push_item_list(items, "input", chat)?;
-                // The items as written are kept only for an answer that is stored or a conversation
-                // that is continued.
-                if keep {
-                    InputItems::InBody
-                } else {
-                    InputItems::NotKept
-                }
-            }
+    decode_wire::<_, String>(wire, read_input, |raw| Some(raw.get()))
+}
+
+/// [`decode_request`] for a large body held as `Bytes`: its input items' texts are slices of the body
+/// (`protocol::sliced`), as a large chat body's are; what that reading does not accept goes to the
+/// typed path, which names what is wrong.
+pub fn decode_request_sliced(body: &Bytes) -> Result<ResponsesRequest, DecodeError> {
+    request_sliced(body).map_or_else(|| decode_request(body), Ok)
+}
+
+fn request_sliced(body: &Bytes) -> Option<ResponsesRequest> {
+    let text = body_text(body).ok()?;
+    // Every string kept from the items and tools is a `Sliced` (or a value taken back from the
+    // body); only the item, part and tool types and the roles are read from the copy, and those are
+    // never blanked. What the answer echoes (`tools`, the other raw members) is the body's text.
+    crate::protocol::sliced::read_with(body, text, &["input", "tools"], |copy| {
+        let wire: RequestWire<'_, Sliced> = serde_json::from_str(copy).ok()?;
+        decode_wire::<_, Sliced>(wire, read_input, |raw| {
+            text.get(crate::protocol::sliced::body_range(raw.get())?)
         })
+        .ok()
+    })
+}
+
+/// A request's `input` into the canonical request (see [`decode_wire`]).
+fn read_input<T: KeptText>(
+    input: InputWire<T>,
+    chat: &mut ChatRequest,
+    keep: bool,
+) -> Result<InputItems, DecodeError> {
+    Ok(match input {
+        InputWire::Text(content) => {
+            let content = content.into_text();
+            let mut items = Vec::with_capacity(content.written_len() + 54);
+            items.extend_from_slice(br#"[{"type":"message","role":"user","content":"#);
+            content.write_json(&mut items);
+            items.extend_from_slice(b"}]");
+            chat.messages.push(Message {
+                role: Role::User,
+                parts: vec![Part::Text(content)],
+                name: None,
+            });
+            InputItems::Text(String::from_utf8(items).unwrap_or_default())
+        }
+        InputWire::Items(items) => {
+            push_item_list(items, "input", chat)?;
+            // The items as written are kept only for an answer that is stored or a conversation
+            // that is continued.
+            if keep {
+                InputItems::InBody
+            } else {
+                InputItems::NotKept
+            }
+        }
     })
 }
 
@@ -160,17 +192,21 @@ fn request_unread(body: &[u8]) -> Option<ResponsesRequest> {
     if wire.previous_response_id.is_some() {
         return None;
     }
-    let mut request = decode_wire(wire, |input, _, keep| match input {
-        InputWire::Text(Unread) => Err(missing("input")),
-        InputWire::Items(items) => {
-            check_item_list(&items, "input")?;
-            Ok(if keep {
-                InputItems::InBody
-            } else {
-                InputItems::NotKept
-            })
-        }
-    })
+    let mut request = decode_wire::<_, String>(
+        wire,
+        |input, _, keep| match input {
+            InputWire::Text(Unread) => Err(missing("input")),
+            InputWire::Items(items) => {
+                check_item_list(&items, "input")?;
+                Ok(if keep {
+                    InputItems::InBody
+                } else {
+                    InputItems::NotKept
+                })
+            }
+        },
+        |raw| Some(raw.get()),
+    )
     .ok()?;
     request.chat.messages_unread = true;
     Some(request)
@@ -178,9 +214,12 @@ fn request_unread(body: &[u8]) -> Option<ResponsesRequest> {
 
 /// Everything of a request but its `input`, which `read_input` reads into the canonical request and returns
 /// as items (`keep`: an answer is to be stored or a conversation continued).
-fn decode_wire<T: WireText>(
-    wire: RequestWire<'_, T>,
+/// Tools are read with their texts as `K` holds them; `as_written` gives a raw member's JSON text as
+/// the body wrote it (what the answer echoes), `None` when it cannot.
+fn decode_wire<'a, 's, T: WireText, K: KeptText>(
+    wire: RequestWire<'a, T>,
     read_input: impl FnOnce(InputWire<T>, &mut ChatRequest, bool) -> Result<InputItems, DecodeError>,
+    as_written: impl Fn(&'a RawValue) -> Option<&'s str>,
 ) -> Result<ResponsesRequest, DecodeError> {
     if wire.background == Some(true) {
         return Err(DecodeError::new(
@@ -194,7 +233,8 @@ fn decode_wire<T: WireText>(
             Some("conversation".into()),
         ));
     }
-    let echo = echo_members(&wire);
+    let echo = echo_members(&wire, as_written)
+        .ok_or_else(|| DecodeError::new("a member could not be echoed", None))?;
     let Some(input) = wire.input else {
         return Err(missing("input"));
     };
@@ -219,7 +259,7 @@ fn decode_wire<T: WireText>(
     let keep = wire.store != Some(false) || wire.previous_response_id.is_some();
     let input_items = read_input(input, &mut chat, keep)?;
     if let Some(tools) = wire.tools {
-        let tools: Vec<ToolWire> = parse_field(tools, "tools")?;
+        let tools: Vec<ToolWire<K>> = parse_field(tools, "tools")?;
         for tool in tools {
             if let Some(tool) = tool.into_tool() {
                 chat.tools.push(tool);
@@ -267,21 +307,36 @@ fn compact(json: &str) -> Cow<'_, str> {
 
 /// The members of the response object that repeat the request, in OpenAI's order, written into one
 /// string.
-fn echo_members<T: WireText>(wire: &RequestWire<'_, T>) -> ResponseEcho {
-    let raw_len = |value: Option<&RawValue>| value.map_or(0, |v| v.get().len());
+fn echo_members<'a, 's, T: WireText>(
+    wire: &RequestWire<'a, T>,
+    as_written: impl Fn(&'a RawValue) -> Option<&'s str>,
+) -> Option<ResponseEcho> {
+    // `None` when a member is there but its text is not to be had; `Some(None)` when it is absent.
+    let written = |value: Option<&'a RawValue>| match value {
+        None => Some(None),
+        Some(raw) => as_written(raw).map(Some),
+    };
+    let instructions = written(wire.instructions)?;
+    let tools = written(wire.tools)?;
+    let text = written(wire.text)?;
+    let reasoning = written(wire.reasoning)?;
+    let tool_choice = written(wire.tool_choice)?;
+    let metadata = written(wire.metadata)?;
+    let truncation = written(wire.truncation)?;
+    let len = |value: Option<&str>| value.map_or(0, str::len);
     let mut out = String::with_capacity(
-        400 + raw_len(wire.instructions)
-            + raw_len(wire.tools)
-            + raw_len(wire.text)
-            + raw_len(wire.reasoning)
-            + raw_len(wire.tool_choice)
-            + raw_len(wire.metadata),
+        400 + len(instructions)
+            + len(tools)
+            + len(text)
+            + len(reasoning)
+            + len(tool_choice)
+            + len(metadata),
     );
-    let raw = |out: &mut String, key: &str, value: Option<&RawValue>, default: &str| {
+    let raw = |out: &mut String, key: &str, value: Option<&str>, default: &str| {
         out.push('"');
         out.push_str(key);
         out.push_str("\":");
-        out.push_str(&value.map_or(Cow::Borrowed(default), |v| compact(v.get())));
+        out.push_str(&value.map_or(Cow::Borrowed(default), compact));
         out.push(',');
     };
     let optional = |out: &mut String, key: &str, value: Option<String>| {
@@ -306,7 +361,7 @@ fn echo_members<T: WireText>(wire: &RequestWire<'_, T>) -> ResponseEcho {
         }
         out.push(',');
     };
-    raw(&mut out, "instructions", wire.instructions, "null");
+    raw(&mut out, "instructions", instructions, "null");
     integer(&mut out, "max_output_tokens", wire.max_output_tokens);
     integer(&mut out, "max_tool_calls", wire.max_tool_calls);
     boolean(
@@ -324,16 +379,16 @@ fn echo_members<T: WireText>(wire: &RequestWire<'_, T>) -> ResponseEcho {
     raw(
         &mut out,
         "reasoning",
-        wire.reasoning,
+        reasoning,
         r#"{"effort":null,"summary":null}"#,
     );
     boolean(&mut out, "store", wire.store.unwrap_or(true));
     optional(&mut out, "temperature", wire.temperature.map(float_text));
-    raw(&mut out, "text", wire.text, r#"{"format":{"type":"text"}}"#);
-    raw(&mut out, "tool_choice", wire.tool_choice, r#""auto""#);
-    raw(&mut out, "tools", wire.tools, "[]");
+    raw(&mut out, "text", text, r#"{"format":{"type":"text"}}"#);
+    raw(&mut out, "tool_choice", tool_choice, r#""auto""#);
+    raw(&mut out, "tools", tools, "[]");
     optional(&mut out, "top_p", wire.top_p.map(float_text));
-    raw(&mut out, "truncation", wire.truncation, r#""disabled""#);
+    raw(&mut out, "truncation", truncation, r#""disabled""#);
     optional(
         &mut out,
         "user",
@@ -341,9 +396,9 @@ fn echo_members<T: WireText>(wire: &RequestWire<'_, T>) -> ResponseEcho {
             .as_deref()
             .map(crate::protocol::json_patch::json_string),
     );
-    raw(&mut out, "metadata", wire.metadata, "{}");
+    raw(&mut out, "metadata", metadata, "{}");
     out.pop();
-    ResponseEcho(Arc::from(out))
+    Some(ResponseEcho(Arc::from(out)))
 }
 
 /// `n` as `Display` writes it (`0`, `0.7`, `-0`), whole numbers without the float formatter.
@@ -368,24 +423,26 @@ fn instructions_text(raw: &RawValue) -> Result<Vec<String>, DecodeError> {
 }
 
 #[derive(Deserialize)]
-struct ToolWire {
+#[serde(bound = "T: WireText")]
+struct ToolWire<T: WireText = String> {
     #[serde(rename = "type")]
     kind: Option<String>,
-    name: Option<String>,
-    description: Option<String>,
-    parameters: Option<RawJson>,
+    name: Option<T>,
+    description: Option<T>,
+    parameters: Option<T::Raw>,
     /// A chat-completions-style tool (`{"type":"function","function":{…}}`), accepted as well.
-    function: Option<FunctionWire>,
+    function: Option<FunctionWire<T>>,
 }
 
 #[derive(Deserialize)]
-struct FunctionWire {
-    name: Option<String>,
-    description: Option<String>,
-    parameters: Option<RawJson>,
+#[serde(bound = "T: WireText")]
+struct FunctionWire<T: WireText = String> {
+    name: Option<T>,
+    description: Option<T>,
+    parameters: Option<T::Raw>,
 }
 
-impl ToolWire {
+impl<T: KeptText> ToolWire<T> {
     /// Function tools only: hosted tools (web search, file search, …) cannot run elsewhere.
     fn into_tool(self) -> Option<Tool> {
         if self.kind.as_deref() != Some("function") {
@@ -396,9 +453,9 @@ impl ToolWire {
             None => (self.name, self.description, self.parameters),
         };
         Some(Tool {
-            name: name?,
-            description,
-            parameters: parameters.unwrap_or_else(RawJson::empty_object_schema),
+            name: name?.into_string(),
+            description: description.map(T::into_string),
+            parameters: parameters.map_or_else(RawJson::empty_object_schema, T::raw_json),
         })
     }
 }
@@ -688,6 +745,133 @@ mod tests {
                 },
             )?;
         }
+    }
+
+    proptest! {
+        /// The sliced reading (input and tool texts kept as slices of the body) accepts exactly the
+        /// bodies the typed path accepts, reads the same request from them (every text, id, name,
+        /// argument, schema and image equal, the echo and the items as written), and gives the typed
+        /// path's error for the others. It declines only bodies with nothing in `input` or `tools` to
+        /// blank. Bodies as for the unread reading above.
+        #[test]
+        fn the_sliced_reading_reads_what_the_typed_path_reads(
+            request in crate::protocol::openai::any_chat_request(),
+            pick in any::<usize>(),
+            new in crate::protocol::openai::replacement(),
+        ) {
+            let written = serde_json::to_vec(&super::super::encode_request(&request, Some("m"))).unwrap();
+            let body = Bytes::from(crate::protocol::openai::with_one_value_replaced(&written, pick, new));
+            let nothing_blanked = std::str::from_utf8(&body)
+                .map_or(true, |text| blank_long_strings(text, &["input", "tools"]).is_none());
+            let sliced = request_sliced(&body);
+            if let (Ok(typed), Some(sliced)) = (decode_request(&body), &sliced) {
+                // What a conversion writes upstream is the same JSON.
+                let written = |request: &ResponsesRequest| {
+                    serde_json::from_slice::<Value>(&crate::protocol::openai::encode_request_bytes(
+                        &request.chat,
+                        Some("m"),
+                    ))
+                    .unwrap_or(Value::Null)
+                };
+                prop_assert_eq!(written(&typed), written(sliced));
+            }
+            crate::protocol::openai::unread_agrees(
+                &body,
+                decode_request(&body),
+                sliced,
+                decode_request_sliced(&body),
+                |_| nothing_blanked,
+                |typed| typed,
+            )?;
+        }
+    }
+
+    /// Long input and tool texts of every kind are slices that read as the typed path reads them
+    /// (escapes, surrogate pairs, object arguments, images, tool outputs in parts, reasoning, tool
+    /// descriptions and schemas, echoed as written); a bad one is refused with the typed path's error.
+    #[test]
+    fn sliced_items_are_checked_and_read_as_typed() {
+        let body = |items: &str| {
+            Bytes::from(format!(
+                r#"{{"model":"m","instructions":"be brief","input":{items},"tools":[{{"type":"function","name":"f"}},
+                    {{"type":"function","name":"read_a_file_by_its_path","description":"Reads a file: \"path\" is relative","parameters":{{"type":"object","properties":{{"path":{{"type":"string","description":"the path, relative to the root"}}}}}}}},
+                    {{"type":"function","function":{{"name":"a_chat_style_tool_name","description":"described in the chat style"}}}}],"tool_choice":"auto"}}"#
+            ))
+        };
+        // A string `input` (not blanked: only strings inside the items are) is read as typed.
+        let string_input = body(r#""a string input that is long enough to be blanked""#);
+        assert_eq!(
+            request_sliced(&string_input),
+            Some(decode_request(&string_input).unwrap())
+        );
+        let accepted = [body(
+            r#"[{"role":"developer","content":"a developer note, long enough"},
+                {"role":"user","content":[{"type":"input_text","text":"caf\u00e9 \ud83d\ude00 long enough to be blanked"},
+                    {"type":"input_image","image_url":"data:image/png;base64,AAAAAAAAAAAAAAAAAAAAAAAA"}]},
+                {"type":"reasoning","summary":[{"type":"summary_text","text":"thinking about it for a while"}],"encrypted_content":"an encrypted blob of some length"},
+                {"type":"function_call","call_id":"call_0123456789abcdef","name":"a_long_function_name","arguments":"{\"path\":\"src/main.rs\"}"},
+                {"type":"function_call","call_id":"c2","name":"f","arguments":{"k":["object arguments, long ones"]}},
+                {"type":"function_call_output","call_id":"call_0123456789abcdef","output":"fn main() {\n    println!(\"hi\");\n}\n"},
+                {"type":"function_call_output","call_id":"c2","output":[{"type":"input_text","text":"a part of the output, long"},{"type":"input_text","text":"x"}]},
+                {"role":"assistant","content":[{"type":"refusal","refusal":"a refusal that is long enough"}]}]"#,
+        )];
+        for body in &accepted {
+            let typed = decode_request(body).unwrap();
+            assert_eq!(request_sliced(body).as_ref(), Some(&typed), "{body:?}");
+        }
+        let sliced = request_sliced(&accepted[0]).unwrap();
+        let Part::ToolCall(call) = &sliced.chat.messages[1].parts[1] else {
+            panic!("{:?}", sliced.chat.messages[1]);
+        };
+        assert_eq!(call.arguments, r#"{"path":"src/main.rs"}"#);
+        let Part::ToolCall(call) = &sliced.chat.messages[1].parts[2] else {
+            panic!("{:?}", sliced.chat.messages[1]);
+        };
+        assert_eq!(call.arguments, r#"{"k":["object arguments, long ones"]}"#);
+        // Tools are read from the body, and echoed as it wrote them.
+        assert_eq!(sliced.chat.tools.len(), 3);
+        assert_eq!(
+            sliced.chat.tools[1].description.as_deref(),
+            Some(r#"Reads a file: "path" is relative"#)
+        );
+        assert!(
+            sliced
+                .echo
+                .as_str()
+                .contains(r#""description":"the path, relative to the root""#)
+        );
+        let refused = [
+            body(r#"[{"role":"user","content":"bad \ud800 surrogate in a long text"}]"#),
+            body(
+                r#"[{"role":"user","content":[{"type":"input_text","text":"bad \q escape in a long text"}]}]"#,
+            ),
+            body("[{\"role\":\"user\",\"content\":\"raw \x01 control in a long text\"}]"),
+            body(
+                r#"[{"type":"function_call","call_id":"c","name":"f","arguments":"bad \udc00 in long arguments"}]"#,
+            ),
+            body(
+                r#"[{"type":"function_call","call_id":"c","name":"f","arguments":{"a":"\udc00 in a long string"}}]"#,
+            ),
+            body(
+                r#"[{"type":"function_call_output","call_id":"c","output":"\ud800 in a long output text"}]"#,
+            ),
+            body(r#"[{"type":"function_call","name":"a name that is long enough"}]"#),
+            body(r#"[{"role":"wizard","content":"a long enough text to blank"}]"#),
+            // A bad string in the tools, which are blanked too.
+            Bytes::from_static(
+                br#"{"model":"m","input":[{"role":"user","content":"a long enough text to blank"}],"tools":[{"type":"function","name":"f","description":"bad \ud800 surrogate in a description"}]}"#,
+            ),
+            Bytes::from_static(
+                br#"{"model":"m","input":[{"role":"user","content":"a long enough text to blank"}],"tools":[{"type":"function","name":"f","parameters":{"a":}}]}"#,
+            ),
+        ];
+        crate::protocol::openai::check_unread_table(
+            &[] as &[Bytes],
+            &refused,
+            decode_request,
+            |body| request_sliced(&Bytes::copy_from_slice(body)),
+            |body| decode_request_sliced(&Bytes::copy_from_slice(body)),
+        );
     }
 
     /// Unread items are checked as decoded ones are: a lone surrogate or bad escape in a text, a
