@@ -2,6 +2,7 @@
 //! tool arguments as objects, a reasoning effort as a thinking budget.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::protocol::json_text::{write_str, write_u64};
@@ -116,6 +117,19 @@ enum ContentOut<'a> {
     Blocks(Vec<BlockOut<'a>>),
 }
 
+/// A tool call's `input`: its arguments as the client wrote them (read to be one JSON object, not
+/// built into a tree), or an empty object for none.
+struct InputOut<'a>(Option<&'a RawValue>);
+
+impl Serialize for InputOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(raw) => raw.serialize(serializer),
+            None => Map::new().serialize(serializer),
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BlockOut<'a> {
@@ -128,7 +142,7 @@ enum BlockOut<'a> {
     ToolUse {
         id: &'a str,
         name: &'a str,
-        input: Value,
+        input: InputOut<'a>,
     },
     ToolResult {
         tool_use_id: &'a str,
@@ -447,7 +461,7 @@ fn write_blocks(out: &mut Vec<u8>, blocks: &[BlockOut<'_>]) {
                 out.extend_from_slice(br#","name":"#);
                 write_str(out, name);
                 out.extend_from_slice(br#","input":"#);
-                write_value(out, input);
+                out.extend_from_slice(input.0.map_or("{}", RawValue::get).as_bytes());
             }
             BlockOut::ToolResult {
                 tool_use_id,
@@ -518,11 +532,12 @@ fn encode_block(part: &Part, index: usize) -> Result<Option<BlockOut<'_>>, Decod
             source: ImageSourceOut::Base64 { media_type, data },
         },
         Part::ToolCall(call) => {
-            let input: Value = if call.arguments.trim().is_empty() {
-                Value::Object(Map::new())
+            // Read as JSON, not built into a tree: the object goes upstream as written.
+            let input = if call.arguments.trim().is_empty() {
+                InputOut(None)
             } else {
-                match serde_json::from_str::<Value>(&call.arguments) {
-                    Ok(input @ Value::Object(_)) => input,
+                match serde_json::from_str::<&RawValue>(&call.arguments) {
+                    Ok(input) if input.get().starts_with('{') => InputOut(Some(input)),
                     _ => {
                         let path = format!("messages[{index}].tool_calls");
                         return Err(DecodeError::new(
@@ -595,6 +610,38 @@ mod tests {
                 let oracle = serde_json::to_vec(&body).unwrap();
                 prop_assert_eq!(String::from_utf8(written).unwrap(), String::from_utf8(oracle).unwrap());
             }
+        }
+    }
+
+    /// A tool call's arguments go upstream as the client wrote them: a number no float holds keeps its
+    /// digits, escapes and spacing stay; none is an empty object; anything but an object is refused.
+    #[test]
+    fn tool_call_arguments_go_upstream_as_written() {
+        let body = |arguments: &str| {
+            let request = openai::decode_chat(
+                format!(
+                    r#"{{"model":"m","messages":[{{"role":"user","content":"q"}},{{"role":"assistant","tool_calls":[{{"id":"a","type":"function","function":{{"name":"f","arguments":{}}}}}]}}]}}"#,
+                    serde_json::to_string(arguments).unwrap()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            encode_request_bytes(&request, None, 64).map(|bytes| String::from_utf8(bytes).unwrap())
+        };
+        let written = r#"{ "n": 123456789012345678901234567890, "s": "caf\u00e9 \"q\"" }"#;
+        let sent = body(written).unwrap();
+        assert!(
+            sent.contains(&format!(r#""name":"f","input":{written}}}"#)),
+            "{sent}"
+        );
+        assert!(body("  ").unwrap().contains(r#""input":{}}"#));
+        for refused in ["[1]", "\"text\"", "{\"a\":", "1 2"] {
+            let error = body(refused).unwrap_err();
+            assert!(
+                error.message.contains("arguments of tool call 'a' are not a JSON object"),
+                "{refused}: {}",
+                error.message
+            );
         }
     }
 
