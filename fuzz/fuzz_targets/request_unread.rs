@@ -4,10 +4,11 @@
 //! each must accept exactly what its typed reading accepts, refuse the rest with the typed reading's
 //! error, and agree with it on everything it keeps — an unread reading that accepted a body the typed
 //! one refuses would forward it upstream. The sliced chat reading (`decode_chat_sliced`, a large body's
-//! texts kept as slices of it) and the sliced Responses reading (`responses::decode_request_sliced`) must
-//! read exactly what their typed readings read, or refuse with their errors.
+//! texts kept as slices of it) and the sliced Responses and Anthropic readings
+//! (`responses::decode_request_sliced`, `anthropic::decode_request_sliced`) must read exactly what their
+//! typed readings read, or refuse with their errors.
 //!
-//! Input: one byte choosing the front door (or the sliced reading), then the body.
+//! Input: one byte choosing the front door (or a sliced reading), then the body.
 
 #![no_main]
 
@@ -18,7 +19,7 @@ fuzz_target!(|input: &[u8]| {
     let [door, body @ ..] = input else {
         return;
     };
-    match door % 5 {
+    match door % 6 {
         3 => same(
             openai::decode_chat_sliced(&bytes::Bytes::copy_from_slice(body)),
             openai::decode_chat(body),
@@ -28,6 +29,12 @@ fuzz_target!(|input: &[u8]| {
         4 => same(
             responses::decode_request_sliced(&bytes::Bytes::copy_from_slice(body)),
             responses::decode_request(body),
+            |_| false,
+            |typed| typed,
+        ),
+        5 => same(
+            anthropic::decode_request_sliced(&bytes::Bytes::copy_from_slice(body)),
+            anthropic::decode_request(body),
             |_| false,
             |typed| typed,
         ),

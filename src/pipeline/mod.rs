@@ -322,12 +322,15 @@ pub fn decode_unread(endpoint: Endpoint, body: &[u8]) -> Result<ApiRequest, Gate
 /// Decode the body in the endpoint's protocol into the canonical request.
 pub fn decode(endpoint: Endpoint, body: &Bytes) -> Result<ApiRequest, GatewayError> {
     // Every decoder checks the body's UTF-8 first (once: `openai::parse`) and names the offset.
-    // A large chat or Responses body's texts are kept as slices of it (the exact reader takes the
-    // small chat ones).
+    // A large body's texts are kept as slices of it, whatever the front door (the exact reader takes
+    // the small chat ones).
     if body.len() > crate::protocol::exact_request::MAX_BODY {
         let sliced = match endpoint {
             Endpoint::ChatCompletions => {
                 Some(openai::decode_chat_sliced(body).map(ApiRequest::Chat))
+            }
+            Endpoint::Messages => {
+                Some(anthropic::decode_request_sliced(body).map(ApiRequest::Chat))
             }
             Endpoint::Responses => Some(
                 crate::protocol::responses::decode_request_sliced(body)

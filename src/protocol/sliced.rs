@@ -206,6 +206,12 @@ impl SlicedValue {
     }
 }
 
+impl From<SlicedValue> for Value {
+    fn from(value: SlicedValue) -> Value {
+        value.into_value()
+    }
+}
+
 impl<'de> Deserialize<'de> for SlicedValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SlicedValue, D::Error> {
         let raw = <&'de RawValue>::deserialize(deserializer)?;

@@ -638,7 +638,9 @@ mod tests {
         for refused in ["[1]", "\"text\"", "{\"a\":", "1 2"] {
             let error = body(refused).unwrap_err();
             assert!(
-                error.message.contains("arguments of tool call 'a' are not a JSON object"),
+                error
+                    .message
+                    .contains("arguments of tool call 'a' are not a JSON object"),
                 "{refused}: {}",
                 error.message
             );

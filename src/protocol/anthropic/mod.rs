@@ -16,7 +16,7 @@ pub(crate) use count_tokens::{count_tokens_input, tools_text};
 pub use encode_request::encode_request;
 pub(crate) use encode_request::encode_request_bytes;
 pub use encode_response::encode_response;
-pub use request::{decode_request, decode_request_unread};
+pub use request::{decode_request, decode_request_sliced, decode_request_unread};
 pub(crate) use response::BlockIn;
 pub use response::decode_response;
 #[cfg(test)]

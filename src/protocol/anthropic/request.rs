@@ -1,11 +1,15 @@
 //! Decoding a `POST /v1/messages` body into a canonical chat request, typed or unread; its content-block
 //! reader also serves the `Value` path of response decoding.
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::wire::{BlockItem, Loose, MessageContent, MessagesWire, ToolChoiceWire, ToolWire};
 use crate::protocol::blank_strings::blank_long_strings;
-use crate::protocol::openai::{Unread, WireText, body_text, missing, parse, required_messages};
+use crate::protocol::openai::{
+    KeptText, Unread, WireText, body_text, missing, parse, required_messages,
+};
+use crate::protocol::sliced::Sliced;
 use crate::protocol::{
     ChatRequest, DecodeError, Image, Message, Part, Role, SamplingParams, Text, Tool, ToolCall,
     ToolChoice, ToolResult,
@@ -13,7 +17,28 @@ use crate::protocol::{
 
 /// Decode a `POST /v1/messages` body into a canonical chat request.
 pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
-    let mut wire: MessagesWire = parse(body)?;
+    build(parse::<MessagesWire>(body)?)
+}
+
+/// [`decode_request`] for a large body held as `Bytes`: its conversation's and tools' texts are slices
+/// of the body (`protocol::sliced`), as a large chat body's are; what that reading does not accept
+/// goes to the typed path, which names what is wrong.
+pub fn decode_request_sliced(body: &Bytes) -> Result<ChatRequest, DecodeError> {
+    request_sliced(body).map_or_else(|| decode_request(body), Ok)
+}
+
+fn request_sliced(body: &Bytes) -> Option<ChatRequest> {
+    let text = body_text(body).ok()?;
+    // Every string `build` keeps from these members is a `Sliced` (or a value taken back from the
+    // body); only the roles and block types are read from the copy, and those are never blanked.
+    // The system prompt is read as written.
+    let wire: MessagesWire<Sliced> =
+        crate::protocol::sliced::read(body, text, &["messages", "tools"])?;
+    build(wire).ok()
+}
+
+/// The canonical request of a body's wire struct, whatever holds its texts.
+fn build<T: KeptText>(mut wire: MessagesWire<T>) -> Result<ChatRequest, DecodeError> {
     let mut request = head(&mut wire)?;
     let messages = required_messages(wire.messages.take())?;
     request.system = system_parts(wire.system.as_ref())?;
@@ -24,13 +49,12 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
         let path = || format!("messages[{index}].content");
         let parts = match message.content {
             None => return Err(missing(&path())),
-            Some(MessageContent::Text(text)) => vec![Part::Text(text.into())],
+            Some(MessageContent::Text(text)) => vec![Part::Text(text.into_text())],
             Some(MessageContent::Blocks(blocks)) => {
                 let mut parts = Vec::with_capacity(blocks.len());
                 for (position, block) in blocks.into_iter().enumerate() {
-                    if let Some(part) = decode_block(block, &|| format!("{}[{position}]", path()))?
-                    {
-                        parts.push(part);
+                    if let Some(part) = read_block(block, &|| format!("{}[{position}]", path()))? {
+                        parts.push(part.into_part());
                     }
                 }
                 parts
@@ -46,9 +70,9 @@ pub fn decode_request(body: &[u8]) -> Result<ChatRequest, DecodeError> {
     for tool in tools(&mut wire) {
         if let Some((name, description, parameters)) = tool? {
             request.tools.push(Tool {
-                name,
-                description,
-                parameters,
+                name: name.into_string(),
+                description: description.map(T::into_string),
+                parameters: T::raw_json(parameters),
             });
         }
     }
@@ -138,7 +162,7 @@ fn not_content(path: &str) -> DecodeError {
 }
 
 /// A tool's name, description and schema.
-type ToolAt<T> = (String, Option<T>, <T as WireText>::Raw);
+type ToolAt<T> = (T, Option<T>, <T as WireText>::Raw);
 
 /// The request's tools, each as [`tool_at`] reads it.
 fn tools<T: WireText>(
@@ -262,15 +286,15 @@ pub(super) enum BlockPart<T: WireText> {
     },
 }
 
-impl BlockPart<String> {
+impl<T: KeptText> BlockPart<T> {
     fn into_part(self) -> Part {
         match self {
-            BlockPart::Text(text) => Part::Text(text.into()),
+            BlockPart::Text(text) => Part::Text(text.into_text()),
             BlockPart::Image(image) => Part::Image(image),
             BlockPart::ToolUse { id, name, input } => Part::ToolCall(ToolCall {
-                id,
-                name,
-                arguments: match input {
+                id: id.into_string(),
+                name: name.into_string(),
+                arguments: match input.map(T::any_value) {
                     None | Some(Value::Null) => "{}".into(),
                     Some(input) => input.to_string().into(),
                 },
@@ -280,29 +304,34 @@ impl BlockPart<String> {
                 content,
                 is_error,
             } => Part::ToolResult(ToolResult {
-                tool_call_id: tool_use_id,
-                content: match content {
-                    Some(Value::String(text)) => text,
-                    Some(Value::Array(blocks)) => blocks
+                tool_call_id: tool_use_id.into_string(),
+                content: match content.map(T::any_string) {
+                    // A string (a large body's: a slice of it) as it is.
+                    Some(Ok(text)) => text,
+                    Some(Err(Value::Array(blocks))) => blocks
                         .iter()
                         .filter_map(|block| block.get("text").and_then(Value::as_str))
                         .collect::<Vec<_>>()
-                        .join("\n"),
-                    _ => String::new(),
-                }
-                .into(),
+                        .join("\n")
+                        .into(),
+                    _ => Text::default(),
+                },
                 is_error,
             }),
             BlockPart::Thinking { text, signature } => Part::Thinking {
-                text,
+                text: text.into_string(),
                 // An empty signature (thinking that came from an OpenAI-format backend) is as good as
                 // none.
                 signature: match signature {
-                    Some(Loose::Text(signature)) if !signature.is_empty() => Some(signature),
+                    Some(Loose::Text(signature)) if !signature.is_empty() => {
+                        Some(signature.into_string())
+                    }
                     _ => None,
                 },
             },
-            BlockPart::RedactedThinking { data } => Part::RedactedThinking { data },
+            BlockPart::RedactedThinking { data } => Part::RedactedThinking {
+                data: data.into_string(),
+            },
         }
     }
 }
@@ -332,9 +361,10 @@ fn read_block<T: WireText>(
         "text" => BlockPart::Text(string(block.text, "text", path)?),
         "image" => {
             let source_path = || format!("{}.source", path());
-            let Some(mut source) = block.source else {
+            let Some(source) = block.source else {
                 return Err(missing(&source_path()));
             };
+            let mut source: Value = source.into();
             let mut member = |key: &str| match source.get_mut(key).map(Value::take) {
                 Some(Value::String(text)) => Some(Loose::Text(text)),
                 None | Some(Value::Null) => None,
@@ -514,6 +544,110 @@ mod tests {
                 },
             )?;
         }
+    }
+
+    proptest::proptest! {
+        /// The sliced reading (texts kept as slices of the body) accepts exactly the bodies the typed
+        /// path accepts, reads the same request from them (every text, id, input, schema and image
+        /// equal), which both writers write as the same JSON, and gives the typed path's error for the
+        /// others. It declines only bodies with nothing to blank. Bodies as for the unread reading.
+        #[test]
+        fn the_sliced_reading_reads_what_the_typed_path_reads(
+            request in crate::protocol::openai::any_chat_request(),
+            pick in proptest::prelude::any::<usize>(),
+            new in crate::protocol::openai::replacement(),
+        ) {
+            let Ok(written) = super::super::encode_request_bytes(&request, Some("m"), 64) else {
+                return Ok(());
+            };
+            let body = Bytes::from(crate::protocol::openai::with_one_value_replaced(&written, pick, new));
+            let sliced = request_sliced(&body);
+            if let (Ok(typed), Some(sliced)) = (decode_request(&body), &sliced) {
+                let written = |request: &ChatRequest| {
+                    let tree = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
+                    (
+                        tree(&crate::protocol::openai::encode_request_bytes(request, Some("m"))),
+                        super::super::encode_request_bytes(request, Some("m"), 64).ok().map(|body| tree(&body)),
+                    )
+                };
+                proptest::prop_assert_eq!(written(&typed), written(sliced));
+            }
+            let nothing_blanked = std::str::from_utf8(&body)
+                .map_or(true, |text| blank_long_strings(text, &["messages", "tools"]).is_none());
+            crate::protocol::openai::unread_agrees(
+                &body,
+                decode_request(&body),
+                sliced,
+                decode_request_sliced(&body),
+                |_| nothing_blanked,
+                |typed| typed,
+            )?;
+        }
+    }
+
+    /// Long texts of every kind are slices that read as the typed path reads them (escapes, surrogate
+    /// pairs, tool inputs, tool results as a string or blocks, thinking, images, tool descriptions and
+    /// schemas); a bad one is refused with the typed path's error.
+    #[test]
+    fn sliced_blocks_are_checked_and_read_as_typed() {
+        let body = |messages: &str| {
+            Bytes::from(format!(
+                r#"{{"model":"m","max_tokens":5,"system":"a system prompt, long enough","messages":{messages},
+                "tools":[{{"name":"a_tool_with_a_long_name","description":"Reads a file: \"path\" is relative","input_schema":{{"type":"object","properties":{{"path":{{"type":"string","description":"the path, relative to the root"}}}}}}}}]}}"#
+            ))
+        };
+        let accepted = [
+            body(r#"[{"role":"user","content":"a\u0000b \n ok \ud83d\ude00, long enough"}]"#),
+            body(
+                r#"[{"role":"user","content":[{"type":"text","text":"caf\u00e9 \ud83d\ude00 long enough to be blanked"},
+                    {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAAAAAAAAAAAAAAAAAAAAAAAAAA"}},
+                    {"type":"image","source":{"type":"url","url":"https://example.com/a/long/path/to/an/image.png"}}]},
+                {"role":"assistant","content":[{"type":"thinking","thinking":"thinking about it for a while","signature":"a signature that is long enough"},
+                    {"type":"redacted_thinking","data":"redacted data that is long enough"},
+                    {"type":"tool_use","id":"toolu_0123456789abcdef","name":"a_tool_with_a_long_name","input":{"path":"src/a/long/path/main.rs","n":[1,2.5,null]}},
+                    {"type":"tool_use","id":"toolu_2","name":"f","input":"a string input, long enough"}]},
+                {"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_0123456789abcdef","content":"fn main() {\n    println!(\"hi\");\n}\n"},
+                    {"type":"tool_result","tool_use_id":"toolu_2","content":[{"type":"text","text":"a part of the result, long"},{"type":"text","text":"x"}],"is_error":true}]}]"#,
+            ),
+        ];
+        for body in &accepted {
+            let typed = decode_request(body).unwrap();
+            assert_eq!(request_sliced(body).as_ref(), Some(&typed), "{body:?}");
+        }
+        let sliced = request_sliced(&accepted[1]).unwrap();
+        assert_eq!(
+            sliced.messages[2].parts[0],
+            Part::ToolResult(ToolResult {
+                tool_call_id: "toolu_0123456789abcdef".into(),
+                content: "fn main() {\n    println!(\"hi\");\n}\n".into(),
+                is_error: false,
+            })
+        );
+        assert_eq!(
+            sliced.tools[0].description.as_deref(),
+            Some(r#"Reads a file: "path" is relative"#)
+        );
+        let refused = [
+            body(r#"[{"role":"user","content":"bad \ud800 surrogate in a long text"}]"#),
+            body(r#"[{"role":"user","content":[{"type":"text","text":"bad \q escape in a long text"}]}]"#),
+            body("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"raw \x01 control in a long text\"}]}]"),
+            body(r#"[{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{"a":"\udc00 in a long string"}}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"\ud800 in a long result"}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"text":"\ud800 in a long block"}]}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"tool_result","content":"a long enough result"}]}]"#),
+            body(r#"[{"role":"assistant","content":[{"type":"tool_use","id":"a long enough id","input":{}}]}]"#),
+            body(r#"[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"long enough data, no media type"}}]}]"#),
+            body(r#"[{"role":"system","content":"a long enough text"}]"#),
+            Bytes::from_static(br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"a long enough text"}],"tools":[{"name":"f","description":"bad \ud800 in a long description","input_schema":{}}]}"#),
+            Bytes::from_static(br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"a long enough text"}],"tools":[{"name":"f","input_schema":{"a":}}]}"#),
+        ];
+        crate::protocol::openai::check_unread_table(
+            &[] as &[Bytes],
+            &refused,
+            decode_request,
+            |body| request_sliced(&Bytes::copy_from_slice(body)),
+            |body| decode_request_sliced(&Bytes::copy_from_slice(body)),
+        );
     }
 
     /// Unread texts are checked as decoded ones are — a lone surrogate, a bad escape, a raw control

@@ -1,5 +1,6 @@
-//! A `POST /v1/messages` body as serde reads it: the wire structs both readings of a request share
-//! (`T = String` keeps the conversation's texts, `T = Unread` only checks them), and the loose member
+//! A `POST /v1/messages` body as serde reads it: the wire structs the readings of a request share
+//! (`T = String` keeps the conversation's texts, `T = Sliced` keeps them as slices of a large body,
+//! `T = Unread` only checks them), and the loose member
 //! readers that let the decoder name what is wrong instead of serde.
 
 use std::marker::PhantomData;
@@ -78,7 +79,7 @@ pub(crate) struct BlockWire<T: WireText = String> {
     #[serde(rename = "type")]
     pub(super) kind: Option<Loose>,
     pub(super) text: Option<Loose<T>>,
-    pub(super) source: Option<Value>,
+    pub(super) source: Option<T::Tree>,
     pub(super) id: Option<Loose<T>>,
     pub(super) name: Option<Loose<T>>,
     pub(super) input: Option<T::Any>,
@@ -200,7 +201,7 @@ pub(super) struct MessageWire<T: WireText = String> {
 pub(super) struct ToolWire<T: WireText = String> {
     #[serde(rename = "type")]
     pub(super) kind: Option<String>,
-    pub(super) name: Option<String>,
+    pub(super) name: Option<T>,
     pub(super) description: Option<T>,
     pub(super) input_schema: Option<T::Raw>,
 }

@@ -18,6 +18,9 @@ pub(crate) trait WireText: for<'de> Deserialize<'de> {
     /// Any JSON value read as a tree where the text is kept (`Value`), so every string in it is checked
     /// as a string: [`Checked`] checks the same without building the tree.
     type Any: for<'de> Deserialize<'de>;
+    /// Any JSON value the reading inspects as a tree, whether or not it keeps the text (an Anthropic
+    /// image's `source`): `Value`, or in a sliced reading one taken back from the body.
+    type Tree: for<'de> Deserialize<'de> + Into<Value>;
     fn from_str(text: &str) -> Self;
     fn from_string(text: String) -> Self;
 }
@@ -25,6 +28,7 @@ pub(crate) trait WireText: for<'de> Deserialize<'de> {
 impl WireText for String {
     type Raw = crate::protocol::RawJson;
     type Any = Value;
+    type Tree = Value;
     fn from_str(text: &str) -> String {
         text.to_owned()
     }
@@ -37,6 +41,7 @@ impl WireText for String {
 impl WireText for Sliced {
     type Raw = SlicedRaw;
     type Any = SlicedValue;
+    type Tree = SlicedValue;
     fn from_str(text: &str) -> Sliced {
         Sliced::of(text)
     }
@@ -54,9 +59,17 @@ pub(crate) trait KeptText: WireText {
     fn is_empty(&self) -> bool;
     fn raw_json(raw: Self::Raw) -> RawJson;
     fn any_value(any: Self::Any) -> Value;
+    /// A string's text, or any other value as a tree.
+    fn any_string(any: Self::Any) -> Result<Text, Value>;
     /// Any JSON value as text: a string's text, `null` empty, anything else its JSON (a function
     /// call's `arguments` written as an object).
-    fn any_text(any: Self::Any) -> Text;
+    fn any_text(any: Self::Any) -> Text {
+        match Self::any_string(any) {
+            Ok(text) => text,
+            Err(Value::Null) => Text::default(),
+            Err(other) => Text::from(other.to_string()),
+        }
+    }
 }
 
 impl KeptText for String {
@@ -75,11 +88,10 @@ impl KeptText for String {
     fn any_value(any: Value) -> Value {
         any
     }
-    fn any_text(any: Value) -> Text {
+    fn any_string(any: Value) -> Result<Text, Value> {
         match any {
-            Value::Null => Text::default(),
-            Value::String(text) => Text::from(text),
-            other => Text::from(other.to_string()),
+            Value::String(text) => Ok(Text::from(text)),
+            other => Err(other),
         }
     }
 }
@@ -97,10 +109,10 @@ impl KeptText for Sliced {
     fn any_value(any: SlicedValue) -> Value {
         any.into_value()
     }
-    fn any_text(any: SlicedValue) -> Text {
+    fn any_string(any: SlicedValue) -> Result<Text, Value> {
         match any {
-            SlicedValue::Text(text) => text,
-            SlicedValue::Value(value) => String::any_text(value),
+            SlicedValue::Text(text) => Ok(text),
+            SlicedValue::Value(value) => String::any_string(value),
         }
     }
 }
@@ -112,6 +124,7 @@ pub(crate) struct Unread;
 impl WireText for Unread {
     type Raw = de::IgnoredAny;
     type Any = Checked;
+    type Tree = Value;
     fn from_str(_: &str) -> Unread {
         Unread
     }
