@@ -296,7 +296,7 @@ impl<T: KeptText> BlockPart<T> {
                 name: name.into_string(),
                 arguments: match input.map(T::any_value) {
                     None | Some(Value::Null) => "{}".into(),
-                    Some(input) => input.to_string().into(),
+                    Some(input) => serde_json::to_string(&input).unwrap_or_default().into(),
                 },
             }),
             BlockPart::ToolResult {

@@ -67,7 +67,7 @@ pub(crate) trait KeptText: WireText {
         match Self::any_string(any) {
             Ok(text) => text,
             Err(Value::Null) => Text::default(),
-            Err(other) => Text::from(other.to_string()),
+            Err(other) => Text::from(serde_json::to_string(&other).unwrap_or_default()),
         }
     }
 }

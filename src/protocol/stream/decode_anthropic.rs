@@ -92,7 +92,7 @@ impl AnthropicDecoder {
                         {
                             out.push(StreamEvent::ToolCallArgs {
                                 index,
-                                arguments: input.to_string(),
+                                arguments: serde_json::to_string(&input).unwrap_or_default(),
                             });
                         }
                     }
