@@ -24,7 +24,7 @@ pub(crate) use parse::{
 pub(crate) use request::decode_chat_typed;
 #[cfg(test)]
 pub(crate) use request::tests::{
-    check_unread_table, replacement, unread_agrees, with_one_value_replaced,
+    check_unread_table, replacement, sliced_agrees, unread_agrees, with_one_value_replaced,
 };
 pub use request::{decode_chat, decode_chat_sliced, decode_chat_unread, decode_request};
 #[cfg(test)]

@@ -586,6 +586,33 @@ pub(crate) mod tests {
         Ok(())
     }
 
+    /// The property every sliced reading holds on one body: what both it and the typed reading accept
+    /// is written upstream as the same JSON by both writers ([`written_values`] of the canonical
+    /// request `chat` gives), and otherwise it agrees as [`unread_agrees`] says, declining only bodies
+    /// with nothing inside `members` to blank.
+    pub(crate) fn sliced_agrees<T: PartialEq + std::fmt::Debug>(
+        body: &[u8],
+        typed: impl Fn() -> Result<T, DecodeError>,
+        sliced: Option<T>,
+        checked: Result<T, DecodeError>,
+        members: &[&str],
+        chat: impl Fn(&T) -> &ChatRequest,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        if let (Ok(typed), Some(sliced)) = (typed(), &sliced) {
+            proptest::prop_assert_eq!(written_values(chat(&typed)), written_values(chat(sliced)));
+        }
+        let nothing_blanked = std::str::from_utf8(body)
+            .map_or(true, |text| blank_long_strings(text, members).is_none());
+        unread_agrees(
+            body,
+            typed(),
+            sliced,
+            checked,
+            |_| nothing_blanked,
+            |typed| typed,
+        )
+    }
+
     /// The table check of every unread reading: `accepted` bodies pass the typed reading and the unread
     /// one (`unread`, without its fallback); `refused` ones fail both, and the reading with its fallback
     /// (`checked`) gives the typed reading's error.
@@ -720,7 +747,7 @@ pub(crate) mod tests {
     }
 
     /// Both writers' JSON for `request`, as trees: what a conversion sends upstream.
-    fn written_values(request: &ChatRequest) -> (Value, Option<Value>) {
+    pub(crate) fn written_values(request: &ChatRequest) -> (Value, Option<Value>) {
         let openai = crate::protocol::openai::encode_request_bytes(request, Some("m"));
         let anthropic =
             crate::protocol::anthropic::encode_request_bytes(request, Some("m"), 64).ok();
@@ -743,19 +770,13 @@ pub(crate) mod tests {
         ) {
             let written = crate::protocol::openai::encode_request_bytes(&request, Some("m"));
             let body = Bytes::from(with_one_value_replaced(&written, pick, new));
-            let sliced = chat_sliced(&body);
-            if let (Ok(typed), Some(sliced)) = (decode_chat_typed(&body), &sliced) {
-                proptest::prop_assert_eq!(written_values(&typed), written_values(sliced));
-            }
-            let nothing_blanked = std::str::from_utf8(&body)
-                .map_or(true, |text| blank_long_strings(text, &["messages", "tools"]).is_none());
-            unread_agrees(
+            sliced_agrees(
                 &body,
-                decode_chat_typed(&body),
-                sliced,
+                || decode_chat_typed(&body),
+                chat_sliced(&body),
                 decode_chat_sliced(&body),
-                |_| nothing_blanked,
-                |typed| typed,
+                &["messages", "tools"],
+                |request| request,
             )?;
         }
     }
