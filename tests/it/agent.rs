@@ -388,9 +388,100 @@ async fn a_large_anthropic_turn_is_converted_whole_for_an_openai_fallback() {
     assert!(converted.body.to_string().len() > 200_000);
     assert_eq!(messages[0]["role"], "system");
     assert_eq!(messages.last().unwrap()["content"], "now fix it");
-    let results = messages.iter().filter(|m| m["role"] == "tool").count();
-    let calls = turn["messages"].as_array().unwrap().len() / 2 - 1;
-    assert_eq!(results, calls, "every tool result is converted");
+    let results: Vec<&Value> = messages.iter().filter(|m| m["role"] == "tool").collect();
+    let outputs = tool_outputs(200_000);
+    assert_eq!(
+        results.len(),
+        outputs.len(),
+        "every tool result is converted"
+    );
+    let calls: Vec<&Value> = messages
+        .iter()
+        .filter_map(|m| m["tool_calls"].get(0))
+        .collect();
+    for ((i, output), (result, call)) in outputs.iter().zip(results.iter().zip(&calls)) {
+        // Each text arrives whole (the large body's texts are slices of it, written as it wrote them).
+        assert_eq!(result["content"], output.as_str(), "tool result {i}");
+        assert_eq!(result["tool_call_id"], format!("toolu_{i}"));
+        assert_eq!(
+            call["function"]["arguments"],
+            format!("{{\"path\":\"src/f{i}.rs\"}}")
+        );
+    }
+}
+
+/// A Responses client's large turn converted for a chat upstream: every call and its output arrive
+/// whole and in order, the answer repeats the request's tools as sent, and an item wrong deep in the
+/// input is refused with the same 400 as in a small body, nothing sent upstream.
+#[tokio::test]
+async fn a_large_responses_turn_is_converted_whole_for_a_chat_upstream() {
+    let mock = Mock::start().await;
+    let gateway = Gateway::start(&format!(
+        "default_backend: vllm\nserver: {{ max_body_bytes: 4000000 }}\nbackends:\n  vllm: {{ type: openai, url: '{}' }}\n",
+        mock.base()
+    ))
+    .await;
+    let mut turn = responses_turn(200_000);
+    turn["tools"][0]["description"] =
+        json!("Reads a file: \"path\" is relative to the repository's root");
+    let (status, _, text) = crate::responses::post(&gateway, &turn, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer["tools"], turn["tools"],
+        "the tools are echoed as sent"
+    );
+    assert_eq!(answer["instructions"], "You are a coding agent.");
+
+    let converted = &mock.requests()[0].body;
+    assert!(converted.to_string().len() > 200_000);
+    let messages = converted["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert_eq!(messages.last().unwrap()["content"], "now fix it");
+    assert_eq!(
+        converted["tools"][0]["function"]["description"],
+        turn["tools"][0]["description"]
+    );
+    let results: Vec<&Value> = messages.iter().filter(|m| m["role"] == "tool").collect();
+    let calls: Vec<&Value> = messages
+        .iter()
+        .filter_map(|m| m["tool_calls"].get(0))
+        .collect();
+    let outputs = tool_outputs(200_000);
+    assert_eq!(
+        results.len(),
+        outputs.len(),
+        "every call output is converted"
+    );
+    assert_eq!(calls.len(), outputs.len(), "every call is converted");
+    for ((i, output), (result, call)) in outputs.iter().zip(results.iter().zip(&calls)) {
+        assert_eq!(result["content"], output.as_str(), "call output {i}");
+        assert_eq!(result["tool_call_id"], format!("call_{i}"));
+        assert_eq!(
+            call["function"]["arguments"],
+            format!("{{\"path\":\"src/f{i}.rs\"}}")
+        );
+    }
+
+    let sent = turn["input"].as_array().unwrap();
+    let deep = sent.len() - 2;
+    let wrong = |change: &dyn Fn(&mut Value)| {
+        let mut turn = turn.clone();
+        change(&mut turn["input"][deep]);
+        turn.to_string()
+    };
+    let cases = [
+        (
+            wrong(&|item| *item = json!({"role": "robot", "content": "x"})),
+            format!("input[{deep}].role: unknown role 'robot'"),
+        ),
+        (
+            wrong(&|item| item["output"] = json!("SURROGATE")).replace("SURROGATE", "\\ud800"),
+            "invalid JSON body: unexpected end of hex escape".to_owned(),
+        ),
+    ];
+    refused(&gateway, "/v1/responses", cases).await;
+    assert_eq!(mock.requests().len(), 1, "refused turns go nowhere");
 }
 
 /// A Responses client's large turn to backends that speak Responses: forwarded as sent, still checked
