@@ -212,19 +212,27 @@ pub(super) struct PartWire<T: WireText = String> {
     image_url: Option<T::Any>,
 }
 
-impl<T: KeptText> Content<T> {
-    /// The content as one text: the string (as it is: a body's slice stays one), or the parts' texts
-    /// joined by a newline.
-    pub(super) fn into_text(self) -> Text {
+impl<P, T: KeptText> StringOrParts<P, T> {
+    /// The content as one text: the string (as it is: a body's slice stays one), or the text of each
+    /// part (`text` says which) joined by a newline.
+    pub(crate) fn joined_text(self, text: impl FnMut(P) -> Option<T>) -> Text {
         match self {
-            StringOrParts::Text(text) => text.into_text(),
+            StringOrParts::Text(whole) => whole.into_text(),
             StringOrParts::Parts(parts) => parts
                 .into_iter()
-                .filter_map(|part| part.text.map(T::into_text))
+                .filter_map(text)
+                .map(T::into_text)
                 .collect::<Vec<_>>()
                 .join("\n")
                 .into(),
         }
+    }
+}
+
+impl<T: KeptText> Content<T> {
+    /// The content as one text: see [`StringOrParts::joined_text`].
+    pub(super) fn into_text(self) -> Text {
+        self.joined_text(|part| part.text)
     }
 
     pub(super) fn into_parts(self) -> Vec<Part> {

@@ -70,15 +70,7 @@ impl<T: KeptText> ContentWire<T> {
     /// The text of a tool output: the string as it is (a body's slice stays one), or its parts' texts
     /// joined by a newline.
     fn into_text(self) -> Text {
-        match self {
-            StringOrParts::Text(text) => text.into_text(),
-            StringOrParts::Parts(parts) => parts
-                .into_iter()
-                .filter_map(|part| part.text.map(T::into_string))
-                .collect::<Vec<_>>()
-                .join("\n")
-                .into(),
-        }
+        self.joined_text(|part| part.text)
     }
 }
 
