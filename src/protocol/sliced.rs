@@ -196,19 +196,13 @@ pub(crate) enum SlicedValue {
     Value(Value),
 }
 
-impl SlicedValue {
-    /// The value as a tree.
-    pub(crate) fn into_value(self) -> Value {
-        match self {
+/// The value as a tree.
+impl From<SlicedValue> for Value {
+    fn from(value: SlicedValue) -> Value {
+        match value {
             SlicedValue::Text(text) => Value::String(text.into_string()),
             SlicedValue::Value(value) => value,
         }
-    }
-}
-
-impl From<SlicedValue> for Value {
-    fn from(value: SlicedValue) -> Value {
-        value.into_value()
     }
 }
 

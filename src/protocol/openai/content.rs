@@ -107,7 +107,7 @@ impl KeptText for Sliced {
         raw.0
     }
     fn any_value(any: SlicedValue) -> Value {
-        any.into_value()
+        any.into()
     }
     fn any_string(any: SlicedValue) -> Result<Text, Value> {
         match any {
